@@ -378,7 +378,12 @@ pub(crate) fn plan(
         }
         match sizes.request {
             None if requests_equal_limits => plan.request = Some(limit_value),
+            // Requests above the limit are invalid; requests that equalled the old limit
+            // (Guaranteed QoS) follow the new one rather than silently becoming Burstable.
             Some(request) if request > limit_value => plan.request = Some(limit_value),
+            Some(request) if sizes.limit == Some(request) && request != limit_value => {
+                plan.request = Some(limit_value);
+            }
             _ => {}
         }
     };
@@ -831,6 +836,14 @@ mod tests {
             true,
         );
         assert_eq!(got, expected);
+    }
+
+    #[rstest]
+    #[case::guaranteed_request_follows_new_limit(sizes(Some(4), Some(2_000), Some(2_000)), p(None, Some(4_000), Some(4_000)))]
+    #[case::burstable_request_kept(sizes(Some(4), Some(2_000), Some(1_000)), p(None, Some(4_000), None))]
+    #[case::request_above_new_limit_lowered(sizes(Some(1), Some(2_000), Some(2_000)), p(None, Some(1_000), Some(1_000)))]
+    fn use_flags_keeps_qos_class(#[case] before: Sizes, #[case] expected: Plan) {
+        assert_eq!(plan(Resource::Cpu, before, 1, OnMismatch::UseFlags, true), Ok(expected));
     }
 
     #[test]
