@@ -2,6 +2,8 @@
 //! the policy really handles, so a release cannot ship rules that miss a kind (the kind
 //! would silently go undefaulted) or a version that does not match the module.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test helpers outside #[test] fns
+
 use dask_worker_spec::TEMPLATE_LOCATIONS;
 use serde::Deserialize;
 use serde_norway::Value;
@@ -54,7 +56,11 @@ fn rules_cover_exactly_the_kinds_and_operations_the_policy_defaults() {
         .iter()
         .flat_map(|l| {
             l.operations.iter().map(move |op| {
-                (l.group.to_owned(), format!("{}s", l.kind.to_lowercase()), (*op).to_owned())
+                (
+                    l.group.to_owned(),
+                    format!("{}s", l.kind.to_lowercase()),
+                    (*op).to_owned(),
+                )
             })
         })
         .collect();
@@ -88,7 +94,10 @@ fn metadata_declares_a_pure_mutating_wapc_policy_at_the_crate_version() {
     ] {
         assert!(!annotation(&doc, key).trim().is_empty(), "{key} is empty");
     }
-    assert_eq!(annotation(&doc, "io.kubewarden.policy.license"), env!("CARGO_PKG_LICENSE"));
+    assert_eq!(
+        annotation(&doc, "io.kubewarden.policy.license"),
+        env!("CARGO_PKG_LICENSE")
+    );
 }
 
 #[test]
@@ -96,9 +105,21 @@ fn artifacthub_package_matches_the_metadata() {
     let pkg = read_yaml("artifacthub-pkg.yml");
     let meta = read_yaml("policy-metadata.yml");
     for field in [
-        "version", "name", "displayName", "createdAt", "description", "license", "homeURL",
-        "containersImages", "keywords", "links", "install", "maintainers", "provider",
-        "recommendations", "annotations",
+        "version",
+        "name",
+        "displayName",
+        "createdAt",
+        "description",
+        "license",
+        "homeURL",
+        "containersImages",
+        "keywords",
+        "links",
+        "install",
+        "maintainers",
+        "provider",
+        "recommendations",
+        "annotations",
     ] {
         assert!(!pkg[field].is_null(), "artifacthub-pkg.yml lacks {field}");
     }
@@ -113,7 +134,10 @@ fn artifacthub_package_matches_the_metadata() {
     let image = pkg["containersImages"][0]["image"].as_str().expect("image");
     assert_eq!(
         image,
-        format!("{}:v{version}", annotation(&meta, "io.kubewarden.policy.ociUrl"))
+        format!(
+            "{}:v{version}",
+            annotation(&meta, "io.kubewarden.policy.ociUrl")
+        )
     );
     assert_eq!(annotation(&pkg, "kubewarden/mutation"), "true");
     assert_eq!(
@@ -131,7 +155,10 @@ fn artifacthub_package_matches_the_metadata() {
         .collect();
     assert_eq!(keywords, meta_keywords);
     assert!(
-        pkg["install"].as_str().unwrap_or_default().contains(&format!("v{version}")),
+        pkg["install"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("v{version}")),
         "install instructions name another version"
     );
 }
@@ -140,13 +167,24 @@ fn artifacthub_package_matches_the_metadata() {
 fn readme_worker_spec_is_the_documented_template() {
     let spec = read_yaml("worker-spec.yml");
     let container = &spec["spec"]["containers"][0];
-    assert_eq!(spec["metadata"]["labels"]["dask.org/component"].as_str(), Some("worker"));
+    assert_eq!(
+        spec["metadata"]["labels"]["dask.org/component"].as_str(),
+        Some("worker")
+    );
     assert_eq!(spec["spec"]["restartPolicy"].as_str(), Some("Never"));
-    assert!(container["image"].as_str().unwrap_or_default().starts_with("ghcr.io/dask/dask"));
+    assert!(
+        container["image"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("ghcr.io/dask/dask")
+    );
     let args: Vec<String> = serde_norway::from_value(container["args"].clone()).expect("args");
     assert_eq!(&args[..2], ["dask", "worker"]);
     for limits in ["limits", "requests"] {
         assert_eq!(container["resources"][limits]["cpu"].as_str(), Some("2"));
-        assert_eq!(container["resources"][limits]["memory"].as_str(), Some("6G"));
+        assert_eq!(
+            container["resources"][limits]["memory"].as_str(),
+            Some("6G")
+        );
     }
 }

@@ -359,10 +359,12 @@ fn find_invocation(words: &[Word]) -> Option<(Invocation, usize)> {
         if name == "dask-worker" {
             return Some((Invocation::HyphenatedScript, i + 1));
         }
-        if name.starts_with("python") && is_python_name(name)
-            && let Some(start) = python_module_start(words, i + 1) {
-                return Some((Invocation::PythonModule, start));
-            }
+        if name.starts_with("python")
+            && is_python_name(name)
+            && let Some(start) = python_module_start(words, i + 1)
+        {
+            return Some((Invocation::PythonModule, start));
+        }
     }
     None
 }
@@ -587,13 +589,14 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                             break;
                         }
                         if c == '\\'
-                            && let Some(next) = char_at(i + 1).filter(|n| "\"\\$`\n".contains(*n)) {
-                                if next != '\n' {
-                                    text.push(next);
-                                }
-                                i += 2;
-                                continue;
+                            && let Some(next) = char_at(i + 1).filter(|n| "\"\\$`\n".contains(*n))
+                        {
+                            if next != '\n' {
+                                text.push(next);
                             }
+                            i += 2;
+                            continue;
+                        }
                         if c == '$' && char_at(i + 1) == Some('(') {
                             let (next, closed) = copy_balanced(&chars, i, '(', ')', &mut text);
                             unterminated |= !closed;

@@ -116,9 +116,10 @@ pub fn apply_worker_defaults(
         }
     }
     if problems.len() == 1
-        && let Some(problem) = problems.pop() {
-            return Err(problem);
-        }
+        && let Some(problem) = problems.pop()
+    {
+        return Err(problem);
+    }
     if !problems.is_empty() {
         return Err(Error::Several(problems));
     }
@@ -839,11 +840,23 @@ mod tests {
     }
 
     #[rstest]
-    #[case::guaranteed_request_follows_new_limit(sizes(Some(4), Some(2_000), Some(2_000)), p(None, Some(4_000), Some(4_000)))]
-    #[case::burstable_request_kept(sizes(Some(4), Some(2_000), Some(1_000)), p(None, Some(4_000), None))]
-    #[case::request_above_new_limit_lowered(sizes(Some(1), Some(2_000), Some(2_000)), p(None, Some(1_000), Some(1_000)))]
+    #[case::guaranteed_request_follows_new_limit(
+        sizes(Some(4), Some(2_000), Some(2_000)),
+        p(None, Some(4_000), Some(4_000))
+    )]
+    #[case::burstable_request_kept(
+        sizes(Some(4), Some(2_000), Some(1_000)),
+        p(None, Some(4_000), None)
+    )]
+    #[case::request_above_new_limit_lowered(
+        sizes(Some(1), Some(2_000), Some(2_000)),
+        p(None, Some(1_000), Some(1_000))
+    )]
     fn use_flags_keeps_qos_class(#[case] before: Sizes, #[case] expected: Plan) {
-        assert_eq!(plan(Resource::Cpu, before, 1, OnMismatch::UseFlags, true), Ok(expected));
+        assert_eq!(
+            plan(Resource::Cpu, before, 1, OnMismatch::UseFlags, true),
+            Ok(expected)
+        );
     }
 
     #[test]

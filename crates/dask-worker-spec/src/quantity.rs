@@ -73,10 +73,11 @@ impl Decimal {
         let mut pos = 0;
         let mut negative = false;
         if let Some(&sign) = bytes.first()
-            && (sign == b'+' || sign == b'-') {
-                negative = sign == b'-';
-                pos = 1;
-            }
+            && (sign == b'+' || sign == b'-')
+        {
+            negative = sign == b'-';
+            pos = 1;
+        }
         let mut digits: u128 = 0;
         let mut significant = 0usize;
         let mut seen_digit = false;

@@ -150,9 +150,9 @@ pub fn validate_label_key(key: &str) -> Result<(), String> {
                     && l.chars()
                         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             }))
-        {
-            return Err("has an invalid prefix (must be a lowercase DNS subdomain)".into());
-        }
+    {
+        return Err("has an invalid prefix (must be a lowercase DNS subdomain)".into());
+    }
     is_name_part(name, 63)
 }
 

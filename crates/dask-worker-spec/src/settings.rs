@@ -189,9 +189,10 @@ impl WorkerDefaults {
                 }
             }
             if !t.key.is_empty()
-                && let Err(reason) = crate::selector::validate_label_key(&t.key) {
-                    return fail(field("key"), format!("{:?} {reason}", t.key));
-                }
+                && let Err(reason) = crate::selector::validate_label_key(&t.key)
+            {
+                return fail(field("key"), format!("{:?} {reason}", t.key));
+            }
             if !matches!(
                 t.effect.as_str(),
                 "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute"

@@ -165,19 +165,20 @@ fn check_idempotent(
     settings: &WorkerDefaults,
 ) -> Result<(), TestCaseError> {
     if let Ok(first) = default_object(group, kind, "CREATE", object, settings)
-        && let Some(mutated) = first.mutated {
-            let second = default_object(group, kind, "CREATE", &mutated, settings);
-            prop_assert!(
-                second.is_ok(),
-                "second pass refused: {second:?}\nfirst result: {mutated}"
-            );
-            prop_assert_eq!(
-                second.ok().and_then(|s| s.mutated),
-                None,
-                "second pass changed {}",
-                mutated
-            );
-        }
+        && let Some(mutated) = first.mutated
+    {
+        let second = default_object(group, kind, "CREATE", &mutated, settings);
+        prop_assert!(
+            second.is_ok(),
+            "second pass refused: {second:?}\nfirst result: {mutated}"
+        );
+        prop_assert_eq!(
+            second.ok().and_then(|s| s.mutated),
+            None,
+            "second pass changed {}",
+            mutated
+        );
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //	localkube kube-apiserver [--localkube-etcd-data-dir DIR] [--localkube-etcd-client-url URL]
 //	                         [--localkube-etcd-peer-url URL] [kube-apiserver flags...]
 //	localkube kube-controller-manager [kube-controller-manager flags...]
+//	localkube kubectl [kubectl args...]
 //	localkube version
 //
 // With --localkube-etcd-data-dir, kube-apiserver starts etcd inside its own process
@@ -29,6 +30,8 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // load all the prometheus client-go plugins
 	_ "k8s.io/component-base/metrics/prometheus/version"  // for version metric registration
 	"k8s.io/component-base/version"
+	kubectlcmd "k8s.io/kubectl/pkg/cmd"
+	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 )
@@ -40,6 +43,7 @@ commands:
   kube-apiserver            run kube-apiserver; with --localkube-etcd-data-dir=DIR also embedded etcd in-process
                             (--localkube-etcd-client-url, --localkube-etcd-peer-url, --localkube-etcd-unsafe-no-fsync=BOOL)
   kube-controller-manager   run kube-controller-manager
+  kubectl                   kubectl of the same Kubernetes version (the machine's may be too old or absent)
   version                   print the Kubernetes version compiled in
 `
 
@@ -58,6 +62,13 @@ func main() {
 		c := kcmapp.NewControllerManagerCommand()
 		c.SetArgs(args)
 		os.Exit(cli.Run(c))
+	case "kubectl":
+		// kubectl reads os.Args itself (plugins, completion): make it look like its own binary.
+		os.Args = append([]string{"kubectl"}, args...)
+		c := kubectlcmd.NewDefaultKubectlCommand()
+		if err := cli.RunNoErrOutput(c); err != nil {
+			kubectlutil.CheckErr(err)
+		}
 	case "version", "--version":
 		fmt.Println(version.Get().GitVersion)
 	case "help", "-h", "--help":

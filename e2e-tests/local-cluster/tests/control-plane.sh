@@ -41,7 +41,7 @@ finish() {
   exit $?
 }
 
-for t in kubectl curl python3; do
+for t in curl python3; do
   command -v "$t" >/dev/null || { echo "not ok - $t not found"; echo "0 passed, 1 failed"; exit 1; }
 done
 
@@ -55,6 +55,7 @@ rm -f /tmp/control-plane-test-up.$$.log
 ok "cluster up ($((SECONDS - t0))s)"
 eval "$up_out"
 [[ "${KUBECONFIG:-}" == "$STATE_DIR/kubeconfig" ]] && ok "up prints export KUBECONFIG=$KUBECONFIG" || notok "up printed: $up_out"
+[[ "$(command -v kubectl)" == "$STATE_DIR/bin/kubectl" ]] && ok "up puts the bundled kubectl first on PATH" || notok "kubectl is $(command -v kubectl)"
 check "cluster status exits 0 when up" "$CLUSTER" status
 
 # ---- up again is a no-op
@@ -68,7 +69,10 @@ if ((rc == 0)) && [[ "$(cat "$STATE_DIR/pids/kube-apiserver.pid")" == "$api_pid"
 else
   notok "second cluster up is a no-op (rc=$rc)"; echo "$up2" | sed 's/^/    # /'
 fi
-[[ "$("$CLUSTER" env)" == "export KUBECONFIG=$STATE_DIR/kubeconfig" ]] && ok "cluster env" || notok "cluster env"
+[[ "$("$CLUSTER" env | head -n1)" == "export KUBECONFIG=$STATE_DIR/kubeconfig" ]] && ok "cluster env" || notok "cluster env"
+client_ver="$(kubectl version --client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])')"
+server_ver="$(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')"
+[[ -n "$client_ver" && "$client_ver" == "$server_ver" ]] && ok "kubectl $client_ver matches the server" || notok "kubectl $client_ver vs server $server_ver"
 
 # ---- /version
 want="$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$HERE/controlplane/go.mod")"

@@ -6,7 +6,7 @@
 #   bats e2e-tests/policy-runner/tests/policy.bats                  # real kwctl
 #   KWCTL=policy-runner bats e2e-tests/policy-runner/tests/policy.bats  # our stand-in
 #
-# POLICY_WASM overrides the module path (default: the release wasm32-wasip1 build).
+# DASK_POLICY_WASM overrides the module path (default: the release wasm32-wasip1 build).
 
 setup() {
   KWCTL=${KWCTL:-kwctl}
@@ -16,7 +16,7 @@ setup() {
   REPO=$(cd "$BATS_TEST_DIRNAME/../../.." && pwd)
   FIXTURES="$BATS_TEST_DIRNAME/fixtures/policy"
   TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-  MODULE=${POLICY_WASM:-$TARGET/wasm32-wasip1/release/dask_worker_defaults.wasm}
+  MODULE=${DASK_POLICY_WASM:-$TARGET/wasm32-wasip1/release/dask_worker_defaults.wasm}
   [ -f "$MODULE" ] || skip "no module at $MODULE: run 'make wasm' first"
 }
 

@@ -9,6 +9,8 @@
 //! `settings.json` (optional), and `expected.json`. `tests/policy.bats` runs the same
 //! fixtures through a real `kwctl` where one is installed.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use base64::Engine as _;
 use rstest::rstest;
 use serde_json::{Value, json};
@@ -28,8 +30,7 @@ fn read_json(path: &Path) -> Value {
 
 /// `policy-runner run` exactly as a bats test calls `kwctl run`.
 fn kwctl_run(request: &Path, settings: Option<&Path>) -> std::process::Output {
-    let module = policy_runner::locate::policy_module()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let module = policy_runner::locate::policy_module().unwrap_or_else(|e| panic!("{e}"));
     let mut command = Command::new(env!("CARGO_BIN_EXE_policy-runner"));
     command.arg("run").arg("--request-path").arg(request);
     if let Some(settings) = settings {
@@ -85,9 +86,16 @@ fn fixture(#[case] case: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
 
     if let Some(code) = expected.get("exitCode") {
-        assert_eq!(output.status.code(), code.as_i64().map(|c| c as i32), "stderr: {stderr}");
+        assert_eq!(
+            output.status.code(),
+            code.as_i64().map(|c| c as i32),
+            "stderr: {stderr}"
+        );
         assert_eq!(stderr.trim(), expected["stderr"].as_str().expect("stderr"));
-        assert!(stdout.trim().is_empty(), "no response on invalid settings: {stdout}");
+        assert!(
+            stdout.trim().is_empty(),
+            "no response on invalid settings: {stdout}"
+        );
         return;
     }
     assert!(output.status.success(), "stderr: {stderr}");
@@ -103,7 +111,10 @@ fn fixture(#[case] case: &str) {
     assert_eq!(response["status"]["message"], expected["message"]);
     assert_eq!(response["warnings"], expected["warnings"]);
     for always in ["auditAnnotations", "warnings"] {
-        assert!(response.get(always).is_some(), "kwctl always prints {always}");
+        assert!(
+            response.get(always).is_some(),
+            "kwctl always prints {always}"
+        );
     }
 
     // Reinvocation: the patched object must come back unchanged.
@@ -116,8 +127,11 @@ fn fixture(#[case] case: &str) {
         again["object"] = object;
         let tmp = tempfile::tempdir().expect("tempdir");
         let again_path = tmp.path().join("request.json");
-        std::fs::write(&again_path, serde_json::to_vec(&json!({"request": again})).expect("json"))
-            .expect("write");
+        std::fs::write(
+            &again_path,
+            serde_json::to_vec(&json!({"request": again})).expect("json"),
+        )
+        .expect("write");
         let second = kwctl_run(&again_path, settings);
         let second: Value = serde_json::from_slice(&second.stdout).expect("second response");
         assert_eq!(second["allowed"], true, "{second}");
