@@ -1,0 +1,359 @@
+//! The policy live: served by `policy-runner serve` as a mutating admission webhook that the
+//! local kube-apiserver calls (registered by `up.d/20-policy-webhook.sh`). Objects are
+//! created as a client would, without any defaults, and read back as the apiserver stored
+//! them, after its own defaulting and validation.
+//!
+//! Needs `e2e-tests/local-cluster/cluster up`; fails saying so when no cluster answers,
+//! unless `DASK_K8S_SKIP_CLUSTER_TESTS=1`.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// The kubeconfig `cluster up` writes: `$DASK_K8S_STATE_DIR`, else `$KUBECONFIG`, else the
+/// default state dir.
+fn kubeconfig_path() -> PathBuf {
+    if let Ok(dir) = std::env::var("DASK_K8S_STATE_DIR") {
+        return PathBuf::from(dir).join("kubeconfig");
+    }
+    if let Ok(path) = std::env::var("KUBECONFIG") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/dask-on-k8s/cluster/kubeconfig")
+}
+
+/// A client for the local cluster, or `None` when tests are told to skip without one.
+async fn cluster() -> Option<Client> {
+    let skip = std::env::var("DASK_K8S_SKIP_CLUSTER_TESTS").is_ok_and(|v| v == "1");
+    let path = kubeconfig_path();
+    let connect = async {
+        let kubeconfig = Kubeconfig::read_from(&path)?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let client = Client::try_from(config)?;
+        client.apiserver_version().await?;
+        anyhow::Ok(client)
+    };
+    match connect.await {
+        Ok(client) => Some(client),
+        Err(e) if skip => {
+            eprintln!("SKIP: no local cluster ({e}); DASK_K8S_SKIP_CLUSTER_TESTS=1");
+            None
+        }
+        Err(e) => panic!(
+            "this test needs the local control plane with the policy webhook: run \
+             `e2e-tests/local-cluster/cluster up` (kubeconfig {}: {e})",
+            path.display()
+        ),
+    }
+}
+
+/// A namespace of its own. Names are fixed per test, so a run that failed before its
+/// cleanup is cleaned up by the next one.
+struct TestNamespace {
+    client: Client,
+    name: String,
+}
+
+impl TestNamespace {
+    async fn new(client: &Client, name: &str) -> Self {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let _ = namespaces.delete(name, &DeleteParams::background()).await;
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        let mut created = false;
+        for _ in 0..120 {
+            match namespaces.create(&PostParams::default(), &ns).await {
+                Ok(_) => {
+                    created = true;
+                    break;
+                }
+                // Still terminating from an earlier run.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("create namespace {name}: {e}"),
+            }
+        }
+        assert!(created, "namespace {name} still terminating after 60 s");
+        TestNamespace {
+            client: client.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Deletes the namespace (the namespace controller removes what is inside).
+    async fn delete(self) {
+        let namespaces: Api<Namespace> = Api::all(self.client);
+        let _ = namespaces
+            .delete(&self.name, &DeleteParams::background())
+            .await;
+    }
+}
+
+/// A worker container as a client writes it: flags only, no resources.
+fn bare_worker(args: &[&str]) -> Value {
+    json!({"name": "worker", "image": "ghcr.io/dask/dask:latest", "args": args})
+}
+
+/// Keeps pods Pending (no node matches), so no process starts: this test is about what
+/// the apiserver stores.
+fn pending_spec(containers: Value) -> Value {
+    json!({"containers": containers, "nodeSelector": {"dask-on-k8s.test/never": "true"}})
+}
+
+fn as_json<T: serde::Serialize>(object: &T) -> Value {
+    serde_json::to_value(object).unwrap()
+}
+
+fn dask_tolerations(spec: &Value) -> Vec<Value> {
+    spec["tolerations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| {
+            t["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("k8s.dask.org"))
+        })
+        .collect()
+}
+
+/// What every defaulted worker spec must carry.
+fn assert_worker_defaults(spec: &Value, cpu: &str, memory: &str) {
+    assert_eq!(
+        dask_tolerations(spec),
+        vec![
+            json!({"key": "k8s.dask.org/dedicated", "operator": "Equal", "value": "worker", "effect": "NoSchedule"}),
+            json!({"key": "k8s.dask.org_dedicated", "operator": "Equal", "value": "worker", "effect": "NoSchedule"}),
+        ],
+        "{spec}"
+    );
+    let container = &spec["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--death-timeout", "60"]),
+        "{args:?}"
+    );
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--name", "$(DASK_WORKER_NAME)"]),
+        "{args:?}"
+    );
+    let limits = json!({"cpu": cpu, "memory": memory});
+    assert_eq!(container["resources"]["limits"], limits);
+    assert_eq!(container["resources"]["requests"], limits);
+    assert_eq!(
+        container["env"],
+        json!([{"name": "DASK_WORKER_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}])
+    );
+}
+
+#[tokio::test]
+async fn bare_worker_pod_is_stored_with_every_default() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "webhook-pod").await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bare-worker", "labels": {"dask.org/component": "worker"}},
+        "spec": pending_spec(json!([bare_worker(&["dask", "worker", "tcp://s:8786", "--nthreads", "1", "--memory-limit", "1GB"])]))
+    }))
+    .unwrap();
+    let stored = ns
+        .api::<Pod>()
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("created");
+    let stored = as_json(&stored);
+    let spec = &stored["spec"];
+    assert_worker_defaults(spec, "1", "1G");
+    assert_eq!(spec["restartPolicy"], "Never");
+    assert_eq!(
+        stored["status"]["qosClass"], "Guaranteed",
+        "requests equal limits"
+    );
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn classic_labels_and_flags_from_limits() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "webhook-classic").await;
+    let mut container = bare_worker(&["dask-worker", "tcp://s:8786"]);
+    container["resources"] = json!({"limits": {"cpu": "2", "memory": "3Gi"}});
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "classic", "labels": {"app": "dask", "component": "dask-worker"}},
+        "spec": pending_spec(json!([container]))
+    }))
+    .unwrap();
+    let stored = ns
+        .api::<Pod>()
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("created");
+    let stored = as_json(&stored);
+    let spec = &stored["spec"];
+    assert_worker_defaults(spec, "2", "3Gi");
+    let args = &spec["containers"][0]["args"];
+    assert_eq!(
+        args,
+        &json!([
+            "dask-worker",
+            "tcp://s:8786",
+            "--nthreads",
+            "2",
+            "--memory-limit",
+            "3GiB",
+            "--death-timeout",
+            "60",
+            "--name",
+            "$(DASK_WORKER_NAME)"
+        ])
+    );
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn unlabelled_pod_is_stored_unchanged() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "webhook-plain").await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": pending_spec(json!([{"name": "web", "image": "nginx", "args": ["dask", "worker"]}]))
+    }))
+    .unwrap();
+    let stored = ns
+        .api::<Pod>()
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("created");
+    let stored = as_json(&stored);
+    let spec = &stored["spec"];
+    assert!(dask_tolerations(spec).is_empty(), "{spec}");
+    assert_eq!(
+        spec["restartPolicy"], "Always",
+        "the apiserver's default, untouched"
+    );
+    assert_eq!(spec["containers"][0]["args"], json!(["dask", "worker"]));
+    assert!(spec["containers"][0].get("env").is_none());
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn worker_deployment_and_job_templates_are_defaulted() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "webhook-workloads").await;
+    let template = json!({
+        "metadata": {"labels": {"dask.org/component": "worker", "app.kubernetes.io/name": "w"}},
+        "spec": pending_spec(json!([bare_worker(&["dask", "worker", "tcp://s:8786", "--nthreads", "2", "--memory-limit", "2GiB"])]))
+    });
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "workers"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app.kubernetes.io/name": "w"}}, "template": template}
+    }))
+    .unwrap();
+    let stored = ns
+        .api::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("created");
+    let stored = as_json(&stored);
+    let spec = &stored["spec"]["template"]["spec"];
+    assert_worker_defaults(spec, "2", "2Gi");
+    assert_eq!(
+        spec["restartPolicy"], "Always",
+        "Deployments only allow Always"
+    );
+
+    let mut job_template = template.clone();
+    job_template["spec"]["restartPolicy"] = json!("OnFailure");
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "batch-workers"},
+        "spec": {"parallelism": 0, "template": job_template}
+    }))
+    .unwrap();
+    let stored = ns
+        .api::<Job>()
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("created");
+    let stored = as_json(&stored);
+    let spec = &stored["spec"]["template"]["spec"];
+    assert_worker_defaults(spec, "2", "2Gi");
+    assert_eq!(spec["restartPolicy"], "Never");
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn mismatched_worker_pod_is_refused_with_the_policy_message() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "webhook-refuse").await;
+    let mut container =
+        bare_worker(&["dask", "worker", "--nthreads", "2", "--memory-limit", "4GB"]);
+    container["resources"] = json!({"limits": {"cpu": "2", "memory": "6G"}});
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "mismatch", "labels": {"dask.org/component": "worker"}},
+        "spec": pending_spec(json!([container]))
+    }))
+    .unwrap();
+    let error = ns
+        .api::<Pod>()
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect_err("refused");
+    let kube::Error::Api(status) = error else {
+        panic!("not an API error: {error}")
+    };
+    assert!(
+        status.message.contains(
+            "container \"worker\": --memory-limit 4GB x --nworkers 1 = 4G (4000000000 bytes), \
+             but resources.limits.memory is 6G (6000000000 bytes)"
+        ),
+        "{}",
+        status.message
+    );
+    assert!(
+        status.message.contains("denied the request"),
+        "{}",
+        status.message
+    );
+    assert!(
+        ns.api::<Pod>()
+            .get_opt("mismatch")
+            .await
+            .expect("get")
+            .is_none(),
+        "nothing stored"
+    );
+    ns.delete().await;
+}
