@@ -1,0 +1,695 @@
+//! The objects a cluster is made of, built as pure functions over JSON: the scheduler pod,
+//! its Service, and worker pods from the user's template with the worker defaults applied
+//! client-side by `dask-worker-spec` (so pods are right on clusters without the policy, and
+//! the policy finds nothing to change on clusters with it).
+
+use crate::template::PodTemplate;
+use crate::{Error, Result};
+use dask_worker_spec::{
+    PodSpecRules, WorkerCommandLine, WorkerDefaults, apply_worker_defaults, labels,
+};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+/// The scheduler's comm port (`tcp-comm`).
+pub const SCHEDULER_PORT: u16 = 8786;
+/// The scheduler's dashboard and HTTP API port (`http-dashboard`).
+pub const DASHBOARD_PORT: u16 = 8787;
+/// Env var workers read the scheduler address from.
+pub const SCHEDULER_ADDRESS_ENV: &str = "DASK_SCHEDULER_ADDRESS";
+/// Env var that replaces the scheduler's HTTP routes.
+pub const ROUTES_ENV: &str = "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES";
+/// The scheduler's route list with the JSON API (`/api/v1`) enabled, which is off by default.
+pub const ROUTES: &str = r#"["distributed.http.scheduler.prometheus","distributed.http.scheduler.info","distributed.http.scheduler.json","distributed.http.health","distributed.http.proxy","distributed.http.statics","distributed.http.scheduler.api"]"#;
+/// `app=dask` on every object, as dask-kubernetes labels them.
+pub const APP_LABEL: (&str, &str) = ("app", "dask");
+/// The `user` label.
+pub const USER_LABEL: &str = "user";
+/// Annotation on the scheduler pod with the worker pod manifest, so `dask-kube scale NAME`
+/// run later (or elsewhere) creates workers identical to the first ones.
+pub const WORKER_TEMPLATE_ANNOTATION: &str = "dask.org/worker-pod-template";
+/// Annotation on the scheduler pod naming the process that keeps the port-forward (and
+/// adapt controller) alive: `<host>:<pid>`.
+pub const SUPERVISOR_ANNOTATION: &str = "dask.org/supervisor";
+/// Annotation naming the adaptive range a supervisor runs (`MIN:MAX`).
+pub const ADAPT_ANNOTATION: &str = "dask.org/adapt";
+/// Name of the scheduler container dask-kube builds.
+pub const SCHEDULER_CONTAINER: &str = "scheduler";
+/// Placeholder uid in rendered manifests (the real one exists only after creation).
+pub const UID_PLACEHOLDER: &str = "<uid of the scheduler pod>";
+
+/// Everything that defines one cluster's objects.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Cluster name: the scheduler pod and Service are named after it.
+    pub name: String,
+    /// Namespace of every object.
+    pub namespace: String,
+    /// Escaped user, for the `user` label.
+    pub user: String,
+    /// The worker pod template.
+    pub worker: PodTemplate,
+    /// An explicit scheduler pod template; else one is derived from the worker template.
+    pub scheduler: Option<PodTemplate>,
+    /// Extra `dask scheduler` options.
+    pub scheduler_options: Vec<String>,
+    /// The worker defaults.
+    pub defaults: WorkerDefaults,
+    /// A scheduler that already runs elsewhere (no scheduler pod, no Service).
+    pub external_scheduler: Option<String>,
+}
+
+/// A worker pod manifest and what the defaults had to say about the template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerPod {
+    /// The pod (no owner yet).
+    pub pod: Value,
+    /// Warnings from the defaults (parts left alone, and why).
+    pub warnings: Vec<String>,
+}
+
+/// The owner every cluster object points at: the scheduler pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Scheduler pod name.
+    pub name: String,
+    /// Scheduler pod uid.
+    pub uid: String,
+}
+
+impl Owner {
+    /// The `ownerReferences` entry. `blockOwnerDeletion` so a foreground deletion of the
+    /// scheduler waits for its dependents; not `controller`, since no controller manages
+    /// these pods.
+    pub fn reference(&self) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": self.name,
+            "uid": self.uid,
+            "blockOwnerDeletion": true,
+        })
+    }
+}
+
+impl ClusterSpec {
+    /// Labels of the objects of `component` (`scheduler` or `worker`).
+    pub fn labels(&self, component: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (labels::CLUSTER_NAME.to_owned(), self.name.clone()),
+            (labels::COMPONENT.to_owned(), component.to_owned()),
+            (APP_LABEL.0.to_owned(), APP_LABEL.1.to_owned()),
+            (USER_LABEL.to_owned(), self.user.clone()),
+        ])
+    }
+
+    /// The label selector of this cluster's pods of `component`.
+    pub fn selector(&self, component: &str) -> String {
+        selector(&self.name, component)
+    }
+
+    /// The address workers connect to: the Service's DNS name, or the external scheduler.
+    pub fn worker_scheduler_address(&self) -> String {
+        match &self.external_scheduler {
+            Some(address) => address.clone(),
+            None => format!("tcp://{}.{}:{SCHEDULER_PORT}", self.name, self.namespace),
+        }
+    }
+
+    fn metadata(&self, template: &Value, component: &str) -> Map<String, Value> {
+        let mut metadata = template
+            .get("metadata")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for key in [
+            "name",
+            "generateName",
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "ownerReferences",
+            "managedFields",
+            "selfLink",
+            "deletionTimestamp",
+        ] {
+            metadata.remove(key);
+        }
+        metadata.insert("namespace".into(), json!(self.namespace));
+        let labels = metadata.entry("labels").or_insert_with(|| json!({}));
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        if let Some(labels) = labels.as_object_mut() {
+            for (k, v) in self.labels(component) {
+                labels.insert(k, json!(v));
+            }
+        }
+        metadata
+    }
+
+    /// The scheduler pod: `dask scheduler` with the HTTP API enabled, from the scheduler
+    /// template or the worker template's image.
+    pub fn scheduler_pod(&self) -> Result<Value> {
+        let args = {
+            let mut args: Vec<String> = [
+                "dask",
+                "scheduler",
+                "--port",
+                &SCHEDULER_PORT.to_string(),
+                "--dashboard-address",
+                &format!(":{DASHBOARD_PORT}"),
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            args.extend(self.scheduler_options.iter().cloned());
+            args
+        };
+        let (mut pod, origin) = match &self.scheduler {
+            Some(template) => (template.pod.clone(), template.origin.clone()),
+            None => (self.derive_scheduler_template(), self.worker.origin.clone()),
+        };
+        let metadata = self.metadata(&pod, labels::SCHEDULER);
+        let Some(pod_map) = pod.as_object_mut() else {
+            return Err(invalid_scheduler(&origin, "not a mapping"));
+        };
+        pod_map.insert("apiVersion".into(), json!("v1"));
+        pod_map.insert("kind".into(), json!("Pod"));
+        pod_map.insert("metadata".into(), Value::Object(metadata));
+        if let Some(meta) = pod_map.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("name".into(), json!(self.name));
+        }
+        let spec = pod_map
+            .get_mut("spec")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| invalid_scheduler(&origin, "spec is missing"))?;
+        spec.insert("restartPolicy".into(), json!("Never"));
+        let container = spec
+            .get_mut("containers")
+            .and_then(Value::as_array_mut)
+            .and_then(|c| c.first_mut())
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| invalid_scheduler(&origin, "spec.containers is empty"))?;
+        let has_command = container.get("args").is_some_and(|a| !a.is_null())
+            || container.get("command").is_some_and(|c| !c.is_null());
+        if !has_command {
+            container.insert("args".into(), json!(args));
+        }
+        set_env(container, ROUTES_ENV, ROUTES, false);
+        if container.get("ports").is_none_or(Value::is_null) {
+            container.insert(
+                "ports".into(),
+                json!([
+                    {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
+                    {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
+                ]),
+            );
+        }
+        if container.get("readinessProbe").is_none_or(Value::is_null) {
+            container.insert(
+                "readinessProbe".into(),
+                json!({"tcpSocket": {"port": SCHEDULER_PORT}, "periodSeconds": 2, "failureThreshold": 3}),
+            );
+        }
+        Ok(pod)
+    }
+
+    /// A scheduler pod template from the worker template: its image, pull settings, env,
+    /// service account and placement, none of its worker-only parts (args, resources,
+    /// worker tolerations, volumes).
+    fn derive_scheduler_template(&self) -> Value {
+        let worker = &self.worker.pod;
+        let first = worker.pointer("/spec/containers/0");
+        let mut container = Map::new();
+        container.insert("name".into(), json!(SCHEDULER_CONTAINER));
+        for key in ["image", "imagePullPolicy", "envFrom", "securityContext"] {
+            if let Some(v) = first.and_then(|c| c.get(key)).filter(|v| !v.is_null()) {
+                container.insert(key.into(), v.clone());
+            }
+        }
+        if let Some(env) = first.and_then(|c| c.get("env")).and_then(Value::as_array) {
+            let kept: Vec<Value> = env
+                .iter()
+                .filter(|e| {
+                    let name = e.get("name").and_then(Value::as_str).unwrap_or_default();
+                    name != SCHEDULER_ADDRESS_ENV && name != dask_worker_spec::WORKER_NAME_ENV
+                })
+                .cloned()
+                .collect();
+            if !kept.is_empty() {
+                container.insert("env".into(), Value::Array(kept));
+            }
+        }
+        let mut spec = Map::new();
+        spec.insert("containers".into(), json!([container]));
+        for key in [
+            "imagePullSecrets",
+            "serviceAccountName",
+            "nodeSelector",
+            "securityContext",
+            "priorityClassName",
+        ] {
+            if let Some(v) = worker
+                .pointer(&format!("/spec/{key}"))
+                .filter(|v| !v.is_null())
+            {
+                spec.insert(key.into(), v.clone());
+            }
+        }
+        let mut metadata = Map::new();
+        if let Some(a) = worker
+            .pointer("/metadata/annotations")
+            .filter(|v| v.is_object())
+        {
+            metadata.insert("annotations".into(), a.clone());
+        }
+        json!({"metadata": metadata, "spec": spec})
+    }
+
+    /// The scheduler Service: ClusterIP, 8786 `tcp-comm` and 8787 `http-dashboard`.
+    pub fn service(&self, owner: Option<&Owner>) -> Value {
+        let mut metadata = json!({
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": self.labels(labels::SCHEDULER),
+        });
+        if let Some(owner) = owner {
+            metadata["ownerReferences"] = json!([owner.reference()]);
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata,
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {
+                    labels::CLUSTER_NAME: self.name,
+                    labels::COMPONENT: labels::SCHEDULER,
+                },
+                "ports": [
+                    {"name": "tcp-comm", "port": SCHEDULER_PORT, "targetPort": SCHEDULER_PORT, "protocol": "TCP"},
+                    {"name": "http-dashboard", "port": DASHBOARD_PORT, "targetPort": DASHBOARD_PORT, "protocol": "TCP"},
+                ],
+            },
+        })
+    }
+
+    /// A worker pod: the template with this cluster's metadata, `generateName`, the
+    /// scheduler address, and the worker defaults.
+    pub fn worker_pod(&self) -> Result<WorkerPod> {
+        let origin = &self.worker.origin;
+        let mut pod = self.worker.pod.clone();
+        let mut metadata = self.metadata(&pod, labels::WORKER);
+        metadata.insert(
+            "generateName".into(),
+            json!(format!("{}{}", self.name, crate::names::WORKER_NAME_INFIX)),
+        );
+        let Some(pod_map) = pod.as_object_mut() else {
+            return Err(invalid_worker(origin, "not a mapping"));
+        };
+        pod_map.insert("apiVersion".into(), json!("v1"));
+        pod_map.insert("kind".into(), json!("Pod"));
+        pod_map.insert("metadata".into(), Value::Object(metadata));
+        pod_map.remove("status");
+        let address = self.worker_scheduler_address();
+        let containers = pod_map
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("containers"))
+            .and_then(Value::as_array_mut)
+            .ok_or_else(|| invalid_worker(origin, "spec.containers is missing"))?;
+        let runs_worker = |c: &Value| {
+            let words = |key: &str| -> Vec<String> {
+                c.get(key)
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            WorkerCommandLine::find(&words("command"), &words("args")).is_some()
+        };
+        let any_worker = containers.iter().any(runs_worker);
+        for (i, container) in containers.iter_mut().enumerate() {
+            // The worker containers get the address; with none recognisable (a custom
+            // entrypoint), the first container, as dask-kubernetes does.
+            let wanted = if any_worker {
+                runs_worker(container)
+            } else {
+                i == 0
+            };
+            if wanted && let Some(map) = container.as_object_mut() {
+                set_env(map, SCHEDULER_ADDRESS_ENV, &address, true);
+            }
+        }
+        let spec = pod_map
+            .get_mut("spec")
+            .ok_or_else(|| invalid_worker(origin, "spec is missing"))?;
+        let defaulted = apply_worker_defaults(spec, "spec", PodSpecRules::BARE_POD, &self.defaults)
+            .map_err(|source| Error::WorkerDefaults {
+                origin: origin.clone(),
+                source: Box::new(source),
+            })?;
+        Ok(WorkerPod {
+            pod,
+            warnings: defaulted.warnings,
+        })
+    }
+
+    /// The manifests `dask-kube render` prints: scheduler pod, Service and one worker pod,
+    /// owner uids shown as a placeholder.
+    pub fn render(&self) -> Result<Vec<Value>> {
+        let owner = Owner {
+            name: self.name.clone(),
+            uid: UID_PLACEHOLDER.to_owned(),
+        };
+        let mut worker = self.worker_pod()?.pod;
+        if self.external_scheduler.is_some() {
+            return Ok(vec![worker]);
+        }
+        set_owner(&mut worker, &owner);
+        let mut scheduler = self.scheduler_pod()?;
+        annotate(
+            &mut scheduler,
+            WORKER_TEMPLATE_ANNOTATION,
+            &worker_template_annotation(&self.worker_pod()?.pod),
+        );
+        Ok(vec![scheduler, self.service(Some(&owner)), worker])
+    }
+}
+
+/// The label selector of a cluster's pods of `component`.
+pub fn selector(cluster: &str, component: &str) -> String {
+    format!(
+        "{}={cluster},{}={component}",
+        labels::CLUSTER_NAME,
+        labels::COMPONENT
+    )
+}
+
+/// The worker pod manifest as stored in [`WORKER_TEMPLATE_ANNOTATION`].
+pub fn worker_template_annotation(worker_pod: &Value) -> String {
+    worker_pod.to_string()
+}
+
+/// Sets (or replaces) an annotation.
+pub fn annotate(pod: &mut Value, key: &str, value: &str) {
+    if let Some(meta) = pod.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+        if !annotations.is_object() {
+            *annotations = json!({});
+        }
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(key.to_owned(), json!(value));
+        }
+    }
+}
+
+/// Points a pod or Service at its owner.
+pub fn set_owner(object: &mut Value, owner: &Owner) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("ownerReferences".into(), json!([owner.reference()]));
+    }
+}
+
+/// Sets an env var on a container; `replace` decides whether an existing one is overwritten.
+fn set_env(container: &mut Map<String, Value>, name: &str, value: &str, replace: bool) {
+    let env = container.entry("env").or_insert_with(|| json!([]));
+    if !env.is_array() {
+        *env = json!([]);
+    }
+    if let Some(env) = env.as_array_mut() {
+        let existing = env
+            .iter_mut()
+            .find(|e| e.get("name").and_then(Value::as_str) == Some(name));
+        match existing {
+            Some(e) if replace => *e = json!({"name": name, "value": value}),
+            Some(_) => {}
+            None => env.push(json!({"name": name, "value": value})),
+        }
+    }
+}
+
+fn invalid_scheduler(origin: &str, reason: &str) -> Error {
+    Error::InvalidTemplate {
+        what: "scheduler",
+        origin: origin.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn invalid_worker(origin: &str, reason: &str) -> Error {
+    Error::InvalidTemplate {
+        what: "worker",
+        origin: origin.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Converts a manifest to the typed pod the client sends.
+pub fn to_pod(value: Value) -> Result<Pod> {
+    serde_json::from_value(value).map_err(|e| Error::InvalidTemplate {
+        what: "worker",
+        origin: "generated pod".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Converts a manifest to the typed Service the client sends.
+pub fn to_service(value: Value) -> Result<Service> {
+    serde_json::from_value(value).map_err(|e| Error::InvalidTemplate {
+        what: "scheduler",
+        origin: "generated service".into(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    const WORKER_SPEC: &str = include_str!("../tests/fixtures/worker-spec.yml");
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec {
+            name: "dask-alice-0a1b2c3d4e".into(),
+            namespace: "team".into(),
+            user: "alice".into(),
+            worker: PodTemplate::from_yaml(WORKER_SPEC, "worker-spec.yml", "worker").unwrap(),
+            scheduler: None,
+            scheduler_options: vec!["--idle-timeout".into(), "3600".into()],
+            defaults: WorkerDefaults::default(),
+            external_scheduler: None,
+        }
+    }
+
+    fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+        container["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)
+    }
+
+    #[test]
+    fn worker_pod_has_cluster_metadata_and_address() {
+        let pod = spec().worker_pod().unwrap().pod;
+        assert_eq!(
+            pod["metadata"]["generateName"],
+            "dask-alice-0a1b2c3d4e-worker-"
+        );
+        assert_eq!(pod["metadata"]["namespace"], "team");
+        assert!(pod["metadata"].get("name").is_none());
+        let labels = &pod["metadata"]["labels"];
+        assert_eq!(labels["dask.org/cluster-name"], "dask-alice-0a1b2c3d4e");
+        assert_eq!(labels["dask.org/component"], "worker");
+        assert_eq!(labels["app"], "dask");
+        assert_eq!(labels["user"], "alice");
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(
+            env_value(container, SCHEDULER_ADDRESS_ENV).unwrap()["value"],
+            "tcp://dask-alice-0a1b2c3d4e.team:8786"
+        );
+    }
+
+    #[test]
+    fn worker_pod_gets_the_shared_defaults() {
+        let pod = spec().worker_pod().unwrap().pod;
+        let container = &pod["spec"]["containers"][0];
+        // Worker name = pod name, through the downward API.
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--name", "$(DASK_WORKER_NAME)"]),
+            "{args:?}"
+        );
+        assert_eq!(
+            env_value(container, "DASK_WORKER_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(pod["spec"]["restartPolicy"], "Never");
+        assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
+        assert_eq!(container["resources"]["limits"]["memory"], "6G");
+    }
+
+    #[test]
+    fn defaulting_is_a_fixed_point_so_the_policy_changes_nothing() {
+        let pod = spec().worker_pod().unwrap().pod;
+        let mut again = pod["spec"].clone();
+        let outcome = apply_worker_defaults(
+            &mut again,
+            "spec",
+            PodSpecRules::BARE_POD,
+            &WorkerDefaults::default(),
+        )
+        .unwrap();
+        assert!(!outcome.changed);
+        assert_eq!(again, pod["spec"]);
+    }
+
+    #[test]
+    fn existing_scheduler_address_env_is_replaced() {
+        let mut s = spec();
+        s.worker.pod["spec"]["containers"][0]["env"] = json!([{"name": SCHEDULER_ADDRESS_ENV, "value": "tcp://old:8786"}, {"name": "KEEP", "value": "1"}]);
+        let pod = s.worker_pod().unwrap().pod;
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(
+            env_value(container, SCHEDULER_ADDRESS_ENV).unwrap()["value"],
+            "tcp://dask-alice-0a1b2c3d4e.team:8786"
+        );
+        assert_eq!(env_value(container, "KEEP").unwrap()["value"], "1");
+        assert_eq!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["name"] == SCHEDULER_ADDRESS_ENV)
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn external_scheduler_address_goes_to_workers() {
+        let mut s = spec();
+        s.external_scheduler = Some("tcp://10.0.0.5:8786".into());
+        let pod = s.worker_pod().unwrap().pod;
+        assert_eq!(
+            env_value(&pod["spec"]["containers"][0], SCHEDULER_ADDRESS_ENV).unwrap()["value"],
+            "tcp://10.0.0.5:8786"
+        );
+        assert_eq!(s.render().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn mismatched_template_is_a_clear_error() {
+        let mut s = spec();
+        s.worker.pod["spec"]["containers"][0]["resources"]["limits"]["memory"] = json!("4G");
+        let err = s.worker_pod().unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::exit::USAGE);
+        assert!(err.to_string().contains("--memory-limit"), "{err}");
+    }
+
+    #[test]
+    fn scheduler_pod_from_the_worker_image() {
+        let pod = spec().scheduler_pod().unwrap();
+        assert_eq!(pod["metadata"]["name"], "dask-alice-0a1b2c3d4e");
+        assert_eq!(pod["metadata"]["labels"]["dask.org/component"], "scheduler");
+        assert_eq!(pod["spec"]["restartPolicy"], "Never");
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["image"], "ghcr.io/dask/dask:latest");
+        assert_eq!(
+            c["args"],
+            json!([
+                "dask",
+                "scheduler",
+                "--port",
+                "8786",
+                "--dashboard-address",
+                ":8787",
+                "--idle-timeout",
+                "3600"
+            ])
+        );
+        assert_eq!(env_value(c, ROUTES_ENV).unwrap()["value"], ROUTES);
+        assert!(
+            c.get("resources").is_none(),
+            "worker resources are not the scheduler's"
+        );
+        assert!(pod["spec"].get("tolerations").is_none());
+        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], 8786);
+        to_pod(pod).unwrap();
+    }
+
+    #[test]
+    fn scheduler_template_is_used_and_completed() {
+        let mut s = spec();
+        s.scheduler = Some(PodTemplate::from_yaml(
+            "kind: Pod\nmetadata:\n  labels: {team: x}\nspec:\n  containers:\n  - name: s\n    image: custom/sched:1\n    args: [dask, scheduler, --port, '8786']\n    env: [{name: DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES, value: '[\"x\"]'}]\n",
+            "sched.yml", "scheduler").unwrap());
+        let pod = s.scheduler_pod().unwrap();
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["image"], "custom/sched:1");
+        assert_eq!(c["args"], json!(["dask", "scheduler", "--port", "8786"]));
+        assert_eq!(
+            env_value(c, ROUTES_ENV).unwrap()["value"],
+            "[\"x\"]",
+            "the user's routes are kept"
+        );
+        assert_eq!(pod["metadata"]["labels"]["team"], "x");
+        assert_eq!(pod["metadata"]["labels"]["dask.org/component"], "scheduler");
+    }
+
+    #[test]
+    fn service_selects_the_scheduler_and_is_owned_by_it() {
+        let owner = Owner {
+            name: "dask-alice-0a1b2c3d4e".into(),
+            uid: "u-1".into(),
+        };
+        let svc = spec().service(Some(&owner));
+        assert_eq!(svc["metadata"]["name"], "dask-alice-0a1b2c3d4e");
+        assert_eq!(svc["spec"]["selector"]["dask.org/component"], "scheduler");
+        assert_eq!(svc["spec"]["ports"][0]["name"], "tcp-comm");
+        assert_eq!(svc["spec"]["ports"][1]["port"], 8787);
+        assert_eq!(
+            svc["metadata"]["ownerReferences"][0],
+            json!({"apiVersion": "v1", "kind": "Pod", "name": "dask-alice-0a1b2c3d4e", "uid": "u-1", "blockOwnerDeletion": true})
+        );
+        to_service(svc).unwrap();
+    }
+
+    #[rstest]
+    #[case::scheduler(0, "Pod")]
+    #[case::service(1, "Service")]
+    #[case::worker(2, "Pod")]
+    fn render_lists_every_object(#[case] index: usize, #[case] kind: &str) {
+        let objects = spec().render().unwrap();
+        assert_eq!(objects.len(), 3);
+        assert_eq!(objects[index]["kind"], kind);
+        if index > 0 {
+            assert_eq!(
+                objects[index]["metadata"]["ownerReferences"][0]["uid"],
+                UID_PLACEHOLDER
+            );
+        }
+    }
+
+    #[test]
+    fn stored_worker_template_round_trips() {
+        let objects = spec().render().unwrap();
+        let stored = objects[0]["metadata"]["annotations"][WORKER_TEMPLATE_ANNOTATION]
+            .as_str()
+            .unwrap();
+        let parsed: Value = serde_json::from_str(stored).unwrap();
+        assert_eq!(parsed, spec().worker_pod().unwrap().pod);
+    }
+}

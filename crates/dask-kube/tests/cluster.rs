@@ -1,0 +1,576 @@
+//! Integration tests against the local control plane (`e2e-tests/local-cluster/cluster up`):
+//! a real kube-apiserver and garbage collector, the node agent running the real
+//! `dask scheduler` and `dask worker` processes, the real `dask-kube` binary, and a real
+//! `distributed.Client` through the address dask-kube prints. Each test has its own
+//! namespace. Without the cluster they fail, unless DASK_K8S_SKIP_CLUSTER_TESTS=1.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
+
+mod common;
+
+use common::{SERIAL, TestNamespace, client, cluster, dask_kube, fixture, run, wait_for};
+use dask_kube::{KubeCluster, PodTemplate};
+use kube::api::DeleteParams;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn small_worker() -> String {
+    fixture("small-worker.yml").to_str().unwrap().to_owned()
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "dask-kube failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `up --detach --workers 3` gives 3 connected workers reachable through the printed
+/// address after dask-kube exited; `scale 1` retires and removes 2; `down` leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_up_scale_and_down() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-up").await;
+    let state = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let up = json_of(&run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            &small_worker(),
+            "--workers",
+            "3",
+            "--detach",
+        ],
+    ));
+    let up_seconds = started.elapsed().as_secs_f64();
+    let name = up["name"].as_str().unwrap().to_owned();
+    let address = up["scheduler_address"].as_str().unwrap().to_owned();
+    assert!(address.starts_with("tcp://127.0.0.1:"), "{address}");
+
+    // A real Client on this machine, after `up` exited: 3 workers named after their pods.
+    let seen = client(&["workers", &address]);
+    assert_eq!(seen["workers"], 3, "{seen}");
+    let mut pods = ns
+        .pod_names(&format!(
+            "dask.org/cluster-name={name},dask.org/component=worker"
+        ))
+        .await;
+    pods.sort();
+    assert_eq!(seen["names"], serde_json::json!(pods));
+    eprintln!("FIGURE up --detach --workers 3: {up_seconds:.1}s until 3 workers connected");
+
+    let listed = json_of(&run(state.path(), &["-n", &ns.name, "-o", "json", "list"]));
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .expect("listed");
+    assert_eq!(row["workers"]["running"], 3);
+    assert!(
+        row["supervisor"].as_str().is_some_and(|s| s.contains(':')),
+        "{row}"
+    );
+
+    let logs = run(state.path(), &["-n", &ns.name, "logs", &name]);
+    assert!(logs.status.success());
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        text.contains("Scheduler at") && text.contains(&format!("==> pod/{}", pods[0])),
+        "{text}"
+    );
+
+    // Scale down: two workers retired through the scheduler, their pods deleted.
+    let started = Instant::now();
+    let scaled = json_of(&run(
+        state.path(),
+        &["-n", &ns.name, "-o", "json", "scale", &name, "1"],
+    ));
+    let scale_seconds = started.elapsed().as_secs_f64();
+    assert_eq!(scaled["retired"].as_array().unwrap().len(), 2, "{scaled}");
+    assert!(
+        scaled["not_retired"].as_array().unwrap().is_empty(),
+        "{scaled}"
+    );
+    let gone = wait_for("two worker pods to be gone", || async {
+        ns.pod_names(&format!(
+            "dask.org/cluster-name={name},dask.org/component=worker"
+        ))
+        .await
+        .len()
+            == 1
+    })
+    .await;
+    let seen = client(&["workers", &address]);
+    assert_eq!(seen["workers"], 1, "{seen}");
+    eprintln!(
+        "FIGURE scale 3->1: {scale_seconds:.1}s retire+delete call, pods gone {:.1}s later",
+        gone.as_secs_f64()
+    );
+
+    let down = run(state.path(), &["-n", &ns.name, "down", &name]);
+    assert!(down.status.success());
+    wait_for("zero pods after down", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
+    assert!(
+        ns.services().get_opt(&name).await.unwrap().is_none(),
+        "the Service is gone"
+    );
+    let pid = up["supervisor_pid"].as_u64().unwrap() as u32;
+    assert!(
+        !dask_kube::supervisor::is_supervisor(pid, &name),
+        "the supervisor was stopped"
+    );
+    ns.delete().await;
+}
+
+/// `up --detach --adapt 1:4` grows under a real computation and shrinks after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapt_grows_under_load_and_shrinks_after() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-adapt").await;
+    let state = tempfile::tempdir().unwrap();
+    let up = json_of(&run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            &small_worker(),
+            "--adapt",
+            "1:4",
+            "--detach",
+        ],
+    ));
+    let name = up["name"].as_str().unwrap().to_owned();
+    let address = up["scheduler_address"].as_str().unwrap().to_owned();
+    assert_eq!(client(&["workers", &address])["workers"], 1);
+
+    // 60 tasks of 2 s: 120 task-seconds, far above one worker's 5 s target duration.
+    let started = Instant::now();
+    let mut load = std::process::Command::new(common::python())
+        .args([
+            fixture("dask_client.py").to_str().unwrap(),
+            "load",
+            &address,
+            "60",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut most = 0;
+    let mut reached_four = None;
+    loop {
+        let running = ns.running_workers(&name).await;
+        if running > most {
+            most = running;
+            eprintln!(
+                "adapt: {running} running workers after {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if running == 4 && reached_four.is_none() {
+            reached_four = Some(started.elapsed());
+        }
+        if load.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "the computation did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(load.wait().unwrap().success(), "the computation failed");
+    let computed = started.elapsed();
+    let reached_four = reached_four.expect("adapt reached the maximum of 4 workers under load");
+    // Idle again: back to the minimum, through retirement.
+    let shrunk = wait_for("adapt to shrink to 1 worker", || async {
+        ns.running_workers(&name).await == 1
+            && ns
+                .pod_names(&format!(
+                    "dask.org/cluster-name={name},dask.org/component=worker"
+                ))
+                .await
+                .len()
+                == 1
+    })
+    .await;
+    assert_eq!(client(&["workers", &address])["workers"], 1);
+    eprintln!(
+        "FIGURE adapt 1:4: 4 workers {:.1}s after load started, load done in {:.1}s, back to 1 worker {:.1}s after",
+        reached_four.as_secs_f64(),
+        computed.as_secs_f64(),
+        shrunk.as_secs_f64()
+    );
+    assert!(
+        run(state.path(), &["-n", &ns.name, "down", &name])
+            .status
+            .success()
+    );
+    wait_for("zero pods after down", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
+    ns.delete().await;
+}
+
+/// Starts a foreground `up`, returns the child and its cluster name once it printed the address.
+fn foreground_up(
+    state: &std::path::Path,
+    ns: &str,
+    workers: &str,
+) -> (std::process::Child, String) {
+    let mut child = dask_kube(state)
+        .args(["-n", ns, "up", "-f", &small_worker(), "--workers", workers])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut name = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        eprintln!("up: {line}");
+        if let Some(rest) = line.strip_prefix("cluster ") {
+            name = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if line.starts_with("scheduler address:") {
+            break;
+        }
+    }
+    (child, name.expect("up printed the cluster name"))
+}
+
+/// dask-kube killed with SIGKILL, then the scheduler pod deleted: the garbage collector
+/// removes every worker pod and the Service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_then_deleting_the_scheduler_leaves_nothing() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-gc").await;
+    let state = tempfile::tempdir().unwrap();
+    let (mut child, name) = foreground_up(state.path(), &ns.name, "2");
+    assert_eq!(ns.running_workers(&name).await, 2);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        ns.pod_names("app=dask").await.len(),
+        3,
+        "nothing is deleted by a killed client"
+    );
+    let started = Instant::now();
+    ns.pods()
+        .delete(&name, &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_for(
+        "the garbage collector to remove the workers and the Service",
+        || async {
+            ns.pod_names("app=dask").await.is_empty()
+                && ns.services().get_opt(&name).await.unwrap().is_none()
+        },
+    )
+    .await;
+    eprintln!(
+        "FIGURE GC after deleting the scheduler pod: {:.1}s to zero pods",
+        started.elapsed().as_secs_f64()
+    );
+    ns.delete().await;
+}
+
+/// SIGTERM to a foreground `up` retires and deletes everything it made, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_foreground_deletes_everything() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-term").await;
+    let state = tempfile::tempdir().unwrap();
+    let (mut child, name) = foreground_up(state.path(), &ns.name, "1");
+    assert_eq!(ns.running_workers(&name).await, 1);
+    let started = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        ns.pod_names("app=dask").await.is_empty(),
+        "up waited until the pods were gone"
+    );
+    assert!(ns.services().get_opt(&name).await.unwrap().is_none());
+    eprintln!(
+        "FIGURE SIGTERM shutdown: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    ns.delete().await;
+}
+
+/// A scheduler that exits: a clear error with its log, nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_scheduler_is_reported_and_cleaned_up() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-fail").await;
+    let state = tempfile::tempdir().unwrap();
+    let failing = fixture("failing-scheduler.yml");
+    let out = run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "up",
+            "-f",
+            &small_worker(),
+            "--scheduler-template",
+            failing.to_str().unwrap(),
+            "--workers",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("scheduler pod") && err.contains("failed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("scheduler config is broken"),
+        "the scheduler's log is quoted: {err}"
+    );
+    wait_for("nothing left", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
+    assert!(
+        ns.services()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    ns.delete().await;
+}
+
+/// A namespace that does not exist: says so, exit 3, nothing created anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_namespace_is_reported() {
+    let Some(_kube) = cluster().await else { return };
+    let state = tempfile::tempdir().unwrap();
+    let out = run(
+        state.path(),
+        &["-n", "dk-does-not-exist", "up", "-f", &small_worker()],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("namespace \"dk-does-not-exist\" does not exist")
+    );
+}
+
+/// The library API end to end: builder, scale, workers, close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_scale_workers_and_close() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-lib").await;
+    let template = PodTemplate::from_file(fixture("small-worker.yml"), "worker").unwrap();
+    let cluster = KubeCluster::builder()
+        .worker_template(template)
+        .namespace(&ns.name)
+        .name_template("lib-{uuid}")
+        .start()
+        .await
+        .unwrap();
+    assert!(cluster.name().starts_with("lib-"));
+    // The dashboard link works from this machine (a second local listener).
+    let link = cluster.dashboard_link().to_owned();
+    let host_port = link
+        .trim_start_matches("http://")
+        .trim_end_matches("/status")
+        .to_owned();
+    assert!(host_port.starts_with("127.0.0.1:"), "{link}");
+    let mut stream = tokio::net::TcpStream::connect(&host_port).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer)
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"),
+        "{answer}"
+    );
+    cluster.scale(2).await.unwrap();
+    cluster.wait_for_workers(2, common::WAIT).await.unwrap();
+    let workers = cluster.workers().await.unwrap();
+    assert_eq!(workers.len(), 2);
+    assert!(
+        workers.iter().all(|w| w.connected.len() == 1),
+        "{workers:?}"
+    );
+    // Created pods are what dask-kube sent: the admission policy (if installed) had
+    // nothing to add, so the defaults appear exactly once.
+    let pod = ns.pods().get(&workers[0].pod).await.unwrap();
+    let spec = pod.spec.unwrap();
+    let dask_tolerations = spec
+        .tolerations
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t.key
+                .as_deref()
+                .is_some_and(|k| k.starts_with("k8s.dask.org"))
+        })
+        .count();
+    assert_eq!(dask_tolerations, 2);
+    let args = spec.containers[0].args.clone().unwrap();
+    assert_eq!(
+        args.iter().filter(|a| *a == "--name").count(),
+        1,
+        "{args:?}"
+    );
+    let logs = cluster.logs().await.unwrap();
+    assert_eq!(logs.len(), 3);
+    let report = cluster.close().await.unwrap();
+    assert!(report.leftovers.is_empty());
+    assert!(ns.pod_names("app=dask").await.is_empty());
+    ns.delete().await;
+}
+
+/// A kubeconfig for a service account of `ns` (token from the TokenRequest API).
+async fn service_account_kubeconfig(
+    kube: &kube::Client,
+    ns: &str,
+    sa: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: kube::Api<ServiceAccount> = kube::Api::namespaced(kube.clone(), ns);
+    if sas.get_opt(sa).await.unwrap().is_none() {
+        let obj: ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": sa}})).unwrap();
+        sas.create(&Default::default(), &obj).await.unwrap();
+    }
+    let request: TokenRequest = serde_json::from_value(
+        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
+    )
+    .unwrap();
+    let answer: TokenRequest = sas
+        .create_subresource("token", sa, &Default::default(), &request)
+        .await
+        .unwrap();
+    let token = answer.status.unwrap().token.unwrap();
+    let admin = kube::config::Kubeconfig::read_from(common::kubeconfig()).unwrap();
+    let cluster = admin.clusters[0].cluster.clone().unwrap();
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u, namespace: {ns}}}\ncurrent-context: c\n",
+        cluster.server.unwrap(),
+        cluster.certificate_authority_data.unwrap()
+    );
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// deploy/rbac.yaml is enough for the whole life cycle, and a service account without it
+/// gets a message that names the missing permission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_manifest_grants_what_dask_kube_needs() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-rbac").await;
+    let state = tempfile::tempdir().unwrap();
+    let rbac = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+    let applied = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", common::kubeconfig())
+        .args(["apply", "-n", &ns.name, "-f", rbac.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let nobody = service_account_kubeconfig(&kube, &ns.name, "nobody", state.path()).await;
+    let out = dask_kube(state.path())
+        .env("KUBECONFIG", &nobody)
+        .args(["up", "-f", &small_worker()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "lacks permission to create pods in namespace {}",
+            ns.name
+        )) && err.contains("deploy/rbac.yaml"),
+        "{err}"
+    );
+
+    let allowed = service_account_kubeconfig(&kube, &ns.name, "dask-kube", state.path()).await;
+    let as_sa = |args: &[&str]| {
+        let out = dask_kube(state.path())
+            .env("KUBECONFIG", &allowed)
+            .args(args)
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ dask-kube {} -> {}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let up = json_of(&as_sa(&[
+        "-o",
+        "json",
+        "up",
+        "-f",
+        &small_worker(),
+        "--workers",
+        "1",
+        "--detach",
+    ]));
+    let name = up["name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        up["namespace"],
+        ns.name.as_str(),
+        "the namespace comes from the kubeconfig context"
+    );
+    assert_eq!(
+        client(&["workers", up["scheduler_address"].as_str().unwrap()])["workers"],
+        1
+    );
+    assert!(as_sa(&["scale", &name, "0"]).status.success());
+    assert!(as_sa(&["logs", &name]).status.success());
+    assert!(as_sa(&["list"]).status.success());
+    assert!(as_sa(&["down", &name]).status.success());
+    wait_for("zero pods", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
+    ns.delete().await;
+}

@@ -1,0 +1,231 @@
+//! Shared helpers of the integration tests: finding the local cluster (or failing with
+//! what to run), one namespace per test, the `dask-kube` binary and the venv's Python.
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed step fails the test
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, Config};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Bound on any wait for a cluster condition.
+pub const WAIT: Duration = Duration::from_secs(180);
+/// Time between checks of a condition.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Cluster tests share one small machine: run them one at a time.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn kubeconfig() -> PathBuf {
+    if let Some(k) = std::env::var_os("KUBECONFIG") {
+        return PathBuf::from(k);
+    }
+    let state = std::env::var_os("DASK_K8S_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/dask-on-k8s/cluster")
+        });
+    state.join("kubeconfig")
+}
+
+/// The local cluster's client, or `None` (with a skip line) under
+/// `DASK_K8S_SKIP_CLUSTER_TESTS=1`; otherwise an unreachable cluster fails the test.
+pub async fn cluster() -> Option<Client> {
+    if std::env::var("DASK_K8S_SKIP_CLUSTER_TESTS").as_deref() == Ok("1") {
+        eprintln!(
+            "SKIP: DASK_K8S_SKIP_CLUSTER_TESTS=1 (this test needs e2e-tests/local-cluster/cluster up)"
+        );
+        return None;
+    }
+    dask_kube::kube_ops::install_crypto_provider();
+    let path = kubeconfig();
+    let needs = format!(
+        "this test needs the local cluster: run `e2e-tests/local-cluster/cluster up` (kubeconfig {}), or set DASK_K8S_SKIP_CLUSTER_TESTS=1 to skip",
+        path.display()
+    );
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("{needs}: {e}"));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{needs}: {e}"));
+    let client = Client::try_from(config).unwrap_or_else(|e| panic!("{needs}: {e}"));
+    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("{needs}: {e}"),
+        Err(_) => panic!("{needs}: the API server did not answer in 10s"),
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let ready = nodes
+        .list(&ListParams::default())
+        .await
+        .map(|l| !l.items.is_empty())
+        .unwrap_or(false);
+    assert!(
+        ready,
+        "{needs}: the cluster has no node (the node agent hook did not run)"
+    );
+    Some(client)
+}
+
+/// A namespace for one test, deleted at the end.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl Drop for TestNamespace {
+    /// A failed test still removes its namespace (and with it any cluster it left).
+    fn drop(&mut self) {
+        let _ = Command::new("kubectl")
+            .env("KUBECONFIG", kubeconfig())
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let name = format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        api.create(&PostParams::default(), &ns).await.unwrap();
+        // The service account controller adds `default`; pods need it.
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        wait_for("the default service account", || async {
+            sas.get_opt("default").await.ok().flatten().is_some()
+        })
+        .await;
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub async fn pod_names(&self, selector: &str) -> Vec<String> {
+        self.pods()
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect()
+    }
+
+    pub async fn running_workers(&self, cluster: &str) -> usize {
+        self.pods()
+            .list(&ListParams::default().labels(&format!(
+                "dask.org/cluster-name={cluster},dask.org/component=worker"
+            )))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count()
+    }
+
+    pub async fn delete(self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let _ = api.delete(&self.name, &DeleteParams::default()).await;
+        // Drop runs too; it finds the namespace already going.
+    }
+}
+
+/// Polls `cond` until it holds, at most [`WAIT`]; returns how long it took.
+pub async fn wait_for<F, Fut>(what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if cond().await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The `dask-kube` binary with a private state dir.
+pub fn dask_kube(state: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dask-kube"));
+    cmd.env("KUBECONFIG", kubeconfig())
+        .env("XDG_STATE_HOME", state)
+        .env("DASK_CONFIG", state.join("no-dask-config"))
+        .env("DASK_ROOT_CONFIG", state.join("no-dask-config"))
+        .env_remove("DASK_KUBERNETES__NAMESPACE")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `dask-kube args...` to completion.
+pub fn run(state: &Path, args: &[&str]) -> Output {
+    let output = dask_kube(state).args(args).output().unwrap();
+    eprintln!(
+        "$ dask-kube {}\n-> {}\n{}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+pub fn python() -> PathBuf {
+    std::env::var_os("DASK_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/dask-on-k8s/venv")
+        })
+        .join("bin/python")
+}
+
+/// A real `distributed.Client` call through the address dask-kube printed.
+pub fn client(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(python())
+        .arg(fixture("dask_client.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "dask client {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
