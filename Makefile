@@ -14,13 +14,15 @@ WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/dask_worker_defaults.wasm
 RUNNER := $(CARGO_TARGET_DIR)/debug/policy-runner
 CLUSTER := e2e-tests/local-cluster/cluster
 
-.PHONY: help demo policy-demo wasm build venv lint fmt clippy unit e2e-policy integration \
+.PHONY: help demo policy-demo wasm build venv lint fmt clippy unit e2e-policy bats integration \
         test bench cluster-up cluster-down clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-demo: policy-demo ## the main job (see README)
+demo: wasm venv ## the README example end to end on the local control plane
+	$(CARGO) build $(CARGO_FLAGS) -p dask-kube -p policy-runner -p node-agent
+	e2e-tests/demo/run-demo.sh
 
 policy-demo: wasm venv ## build the policy and run it on worker-spec.yml like kwctl
 	$(CARGO) build $(CARGO_FLAGS) -p policy-runner
@@ -53,13 +55,17 @@ unit: ## tests that need no cluster (unit, table, property, wasm e2e through the
 
 e2e-policy: wasm ## the compiled policy on the fixtures: runner suite + bats (kwctl if present)
 	$(CARGO) test $(CARGO_FLAGS) -p policy-runner --test policy_fixtures
+	$(MAKE) bats
+
+bats: wasm ## the fixtures' bats file, through policy-runner and through kwctl (skipped without it)
+	$(CARGO) build $(CARGO_FLAGS) -p policy-runner
 	KWCTL=$(RUNNER) bats e2e-tests/policy-runner/tests/policy.bats
 	bats e2e-tests/policy-runner/tests/policy.bats
 
 integration: wasm venv ## start the local control plane, run every test against it, stop it
 	e2e-tests/run-integration.sh
 
-test: lint wasm venv unit e2e-policy integration ## everything CI runs
+test: lint wasm venv unit bats integration ## everything CI runs
 
 bench: wasm ## figures: module size, wasm vs native evaluation, dask-kube timings
 	$(CARGO) build $(CARGO_FLAGS) --profile release-host -p policy-runner --features native

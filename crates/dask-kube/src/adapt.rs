@@ -16,6 +16,13 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default number of consecutive polls a lower target must hold
 /// (`distributed.adaptive.wait-count`).
 pub const DEFAULT_WAIT_COUNT: u32 = 3;
+/// Default quiet time after a change before scaling down. `distributed.Adaptive` has
+/// none, but its workers start in milliseconds; a worker pod takes seconds to schedule,
+/// start Python and connect. Without a cooldown, the burst the scheduler asks for while
+/// task durations are still unknown is deleted before it arrives: pods created and
+/// removed within seconds, the flapping users reported (dask-kubernetes #674, #677).
+/// The dask-kubernetes operator uses the same 15 s.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(15);
 
 /// How to adapt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,14 +44,15 @@ pub struct AdaptPolicy {
 }
 
 impl AdaptPolicy {
-    /// `distributed.Adaptive`'s defaults for the range `[minimum, maximum]`.
+    /// `distributed.Adaptive`'s defaults for the range `[minimum, maximum]`, plus
+    /// [`DEFAULT_COOLDOWN`].
     pub fn new(minimum: u32, maximum: u32) -> Self {
         AdaptPolicy {
             minimum,
             maximum,
             interval: DEFAULT_INTERVAL,
             wait_count: DEFAULT_WAIT_COUNT,
-            cooldown: Duration::ZERO,
+            cooldown: DEFAULT_COOLDOWN,
             max_scale_down_step: None,
             max_scale_up_step: None,
         }

@@ -110,8 +110,9 @@ pub struct AdaptTuning {
     /// Polls in a row a lower target must hold before scaling down.
     #[arg(long, default_value_t = crate::adapt::DEFAULT_WAIT_COUNT)]
     pub wait_count: u32,
-    /// Seconds after a change before scaling down.
-    #[arg(long, default_value_t = 0.0)]
+    /// Seconds after a change before scaling down (gives new worker pods time to start
+    /// and connect before a lower target can remove them).
+    #[arg(long, default_value_t = crate::adapt::DEFAULT_COOLDOWN.as_secs_f64())]
     pub cooldown: f64,
     /// Most workers removed per step.
     #[arg(long)]
@@ -273,6 +274,11 @@ pub struct UpArgs {
     /// Use a scheduler that already runs elsewhere instead of a scheduler pod.
     #[arg(long)]
     pub scheduler_address: Option<String>,
+    /// The scheduler's adaptive target duration (`500ms`, `2s`; Dask's default 5s): how
+    /// long the scheduler wants queued work to take, hence how many workers it asks for.
+    /// Like `cluster.adapt(target_duration=...)`; default: `distributed.adaptive.target-duration`.
+    #[arg(long)]
+    pub target_duration: Option<String>,
     /// Leave the cluster running in the background and exit; `dask-kube down NAME` ends it.
     #[arg(long)]
     pub detach: bool,
@@ -422,6 +428,7 @@ async fn up(args: UpArgs, namespace: Option<String>, ui: &Ui) -> Result<i32> {
         scheduler_template,
         scheduler_options,
         scheduler_address,
+        target_duration,
         detach,
         local_port,
         wait_timeout,
@@ -452,6 +459,9 @@ async fn up(args: UpArgs, namespace: Option<String>, ui: &Ui) -> Result<i32> {
         builder = builder.scheduler_address(address);
     }
     builder = builder.scheduler_options(scheduler_options);
+    if let Some(duration) = target_duration {
+        builder = builder.adaptive_target_duration(duration);
+    }
     // Name and namespace are settled first, so an interrupted start knows what to delete.
     let (client, default_ns, url) = kube_ops::connect().await?;
     let spec = builder.spec(Some(&default_ns))?;

@@ -201,6 +201,7 @@ pub struct KubeClusterBuilder {
     name: Option<String>,
     scheduler_options: Vec<String>,
     external_scheduler: Option<String>,
+    adaptive_target_duration: Option<String>,
     defaults: WorkerDefaults,
     config: Option<DaskConfig>,
     client: Option<(kube::Client, String, String)>,
@@ -222,6 +223,7 @@ impl Default for KubeClusterBuilder {
             name: None,
             scheduler_options: Vec::new(),
             external_scheduler: None,
+            adaptive_target_duration: None,
             defaults: WorkerDefaults::default(),
             config: None,
             client: None,
@@ -271,6 +273,13 @@ impl KubeClusterBuilder {
         options: I,
     ) -> Self {
         self.scheduler_options = options.into_iter().map(Into::into).collect();
+        self
+    }
+    /// The scheduler's `distributed.adaptive.target-duration` (`500ms`, `2s`): how long
+    /// the scheduler wants the queued work to take, which sets the worker count it asks
+    /// for. Dask's default is 5 s; default here: the Dask config's value, if set.
+    pub fn adaptive_target_duration(mut self, duration: impl Into<String>) -> Self {
+        self.adaptive_target_duration = Some(duration.into());
         self
     }
     /// Use a scheduler that already runs elsewhere (no scheduler pod).
@@ -521,6 +530,14 @@ fn resolve_spec(
         .or_else(|| settings.namespace.clone())
         .or_else(|| default_ns.map(str::to_owned))
         .unwrap_or_else(|| "default".to_owned());
+    let adaptive_target_duration = b
+        .adaptive_target_duration
+        .clone()
+        .or_else(|| settings.adaptive_target_duration.clone());
+    if let Some(duration) = &adaptive_target_duration {
+        crate::manifests::validate_timedelta(duration)
+            .map_err(|reason| Error::Usage(format!("adaptive target duration: {reason}")))?;
+    }
     Ok(ClusterSpec {
         name,
         namespace,
@@ -530,6 +547,7 @@ fn resolve_spec(
         scheduler_options: b.scheduler_options.clone(),
         defaults: b.defaults.clone(),
         external_scheduler: b.external_scheduler.clone(),
+        adaptive_target_duration,
     })
 }
 

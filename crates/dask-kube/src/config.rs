@@ -312,6 +312,11 @@ impl DaskConfig {
             dashboard_link: self
                 .get_str("distributed.dashboard.link")?
                 .unwrap_or_else(|| DEFAULT_DASHBOARD_LINK.to_owned()),
+            adaptive_target_duration: match self.get("distributed.adaptive.target-duration") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => Some(format!("{n}s")),
+                Some(_) => self.get_str("distributed.adaptive.target-duration")?,
+            },
         })
     }
 }
@@ -345,6 +350,8 @@ pub struct KubeSettings {
     pub count_max: Option<u32>,
     /// `distributed.dashboard.link`.
     pub dashboard_link: String,
+    /// `distributed.adaptive.target-duration`, passed to the scheduler pod when set.
+    pub adaptive_target_duration: Option<String>,
 }
 
 /// Formats `distributed.dashboard.link` with `scheme`, `host`, `port` and the environment,
@@ -453,6 +460,14 @@ mod tests {
     #[case::name_documented_key(
         "DASK_KUBERNETES__WORKER_NAME", "team-{uuid}",
         |s: &KubeSettings| assert_eq!(s.name_template, "team-{uuid}")
+    )]
+    #[case::adaptive_target_duration(
+        "DASK_DISTRIBUTED__ADAPTIVE__TARGET_DURATION", "500ms",
+        |s: &KubeSettings| assert_eq!(s.adaptive_target_duration.as_deref(), Some("500ms"))
+    )]
+    #[case::adaptive_target_duration_number_is_seconds(
+        "DASK_DISTRIBUTED__ADAPTIVE__TARGET_DURATION", "2",
+        |s: &KubeSettings| assert_eq!(s.adaptive_target_duration.as_deref(), Some("2s"))
     )]
     #[case::dashboard_link(
         "DASK_DISTRIBUTED__DASHBOARD__LINK", "{scheme}://{host}:{port}/status?x={JUPYTERHUB_USER}",

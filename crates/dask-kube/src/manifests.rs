@@ -58,6 +58,54 @@ pub struct ClusterSpec {
     pub defaults: WorkerDefaults,
     /// A scheduler that already runs elsewhere (no scheduler pod, no Service).
     pub external_scheduler: Option<String>,
+    /// `distributed.adaptive.target-duration` for the scheduler: the scheduler's
+    /// `/api/v1/adaptive_target` reads it from its own configuration, so this is where
+    /// `adapt(..., target_duration=...)` of dask-kubernetes takes effect.
+    pub adaptive_target_duration: Option<String>,
+}
+
+/// Env var the scheduler reads `distributed.adaptive.target-duration` from.
+pub const TARGET_DURATION_ENV: &str = "DASK_DISTRIBUTED__ADAPTIVE__TARGET_DURATION";
+
+/// Checks a Dask time delta (`500ms`, `0.5s`, `2`, `1m`) as `dask.utils.parse_timedelta`
+/// reads it, so a typo fails here rather than in the scheduler pod.
+pub fn validate_timedelta(text: &str) -> std::result::Result<(), String> {
+    let t = text.trim();
+    let unit_at = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(unit_at);
+    let number_ok = !number.trim().is_empty()
+        && number
+            .trim()
+            .parse::<f64>()
+            .is_ok_and(|n| n.is_finite() && n > 0.0);
+    let unit_ok = matches!(
+        unit.trim(),
+        "" | "s"
+            | "sec"
+            | "secs"
+            | "second"
+            | "seconds"
+            | "ms"
+            | "millisecond"
+            | "milliseconds"
+            | "us"
+            | "microsecond"
+            | "microseconds"
+            | "m"
+            | "min"
+            | "minute"
+            | "minutes"
+            | "h"
+            | "hour"
+            | "hours"
+    );
+    if number_ok && unit_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not a positive duration like 500ms, 0.5s, 2s or 1m"
+        ))
+    }
 }
 
 /// A worker pod manifest and what the defaults had to say about the template.
@@ -198,6 +246,9 @@ impl ClusterSpec {
             container.insert("args".into(), json!(args));
         }
         set_env(container, ROUTES_ENV, ROUTES, false);
+        if let Some(duration) = &self.adaptive_target_duration {
+            set_env(container, TARGET_DURATION_ENV, duration, true);
+        }
         if container.get("ports").is_none_or(Value::is_null) {
             container.insert(
                 "ports".into(),
@@ -485,6 +536,7 @@ mod tests {
             scheduler_options: vec!["--idle-timeout".into(), "3600".into()],
             defaults: WorkerDefaults::default(),
             external_scheduler: None,
+            adaptive_target_duration: None,
         }
     }
 
@@ -597,6 +649,37 @@ mod tests {
         let err = s.worker_pod().unwrap_err();
         assert_eq!(err.exit_code(), crate::error::exit::USAGE);
         assert!(err.to_string().contains("--memory-limit"), "{err}");
+    }
+
+    #[test]
+    fn adaptive_target_duration_reaches_the_scheduler_only() {
+        let s = ClusterSpec {
+            adaptive_target_duration: Some("500ms".into()),
+            ..spec()
+        };
+        let pod = s.scheduler_pod().unwrap();
+        assert_eq!(
+            env_value(&pod["spec"]["containers"][0], TARGET_DURATION_ENV),
+            Some(&json!({"name": TARGET_DURATION_ENV, "value": "500ms"}))
+        );
+        let worker = s.worker_pod().unwrap().pod;
+        assert_eq!(
+            env_value(&worker["spec"]["containers"][0], TARGET_DURATION_ENV),
+            None
+        );
+    }
+
+    #[rstest::rstest]
+    #[case::milliseconds("500ms", true)]
+    #[case::fractional_seconds("0.5s", true)]
+    #[case::bare_seconds("2", true)]
+    #[case::minutes("1m", true)]
+    #[case::zero("0s", false)]
+    #[case::negative("-1s", false)]
+    #[case::unknown_unit("5 parsecs", false)]
+    #[case::empty("", false)]
+    fn timedeltas(#[case] text: &str, #[case] valid: bool) {
+        assert_eq!(validate_timedelta(text).is_ok(), valid, "{text}");
     }
 
     #[test]

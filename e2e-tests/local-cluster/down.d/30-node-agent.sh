@@ -7,6 +7,8 @@
 # Env (from `cluster down`): KUBECONFIG, STATE_DIR, REPO_ROOT, PIDS_DIR, LOG_DIR.
 # Optional: DASK_NODE_AGENT_STOP_TIMEOUT seconds to wait for the agent (default 45).
 set -euo pipefail
+# Zombies (killed, not yet reaped by a lazy PID 1) count as gone.
+pid_alive() { kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
 
 : "${STATE_DIR:?run by 'cluster down'}"
 PIDS_DIR="${PIDS_DIR:-$STATE_DIR/pids}"
@@ -21,12 +23,12 @@ NODE_NAME=local-node BRIDGE=dkbr0 POD_SUBNET=10.244.0.0/24 BIN=
 
 if [[ -f "$PID_FILE" ]]; then
   pid="$(tr -dc '0-9' <"$PID_FILE")"
-  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+  if [[ -n "$pid" ]] && pid_alive "$pid"; then
     log "stopping the node agent (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$((SECONDS + TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then log "agent still running after ${TIMEOUT}s (cluster down will kill it)"; fi
+    while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+    if pid_alive "$pid"; then log "agent still running after ${TIMEOUT}s (cluster down will kill it)"; fi
   fi
 fi
 

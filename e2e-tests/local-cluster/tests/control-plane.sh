@@ -20,6 +20,9 @@ WAIT="${CHECK_TIMEOUT:-60}"   # bound for every "eventually" check, seconds
 passed=0 failed=0
 ok() { echo "ok - $*"; passed=$((passed + 1)); }
 notok() { echo "not ok - $*"; failed=$((failed + 1)); }
+# A killed process reparented to a PID 1 that does not reap stays a zombie for a while:
+# it is dead, although kill -0 still succeeds.
+pid_alive() { kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
 check() { # check DESCRIPTION CMD...
   local d="$1"; shift
   local out
@@ -197,7 +200,7 @@ if DASK_K8S_EXTRA_HOOKS_DIR="$hooks" "$CLUSTER" up >/dev/null 2>/tmp/control-pla
   if [[ "$(cat "$STATE_DIR/hook-readyz" 2>/dev/null)" == ok ]]; then ok "up.d hook ran after readiness (kubectl works in it)"
   else notok "up.d hook readyz: $(cat "$STATE_DIR/hook-readyz" 2>/dev/null)"; fi
   hook_pids="$(cat "$STATE_DIR/pids/test-stubborn.pid" "$STATE_DIR/hook-child.pid" "$STATE_DIR/hook-stray.pid" 2>/dev/null | tr '\n' ' ')"
-  alive=0; for p in $hook_pids; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
+  alive=0; for p in $hook_pids; do pid_alive "$p" && alive=$((alive + 1)); done
   if ((alive == 3)); then ok "hook processes running (pids $hook_pids)"; else notok "hook processes running: $alive of 3 ($hook_pids)"; fi
 else
   notok "cluster up again"; tail -n 40 /tmp/control-plane-test-up.$$.log | sed 's/^/    # /'
@@ -207,7 +210,7 @@ export DASK_K8S_STOP_TIMEOUT=3 DASK_K8S_EXTRA_HOOKS_DIR="$hooks"
 down_and_verify "final stop"
 unset DASK_K8S_STOP_TIMEOUT DASK_K8S_EXTRA_HOOKS_DIR
 if [[ -f "$STATE_DIR/down-hook-ran" ]]; then ok "down.d hook ran"; else notok "down.d hook did not run"; fi
-alive=""; for p in $hook_pids; do kill -0 "$p" 2>/dev/null && alive+="$p "; done
+alive=""; for p in $hook_pids; do pid_alive "$p" && alive+="$p "; done
 if [[ -n "$hook_pids" && -z "$alive" ]]; then ok "down killed the hook's TERM-ignoring process group and the stray process"
 else notok "hook processes survived down: '$alive' (of '$hook_pids')"; fi
 rm -rf "$hooks"; rm -f "$STATE_DIR"/hook-* "$STATE_DIR/down-hook-ran"

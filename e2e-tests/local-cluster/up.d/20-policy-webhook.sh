@@ -38,7 +38,7 @@ esac
 log() { echo "20-policy-webhook: $*" >&2; }
 die() { echo "20-policy-webhook: ERROR: $*" >&2; exit 1; }
 
-alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
 
 # ---- build (cargo decides what is stale; a no-op takes a second)
 if command -v cargo >/dev/null 2>&1; then

@@ -21,6 +21,8 @@
 #   DASK_NODE_AGENT_SKIP=1    do nothing (a cluster without a node)
 #   CARGO_TARGET_DIR          default ~/.cache/dask-on-k8s/target
 set -euo pipefail
+# Zombies (killed, not yet reaped by a lazy PID 1) count as gone.
+pid_alive() { kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
 
 : "${KUBECONFIG:?run by 'cluster up'}" "${STATE_DIR:?run by 'cluster up'}" "${REPO_ROOT:?run by 'cluster up'}"
 PIDS_DIR="${PIDS_DIR:-$STATE_DIR/pids}"
@@ -87,10 +89,10 @@ ENV
 # ---- stop an agent of an earlier run (only the pid we recorded)
 if [[ -f "$PID_FILE" ]]; then
   old="$(tr -dc '0-9' <"$PID_FILE")"
-  if [[ -n "$old" ]] && kill -0 "$old" 2>/dev/null; then
+  if [[ -n "$old" ]] && pid_alive "$old"; then
     log "stopping the previous node agent (pid $old)"
     kill -TERM "$old" 2>/dev/null || true
-    for _ in $(seq 200); do kill -0 "$old" 2>/dev/null || break; sleep 0.2; done
+    for _ in $(seq 200); do pid_alive "$old" || break; sleep 0.2; done
   fi
   rm -f "$PID_FILE"
 fi
@@ -113,7 +115,7 @@ ready() {
 }
 deadline=$((SECONDS + TIMEOUT))
 until ready; do
-  if ! kill -0 "$pid" 2>/dev/null; then
+  if ! pid_alive "$pid"; then
     tail -n 30 "$LOG_FILE" >&2 || true
     die "node agent (pid $pid) exited; see $LOG_FILE"
   fi

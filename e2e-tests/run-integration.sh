@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The integration tier: a real local control plane (kube-apiserver + etcd +
+# controller-manager, the node agent running pods as processes, the policy as a live
+# webhook), every test that needs it, and `cluster down` at the end, also when a test
+# fails. Exit status: 0 when everything passed.
+set -uo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+CLUSTER=e2e-tests/local-cluster/cluster
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dask-on-k8s/target}"
+VENV="${VENV:-$HOME/.cache/dask-on-k8s/venv}"
+# The README example asks for up to 8 workers of cpu 2 / memory 6G. The local node
+# advertises room for them; the processes share the machine's real cores and memory
+# (the workers of the example use far less than their limit).
+export NODE_AGENT_CPU="${NODE_AGENT_CPU:-32}" NODE_AGENT_MEMORY="${NODE_AGENT_MEMORY:-64Gi}"
+
+results=()
+status=0
+run() {
+  local name="$1" t0=$SECONDS
+  shift
+  echo "::: $name"
+  if "$@"; then
+    results+=("ok      $name ($((SECONDS - t0))s)")
+  else
+    results+=("FAILED  $name ($((SECONDS - t0))s)")
+    status=1
+  fi
+}
+finish() {
+  echo "::: cluster down"
+  "$CLUSTER" down || { results+=("FAILED  cluster down left something running"); status=1; }
+  echo "::: integration results"
+  printf '  %s\n' "${results[@]}"
+  exit "$status"
+}
+trap finish EXIT
+
+# The control plane's own checks start it, restart it and stop it; --keep-up leaves it
+# up (with the node agent and the webhook) for everything below.
+run "control plane checks (tests/control-plane.sh)" e2e-tests/local-cluster/tests/control-plane.sh --keep-up
+if ! up_env="$("$CLUSTER" up)"; then
+  results+=("FAILED  cluster up")
+  status=1
+  exit
+fi
+eval "$up_env"
+
+run "policy webhook through the apiserver" cargo test --locked -p policy-runner --test webhook_cluster
+run "kubelet API: logs and port-forward" cargo test --locked -p kubelet-api --test apiserver
+run "node agent: pods as processes" cargo test --locked -p node-agent --test cluster -- --test-threads=1
+run "dask-kube against the cluster" cargo test --locked -p dask-kube --test cluster -- --test-threads=1
+run "README example end to end (demo.py --check)" "$VENV/bin/python" e2e-tests/demo/demo.py --check \
+  --summary-json "${DEMO_SUMMARY:-$CARGO_TARGET_DIR/demo-summary.json}"
