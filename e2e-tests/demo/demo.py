@@ -187,6 +187,33 @@ class PodWatcher(threading.Thread):
             return self.phases["Running"] + self.phases["Pending"]
 
 
+class DecisionTail(threading.Thread):
+    """Prints the detached adapt controller's scaling decisions as they happen (its log,
+    written by `dask-kube attach`), without the steady 'hold' lines."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.stopping = threading.Event()
+
+    def run(self):
+        position = 0
+        while not self.stopping.is_set():
+            try:
+                with open(self.path) as f:
+                    f.seek(position)
+                    for line in f:
+                        line = self.ANSI.sub("", line.rstrip())
+                        if "adapt: scaling" in line or "workers retired" in line or "lost" in line:
+                            say("dask-kube " + line.split("dask_kube::scaler: ", 1)[-1])
+                    position = f.tell()
+            except OSError:
+                pass
+            self.stopping.wait(0.5)
+
+
 # ------------------------------------------------------------------------ dask helpers
 
 def transition_counter_plugin():
@@ -269,6 +296,9 @@ def adaptive_scenario(args, checks):
     say(f"cluster {name}: scheduler {address}, dashboard {up['dashboard']} (ready in {up['ready_seconds']:.1f}s)")
     watcher = PodWatcher(namespace, name)
     watcher.start()
+    decisions = DecisionTail(up["log"]) if up.get("log") else None
+    if decisions:
+        decisions.start()
     summary = {"cluster": name}
     try:
         client = Client(address, timeout="60s")
@@ -319,6 +349,9 @@ def adaptive_scenario(args, checks):
     finally:
         watcher.stopping.set()
         watcher.join(5)
+        if decisions:
+            decisions.stopping.set()
+            decisions.join(5)
 
     with watcher.lock:
         pods = list(watcher.seen.values())
