@@ -6,9 +6,8 @@
 //! a malformed request or object is rejected with a message, never a trap (a panic in
 //! the module is an HTTP 500 for every pod in the cluster).
 
-use dask_worker_spec::default_object;
+use dask_worker_spec::default_owned_object;
 use kubewarden_policy_sdk::protocol_version_guest;
-use kubewarden_policy_sdk::request::KubernetesAdmissionRequest;
 use kubewarden_policy_sdk::response::ValidationResponse;
 use serde::Deserialize;
 use wapc_guest::prelude::*;
@@ -38,9 +37,27 @@ fn validate_settings(payload: &[u8]) -> CallResult {
 /// The `validate` call's payload.
 #[derive(Deserialize)]
 struct ValidationPayload {
-    request: KubernetesAdmissionRequest,
+    request: AdmissionRequest,
     #[serde(default)]
     settings: serde_json::Value,
+}
+
+/// The parts of the AdmissionRequest the decision reads. The SDK's full request type would
+/// also build `oldObject` (a second copy of the object on UPDATE), `userInfo` and
+/// `options` as values on every call; here serde skips them without allocating.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AdmissionRequest {
+    kind: GroupVersionKind,
+    operation: String,
+    object: serde_json::Value,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GroupVersionKind {
+    group: String,
+    kind: String,
 }
 
 /// What `validate` does, callable natively (tests, benchmarks): the serialized
@@ -80,11 +97,11 @@ pub fn evaluate(payload: &[u8]) -> ValidationResponse {
         },
     };
     let request = payload.request;
-    match default_object(
+    match default_owned_object(
         &request.kind.group,
         &request.kind.kind,
         &request.operation,
-        &request.object,
+        request.object,
         &settings.0,
     ) {
         Ok(outcome) => ValidationResponse {

@@ -177,20 +177,42 @@ pub fn default_object(
     object: &Value,
     settings: &WorkerDefaults,
 ) -> Result<ObjectDefaults> {
-    let Some(location) = TEMPLATE_LOCATIONS
-        .iter()
-        .find(|l| l.group == group && l.kind == kind)
-    else {
-        return Ok(ObjectDefaults::default());
-    };
-    if !location.operations.contains(&operation) || object.is_null() {
+    if location_for(group, kind, operation, object).is_none() {
         return Ok(ObjectDefaults::default());
     }
+    default_owned_object(group, kind, operation, object.clone(), settings)
+}
+
+/// The handled location of this kind and operation, if the object is to be looked at.
+fn location_for(
+    group: &str,
+    kind: &str,
+    operation: &str,
+    object: &Value,
+) -> Option<&'static TemplateLocation> {
+    TEMPLATE_LOCATIONS
+        .iter()
+        .find(|l| l.group == group && l.kind == kind)
+        .filter(|l| l.operations.contains(&operation) && !object.is_null())
+}
+
+/// [`default_object`] taking the object by value: it is edited in place and returned only
+/// when something changed, so the policy copies nothing on its hot path.
+pub fn default_owned_object(
+    group: &str,
+    kind: &str,
+    operation: &str,
+    mut object: Value,
+    settings: &WorkerDefaults,
+) -> Result<ObjectDefaults> {
+    let Some(location) = location_for(group, kind, operation, &object) else {
+        return Ok(ObjectDefaults::default());
+    };
     if !object.is_object() {
         return Err(Error::malformed("object", "must be a JSON object"));
     }
     if let Some(labels_path) = location.labels_path {
-        let labels = match get(object, labels_path) {
+        let labels = match get(&object, labels_path) {
             None | Some(Value::Null) => None,
             Some(Value::Object(labels)) => Some(labels),
             Some(_) => {
@@ -202,17 +224,16 @@ pub fn default_object(
         }
     }
     let mut rules = location.rules;
-    if kind == "Pod" && group.is_empty() && owned_by_always_restarting_controller(object) {
+    if kind == "Pod" && group.is_empty() && owned_by_always_restarting_controller(&object) {
         rules.restart_policy = RestartPolicyRule::Keep;
     }
     let spec_path = location.spec_path.join(".");
-    let mut mutated = object.clone();
-    let Some(spec) = get_mut(&mut mutated, location.spec_path) else {
+    let Some(spec) = get_mut(&mut object, location.spec_path) else {
         return Err(Error::malformed(spec_path, "is missing"));
     };
     let Defaulted { changed, warnings } = apply_worker_defaults(spec, &spec_path, rules, settings)?;
     Ok(ObjectDefaults {
-        mutated: changed.then_some(mutated),
+        mutated: changed.then_some(object),
         warnings,
     })
 }

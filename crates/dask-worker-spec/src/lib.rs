@@ -40,7 +40,9 @@ pub mod quantity;
 pub mod selector;
 pub mod settings;
 
-pub use admission::{ObjectDefaults, TEMPLATE_LOCATIONS, TemplateLocation, default_object};
+pub use admission::{
+    ObjectDefaults, TEMPLATE_LOCATIONS, TemplateLocation, default_object, default_owned_object,
+};
 pub use command::{CommandLineError, Invocation, WorkerCommandLine};
 pub use defaults::{
     Defaulted, PodSpecRules, RestartPolicyRule, WORKER_NAME_ENV, WORKER_NAME_FROM_ENV,
