@@ -147,43 +147,40 @@ fn value_from(
     }
     if let Some(r) = &source.config_map_key_ref {
         let optional = r.optional == Some(true);
-        return match sources.config_maps.get(&r.name).cloned().flatten() {
-            Some(data) => match data.get(&r.key) {
-                Some(v) => Ok(Some(v.clone())),
-                None if optional => Ok(None),
-                None => Err(Error::ContainerConfig(format!(
-                    "couldn't find key {} in ConfigMap {}",
-                    r.key, r.name
-                ))),
-            },
-            None if optional => Ok(None),
-            None => Err(Error::ContainerConfig(format!(
-                "configmap \"{}\" not found",
-                r.name
-            ))),
-        };
+        return key_ref(&sources.config_maps, "ConfigMap", &r.name, &r.key, optional);
     }
     if let Some(r) = &source.secret_key_ref {
         let optional = r.optional == Some(true);
-        return match sources.secrets.get(&r.name).cloned().flatten() {
-            Some(data) => match data.get(&r.key) {
-                Some(v) => Ok(Some(v.clone())),
-                None if optional => Ok(None),
-                None => Err(Error::ContainerConfig(format!(
-                    "couldn't find key {} in Secret {}",
-                    r.key, r.name
-                ))),
-            },
-            None if optional => Ok(None),
-            None => Err(Error::ContainerConfig(format!(
-                "secret \"{}\" not found",
-                r.name
-            ))),
-        };
+        return key_ref(&sources.secrets, "Secret", &r.name, &r.key, optional);
     }
     Err(Error::ContainerConfig(
         "env valueFrom has no supported source".to_string(),
     ))
+}
+
+/// `configMapKeyRef` / `secretKeyRef`: the key's value, `None` when optional and missing,
+/// else the kubelet's error (`couldn't find key k in Secret s`, `secret "s" not found`).
+fn key_ref(
+    store: &BTreeMap<String, Option<BTreeMap<String, String>>>,
+    kind: &str,
+    name: &str,
+    key: &str,
+    optional: bool,
+) -> Result<Option<String>> {
+    match store.get(name).and_then(Option::as_ref) {
+        Some(data) => match data.get(key) {
+            Some(v) => Ok(Some(v.clone())),
+            None if optional => Ok(None),
+            None => Err(Error::ContainerConfig(format!(
+                "couldn't find key {key} in {kind} {name}"
+            ))),
+        },
+        None if optional => Ok(None),
+        None => Err(Error::ContainerConfig(format!(
+            "{} \"{name}\" not found",
+            kind.to_lowercase()
+        ))),
+    }
 }
 
 /// Resolves a downward API `fieldRef` path.

@@ -212,38 +212,25 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use bytes::Bytes;
-    use tokio::io::DuplexStream;
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::spdy::{Frame, FrameDecoder, FrameEncoder, Headers};
+    use crate::spdy::test_client::ScriptedClient;
+    use crate::spdy::{Frame, Headers};
 
-    struct Client {
-        io: DuplexStream,
-        enc: FrameEncoder,
-        dec: FrameDecoder,
-        buf: BytesMut,
-    }
+    /// The scripted client, skipping the SYN_REPLY and WINDOW_UPDATE frames these tests
+    /// do not look at.
+    struct Client(ScriptedClient);
 
     impl Client {
         async fn send(&mut self, frame: Frame) {
-            let mut out = BytesMut::new();
-            self.enc.encode_frame(&frame, &mut out).expect("encode");
-            self.io.write_all(&out).await.expect("write");
+            self.0.send(frame).await;
         }
 
-        /// Next frame that is not a SYN_REPLY or WINDOW_UPDATE.
         async fn recv(&mut self) -> Option<Frame> {
-            loop {
-                while let Some(f) = self.dec.decode_frame(&mut self.buf).expect("decode") {
-                    if !matches!(f, Frame::SynReply { .. } | Frame::WindowUpdate { .. }) {
-                        return Some(f);
-                    }
-                }
-                if self.io.read_buf(&mut self.buf).await.expect("read") == 0 {
-                    return None;
-                }
-            }
+            self.0
+                .recv_where(|f| !matches!(f, Frame::SynReply { .. } | Frame::WindowUpdate { .. }))
+                .await
         }
 
         async fn open(&mut self, id: u32, kind: &str, port: u16, request: &str, fin: bool) {
@@ -277,13 +264,7 @@ mod tests {
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         };
         let task = tokio::spawn(serve(server_io, target, shutdown.clone()));
-        let client = Client {
-            io: client_io,
-            enc: FrameEncoder::new().expect("enc"),
-            dec: FrameDecoder::new(),
-            buf: BytesMut::new(),
-        };
-        (client, shutdown, task)
+        (Client(ScriptedClient::new(client_io)), shutdown, task)
     }
 
     fn data(stream_id: u32, fin: bool, bytes: &'static [u8]) -> Frame {

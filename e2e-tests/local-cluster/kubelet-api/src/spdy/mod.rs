@@ -9,6 +9,8 @@ pub mod codec;
 mod dictionary;
 pub mod frame;
 pub mod session;
+#[cfg(test)]
+pub(crate) mod test_client;
 
 pub use codec::{FrameDecoder, FrameEncoder};
 pub use frame::{Frame, Headers, RstStatus, Setting};

@@ -448,39 +448,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use bytes::BytesMut;
-    use tokio::io::{AsyncReadExt, DuplexStream};
-
     use super::*;
 
-    /// A scripted client over an in-memory pipe: writes frames with its own encoder,
-    /// reads ours with its own decoder.
-    struct Client {
-        io: DuplexStream,
-        enc: FrameEncoder,
-        dec: FrameDecoder,
-        buf: BytesMut,
-    }
-
-    impl Client {
-        async fn send(&mut self, frame: Frame) {
-            let mut out = BytesMut::new();
-            self.enc.encode_frame(&frame, &mut out).expect("encode");
-            self.io.write_all(&out).await.expect("write");
-        }
-
-        async fn recv(&mut self) -> Option<Frame> {
-            loop {
-                if let Some(f) = self.dec.decode_frame(&mut self.buf).expect("decode") {
-                    return Some(f);
-                }
-                let n = self.io.read_buf(&mut self.buf).await.expect("read");
-                if n == 0 {
-                    return None;
-                }
-            }
-        }
-    }
+    type Client = crate::spdy::test_client::ScriptedClient;
 
     fn syn(stream_id: u32, headers: Headers) -> Frame {
         Frame::SynStream {
@@ -512,13 +482,7 @@ mod tests {
             }
         };
         let task = tokio::spawn(run(server_io, acceptor, tx, shutdown.clone()));
-        let client = Client {
-            io: client_io,
-            enc: FrameEncoder::new().expect("enc"),
-            dec: FrameDecoder::new(),
-            buf: BytesMut::new(),
-        };
-        (client, rx, shutdown, task)
+        (Client::new(client_io), rx, shutdown, task)
     }
 
     #[tokio::test]
@@ -680,9 +644,8 @@ mod tests {
     #[tokio::test]
     async fn garbage_ends_the_session_with_a_protocol_goaway() {
         let (mut c, _streams, _shutdown, task) = start();
-        c.io.write_all(&[0x80, 0x02, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1])
-            .await
-            .expect("write");
+        c.send_raw(&[0x80, 0x02, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1])
+            .await;
         assert_eq!(
             c.recv().await,
             Some(Frame::GoAway {
