@@ -6,7 +6,7 @@
 //! a malformed request or object is rejected with a message, never a trap (a panic in
 //! the module is an HTTP 500 for every pod in the cluster).
 
-use dask_worker_spec::default_owned_object;
+use dask_worker_spec::default_object;
 use kubewarden_policy_sdk::protocol_version_guest;
 use kubewarden_policy_sdk::response::ValidationResponse;
 use serde::Deserialize;
@@ -97,7 +97,7 @@ pub fn evaluate(payload: &[u8]) -> ValidationResponse {
         },
     };
     let request = payload.request;
-    match default_owned_object(
+    match default_object(
         &request.kind.group,
         &request.kind.kind,
         &request.operation,

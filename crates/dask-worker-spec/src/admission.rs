@@ -158,7 +158,9 @@ fn get_mut<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
 /// `operation` as in the request (`CREATE`, `UPDATE`, ...).
 ///
 /// Kinds that are not handled, other operations and null objects are accepted as they
-/// are. Malformed worker objects are refused with a message saying what is wrong.
+/// are. Malformed worker objects are refused with a message saying what is wrong. The
+/// object is taken by value, edited in place and returned only when something changed,
+/// so the policy copies nothing on its hot path.
 ///
 /// # Example
 /// ```
@@ -167,45 +169,21 @@ fn get_mut<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
 ///   "metadata": {"labels": {"app": "web"}},
 ///   "spec": {"containers": [{"name": "web", "image": "nginx"}]}
 /// });
-/// let out = default_object("", "Pod", "CREATE", &pod, &WorkerDefaults::default()).unwrap();
+/// let out = default_object("", "Pod", "CREATE", pod, &WorkerDefaults::default()).unwrap();
 /// assert!(out.mutated.is_none()); // not a Dask worker pod
 /// ```
 pub fn default_object(
     group: &str,
     kind: &str,
     operation: &str,
-    object: &Value,
-    settings: &WorkerDefaults,
-) -> Result<ObjectDefaults> {
-    if location_for(group, kind, operation, object).is_none() {
-        return Ok(ObjectDefaults::default());
-    }
-    default_owned_object(group, kind, operation, object.clone(), settings)
-}
-
-/// The handled location of this kind and operation, if the object is to be looked at.
-fn location_for(
-    group: &str,
-    kind: &str,
-    operation: &str,
-    object: &Value,
-) -> Option<&'static TemplateLocation> {
-    TEMPLATE_LOCATIONS
-        .iter()
-        .find(|l| l.group == group && l.kind == kind)
-        .filter(|l| l.operations.contains(&operation) && !object.is_null())
-}
-
-/// [`default_object`] taking the object by value: it is edited in place and returned only
-/// when something changed, so the policy copies nothing on its hot path.
-pub fn default_owned_object(
-    group: &str,
-    kind: &str,
-    operation: &str,
     mut object: Value,
     settings: &WorkerDefaults,
 ) -> Result<ObjectDefaults> {
-    let Some(location) = location_for(group, kind, operation, &object) else {
+    let Some(location) = TEMPLATE_LOCATIONS
+        .iter()
+        .find(|l| l.group == group && l.kind == kind)
+        .filter(|l| l.operations.contains(&operation) && !object.is_null())
+    else {
         return Ok(ObjectDefaults::default());
     };
     if !object.is_object() {

@@ -17,7 +17,7 @@
 //!     "args": ["dask", "worker", "--nthreads", "2", "--memory-limit", "6GB"]
 //!   }]}
 //! });
-//! let out = default_object("", "Pod", "CREATE", &pod, &WorkerDefaults::default()).unwrap();
+//! let out = default_object("", "Pod", "CREATE", pod, &WorkerDefaults::default()).unwrap();
 //! let pod = out.mutated.unwrap();
 //! assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"]["cpu"], "2");
 //! assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
@@ -40,9 +40,7 @@ pub mod quantity;
 pub mod selector;
 pub mod settings;
 
-pub use admission::{
-    ObjectDefaults, TEMPLATE_LOCATIONS, TemplateLocation, default_object, default_owned_object,
-};
+pub use admission::{ObjectDefaults, TEMPLATE_LOCATIONS, TemplateLocation, default_object};
 pub use command::{CommandLineError, Invocation, WorkerCommandLine};
 pub use defaults::{
     Defaulted, PodSpecRules, RestartPolicyRule, WORKER_NAME_ENV, WORKER_NAME_FROM_ENV,

@@ -30,7 +30,7 @@ fn run(kind: &str, operation: &str, object: &Value, settings: &WorkerDefaults) -
         "DaskCluster" | "DaskWorkerGroup" => "kubernetes.dask.org",
         _ => "",
     };
-    default_object(group, kind, operation, object, settings)
+    default_object(group, kind, operation, object.clone(), settings)
         .expect("accepted")
         .mutated
 }
@@ -184,7 +184,7 @@ fn rejections_say_what_and_how_to_fix(
     args.extend_from_slice(flags);
     let mut container = worker(&args);
     container["resources"] = resources;
-    let error = default_object("", "Pod", "CREATE", &worker_pod(container), &defaults())
+    let error = default_object("", "Pod", "CREATE", worker_pod(container), &defaults())
         .expect_err("rejected");
     assert_eq!(error.to_string(), message);
 }
@@ -226,7 +226,7 @@ fn values_without_a_byte_count_warn(#[case] flags: &[&str], #[case] warning: &st
     let mut args = vec!["dask", "worker"];
     args.extend_from_slice(flags);
     let pod = worker_pod(worker(&args));
-    let out = default_object("", "Pod", "CREATE", &pod, &defaults()).expect("accepted");
+    let out = default_object("", "Pod", "CREATE", pod, &defaults()).expect("accepted");
     assert!(
         out.warnings
             .contains(&format!("container \"worker\": {warning}")),
@@ -379,6 +379,6 @@ fn pods_of_replicasets_keep_their_restart_policy() {
 #[case::tolerations_not_array(json!({"metadata": {"labels": {"dask.org/component": "worker"}}, "spec": {"tolerations": "x"}}), "spec.tolerations must be an array")]
 #[case::not_an_object(json!("pod"), "object must be a JSON object")]
 fn malformed_objects_are_refused_clearly(#[case] object: Value, #[case] message: &str) {
-    let error = default_object("", "Pod", "CREATE", &object, &defaults()).expect_err("refused");
+    let error = default_object("", "Pod", "CREATE", object, &defaults()).expect_err("refused");
     assert_eq!(error.to_string(), message);
 }

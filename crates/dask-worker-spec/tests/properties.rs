@@ -164,10 +164,10 @@ fn check_idempotent(
     object: &Value,
     settings: &WorkerDefaults,
 ) -> Result<(), TestCaseError> {
-    if let Ok(first) = default_object(group, kind, "CREATE", object, settings)
+    if let Ok(first) = default_object(group, kind, "CREATE", object.clone(), settings)
         && let Some(mutated) = first.mutated
     {
-        let second = default_object(group, kind, "CREATE", &mutated, settings);
+        let second = default_object(group, kind, "CREATE", mutated.clone(), settings);
         prop_assert!(
             second.is_ok(),
             "second pass refused: {second:?}\nfirst result: {mutated}"
@@ -187,7 +187,7 @@ proptest! {
 
     #[test]
     fn arbitrary_json_never_panics(object in arbitrary_json(), kind in prop::sample::select(KINDS.to_vec()), op in prop::sample::select(vec!["CREATE", "UPDATE", "DELETE"])) {
-        let _ = default_object(kind.0, kind.1, op, &object, &WorkerDefaults::default());
+        let _ = default_object(kind.0, kind.1, op, object, &WorkerDefaults::default());
     }
 
     #[test]
