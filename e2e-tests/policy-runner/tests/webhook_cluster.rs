@@ -12,48 +12,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use serde_json::{Value, json};
-use std::path::PathBuf;
-
-/// The kubeconfig `cluster up` writes: `$DASK_K8S_STATE_DIR`, else `$KUBECONFIG`, else the
-/// default state dir.
-fn kubeconfig_path() -> PathBuf {
-    if let Ok(dir) = std::env::var("DASK_K8S_STATE_DIR") {
-        return PathBuf::from(dir).join("kubeconfig");
-    }
-    if let Ok(path) = std::env::var("KUBECONFIG") {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    PathBuf::from(home).join(".cache/dask-on-k8s/cluster/kubeconfig")
-}
 
 /// A client for the local cluster, or `None` when tests are told to skip without one.
 async fn cluster() -> Option<Client> {
-    let skip = std::env::var("DASK_K8S_SKIP_CLUSTER_TESTS").is_ok_and(|v| v == "1");
-    let path = kubeconfig_path();
-    let connect = async {
-        let kubeconfig = Kubeconfig::read_from(&path)?;
-        let config =
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        let client = Client::try_from(config)?;
-        client.apiserver_version().await?;
-        anyhow::Ok(client)
-    };
-    match connect.await {
-        Ok(client) => Some(client),
-        Err(e) if skip => {
-            eprintln!("SKIP: no local cluster ({e}); DASK_K8S_SKIP_CLUSTER_TESTS=1");
-            None
-        }
-        Err(e) => panic!(
-            "this test needs the local control plane with the policy webhook: run \
-             `e2e-tests/local-cluster/cluster up` (kubeconfig {}: {e})",
-            path.display()
-        ),
-    }
+    cluster_harness::cluster_or_skip("the policy webhook tests")
+        .await
+        .map(|(client, _)| client)
 }
 
 /// A namespace of its own. Names are fixed per test, so a run that failed before its
@@ -95,6 +61,25 @@ impl TestNamespace {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Creates `object` as a `K` in this namespace, as a client would, and returns what
+    /// the apiserver stored (after its defaulting, the webhook and validation).
+    async fn create<K>(&self, object: Value) -> Result<Value, kube::Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let typed: K = serde_json::from_value(object).expect("a valid object");
+        let stored = self
+            .api::<K>()
+            .create(&PostParams::default(), &typed)
+            .await?;
+        Ok(as_json(&stored))
     }
 
     /// Deletes the namespace (the namespace controller removes what is inside).
@@ -176,17 +161,13 @@ async fn bare_worker_pod_is_stored_with_every_default() {
         return;
     };
     let ns = TestNamespace::new(&client, "webhook-pod").await;
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "bare-worker", "labels": {"dask.org/component": "worker"}},
-        "spec": pending_spec(json!([bare_worker(&["dask", "worker", "tcp://s:8786", "--nthreads", "1", "--memory-limit", "1GB"])]))
-    }))
-    .unwrap();
     let stored = ns
-        .api::<Pod>()
-        .create(&PostParams::default(), &pod)
+        .create::<Pod>(json!({
+            "metadata": {"name": "bare-worker", "labels": {"dask.org/component": "worker"}},
+            "spec": pending_spec(json!([bare_worker(&["dask", "worker", "tcp://s:8786", "--nthreads", "1", "--memory-limit", "1GB"])]))
+        }))
         .await
         .expect("created");
-    let stored = as_json(&stored);
     let spec = &stored["spec"];
     assert_worker_defaults(spec, "1", "1G");
     assert_eq!(spec["restartPolicy"], "Never");
@@ -205,17 +186,13 @@ async fn classic_labels_and_flags_from_limits() {
     let ns = TestNamespace::new(&client, "webhook-classic").await;
     let mut container = bare_worker(&["dask-worker", "tcp://s:8786"]);
     container["resources"] = json!({"limits": {"cpu": "2", "memory": "3Gi"}});
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "classic", "labels": {"app": "dask", "component": "dask-worker"}},
-        "spec": pending_spec(json!([container]))
-    }))
-    .unwrap();
     let stored = ns
-        .api::<Pod>()
-        .create(&PostParams::default(), &pod)
+        .create::<Pod>(json!({
+            "metadata": {"name": "classic", "labels": {"app": "dask", "component": "dask-worker"}},
+            "spec": pending_spec(json!([container]))
+        }))
         .await
         .expect("created");
-    let stored = as_json(&stored);
     let spec = &stored["spec"];
     assert_worker_defaults(spec, "2", "3Gi");
     let args = &spec["containers"][0]["args"];
@@ -243,17 +220,13 @@ async fn unlabelled_pod_is_stored_unchanged() {
         return;
     };
     let ns = TestNamespace::new(&client, "webhook-plain").await;
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web", "labels": {"app": "web"}},
-        "spec": pending_spec(json!([{"name": "web", "image": "nginx", "args": ["dask", "worker"]}]))
-    }))
-    .unwrap();
     let stored = ns
-        .api::<Pod>()
-        .create(&PostParams::default(), &pod)
+        .create::<Pod>(json!({
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": pending_spec(json!([{"name": "web", "image": "nginx", "args": ["dask", "worker"]}]))
+        }))
         .await
         .expect("created");
-    let stored = as_json(&stored);
     let spec = &stored["spec"];
     assert!(dask_tolerations(spec).is_empty(), "{spec}");
     assert_eq!(
@@ -275,17 +248,13 @@ async fn worker_deployment_and_job_templates_are_defaulted() {
         "metadata": {"labels": {"dask.org/component": "worker", "app.kubernetes.io/name": "w"}},
         "spec": pending_spec(json!([bare_worker(&["dask", "worker", "tcp://s:8786", "--nthreads", "2", "--memory-limit", "2GiB"])]))
     });
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "workers"},
-        "spec": {"replicas": 0, "selector": {"matchLabels": {"app.kubernetes.io/name": "w"}}, "template": template}
-    }))
-    .unwrap();
     let stored = ns
-        .api::<Deployment>()
-        .create(&PostParams::default(), &deployment)
+        .create::<Deployment>(json!({
+            "metadata": {"name": "workers"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app.kubernetes.io/name": "w"}}, "template": template}
+        }))
         .await
         .expect("created");
-    let stored = as_json(&stored);
     let spec = &stored["spec"]["template"]["spec"];
     assert_worker_defaults(spec, "2", "2Gi");
     assert_eq!(
@@ -295,17 +264,13 @@ async fn worker_deployment_and_job_templates_are_defaulted() {
 
     let mut job_template = template.clone();
     job_template["spec"]["restartPolicy"] = json!("OnFailure");
-    let job: Job = serde_json::from_value(json!({
-        "metadata": {"name": "batch-workers"},
-        "spec": {"parallelism": 0, "template": job_template}
-    }))
-    .unwrap();
     let stored = ns
-        .api::<Job>()
-        .create(&PostParams::default(), &job)
+        .create::<Job>(json!({
+            "metadata": {"name": "batch-workers"},
+            "spec": {"parallelism": 0, "template": job_template}
+        }))
         .await
         .expect("created");
-    let stored = as_json(&stored);
     let spec = &stored["spec"]["template"]["spec"];
     assert_worker_defaults(spec, "2", "2Gi");
     assert_eq!(spec["restartPolicy"], "Never");
@@ -321,14 +286,11 @@ async fn mismatched_worker_pod_is_refused_with_the_policy_message() {
     let mut container =
         bare_worker(&["dask", "worker", "--nthreads", "2", "--memory-limit", "4GB"]);
     container["resources"] = json!({"limits": {"cpu": "2", "memory": "6G"}});
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "mismatch", "labels": {"dask.org/component": "worker"}},
-        "spec": pending_spec(json!([container]))
-    }))
-    .unwrap();
     let error = ns
-        .api::<Pod>()
-        .create(&PostParams::default(), &pod)
+        .create::<Pod>(json!({
+            "metadata": {"name": "mismatch", "labels": {"dask.org/component": "worker"}},
+            "spec": pending_spec(json!([container]))
+        }))
         .await
         .expect_err("refused");
     let kube::Error::Api(status) = error else {

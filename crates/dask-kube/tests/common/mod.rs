@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed step fails the test
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::{Client, Config};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,44 +19,20 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// Cluster tests share one small machine: run them one at a time.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The local cluster's kubeconfig (one rule for every suite: `cluster_harness`).
 pub fn kubeconfig() -> PathBuf {
-    if let Some(k) = std::env::var_os("KUBECONFIG") {
-        return PathBuf::from(k);
-    }
-    let state = std::env::var_os("DASK_K8S_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/dask-on-k8s/cluster")
-        });
-    state.join("kubeconfig")
+    cluster_harness::kubeconfig_path()
 }
 
-/// The local cluster's client, or `None` (with a skip line) under
+/// The local cluster's client, or `None` (with a skip line) when none is reachable and
 /// `DASK_K8S_SKIP_CLUSTER_TESTS=1`; otherwise an unreachable cluster fails the test.
 pub async fn cluster() -> Option<Client> {
-    if std::env::var("DASK_K8S_SKIP_CLUSTER_TESTS").as_deref() == Ok("1") {
-        eprintln!(
-            "SKIP: DASK_K8S_SKIP_CLUSTER_TESTS=1 (this test needs e2e-tests/local-cluster/cluster up)"
-        );
-        return None;
-    }
-    dask_kube::kube_ops::install_crypto_provider();
-    let path = kubeconfig();
+    let (client, path) = cluster_harness::cluster_or_skip("dask-kube's cluster tests").await?;
     let needs = format!(
-        "this test needs the local cluster: run `e2e-tests/local-cluster/cluster up` (kubeconfig {}), or set DASK_K8S_SKIP_CLUSTER_TESTS=1 to skip",
+        "this test needs the local cluster with its node agent: run \
+         `e2e-tests/local-cluster/cluster up` (kubeconfig {})",
         path.display()
     );
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("{needs}: {e}"));
-    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap_or_else(|e| panic!("{needs}: {e}"));
-    let client = Client::try_from(config).unwrap_or_else(|e| panic!("{needs}: {e}"));
-    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => panic!("{needs}: {e}"),
-        Err(_) => panic!("{needs}: the API server did not answer in 10s"),
-    }
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     let ready = nodes
         .list(&ListParams::default())

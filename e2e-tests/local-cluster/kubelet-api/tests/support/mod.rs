@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use kubelet_api::PodDirectory;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -88,63 +87,13 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
 }
 
-/// Kubeconfig of the local cluster: `$DASK_K8S_STATE_DIR/kubeconfig`, else `$KUBECONFIG`,
-/// else the default state dir's.
-fn kubeconfig_path() -> PathBuf {
-    if let Ok(dir) = std::env::var("DASK_K8S_STATE_DIR") {
-        return Path::new(&dir).join("kubeconfig");
-    }
-    if let Ok(path) = std::env::var("KUBECONFIG")
-        && !path.is_empty()
-    {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    Path::new(&home).join(".cache/dask-on-k8s/cluster/kubeconfig")
-}
-
-async fn try_connect(path: &Path) -> anyhow::Result<Client> {
-    let kubeconfig =
-        Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    let server = config.cluster_url.clone();
-    if !matches!(server.host(), Some("127.0.0.1" | "localhost" | "[::1]")) {
-        bail!(
-            "kubeconfig {} points at {server}, not at a loopback cluster",
-            path.display()
-        );
-    }
-    let client = Client::try_from(config)?;
-    tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
-        .await
-        .context("apiserver did not answer within 10s")??;
-    Ok(client)
-}
-
 impl Cluster {
     /// Connects, or — when no cluster is reachable — fails with how to start one,
     /// unless `DASK_K8S_SKIP_CLUSTER_TESTS=1` (then prints a skip line and returns None).
     pub async fn connect(test: &str) -> Option<Cluster> {
         capture_logs();
-        let kubeconfig = kubeconfig_path();
-        match try_connect(&kubeconfig).await {
-            Ok(client) => Some(Cluster { client, kubeconfig }),
-            Err(e) => {
-                if std::env::var("DASK_K8S_SKIP_CLUSTER_TESTS").as_deref() == Ok("1") {
-                    eprintln!(
-                        "SKIP {test}: no cluster reachable via {} ({e:#}); DASK_K8S_SKIP_CLUSTER_TESTS=1",
-                        kubeconfig.display()
-                    );
-                    return None;
-                }
-                panic!(
-                    "{test} needs a running local cluster: run `e2e-tests/local-cluster/cluster up` \
-                     (or set DASK_K8S_STATE_DIR / KUBECONFIG to a running one; \
-                     DASK_K8S_SKIP_CLUSTER_TESTS=1 skips). Tried {}: {e:#}",
-                    kubeconfig.display()
-                );
-            }
-        }
+        let (client, kubeconfig) = cluster_harness::cluster_or_skip(test).await?;
+        Some(Cluster { client, kubeconfig })
     }
 }
 

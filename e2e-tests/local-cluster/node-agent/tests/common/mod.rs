@@ -14,36 +14,8 @@ use kube::{Client, ResourceExt};
 /// Upper bound of every wait (a wait for a condition, never a timing assertion).
 pub const WAIT: Duration = Duration::from_secs(90);
 
-fn kubeconfig_path() -> PathBuf {
-    if let Some(k) = std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()) {
-        let first = k
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        return PathBuf::from(first);
-    }
-    let state = std::env::var_os("DASK_K8S_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/dask-on-k8s/cluster")
-        });
-    state.join("kubeconfig")
-}
-
-async fn connect() -> anyhow::Result<Client> {
-    let path = kubeconfig_path();
-    let client = tokio::time::timeout(
-        Duration::from_secs(10),
-        node_agent::agent::client_from(&path),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out loading {}", path.display()))??;
-    tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
-        .await
-        .map_err(|_| anyhow::anyhow!("apiserver of {} does not answer", path.display()))??;
+/// Whether a node agent serves the cluster: a Ready node other than the tests' own.
+async fn has_ready_node(client: &Client) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let ready = nodes
         .list(&Default::default())
@@ -60,7 +32,7 @@ async fn connect() -> anyhow::Result<Client> {
         ready,
         "no Ready node: is the node agent running (up.d/30-node-agent.sh)?"
     );
-    Ok(client)
+    Ok(())
 }
 
 /// One test's cluster access and namespace (deleted on drop).
@@ -73,18 +45,10 @@ impl TestEnv {
     /// Connects and creates a fresh namespace; `None` (after a skip line) only when
     /// `DASK_K8S_SKIP_CLUSTER_TESTS=1` and no cluster is reachable.
     pub async fn new(test: &str) -> Option<Self> {
-        let client = match connect().await {
-            Ok(c) => c,
-            Err(e) if std::env::var("DASK_K8S_SKIP_CLUSTER_TESTS").as_deref() == Ok("1") => {
-                eprintln!("SKIPPED {test}: no cluster ({e:#}); DASK_K8S_SKIP_CLUSTER_TESTS=1");
-                return None;
-            }
-            Err(e) => panic!(
-                "{test} needs the local cluster with the node agent: run `e2e-tests/local-cluster/cluster up` \
-                 (kubeconfig {}; set DASK_K8S_SKIP_CLUSTER_TESTS=1 to skip): {e:#}",
-                kubeconfig_path().display()
-            ),
-        };
+        let (client, _) = cluster_harness::cluster_or_skip(test).await?;
+        if let Err(e) = has_ready_node(&client).await {
+            panic!("{test} needs the node agent on the local cluster: {e:#}");
+        }
         let ns = format!(
             "na-{test}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..6]
@@ -151,7 +115,9 @@ impl Drop for TestEnv {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                if let Ok(client) = node_agent::agent::client_from(&kubeconfig_path()).await {
+                if let Ok(client) =
+                    node_agent::agent::client_from(&cluster_harness::kubeconfig_path()).await
+                {
                     let api: Api<Namespace> = Api::all(client);
                     let _ = tokio::time::timeout(
                         Duration::from_secs(20),
