@@ -13,22 +13,29 @@ CARGO_FLAGS ?= --locked
 WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/dask_worker_defaults.wasm
 RUNNER := $(CARGO_TARGET_DIR)/debug/policy-runner
 CLUSTER := e2e-tests/local-cluster/cluster
+# The host binaries the local cluster runs, built as one set: the cluster's hooks build the
+# same set, so cargo's feature unification gives one build of wasmtime/kube, not one per hook.
+HOST_PACKAGES := -p dask-kube -p policy-runner -p node-agent
+export DASK_K8S_HOST_PACKAGES := $(HOST_PACKAGES)
 
-.PHONY: help demo policy-demo wasm build venv lint fmt clippy unit e2e-policy bats integration \
+.PHONY: help setup demo policy-demo wasm build venv lint fmt clippy unit e2e-policy bats integration \
         test bench cluster-up cluster-down clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-demo: wasm venv ## the README example end to end on the local control plane
-	$(CARGO) build $(CARGO_FLAGS) -p dask-kube -p policy-runner -p node-agent
+setup: ## install what demo and test need (Debian packages, Rust target, checks Go/Python); quick when done
+	@e2e-tests/setup.sh
+
+demo: setup wasm venv ## the README example end to end on the local control plane
+	$(CARGO) build $(CARGO_FLAGS) $(HOST_PACKAGES)
 	e2e-tests/demo/run-demo.sh
 
 policy-demo: wasm venv ## build the policy and run it on worker-spec.yml like kwctl
 	$(CARGO) build $(CARGO_FLAGS) -p policy-runner
 	$(PYTHON) e2e-tests/demo/policy-demo.py $(RUNNER) $(WASM) worker-spec.yml
 
-wasm: ## build the policy module (wasm32-wasip1, size-tuned release profile)
+wasm: setup ## build the policy module (wasm32-wasip1, size-tuned release profile)
 	$(CARGO) build $(CARGO_FLAGS) --release --target wasm32-wasip1 -p dask-worker-defaults
 	@ls -l $(WASM) | awk '{printf "module: %s (%d bytes)\n", $$9, $$5}'
 
@@ -36,21 +43,21 @@ build: wasm ## build every crate and binary
 	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
 
 venv: $(VENV)/.installed ## Python venv with distributed, dask[array], numpy (from PyPI)
-$(VENV)/.installed: e2e-tests/requirements.txt
+$(VENV)/.installed: e2e-tests/requirements.txt | setup
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r e2e-tests/requirements.txt
 	touch $@
 
-fmt: ## check formatting
+fmt: setup ## check formatting
 	$(CARGO) fmt --all -- --check
 
-clippy: ## lints, warnings are errors
+clippy: setup ## lints, warnings are errors
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 	$(CARGO) clippy $(CARGO_FLAGS) --release --target wasm32-wasip1 -p dask-worker-defaults -- -D warnings
 
 lint: fmt clippy
 
-unit: ## tests that need no cluster (unit, table, property, wasm e2e through the runner)
+unit: setup ## tests that need no cluster (unit, table, property, wasm e2e through the runner)
 	DASK_K8S_SKIP_CLUSTER_TESTS=1 $(CARGO) test $(CARGO_FLAGS) --workspace
 
 e2e-policy: wasm ## the compiled policy on the fixtures: runner suite + bats (kwctl if present)
@@ -65,7 +72,7 @@ bats: wasm ## the fixtures' bats file, through policy-runner and through kwctl (
 integration: wasm venv ## start the local control plane, run every test against it, stop it
 	e2e-tests/run-integration.sh
 
-test: lint wasm venv unit bats integration ## everything CI runs
+test: setup lint wasm venv unit bats integration ## everything CI runs
 
 bench: wasm ## figures: module size, wasm vs native evaluation, dask-kube timings
 	$(CARGO) build $(CARGO_FLAGS) --profile release-host -p policy-runner --features native

@@ -2,24 +2,24 @@
 //! subcommand, each a thin layer over the library.
 
 use crate::adapt::AdaptPolicy;
-use crate::cluster::{Access, KubeCluster, Progress, ProgressFn, close_cluster};
+use crate::cluster::{
+    Access, DetachOptions, KubeCluster, Progress, ProgressFn, UpOptions, UpOutcome, UpReport,
+    cluster_logs, delete_cluster,
+};
 use crate::config::DaskConfig;
 use crate::error::exit;
 use crate::kube_ops::{self, ClusterApi};
-use crate::manifests::{self, ADAPT_ANNOTATION, DASHBOARD_PORT, SUPERVISOR_ANNOTATION};
+use crate::listing::{ClusterRow, list_clusters};
+use crate::manifests::ADAPT_ANNOTATION;
 use crate::names;
-use crate::portforward::PodPortConnect;
-use crate::scaler::Scaler;
-use crate::scaling::{WorkerCounts, WorkerPodState};
-use crate::scheduler_api::HttpSchedulerApi;
-use crate::supervisor::{self, StateDir, SupervisorState};
+use crate::scaler::CountCap;
+use crate::signals;
+use crate::supervisor::{self, AttachOptions, StateDir};
 use crate::template::PodTemplate;
 use crate::{Error, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use dask_worker_spec::labels;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -133,21 +133,6 @@ impl AdaptTuning {
             ..AdaptPolicy::new(range.min, range.max)
         })
     }
-
-    fn args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--interval".into(),
-            self.interval.to_string(),
-            "--wait-count".into(),
-            self.wait_count.to_string(),
-            "--cooldown".into(),
-            self.cooldown.to_string(),
-        ];
-        if let Some(step) = self.max_scale_down_step {
-            args.extend(["--max-scale-down-step".into(), step.to_string()]);
-        }
-        args
-    }
 }
 
 /// Subcommands.
@@ -225,6 +210,9 @@ pub enum Command {
         /// Local port of the scheduler address (0 picks one).
         #[arg(long, default_value_t = 0)]
         local_port: u16,
+        /// Local port of the dashboard (0 picks one).
+        #[arg(long, default_value_t = 0)]
+        dashboard_port: u16,
         /// Tuning.
         #[command(flatten)]
         tuning: AdaptTuning,
@@ -383,9 +371,20 @@ pub async fn run(cli: Cli) -> i32 {
             name,
             adapt,
             local_port,
+            dashboard_port,
             tuning,
             daemon,
-        } => attach(&name, adapt, local_port, &tuning, daemon, namespace).await,
+        } => {
+            attach(
+                &name,
+                adapt,
+                (local_port, dashboard_port),
+                &tuning,
+                daemon,
+                namespace,
+            )
+            .await
+        }
         Command::Bench {
             file,
             workers,
@@ -403,20 +402,36 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
-/// Waits for SIGINT or SIGTERM.
-async fn shutdown_signal() -> Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| Error::io("installing the SIGINT handler", e))?;
-    let mut hup =
-        signal(SignalKind::hangup()).map_err(|e| Error::io("installing the SIGHUP handler", e))?;
-    tokio::select! {
-        _ = term.recv() => Ok("SIGTERM"),
-        _ = int.recv() => Ok("SIGINT"),
-        _ = hup.recv() => Ok("SIGHUP"),
+/// SIGINT, SIGTERM or SIGHUP as the interruption the library's verbs take: the handlers
+/// are installed when this is called, before anything exists.
+fn interruption() -> Result<impl std::future::Future<Output = String> + Unpin> {
+    let signal = signals::shutdown_signal()?;
+    Ok(Box::pin(signal))
+}
+
+/// The export that makes a plain `distributed.Client(address)` report the dashboard link
+/// that answers here (its own guess is the scheduler's port on the forward's host).
+fn dashboard_export(link: &str) -> String {
+    format!("export {DASHBOARD_LINK_ENV}={link}")
+}
+
+/// Env var Dask reads `distributed.dashboard.link` from.
+const DASHBOARD_LINK_ENV: &str = "DASK_DISTRIBUTED__DASHBOARD__LINK";
+
+fn note_cap(cap: Option<CountCap>) {
+    if let Some(cap) = cap {
+        eprintln!("note: {cap}");
     }
+}
+
+fn up_json(report: &UpReport) -> serde_json::Value {
+    json!({"name": report.name, "namespace": report.namespace,
+           "scheduler_address": report.scheduler_address, "dashboard": report.dashboard,
+           "dashboard_env": {DASHBOARD_LINK_ENV: report.dashboard},
+           "workers": report.workers, "capped": report.capped,
+           "ready_seconds": report.ready_seconds,
+           "supervisor_pid": report.supervisor.as_ref().map(|s| s.pid),
+           "log": report.supervisor.as_ref().map(|s| s.log.clone())})
 }
 
 async fn up(args: UpArgs, namespace: Option<String>, ui: &Ui) -> Result<i32> {
@@ -439,7 +454,6 @@ async fn up(args: UpArgs, namespace: Option<String>, ui: &Ui) -> Result<i32> {
             "--detach needs a scheduler pod; it cannot be used with --scheduler-address".into(),
         ));
     }
-    let policy = adapt.map(|r| tuning.policy(r)).transpose()?;
     let mut builder = KubeCluster::builder()
         .on_progress(ui.progress())
         .local_port(local_port);
@@ -462,149 +476,66 @@ async fn up(args: UpArgs, namespace: Option<String>, ui: &Ui) -> Result<i32> {
     if let Some(duration) = target_duration {
         builder = builder.adaptive_target_duration(duration);
     }
-    // Name and namespace are settled first, so an interrupted start knows what to delete.
-    let (client, default_ns, url) = kube_ops::connect().await?;
-    let spec = builder.spec(Some(&default_ns))?;
-    let api = ClusterApi::new(client.clone(), spec.namespace.clone(), url.clone());
-    builder = builder
-        .client(client, default_ns, url)
-        .name(spec.name.clone())
-        .namespace(spec.namespace.clone());
-    // Install the handlers before anything exists, so an early Ctrl-C still cleans up.
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    let started = Instant::now();
-    let mut cluster = tokio::select! {
-        c = builder.start() => c?,
-        s = &mut signal => {
-            let s = s?;
-            eprintln!("interrupted ({s}) while starting cluster {}; deleting what was created", spec.name);
-            let leftovers = delete_partial_cluster(&api, &spec.name).await;
-            if !leftovers.is_empty() {
-                return Err(Error::Partial { action: format!("delete cluster {}", spec.name), done: 0, wanted: leftovers.len(), failures: leftovers });
-            }
+    let options = UpOptions {
+        workers,
+        adapt: adapt.map(|r| tuning.policy(r)).transpose()?,
+        detach: if detach {
+            Some(DetachOptions {
+                exe: std::env::current_exe()
+                    .map_err(|e| Error::io("locating the dask-kube executable", e))?,
+                state_dir: StateDir::from_env(),
+            })
+        } else {
+            None
+        },
+        wait_timeout: Duration::from_secs(wait_timeout),
+    };
+    let mut signal = interruption()?;
+    let (cluster, report) = match crate::cluster::up(builder, options, &mut signal).await? {
+        UpOutcome::Interrupted { reason, report } => {
+            eprintln!("interrupted ({reason}) while starting; deleted what was created");
+            report.into_result("being started")?;
             return Ok(exit::FAILURE);
         }
-    };
-    let wanted = match (&policy, workers) {
-        (Some(p), _) => p.minimum as usize,
-        (None, Some(n)) => n,
-        (None, None) => 0,
-    };
-    let prepared = async {
-        if let Some(n) = workers {
-            cluster.scale(n).await?;
+        UpOutcome::Detached(report) => {
+            note_cap(report.capped);
+            let pid = report.supervisor.as_ref().map_or(0, |s| s.pid);
+            ui.print(
+                &format!(
+                    "cluster {name} in namespace {ns} (detached, supervisor pid {pid})\nscheduler address: {address}\ndashboard: {dashboard}\n{export}\nstop it with: dask-kube down {name} -n {ns}",
+                    name = report.name,
+                    ns = report.namespace,
+                    address = report.scheduler_address,
+                    dashboard = report.dashboard,
+                    export = dashboard_export(&report.dashboard),
+                ),
+                up_json(&report),
+            );
+            return Ok(exit::OK);
         }
-        if let Some(p) = &policy
-            && !detach
-        {
-            cluster.adapt_with(p.clone())?;
-        } else if let Some(p) = &policy {
-            cluster.scale(p.minimum as usize).await?;
-        }
-        if wanted > 0 {
-            cluster
-                .wait_for_workers(wanted, Duration::from_secs(wait_timeout))
-                .await?;
-        }
-        Ok::<(), Error>(())
+        UpOutcome::Running(cluster, report) => (cluster, report),
     };
-    let outcome = tokio::select! {
-        r = prepared => r.map(|()| None),
-        s = &mut signal => Ok(Some(s?)),
-    };
-    let interrupted = match outcome {
-        Ok(s) => s,
-        Err(e) => {
-            // Nothing half-made is left: the failure is reported after deleting the cluster.
-            warn!(error = %e, "up failed; deleting the cluster");
-            let close = cluster.close().await;
-            return Err(match close {
-                Ok(_) => e,
-                Err(Error::Partial { failures, .. }) => Error::CleanupIncomplete {
-                    cause: Box::new(e),
-                    leftovers: failures,
-                },
-                Err(other) => Error::CleanupIncomplete {
-                    cause: Box::new(e),
-                    leftovers: vec![other.to_string()],
-                },
-            });
-        }
-    };
-    if let Some(s) = interrupted {
-        info!(signal = s, "interrupted; deleting the cluster");
-        cluster.close().await?;
-        return Ok(exit::OK);
-    }
-    let ready_seconds = started.elapsed().as_secs_f64();
-    let name = cluster.name().to_owned();
-    let ns = cluster.namespace().to_owned();
-    if detach {
-        let port = cluster.local_address().map_or(local_port, |a| a.port());
-        let dashboard = cluster.dashboard_link().to_owned();
-        cluster.detach().await?;
-        let dir = StateDir::from_env();
-        let exe = std::env::current_exe()
-            .map_err(|e| Error::io("locating the dask-kube executable", e))?;
-        let mut attach_args = vec![
-            "--namespace".to_owned(),
-            ns.clone(),
-            "attach".into(),
-            name.clone(),
-            "--daemon".into(),
-            "--local-port".into(),
-            port.to_string(),
-        ];
-        if let Some(range) = adapt {
-            attach_args.extend(["--adapt".into(), range.to_string()]);
-            attach_args.extend(tuning.args());
-        }
-        let log = dir.log_file(&ns, &name);
-        let mut child = supervisor::spawn(&exe, &attach_args, &log)?;
-        let state = supervisor::wait_ready(&dir, &ns, &name, &mut child).await?;
-        ui.print(
-            &format!(
-                "cluster {name} in namespace {ns} (detached, supervisor pid {})\nscheduler address: {}\ndashboard: {dashboard}\nstop it with: dask-kube down {name} -n {ns}",
-                state.pid, state.address
-            ),
-            json!({"name": name, "namespace": ns, "scheduler_address": state.address, "dashboard": dashboard,
-                   "supervisor_pid": state.pid, "log": state.log, "ready_seconds": ready_seconds}),
-        );
-        return Ok(exit::OK);
-    }
+    note_cap(report.capped);
     ui.print(
         &format!(
-            "cluster {name} in namespace {ns}\nscheduler address: {}\ndashboard: {}\nready in {ready_seconds:.1}s; Ctrl-C retires and deletes the cluster",
-            cluster.scheduler_address(),
-            cluster.dashboard_link()
+            "cluster {} in namespace {}\nscheduler address: {}\ndashboard: {}\n{}\nready in {:.1}s; Ctrl-C retires and deletes the cluster",
+            report.name,
+            report.namespace,
+            report.scheduler_address,
+            report.dashboard,
+            dashboard_export(&report.dashboard),
+            report.ready_seconds
         ),
-        json!({"name": name, "namespace": ns, "scheduler_address": cluster.scheduler_address(),
-               "dashboard": cluster.dashboard_link(), "ready_seconds": ready_seconds}),
+        up_json(&report),
     );
-    let s = (&mut signal).await?;
-    info!(signal = s, cluster = %name, "shutting down");
-    let report = cluster.close().await?;
+    let s = (&mut signal).await;
+    info!(signal = %s, cluster = %report.name, "shutting down");
+    let closed = cluster.close().await?;
     eprintln!(
-        "deleted cluster {name}: {} pods, {} workers retired first",
-        report.deleted_pods, report.retired
+        "deleted cluster {}: {} pods, {} workers retired first",
+        report.name, closed.deleted_pods, closed.retired
     );
     Ok(exit::OK)
-}
-
-/// Deletes whatever exists of a cluster whose start was interrupted; returns what is left.
-async fn delete_partial_cluster(api: &ClusterApi, name: &str) -> Vec<String> {
-    let mut names: Vec<String> = api
-        .list_pods(&manifests::selector(name, labels::WORKER))
-        .await
-        .map(|pods| pods.into_iter().filter_map(|p| p.metadata.name).collect())
-        .unwrap_or_default();
-    names.push(name.to_owned());
-    let mut leftovers = api.delete_pods(&names, Some(0)).await.failed;
-    if let Err(e) = api.delete_service(name).await {
-        leftovers.push(format!("service/{name}: {e}"));
-    }
-    leftovers
 }
 
 fn namespace_or_default(namespace: Option<String>) -> Result<Option<String>> {
@@ -622,102 +553,47 @@ async fn api_for(namespace: Option<String>) -> Result<ClusterApi> {
 
 async fn list(namespace: Option<String>, all: bool, ui: &Ui) -> Result<i32> {
     let api = api_for(namespace).await?;
-    let scheduler_selector = format!(
-        "{}={},{}",
-        manifests::APP_LABEL.0,
-        manifests::APP_LABEL.1,
-        format_args!("{}={}", labels::COMPONENT, labels::SCHEDULER)
-    );
-    let worker_selector = format!(
-        "{}={},{}={}",
-        manifests::APP_LABEL.0,
-        manifests::APP_LABEL.1,
-        labels::COMPONENT,
-        labels::WORKER
-    );
-    let (schedulers, workers) = if all {
-        (
-            api.list_pods_all_namespaces(&scheduler_selector).await?,
-            api.list_pods_all_namespaces(&worker_selector).await?,
-        )
-    } else {
-        (
-            api.list_pods(&scheduler_selector).await?,
-            api.list_pods(&worker_selector).await?,
-        )
-    };
-    let mut by_cluster: BTreeMap<(String, String), Vec<WorkerPodState>> = BTreeMap::new();
-    for pod in &workers {
-        let cluster = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(labels::CLUSTER_NAME))
-            .cloned()
-            .unwrap_or_default();
-        by_cluster
-            .entry((pod.metadata.namespace.clone().unwrap_or_default(), cluster))
-            .or_default()
-            .push(WorkerPodState::from_pod(pod));
-    }
-    let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let mut rows = Vec::new();
-    for pod in &schedulers {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let counts = WorkerCounts::of(
-            by_cluster
-                .get(&(ns.clone(), name.clone()))
-                .map(Vec::as_slice)
-                .unwrap_or_default(),
-        );
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let age = now
-            - pod
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.as_second())
-                .unwrap_or(now);
-        rows.push(json!({
-            "namespace": ns, "name": name,
-            "status": pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Unknown".into()),
-            "workers": counts, "age_seconds": age,
-            "supervisor": annotations.get(SUPERVISOR_ANNOTATION), "adapt": annotations.get(ADAPT_ANNOTATION),
-        }));
-    }
-    let mut text = format!(
-        "{:<16} {:<40} {:<10} {:<22} {:>8}  {}",
-        "NAMESPACE", "NAME", "STATUS", "WORKERS(run/pend/end)", "AGE", "SUPERVISOR"
-    );
-    for r in &rows {
-        let w = &r["workers"];
-        text.push_str(&format!(
-            "\n{:<16} {:<40} {:<10} {:<22} {:>8}  {}",
-            r["namespace"].as_str().unwrap_or_default(),
-            r["name"].as_str().unwrap_or_default(),
-            r["status"].as_str().unwrap_or_default(),
-            format!("{}/{}/{}", w["running"], w["pending"], w["finished"]),
-            human_age(r["age_seconds"].as_i64().unwrap_or_default()),
-            match (r["supervisor"].as_str(), r["adapt"].as_str()) {
-                (Some(s), Some(a)) => format!("{s} adapt {a}"),
-                (Some(s), None) => s.to_owned(),
-                _ => "-".to_owned(),
-            }
-        ));
-    }
-    if rows.is_empty() {
-        text = format!(
+    let rows = list_clusters(&api, all, &StateDir::from_env()).await?;
+    let text = if rows.is_empty() {
+        format!(
             "no Dask clusters in {}",
             if all {
                 "any namespace".to_owned()
             } else {
                 format!("namespace {}", api.namespace())
             }
-        );
-    }
+        )
+    } else {
+        render_rows(&rows)
+    };
     ui.print(&text, json!(rows));
     Ok(exit::OK)
+}
+
+/// The `list` table.
+fn render_rows(rows: &[ClusterRow]) -> String {
+    let mut text = format!(
+        "{:<16} {:<40} {:<10} {:<22} {:>8}  {:<24} {}",
+        "NAMESPACE", "NAME", "STATUS", "WORKERS(run/pend/end)", "AGE", "SUPERVISOR", "DASHBOARD"
+    );
+    for r in rows {
+        let w = &r.workers;
+        text.push_str(&format!(
+            "\n{:<16} {:<40} {:<10} {:<22} {:>8}  {:<24} {}",
+            r.namespace,
+            r.name,
+            r.status,
+            format!("{}/{}/{}", w.running, w.pending, w.finished),
+            human_age(r.age_seconds),
+            match (&r.supervisor, &r.adapt) {
+                (Some(s), Some(a)) => format!("{s} adapt {a}"),
+                (Some(s), None) => s.clone(),
+                _ => "-".to_owned(),
+            },
+            r.dashboard.as_deref().unwrap_or("-"),
+        ));
+    }
+    text
 }
 
 fn human_age(seconds: i64) -> String {
@@ -746,9 +622,11 @@ async fn scale(
             return Err(e);
         }
     };
-    if wait > 0 && n > report.before {
+    note_cap(report.capped);
+    // What is awaited is what was asked within the cap, never more than can come.
+    if wait > 0 && report.target > report.before {
         cluster
-            .wait_for_workers(n, Duration::from_secs(wait))
+            .wait_for_workers(report.target, Duration::from_secs(wait))
             .await?;
     }
     cluster.detach().await?;
@@ -773,6 +651,7 @@ async fn adapt(
     namespace: Option<String>,
 ) -> Result<i32> {
     let policy = tuning.policy(range)?;
+    let mut signal = interruption()?;
     let mut cluster =
         KubeCluster::connect(name, namespace.as_deref(), Access::Auto, 0, None).await?;
     if let Ok(Some(pod)) = cluster.api().get_pod(name).await
@@ -784,50 +663,24 @@ async fn adapt(
     {
         warn!(%other, "a detached supervisor also adapts this cluster; the two controllers will fight");
     }
-    cluster.adapt_with(policy)?;
-    eprintln!("adapting {name} between {range} workers; Ctrl-C stops adapting (the cluster stays)");
-    let s = shutdown_signal().await?;
-    info!(signal = s, "stopping");
+    let capped = cluster.adapt_with(policy.clone())?;
+    note_cap(capped);
+    let maximum = capped.map_or(range.max as usize, |c| c.max);
+    eprintln!(
+        "adapting {name} between {}:{maximum} workers; Ctrl-C stops adapting (the cluster stays)",
+        range.min.min(u32::try_from(maximum).unwrap_or(u32::MAX))
+    );
+    let s = (&mut signal).await;
+    info!(signal = %s, "stopping");
     cluster.detach().await?;
     Ok(exit::OK)
 }
 
 async fn logs(name: &str, worker: Option<&str>, namespace: Option<String>) -> Result<i32> {
-    names::validate_cluster_name(name)?;
     let api = api_for(namespace).await?;
-    let scheduler = api.get_pod(name).await?;
-    let workers: Vec<String> = api
-        .list_pods(&manifests::selector(name, labels::WORKER))
-        .await?
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    if scheduler.is_none() && workers.is_empty() {
-        return Err(Error::ClusterNotFound {
-            name: name.to_owned(),
-            namespace: api.namespace().to_owned(),
-        });
-    }
-    let pods: Vec<String> = match worker {
-        Some(w) => {
-            let pod =
-                names::pod_of_worker(w, workers.iter().map(String::as_str)).ok_or_else(|| {
-                    Error::Usage(format!(
-                        "no worker {w:?} in cluster {name}; workers: {}",
-                        workers.join(", ")
-                    ))
-                })?;
-            vec![pod.to_owned()]
-        }
-        None => scheduler
-            .iter()
-            .map(|_| name.to_owned())
-            .chain(workers)
-            .collect(),
-    };
+    let pods = cluster_logs(&api, name, worker).await?;
     let single = pods.len() == 1;
-    for pod in pods {
-        let text = api.logs(&pod, None).await?;
+    for (pod, text) in pods {
         if !single {
             println!("==> pod/{pod} <==");
         }
@@ -843,28 +696,7 @@ async fn down(name: &str, namespace: Option<String>, ui: &Ui) -> Result<i32> {
     names::validate_cluster_name(name)?;
     let api = api_for(namespace).await?;
     let ns = api.namespace().to_owned();
-    let stopped = supervisor::stop(&StateDir::from_env(), &ns, name).await?;
-    let scheduler = api.get_pod(name).await?;
-    let workers = api
-        .list_pods(&manifests::selector(name, labels::WORKER))
-        .await?;
-    if scheduler.is_none() && workers.is_empty() {
-        return Err(Error::ClusterNotFound {
-            name: name.to_owned(),
-            namespace: ns,
-        });
-    }
-    let worker_pod = scheduler
-        .as_ref()
-        .and_then(|p| p.metadata.annotations.as_ref())
-        .and_then(|a| a.get(manifests::WORKER_TEMPLATE_ANNOTATION))
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_default();
-    // The scheduler may be broken: its API is tried (bounded) but not required.
-    let scheduler_api =
-        HttpSchedulerApi::new(PodPortConnect::new(api.pods(), name, DASHBOARD_PORT));
-    let scaler = Scaler::new(api, Arc::new(scheduler_api), name, worker_pod, None);
-    let report = close_cluster(&scaler, name, scheduler.is_some()).await;
+    let (stopped, report) = delete_cluster(&api, name, &StateDir::from_env()).await?;
     let text = format!(
         "deleted cluster {name} in namespace {ns}: {} pods{}{}",
         report.deleted_pods,
@@ -923,87 +755,36 @@ fn render(
 async fn attach(
     name: &str,
     adapt: Option<AdaptRange>,
-    local_port: u16,
+    (local_port, dashboard_port): (u16, u16),
     tuning: &AdaptTuning,
     daemon: bool,
     namespace: Option<String>,
 ) -> Result<i32> {
-    if daemon {
-        // Own session: the terminal's Ctrl-C and hangup do not reach the supervisor.
-        let _ = nix::unistd::setsid();
-    }
-    let policy = adapt.map(|r| tuning.policy(r)).transpose()?;
-    let mut cluster = KubeCluster::connect(
+    let options = AttachOptions {
+        adapt: adapt.map(|r| tuning.policy(r)).transpose()?,
+        local_port,
+        dashboard_port,
+        daemon,
+    };
+    let mut signal = interruption()?;
+    supervisor::supervise(
         name,
         namespace.as_deref(),
-        Access::PortForward,
-        local_port,
-        None,
+        options,
+        &StateDir::from_env(),
+        &mut signal,
+        |state| {
+            if !daemon {
+                println!(
+                    "scheduler address: {}\ndashboard: {}\n{}",
+                    state.address,
+                    state.dashboard,
+                    dashboard_export(&state.dashboard)
+                );
+            }
+        },
     )
     .await?;
-    let ns = cluster.namespace().to_owned();
-    let pid = std::process::id();
-    let host = supervisor::hostname();
-    let dir = StateDir::from_env();
-    if let Some(p) = policy {
-        cluster.adapt_with(p)?;
-    }
-    let mut annotations =
-        BTreeMap::from([(SUPERVISOR_ANNOTATION.to_owned(), format!("{host}:{pid}"))]);
-    if let Some(range) = adapt {
-        annotations.insert(ADAPT_ANNOTATION.to_owned(), range.to_string());
-    }
-    if let Err(e) = cluster
-        .api()
-        .apply_supervisor_annotations(name, &annotations)
-        .await
-    {
-        warn!(error = %e, "cannot record the supervisor on the scheduler pod");
-    }
-    let state = SupervisorState {
-        name: name.to_owned(),
-        namespace: ns.clone(),
-        pid,
-        host,
-        address: cluster.scheduler_address().to_owned(),
-        dashboard: cluster.dashboard_link().to_owned(),
-        adapt: adapt.map(|r| (r.min, r.max)),
-        log: dir.log_file(&ns, name),
-    };
-    if daemon {
-        dir.write(&state)?;
-    }
-    info!(cluster = %name, address = %state.address, "attached");
-    if !daemon {
-        println!(
-            "scheduler address: {}\ndashboard: {}",
-            state.address, state.dashboard
-        );
-    }
-    // Until a signal, or the scheduler pod is gone (nothing left to keep alive).
-    let gone = async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            if let Ok(None) = cluster.api().get_pod(name).await {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        s = shutdown_signal() => info!(signal = s?, "supervisor stopping"),
-        () = gone => info!(cluster = %name, "scheduler pod gone; supervisor exits"),
-    }
-    if let Err(e) = cluster
-        .api()
-        .apply_supervisor_annotations(name, &BTreeMap::new())
-        .await
-    {
-        warn!(error = %e, "cannot clear the supervisor annotations");
-    }
-    if daemon {
-        dir.remove(&ns, name, pid);
-    }
-    cluster.detach().await?;
     Ok(exit::OK)
 }
 
@@ -1121,23 +902,26 @@ mod tests {
     }
 
     #[test]
-    fn tuning_round_trips_through_attach_args() {
-        let tuning = AdaptTuning {
+    fn a_policy_round_trips_through_the_supervisors_attach_args() {
+        let policy = AdaptTuning {
             interval: 0.5,
             wait_count: 5,
             cooldown: 10.0,
             max_scale_down_step: Some(2),
-        };
+        }
+        .policy(AdaptRange { min: 1, max: 3 })
+        .unwrap();
         let mut argv = vec!["dask-kube".to_owned(), "attach".into(), "c".into()];
-        argv.extend(tuning.args());
+        argv.extend(supervisor::adapt_args(&policy));
         let cli = Cli::try_parse_from(argv).unwrap();
-        let Command::Attach { tuning: parsed, .. } = cli.command else {
-            panic!("not attach")
+        let Command::Attach {
+            tuning: parsed,
+            adapt: Some(range),
+            ..
+        } = cli.command
+        else {
+            panic!("not attach with --adapt")
         };
-        let policy = parsed.policy(AdaptRange { min: 1, max: 3 }).unwrap();
-        assert_eq!(policy.interval, Duration::from_millis(500));
-        assert_eq!(policy.wait_count, 5);
-        assert_eq!(policy.cooldown, Duration::from_secs(10));
-        assert_eq!(policy.max_scale_down_step, Some(2));
+        assert_eq!(parsed.policy(range).unwrap(), policy);
     }
 }

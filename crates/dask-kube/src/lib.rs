@@ -32,6 +32,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod kube_ops;
+pub mod listing;
 pub mod literal;
 pub mod manifests;
 pub mod names;
@@ -40,12 +41,17 @@ pub mod pyformat;
 pub mod scaler;
 pub mod scaling;
 pub mod scheduler_api;
+pub mod signals;
 pub mod supervisor;
 pub mod template;
 
 pub use adapt::{AdaptPolicy, ScaleDecision, TargetSample, decide};
-pub use cluster::{Access, KubeCluster, KubeClusterBuilder, Progress};
+pub use cluster::{
+    Access, CloseReport, KubeCluster, KubeClusterBuilder, Progress, UpOptions, UpOutcome, UpReport,
+};
 pub use error::{Error, Result};
+pub use listing::ClusterRow;
+pub use scaler::CountCap;
 pub use scaler::ScaleReport;
 pub use scaling::{ScaleDownPlan, WorkerPodState, plan_scale_down};
 pub use scheduler_api::SchedulerApi;

@@ -20,6 +20,39 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// The Dask config key that caps every worker count (`scale`, `up --workers`, `adapt`'s
+/// maximum), as in dask-kubernetes' classic `KubeCluster`.
+pub const COUNT_MAX_KEY: &str = "kubernetes.count.max";
+
+/// A worker count that `kubernetes.count.max` lowered: what was asked and what is allowed.
+/// Callers say so (the CLI on stderr, Python as a warning) and wait for `max`, not for
+/// `requested`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CountCap {
+    /// The count asked for.
+    pub requested: usize,
+    /// The cap (`kubernetes.count.max`).
+    pub max: usize,
+}
+
+impl std::fmt::Display for CountCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "asked for {} workers; capped at {} by {COUNT_MAX_KEY}",
+            self.requested, self.max
+        )
+    }
+}
+
+/// `requested` within `count_max`: the count to act on and, when lowered, the cap.
+pub fn cap_count(requested: usize, count_max: Option<u32>) -> (usize, Option<CountCap>) {
+    match count_max.map(|m| m as usize) {
+        Some(max) if requested > max => (max, Some(CountCap { requested, max })),
+        _ => (requested, None),
+    }
+}
+
 /// What a scale call did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ScaleReport {
@@ -27,6 +60,8 @@ pub struct ScaleReport {
     pub before: usize,
     /// The target after clamping to `kubernetes.count.max`.
     pub target: usize,
+    /// Set when `kubernetes.count.max` lowered the request.
+    pub capped: Option<CountCap>,
     /// Pods created.
     pub created: Vec<String>,
     /// Pods deleted without retiring, and why.
@@ -146,18 +181,20 @@ impl<S: SchedulerApi> Scaler<S> {
     /// Scales to `n` workers (see [`crate::scaling`] for the scale-down order). With
     /// `force`, connected workers are deleted without retiring.
     pub async fn scale(&self, n: usize, force: bool) -> Result<ScaleReport> {
-        let mut target = n;
-        if let Some(max) = self.count_max
-            && n > max as usize
-        {
-            warn!(requested = n, max, "capped by kubernetes.count.max");
-            target = max as usize;
+        let (target, capped) = cap_count(n, self.count_max);
+        if let Some(cap) = capped {
+            warn!(
+                requested = cap.requested,
+                max = cap.max,
+                "capped by {COUNT_MAX_KEY}"
+            );
         }
         let pods = self.worker_pods().await?;
         let active = WorkerCounts::of(&pods).active();
         let mut report = ScaleReport {
             before: active,
             target,
+            capped,
             ..ScaleReport::default()
         };
         if target > active {
@@ -268,18 +305,31 @@ impl<S: SchedulerApi> Scaler<S> {
         Ok(())
     }
 
+    /// `policy` with its maximum (and minimum) within `kubernetes.count.max`, and the cap
+    /// when it lowered the maximum.
+    pub fn capped_policy(&self, policy: AdaptPolicy) -> (AdaptPolicy, Option<CountCap>) {
+        let mut policy = policy;
+        let (maximum, capped) = cap_count(policy.maximum as usize, self.count_max);
+        policy.maximum = u32::try_from(maximum).unwrap_or(u32::MAX);
+        policy.minimum = policy.minimum.min(policy.maximum);
+        (policy, capped)
+    }
+
+    /// The cap on worker counts (`kubernetes.count.max`).
+    pub fn count_max(&self) -> Option<u32> {
+        self.count_max
+    }
+
     /// Polls the scheduler every `policy.interval` and scales by [`adapt::decide`] until
     /// `cancel` fires. Every change is logged with its reason.
     pub async fn run_adapt(&self, policy: AdaptPolicy, cancel: CancellationToken) -> Result<()> {
-        let mut policy = policy;
-        if let Some(max) = self.count_max
-            && policy.maximum > max
-        {
+        let (policy, capped) = self.capped_policy(policy);
+        if let Some(cap) = capped {
             warn!(
-                maximum = policy.maximum,
-                max, "adapt maximum capped by kubernetes.count.max"
+                requested = cap.requested,
+                max = cap.max,
+                "adapt maximum capped by {COUNT_MAX_KEY}"
             );
-            policy.maximum = max;
         }
         info!(cluster = %self.cluster, minimum = policy.minimum, maximum = policy.maximum,
               interval = ?policy.interval, wait_count = policy.wait_count, "adapting");
@@ -364,6 +414,39 @@ impl<S: SchedulerApi> Scaler<S> {
         }
         info!(cluster = %self.cluster, "stopped adapting");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case::no_max(5, None, 5, None)]
+    #[case::below_max(2, Some(3), 2, None)]
+    #[case::at_max(3, Some(3), 3, None)]
+    #[case::above_max(5, Some(3), 3, Some(CountCap { requested: 5, max: 3 }))]
+    #[case::max_zero(1, Some(0), 0, Some(CountCap { requested: 1, max: 0 }))]
+    fn counts_are_capped_by_count_max(
+        #[case] requested: usize,
+        #[case] max: Option<u32>,
+        #[case] target: usize,
+        #[case] cap: Option<CountCap>,
+    ) {
+        assert_eq!(cap_count(requested, max), (target, cap));
+    }
+
+    #[test]
+    fn the_cap_names_the_key() {
+        let cap = CountCap {
+            requested: 5,
+            max: 3,
+        };
+        assert_eq!(
+            cap.to_string(),
+            "asked for 5 workers; capped at 3 by kubernetes.count.max"
+        );
     }
 }
 
@@ -569,6 +652,13 @@ mod tests {
             .unwrap();
         let bodies = server.await.unwrap();
         assert_eq!(report.target, 3);
+        assert_eq!(
+            report.capped,
+            Some(CountCap {
+                requested: 10,
+                max: 3
+            })
+        );
         assert_eq!(report.created.len(), 2);
         for body in bodies {
             assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");

@@ -59,7 +59,10 @@ command -v ip >/dev/null || die "iproute2 (ip) is required"
 # ---- build (cargo decides what is stale)
 if command -v cargo >/dev/null 2>&1; then
   log "building node-agent ($PROFILE)"
-  (cd "$REPO_ROOT" && cargo build --quiet --profile "$PROFILE" -p node-agent) || die "cargo build -p node-agent failed"
+  # One package set for every host binary (see 20-policy-webhook.sh and the Makefile).
+  # shellcheck disable=SC2086
+  (cd "$REPO_ROOT" && cargo build --quiet --profile "$PROFILE" ${DASK_K8S_HOST_PACKAGES:--p dask-kube -p policy-runner -p node-agent}) ||
+    die "cargo build of the host binaries (node-agent) failed"
 else
   log "cargo not found: using the existing binary"
 fi

@@ -1,0 +1,597 @@
+//! A cluster's life: [`KubeClusterBuilder::start`] creates it, [`teardown`] (the one way
+//! anything is deleted) ends it, and the verbs both shells offer live here with typed
+//! results: [`up`] (start, scale or adapt, wait, with interruption and cleanup of a
+//! half-made cluster, optionally handing over to a detached supervisor), [`delete_cluster`]
+//! (`down`) and [`cluster_logs`].
+
+use super::connection::{LocalPorts, connect_scheduler, wait_scheduler_running};
+use super::spec::{KubeClusterBuilder, resolve_spec};
+use super::{KubeCluster, Progress, ProgressFn, SchedulerClient};
+use crate::adapt::AdaptPolicy;
+use crate::config::format_dashboard_link;
+use crate::kube_ops::{self, ClusterApi};
+use crate::manifests::{self, DASHBOARD_PORT, Owner, WORKER_TEMPLATE_ANNOTATION};
+use crate::names;
+use crate::scaler::{CountCap, Scaler, cap_count};
+use crate::scheduler_api::SchedulerApi;
+use crate::supervisor::{self, StateDir, SupervisorState};
+use crate::{Error, Result};
+use dask_worker_spec::labels;
+use serde::Serialize;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// Bound on retiring all workers while closing.
+pub const CLOSE_RETIRE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on the pods disappearing after close deleted them.
+pub const CLOSE_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What [`teardown`] did, and what it could not remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CloseReport {
+    /// Workers retired before deletion.
+    pub retired: usize,
+    /// Pods deleted.
+    pub deleted_pods: usize,
+    /// Objects still present (or that could not even be listed), and why.
+    pub leftovers: Vec<String>,
+}
+
+impl CloseReport {
+    /// An error naming the leftovers when anything is left.
+    pub fn into_result(self, cluster: &str) -> Result<Self> {
+        if self.leftovers.is_empty() {
+            Ok(self)
+        } else {
+            Err(Error::Partial {
+                action: format!("delete cluster {cluster}"),
+                done: self.deleted_pods,
+                wanted: self.deleted_pods + self.leftovers.len(),
+                failures: self.leftovers,
+            })
+        }
+    }
+}
+
+/// Deletes a cluster: retires its workers through `scheduler` when given (bounded, since
+/// their data goes with the cluster anyway), deletes the worker pods, then the Service and
+/// the scheduler pod when it has one, and waits (bounded) until the pods are gone. Used by
+/// `close`, `down`, and the cleanup of a start that failed or was interrupted.
+///
+/// Nothing is reported gone that was not seen gone: a worker list that fails is a leftover
+/// (with an external scheduler nothing else owns those workers), and so is every delete
+/// that failed and every pod still there after the wait.
+pub async fn teardown<S: SchedulerApi>(
+    api: &ClusterApi,
+    scheduler: Option<&S>,
+    name: &str,
+    has_scheduler_pod: bool,
+    grace_seconds: Option<u32>,
+) -> CloseReport {
+    let mut report = CloseReport::default();
+    let workers = match api
+        .list_pods(&manifests::selector(name, labels::WORKER))
+        .await
+    {
+        Ok(pods) => pods
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            report
+                .leftovers
+                .push(format!("worker pods of {name}: cannot list them: {e}"));
+            Vec::new()
+        }
+    };
+    if let Some(scheduler) = scheduler {
+        retire_all(scheduler, &mut report).await;
+    }
+    let mut deleted = api.delete_pods(&workers, grace_seconds).await;
+    if has_scheduler_pod {
+        if let Err(e) = api.delete_service(name).await {
+            report.leftovers.push(format!("service/{name}: {e}"));
+        }
+        let scheduler_pod = api.delete_pods(&[name.to_owned()], grace_seconds).await;
+        deleted.done.extend(scheduler_pod.done);
+        deleted.failed.extend(scheduler_pod.failed);
+    }
+    report
+        .leftovers
+        .extend(deleted.failed.into_iter().map(|f| format!("pod/{f}")));
+    let still = api.wait_pods_gone(&deleted.done, CLOSE_WAIT_TIMEOUT).await;
+    report.deleted_pods = deleted.done.len() - still.len();
+    report.leftovers.extend(still.into_iter().map(|p| {
+        format!(
+            "pod/{p}: still present after {}s",
+            CLOSE_WAIT_TIMEOUT.as_secs()
+        )
+    }));
+    info!(cluster = %name, deleted = report.deleted_pods, leftovers = report.leftovers.len(), "cluster deleted");
+    report
+}
+
+/// Lets every connected worker leave cleanly, bounded by [`CLOSE_RETIRE_TIMEOUT`].
+async fn retire_all<S: SchedulerApi>(scheduler: &S, report: &mut CloseReport) {
+    let Ok(Ok(workers)) = tokio::time::timeout(CLOSE_RETIRE_TIMEOUT, scheduler.workers()).await
+    else {
+        return;
+    };
+    if workers.is_empty() {
+        return;
+    }
+    let addresses: Vec<String> = workers.into_iter().map(|w| w.address).collect();
+    match tokio::time::timeout(CLOSE_RETIRE_TIMEOUT, scheduler.retire_workers(&addresses)).await {
+        Ok(Ok(retired)) => report.retired = retired.len(),
+        Ok(Err(e)) => warn!(error = %e, "retiring workers before deletion failed"),
+        Err(_) => warn!(
+            seconds = CLOSE_RETIRE_TIMEOUT.as_secs(),
+            "retiring workers took too long; deleting"
+        ),
+    }
+}
+
+/// Deletes what a start created, after `cause` stopped it, and folds what could not be
+/// deleted into the error.
+async fn cleanup_after_failure(api: &ClusterApi, name: &str, cause: Error) -> Error {
+    warn!(cluster = %name, error = %cause, "start failed; deleting what was created");
+    let report = teardown::<SchedulerClient>(api, None, name, true, Some(0)).await;
+    if report.leftovers.is_empty() {
+        cause
+    } else {
+        Error::CleanupIncomplete {
+            cause: Box::new(cause),
+            leftovers: report.leftovers,
+        }
+    }
+}
+
+impl KubeClusterBuilder {
+    /// Creates the scheduler pod and Service, waits for the scheduler, and makes it
+    /// reachable. Anything created is deleted again when a later step fails.
+    pub async fn start(self) -> Result<KubeCluster> {
+        let (api, spec, settings, env) = self.settle().await?;
+        self.start_settled(api, spec, settings, env).await
+    }
+
+    /// Settles the spec once (templates, name, namespace), checking everything that needs
+    /// no cluster before connecting to one.
+    async fn settle(
+        &self,
+    ) -> Result<(
+        ClusterApi,
+        manifests::ClusterSpec,
+        crate::config::KubeSettings,
+        Vec<(String, String)>,
+    )> {
+        let config = self.dask_config()?;
+        let settings = config.kube_settings()?;
+        let mut spec = resolve_spec(self, &settings)?;
+        // Template errors come before credential errors; the namespace only changes the
+        // objects' metadata, not whether they are valid.
+        let mut probe = spec.clone();
+        if probe.namespace.is_empty() {
+            probe.namespace = "default".into();
+        }
+        probe.worker_pod()?;
+        if probe.external_scheduler.is_none() {
+            probe.scheduler_pod()?;
+        }
+        let (client, default_ns, url) = match self.client.clone() {
+            Some(c) => c,
+            None => kube_ops::connect().await?,
+        };
+        if spec.namespace.is_empty() {
+            spec.namespace = default_ns;
+        }
+        let api = ClusterApi::new(client, spec.namespace.clone(), url);
+        Ok((api, spec, settings, config.env().to_vec()))
+    }
+
+    async fn start_settled(
+        self,
+        api: ClusterApi,
+        spec: manifests::ClusterSpec,
+        settings: crate::config::KubeSettings,
+        env: Vec<(String, String)>,
+    ) -> Result<KubeCluster> {
+        let progress = self.progress.clone().unwrap_or_else(|| Arc::new(|_| {}));
+        let worker = spec.worker_pod()?;
+        for warning in &worker.warnings {
+            warn!(%warning, "worker template");
+        }
+        if let Some(address) = spec.external_scheduler.clone() {
+            return start_external(&self, spec, api, worker.pod, &settings, &env, address);
+        }
+        progress(Progress::Step(format!(
+            "creating scheduler pod {}/{}",
+            spec.namespace, spec.name
+        )));
+        let mut scheduler_pod = spec.scheduler_pod()?;
+        manifests::annotate(
+            &mut scheduler_pod,
+            WORKER_TEMPLATE_ANNOTATION,
+            &manifests::worker_template_annotation(&worker.pod),
+        );
+        let created = api.create_pod(&manifests::to_pod(scheduler_pod)?).await?;
+        let owner = Owner {
+            name: spec.name.clone(),
+            uid: created.metadata.uid.clone().unwrap_or_default(),
+        };
+        info!(cluster = %spec.name, namespace = %spec.namespace, "scheduler pod created");
+        let ports = LocalPorts {
+            comm: self.local_port,
+            dashboard: self.dashboard_port,
+        };
+        let setup = async {
+            progress(Progress::Step("creating scheduler service".into()));
+            api.apply_service(&manifests::to_service(spec.service(Some(&owner)))?)
+                .await?;
+            progress(Progress::Step(
+                "waiting for the scheduler pod to run".into(),
+            ));
+            wait_scheduler_running(&api, &spec.name).await?;
+            connect_scheduler(&api, &spec.name, self.access, ports, &progress).await
+        };
+        let connected = match setup.await {
+            Ok(v) => v,
+            Err(cause) => return Err(cleanup_after_failure(&api, &spec.name, cause).await),
+        };
+        let dashboard = format_dashboard_link(
+            &settings.dashboard_link,
+            &connected.dashboard.0,
+            connected.dashboard.1,
+            &env,
+        )?;
+        let scaler = Scaler::new(
+            api,
+            Arc::new(connected.scheduler),
+            spec.name.clone(),
+            worker.pod,
+            Some(owner.clone()),
+        )
+        .with_limits(self.limits)
+        .with_count_max(settings.count_max);
+        Ok(KubeCluster {
+            name: spec.name,
+            scaler: Arc::new(scaler),
+            owner: Some(owner),
+            address: connected.address,
+            dashboard,
+            forwarders: connected.forwarders,
+            adapt: None,
+            progress,
+        })
+    }
+}
+
+/// A cluster whose scheduler runs elsewhere: only worker pods are made, owned by nothing.
+fn start_external(
+    builder: &KubeClusterBuilder,
+    spec: manifests::ClusterSpec,
+    api: ClusterApi,
+    worker_pod: serde_json::Value,
+    settings: &crate::config::KubeSettings,
+    env: &[(String, String)],
+    address: String,
+) -> Result<KubeCluster> {
+    let host = address
+        .trim_start_matches("tcp://")
+        .rsplit_once(':')
+        .map_or(address.as_str(), |(h, _)| h)
+        .to_owned();
+    let scaler = Scaler::new(
+        api,
+        Arc::new(SchedulerClient::tcp(format!("{host}:{DASHBOARD_PORT}"))),
+        spec.name.clone(),
+        worker_pod,
+        None,
+    )
+    .with_limits(builder.limits)
+    .with_count_max(settings.count_max);
+    Ok(KubeCluster {
+        name: spec.name,
+        scaler: Arc::new(scaler),
+        owner: None,
+        dashboard: format_dashboard_link(&settings.dashboard_link, &host, DASHBOARD_PORT, env)?,
+        address,
+        forwarders: Vec::new(),
+        adapt: None,
+        progress: builder.progress.clone().unwrap_or_else(|| Arc::new(|_| {})),
+    })
+}
+
+/// How `up` hands the cluster to a background supervisor (`dask-kube attach --daemon`),
+/// which keeps the local listeners (same ports) and the adapt loop after `up` exits.
+#[derive(Debug, Clone)]
+pub struct DetachOptions {
+    /// The `dask-kube` executable to run as the supervisor.
+    pub exe: PathBuf,
+    /// Where its state and log files go.
+    pub state_dir: StateDir,
+}
+
+/// What `up` is asked to do once the scheduler runs.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Start this many workers (capped by `kubernetes.count.max`).
+    pub workers: Option<usize>,
+    /// Adapt with this policy (its minimum is started and awaited).
+    pub adapt: Option<AdaptPolicy>,
+    /// Hand over to a detached supervisor instead of returning the cluster.
+    pub detach: Option<DetachOptions>,
+    /// Bound on the awaited workers connecting.
+    pub wait_timeout: Duration,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions {
+            workers: None,
+            adapt: None,
+            detach: None,
+            wait_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What `up` made: everything a shell prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpReport {
+    /// Cluster name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The address a `distributed.Client` here connects to.
+    pub scheduler_address: String,
+    /// The dashboard link, one that answers from here.
+    pub dashboard: String,
+    /// Workers awaited (after the cap).
+    pub workers: usize,
+    /// Set when `kubernetes.count.max` lowered what was asked.
+    pub capped: Option<CountCap>,
+    /// Seconds from the call to the awaited workers connected.
+    pub ready_seconds: f64,
+    /// The detached supervisor, when there is one.
+    pub supervisor: Option<SupervisorState>,
+}
+
+/// How `up` ended.
+pub enum UpOutcome {
+    /// The cluster runs and this process holds it (foreground).
+    Running(Box<KubeCluster>, UpReport),
+    /// The cluster runs, held by a detached supervisor.
+    Detached(UpReport),
+    /// `interrupt` fired before the cluster was ready; what was made is deleted.
+    Interrupted {
+        /// What fired (`SIGINT`, `KeyboardInterrupt`, ...).
+        reason: String,
+        /// The cleanup.
+        report: CloseReport,
+    },
+}
+
+/// Creates a cluster and brings it to the asked state: `workers` started, or adapting from
+/// its minimum, with those workers connected. Until then `interrupt` (a signal, Python's
+/// Ctrl-C) stops it and everything made so far is deleted; a failure does the same and is
+/// returned with whatever could not be deleted. With `detach`, a supervisor process takes
+/// over the local listeners (the same ports, so the printed links stay right) and adapting.
+pub async fn up<I>(
+    builder: KubeClusterBuilder,
+    options: UpOptions,
+    interrupt: &mut I,
+) -> Result<UpOutcome>
+where
+    I: Future<Output = String> + Unpin,
+{
+    let started = Instant::now();
+    // Name and namespace are settled first, so an interrupted start knows what to delete.
+    let (api, spec, settings, env) = builder.settle().await?;
+    let name = spec.name.clone();
+    let cluster = tokio::select! {
+        c = builder.start_settled(api.clone(), spec, settings, env) => c?,
+        reason = &mut *interrupt => {
+            warn!(%reason, cluster = %name, "interrupted while starting; deleting what was created");
+            let report = teardown::<SchedulerClient>(&api, None, &name, true, Some(0)).await;
+            return Ok(UpOutcome::Interrupted { reason, report });
+        }
+    };
+    let mut cluster = cluster;
+    let requested = match (&options.adapt, options.workers) {
+        (Some(p), _) => p.minimum as usize,
+        (None, Some(n)) => n,
+        (None, None) => 0,
+    };
+    let (wanted, mut capped) = cap_count(requested, cluster.count_max());
+    let prepared = async {
+        if let Some(n) = options.workers {
+            cluster.scale(n).await?;
+        }
+        match (&options.adapt, &options.detach) {
+            (Some(p), None) => {
+                if let Some(cap) = cluster.adapt_with(p.clone())? {
+                    capped = Some(cap);
+                }
+            }
+            (Some(p), Some(_)) => {
+                // The supervisor adapts; start the minimum here so it is awaited.
+                cluster.scale(p.minimum as usize).await?;
+                if let (_, Some(cap)) = cap_count(p.maximum as usize, cluster.count_max()) {
+                    capped = Some(cap);
+                }
+            }
+            (None, _) => {}
+        }
+        if wanted > 0 {
+            cluster
+                .wait_for_workers(wanted, options.wait_timeout)
+                .await?;
+        }
+        Ok::<(), Error>(())
+    };
+    let outcome = tokio::select! {
+        r = prepared => r.map(|()| None),
+        reason = &mut *interrupt => Ok(Some(reason)),
+    };
+    match outcome {
+        Ok(None) => {}
+        Ok(Some(reason)) => {
+            info!(%reason, "interrupted; deleting the cluster");
+            let report = match cluster.close().await {
+                Ok(r) => r,
+                Err(Error::Partial { failures, .. }) => CloseReport {
+                    leftovers: failures,
+                    ..CloseReport::default()
+                },
+                Err(e) => return Err(e),
+            };
+            return Ok(UpOutcome::Interrupted { reason, report });
+        }
+        Err(e) => {
+            // Nothing half-made is left: the failure is reported after deleting the cluster.
+            warn!(error = %e, "up failed; deleting the cluster");
+            return Err(match cluster.close().await {
+                Ok(_) => e,
+                Err(Error::Partial { failures, .. }) => Error::CleanupIncomplete {
+                    cause: Box::new(e),
+                    leftovers: failures,
+                },
+                Err(other) => Error::CleanupIncomplete {
+                    cause: Box::new(e),
+                    leftovers: vec![other.to_string()],
+                },
+            });
+        }
+    }
+    let mut report = UpReport {
+        name: cluster.name().to_owned(),
+        namespace: cluster.namespace().to_owned(),
+        scheduler_address: cluster.scheduler_address().to_owned(),
+        dashboard: cluster.dashboard_link().to_owned(),
+        workers: wanted,
+        capped,
+        ready_seconds: started.elapsed().as_secs_f64(),
+        supervisor: None,
+    };
+    let Some(detach) = options.detach else {
+        return Ok(UpOutcome::Running(Box::new(cluster), report));
+    };
+    let comm_port = cluster.local_address().map_or(0, |a| a.port());
+    let dashboard_port = cluster.local_dashboard_address().map_or(0, |a| a.port());
+    cluster.detach().await?;
+    let mut args = vec![
+        "--namespace".to_owned(),
+        report.namespace.clone(),
+        "attach".into(),
+        report.name.clone(),
+        "--daemon".into(),
+        "--local-port".into(),
+        comm_port.to_string(),
+        "--dashboard-port".into(),
+        dashboard_port.to_string(),
+    ];
+    if let Some(policy) = &options.adapt {
+        args.extend(supervisor::adapt_args(policy));
+    }
+    let log = detach.state_dir.log_file(&report.namespace, &report.name);
+    let mut child = supervisor::spawn(&detach.exe, &args, &log)?;
+    let state = supervisor::wait_ready(
+        &detach.state_dir,
+        &report.namespace,
+        &report.name,
+        &mut child,
+    )
+    .await?;
+    // What the supervisor serves is what answers now: print its addresses.
+    report.scheduler_address = state.address.clone();
+    report.dashboard = state.dashboard.clone();
+    report.supervisor = Some(state);
+    Ok(UpOutcome::Detached(report))
+}
+
+/// `dask-kube down NAME`: stops this host's supervisor of the cluster, retires its workers
+/// (through port-forward to the scheduler, bounded: the scheduler may be broken) and
+/// deletes everything. Returns whether a supervisor was stopped, and the teardown report.
+pub async fn delete_cluster(
+    api: &ClusterApi,
+    name: &str,
+    state_dir: &StateDir,
+) -> Result<(bool, CloseReport)> {
+    names::validate_cluster_name(name)?;
+    let stopped = supervisor::stop(state_dir, api.namespace(), name).await?;
+    let scheduler = api.get_pod(name).await?;
+    let workers = api
+        .list_pods(&manifests::selector(name, labels::WORKER))
+        .await?;
+    if scheduler.is_none() && workers.is_empty() {
+        return Err(Error::ClusterNotFound {
+            name: name.to_owned(),
+            namespace: api.namespace().to_owned(),
+        });
+    }
+    let scheduler_api = SchedulerClient::forwarded(api, name);
+    let report = teardown(
+        api,
+        scheduler.is_some().then_some(&scheduler_api),
+        name,
+        scheduler.is_some(),
+        None,
+    )
+    .await;
+    Ok((stopped, report))
+}
+
+/// Logs of a cluster's pods, by pod: the scheduler's and every worker's, or one worker's
+/// (by pod name or Dask worker name).
+pub async fn cluster_logs(
+    api: &ClusterApi,
+    name: &str,
+    worker: Option<&str>,
+) -> Result<Vec<(String, String)>> {
+    names::validate_cluster_name(name)?;
+    let scheduler = api.get_pod(name).await?;
+    let workers: Vec<String> = api
+        .list_pods(&manifests::selector(name, labels::WORKER))
+        .await?
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    if scheduler.is_none() && workers.is_empty() {
+        return Err(Error::ClusterNotFound {
+            name: name.to_owned(),
+            namespace: api.namespace().to_owned(),
+        });
+    }
+    let pods: Vec<String> = match worker {
+        Some(w) => {
+            let pod =
+                names::pod_of_worker(w, workers.iter().map(String::as_str)).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no worker {w:?} in cluster {name}; workers: {}",
+                        workers.join(", ")
+                    ))
+                })?;
+            vec![pod.to_owned()]
+        }
+        None => scheduler
+            .iter()
+            .map(|_| name.to_owned())
+            .chain(workers)
+            .collect(),
+    };
+    let mut out = Vec::with_capacity(pods.len());
+    for pod in pods {
+        let text = api.logs(&pod, None).await?;
+        out.push((pod, text));
+    }
+    Ok(out)
+}
+
+/// Progress events that go nowhere.
+pub fn no_progress() -> ProgressFn {
+    Arc::new(|_| {})
+}

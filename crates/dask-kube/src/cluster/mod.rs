@@ -1,0 +1,453 @@
+//! [`KubeCluster`]: the classic dask-kubernetes `KubeCluster` in Rust. Creates a scheduler
+//! pod and Service, makes the scheduler reachable from this machine, and scales worker pods
+//! by hand or adaptively; [`KubeCluster::close`] retires and deletes everything.
+//!
+//! Split by responsibility: [`spec`] settles what a cluster will be (pure), [`connection`]
+//! reaches its scheduler, [`lifecycle`] creates and tears clusters down and runs the verbs
+//! the CLI and the Python module share (`up`, `down`, `logs`).
+
+pub mod connection;
+pub mod lifecycle;
+pub mod spec;
+
+pub use connection::{Access, SchedulerClient};
+pub use lifecycle::{
+    CloseReport, DetachOptions, UpOptions, UpOutcome, UpReport, cluster_logs, delete_cluster,
+    teardown, up,
+};
+pub use spec::KubeClusterBuilder;
+
+use crate::adapt::AdaptPolicy;
+use crate::config::{DaskConfig, format_dashboard_link};
+use crate::kube_ops::{self, ClusterApi};
+use crate::manifests::{Owner, WORKER_TEMPLATE_ANNOTATION};
+use crate::names;
+use crate::portforward::LocalForwarder;
+use crate::scaler::{CountCap, ScaleReport, Scaler};
+use crate::scaling::{PodPhase, WorkerPodState, workers_by_pod};
+use crate::scheduler_api::SchedulerApi;
+use crate::{Error, Result};
+use connection::{LocalPorts, connect_scheduler};
+use dask_worker_spec::labels;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// Time between checks while waiting for the scheduler's API or workers.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A progress event for a UI (a progress bar on a terminal, plain lines otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// A step starts.
+    Step(String),
+    /// Workers connected so far, of how many wanted.
+    Workers {
+        /// Connected.
+        connected: usize,
+        /// Wanted.
+        wanted: usize,
+    },
+}
+
+/// Receives [`Progress`] events.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// A running adaptive controller; stops when [`AdaptHandle::stop`] is called or it is dropped.
+pub struct AdaptHandle {
+    cancel: CancellationToken,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl AdaptHandle {
+    /// Stops adapting and waits for the loop to finish its current step.
+    pub async fn stop(mut self) -> Result<()> {
+        self.cancel.cancel();
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| Err(Error::Supervisor(format!("the adapt task failed: {e}")))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the loop is still running.
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for AdaptHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A worker pod and its scheduler-side state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerInfo {
+    /// Pod name.
+    pub pod: String,
+    /// Phase.
+    pub phase: PodPhase,
+    /// Why it ended, if it did.
+    pub reason: Option<String>,
+    /// The Dask workers in it that are connected (addresses).
+    pub connected: Vec<String>,
+}
+
+/// A Dask cluster on Kubernetes.
+///
+/// Call [`KubeCluster::close`] to delete it: dropping the handle stops the local listeners
+/// and the adapt loop but leaves the pods (cleanup needs the API server, which `Drop`
+/// cannot await). Whatever is left is owned by the scheduler pod: deleting that pod, or
+/// `dask-kube down NAME`, removes the rest.
+///
+/// # Example
+/// ```no_run
+/// # async fn f() -> dask_kube::Result<()> {
+/// use dask_kube::KubeCluster;
+/// let mut cluster = KubeCluster::from_yaml("worker-spec.yml").await?;
+/// println!("scheduler: {}", cluster.scheduler_address());
+/// println!("dashboard: {}", cluster.dashboard_link());
+/// cluster.scale(3).await?;
+/// cluster.adapt(1, 10)?;
+/// // ... use it from a distributed.Client ...
+/// cluster.close().await?;
+/// # Ok(()) }
+/// ```
+pub struct KubeCluster {
+    name: String,
+    scaler: Arc<Scaler<SchedulerClient>>,
+    owner: Option<Owner>,
+    address: String,
+    dashboard: String,
+    /// Local listeners: the scheduler's comm port first, then the dashboard.
+    forwarders: Vec<LocalForwarder>,
+    adapt: Option<AdaptHandle>,
+    progress: ProgressFn,
+}
+
+impl KubeCluster {
+    /// A builder with every setting from the Dask config.
+    pub fn builder() -> KubeClusterBuilder {
+        KubeClusterBuilder::default()
+    }
+
+    /// Starts a cluster from a worker pod template file, like
+    /// `KubeCluster.from_yaml("worker-spec.yml")`.
+    pub async fn from_yaml(path: impl Into<PathBuf>) -> Result<Self> {
+        Self::builder().worker_template_path(path).start().await
+    }
+
+    /// Starts a cluster from the Dask config alone (`kubernetes.worker-template-path` or
+    /// `kubernetes.worker-template`).
+    pub async fn from_dask_config() -> Result<Self> {
+        Self::builder().start().await
+    }
+
+    /// Attaches to an existing cluster by name (for `scale`, `adapt`, `down`, `logs`), with
+    /// local listeners on `local_port` / a free port when port-forwarding.
+    pub async fn connect(
+        name: &str,
+        namespace: Option<&str>,
+        access: Access,
+        local_port: u16,
+        client: Option<(kube::Client, String, String)>,
+    ) -> Result<Self> {
+        Self::connect_with_ports(name, namespace, access, local_port, 0, client).await
+    }
+
+    /// [`KubeCluster::connect`] with both local ports chosen (a detached supervisor keeps
+    /// the ports `up` printed).
+    pub async fn connect_with_ports(
+        name: &str,
+        namespace: Option<&str>,
+        access: Access,
+        local_port: u16,
+        dashboard_port: u16,
+        client: Option<(kube::Client, String, String)>,
+    ) -> Result<Self> {
+        names::validate_cluster_name(name)?;
+        let (client, default_ns, url) = match client {
+            Some(c) => c,
+            None => kube_ops::connect().await?,
+        };
+        let config = DaskConfig::load()?;
+        let settings = config.kube_settings()?;
+        let namespace = namespace
+            .map(str::to_owned)
+            .or(settings.namespace.clone())
+            .unwrap_or(default_ns);
+        let api = ClusterApi::new(client, namespace.clone(), url);
+        let not_found = || Error::ClusterNotFound {
+            name: name.to_owned(),
+            namespace: namespace.clone(),
+        };
+        let pod = api.get_pod(name).await?.ok_or_else(not_found)?;
+        let is_scheduler = pod.metadata.labels.as_ref().is_some_and(|l| {
+            l.get(labels::COMPONENT).map(String::as_str) == Some(labels::SCHEDULER)
+                && l.get(labels::CLUSTER_NAME).map(String::as_str) == Some(name)
+        });
+        if !is_scheduler {
+            return Err(not_found());
+        }
+        let worker_pod: Value = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(WORKER_TEMPLATE_ANNOTATION))
+            .and_then(|text| serde_json::from_str(text).ok())
+            .ok_or_else(|| Error::InvalidTemplate {
+                what: "worker",
+                origin: format!("annotation {WORKER_TEMPLATE_ANNOTATION} of pod {name}"),
+                reason: "missing or not JSON; was this cluster made by dask-kube?".into(),
+            })?;
+        let owner = Owner {
+            name: name.to_owned(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+        };
+        let progress: ProgressFn = Arc::new(|_| {});
+        let connected = connect_scheduler(
+            &api,
+            name,
+            access,
+            LocalPorts {
+                comm: local_port,
+                dashboard: dashboard_port,
+            },
+            &progress,
+        )
+        .await?;
+        let dashboard = format_dashboard_link(
+            &settings.dashboard_link,
+            &connected.dashboard.0,
+            connected.dashboard.1,
+            config.env(),
+        )?;
+        let scaler = Scaler::new(
+            api,
+            Arc::new(connected.scheduler),
+            name,
+            worker_pod,
+            Some(owner.clone()),
+        )
+        .with_count_max(settings.count_max);
+        Ok(KubeCluster {
+            name: name.to_owned(),
+            scaler: Arc::new(scaler),
+            owner: Some(owner),
+            address: connected.address,
+            dashboard,
+            forwarders: connected.forwarders,
+            adapt: None,
+            progress,
+        })
+    }
+
+    /// The cluster name (also the scheduler pod's and Service's).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        self.scaler.api().namespace()
+    }
+
+    /// The address a `distributed.Client` on this machine connects to.
+    pub fn scheduler_address(&self) -> &str {
+        &self.address
+    }
+
+    /// The dashboard link (`distributed.dashboard.link`): from outside the cluster a second
+    /// local listener forwards to the scheduler's port 8787, and the link names it.
+    pub fn dashboard_link(&self) -> &str {
+        &self.dashboard
+    }
+
+    /// The local port-forward address of the scheduler, when there is one.
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        self.forwarders.first().map(LocalForwarder::address)
+    }
+
+    /// The local port-forward address of the dashboard, when there is one.
+    pub fn local_dashboard_address(&self) -> Option<SocketAddr> {
+        self.forwarders.get(1).map(LocalForwarder::address)
+    }
+
+    /// The scheduler's HTTP API client.
+    pub fn scheduler(&self) -> &SchedulerClient {
+        self.scaler.scheduler()
+    }
+
+    /// Kubernetes calls of this cluster.
+    pub fn api(&self) -> &ClusterApi {
+        self.scaler.api()
+    }
+
+    /// The cap on worker counts (`kubernetes.count.max`), if any.
+    pub fn count_max(&self) -> Option<u32> {
+        self.scaler.count_max()
+    }
+
+    /// Scales to `n` workers; retires before deleting (see [`crate::scaling`]). The report
+    /// says when `kubernetes.count.max` lowered `n`.
+    pub async fn scale(&self, n: usize) -> Result<ScaleReport> {
+        self.scaler.scale(n, false).await
+    }
+
+    /// Scales to `n` workers, deleting connected workers without retiring when `force`.
+    pub async fn scale_with(&self, n: usize, force: bool) -> Result<ScaleReport> {
+        self.scaler.scale(n, force).await
+    }
+
+    /// Adapts between `minimum` and `maximum` workers with `distributed.Adaptive`'s
+    /// defaults, until [`KubeCluster::close`], a new `adapt`, or drop. Returns the cap when
+    /// `kubernetes.count.max` lowered the maximum.
+    pub fn adapt(&mut self, minimum: u32, maximum: u32) -> Result<Option<CountCap>> {
+        self.adapt_with(AdaptPolicy::new(minimum, maximum))
+    }
+
+    /// Adapts with a full policy; returns the cap when `kubernetes.count.max` lowered the
+    /// maximum.
+    pub fn adapt_with(&mut self, policy: AdaptPolicy) -> Result<Option<CountCap>> {
+        if policy.minimum > policy.maximum {
+            return Err(Error::Usage(format!(
+                "adapt minimum {} is above maximum {}",
+                policy.minimum, policy.maximum
+            )));
+        }
+        let (_, capped) = self.scaler.capped_policy(policy.clone());
+        // Replacing a controller: the old one stops at its next step (drop cancels it).
+        self.adapt.take();
+        let cancel = CancellationToken::new();
+        let scaler = self.scaler.clone();
+        let token = cancel.clone();
+        let task = tokio::spawn(async move { scaler.run_adapt(policy, token).await });
+        self.adapt = Some(AdaptHandle {
+            cancel,
+            task: Some(task),
+        });
+        Ok(capped)
+    }
+
+    /// Stops adapting, if it was.
+    pub async fn stop_adapting(&mut self) -> Result<()> {
+        match self.adapt.take() {
+            Some(handle) => handle.stop().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether an adapt controller is running.
+    pub fn is_adapting(&self) -> bool {
+        self.adapt.as_ref().is_some_and(AdaptHandle::is_running)
+    }
+
+    /// Worker pods with their connection state.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let pods = self.scaler.worker_pods().await?;
+        let connected = self.scaler.scheduler().workers().await.unwrap_or_default();
+        let by_pod = workers_by_pod(&pods, &connected);
+        Ok(pods
+            .into_iter()
+            .map(|p: WorkerPodState| WorkerInfo {
+                connected: by_pod
+                    .get(&p.name)
+                    .map(|ws| ws.iter().map(|w| w.address.clone()).collect())
+                    .unwrap_or_default(),
+                pod: p.name,
+                phase: p.phase,
+                reason: p.reason,
+            })
+            .collect())
+    }
+
+    /// Waits (at most `timeout`) until `n` workers are connected to the scheduler.
+    pub async fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        let mut last = usize::MAX;
+        loop {
+            let connected = self
+                .scaler
+                .scheduler()
+                .workers()
+                .await
+                .map(|w| w.len())
+                .unwrap_or(0);
+            if connected != last {
+                (self.progress)(Progress::Workers {
+                    connected,
+                    wanted: n,
+                });
+                last = connected;
+            }
+            if connected >= n {
+                return Ok(connected);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("{n} workers to connect ({connected} connected)"),
+                    seconds: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Logs of the scheduler and every worker pod, by pod name.
+    pub async fn logs(&self) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        let api = self.scaler.api();
+        if self.owner.is_some() {
+            out.insert(self.name.clone(), api.logs(&self.name, None).await?);
+        }
+        for pod in self.scaler.worker_pods().await? {
+            let text = match api.logs(&pod.name, None).await {
+                Ok(t) => t,
+                Err(e) => format!("<no logs: {e}>"),
+            };
+            out.insert(pod.name, text);
+        }
+        Ok(out)
+    }
+
+    /// Stops the local listener and adapting; the cluster keeps running.
+    pub async fn detach(mut self) -> Result<()> {
+        let adapt = self.stop_adapting().await;
+        for f in self.forwarders.drain(..) {
+            f.stop().await;
+        }
+        adapt
+    }
+
+    /// Stops adapting, retires the workers (bounded), deletes workers, Service and scheduler,
+    /// and waits (bounded) until the pods are gone. Errors name what is left.
+    pub async fn close(mut self) -> Result<CloseReport> {
+        (self.progress)(Progress::Step(format!("closing cluster {}", self.name)));
+        if let Err(e) = self.stop_adapting().await {
+            warn!(error = %e, "adapt controller ended with an error");
+        }
+        let report = teardown(
+            self.scaler.api(),
+            Some(self.scaler.scheduler().as_ref()),
+            &self.name,
+            self.owner.is_some(),
+            None,
+        )
+        .await;
+        for f in self.forwarders.drain(..) {
+            f.stop().await;
+        }
+        report.into_result(&self.name)
+    }
+}

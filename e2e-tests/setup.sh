@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Brings a machine from nothing to able to run `make demo` and `make test`: Debian
+# packages, the pinned Rust toolchain with its components and the wasm target, Go, and
+# the Python venv. Idempotent: when everything is there it changes nothing, touches no
+# network and takes well under a second (the venv is make's job: `make venv`).
+#
+#   e2e-tests/setup.sh            install what is missing (root, Debian 12)
+#   e2e-tests/setup.sh --check    only say what is missing, exit 1 if anything is
+#   e2e-tests/setup.sh --packages print the Debian packages the tests use, one per line
+#   e2e-tests/setup.sh --toolbox DIR
+#                                 make DIR a PATH holding only what this script provides
+#                                 (CI runs `make test` with PATH=DIR, so a tool the tests
+#                                 call that this script does not install fails loudly)
+#
+# What the tests call, and where it comes from, is declared once, here:
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# Debian packages the tests, the Makefile and the local cluster use, beyond Debian's
+# Essential/required set:
+#   iproute2 (ip, ss: pod network namespaces, bridge), openssl (cluster PKI), curl (health
+#   checks, dashboard links), jq (bats), bats (policy.bats), procps (pgrep, ps),
+#   util-linux (setsid, flock, unshare, nsenter), psmisc (fuser), git (cluster finds the
+#   repo root), make, gcc/libc6-dev/binutils (build scripts of Rust crates, cgo),
+#   ca-certificates (registries), python3-venv is not needed: the venv is made with the
+#   machine's Python 3.11 (pyenv or Debian's python3 + python3-venv).
+DEBIAN_PACKAGES=(iproute2 openssl curl jq bats procps util-linux psmisc git make gcc libc6-dev binutils ca-certificates)
+
+# The Rust toolchain: rust-toolchain.toml is the source of truth.
+RUST_CHANNEL="$(awk -F'"' '/^channel/{print $2}' "$REPO/rust-toolchain.toml")"
+RUST_COMPONENTS=(rustfmt clippy)
+RUST_TARGETS=(wasm32-wasip1)
+# Go: the control plane's go.mod says which (k8s.io/kubernetes v1.37 needs 1.26).
+GO_MIN="$(awk '$1=="go"{print $2}' "$REPO/e2e-tests/local-cluster/controlplane/go.mod")"
+# Python: distributed 2026.8 supports 3.10+.
+PYTHON_MIN=3.10
+
+log() { echo "setup: $*" >&2; }
+
+missing_packages() {
+  local p
+  for p in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
+  done
+}
+
+version_ge() { [[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" == "$2" ]]; }
+
+go_problem() {
+  command -v go >/dev/null 2>&1 || { echo "go not found (need Go >= $GO_MIN: https://go.dev/dl or the machine image)"; return; }
+  local v
+  v="$(go env GOVERSION 2>/dev/null | sed 's/^go//')"
+  version_ge "$v" "$GO_MIN" || echo "go $v is older than $GO_MIN (control plane go.mod)"
+}
+
+python_problem() {
+  command -v python3 >/dev/null 2>&1 || { echo "python3 not found (need >= $PYTHON_MIN)"; return; }
+  local v
+  v="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  version_ge "$v" "$PYTHON_MIN" || { echo "python3 $v is older than $PYTHON_MIN"; return; }
+  python3 -c 'import venv, ensurepip' 2>/dev/null || echo "python3 has no venv/ensurepip module (Debian: apt-get install python3-venv)"
+}
+
+rust_missing() {
+  command -v rustup >/dev/null 2>&1 || { echo "rustup"; return; }
+  rustup toolchain list | grep -q "^$RUST_CHANNEL" || { echo "toolchain:$RUST_CHANNEL"; return; }
+  local installed c t
+  installed="$(rustup component list --installed --toolchain "$RUST_CHANNEL" 2>/dev/null)"
+  for c in "${RUST_COMPONENTS[@]}"; do grep -q "^$c" <<<"$installed" || echo "component:$c"; done
+  installed="$(rustup target list --installed --toolchain "$RUST_CHANNEL" 2>/dev/null)"
+  for t in "${RUST_TARGETS[@]}"; do grep -qx "$t" <<<"$installed" || echo "target:$t"; done
+}
+
+check() {
+  local problems=() p
+  while read -r p; do [[ -n "$p" ]] && problems+=("Debian package $p (apt-get install $p)"); done < <(missing_packages)
+  while read -r p; do [[ -n "$p" ]] && problems+=("Rust $p (rustup; rust-toolchain.toml pins $RUST_CHANNEL)"); done < <(rust_missing)
+  p="$(go_problem)"; [[ -z "$p" ]] || problems+=("$p")
+  p="$(python_problem)"; [[ -z "$p" ]] || problems+=("$p")
+  if ((${#problems[@]})); then
+    printf 'setup: missing: %s\n' "${problems[@]}" >&2
+    return 1
+  fi
+  log "everything the tests need is installed (Rust $RUST_CHANNEL + ${RUST_TARGETS[*]}, Go >= $GO_MIN, Python >= $PYTHON_MIN, ${#DEBIAN_PACKAGES[@]} Debian packages)"
+}
+
+install() {
+  local need=() item
+  mapfile -t need < <(missing_packages)
+  if ((${#need[@]})); then
+    [[ "$(id -u)" == 0 ]] || { log "need root to install: ${need[*]}"; exit 1; }
+    log "installing Debian packages: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  command -v rustup >/dev/null 2>&1 || { log "rustup not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
+  # rustup does not add components or targets to a toolchain that is already installed
+  # (and RUSTUP_AUTO_INSTALL=0 turns off installing it on first use): do it here, and
+  # only what is missing, so a ready machine makes no network call.
+  for item in $(rust_missing); do
+    case "$item" in
+      toolchain:*)
+        log "installing Rust $RUST_CHANNEL"
+        rustup toolchain install "$RUST_CHANNEL" --profile minimal \
+          --component "$(IFS=,; echo "${RUST_COMPONENTS[*]}")" --target "$(IFS=,; echo "${RUST_TARGETS[*]}")" ;;
+      component:*) log "adding Rust component ${item#*:}"; rustup component add --toolchain "$RUST_CHANNEL" "${item#*:}" ;;
+      target:*) log "adding Rust target ${item#*:}"; rustup target add --toolchain "$RUST_CHANNEL" "${item#*:}" ;;
+    esac
+  done
+  check
+}
+
+# A directory of links to exactly what this script provides: Debian's Essential and
+# required packages (on every Debian system), the packages above, the Rust toolchain
+# (rustup's proxies), Go and Python.
+toolbox() {
+  local dir="$1" pkg f
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  local pkgs
+  pkgs="$( { dpkg-query -W -f='${Package} ${Essential} ${Priority}\n' | awk '$2=="yes" || $3=="required" {print $1}'; printf '%s\n' "${DEBIAN_PACKAGES[@]}"; } | sort -u)"
+  for pkg in $pkgs; do
+    dpkg-query -L "$pkg" 2>/dev/null | grep -E '^/(usr/)?s?bin/[^/]+$' || true
+  done | while read -r f; do
+    [[ -x "$f" && ! -d "$f" ]] && ln -sf "$f" "$dir/$(basename "$f")"
+  done
+  # Debian's alternatives (cc, awk, ...) are links that point through /etc/alternatives.
+  for f in /usr/bin/cc /usr/bin/c++ /usr/bin/awk /usr/bin/pager; do
+    [[ -e "$f" ]] && ln -sf "$f" "$dir/$(basename "$f")"
+  done
+  for f in "$(dirname "$(command -v rustup)")"/*; do ln -sf "$f" "$dir/$(basename "$f")"; done
+  for f in "$(dirname "$(readlink -f "$(command -v go)")")"/*; do ln -sf "$f" "$dir/$(basename "$f")"; done
+  local py
+  py="$(python3 -c 'import sys; print(sys.executable)')"
+  ln -sf "$py" "$dir/python3"
+  log "toolbox $dir: $(find "$dir" -maxdepth 1 | wc -l) commands"
+}
+
+case "${1:-}" in
+  "") install ;;
+  --check) check ;;
+  --packages) printf '%s\n' "${DEBIAN_PACKAGES[@]}" ;;
+  --toolbox) toolbox "${2:?--toolbox DIR}" ;;
+  *) echo "usage: $0 [--check | --packages | --toolbox DIR]" >&2; exit 2 ;;
+esac
