@@ -13,10 +13,12 @@ CARGO_FLAGS ?= --locked
 WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/dask_worker_defaults.wasm
 RUNNER := $(CARGO_TARGET_DIR)/debug/policy-runner
 CLUSTER := e2e-tests/local-cluster/cluster
-# The host binaries the local cluster runs, built as one set: the cluster's hooks build the
-# same set, so cargo's feature unification gives one build of wasmtime/kube, not one per hook.
-HOST_PACKAGES := -p dask-kube -p policy-runner -p node-agent
-export DASK_K8S_HOST_PACKAGES := $(HOST_PACKAGES)
+# The host binaries the local cluster runs are built as one set with the unit tests: cargo
+# unifies features per invocation, so `-p policy-runner` alone, `-p node-agent` alone and
+# `cargo test --workspace` would each compile wasmtime and kube again. The hooks build the
+# same set (a no-op after `make unit`).
+HOST_BUILD := --workspace --all-targets
+export DASK_K8S_HOST_BUILD := $(HOST_BUILD)
 
 .PHONY: help setup demo policy-demo wasm build venv lint fmt clippy unit e2e-policy bats integration \
         test bench cluster-up cluster-down clean
@@ -28,7 +30,7 @@ setup: ## install what demo and test need (Debian packages, Rust target, checks 
 	@e2e-tests/setup.sh
 
 demo: setup wasm venv ## the README example end to end on the local control plane
-	$(CARGO) build $(CARGO_FLAGS) $(HOST_PACKAGES)
+	$(CARGO) build $(CARGO_FLAGS) $(HOST_BUILD)
 	e2e-tests/demo/run-demo.sh
 
 policy-demo: wasm venv ## build the policy and run it on worker-spec.yml like kwctl

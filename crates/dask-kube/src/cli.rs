@@ -8,7 +8,7 @@ use crate::cluster::{
 };
 use crate::config::DaskConfig;
 use crate::error::exit;
-use crate::kube_ops::{self, ClusterApi};
+use crate::kube_ops::{self, ClusterApi, CreateLimits};
 use crate::listing::{ClusterRow, list_clusters};
 use crate::manifests::ADAPT_ANNOTATION;
 use crate::names;
@@ -43,6 +43,10 @@ pub struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Most pod creations/deletions in flight (flow control stays below it, backing off on
+    /// the API server's 429s, errors and latency); default: kubernetes.max-in-flight, else 128.
+    #[arg(long, global = true, env = "DASK_KUBE_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(
         long,
@@ -341,25 +345,27 @@ pub async fn run(cli: Cli) -> i32 {
     let Cli {
         namespace,
         output,
+        max_in_flight,
         log: _,
         command,
     } = cli;
     let ui = Ui::new(output);
+    let limits = max_in_flight.map(CreateLimits::with_max_in_flight);
     let result = match command {
-        Command::Up(args) => up(args, namespace, &ui).await,
+        Command::Up(args) => up(args, namespace, limits, &ui).await,
         Command::List { all_namespaces } => list(namespace, all_namespaces, &ui).await,
         Command::Scale {
             name,
             n,
             force,
             wait,
-        } => scale(&name, n, force, wait, namespace, &ui).await,
+        } => scale(&name, n, force, wait, (namespace, limits), &ui).await,
         Command::Adapt {
             name,
             min,
             max,
             tuning,
-        } => adapt(&name, AdaptRange { min, max }, &tuning, namespace).await,
+        } => adapt(&name, AdaptRange { min, max }, &tuning, (namespace, limits)).await,
         Command::Logs { name, worker } => logs(&name, worker.as_deref(), namespace).await,
         Command::Down { name } => down(&name, namespace, &ui).await,
         Command::Render {
@@ -434,7 +440,12 @@ fn up_json(report: &UpReport) -> serde_json::Value {
            "log": report.supervisor.as_ref().map(|s| s.log.clone())})
 }
 
-async fn up(args: UpArgs, namespace: Option<String>, ui: &Ui) -> Result<i32> {
+async fn up(
+    args: UpArgs,
+    namespace: Option<String>,
+    limits: Option<CreateLimits>,
+    ui: &Ui,
+) -> Result<i32> {
     let UpArgs {
         file,
         workers,
@@ -457,6 +468,9 @@ async fn up(args: UpArgs, namespace: Option<String>, ui: &Ui) -> Result<i32> {
     let mut builder = KubeCluster::builder()
         .on_progress(ui.progress())
         .local_port(local_port);
+    if let Some(limits) = limits {
+        builder = builder.create_limits(limits);
+    }
     if let Some(file) = file {
         builder = builder.worker_template(PodTemplate::from_file(file, "worker")?);
     }
@@ -610,10 +624,14 @@ async fn scale(
     n: usize,
     force: bool,
     wait: u64,
-    namespace: Option<String>,
+    (namespace, limits): (Option<String>, Option<CreateLimits>),
     ui: &Ui,
 ) -> Result<i32> {
-    let cluster = KubeCluster::connect(name, namespace.as_deref(), Access::Auto, 0, None).await?;
+    let mut cluster =
+        KubeCluster::connect(name, namespace.as_deref(), Access::Auto, 0, None).await?;
+    if let Some(limits) = limits {
+        cluster = cluster.with_create_limits(limits);
+    }
     let result = cluster.scale_with(n, force).await;
     let report = match result {
         Ok(r) => r,
@@ -648,12 +666,15 @@ async fn adapt(
     name: &str,
     range: AdaptRange,
     tuning: &AdaptTuning,
-    namespace: Option<String>,
+    (namespace, limits): (Option<String>, Option<CreateLimits>),
 ) -> Result<i32> {
     let policy = tuning.policy(range)?;
     let mut signal = interruption()?;
     let mut cluster =
         KubeCluster::connect(name, namespace.as_deref(), Access::Auto, 0, None).await?;
+    if let Some(limits) = limits {
+        cluster = cluster.with_create_limits(limits);
+    }
     if let Ok(Some(pod)) = cluster.api().get_pod(name).await
         && let Some(other) = pod
             .metadata

@@ -309,6 +309,7 @@ impl DaskConfig {
                 .get_str("kubernetes.namespace")?
                 .filter(|n| !n.is_empty()),
             count_max: self.get_u32("kubernetes.count.max")?,
+            max_in_flight: self.get_u32("kubernetes.max-in-flight")?,
             dashboard_link: self
                 .get_str("distributed.dashboard.link")?
                 .unwrap_or_else(|| DEFAULT_DASHBOARD_LINK.to_owned()),
@@ -348,6 +349,9 @@ pub struct KubeSettings {
     pub namespace: Option<String>,
     /// `kubernetes.count.max`: no scale or adapt goes above it.
     pub count_max: Option<u32>,
+    /// `kubernetes.max-in-flight`: most pod creations/deletions in flight at once (flow
+    /// control moves below it on the API server's signals).
+    pub max_in_flight: Option<u32>,
     /// `distributed.dashboard.link`.
     pub dashboard_link: String,
     /// `distributed.adaptive.target-duration`, passed to the scheduler pod when set.

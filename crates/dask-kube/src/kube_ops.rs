@@ -1,20 +1,27 @@
-//! The thin layer that talks to the Kubernetes API: credentials, batched pod creation with
-//! bounded concurrency, a client-side rate limit and retries, deletions, waits, and the
-//! translation of API errors into messages that say what to do (403 names the missing
-//! permission, a missing namespace says so, an unreachable server names its URL).
+//! The thin layer that talks to the Kubernetes API: credentials, batched pod creation and
+//! deletion under flow control driven by the API server ([`crate::flow`]), retries that
+//! never duplicate a pod, lean pod lists, waits, and the translation of API errors into
+//! messages that say what to do (403 names the missing permission, a missing namespace says
+//! so, an unreachable server names its URL).
 
+use crate::flow::{
+    CallOutcome, DEFAULT_INITIAL_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT, FlowControl, FlowLimiter,
+};
 use crate::{Error, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ContainerState, Pod, PodStatus, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition};
 use kube::{Client, Config};
+use serde::Deserialize;
 use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Field manager of the objects dask-kube applies.
 pub const FIELD_MANAGER: &str = "dask-kube";
@@ -26,27 +33,52 @@ pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 /// Attempts per call (the first plus retries).
 pub const RETRY_ATTEMPTS: u32 = 6;
-/// Default number of pod creations in flight.
-pub const DEFAULT_CREATE_CONCURRENCY: usize = 8;
-/// Default client-side rate of pod creations per second (runaway scale-ups stay gentle on
-/// the API server).
-pub const DEFAULT_CREATE_RATE: f64 = 20.0;
+/// Attempts per pod of a batch: throttling is waited out by flow control, so a batch on a
+/// busy API server gets more tries than a single call.
+pub const BATCH_ATTEMPTS: u32 = 10;
+/// Bound on one create or delete call of a batch; a call that takes longer has an unknown
+/// outcome, which is then checked before any retry.
+pub const BATCH_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pods per page of a list (bounds the memory a list of thousands of pods takes).
+pub const LIST_PAGE: u32 = 250;
+/// Annotation with a random token per created pod: when a create's answer is lost, the pod
+/// found under its name is ours only if it carries our token.
+pub const CREATE_TOKEN_ANNOTATION: &str = "dask.org/create-token";
+/// Time between checks while waiting for pods to go.
+const GONE_POLL: Duration = Duration::from_millis(250);
 
-/// How a batch of creations is paced.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How batches of creations and deletions are paced: calls in flight at the start and at
+/// most. Flow control ([`crate::flow`]) moves between 1 and `max_in_flight` on the API
+/// server's signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CreateLimits {
-    /// Calls in flight.
-    pub concurrency: usize,
-    /// Calls started per second.
-    pub rate_per_second: f64,
+    /// Calls in flight when a batch starts.
+    pub initial_in_flight: usize,
+    /// Most calls in flight (a cap for clusters whose API Priority and Fairness is strict).
+    pub max_in_flight: usize,
 }
 
 impl Default for CreateLimits {
     fn default() -> Self {
         CreateLimits {
-            concurrency: DEFAULT_CREATE_CONCURRENCY,
-            rate_per_second: DEFAULT_CREATE_RATE,
+            initial_in_flight: DEFAULT_INITIAL_IN_FLIGHT,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
+    }
+}
+
+impl CreateLimits {
+    /// At most `max` calls in flight (starting there too, or lower).
+    pub fn with_max_in_flight(max: usize) -> Self {
+        let max = max.max(1);
+        CreateLimits {
+            initial_in_flight: DEFAULT_INITIAL_IN_FLIGHT.min(max),
+            max_in_flight: max,
+        }
+    }
+
+    fn limiter(&self) -> FlowLimiter {
+        FlowLimiter::new(FlowControl::new(self.initial_in_flight, self.max_in_flight))
     }
 }
 
@@ -77,9 +109,7 @@ pub async fn connect() -> Result<(Client, String, String)> {
     };
     let namespace = config.default_namespace.clone();
     let url = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(|e| Error::Credentials {
-        reason: e.to_string(),
-    })?;
+    let client = crate::http_client::build_client(config)?;
     Ok((client, namespace, url))
 }
 
@@ -228,37 +258,6 @@ where
     }
 }
 
-/// Paces calls to a rate: each caller gets the next free slot.
-#[derive(Debug)]
-struct RateLimiter {
-    next: Mutex<Instant>,
-    spacing: Duration,
-}
-
-impl RateLimiter {
-    fn new(rate_per_second: f64) -> Self {
-        let spacing = if rate_per_second > 0.0 && rate_per_second.is_finite() {
-            Duration::from_secs_f64(1.0 / rate_per_second)
-        } else {
-            Duration::ZERO
-        };
-        RateLimiter {
-            next: Mutex::new(Instant::now()),
-            spacing,
-        }
-    }
-
-    async fn acquire(&self) {
-        let slot = {
-            let mut next = self.next.lock().await;
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.spacing;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-    }
-}
-
 /// The outcome of a batch: what succeeded and what failed, never silently.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BatchReport {
@@ -290,6 +289,7 @@ pub struct ClusterApi {
     client: Client,
     namespace: String,
     url: String,
+    limits: CreateLimits,
 }
 
 impl ClusterApi {
@@ -299,7 +299,20 @@ impl ClusterApi {
             client,
             namespace: namespace.into(),
             url: url.into(),
+            limits: CreateLimits::default(),
         }
+    }
+
+    /// Paces this API's batches of creations and deletions.
+    #[must_use]
+    pub fn with_limits(mut self, limits: CreateLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How batches are paced.
+    pub fn limits(&self) -> CreateLimits {
+        self.limits
     }
 
     /// The namespace.
@@ -339,15 +352,17 @@ impl ClusterApi {
             .map_err(|e| map_kube_error(e, &self.at("create", "pods")))
     }
 
-    /// Creates pods with bounded concurrency and a client-side rate limit; each failure is
-    /// reported. Permission and namespace errors stop the batch (they fail every call).
-    pub async fn create_pods(
-        &self,
-        pods: Vec<Pod>,
-        limits: CreateLimits,
-    ) -> (BatchReport, Option<Error>) {
-        let limiter = Arc::new(RateLimiter::new(limits.rate_per_second));
+    /// Creates pods under flow control; each failure is reported, and each pod that exists
+    /// is reported once. Pods with a `generateName` get their name here (the same random
+    /// suffix the API server would pick) and a [`CREATE_TOKEN_ANNOTATION`], so a create
+    /// whose answer is lost (timeout, broken connection, 5xx) is checked by name before it
+    /// is sent again: a retry never makes a second pod. Permission, namespace and
+    /// unreachable-server errors stop the batch (they fail every call).
+    pub async fn create_pods(&self, pods: Vec<Pod>) -> (BatchReport, Option<Error>) {
+        let limiter = self.limits.limiter();
         let fatal: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+        let started = Instant::now();
+        let wanted = pods.len();
         let results: Vec<Result<String, String>> = futures::stream::iter(pods)
             .map(|pod| {
                 let limiter = limiter.clone();
@@ -356,9 +371,8 @@ impl ClusterApi {
                     if fatal.lock().await.is_some() {
                         return Err("not attempted after an earlier fatal error".to_owned());
                     }
-                    limiter.acquire().await;
-                    match self.create_pod(&pod).await {
-                        Ok(created) => Ok(created.metadata.name.unwrap_or_default()),
+                    match self.create_one(pod, &limiter).await {
+                        Ok(name) => Ok(name),
                         Err(e) => {
                             let text = e.to_string();
                             if matches!(
@@ -377,7 +391,7 @@ impl ClusterApi {
                     }
                 }
             })
-            .buffer_unordered(limits.concurrency.max(1))
+            .buffer_unordered(self.limits.max_in_flight.max(1))
             .collect()
             .await;
         let mut report = BatchReport::default();
@@ -387,36 +401,118 @@ impl ClusterApi {
                 Err(reason) => report.failed.push(reason),
             }
         }
+        let (limit, _) = limiter.snapshot();
+        info!(
+            wanted,
+            created = report.done.len(),
+            failed = report.failed.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            final_in_flight_limit = limit,
+            "created pods"
+        );
         let fatal = fatal.lock().await.take();
         (report, fatal)
     }
 
-    /// Deletes pods by name; a pod already gone counts as deleted.
-    pub async fn delete_pods(&self, names: &[String], grace_seconds: Option<u32>) -> BatchReport {
+    /// One pod of a batch, retried under flow control without ever creating it twice.
+    async fn create_one(&self, mut pod: Pod, limiter: &FlowLimiter) -> Result<String> {
+        let mut token = assign_name(&mut pod);
         let pods = self.pods();
+        let params = PostParams::default();
+        let mut last_error = None;
+        for attempt in 1..=BATCH_ATTEMPTS {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let permit = limiter.acquire().await;
+            let result = tokio::time::timeout(BATCH_CALL_TIMEOUT, pods.create(&params, &pod)).await;
+            let latency = permit.started().elapsed();
+            let error = match result {
+                Ok(Ok(created)) => {
+                    permit.finish(CallOutcome::Done { latency });
+                    return Ok(created.metadata.name.unwrap_or(name));
+                }
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    permit.finish(CallOutcome::Failed);
+                    debug!(pod = %name, attempt, "create timed out; checking before retrying");
+                    if self.created_by_us(&name, &token).await? {
+                        return Ok(name);
+                    }
+                    continue;
+                }
+            };
+            permit.finish(outcome_of(&error, latency));
+            match &error {
+                kube::Error::Api(s) if s.code == 409 => {
+                    // Ours, from an attempt whose answer was lost; or a name another pod
+                    // has, and then a new name.
+                    if self.created_by_us(&name, &token).await? {
+                        return Ok(name);
+                    }
+                    debug!(pod = %name, "name taken by another pod; picking a new one");
+                    pod.metadata.name = None;
+                    pod.metadata.generate_name = Some(
+                        name.get(..name.len().saturating_sub(SUFFIX_LEN))
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                    token = assign_name(&mut pod);
+                }
+                e if is_retryable(e) => {
+                    if ambiguous(e) && self.created_by_us(&name, &token).await? {
+                        return Ok(name);
+                    }
+                    debug!(pod = %name, attempt, error = %describe_kube_error(e), "retrying create");
+                }
+                _ => return Err(map_kube_error(error, &self.at("create", "pods"))),
+            }
+            last_error = Some(error);
+        }
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if self.created_by_us(&name, &token).await? {
+            return Ok(name);
+        }
+        Err(match last_error {
+            Some(e) => map_kube_error(e, &self.at("create", "pods")),
+            None => Error::Timeout {
+                what: format!("creating pod {name} ({BATCH_ATTEMPTS} attempts; it does not exist)"),
+                seconds: BATCH_CALL_TIMEOUT.as_secs(),
+            },
+        })
+    }
+
+    /// Whether pod `name` exists and carries our create token.
+    async fn created_by_us(&self, name: &str, token: &str) -> Result<bool> {
+        let pods = self.pods();
+        let found = with_retry("get pod", || pods.get_metadata_opt(name))
+            .await
+            .map_err(|e| map_kube_error(e, &self.at("get", "pods")))?;
+        Ok(found.is_some_and(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CREATE_TOKEN_ANNOTATION))
+                .is_some_and(|t| t == token)
+        }))
+    }
+
+    /// Deletes pods by name under flow control; a pod already gone counts as deleted.
+    pub async fn delete_pods(&self, names: &[String], grace_seconds: Option<u32>) -> BatchReport {
         let params = DeleteParams {
             grace_period_seconds: grace_seconds,
             ..DeleteParams::background()
         };
+        let limiter = self.limits.limiter();
         let results: Vec<(String, Result<(), String>)> =
             futures::stream::iter(names.iter().cloned())
                 .map(|name| {
-                    let pods = pods.clone();
                     let params = params.clone();
+                    let limiter = limiter.clone();
                     async move {
-                        let result = with_retry("delete pod", || pods.delete(&name, &params)).await;
-                        let outcome = match result {
-                            Ok(_) => Ok(()),
-                            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                            Err(e) => Err(format!(
-                                "{name}: {}",
-                                map_kube_error(e, &self.at("delete", "pods"))
-                            )),
-                        };
+                        let outcome = self.delete_one(&name, &params, &limiter).await;
                         (name, outcome)
                     }
                 })
-                .buffer_unordered(DEFAULT_CREATE_CONCURRENCY)
+                .buffer_unordered(self.limits.max_in_flight.max(1))
                 .collect()
                 .await;
         let mut report = BatchReport::default();
@@ -429,23 +525,95 @@ impl ClusterApi {
         report
     }
 
-    /// Lists pods matching a label selector.
-    pub async fn list_pods(&self, selector: &str) -> Result<Vec<Pod>> {
+    async fn delete_one(
+        &self,
+        name: &str,
+        params: &DeleteParams,
+        limiter: &FlowLimiter,
+    ) -> Result<(), String> {
         let pods = self.pods();
-        let params = ListParams::default().labels(selector);
-        with_retry("list pods", || pods.list(&params))
+        for attempt in 1..=BATCH_ATTEMPTS {
+            let permit = limiter.acquire().await;
+            let result = tokio::time::timeout(BATCH_CALL_TIMEOUT, pods.delete(name, params)).await;
+            let latency = permit.started().elapsed();
+            let error = match result {
+                Ok(Ok(_)) => {
+                    permit.finish(CallOutcome::Done { latency });
+                    return Ok(());
+                }
+                Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+                    permit.finish(CallOutcome::Done { latency });
+                    return Ok(());
+                }
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    // Deleting again is harmless: a 404 then means the first one worked.
+                    permit.finish(CallOutcome::Failed);
+                    continue;
+                }
+            };
+            permit.finish(outcome_of(&error, latency));
+            if !(is_retryable(&error) && attempt < BATCH_ATTEMPTS) {
+                return Err(format!(
+                    "{name}: {}",
+                    map_kube_error(error, &self.at("delete", "pods"))
+                ));
+            }
+            debug!(pod = %name, attempt, error = %describe_kube_error(&error), "retrying delete");
+        }
+        Err(format!(
+            "{name}: not deleted after {BATCH_ATTEMPTS} attempts (timeouts)"
+        ))
+    }
+
+    /// Lists pods matching a label selector, lean: only the metadata and status fields
+    /// dask-kube reads (no spec, no managedFields), a page at a time, so listing thousands of
+    /// pods takes little memory.
+    pub async fn list_pods(&self, selector: &str) -> Result<Vec<Pod>> {
+        self.list_lean(Some(&self.namespace), selector, "list pods")
             .await
-            .map(|list| list.items)
             .map_err(|e| map_kube_error(e, &self.at("list", "pods")))
     }
 
-    /// Lists pods matching a label selector in every namespace.
+    async fn list_lean(
+        &self,
+        namespace: Option<&str>,
+        selector: &str,
+        what: &str,
+    ) -> Result<Vec<Pod>, kube::Error> {
+        let path = match namespace {
+            Some(ns) => format!("/api/v1/namespaces/{ns}/pods"),
+            None => "/api/v1/pods".to_owned(),
+        };
+        let mut out = Vec::new();
+        let mut continue_token: Option<String> = None;
+        loop {
+            let mut params = ListParams::default().labels(selector).limit(LIST_PAGE);
+            if let Some(token) = &continue_token {
+                params = params.continue_token(token);
+            }
+            let request = kube::core::Request::new(&path)
+                .list(&params)
+                .map_err(kube::Error::BuildRequest)?;
+            let client = self.client.clone();
+            let page: LeanPodList = with_retry(what, || {
+                let request = clone_request(&request);
+                let client = client.clone();
+                async move { client.request::<LeanPodList>(request).await }
+            })
+            .await?;
+            out.extend(page.items.into_iter().map(LeanPod::into_pod));
+            match page.metadata.continue_token.filter(|t| !t.is_empty()) {
+                Some(token) => continue_token = Some(token),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Lists pods matching a label selector in every namespace (lean, as [`Self::list_pods`]).
     pub async fn list_pods_all_namespaces(&self, selector: &str) -> Result<Vec<Pod>> {
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let params = ListParams::default().labels(selector);
-        with_retry("list pods", || pods.list(&params))
+        self.list_lean(None, selector, "list pods")
             .await
-            .map(|list| list.items)
             .map_err(|e| {
                 map_kube_error(
                     e,
@@ -559,23 +727,192 @@ impl ClusterApi {
     }
 
     /// Waits until every pod in `names` is gone, at most `timeout` in total; returns those
-    /// still there.
-    pub async fn wait_pods_gone(&self, names: &[String], timeout: Duration) -> Vec<String> {
+    /// still there. One lean list per check of the pods matching `selector` (the cluster's
+    /// label), however many pods are awaited.
+    pub async fn wait_pods_gone(
+        &self,
+        selector: &str,
+        names: &[String],
+        timeout: Duration,
+    ) -> Vec<String> {
         let deadline = Instant::now() + timeout;
-        let mut left = Vec::new();
-        for name in names {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let gone = tokio::time::timeout(
-                remaining,
-                await_condition(self.pods(), name, |p: Option<&Pod>| p.is_none()),
-            )
-            .await;
-            if !matches!(gone, Ok(Ok(_))) {
-                warn!(pod = %name, "pod still present");
-                left.push(name.clone());
+        let mut left: BTreeSet<String> = names.iter().cloned().collect();
+        loop {
+            if left.is_empty() {
+                return Vec::new();
             }
+            match self.list_pods(selector).await {
+                Ok(pods) => {
+                    let present: BTreeSet<String> =
+                        pods.into_iter().filter_map(|p| p.metadata.name).collect();
+                    left.retain(|n| present.contains(n));
+                    if left.is_empty() {
+                        return Vec::new();
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot check which pods are gone"),
+            }
+            if Instant::now() >= deadline {
+                for name in &left {
+                    warn!(pod = %name, "pod still present");
+                }
+                return left.into_iter().collect();
+            }
+            tokio::time::sleep(GONE_POLL).await;
         }
-        left
+    }
+}
+
+/// Gives a pod that has only a `generateName` its name, as the API server would (the same
+/// alphabet and length), and a fresh create token; returns the token.
+fn assign_name(pod: &mut Pod) -> String {
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    if pod.metadata.name.is_none()
+        && let Some(prefix) = pod.metadata.generate_name.clone()
+    {
+        pod.metadata.name = Some(format!("{prefix}{}", random_suffix()));
+        pod.metadata.generate_name = None;
+    }
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(CREATE_TOKEN_ANNOTATION.to_owned(), token.clone());
+    token
+}
+
+/// Length of the random suffix of a generated name.
+const SUFFIX_LEN: usize = 5;
+
+/// [`SUFFIX_LEN`] characters of the API server's `generateName` alphabet (no vowels, no
+/// look-alikes).
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    bytes[..SUFFIX_LEN]
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// What a failed call says about the server's load.
+fn outcome_of(error: &kube::Error, latency: Duration) -> CallOutcome {
+    match error {
+        kube::Error::Api(s) if s.code == 429 => CallOutcome::Throttled {
+            retry_after: s
+                .details
+                .as_ref()
+                .map(|d| Duration::from_secs(u64::from(d.retry_after_seconds)))
+                .filter(|d| !d.is_zero()),
+        },
+        kube::Error::Api(s) if s.code >= 500 => CallOutcome::Failed,
+        e if is_transport(e) => CallOutcome::Failed,
+        _ => CallOutcome::Done { latency },
+    }
+}
+
+/// Whether a failed create may nevertheless have created the pod: the answer was lost or
+/// the server failed after it may have stored it. 429 and 409 are answers before storing.
+fn ambiguous(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(s) => s.code >= 500,
+        e => is_transport(e),
+    }
+}
+
+fn clone_request(request: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
+    let mut copy = http::Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// A pod list with only what dask-kube reads.
+#[derive(Deserialize)]
+struct LeanPodList {
+    #[serde(default)]
+    metadata: LeanListMeta,
+    #[serde(default)]
+    items: Vec<LeanPod>,
+}
+
+#[derive(Deserialize, Default)]
+struct LeanListMeta {
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LeanPod {
+    metadata: LeanMeta,
+    #[serde(default)]
+    status: Option<LeanStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_timestamp: Option<Time>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanStatus {
+    phase: Option<String>,
+    reason: Option<String>,
+    container_statuses: Option<Vec<LeanContainerStatus>>,
+}
+
+#[derive(Deserialize)]
+struct LeanContainerStatus {
+    name: String,
+    state: Option<ContainerState>,
+}
+
+impl LeanPod {
+    fn into_pod(self) -> Pod {
+        let LeanMeta {
+            name,
+            namespace,
+            uid,
+            labels,
+            annotations,
+            creation_timestamp,
+            deletion_timestamp,
+        } = self.metadata;
+        Pod {
+            metadata: ObjectMeta {
+                name,
+                namespace,
+                uid,
+                labels,
+                annotations,
+                creation_timestamp,
+                deletion_timestamp,
+                ..ObjectMeta::default()
+            },
+            spec: None,
+            status: self.status.map(|s| PodStatus {
+                phase: s.phase,
+                reason: s.reason,
+                container_statuses: s.container_statuses.map(|cs| {
+                    cs.into_iter()
+                        .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
+                            name: c.name,
+                            state: c.state,
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+                ..PodStatus::default()
+            }),
+        }
     }
 }
 
@@ -639,34 +976,133 @@ pub(crate) mod tests {
         ok_json(pod)
     }
 
+    fn metadata_of(name: &str, token: Option<&str>) -> Response<Body> {
+        ok_json(
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                       "metadata": {"name": name, "annotations": token.map(|t| json!({CREATE_TOKEN_ANNOTATION: t})).unwrap_or(json!({}))}}),
+        )
+    }
+
+    fn not_found(name: &str) -> Response<Body> {
+        status(
+            404,
+            "NotFound",
+            &format!("pods \"{name}\" not found"),
+            json!({"name": name, "kind": "pods"}),
+        )
+    }
+
+    /// 429 is retried as is; a 409 means the name is taken (checked: not ours) so a new
+    /// name is drawn; a 503 may have stored the pod, so it is looked up (absent) before the
+    /// same name is sent again.
     #[tokio::test(start_paused = true)]
-    async fn creation_retries_throttling_and_conflicts_then_succeeds() {
+    async fn creation_retries_throttling_and_conflicts_without_duplicates() {
         let (client, mut handle) = mock_client();
         let api = ClusterApi::new(client, "team", "https://127.0.0.1:6443");
         let server = tokio::spawn(async move {
-            for answer in [429u16, 409, 503] {
-                let (request, send) = handle.next_request().await.unwrap();
-                assert_eq!(request.method(), http::Method::POST);
-                assert_eq!(request.uri().path(), "/api/v1/namespaces/team/pods");
-                send.send_response(status(answer, "Retry", "try again", json!({})));
-            }
+            let mut names = Vec::new();
+            let post = |names: &mut Vec<String>, body: serde_json::Value| {
+                assert!(body["metadata"].get("generateName").is_none(), "{body}");
+                let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+                assert!(
+                    name.starts_with("c-worker-") && name.len() == "c-worker-".len() + 5,
+                    "{name}"
+                );
+                assert!(body["metadata"]["annotations"][CREATE_TOKEN_ANNOTATION].is_string());
+                names.push(name.clone());
+                name
+            };
+            // 1: throttled.
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::POST);
+            assert_eq!(request.uri().path(), "/api/v1/namespaces/team/pods");
+            post(&mut names, body_json(request).await);
+            send.send_response(status(
+                429,
+                "TooManyRequests",
+                "slow down",
+                json!({"retryAfterSeconds": 1}),
+            ));
+            // 2: the name is taken by someone else's pod.
+            let (request, send) = handle.next_request().await.unwrap();
+            let name = post(&mut names, body_json(request).await);
+            send.send_response(status(
+                409,
+                "AlreadyExists",
+                "exists",
+                json!({"name": name, "kind": "pods"}),
+            ));
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::GET);
+            assert!(request.uri().path().ends_with(&format!("/pods/{name}")));
+            send.send_response(metadata_of(&name, Some("someone-else")));
+            // 3: a server error: was it stored? No.
+            let (request, send) = handle.next_request().await.unwrap();
+            let name = post(&mut names, body_json(request).await);
+            send.send_response(status(503, "ServiceUnavailable", "try again", json!({})));
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::GET);
+            send.send_response(not_found(&name));
+            // 4: created.
             let (request, send) = handle.next_request().await.unwrap();
             let body = body_json(request).await;
-            assert_eq!(body["metadata"]["generateName"], "c-worker-");
-            send.send_response(created(&body, "c-worker-abcde"));
+            let name = post(&mut names, body.clone());
+            send.send_response(created(&body, &name));
+            names
         });
-        let (report, fatal) = api
-            .create_pods(vec![worker(0)], CreateLimits::default())
-            .await;
-        server.await.unwrap();
+        let (report, fatal) = api.create_pods(vec![worker(0)]).await;
+        let names = tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(fatal.is_none());
+        assert_eq!(names[0], names[1], "429 retries the same name");
+        assert_ne!(names[1], names[2], "a taken name is replaced");
+        assert_eq!(
+            names[2], names[3],
+            "after a 503 the same name is sent again"
+        );
         assert_eq!(
             report,
             BatchReport {
-                done: vec!["c-worker-abcde".into()],
+                done: vec![names[3].clone()],
                 failed: vec![]
             }
         );
+    }
+
+    /// A create whose answer is lost (the connection broke after the server stored it) is
+    /// found by its name and token, and not sent again.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_is_looked_up_not_repeated() {
+        let (client, mut handle) = mock_client();
+        let api = ClusterApi::new(client, "team", "https://127.0.0.1:6443");
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            let body = body_json(request).await;
+            let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+            let token = body["metadata"]["annotations"][CREATE_TOKEN_ANNOTATION]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            send.send_response(status(
+                504,
+                "Timeout",
+                "the server was unable to return a response in the time allotted",
+                json!({}),
+            ));
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::GET);
+            send.send_response(metadata_of(&name, Some(&token)));
+            (name, handle)
+        });
+        let (report, fatal) = api.create_pods(vec![worker(0)]).await;
+        let (name, _handle) = tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(fatal.is_none());
+        assert_eq!(report.done, vec![name]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -690,11 +1126,11 @@ pub(crate) mod tests {
                 }
             }
         });
-        let limits = CreateLimits {
-            concurrency: 2,
-            rate_per_second: 100.0,
-        };
-        let (report, fatal) = api.create_pods((0..3).map(worker).collect(), limits).await;
+        let api = api.with_limits(CreateLimits {
+            initial_in_flight: 2,
+            max_in_flight: 2,
+        });
+        let (report, fatal) = api.create_pods((0..3).map(worker).collect()).await;
         drop(api);
         server.abort();
         assert!(fatal.is_none());
@@ -719,11 +1155,8 @@ pub(crate) mod tests {
             send.send_response(status(403, "Forbidden", "pods is forbidden: User \"system:serviceaccount:team:x\" cannot create resource \"pods\"", json!({"kind": "pods"})));
             handle
         });
-        let limits = CreateLimits {
-            concurrency: 1,
-            rate_per_second: 1000.0,
-        };
-        let (report, fatal) = api.create_pods((0..3).map(worker).collect(), limits).await;
+        let api = api.with_limits(CreateLimits::with_max_in_flight(1));
+        let (report, fatal) = api.create_pods((0..3).map(worker).collect()).await;
         let _handle = server.await.unwrap();
         let fatal = fatal.expect("forbidden is fatal");
         let text = fatal.to_string();

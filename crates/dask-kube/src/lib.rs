@@ -31,6 +31,8 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod flow;
+pub mod http_client;
 pub mod kube_ops;
 pub mod listing;
 pub mod literal;

@@ -102,7 +102,6 @@ pub struct Scaler<S> {
     cluster: String,
     worker_pod: Value,
     owner: Option<Owner>,
-    limits: CreateLimits,
     count_max: Option<u32>,
 }
 
@@ -121,7 +120,6 @@ impl<S: SchedulerApi> Scaler<S> {
             cluster: cluster.into(),
             worker_pod,
             owner,
-            limits: CreateLimits::default(),
             count_max: None,
         }
     }
@@ -129,8 +127,13 @@ impl<S: SchedulerApi> Scaler<S> {
     /// Paces pod creation.
     #[must_use]
     pub fn with_limits(mut self, limits: CreateLimits) -> Self {
-        self.limits = limits;
+        self.api = self.api.with_limits(limits);
         self
+    }
+
+    /// Paces pod creation and deletion (in place).
+    pub fn set_limits(&mut self, limits: CreateLimits) {
+        self.api = self.api.clone().with_limits(limits);
     }
 
     /// Never more than this many workers (`kubernetes.count.max`).
@@ -164,18 +167,7 @@ impl<S: SchedulerApi> Scaler<S> {
 
     /// Creates `count` worker pods.
     pub async fn create_workers(&self, count: usize) -> (BatchReport, Option<Error>) {
-        let mut pods = Vec::with_capacity(count);
-        for _ in 0..count {
-            let mut pod = self.worker_pod.clone();
-            if let Some(owner) = &self.owner {
-                manifests::set_owner(&mut pod, owner);
-            }
-            match manifests::to_pod(pod) {
-                Ok(p) => pods.push(p),
-                Err(e) => return (BatchReport::default(), Some(e)),
-            }
-        }
-        self.api.create_pods(pods, self.limits).await
+        create_workers(&self.api, &self.worker_pod, self.owner.as_ref(), count).await
     }
 
     /// Scales to `n` workers (see [`crate::scaling`] for the scale-down order). With
@@ -417,6 +409,27 @@ impl<S: SchedulerApi> Scaler<S> {
     }
 }
 
+/// Creates `count` pods from `worker_pod`, owned by `owner`.
+pub(crate) async fn create_workers(
+    api: &ClusterApi,
+    worker_pod: &Value,
+    owner: Option<&Owner>,
+    count: usize,
+) -> (BatchReport, Option<Error>) {
+    let mut pods = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut pod = worker_pod.clone();
+        if let Some(owner) = owner {
+            manifests::set_owner(&mut pod, owner);
+        }
+        match manifests::to_pod(pod) {
+            Ok(p) => pods.push(p),
+            Err(e) => return (BatchReport::default(), Some(e)),
+        }
+    }
+    api.create_pods(pods).await
+}
+
 #[cfg(test)]
 mod cap_tests {
     use super::*;
@@ -508,6 +521,14 @@ mod tests {
         }
     }
 
+    /// Bounds a call under test: an unexpected extra API call (which the mock never
+    /// answers) fails the test instead of hanging it.
+    async fn within<F: std::future::Future>(call: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call under test waited on an API call the test did not expect")
+    }
+
     fn pod_json(name: &str, phase: &str, created: &str) -> Value {
         json!({"metadata": {"name": name, "creationTimestamp": created}, "spec": {"containers": [{"name": "w", "image": "i"}]}, "status": {"phase": phase}})
     }
@@ -571,7 +592,7 @@ mod tests {
             deleted
         });
         let s = scaler(client, fake.clone());
-        let report = s.scale(1, false).await.unwrap();
+        let report = within(s.scale(1, false)).await.unwrap();
         let deleted = server.await.unwrap();
         // The pending pod first, then the newest idle connected worker, retired.
         assert_eq!(deleted, vec!["c-worker-p", "c-worker-b"]);
@@ -604,7 +625,9 @@ mod tests {
             // No further call may come: nothing is deleted.
             handle
         });
-        let err = scaler(client, fake).scale(1, false).await.unwrap_err();
+        let err = within(scaler(client, fake).scale(1, false))
+            .await
+            .unwrap_err();
         let _handle = server.await.unwrap();
         assert_eq!(err.exit_code(), crate::error::exit::PARTIAL);
         assert!(
@@ -645,11 +668,8 @@ mod tests {
             }
             bodies
         });
-        let report = scaler(client, fake)
-            .with_count_max(Some(3))
-            .scale(10, false)
-            .await
-            .unwrap();
+        let s = scaler(client, fake).with_count_max(Some(3));
+        let report = within(s.scale(10, false)).await.unwrap();
         let bodies = server.await.unwrap();
         assert_eq!(report.target, 3);
         assert_eq!(
@@ -699,7 +719,9 @@ mod tests {
             handle
         });
         let s = scaler(client, fake);
-        s.run_adapt(AdaptPolicy::new(0, 5), cancel).await.unwrap();
+        within(s.run_adapt(AdaptPolicy::new(0, 5), cancel))
+            .await
+            .unwrap();
         let _handle = server.await.unwrap();
     }
 }

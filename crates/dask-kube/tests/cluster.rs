@@ -2,7 +2,9 @@
 //! a real kube-apiserver and garbage collector, the node agent running the real
 //! `dask scheduler` and `dask worker` processes, the real `dask-kube` binary, and a real
 //! `distributed.Client` through the address dask-kube prints. Each test has its own
-//! namespace. Without the cluster they fail, unless DASK_K8S_SKIP_CLUSTER_TESTS=1.
+//! namespace. They are `#[ignore]`d, so `cargo test` shows them as ignored (never as passed);
+//! the integration tier runs them with `--ignored` against the cluster, and there a missing
+//! cluster fails them.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
 mod common;
@@ -33,6 +35,7 @@ fn json_of(out: &std::process::Output) -> Value {
 /// `up --detach --workers 3` gives 3 connected workers reachable through the printed
 /// address after dask-kube exited; `scale 1` retires and removes 2; `down` leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn detached_up_scale_and_down() {
     let Some(kube) = cluster().await else { return };
     let _serial = SERIAL.lock().await;
@@ -140,6 +143,7 @@ async fn detached_up_scale_and_down() {
 
 /// `up --detach --adapt 1:4` grows under a real computation and shrinks after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn adapt_grows_under_load_and_shrinks_after() {
     let Some(kube) = cluster().await else { return };
     let _serial = SERIAL.lock().await;
@@ -240,30 +244,79 @@ fn foreground_up(
     ns: &str,
     workers: &str,
 ) -> (std::process::Child, String) {
+    let (child, lines) = foreground(
+        state,
+        &["-n", ns, "up", "-f", &small_worker(), "--workers", workers],
+        "ready in",
+    );
+    let name = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("cluster "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("up printed the cluster name")
+        .to_owned();
+    (child, name)
+}
+
+/// Starts `dask-kube args...` in the foreground and returns it with the stdout lines it
+/// printed up to the one starting with `until`.
+fn foreground(
+    state: &std::path::Path,
+    args: &[&str],
+    until: &str,
+) -> (std::process::Child, Vec<String>) {
     let mut child = dask_kube(state)
-        .args(["-n", ns, "up", "-f", &small_worker(), "--workers", workers])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let mut name = None;
+    let mut lines = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
-        eprintln!("up: {line}");
-        if let Some(rest) = line.strip_prefix("cluster ") {
-            name = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if line.starts_with("scheduler address:") {
-            break;
+        eprintln!("dask-kube: {line}");
+        let done = line.starts_with(until);
+        lines.push(line);
+        if done {
+            return (child, lines);
         }
     }
-    (child, name.expect("up printed the cluster name"))
+    let status = child.wait().unwrap();
+    panic!("dask-kube {args:?} ended ({status}) before printing {until:?}: {lines:?}");
+}
+
+/// The value after `key: ` in printed lines.
+fn printed<'a>(lines: &'a [String], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(": ")))
+        .unwrap_or_else(|| panic!("no {key:?} line in {lines:?}"))
+}
+
+/// The HTTP status of GET `url` (following redirects), from this machine, as a browser
+/// opening the link would see it.
+fn http_status(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sSL",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+            url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// dask-kube killed with SIGKILL, then the scheduler pod deleted: the garbage collector
 /// removes every worker pod and the Service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn sigkill_then_deleting_the_scheduler_leaves_nothing() {
     let Some(kube) = cluster().await else { return };
     let _serial = SERIAL.lock().await;
@@ -300,6 +353,7 @@ async fn sigkill_then_deleting_the_scheduler_leaves_nothing() {
 
 /// SIGTERM to a foreground `up` retires and deletes everything it made, and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn sigterm_in_the_foreground_deletes_everything() {
     let Some(kube) = cluster().await else { return };
     let _serial = SERIAL.lock().await;
@@ -325,6 +379,7 @@ async fn sigterm_in_the_foreground_deletes_everything() {
 
 /// A scheduler that exits: a clear error with its log, nothing left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn failing_scheduler_is_reported_and_cleaned_up() {
     let Some(kube) = cluster().await else { return };
     let _serial = SERIAL.lock().await;
@@ -372,6 +427,7 @@ async fn failing_scheduler_is_reported_and_cleaned_up() {
 
 /// A namespace that does not exist: says so, exit 3, nothing created anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn missing_namespace_is_reported() {
     let Some(_kube) = cluster().await else { return };
     let state = tempfile::tempdir().unwrap();
@@ -388,6 +444,7 @@ async fn missing_namespace_is_reported() {
 
 /// The library API end to end: builder, scale, workers, close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn library_scale_workers_and_close() {
     let Some(kube) = cluster().await else { return };
     let _serial = SERIAL.lock().await;
@@ -496,6 +553,7 @@ async fn service_account_kubeconfig(
 /// deploy/rbac.yaml is enough for the whole life cycle, and a service account without it
 /// gets a message that names the missing permission.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn rbac_manifest_grants_what_dask_kube_needs() {
     let Some(kube) = cluster().await else { return };
     let _serial = SERIAL.lock().await;
@@ -568,6 +626,218 @@ async fn rbac_manifest_grants_what_dask_kube_needs() {
     assert!(as_sa(&["logs", &name]).status.success());
     assert!(as_sa(&["list"]).status.success());
     assert!(as_sa(&["down", &name]).status.success());
+    wait_for("zero pods", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
+    ns.delete().await;
+}
+
+/// The dashboard link dask-kube prints answers, in every mode outside the cluster:
+/// `up --detach` (the supervisor keeps the printed port), `list`, `attach`, and a
+/// foreground `up`; and a plain `distributed.Client(address)` reports it when the printed
+/// `DASK_DISTRIBUTED__DASHBOARD__LINK` export is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn the_printed_dashboard_link_answers_in_every_mode() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-dash").await;
+    let state = tempfile::tempdir().unwrap();
+
+    // Detached.
+    let up = json_of(&run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            &small_worker(),
+            "--workers",
+            "1",
+            "--detach",
+        ],
+    ));
+    let name = up["name"].as_str().unwrap().to_owned();
+    let address = up["scheduler_address"].as_str().unwrap().to_owned();
+    let dashboard = up["dashboard"].as_str().unwrap().to_owned();
+    assert!(dashboard.starts_with("http://127.0.0.1:"), "{dashboard}");
+    assert_eq!(http_status(&dashboard), "200", "detached up: {dashboard}");
+    assert_eq!(
+        up["dashboard_env"]["DASK_DISTRIBUTED__DASHBOARD__LINK"], up["dashboard"],
+        "{up}"
+    );
+    let seen = std::process::Command::new(common::python())
+        .arg(fixture("dask_client.py"))
+        .args(["dashboard", &address])
+        .env("DASK_DISTRIBUTED__DASHBOARD__LINK", &dashboard)
+        .output()
+        .unwrap();
+    assert!(
+        seen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seen.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&seen.stdout).unwrap();
+    assert_eq!(
+        seen["dashboard_link"],
+        dashboard.as_str(),
+        "Client(address).dashboard_link"
+    );
+
+    // list shows the supervisor's link.
+    let listed = json_of(&run(state.path(), &["-n", &ns.name, "-o", "json", "list"]));
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name.as_str())
+        .unwrap();
+    assert_eq!(row["dashboard"], dashboard.as_str(), "{row}");
+
+    // attach in the foreground: its own listeners, its own link.
+    let (mut attach, lines) =
+        foreground(state.path(), &["-n", &ns.name, "attach", &name], "export ");
+    let attached = printed(&lines, "dashboard").to_owned();
+    assert_ne!(attached, dashboard, "attach listens on ports of its own");
+    assert_eq!(http_status(&attached), "200", "attach: {attached}");
+    kill(Pid::from_raw(attach.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(attach.wait().unwrap().success());
+    assert!(
+        run(state.path(), &["-n", &ns.name, "down", &name])
+            .status
+            .success()
+    );
+
+    // Foreground up.
+    let (mut up, lines) = foreground(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "up",
+            "-f",
+            &small_worker(),
+            "--workers",
+            "1",
+        ],
+        "ready in",
+    );
+    let link = printed(&lines, "dashboard").to_owned();
+    assert_eq!(http_status(&link), "200", "foreground up: {link}");
+    assert!(
+        lines.contains(&format!("export DASK_DISTRIBUTED__DASHBOARD__LINK={link}")),
+        "the export for a plain Client: {lines:?}"
+    );
+    kill(Pid::from_raw(up.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(up.wait().unwrap().success());
+    wait_for("zero pods", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
+    ns.delete().await;
+}
+
+/// `kubernetes.count.max` caps `up --workers`, `scale` and `adapt --max`: each says so on
+/// stderr naming the key, and `up` waits for the capped count instead of timing out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn count_max_caps_up_scale_and_adapt() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-cap").await;
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("dask.yaml");
+    std::fs::write(&config, "kubernetes:\n  count:\n    max: 2\n").unwrap();
+    let capped = |args: &[&str]| {
+        let out = dask_kube(state.path())
+            .env("DASK_CONFIG", &config)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!(
+            "$ dask-kube {}\n{}{stderr}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        (json_of(&out), stderr)
+    };
+    let started = Instant::now();
+    let (up, stderr) = capped(&[
+        "-n",
+        &ns.name,
+        "-o",
+        "json",
+        "up",
+        "-f",
+        &small_worker(),
+        "--workers",
+        "3",
+        "--detach",
+        "--wait-timeout",
+        "120",
+    ]);
+    assert!(
+        stderr.contains("asked for 3 workers; capped at 2 by kubernetes.count.max"),
+        "{stderr}"
+    );
+    assert_eq!(up["workers"], 2, "{up}");
+    assert_eq!(up["capped"], serde_json::json!({"requested": 3, "max": 2}));
+    eprintln!(
+        "FIGURE up --workers 3 with count.max 2: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let name = up["name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        client(&["workers", up["scheduler_address"].as_str().unwrap()])["workers"],
+        2
+    );
+
+    let (scaled, stderr) = capped(&[
+        "-n", &ns.name, "-o", "json", "scale", &name, "5", "--wait", "60",
+    ]);
+    assert!(
+        stderr.contains("asked for 5 workers; capped at 2"),
+        "{stderr}"
+    );
+    assert_eq!(scaled["target"], 2, "{scaled}");
+    assert!(scaled["created"].as_array().unwrap().is_empty(), "{scaled}");
+
+    let mut adapt = dask_kube(state.path())
+        .env("DASK_CONFIG", &config)
+        .args(["-n", &ns.name, "adapt", &name, "--min", "1", "--max", "5"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(adapt.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("adapting ");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("asked for 5 workers; capped at 2 by kubernetes.count.max")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("between 1:2 workers")),
+        "{seen:?}"
+    );
+    kill(Pid::from_raw(adapt.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(adapt.wait().unwrap().success());
+    assert!(
+        run(state.path(), &["-n", &ns.name, "down", &name])
+            .status
+            .success()
+    );
     wait_for("zero pods", || async {
         ns.pod_names("app=dask").await.is_empty()
     })

@@ -43,10 +43,10 @@ alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}
 # ---- build (cargo decides what is stale; a no-op takes a second)
 if command -v cargo >/dev/null 2>&1; then
   log "building policy-runner ($PROFILE) and the policy module (wasm32-wasip1, release)"
-  # The same package set as the Makefile and the node-agent hook (DASK_K8S_HOST_PACKAGES):
+  # The same build as the Makefile's unit tests and the node-agent hook (DASK_K8S_HOST_BUILD):
   # building policy-runner alone would unify other features and compile wasmtime again.
   # shellcheck disable=SC2086
-  (cd "$REPO_ROOT" && cargo build --quiet --profile "$PROFILE" ${DASK_K8S_HOST_PACKAGES:--p dask-kube -p policy-runner -p node-agent}) ||
+  (cd "$REPO_ROOT" && cargo build --quiet --profile "$PROFILE" ${DASK_K8S_HOST_BUILD:---workspace --all-targets}) ||
     die "cargo build of the host binaries (policy-runner) failed"
   (cd "$REPO_ROOT" && cargo build --quiet --release --target wasm32-wasip1 -p dask-worker-defaults) ||
     die "cargo build of the policy module failed"

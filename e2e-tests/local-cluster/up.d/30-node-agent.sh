@@ -61,7 +61,7 @@ if command -v cargo >/dev/null 2>&1; then
   log "building node-agent ($PROFILE)"
   # One package set for every host binary (see 20-policy-webhook.sh and the Makefile).
   # shellcheck disable=SC2086
-  (cd "$REPO_ROOT" && cargo build --quiet --profile "$PROFILE" ${DASK_K8S_HOST_PACKAGES:--p dask-kube -p policy-runner -p node-agent}) ||
+  (cd "$REPO_ROOT" && cargo build --quiet --profile "$PROFILE" ${DASK_K8S_HOST_BUILD:---workspace --all-targets}) ||
     die "cargo build of the host binaries (node-agent) failed"
 else
   log "cargo not found: using the existing binary"

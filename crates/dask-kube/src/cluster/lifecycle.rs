@@ -9,7 +9,7 @@ use super::spec::{KubeClusterBuilder, resolve_spec};
 use super::{KubeCluster, Progress, ProgressFn, SchedulerClient};
 use crate::adapt::AdaptPolicy;
 use crate::config::format_dashboard_link;
-use crate::kube_ops::{self, ClusterApi};
+use crate::kube_ops::{self, ClusterApi, CreateLimits};
 use crate::manifests::{self, DASHBOARD_PORT, Owner, WORKER_TEMPLATE_ANNOTATION};
 use crate::names;
 use crate::scaler::{CountCap, Scaler, cap_count};
@@ -103,7 +103,10 @@ pub async fn teardown<S: SchedulerApi>(
     report
         .leftovers
         .extend(deleted.failed.into_iter().map(|f| format!("pod/{f}")));
-    let still = api.wait_pods_gone(&deleted.done, CLOSE_WAIT_TIMEOUT).await;
+    let cluster_pods = format!("{}={name}", labels::CLUSTER_NAME);
+    let still = api
+        .wait_pods_gone(&cluster_pods, &deleted.done, CLOSE_WAIT_TIMEOUT)
+        .await;
     report.deleted_pods = deleted.done.len() - still.len();
     report.leftovers.extend(still.into_iter().map(|p| {
         format!(
@@ -188,7 +191,14 @@ impl KubeClusterBuilder {
         if spec.namespace.is_empty() {
             spec.namespace = default_ns;
         }
-        let api = ClusterApi::new(client, spec.namespace.clone(), url);
+        let limits = self.limits.unwrap_or_else(|| {
+            settings
+                .max_in_flight
+                .map_or_else(CreateLimits::default, |m| {
+                    CreateLimits::with_max_in_flight(m as usize)
+                })
+        });
+        let api = ClusterApi::new(client, spec.namespace.clone(), url).with_limits(limits);
         Ok((api, spec, settings, config.env().to_vec()))
     }
 
@@ -227,6 +237,20 @@ impl KubeClusterBuilder {
             comm: self.local_port,
             dashboard: self.dashboard_port,
         };
+        let (initial, _) = cap_count(self.initial_workers, settings.count_max);
+        let workers = async {
+            if initial == 0 {
+                return Ok(());
+            }
+            progress(Progress::Step(format!("creating {initial} worker pods")));
+            let (report, fatal) =
+                crate::scaler::create_workers(&api, &worker.pod, Some(&owner), initial).await;
+            match fatal {
+                Some(e) if report.done.is_empty() => Err(e),
+                // Whatever is missing is created again by the scale that follows.
+                _ => Ok(()),
+            }
+        };
         let setup = async {
             progress(Progress::Step("creating scheduler service".into()));
             api.apply_service(&manifests::to_service(spec.service(Some(&owner)))?)
@@ -237,9 +261,11 @@ impl KubeClusterBuilder {
             wait_scheduler_running(&api, &spec.name).await?;
             connect_scheduler(&api, &spec.name, self.access, ports, &progress).await
         };
-        let connected = match setup.await {
-            Ok(v) => v,
-            Err(cause) => return Err(cleanup_after_failure(&api, &spec.name, cause).await),
+        let connected = match tokio::join!(setup, workers) {
+            (Ok(v), Ok(())) => v,
+            (Err(cause), _) | (Ok(_), Err(cause)) => {
+                return Err(cleanup_after_failure(&api, &spec.name, cause).await);
+            }
         };
         let dashboard = format_dashboard_link(
             &settings.dashboard_link,
@@ -254,7 +280,6 @@ impl KubeClusterBuilder {
             worker.pod,
             Some(owner.clone()),
         )
-        .with_limits(self.limits)
         .with_count_max(settings.count_max);
         Ok(KubeCluster {
             name: spec.name,
@@ -291,7 +316,6 @@ fn start_external(
         worker_pod,
         None,
     )
-    .with_limits(builder.limits)
     .with_count_max(settings.count_max);
     Ok(KubeCluster {
         name: spec.name,
@@ -389,6 +413,12 @@ where
     I: Future<Output = String> + Unpin,
 {
     let started = Instant::now();
+    let requested = match (&options.adapt, options.workers) {
+        (Some(p), _) => p.minimum as usize,
+        (None, Some(n)) => n,
+        (None, None) => 0,
+    };
+    let builder = builder.initial_workers(requested);
     // Name and namespace are settled first, so an interrupted start knows what to delete.
     let (api, spec, settings, env) = builder.settle().await?;
     let name = spec.name.clone();
@@ -401,11 +431,6 @@ where
         }
     };
     let mut cluster = cluster;
-    let requested = match (&options.adapt, options.workers) {
-        (Some(p), _) => p.minimum as usize,
-        (None, Some(n)) => n,
-        (None, None) => 0,
-    };
     let (wanted, mut capped) = cap_count(requested, cluster.count_max());
     let prepared = async {
         if let Some(n) = options.workers {

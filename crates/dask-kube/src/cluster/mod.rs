@@ -187,7 +187,12 @@ impl KubeCluster {
             .map(str::to_owned)
             .or(settings.namespace.clone())
             .unwrap_or(default_ns);
-        let api = ClusterApi::new(client, namespace.clone(), url);
+        let limits = settings
+            .max_in_flight
+            .map_or_else(kube_ops::CreateLimits::default, |m| {
+                kube_ops::CreateLimits::with_max_in_flight(m as usize)
+            });
+        let api = ClusterApi::new(client, namespace.clone(), url).with_limits(limits);
         let not_found = || Error::ClusterNotFound {
             name: name.to_owned(),
             namespace: namespace.clone(),
@@ -251,6 +256,16 @@ impl KubeCluster {
             adapt: None,
             progress,
         })
+    }
+
+    /// Paces this handle's pod creations and deletions (default: `kubernetes.max-in-flight`).
+    /// Takes effect on a handle not yet shared with an adapt loop.
+    #[must_use]
+    pub fn with_create_limits(mut self, limits: kube_ops::CreateLimits) -> Self {
+        if let Some(scaler) = Arc::get_mut(&mut self.scaler) {
+            scaler.set_limits(limits);
+        }
+        self
     }
 
     /// The cluster name (also the scheduler pod's and Service's).

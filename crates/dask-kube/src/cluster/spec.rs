@@ -31,7 +31,8 @@ pub struct KubeClusterBuilder {
     pub(crate) access: Access,
     pub(crate) local_port: u16,
     pub(crate) dashboard_port: u16,
-    pub(crate) limits: CreateLimits,
+    pub(crate) limits: Option<CreateLimits>,
+    pub(crate) initial_workers: usize,
     pub(crate) progress: Option<ProgressFn>,
     pub(crate) name_vars: Option<NameVars>,
 }
@@ -123,9 +124,17 @@ impl KubeClusterBuilder {
         self.dashboard_port = port;
         self
     }
-    /// Pod creation pacing.
+    /// Pod creation and deletion pacing (default: `kubernetes.max-in-flight`, else
+    /// [`CreateLimits::default`]).
     pub fn create_limits(mut self, limits: CreateLimits) -> Self {
-        self.limits = limits;
+        self.limits = Some(limits);
+        self
+    }
+    /// Workers created together with the scheduler pod, before it runs (they connect
+    /// once the Service answers), as the operator does: `up` to N workers takes one pod
+    /// start, not two in a row.
+    pub fn initial_workers(mut self, n: usize) -> Self {
+        self.initial_workers = n;
         self
     }
     /// Progress events.
