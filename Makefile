@@ -63,7 +63,7 @@ unit: setup ## tests that need no cluster (unit, table, property, wasm e2e throu
 	DASK_K8S_SKIP_CLUSTER_TESTS=1 $(CARGO) test $(CARGO_FLAGS) --workspace
 
 e2e-policy: wasm ## the compiled policy on the fixtures: runner suite + bats (kwctl if present)
-	$(CARGO) test $(CARGO_FLAGS) -p policy-runner --test policy_fixtures
+	$(CARGO) test $(CARGO_FLAGS) --workspace --test policy_fixtures
 	$(MAKE) bats
 
 bats: wasm ## the fixtures' bats file, through policy-runner and through kwctl (skipped without it)

@@ -46,9 +46,12 @@ if ! up_env="$("$CLUSTER" up)"; then
 fi
 eval "$up_env"
 
-run "policy webhook through the apiserver" cargo test --locked -p policy-runner --test webhook_cluster
-run "kubelet API: logs and port-forward" cargo test --locked -p kubelet-api --test apiserver
-run "node agent: pods as processes" cargo test --locked -p node-agent --test cluster -- --test-threads=1
-run "dask-kube against the cluster" cargo test --locked -p dask-kube --test cluster -- --ignored --test-threads=1
+# `--workspace --test NAME` rather than `-p PKG`: cargo unifies features per invocation, and
+# the workspace-wide set is the one `make unit` already built, so nothing compiles again.
+run "policy webhook through the apiserver" cargo test --locked --workspace --test webhook_cluster
+run "kubelet API: logs and port-forward" cargo test --locked --workspace --test apiserver
+# tests/cluster.rs of node-agent (pods as processes) and of dask-kube (whose tests are
+# #[ignore]d outside this tier).
+run "node agent and dask-kube against the cluster" cargo test --locked --workspace --test cluster -- --include-ignored --test-threads=1
 run "README example end to end (demo.py --check)" "$VENV/bin/python" e2e-tests/demo/demo.py --check \
   --summary-json "${DEMO_SUMMARY:-$CARGO_TARGET_DIR/demo-summary.json}"
