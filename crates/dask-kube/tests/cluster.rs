@@ -813,8 +813,9 @@ async fn count_max_caps_up_scale_and_adapt() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut lines = BufReader::new(adapt.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
-    for line in BufReader::new(adapt.stderr.take().unwrap()).lines() {
+    for line in lines.by_ref() {
         let line = line.unwrap();
         let done = line.starts_with("adapting ");
         seen.push(line);
@@ -822,6 +823,8 @@ async fn count_max_caps_up_scale_and_adapt() {
             break;
         }
     }
+    // Keep reading, so the adapt process can still write its logs until it stops.
+    let drain = std::thread::spawn(move || lines.count());
     assert!(
         seen.iter()
             .any(|l| l.contains("asked for 5 workers; capped at 2 by kubernetes.count.max")),
@@ -833,6 +836,7 @@ async fn count_max_caps_up_scale_and_adapt() {
     );
     kill(Pid::from_raw(adapt.id() as i32), Signal::SIGTERM).unwrap();
     assert!(adapt.wait().unwrap().success());
+    drain.join().unwrap();
     assert!(
         run(state.path(), &["-n", &ns.name, "down", &name])
             .status
