@@ -37,16 +37,15 @@ struct Flag {
     value: Option<String>,
 }
 
-const fn flag(
-    long: &'static str,
-    short: Option<char>,
-    value: Option<&'static str>,
-) -> (&'static str, Option<char>, Option<&'static str>) {
+/// A flag as listed below: long name, short name, value name (`None`: a switch).
+type FlagSpec = (&'static str, Option<char>, Option<&'static str>);
+
+const fn flag(long: &'static str, short: Option<char>, value: Option<&'static str>) -> FlagSpec {
     (long, short, value)
 }
 
 /// kwctl 1.36 `run_args()`, plus clap's `--help`.
-const RUN: &[(&str, Option<char>, Option<&str>)] = &[
+const RUN: &[FlagSpec] = &[
     flag("allow-context-aware", None, None),
     flag(
         "allowed-host-capabilities",
@@ -75,7 +74,7 @@ const RUN: &[(&str, Option<char>, Option<&str>)] = &[
 ];
 
 /// kwctl 1.36 `subcommand_bench()`: `run_args()` plus these.
-const BENCH_EXTRA: &[(&str, Option<char>, Option<&str>)] = &[
+const BENCH_EXTRA: &[FlagSpec] = &[
     flag("dump-results-to-disk", None, Some("DUMP_RESULTS_TO_DISK")),
     flag("measurement-time", None, Some("SECONDS")),
     flag("num-resamples", None, Some("NUM")),
@@ -84,7 +83,7 @@ const BENCH_EXTRA: &[(&str, Option<char>, Option<&str>)] = &[
 ];
 
 /// kwctl 1.36 `subcommand_annotate()`, plus `--help`.
-const ANNOTATE: &[(&str, Option<char>, Option<&str>)] = &[
+const ANNOTATE: &[FlagSpec] = &[
     flag("help", Some('h'), None),
     flag("metadata-path", Some('m'), Some("PATH")),
     flag("output-path", Some('o'), Some("PATH")),
@@ -107,7 +106,7 @@ const USAGE: &[(&str, &str)] = &[
     ),
 ];
 
-fn kwctl_flags(lists: &[&[(&str, Option<char>, Option<&str>)]]) -> BTreeSet<Flag> {
+fn kwctl_flags(lists: &[&[FlagSpec]]) -> BTreeSet<Flag> {
     lists
         .iter()
         .flat_map(|list| list.iter())
