@@ -11,7 +11,11 @@ PYTHON := $(VENV)/bin/python
 CARGO ?= cargo
 CARGO_FLAGS ?= --locked
 WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/dask_worker_defaults.wasm
+# The release artifact: the module with policy-metadata.yml in its metadata section.
+ANNOTATED_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/annotated-policy.wasm
 RUNNER := $(CARGO_TARGET_DIR)/debug/policy-runner
+# What annotates (`make annotate KWCTL=kwctl` uses a real kwctl); default the stand-in.
+KWCTL ?= $(RUNNER)
 CLUSTER := e2e-tests/local-cluster/cluster
 # The host binaries the local cluster runs are built as one set with the unit tests: cargo
 # unifies features per invocation, so `-p policy-runner` alone, `-p node-agent` alone and
@@ -20,8 +24,8 @@ CLUSTER := e2e-tests/local-cluster/cluster
 HOST_BUILD := --workspace --all-targets
 export DASK_K8S_HOST_BUILD := $(HOST_BUILD)
 
-.PHONY: help setup demo policy-demo wasm build venv lint fmt clippy unit e2e-policy bats integration \
-        test bench cluster-up cluster-down clean
+.PHONY: help setup demo policy-demo wasm annotate annotated-policy.wasm build venv lint fmt clippy \
+        unit e2e-policy bats integration test bench cluster-up cluster-down clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,12 +38,19 @@ demo: setup wasm venv ## the README example end to end on the local control plan
 	e2e-tests/demo/run-demo.sh
 
 policy-demo: wasm venv ## build the policy and run it on worker-spec.yml like kwctl
-	$(CARGO) build $(CARGO_FLAGS) -p policy-runner
+	$(CARGO) build $(CARGO_FLAGS) $(HOST_BUILD)
 	$(PYTHON) e2e-tests/demo/policy-demo.py $(RUNNER) $(WASM) worker-spec.yml
 
 wasm: setup ## build the policy module (wasm32-wasip1, size-tuned release profile)
 	$(CARGO) build $(CARGO_FLAGS) --release --target wasm32-wasip1 -p dask-worker-defaults
 	@ls -l $(WASM) | awk '{printf "module: %s (%d bytes)\n", $$9, $$5}'
+
+annotate: wasm ## the release artifact: $(KWCTL) annotate -m policy-metadata.yml (annotated-policy.wasm)
+	$(CARGO) build $(CARGO_FLAGS) $(HOST_BUILD)
+	$(KWCTL) annotate -m policy-metadata.yml -o $(ANNOTATED_WASM) $(WASM)
+	@ls -l $(ANNOTATED_WASM) | awk '{printf "annotated module: %s (%d bytes)\n", $$9, $$5}'
+
+annotated-policy.wasm: annotate
 
 build: wasm ## build every crate and binary
 	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
@@ -66,8 +77,7 @@ e2e-policy: wasm ## the compiled policy on the fixtures: runner suite + bats (kw
 	$(CARGO) test $(CARGO_FLAGS) --workspace --test policy_fixtures
 	$(MAKE) bats
 
-bats: wasm ## the fixtures' bats file, through policy-runner and through kwctl (skipped without it)
-	$(CARGO) build $(CARGO_FLAGS) -p policy-runner
+bats: annotate ## the fixtures' bats file on the annotated module, through policy-runner and kwctl (skipped without it)
 	KWCTL=$(RUNNER) bats e2e-tests/policy-runner/tests/policy.bats
 	bats e2e-tests/policy-runner/tests/policy.bats
 
@@ -78,9 +88,9 @@ test: setup lint wasm venv unit bats integration ## everything CI runs
 
 bench: wasm ## figures: module size, wasm vs native evaluation, dask-kube timings
 	$(CARGO) build $(CARGO_FLAGS) --profile release-host -p policy-runner --features native
-	$(CARGO_TARGET_DIR)/release-host/policy-runner bench --native --iterations 5000 \
+	$(CARGO_TARGET_DIR)/release-host/policy-runner timings --native --iterations 5000 \
 	  --request-path e2e-tests/policy-runner/tests/fixtures/policy/readme-worker-spec/request.json $(WASM)
-	$(CARGO_TARGET_DIR)/release-host/policy-runner bench --native --iterations 5000 \
+	$(CARGO_TARGET_DIR)/release-host/policy-runner timings --native --iterations 5000 \
 	  --request-path e2e-tests/policy-runner/tests/fixtures/policy/unlabelled-pod/request.json $(WASM)
 
 cluster-up: wasm venv ## start the local control plane (+ node agent, policy webhook)

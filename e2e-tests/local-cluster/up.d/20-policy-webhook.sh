@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# up.d hook: serve the dask-worker-defaults policy (the real .wasm, through
-# `policy-runner serve`) as a mutating admission webhook on 127.0.0.1 and register it
-# with a MutatingWebhookConfiguration.
+# up.d hook: serve the dask-worker-defaults policy (the real .wasm, annotated with
+# policy-metadata.yml as the release artifact is, through `policy-runner serve`) as a
+# mutating admission webhook on 127.0.0.1 and register it with a
+# MutatingWebhookConfiguration.
 #
 # Env (from `cluster up`): KUBECONFIG, STATE_DIR, REPO_ROOT, PIDS_DIR, LOG_DIR.
 # Optional:
@@ -30,6 +31,7 @@ PID_FILE="$PIDS_DIR/$NAME.pid"
 LOG_FILE="$LOG_DIR/$NAME.log"
 KUBECTL="${KUBECTL:-/usr/bin/kubectl}"
 WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/dask_worker_defaults.wasm"
+ANNOTATED_WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/annotated-policy.wasm"
 case "$PROFILE" in
   dev) RUNNER="$CARGO_TARGET_DIR/debug/policy-runner" ;;
   *) RUNNER="$CARGO_TARGET_DIR/$PROFILE/policy-runner" ;;
@@ -56,6 +58,10 @@ fi
 [[ -x "$RUNNER" ]] || die "policy-runner not found at $RUNNER"
 [[ -f "$WASM" ]] || die "policy module not found at $WASM (build it with 'make wasm')"
 
+# ---- the release artifact: metadata in the module (`make annotate` does the same)
+"$RUNNER" annotate -m "$REPO_ROOT/policy-metadata.yml" -o "$ANNOTATED_WASM" "$WASM" ||
+  die "policy-runner annotate failed"
+
 mkdir -p "$PIDS_DIR" "$LOG_DIR" "$CERT_DIR"
 
 # ---- stop our previous webhook, if any (only the pid we recorded)
@@ -75,7 +81,7 @@ if ss -Hltn "sport = :$PORT" 2>/dev/null | grep -q .; then
 fi
 
 # ---- start
-args=(serve --module "$WASM" --policy-name "$POLICY" --listen "127.0.0.1:$PORT" --cert-dir "$CERT_DIR")
+args=(serve --module "$ANNOTATED_WASM" --policy-name "$POLICY" --listen "127.0.0.1:$PORT" --cert-dir "$CERT_DIR")
 if [[ -n "${DASK_POLICY_SETTINGS_JSON:-}" ]]; then
   args+=(--settings-json "$DASK_POLICY_SETTINGS_JSON")
 fi

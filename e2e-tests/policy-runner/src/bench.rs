@@ -1,5 +1,11 @@
-//! `bench`: times the full per-request path policy-server runs (fresh instance +
-//! `validate` + response building), optionally against the same logic compiled natively.
+//! Benchmarks of the evaluation path.
+//!
+//! - [`run_like_kwctl`]: `bench`, what `kwctl bench` does: settings validated once, then
+//!   tiny-bench (the library kwctl uses) times `validate_settings` and `validate` on one
+//!   instance, with kwctl's flags and output.
+//! - [`run`]: `timings`, what policy-server pays per request (fresh instance +
+//!   `validate` + response building) split into phases, with medians and p99,
+//!   optionally against the same logic compiled natively.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +15,69 @@ use crate::admission::{AdmissionRequest, AdmissionResponse};
 use crate::evaluator::{DEFAULT_TIMEOUT, PolicyModule, validate_payload};
 use crate::settings::Settings;
 use crate::{Error, Result};
+
+/// `kwctl bench`'s tuning flags; `None` keeps tiny-bench's default, as in kwctl.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KwctlBenchFlags {
+    /// `--measurement-time <SECONDS>`.
+    pub measurement_time: Option<u64>,
+    /// `--num-resamples <NUM>`.
+    pub num_resamples: Option<usize>,
+    /// `--num-samples <NUM>`.
+    pub num_samples: Option<usize>,
+    /// `--warm-up-time <SECONDS>`.
+    pub warm_up_time: Option<u64>,
+    /// `--dump-results-to-disk <VALUE>`: given at all means on (kwctl checks presence).
+    pub dump_results_to_disk: bool,
+}
+
+impl KwctlBenchFlags {
+    /// The tiny-bench configuration kwctl builds from these flags. (kwctl 1.36 stores
+    /// `--num-samples` into `num_resamples` by mistake; here it sets the sample count,
+    /// as its help text says.)
+    pub fn to_config(&self) -> tiny_bench::BenchmarkConfig {
+        let mut config = tiny_bench::BenchmarkConfig::default();
+        if let Some(seconds) = self.measurement_time {
+            config.measurement_time = Duration::from_secs(seconds);
+        }
+        if let Some(n) = self.num_resamples {
+            config.num_resamples = n;
+        }
+        if let Some(n) = self.num_samples {
+            config.num_samples = n;
+        }
+        if let Some(seconds) = self.warm_up_time {
+            config.warm_up_time = Duration::from_secs(seconds);
+        }
+        config.dump_results_to_disk = self.dump_results_to_disk;
+        config
+    }
+}
+
+/// `kwctl bench`: checks protocol and settings (invalid settings fail as in `run`), then
+/// lets tiny-bench time `validate_settings` and `validate` (+ response building) on one
+/// instance, printing its report to stdout under those two labels.
+pub fn run_like_kwctl(
+    module: &PolicyModule,
+    settings: &Settings,
+    request: &AdmissionRequest,
+    flags: &KwctlBenchFlags,
+) -> Result<()> {
+    if flags.num_samples == Some(0) {
+        return Err(Error::Bench("--num-samples must be at least 1".to_owned()));
+    }
+    let config = flags.to_config();
+    let instance = module.instantiate()?;
+    instance.protocol_version()?;
+    instance.validate_settings(settings)?;
+    tiny_bench::bench_with_configuration_labeled("validate_settings", &config, || {
+        instance.validate_settings(settings).is_ok()
+    });
+    tiny_bench::bench_with_configuration_labeled("validate", &config, || {
+        instance.validate(settings, request)
+    });
+    Ok(())
+}
 
 /// Summary statistics of one timed phase, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -301,6 +370,27 @@ mod tests {
             close(s.min_us, min) && close(s.max_us, max),
             "min/max {s:?}"
         );
+    }
+
+    #[rstest]
+    #[case::defaults(KwctlBenchFlags::default(), 5, 100_000, 100, 3, false)]
+    #[case::all_given(KwctlBenchFlags { measurement_time: Some(2), num_resamples: Some(10),
+        num_samples: Some(20), warm_up_time: Some(1), dump_results_to_disk: true }, 2, 10, 20, 1, true)]
+    fn kwctl_flags_become_tiny_bench_config(
+        #[case] flags: KwctlBenchFlags,
+        #[case] measurement_s: u64,
+        #[case] resamples: usize,
+        #[case] samples: usize,
+        #[case] warm_up_s: u64,
+        #[case] dump: bool,
+    ) {
+        let config = flags.to_config();
+        assert_eq!(config.measurement_time, Duration::from_secs(measurement_s));
+        assert_eq!(config.num_resamples, resamples);
+        assert_eq!(config.num_samples, samples);
+        assert_eq!(config.warm_up_time, Duration::from_secs(warm_up_s));
+        assert_eq!(config.dump_results_to_disk, dump);
+        assert_eq!(config.max_iterations, None);
     }
 
     #[test]

@@ -9,18 +9,23 @@
 //! Layers, pure in the middle and I/O at the edges:
 //! - [`admission`]: request detection and AdmissionResponse building (pure).
 //! - [`settings`]: policy settings parsing (pure) and loading.
+//! - [`wasm_section`], [`metadata`], [`annotate`]: the metadata custom section kwctl
+//!   writes with `annotate` and reads in `run` (pure).
 //! - [`evaluator`]: the wasmtime/waPC host (compile once, fresh instance per request).
 //! - [`bench`]: timing statistics (pure) and the benchmark loop.
 //! - [`tls`] and [`serve`]: the HTTPS admission webhook.
 //! - [`locate`]: where the compiled policy module lives in the build tree.
 
 pub mod admission;
+pub mod annotate;
 pub mod bench;
 pub mod evaluator;
 pub mod locate;
+pub mod metadata;
 pub mod serve;
 pub mod settings;
 pub mod tls;
+pub mod wasm_section;
 
 use std::path::PathBuf;
 
@@ -99,14 +104,29 @@ pub enum Error {
         message: String,
     },
 
-    /// The metadata file (`-m`) is not valid YAML or describes a non-waPC policy.
-    #[error("invalid policy metadata {path}: {message}")]
-    Metadata {
-        /// The metadata file.
-        path: PathBuf,
-        /// What is wrong with it.
-        message: String,
-    },
+    /// The bytes are not a WebAssembly binary module whose sections can be read (text
+    /// format, a component, or damaged); the message says where.
+    #[error("{0}")]
+    ModuleFormat(String),
+
+    /// Policy metadata (a `metadata.yml`, or a module's metadata section) does not have
+    /// the metadata's shape.
+    #[error("cannot parse policy metadata: {0}")]
+    MetadataParse(String),
+
+    /// Policy metadata parses but fails one of kwctl's checks.
+    #[error("metadata is invalid: {0}")]
+    MetadataInvalid(String),
+
+    /// The policy needs a runtime other than waPC (from its metadata or
+    /// `--execution-mode`), or the two disagree.
+    #[error("{0}")]
+    ExecutionMode(String),
+
+    /// A kwctl feature this host does not have was asked for; the message says which
+    /// flag or input and why.
+    #[error("{0}")]
+    Unsupported(String),
 
     /// The request document is not JSON.
     #[error("failed to parse admission request: {0}")]

@@ -1,23 +1,21 @@
-//! `policy-runner run` (the binary) on the real compiled policy module, checked against
-//! what kwctl prints for the same inputs.
+//! `policy-runner run`/`bench`/`timings` (the binary) on the real compiled policy module,
+//! plain and annotated, checked against what kwctl prints and refuses for the same inputs.
+
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
+use common::{BIN, annotate, annotated_module, plain_module, policy_metadata};
 use policy_runner::admission::AdmissionResponse;
+use rstest::rstest;
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_policy-runner");
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("fixtures")
         .join(name)
-}
-
-fn policy() -> anyhow::Result<PathBuf> {
-    Ok(policy_runner::locate::policy_module()?)
 }
 
 fn run(args: &[&str]) -> anyhow::Result<Output> {
@@ -42,25 +40,48 @@ fn run_ok(args: &[&str]) -> anyhow::Result<(String, AdmissionResponse)> {
     Ok((stdout, response))
 }
 
+/// Runs and expects exit 1 with `Error: ...` on stderr and nothing on stdout.
+fn run_fails(args: &[&str]) -> anyhow::Result<String> {
+    let out = run(args)?;
+    anyhow::ensure!(
+        out.status.code() == Some(1),
+        "expected exit 1, got {:?}; stdout {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    anyhow::ensure!(out.stdout.is_empty(), "nothing on stdout");
+    let stderr = String::from_utf8(out.stderr)?;
+    anyhow::ensure!(stderr.starts_with("Error: "), "{stderr}");
+    Ok(stderr)
+}
+
 fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {p:?}"))
 }
 
+/// `policy-metadata.yml` with one line changed, annotated into `dir`.
+fn annotated_with(dir: &Path, from: &str, to: &str) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(policy_metadata())?;
+    anyhow::ensure!(text.contains(from), "policy-metadata.yml lacks {from:?}");
+    let metadata = dir.join("metadata.yml");
+    std::fs::write(&metadata, text.replace(from, to))?;
+    let output = dir.join("annotated.wasm");
+    annotate(&plain_module()?, &metadata, &output)?;
+    Ok(output)
+}
+
 #[test]
 fn invalid_settings_exit_1_with_kwctl_message() -> anyhow::Result<()> {
-    let wasm = policy()?;
+    let wasm = annotated_module()?;
     let review = fixture("worker-pod-create-review.json");
-    let out = run(&[
+    let stderr = run_fails(&[
         "--request-path",
         path_str(&review)?,
         "--settings-json",
         r#"{"onMismatch":"bogus"}"#,
         path_str(&wasm)?,
     ])?;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(out.stdout.is_empty(), "nothing on stdout");
-    let stderr = String::from_utf8(out.stderr)?;
     assert!(
         stderr.starts_with("Error: Provided settings are not valid: "),
         "{stderr}"
@@ -74,7 +95,7 @@ fn invalid_settings_exit_1_with_kwctl_message() -> anyhow::Result<()> {
 
 #[test]
 fn delete_with_null_object_is_allowed_without_patch() -> anyhow::Result<()> {
-    let wasm = format!("file://{}", path_str(&policy()?)?);
+    let wasm = format!("file://{}", path_str(&plain_module()?)?);
     let request = fixture("worker-pod-delete-request.json");
     let (line, _) = run_ok(&["-r", path_str(&request)?, &wasm])?;
     assert_eq!(
@@ -85,8 +106,19 @@ fn delete_with_null_object_is_allowed_without_patch() -> anyhow::Result<()> {
 }
 
 #[test]
-fn bare_request_and_review_give_the_same_response() -> anyhow::Result<()> {
-    let wasm = policy()?;
+fn plain_and_annotated_module_give_the_same_response() -> anyhow::Result<()> {
+    let review = fixture("worker-pod-create-review.json");
+    let (plain, _) = run_ok(&["-r", path_str(&review)?, path_str(&plain_module()?)?])?;
+    let (annotated, response) =
+        run_ok(&["-r", path_str(&review)?, path_str(&annotated_module()?)?])?;
+    assert_eq!(plain, annotated);
+    assert!(response.patch.is_some(), "{response:?}");
+    Ok(())
+}
+
+#[test]
+fn bare_request_review_and_stdin_give_the_same_response() -> anyhow::Result<()> {
+    let wasm = annotated_module()?;
     let review_path = fixture("worker-pod-create-review.json");
     let review: Value = serde_json::from_slice(&std::fs::read(&review_path)?)?;
     let dir = tempfile::tempdir()?;
@@ -96,13 +128,30 @@ fn bare_request_and_review_give_the_same_response() -> anyhow::Result<()> {
     let (from_review, _) = run_ok(&["-r", path_str(&review_path)?, path_str(&wasm)?])?;
     let (from_bare, _) = run_ok(&["-r", path_str(&bare_path)?, path_str(&wasm)?])?;
     assert_eq!(from_review, from_bare);
+
+    // `--request-path -` reads stdin, as in kwctl.
+    let mut child = Command::new(BIN)
+        .args(["run", "--request-path", "-", path_str(&wasm)?])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no stdin"))?,
+        &std::fs::read(&review_path)?,
+    )?;
+    let out = child.wait_with_output()?;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout)?, from_review);
     Ok(())
 }
 
 /// A webhook must be idempotent: the patched object, reviewed again, needs no patch.
 #[test]
 fn worker_pod_is_patched_and_the_patch_is_idempotent() -> anyhow::Result<()> {
-    let wasm = policy()?;
+    let wasm = annotated_module()?;
     let review_path = fixture("worker-pod-create-review.json");
     let (_, first) = run_ok(&["-r", path_str(&review_path)?, path_str(&wasm)?])?;
     assert!(first.allowed, "{first:?}");
@@ -130,41 +179,104 @@ fn worker_pod_is_patched_and_the_patch_is_idempotent() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// kwctl applies no `mutating` constraint when it runs a policy (policy-server does, see
+/// serve.rs): a module whose metadata says `mutating: false` still returns its patch.
 #[test]
-fn metadata_not_mutating_turns_a_patch_into_a_rejection() -> anyhow::Result<()> {
-    let wasm = policy()?;
+fn run_returns_the_patch_whatever_the_metadata_says_about_mutating() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let wasm = annotated_with(dir.path(), "mutating: true", "mutating: false")?;
     let review = fixture("worker-pod-create-review.json");
-    let metadata = fixture("metadata-not-mutating.yml");
     let (_, response) = run_ok(&[
         "-r",
         path_str(&review)?,
-        "-m",
-        path_str(&metadata)?,
         "--allow-context-aware",
+        "--disable-wasmtime-cache",
         path_str(&wasm)?,
     ])?;
-    assert!(!response.allowed, "{response:?}");
-    assert_eq!(response.patch, None);
-    let message = response.status.and_then(|s| s.message).unwrap_or_default();
-    assert!(
-        message.contains("configured to not allow mutations"),
-        "{message}"
-    );
+    assert!(response.allowed && response.patch.is_some(), "{response:?}");
+    Ok(())
+}
+
+#[test]
+fn execution_mode_comes_from_the_module_metadata() -> anyhow::Result<()> {
+    let review = fixture("worker-pod-create-review.json");
+    let review = path_str(&review)?;
+    let annotated = annotated_module()?;
+    let annotated = path_str(&annotated)?;
+    let plain = plain_module()?;
+    let plain = path_str(&plain)?;
+
+    // `-e kubewarden` runs a plain or annotated waPC module.
+    run_ok(&["-r", review, "-e", "kubewarden", annotated])?;
+    run_ok(&["-r", review, "--execution-mode", "kubewarden", plain])?;
+
+    // As in kwctl, the flag wins over the metadata; other runtimes are named, not run.
+    let stderr = run_fails(&["-r", review, "-e", "opa", annotated])?;
+    assert!(stderr.contains("execution mode is opa"), "{stderr}");
+    let stderr = run_fails(&["-r", review, "-e", "wasi", plain])?;
+    assert!(stderr.contains("execution mode is wasi"), "{stderr}");
+
+    // Without the flag, the module's metadata decides.
+    let dir = tempfile::tempdir()?;
+    let wasi = annotated_with(
+        dir.path(),
+        "executionMode: kubewarden-wapc",
+        "executionMode: wasi",
+    )?;
+    let wasi = path_str(&wasi)?;
+    let stderr = run_fails(&["-r", review, wasi])?;
+    assert!(stderr.contains("execution mode is wasi"), "{stderr}");
+    run_ok(&["-r", review, "-e", "kubewarden", wasi])?;
+    Ok(())
+}
+
+#[rstest]
+#[case::verification_key(&["-k", "key.pub"], "--verification-key")]
+#[case::verification_annotation(&["-a", "env=prod"], "--verification-annotation")]
+#[case::cert_email(&["--cert-email", "a@b.c"], "--cert-email")]
+#[case::sigstore_trust_config(&["--sigstore-trust-config", "t.json"], "--sigstore-trust-config")]
+#[case::raw(&["--raw"], "--raw")]
+#[case::record(&["--record-host-capabilities-interactions", "s.yml"], "--record-host-capabilities-interactions")]
+#[case::replay(&["--replay-host-capabilities-interactions", "s.yml"], "--replay-host-capabilities-interactions")]
+#[case::missing_sources_file(&["--sources-path", "/nonexistent/sources.yml"], "/nonexistent/sources.yml")]
+fn flags_of_features_this_host_lacks_fail_naming_the_flag(
+    #[case] flags: &[&str],
+    #[case] named: &str,
+) -> anyhow::Result<()> {
+    let review = fixture("worker-pod-create-review.json");
+    let wasm = annotated_module()?;
+    let mut args = vec!["-r", path_str(&review)?];
+    args.extend_from_slice(flags);
+    args.push(path_str(&wasm)?);
+    let stderr = run_fails(&args)?;
+    assert!(stderr.contains(named), "{stderr}");
+    Ok(())
+}
+
+#[rstest]
+#[case::yaml_policy_resources("policies.yaml", "Kubewarden policy resources in YAML")]
+#[case::registry("registry://ghcr.io/kubewarden/policies/x:v1", "only local paths")]
+#[case::missing_file("/nonexistent/policy.wasm", "/nonexistent/policy.wasm")]
+fn module_arguments_this_host_cannot_load(
+    #[case] module: &str,
+    #[case] needle: &str,
+) -> anyhow::Result<()> {
+    let request = fixture("worker-pod-delete-request.json");
+    let stderr = run_fails(&["-r", path_str(&request)?, module])?;
+    assert!(stderr.contains(needle), "{stderr}");
     Ok(())
 }
 
 #[test]
 fn invalid_request_file_exit_1_with_reason() -> anyhow::Result<()> {
-    let wasm = policy()?;
+    let wasm = annotated_module()?;
     let dir = tempfile::tempdir()?;
     let bad = dir.path().join("bad.json");
     std::fs::write(
         &bad,
         r#"{"kind":"AdmissionReview","request":{"operation":"CREATE"}}"#,
     )?;
-    let out = run(&["-r", path_str(&bad)?, path_str(&wasm)?])?;
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr)?;
+    let stderr = run_fails(&["-r", path_str(&bad)?, path_str(&wasm)?])?;
     assert!(
         stderr.starts_with("Error: invalid admission request: "),
         "{stderr}"
@@ -173,23 +285,66 @@ fn invalid_request_file_exit_1_with_reason() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bench` prints tiny-bench's report for kwctl's two labels.
 #[test]
-fn missing_module_exit_1_naming_the_path() -> anyhow::Result<()> {
-    let request = fixture("worker-pod-delete-request.json");
-    let out = run(&["-r", path_str(&request)?, "/nonexistent/policy.wasm"])?;
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr)?;
-    assert!(stderr.contains("/nonexistent/policy.wasm"), "{stderr}");
+fn bench_reports_validate_settings_and_validate_like_kwctl() -> anyhow::Result<()> {
+    let wasm = annotated_module()?;
+    let review = fixture("worker-pod-create-review.json");
+    let out = Command::new(BIN)
+        .args(["bench", "-r", path_str(&review)?])
+        .args(["--warm-up-time", "1", "--measurement-time", "1"])
+        .args(["--num-samples", "10", path_str(&wasm)?])
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for label in ["validate_settings", "validate"] {
+        let header = format!("{label} [");
+        let line = stdout
+            .lines()
+            .find(|l| strip_ansi(l).starts_with(&header))
+            .ok_or_else(|| anyhow::anyhow!("no {header:?} line in {stdout}"))?;
+        assert!(strip_ansi(line).contains(" samples]:"), "{line}");
+    }
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| strip_ansi(l).trim_start().starts_with("elapsed"))
+            .count()
+            == 2,
+        "{stdout}"
+    );
     Ok(())
 }
 
+/// tiny-bench colours its labels; compare the text.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[test]
-fn bench_reports_json_figures() -> anyhow::Result<()> {
-    let wasm = policy()?;
+fn timings_report_json_figures() -> anyhow::Result<()> {
+    let wasm = annotated_module()?;
     let review = fixture("worker-pod-create-review.json");
     let out = Command::new(BIN)
         .args([
-            "bench",
+            "timings",
             "-r",
             path_str(&review)?,
             "--iterations",

@@ -1,12 +1,16 @@
 #!/usr/bin/env bats
-# The policy's e2e fixtures through `kwctl run`, as upstream Kubewarden policies test
-# (`kwctl run ... | jq`). Same fixtures and expectations as policy_fixtures.rs, which runs
-# them through policy-runner on every machine. Skipped only when kwctl is absent.
+# The policy's e2e fixtures through kwctl, as upstream Kubewarden policies test them:
+# `kwctl annotate` writes policy-metadata.yml into the module (`make annotate`, the release
+# artifact), then `kwctl run annotated-policy.wasm --request-path ... | jq`. Same fixtures
+# and expectations as policy_fixtures.rs. Only kwctl's own flags are used, so the file
+# runs with a real kwctl and with policy-runner, its stand-in:
 #
-#   bats e2e-tests/policy-runner/tests/policy.bats                  # real kwctl
-#   KWCTL=policy-runner bats e2e-tests/policy-runner/tests/policy.bats  # our stand-in
+#   make annotate && bats e2e-tests/policy-runner/tests/policy.bats   # real kwctl
+#   KWCTL=policy-runner bats e2e-tests/policy-runner/tests/policy.bats  # the stand-in
 #
-# DASK_POLICY_WASM overrides the module path (default: the release wasm32-wasip1 build).
+# Skipped when $KWCTL is not installed or the modules are not built. Overrides:
+# DASK_POLICY_WASM (plain module, default the wasm32-wasip1 release build) and
+# DASK_POLICY_ANNOTATED_WASM (default annotated-policy.wasm beside it).
 
 setup() {
   KWCTL=${KWCTL:-kwctl}
@@ -17,17 +21,21 @@ setup() {
   FIXTURES="$BATS_TEST_DIRNAME/fixtures/policy"
   TARGET=${CARGO_TARGET_DIR:-$REPO/target}
   MODULE=${DASK_POLICY_WASM:-$TARGET/wasm32-wasip1/release/dask_worker_defaults.wasm}
+  ANNOTATED=${DASK_POLICY_ANNOTATED_WASM:-$(dirname "$MODULE")/annotated-policy.wasm}
   [ -f "$MODULE" ] || skip "no module at $MODULE: run 'make wasm' first"
+  [ -f "$ANNOTATED" ] || skip "no annotated module at $ANNOTATED: run 'make annotate' first"
 }
 
-# check_fixture CASE: evaluates CASE and compares with its expected.json.
+# check_fixture CASE [MODULE]: runs CASE through `$KWCTL run` and compares the response
+# with its expected.json. MODULE defaults to the annotated release artifact.
 check_fixture() {
-  local dir="$FIXTURES/$1" expected="$FIXTURES/$1/expected.json" settings=()
+  local dir="$FIXTURES/$1" expected="$FIXTURES/$1/expected.json" module=${2:-$ANNOTATED}
+  local settings=()
   [ -f "$dir/settings.json" ] && settings=(--settings-path "$dir/settings.json")
   local stdout stderr status=0
   stderr=$(mktemp)
-  stdout=$("$KWCTL" run -m "$REPO/policy-metadata.yml" --request-path "$dir/request.json" \
-    "${settings[@]}" "file://$MODULE" 2>"$stderr") || status=$?
+  stdout=$("$KWCTL" run --request-path "$dir/request.json" "${settings[@]}" "$module" \
+    2>"$stderr") || status=$?
 
   if jq -e 'has("exitCode")' "$expected" >/dev/null; then
     [ "$status" -eq "$(jq .exitCode "$expected")" ]
@@ -65,3 +73,21 @@ check_fixture() {
 @test "malformed object refused" { check_fixture malformed-object; }
 @test "fractional-byte memory quantity refused" { check_fixture fractional-byte-quantity; }
 @test "invalid settings: exit 1 with kwctl's message" { check_fixture invalid-settings; }
+
+@test "annotate with \$KWCTL, then run the result" {
+  "$KWCTL" annotate -m "$REPO/policy-metadata.yml" -o "$BATS_TEST_TMPDIR/annotated-policy.wasm" \
+    "$MODULE"
+  check_fixture readme-worker-spec "$BATS_TEST_TMPDIR/annotated-policy.wasm"
+  check_fixture invalid-settings "$BATS_TEST_TMPDIR/annotated-policy.wasm"
+}
+
+@test "a plain module runs too, allowed to mutate" { check_fixture readme-worker-spec "$MODULE"; }
+
+@test "--execution-mode picks the runtime: kubewarden runs it, opa does not" {
+  run "$KWCTL" run --execution-mode kubewarden \
+    --request-path "$FIXTURES/readme-worker-spec/request.json" "$ANNOTATED"
+  [ "$status" -eq 0 ]
+  run "$KWCTL" run --execution-mode opa \
+    --request-path "$FIXTURES/readme-worker-spec/request.json" "$ANNOTATED"
+  [ "$status" -ne 0 ]
+}

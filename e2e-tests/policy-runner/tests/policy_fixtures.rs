@@ -1,5 +1,6 @@
-//! The compiled `dask-worker-defaults` module on AdmissionReview fixtures, evaluated the
-//! way `kwctl run` does (the `policy-runner run` binary, fresh instance, JSONPatch diff):
+//! The compiled `dask-worker-defaults` module, annotated with `policy-metadata.yml` as the
+//! release artifact is (`policy-runner annotate`), on AdmissionReview fixtures, evaluated
+//! the way `kwctl run` does (the `policy-runner run` binary, fresh instance, JSONPatch diff):
 //! asserts `allowed`, the exact decoded JSONPatch, the message and the warnings. Each
 //! patched object is then evaluated again, as the apiserver may reinvoke a webhook: the
 //! second pass must accept it with no patch.
@@ -10,6 +11,8 @@
 //! fixtures through a real `kwctl` where one is installed.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod common;
 
 use base64::Engine as _;
 use rstest::rstest;
@@ -28,15 +31,15 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// `policy-runner run` exactly as a bats test calls `kwctl run`.
+/// `policy-runner run` exactly as policy.bats calls `kwctl run`.
 fn kwctl_run(request: &Path, settings: Option<&Path>) -> std::process::Output {
-    let module = policy_runner::locate::policy_module().unwrap_or_else(|e| panic!("{e}"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_policy-runner"));
+    let module = common::annotated_module().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut command = Command::new(common::BIN);
     command.arg("run").arg("--request-path").arg(request);
     if let Some(settings) = settings {
         command.arg("--settings-path").arg(settings);
     }
-    command.arg(format!("file://{}", module.display()));
+    command.arg(module);
     command.output().expect("policy-runner starts")
 }
 

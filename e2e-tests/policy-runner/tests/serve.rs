@@ -1,5 +1,8 @@
 //! The webhook over real HTTPS on loopback with the real compiled policy: an
-//! AdmissionReview round trip, readiness, and the error answers.
+//! AdmissionReview round trip, readiness, and the error answers; and `policy-runner
+//! serve` itself, applying an annotated module's `mutating` as policy-server does.
+
+mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -169,5 +172,128 @@ async fn untrusted_client_cannot_talk_to_the_webhook() -> anyhow::Result<()> {
     stop.send(())
         .map_err(|()| anyhow::anyhow!("server already stopped"))?;
     server.await??;
+    Ok(())
+}
+
+/// `policy-runner serve` on loopback (port chosen by the OS, read from its log line),
+/// killed when dropped.
+struct ServeProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _certs: tempfile::TempDir,
+    ca: std::path::PathBuf,
+}
+
+impl ServeProcess {
+    fn start(module: &Path) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let certs = tempfile::tempdir()?;
+        let mut child = std::process::Command::new(common::BIN)
+            .arg("serve")
+            .arg("--module")
+            .arg(module)
+            .args(["--listen", "127.0.0.1:0", "--cert-dir"])
+            .arg(certs.path())
+            .env_remove("DASK_POLICY_WASM")
+            .env_remove("POLICY_RUNNER_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let addr = loop {
+            let Some(line) = lines.next().transpose()? else {
+                let status = child.wait()?;
+                anyhow::bail!("serve exited ({status}) before listening");
+            };
+            if !line.contains("webhook listening") {
+                continue;
+            }
+            let local = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("local="))
+                .ok_or_else(|| anyhow::anyhow!("no local= in {line:?}"))?;
+            break local.parse::<SocketAddr>()?;
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let ca = certs.path().join("ca.crt");
+        Ok(Self {
+            child,
+            addr,
+            _certs: certs,
+            ca,
+        })
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ServedModule {
+    Plain,
+    Annotated,
+    AnnotatedNotMutating,
+}
+
+/// policy-server turns a patch of a policy not allowed to mutate into a rejection; an
+/// annotated module says through its `mutating` whether it is, a plain one may mutate.
+#[rstest::rstest]
+#[case::plain_module_may_mutate(ServedModule::Plain, None)]
+#[case::annotated_mutating_policy(ServedModule::Annotated, None)]
+#[case::annotated_not_mutating_policy(
+    ServedModule::AnnotatedNotMutating,
+    Some(
+        "The policy attempted to mutate the request, but it is currently configured to not allow mutations."
+    )
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_applies_the_annotated_modules_mutating_flag(
+    #[case] served: ServedModule,
+    #[case] rejection: Option<&str>,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let module = match served {
+        ServedModule::Plain => common::plain_module()?,
+        ServedModule::Annotated => common::annotated_module()?,
+        ServedModule::AnnotatedNotMutating => {
+            let output = dir.path().join("not-mutating.wasm");
+            let metadata = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/metadata-not-mutating.yml");
+            common::annotate(&common::plain_module()?, &metadata, &output)?;
+            output
+        }
+    };
+    let server = tokio::task::spawn_blocking(move || ServeProcess::start(&module)).await??;
+    let review = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/worker-pod-create-review.json"),
+    )?;
+    let (status, body) = https(
+        server.addr,
+        &server.ca,
+        Method::POST,
+        &format!("/validate/{POLICY}"),
+        review,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body)?;
+    let response: AdmissionResponse = serde_json::from_value(answer["response"].clone())?;
+    match rejection {
+        None => assert!(response.allowed && response.patch.is_some(), "{response:?}"),
+        Some(reason) => {
+            assert!(!response.allowed, "{response:?}");
+            assert_eq!(response.patch, None);
+            let message = response.status.and_then(|s| s.message).unwrap_or_default();
+            assert!(message.contains(reason), "{message}");
+        }
+    }
     Ok(())
 }
