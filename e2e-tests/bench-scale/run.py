@@ -34,6 +34,7 @@ loopback) and the classic scheduler on the node agent's pod bridge.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -103,15 +104,18 @@ class PodCountWatcher:
         (or `since` itself if the count already was `target`)."""
         deadline = time.time() + timeout
         with self.cond:
+            times = [e[0] for e in self.events]
+            i = bisect.bisect_left(times, since)
+            if i > 0 and self.events[i - 1][1] == target and i == len(self.events):
+                return since
             while True:
+                while i < len(self.events):  # only the events not looked at yet
+                    t, n = self.events[i]
+                    i += 1
+                    if n == target:
+                        return t
                 if self.proc.poll() is not None and not self.thread.is_alive():
                     raise BenchError(f"the pod watcher exited (code {self.proc.returncode})")
-                before = [e for e in self.events if e[0] < since]
-                if before and before[-1][1] == target:
-                    return since
-                for t, n in self.events:
-                    if t >= since and n == target:
-                        return t
                 left = deadline - time.time()
                 if left <= 0:
                     raise BenchError(
