@@ -63,7 +63,12 @@ def main() -> int:
         dashboard_address="127.0.0.1:0",
     )
     say(event="ready", name=cluster.name, scheduler=cluster.scheduler_address, seconds=time.time() - t0)
-    for line in sys.stdin:
+    # Unbuffered: a buffered reader would sit on a command until more input arrives.
+    stdin = open(0, "rb", buffering=0, closefd=False)
+    while True:
+        line = stdin.readline().decode()
+        if not line:
+            break
         cmd = line.split()
         if not cmd:
             continue
