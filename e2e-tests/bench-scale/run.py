@@ -18,8 +18,9 @@ for every change of the count). A phase's time runs from just before the command
 (process spawned, or scale() called) to the watcher's first timestamp at the target count.
 Repeats rotate the order of the three sides; the table reports medians (and min-max).
 
-Peak RSS: dask-kube and rawcreate from wait4()'s ru_maxrss of each process (what
-/usr/bin/time -v reports as "Maximum resident set size"); classic from getrusage(SELF) in
+Peak RSS: dask-kube and rawcreate from /usr/bin/time's %M ("Maximum resident set size"
+of -v) of each process (wait4's ru_maxrss without GNU time, which over-reports: it starts
+at this Python process's RSS); classic from getrusage(SELF) in
 its own process (the in-process scheduler included), read when it closes; one classic
 process per N, so its figure is the peak over that N's repeats.
 
@@ -57,6 +58,7 @@ RAW_CLUSTER = "bench-raw"
 CLASSIC_CLUSTER = "bench-classic"
 DASK_KUBE_CLUSTER = "bench-dk"
 WEBHOOK = "worker-pods.dask-worker-defaults.dask.org"
+GNU_TIME = "/usr/bin/time"
 
 
 class BenchError(RuntimeError):
@@ -137,8 +139,9 @@ class PodCountWatcher:
 class Reaped:
     """A child process reaped by wait4 in a thread: exit time, code and peak RSS."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen, rss_file: str | None = None) -> None:
         self.proc = proc
+        self.rss_file = rss_file
         self.done = threading.Event()
         self.code: int | None = None
         self.maxrss_kib = 0
@@ -150,6 +153,11 @@ class Reaped:
         self.t_exit = time.time()
         self.code = os.waitstatus_to_exitcode(status)
         self.maxrss_kib = usage.ru_maxrss
+        if self.rss_file:
+            try:
+                self.maxrss_kib = int(Path(self.rss_file).read_text().split()[-1])
+            except (OSError, ValueError, IndexError):
+                self.maxrss_kib = 0  # unknown rather than wrong
         self.proc.returncode = self.code  # reaped here: Popen must not wait again
         self.done.set()
 
@@ -256,7 +264,15 @@ class Bench:
     def run_tool(self, cmd: list[str], env=None) -> Reaped:
         self.logs.write(f"===== {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n")
         self.logs.flush()
-        return Reaped(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.logs, text=True, env=env))
+        rss_file = None
+        if os.access(GNU_TIME, os.X_OK):
+            # wait4's ru_maxrss of a child this (large) Python process spawns starts at this
+            # process's own RSS (Linux keeps the pre-exec peak); GNU time forks from a small
+            # process, so its %M is the tool's own peak.
+            fd, rss_file = tempfile.mkstemp(prefix="rss-", dir=self.out_dir)
+            os.close(fd)
+            cmd = [GNU_TIME, "-f", "%M", "-o", rss_file, *cmd]
+        return Reaped(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.logs, text=True, env=env), rss_file)
 
     def timeout(self, n: int) -> float:
         return self.a.phase_timeout or 60 + n * 0.3
