@@ -178,7 +178,7 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 def scrape(kubectl: str) -> dict:
     """The apiserver figures the report needs, as cumulative counters."""
     text = subprocess.run([kubectl, "get", "--raw", "/metrics"], check=True, capture_output=True, text=True).stdout
-    out = {"429": 0.0, "apf_rejected": 0.0, "webhook_count": 0.0, "webhook_sum": 0.0, "webhook_buckets": {},
+    out = {"429": 0.0, "pod_create_5xx": 0.0, "apf_rejected": 0.0, "webhook_count": 0.0, "webhook_sum": 0.0, "webhook_buckets": {},
            "webhook_rejections": 0.0}
     for line in text.splitlines():
         if not line or line[0] == "#":
@@ -189,6 +189,9 @@ def scrape(kubectl: str) -> dict:
         name, labels, value = m.group(1), dict(_LABEL.findall(m.group(3) or "")), float(m.group(4))
         if name == "apiserver_request_total" and labels.get("code") == "429":
             out["429"] += value
+        elif (name == "apiserver_request_total" and labels.get("code", "").startswith("5")
+              and labels.get("resource") == "pods" and labels.get("verb") in ("POST", "CREATE")):
+            out["pod_create_5xx"] += value  # e.g. the webhook timed out: failurePolicy Fail
         elif name == "apiserver_flowcontrol_rejected_requests_total":
             out["apf_rejected"] += value
         elif name.startswith("apiserver_admission_webhook_admission_duration_seconds") and labels.get("name") == WEBHOOK:
@@ -220,6 +223,7 @@ def metrics_delta(before: dict, after: dict) -> dict:
     return {
         "429": int(after["429"] - before["429"]),
         "apf_rejected": int(after["apf_rejected"] - before["apf_rejected"]),
+        "pod_create_5xx": int(after.get("pod_create_5xx", 0) - before.get("pod_create_5xx", 0)),
         "webhook_calls": int(n),
         "webhook_mean_ms": (after["webhook_sum"] - before["webhook_sum"]) / n * 1000 if n > 0 else None,
         "webhook_p50_le_ms": None if quantile(0.5) is None else quantile(0.5) * 1000,
@@ -502,8 +506,8 @@ def report(bench: Bench, meta: dict) -> str:
             "",
             "Apiserver side per phase (from its /metrics; webhook latency is a histogram bucket bound):",
             "",
-            "| N | side | direction | 429s | APF rejected | webhook calls | webhook mean | webhook p50 <= | webhook p99 <= |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| N | side | direction | 429s | pod POSTs answered 5xx | APF rejected | webhook calls | webhook mean | webhook p50 <= | webhook p99 <= |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for n in bench.a.n:
             for s in SIDES:
@@ -516,7 +520,8 @@ def report(bench: Bench, meta: dict) -> str:
                         return f(xs) if xs else None
                     mean = agg("webhook_mean_ms", med)
                     p50, p99 = agg("webhook_p50_le_ms", med), agg("webhook_p99_le_ms")
-                    lines.append(f"| {n} | {s} | {d} | {sum(x['429'] for x in sel)} | {sum(x['apf_rejected'] for x in sel)} | "
+                    lines.append(f"| {n} | {s} | {d} | {sum(x['429'] for x in sel)} | {sum(x.get('pod_create_5xx', 0) for x in sel)} | "
+                                 f"{sum(x['apf_rejected'] for x in sel)} | "
                                  f"{agg('webhook_calls', sum)} | {'-' if mean is None else f'{mean:.1f} ms'} | "
                                  f"{'-' if p50 is None else f'{p50:g} ms'} | {'-' if p99 is None else f'{p99:g} ms (max over repeats)'} |")
     raw = [p.tool_report for p in ph if p.side == "raw" and p.tool_report]
