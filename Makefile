@@ -93,6 +93,10 @@ bench: wasm ## figures: module size, wasm vs native evaluation, dask-kube timing
 	$(CARGO_TARGET_DIR)/release-host/policy-runner timings --native --iterations 5000 \
 	  --request-path e2e-tests/policy-runner/tests/fixtures/policy/unlabelled-pod/request.json $(WASM)
 
+.PHONY: bench-scale
+bench-scale: setup wasm venv ## time to N Pending pods and back to 0: raw apiserver limit vs classic vs dask-kube (BENCH_N, BENCH_REPEATS)
+	e2e-tests/bench-scale/run.sh
+
 cluster-up: wasm venv ## start the local control plane (+ node agent, policy webhook)
 	$(CLUSTER) up
 

@@ -1,0 +1,3 @@
+module dask-on-k8s/bench-scale/rawcreate
+
+go 1.26
