@@ -428,13 +428,16 @@ class Bench:
                     if rss:
                         self.classic_rss[n] = rss
         finally:
-            if self.classic_proc:
-                self.classic_close()
-            if "dask-kube" in self.a.sides:
-                self.dask_kube_down()
-            self.cleanup_pods()
-            if self.watcher:
-                self.watcher.stop()
+            # Cleanup failing (e.g. a binary gone) must not hide the figures measured.
+            for step in (self.classic_close if self.classic_proc else None,
+                         self.dask_kube_down if "dask-kube" in self.a.sides else None,
+                         self.cleanup_pods, self.watcher.stop if self.watcher else None):
+                if step is None:
+                    continue
+                try:
+                    step()
+                except (OSError, subprocess.SubprocessError, BenchError) as e:
+                    log(f"cleanup step {step.__name__} failed: {e}")
 
 
 # --------------------------------------------------------------------------- report
