@@ -22,9 +22,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   checks, dashboard links), jq (bats), bats (policy.bats), procps (pgrep, ps),
 #   util-linux (setsid, flock, unshare, nsenter), psmisc (fuser), git (cluster finds the
 #   repo root), make, gcc/libc6-dev/binutils (build scripts of Rust crates, cgo),
-#   ca-certificates (registries), python3-venv is not needed: the venv is made with the
+#   ca-certificates (registries), time (GNU time: peak RSS in make bench-scale), python3-venv is not needed: the venv is made with the
 #   machine's Python 3.11 (pyenv or Debian's python3 + python3-venv).
-DEBIAN_PACKAGES=(iproute2 openssl curl jq bats procps util-linux psmisc git make gcc libc6-dev binutils ca-certificates)
+DEBIAN_PACKAGES=(iproute2 openssl curl jq bats procps util-linux psmisc git make gcc libc6-dev binutils ca-certificates time)
 
 # The Rust toolchain: rust-toolchain.toml is the source of truth.
 RUST_CHANNEL="$(awk -F'"' '/^channel/{print $2}' "$REPO/rust-toolchain.toml")"
