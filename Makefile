@@ -41,6 +41,10 @@ $(VENV)/.installed: e2e-tests/requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r e2e-tests/requirements.txt
 	touch $@
 
+.PHONY: python
+python: venv ## the dask_kube Python package (PyO3 + maturin) and pytest into the venv
+	VENV=$(VENV) e2e-tests/python/install.sh
+
 fmt: ## check formatting
 	$(CARGO) fmt --all -- --check
 
