@@ -20,6 +20,7 @@ from distributed.deploy.cluster import Cluster
 from distributed.utils import Log, Logs
 
 from . import _native
+from .exceptions import DaskKubeError
 from .objects import scheduler_template_argument, template_argument
 
 #: The image of operator-era ``KubeCluster(name=...)`` without a template.
@@ -202,9 +203,9 @@ class KubeCluster(Cluster):
             self._loop_runner.start()
             try:
                 self.sync(self._start)
-            except BaseException:
+            except BaseException as e:
                 # Ctrl-C or a failure: nothing half-made is left behind.
-                self._abort_start_blocking()
+                self._abort_start_blocking(e)
                 raise
 
     # -- construction -------------------------------------------------------------------
@@ -256,29 +257,42 @@ class KubeCluster(Cluster):
             await super()._start()
             if self._n_workers:
                 await self._scale(self._n_workers)
-        except BaseException:
-            await self._abort_start()
+        except BaseException as e:
+            await self._abort_start(e)
             raise
 
-    async def _abort_start(self):
+    def _needs_cleanup(self, error: BaseException) -> bool:
+        """Whether a failed start may have left something: not when the library's own
+        start failed (it deleted what it made), but after Ctrl-C / cancellation, or a
+        failure once the cluster existed."""
+        if self._attach is not None:
+            return False
         if self._native is not None:
-            if self._attach is None and not self._native.is_closed():
-                try:
-                    await self._native.close()
-                except Exception as e:  # noqa: BLE001 - the original error matters more
-                    self._log(f"deleting the cluster after a failed start failed: {e}")
-        elif self._pending is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._pending.abort)
+            return not self._native.is_closed()
+        return self._pending is not None and not isinstance(error, DaskKubeError)
 
-    def _abort_start_blocking(self):
-        """After Ctrl-C in a blocking constructor: wait for the start's undo, then delete
-        whatever exists of the cluster (GIL released)."""
+    async def _abort_start(self, error: BaseException):
+        if not self._needs_cleanup(error):
+            return
         try:
             if self._native is not None:
-                if self._attach is None and not self._native.is_closed():
+                await self._native.close()
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, self._pending.abort)
+        except Exception as e:  # noqa: BLE001 - the original error is what the user sees
+            self._log(f"deleting the cluster after a failed start failed: {e}")
+
+    def _abort_start_blocking(self, error: BaseException):
+        """After Ctrl-C or a failure in a blocking constructor: wait for the start's undo,
+        then delete whatever exists of the cluster (GIL released)."""
+        try:
+            if self._needs_cleanup(error):
+                if self._native is not None:
                     self._native.close_blocking()
-            elif self._pending is not None:
-                self._pending.abort()
+                else:
+                    self._pending.abort()
+        except Exception as e:  # noqa: BLE001 - the original error is what the user sees
+            print(f"dask_kube: deleting the cluster after a failed start failed: {e}", file=sys.stderr)
         finally:
             if self._finalizer is not None:
                 self._finalizer.detach()
