@@ -156,14 +156,24 @@ impl Drop for OpGuard {
     }
 }
 
-/// Runs `undo` on the runtime unless disarmed first; the undo counts as in flight.
+/// Runs `undo` on the runtime unless disarmed first. It counts as an operation in flight
+/// from creation until the undo (if any) has finished, with no gap in between.
 struct Undo<F: Future<Output = Vec<String>> + Send + 'static> {
     ops: Arc<Ops>,
     undo: Option<F>,
+    _op: OpGuard,
 }
 
 impl<F: Future<Output = Vec<String>> + Send + 'static> Undo<F> {
-    fn disarm(&mut self) {
+    fn new(ops: &Arc<Ops>, undo: F) -> Self {
+        Undo {
+            _op: ops.begin(),
+            ops: ops.clone(),
+            undo: Some(undo),
+        }
+    }
+
+    fn disarm(mut self) {
         self.undo = None;
     }
 }
@@ -171,6 +181,7 @@ impl<F: Future<Output = Vec<String>> + Send + 'static> Undo<F> {
 impl<F: Future<Output = Vec<String>> + Send + 'static> Drop for Undo<F> {
     fn drop(&mut self) {
         if let Some(undo) = self.undo.take() {
+            // Taken before `_op` is released (fields drop after this body).
             let guard = self.ops.begin();
             let ops = self.ops.clone();
             runtime().spawn(async move {
@@ -316,17 +327,15 @@ impl PendingCluster {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("this cluster was already started"))?;
-        let guard = self.ops.begin();
         let messages = self.messages.clone();
-        let mut undo = Undo {
-            ops: self.ops.clone(),
-            undo: Some(delete_partial_cluster(self.api.clone(), self.name.clone())),
-        };
+        let undo = Undo::new(
+            &self.ops,
+            delete_partial_cluster(self.api.clone(), self.name.clone()),
+        );
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let started = builder.start().await;
             // Finished either way: a failed start already deleted what it made.
             undo.disarm();
-            drop(guard);
             let cluster = started.map_err(to_py_err)?;
             Ok(NativeCluster::new(cluster, messages))
         })
@@ -433,21 +442,27 @@ impl NativeCluster {
         let name = self.name.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let before = worker_pod_names(&api, &name).await.map_err(to_py_err)?;
-            let mut undo = Undo {
-                ops,
-                undo: Some(async move {
-                    // Only pods this call made are removed: they are new, so Pending or
-                    // just connected, and hold no data.
+            let undo = Undo::new(&ops, async move {
+                // Only pods this call made are removed: they are new, so Pending or just
+                // connected, and hold no data. Twice: a creation in flight when the call
+                // was cancelled can still land after the first pass.
+                let mut leftovers = Vec::new();
+                for pass in 0..2 {
+                    tokio::time::sleep(Duration::from_millis(if pass == 0 { 200 } else { 1000 }))
+                        .await;
                     let now = worker_pod_names(&api, &name).await.unwrap_or_default();
                     let created: Vec<String> = now.difference(&before).cloned().collect();
-                    api.delete_pods(&created, Some(0))
+                    leftovers = api
+                        .delete_pods(&created, Some(0))
                         .await
                         .failed
                         .into_iter()
                         .map(|f| format!("pod/{f}"))
-                        .collect()
-                }),
-            };
+                        .collect();
+                }
+                leftovers
+            });
+            drop(guard);
             let result = {
                 let lock = cluster.read().await;
                 let c = lock
@@ -456,7 +471,6 @@ impl NativeCluster {
                 c.scale_with(n, force).await
             };
             undo.disarm();
-            drop(guard);
             let report = result
                 .and_then(ScaleReport::into_result)
                 .map_err(to_py_err)?;
