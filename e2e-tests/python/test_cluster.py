@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -123,8 +124,14 @@ def test_kube_cluster_from_a_dask_yaml_config_file(kubectl, tmp_path, small_work
         """
     )
     env = dict(os.environ, DASK_CONFIG=str(config), JUPYTERHUB_USER="ada")
+    t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+    figure(
+        "python -c 'KubeCluster() from config, 1 worker, scale, close'",
+        f"{time.monotonic() - t0:.1f}s; peak RSS of the largest child so far "
+        f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB",
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["name"].startswith("py-config-")
     assert result["dashboard"].endswith("/proxy/ada/status")
