@@ -34,6 +34,7 @@ WORKERS = int(os.environ.get("DASK_KUBE_TEST_WORKERS", "3"))
 def figure(name: str, value: str) -> None:
     """A measured figure, printed at the end of the run (conftest collects them)."""
     FIGURES.append(f"{name}: {value}")
+    print(f"figure: {name}: {value}", file=sys.__stderr__, flush=True)
 
 
 FIGURES: list[str] = []
