@@ -133,7 +133,7 @@ def test_kube_cluster_from_a_dask_yaml_config_file(kubectl, tmp_path, small_work
         f"{time.monotonic() - t0:.1f}s; peak RSS of the largest child so far "
         f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB",
     )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("{")))
     assert result["name"].startswith("py-config-")
     assert result["dashboard"].endswith("/proxy/ada/status")
     assert result["target"] == 2
@@ -243,6 +243,7 @@ CHILD = textwrap.dedent(
         try:
             cluster.scale(40)
             print("SCALED", flush=True)
+            time.sleep(120)  # where a late interrupt lands when the scale was quicker
         except KeyboardInterrupt:
             print("INTERRUPTED", len(cluster.pods()), flush=True)
         cluster.close()
@@ -289,13 +290,13 @@ def test_ctrl_c_during_scale_deletes_the_pods_it_made(kubectl, small_worker):
     name = child.stdout.readline().split()[1]
     # Interrupt once some of the 40 worker pods exist (creation is paced at 20/s).
     deadline = time.monotonic() + 60
-    while len(kubectl.pods(name)) < 4 and time.monotonic() < deadline:
+    while len(kubectl.pods(name)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     child.send_signal(signal.SIGINT)
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode == 0, stderr
     line = stdout.strip().splitlines()[-1]
-    if line == "SCALED":
+    if "SCALED" in stdout:
         pytest.skip("the scale call finished before the interrupt arrived")
     assert line == "INTERRUPTED 0", (line, stderr)
     assert kubectl.wait_gone(name, timeout=30) == []
