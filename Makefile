@@ -61,6 +61,10 @@ $(VENV)/.installed: e2e-tests/requirements.txt | setup
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r e2e-tests/requirements.txt
 	touch $@
 
+.PHONY: python
+python: venv ## the dask_kube Python package (PyO3 + maturin) and pytest into the venv
+	VENV=$(VENV) e2e-tests/python/install.sh
+
 fmt: setup ## check formatting
 	$(CARGO) fmt --all -- --check
 

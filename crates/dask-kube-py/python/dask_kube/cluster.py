@@ -1,0 +1,494 @@
+"""``KubeCluster``: a ``distributed.deploy.Cluster`` whose pods, scaling, adapt loop and
+teardown are the dask-kube Rust library's. Only what Dask's own classes need is Python:
+the scheduler connection (``scheduler_comm``), ``scheduler_info``, the repr and widget,
+the sync/async duality, and closing at interpreter exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import sys
+import warnings
+import weakref
+from typing import Any, Mapping
+
+import dask.config
+from dask.utils import parse_timedelta
+from distributed.core import Status, rpc
+from distributed.deploy.cluster import Cluster
+from distributed.utils import Log, Logs
+
+from . import _native
+from .exceptions import DaskKubeError
+from .objects import scheduler_template_argument, template_argument
+
+#: The image of operator-era ``KubeCluster(name=...)`` without a template.
+DEFAULT_IMAGE = "ghcr.io/dask/dask:latest"
+#: Workers of operator-era ``KubeCluster(...)`` without ``n_workers`` (the operator's default).
+OPERATOR_DEFAULT_WORKERS = 3
+#: Seconds of quiet after a change before adapt scales down (see dask_kube::adapt).
+DEFAULT_COOLDOWN = "15s"
+_U32_MAX = 2**32 - 1
+
+
+def _seconds(value: Any, what: str) -> float:
+    seconds = parse_timedelta(value, default="seconds")
+    if seconds is None or seconds < 0:
+        raise ValueError(f"{what} must be a duration >= 0, not {value!r}")
+    return float(seconds)
+
+
+def _duration_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return f"{value}s"
+    return str(value)
+
+
+def _python_config() -> dict:
+    """The parts of the Python process's Dask config the Rust side reads. ``dask.config``
+    already holds the YAML files, ``DASK_*`` variables and ``dask.config.set`` overrides."""
+    return {
+        "kubernetes": dask.config.get("kubernetes", default={}) or {},
+        "distributed": {
+            "dashboard": {"link": dask.config.get("distributed.dashboard.link", default=None)},
+            "adaptive": {
+                "target-duration": dask.config.get(
+                    "distributed.adaptive.target-duration", default=None
+                )
+            },
+        },
+    }
+
+
+def _finalize(native, shutdown: bool) -> None:
+    """At interpreter exit or garbage collection: close (or detach) a cluster that was not
+    closed, blocking with the GIL released (the event loop may be gone by then)."""
+    try:
+        if native.is_closed():
+            return
+        if shutdown:
+            native.close_blocking()
+        else:
+            native.detach_blocking()
+    except Exception as e:  # noqa: BLE001 - nothing can be raised at exit
+        print(f"dask_kube: closing cluster {native.name} at exit failed: {e}", file=sys.stderr)
+
+
+class _RustAdaptive:
+    """What ``cluster.adapt()`` returns: the Rust adapt loop, shaped like
+    ``distributed.deploy.Adaptive`` where ``Cluster`` looks at it."""
+
+    def __init__(self, cluster: "KubeCluster", minimum: int, maximum: int):
+        self._cluster = weakref.ref(cluster)
+        self.minimum = minimum
+        self.maximum = maximum
+
+    @property
+    def periodic_callback(self) -> bool:
+        cluster = self._cluster()
+        return bool(cluster and cluster._native and cluster._native.is_adapting())
+
+    def stop(self) -> None:
+        cluster = self._cluster()
+        if cluster is not None and cluster._native is not None and not cluster._native.is_closed():
+            cluster.sync(cluster._native.stop_adapting)
+
+    def __repr__(self) -> str:
+        return f"<RustAdaptive: minimum={self.minimum} maximum={self.maximum}>"
+
+
+class KubeCluster(Cluster):
+    """A Dask cluster on Kubernetes: a scheduler pod, a Service, and worker pods made from
+    a pod template, with every object owned by the scheduler pod (deleting it removes the
+    rest through the garbage collector).
+
+    Parameters
+    ----------
+    pod_template : dict, str path, or pod object, optional
+        The worker pod (dask-kubernetes' ``worker-spec.yml``). Default:
+        ``kubernetes.worker-template-path`` / ``kubernetes.worker-template``; without any,
+        an operator-style worker from ``image``.
+    name : str, optional
+        Cluster name, or a template like ``dask-{user}-{uuid}`` (``kubernetes.name``).
+    namespace : str, optional
+        Default ``kubernetes.namespace``, then the kubeconfig context's.
+    n_workers : int, optional
+        Workers to start with (``kubernetes.count.start``; 3 for operator-style clusters).
+    env : dict, optional
+        Environment variables for the workers (over ``kubernetes.env``).
+    scheduler_pod_template : dict, str path, or pod object, optional
+        The scheduler pod; default derived from the worker template.
+    idle_timeout : str or number, optional
+        The scheduler shuts down after this long without clients (``--idle-timeout``).
+    image, resources, worker_command :
+        Operator-era arguments, used when there is no template.
+    shutdown_on_close : bool
+        Delete the cluster on ``close()`` and at interpreter exit (default True; False
+        for ``from_name``).
+    asynchronous, loop, quiet :
+        As for every ``distributed`` cluster manager.
+    """
+
+    def __init__(
+        self,
+        pod_template: Any = None,
+        name: str | None = None,
+        namespace: str | None = None,
+        n_workers: int | None = None,
+        env: Mapping[str, Any] | None = None,
+        scheduler_pod_template: Any = None,
+        idle_timeout: Any = None,
+        image: str | None = None,
+        resources: Mapping[str, Any] | None = None,
+        worker_command: str | list[str] | None = None,
+        scheduler_options: list[str] | None = None,
+        deploy_mode: str | None = None,
+        shutdown_on_close: bool = True,
+        asynchronous: bool = False,
+        loop=None,
+        quiet: bool = False,
+        _attach: str | None = None,
+    ):
+        if deploy_mode not in (None, "remote"):
+            from .exceptions import InvalidArgument
+
+            raise InvalidArgument(
+                f"deploy_mode={deploy_mode!r}: dask_kube always runs the scheduler in a pod ('remote')"
+            )
+        if n_workers is not None and (
+            not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 0
+        ):
+            raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
+        self._native = None
+        self._pending = None
+        self._finalizer = None
+        self._attach = _attach
+        self._attach_namespace = namespace
+        self.shutdown_on_close = shutdown_on_close
+        options: dict[str, Any] = template_argument(pod_template)
+        has_config_template = bool(
+            dask.config.get("kubernetes.worker-template-path", default=None)
+            or dask.config.get("kubernetes.worker-template", default=None)
+        )
+        operator_style = not options and (image is not None or not has_config_template)
+        if operator_style:
+            options["image"] = image or DEFAULT_IMAGE
+        if n_workers is None and _attach is None:
+            n_workers = (
+                OPERATOR_DEFAULT_WORKERS
+                if operator_style
+                else int(dask.config.get("kubernetes.count.start", default=0) or 0)
+            )
+        self._n_workers = n_workers or 0
+        options.update(
+            {
+                "scheduler_template": scheduler_template_argument(scheduler_pod_template),
+                "name": name,
+                "namespace": namespace,
+                "env": {str(k): str(v) for k, v in (env or {}).items()},
+                "resources": dict(resources) if resources is not None else None,
+                "worker_command": worker_command,
+                "idle_timeout": _duration_text(idle_timeout),
+                "scheduler_options": [str(o) for o in (scheduler_options or [])],
+                "config": _python_config(),
+                "environ": sorted(os.environ.items()),
+            }
+        )
+        self._options = options
+        super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=name or _attach)
+        if not self.asynchronous:
+            self._loop_runner.start()
+            try:
+                self.sync(self._start)
+            except BaseException as e:
+                # Ctrl-C or a failure: nothing half-made is left behind.
+                self._abort_start_blocking(e)
+                raise
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, yaml_path: str | os.PathLike, **kwargs) -> "KubeCluster":
+        """A cluster from a worker pod template file (dask-kubernetes' ``worker-spec.yml``)."""
+        return cls(os.fspath(yaml_path), **kwargs)
+
+    @classmethod
+    def from_dict(cls, pod_spec: Mapping[str, Any], **kwargs) -> "KubeCluster":
+        """A cluster from a worker pod template given as a dict."""
+        if not isinstance(pod_spec, Mapping):
+            raise TypeError(f"from_dict needs a mapping, not {type(pod_spec).__name__}")
+        return cls(dict(pod_spec), **kwargs)
+
+    @classmethod
+    def from_name(cls, name: str, namespace: str | None = None, **kwargs) -> "KubeCluster":
+        """Reconnects to a running cluster (what ``dask-kube attach`` does). Closing it
+        leaves the cluster running unless ``shutdown_on_close=True``."""
+        kwargs.setdefault("shutdown_on_close", False)
+        return cls(namespace=namespace, _attach=name, **kwargs)
+
+    def __await__(self):
+        async def _():
+            if self.status == Status.created:
+                await self._start()
+            return self
+
+        return _().__await__()
+
+    async def _start(self):
+        try:
+            if self._native is None:
+                if self._attach is not None:
+                    self._native = await _native.connect(self._attach, self._attach_namespace)
+                else:
+                    self._pending = await _native.prepare(json.dumps(self._options, default=str))
+                    self.name = self._pending.name
+                    try:
+                        self._native = await self._pending.start()
+                    finally:
+                        self._drain_messages(self._pending)
+            self.name = self._native.name
+            self._finalizer = weakref.finalize(
+                self, _finalize, self._native, self.shutdown_on_close
+            )
+            self.scheduler_comm = rpc(self._native.scheduler_address)
+            await super()._start()
+            if self._n_workers:
+                await self._scale(self._n_workers)
+        except BaseException as e:
+            await self._abort_start(e)
+            raise
+
+    def _needs_cleanup(self, error: BaseException) -> bool:
+        """Whether a failed start may have left something: not when the library's own
+        start failed (it deleted what it made), but after Ctrl-C / cancellation, or a
+        failure once the cluster existed."""
+        if self._attach is not None:
+            return False
+        if self._native is not None:
+            return not self._native.is_closed()
+        return self._pending is not None and not isinstance(error, DaskKubeError)
+
+    async def _abort_start(self, error: BaseException):
+        if not self._needs_cleanup(error):
+            return
+        try:
+            if self._native is not None:
+                await self._native.close()
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, self._pending.abort)
+        except Exception as e:  # noqa: BLE001 - the original error is what the user sees
+            self._log(f"deleting the cluster after a failed start failed: {e}")
+
+    def _abort_start_blocking(self, error: BaseException):
+        """After Ctrl-C or a failure in a blocking constructor: wait for the start's undo,
+        then delete whatever exists of the cluster (GIL released)."""
+        try:
+            if self._needs_cleanup(error):
+                if self._native is not None:
+                    self._native.close_blocking()
+                else:
+                    self._pending.abort()
+        except Exception as e:  # noqa: BLE001 - the original error is what the user sees
+            print(f"dask_kube: deleting the cluster after a failed start failed: {e}", file=sys.stderr)
+        finally:
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            self.status = Status.closed
+            self._loop_runner.stop()
+
+    def _drain_messages(self, source) -> None:
+        for message in source.take_messages():
+            self._log(message)
+
+    # -- what a Dask cluster manager has ---------------------------------------------
+
+    @property
+    def namespace(self) -> str | None:
+        return self._native.namespace if self._native else None
+
+    @property
+    def dashboard_link(self) -> str:
+        # The scheduler's dashboard through dask-kube's local listener (or the Service),
+        # formatted with distributed.dashboard.link.
+        return self._native.dashboard_link if self._native else ""
+
+    def _interruptible(self, method, *args, **kwargs):
+        """``self.sync`` for calls that create things: Ctrl-C waits (GIL released) until
+        the cancelled operation has deleted what it made, then propagates."""
+        if self.asynchronous:
+            return method(*args, **kwargs)
+        try:
+            return self.sync(method, *args, **kwargs)
+        except KeyboardInterrupt:
+            if self._native is not None:
+                self._native.wait_idle()
+            raise
+
+    def scale(self, n: int = 0, *, force: bool = False, memory=None, cores=None):
+        """Scales to ``n`` workers. Scale-down deletes ended and pending pods first, then
+        retires connected workers through the scheduler (their data moves first) and
+        deletes only the pods it confirms; ``force=True`` skips retiring."""
+        if memory is not None or cores is not None:
+            raise TypeError("scale(memory=, cores=) is not supported; give a worker count")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"scale needs a whole number of workers >= 0, not {n!r}")
+        self._stop_adaptive()
+        return self._interruptible(self._scale, n, force)
+
+    def scale_up(self, n: int, **kwargs):
+        """Scales to ``n`` workers (dask-kubernetes' classic name)."""
+        return self.scale(n, **kwargs)
+
+    def _count_max_or(self, default: int) -> int:
+        value = dask.config.get("kubernetes.count.max", default=None)
+        return int(value) if value is not None else default
+
+    async def _scale(self, n: int, force: bool = False) -> dict:
+        report = json.loads(await self._native.scale(n, force))
+        capped = report.get("capped")
+        if capped:
+            # Asked above kubernetes.count.max: created and awaited only the cap.
+            warnings.warn(
+                f"asked for {capped['requested']} workers; capped at {capped['max']} "
+                "by kubernetes.count.max",
+                stacklevel=3,
+            )
+        if report.get("created") or report.get("retired") or report.get("deleted"):
+            self._log(
+                f"scaled from {report['before']} to {report['target']} workers: "
+                f"{len(report['created'])} created, {len(report['retired'])} retired, "
+                f"{len(report['deleted'])} deleted"
+            )
+        return report
+
+    def _stop_adaptive(self):
+        if self._adaptive is not None:
+            adaptive, self._adaptive = self._adaptive, None
+            if self.asynchronous:
+                asyncio.ensure_future(self._native.stop_adapting())
+            else:
+                adaptive.stop()
+
+    def adapt(
+        self,
+        minimum: int = 0,
+        maximum: float = math.inf,
+        target_duration: Any = None,
+        wait_count: int = 3,
+        interval: Any = "1s",
+        cooldown: Any = DEFAULT_COOLDOWN,
+        max_scale_down_step: int | None = None,
+        minimum_cores=None,
+        maximum_cores=None,
+        minimum_memory=None,
+        maximum_memory=None,
+        **kwargs,
+    ) -> _RustAdaptive:
+        """Adapts between ``minimum`` and ``maximum`` workers with the Rust adapt loop:
+        the scheduler's adaptive target polled every ``interval``, scale-up at once,
+        scale-down after ``wait_count`` agreeing polls and ``cooldown`` after a change,
+        retiring before deleting, lost workers replaced. ``target_duration`` sets the
+        scheduler's ``distributed.adaptive.target-duration`` (lower asks for more workers).
+        ``maximum`` defaults to ``kubernetes.count.max``."""
+        if any(v is not None for v in (minimum_cores, maximum_cores, minimum_memory, maximum_memory)):
+            raise TypeError("adapt by cores or memory is not supported; give worker counts")
+        if kwargs:
+            raise TypeError(f"adapt() got unexpected arguments: {', '.join(sorted(kwargs))}")
+        if maximum is None or maximum == math.inf:
+            maximum = dask.config.get("kubernetes.count.max", default=None) or _U32_MAX
+        minimum, maximum = int(minimum), int(min(maximum, _U32_MAX))
+        if minimum < 0 or minimum > maximum:
+            raise ValueError(f"adapt needs 0 <= minimum <= maximum, not {minimum}..{maximum}")
+        if target_duration is not None:
+            seconds = _seconds(target_duration, "target_duration")
+            self.sync(self._set_target_duration, seconds) if not self.asynchronous else (
+                asyncio.ensure_future(self._set_target_duration(seconds))
+            )
+        capped = self._native.adapt(
+            minimum,
+            maximum,
+            _seconds(interval, "interval"),
+            int(wait_count),
+            _seconds(cooldown, "cooldown"),
+            max_scale_down_step,
+        )
+        if capped:
+            # kubernetes.count.max lowered the maximum: say so, as the CLI does on stderr.
+            warnings.warn(capped, stacklevel=2)
+            maximum = min(maximum, self._count_max_or(maximum))
+        self._adaptive = _RustAdaptive(self, minimum, maximum)
+        self._log(f"adapting between {minimum} and {maximum} workers")
+        return self._adaptive
+
+    async def _set_target_duration(self, seconds: float) -> None:
+        """Sets ``distributed.adaptive.target-duration`` in the scheduler process, which
+        its ``adaptive_target`` (polled by the adapt loop) reads."""
+        from distributed.protocol.pickle import dumps
+
+        def set_target_duration(value=seconds):
+            import dask.config
+
+            dask.config.set({"distributed.adaptive.target-duration": f"{value}s"})
+
+        response = await self.scheduler_comm.run_function(
+            function=dumps(set_target_duration), args=dumps(()), kwargs=dumps({}), wait=True
+        )
+        if response.get("status") == "error":
+            from distributed.core import clean_exception
+
+            _, exc, tb = clean_exception(**response)
+            raise exc.with_traceback(tb)
+
+    async def _workers(self) -> list[dict]:
+        return json.loads(await self._native.workers())
+
+    def pods(self) -> list[dict]:
+        """Worker pods: name, phase, why it ended, connected Dask worker addresses."""
+        return self.sync(self._workers)
+
+    async def _get_logs(self, cluster=True, scheduler=True, workers=True):
+        logs = Logs()
+        if self._pending is not None:
+            self._drain_messages(self._pending)
+        if cluster:
+            logs["Cluster"] = Log("\n".join(line for _, line in self._cluster_manager_logs))
+        pod_logs = json.loads(await self._native.logs())
+        for pod, text in pod_logs.items():
+            is_scheduler = pod == self._native.name
+            if (is_scheduler and scheduler) or (
+                not is_scheduler
+                and (workers is True or (workers and pod in set(workers)))
+            ):
+                logs[pod] = Log(text)
+        return logs
+
+    def logs(self, *args, **kwargs):
+        """Pod logs of the scheduler and workers, by pod name (dask-kubernetes' ``logs``)."""
+        return self.get_logs(*args, **kwargs)
+
+    async def _close(self):
+        if self.status == Status.closed:
+            return
+        # The Rust close stops the adapt loop; distributed's _close would call
+        # _RustAdaptive.stop through sync() from the loop's own thread.
+        self._adaptive = None
+        await super()._close()
+        native = self._native
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if native is None or native.is_closed():
+            return
+        if self.shutdown_on_close:
+            report = json.loads(await native.close())
+            self._log(f"deleted cluster {native.name}: {report['deleted_pods']} pods")
+        else:
+            await native.detach()
+
+    def __repr__(self) -> str:
+        if self._native is None:
+            return f"{type(self).__name__}({self.name!r}, not started)"
+        return super().__repr__()

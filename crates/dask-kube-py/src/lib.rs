@@ -1,0 +1,759 @@
+//! `dask_kube._native`: the PyO3 layer between Python's `dask_kube.KubeCluster` (a
+//! `distributed.deploy.Cluster` subclass in `python/dask_kube`) and the `dask-kube`
+//! library. Thin on purpose: arguments arrive as one JSON document, every cluster
+//! operation is an awaitable on the caller's asyncio loop (pyo3-async-runtimes over one
+//! tokio runtime), and the few blocking calls (`close` at interpreter exit, waiting for a
+//! cleanup after Ctrl-C) release the GIL.
+//!
+//! Operations that create things are undone when they do not finish: a `start` whose
+//! awaitable is cancelled (Ctrl-C in a blocking call, `asyncio` cancellation) deletes the
+//! partly made cluster, and a cancelled `scale` deletes the worker pods it created. The
+//! undo runs on the runtime; [`Ops::wait_idle`] lets a blocking caller wait for it.
+
+pub mod options;
+
+use dask_kube::adapt::AdaptPolicy;
+use dask_kube::cluster::{CloseReport, Progress, ProgressFn};
+use dask_kube::kube_ops::{self, ClusterApi};
+use dask_kube::manifests;
+use dask_kube::{Error, KubeCluster, KubeClusterBuilder, ScaleReport};
+use dask_worker_spec::{WorkerDefaults, labels};
+use options::{ClusterOptions, PodSpecArgs};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::RwLock;
+
+/// Bound on waiting for an interrupted operation's undo.
+const UNDO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Python exception class (in `dask_kube.exceptions`) for a library error. Classes
+/// derive from the built-in a Python user would catch: `FileNotFoundError` for a missing
+/// template, `ValueError` for bad input, `ConnectionError`, `PermissionError`,
+/// `LookupError`, `TimeoutError`.
+pub fn exception_class(error: &Error) -> &'static str {
+    match error {
+        Error::ReadFile { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            "TemplateFileNotFound"
+        }
+        Error::ReadFile { .. } | Error::Io { .. } => "DaskKubeOSError",
+        Error::Yaml { .. }
+        | Error::InvalidTemplate { .. }
+        | Error::WorkerDefaults { .. }
+        | Error::NoWorkerTemplate => "InvalidTemplate",
+        Error::Config { .. } => "InvalidConfig",
+        Error::InvalidNameTemplate { .. } | Error::InvalidClusterName(_) | Error::Usage(_) => {
+            "InvalidArgument"
+        }
+        Error::Credentials { .. } | Error::Unreachable { .. } => "KubernetesUnreachable",
+        Error::Forbidden { .. } => "Forbidden",
+        Error::NamespaceNotFound(_) | Error::ClusterNotFound { .. } => "ClusterNotFound",
+        Error::Timeout { .. } => "ClusterTimeout",
+        Error::SchedulerFailed { .. }
+        | Error::SchedulerUnreachable { .. }
+        | Error::SchedulerHttp { .. }
+        | Error::SchedulerAnswer { .. }
+        | Error::PortForward { .. } => "SchedulerError",
+        Error::Partial { .. } | Error::CleanupIncomplete { .. } => "PartialFailure",
+        _ => "DaskKubeError",
+    }
+}
+
+/// A library error as the matching Python exception, its message the library's.
+fn to_py_err(error: Error) -> PyErr {
+    let class = exception_class(&error);
+    let message = error.to_string();
+    Python::attach(|py| {
+        let ty = py
+            .import("dask_kube.exceptions")
+            .and_then(|m| m.getattr(class))
+            .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
+        match ty {
+            Ok(ty) => PyErr::from_type(ty, message),
+            Err(_) => PyRuntimeError::new_err(message),
+        }
+    })
+}
+
+fn json_err(what: &str, e: serde_json::Error) -> PyErr {
+    to_py_err(Error::Usage(format!("{what}: {e}")))
+}
+
+fn to_json(value: &impl serde::Serialize) -> PyResult<String> {
+    serde_json::to_string(value).map_err(|e| json_err("encoding a result", e))
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    pyo3_async_runtimes::tokio::get_runtime()
+}
+
+/// Runs `future` to completion on the runtime with the GIL released.
+fn block_on<T: Send>(py: Python<'_>, future: impl Future<Output = T> + Send) -> T {
+    py.detach(|| runtime().block_on(future))
+}
+
+/// Counts operations in flight (including undos), so a blocking caller interrupted by
+/// Ctrl-C can wait until nothing half-made remains.
+#[derive(Default)]
+struct Ops {
+    inflight: AtomicUsize,
+    errors: Mutex<Vec<String>>,
+}
+
+/// Holds one unit of [`Ops::inflight`] until dropped (finished or cancelled).
+struct OpGuard(Arc<Ops>);
+
+impl Ops {
+    fn begin(self: &Arc<Self>) -> OpGuard {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        OpGuard(self.clone())
+    }
+
+    /// Waits until no operation or undo is running; returns what undos could not delete.
+    async fn wait_idle(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.inflight.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: "an interrupted operation to be undone".into(),
+                    seconds: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let errors = std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Partial {
+                action: "undo an interrupted operation".into(),
+                done: 0,
+                wanted: errors.len(),
+                failures: errors,
+            })
+        }
+    }
+
+    fn record(&self, leftovers: Vec<String>) {
+        if !leftovers.is_empty() {
+            self.errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(leftovers);
+        }
+    }
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `undo` on the runtime unless disarmed first. It counts as an operation in flight
+/// from creation until the undo (if any) has finished, with no gap in between.
+struct Undo<F: Future<Output = Vec<String>> + Send + 'static> {
+    ops: Arc<Ops>,
+    undo: Option<F>,
+    _op: OpGuard,
+}
+
+impl<F: Future<Output = Vec<String>> + Send + 'static> Undo<F> {
+    fn new(ops: &Arc<Ops>, undo: F) -> Self {
+        Undo {
+            _op: ops.begin(),
+            ops: ops.clone(),
+            undo: Some(undo),
+        }
+    }
+
+    fn disarm(mut self) {
+        self.undo = None;
+    }
+}
+
+impl<F: Future<Output = Vec<String>> + Send + 'static> Drop for Undo<F> {
+    fn drop(&mut self) {
+        if let Some(undo) = self.undo.take() {
+            // Taken before `_op` is released (fields drop after this body).
+            let guard = self.ops.begin();
+            let ops = self.ops.clone();
+            runtime().spawn(async move {
+                let leftovers = undo.await;
+                ops.record(leftovers);
+                drop(guard);
+            });
+        }
+    }
+}
+
+/// Deletes whatever exists of cluster `name` (worker pods, scheduler pod, Service), with the
+/// library's one teardown; returns what is left.
+async fn delete_partial_cluster(api: ClusterApi, name: String) -> Vec<String> {
+    dask_kube::cluster::teardown::<dask_kube::cluster::SchedulerClient>(
+        &api,
+        None,
+        &name,
+        true,
+        Some(0),
+    )
+    .await
+    .leftovers
+}
+
+/// Worker pod names of a cluster.
+async fn worker_pod_names(api: &ClusterApi, name: &str) -> Result<BTreeSet<String>, Error> {
+    Ok(api
+        .list_pods(&manifests::selector(name, labels::WORKER))
+        .await?
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect())
+}
+
+/// Progress messages, kept for `cluster.get_logs()` and `_log` (never a Python call from
+/// a runtime thread).
+#[derive(Default, Clone)]
+struct Messages(Arc<Mutex<Vec<String>>>);
+
+impl Messages {
+    fn progress_fn(&self) -> ProgressFn {
+        let messages = self.0.clone();
+        Arc::new(move |p: Progress| {
+            let text = match p {
+                Progress::Step(step) => step,
+                Progress::Workers { connected, wanted } => {
+                    format!("{connected} of {wanted} workers connected")
+                }
+            };
+            messages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(text);
+        })
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A cluster whose name and namespace are settled but which is not created yet: what a
+/// Ctrl-C during start needs to know to delete what was made.
+#[pyclass(frozen, module = "dask_kube._native")]
+pub struct PendingCluster {
+    builder: Mutex<Option<KubeClusterBuilder>>,
+    api: ClusterApi,
+    #[pyo3(get)]
+    name: String,
+    #[pyo3(get)]
+    namespace: String,
+    messages: Messages,
+    ops: Arc<Ops>,
+}
+
+/// Resolves `options` (JSON of [`ClusterOptions`]) into a [`PendingCluster`]: templates
+/// checked, credentials loaded, name and namespace settled. Nothing is created.
+#[pyfunction]
+fn prepare(py: Python<'_>, options: String) -> PyResult<Bound<'_, PyAny>> {
+    let options: ClusterOptions =
+        serde_json::from_str(&options).map_err(|e| json_err("KubeCluster arguments", e))?;
+    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        prepare_cluster(options).await.map_err(to_py_err)
+    })
+}
+
+async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Error> {
+    let config = options.dask_config()?;
+    let settings = config.kube_settings()?;
+    let messages = Messages::default();
+    let mut builder = KubeCluster::builder()
+        .worker_template(options.worker_template(&config, &settings)?)
+        .scheduler_options(options.scheduler_args())
+        .on_progress(messages.progress_fn());
+    if let Some(t) = options.scheduler_template()? {
+        builder = builder.scheduler_template(t);
+    }
+    if let Some(ns) = &options.namespace {
+        builder = builder.namespace(ns);
+    }
+    if let Some(name) = &options.name {
+        builder = builder.name_template(name);
+    }
+    if let Some(d) = &options.target_duration {
+        builder = builder.adaptive_target_duration(d);
+    }
+    builder = builder.config(config);
+    // Everything that can be checked without a cluster fails here, before credentials.
+    builder.spec(Some("default"))?.worker_pod()?;
+    let (client, default_ns, url) = kube_ops::connect().await?;
+    let spec = builder.spec(Some(&default_ns))?;
+    let api = ClusterApi::new(client.clone(), spec.namespace.clone(), url.clone());
+    let builder = builder
+        .client(client, default_ns, url)
+        .name(spec.name.clone())
+        .namespace(spec.namespace.clone());
+    Ok(PendingCluster {
+        builder: Mutex::new(Some(builder)),
+        api,
+        name: spec.name,
+        namespace: spec.namespace,
+        messages,
+        ops: Arc::default(),
+    })
+}
+
+#[pymethods]
+impl PendingCluster {
+    /// Creates the cluster; awaitable resolving to a [`NativeCluster`]. Cancelled, it
+    /// deletes what it created.
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let builder = self
+            .builder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("this cluster was already started"))?;
+        let messages = self.messages.clone();
+        let undo = Undo::new(
+            &self.ops,
+            delete_partial_cluster(self.api.clone(), self.name.clone()),
+        );
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let started = builder.start().await;
+            // Finished either way: a failed start already deleted what it made.
+            undo.disarm();
+            let cluster = started.map_err(to_py_err)?;
+            Ok(NativeCluster::new(cluster, messages))
+        })
+    }
+
+    /// Blocking, GIL released: waits for an interrupted start to stop, then deletes
+    /// whatever exists of the cluster. Raises `PartialFailure` naming what is left.
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        let ops = self.ops.clone();
+        let api = self.api.clone();
+        let name = self.name.clone();
+        block_on(py, async move {
+            let waited = ops.wait_idle(UNDO_TIMEOUT).await;
+            let leftovers = delete_partial_cluster(api, name.clone()).await;
+            if !leftovers.is_empty() {
+                return Err(Error::Partial {
+                    action: format!("delete the partly started cluster {name}"),
+                    done: 0,
+                    wanted: leftovers.len(),
+                    failures: leftovers,
+                });
+            }
+            waited
+        })
+        .map_err(to_py_err)
+    }
+
+    /// Progress messages since the last call.
+    fn take_messages(&self) -> Vec<String> {
+        self.messages.take()
+    }
+}
+
+/// A running cluster: the library's [`KubeCluster`] behind a lock (scale, workers and
+/// logs share it; adapt, close and detach take it alone).
+#[pyclass(frozen, module = "dask_kube._native")]
+pub struct NativeCluster {
+    cluster: Arc<RwLock<Option<KubeCluster>>>,
+    api: ClusterApi,
+    #[pyo3(get)]
+    name: String,
+    #[pyo3(get)]
+    namespace: String,
+    #[pyo3(get)]
+    scheduler_address: String,
+    #[pyo3(get)]
+    dashboard_link: String,
+    messages: Messages,
+    ops: Arc<Ops>,
+}
+
+impl NativeCluster {
+    fn new(cluster: KubeCluster, messages: Messages) -> Self {
+        NativeCluster {
+            api: cluster.api().clone(),
+            name: cluster.name().to_owned(),
+            namespace: cluster.namespace().to_owned(),
+            scheduler_address: cluster.scheduler_address().to_owned(),
+            dashboard_link: cluster.dashboard_link().to_owned(),
+            cluster: Arc::new(RwLock::new(Some(cluster))),
+            messages,
+            ops: Arc::default(),
+        }
+    }
+
+    fn closed(name: &str) -> Error {
+        Error::Usage(format!("cluster {name} is closed"))
+    }
+}
+
+/// Reconnects to a running cluster by name (what `dask-kube attach` does); awaitable
+/// resolving to a [`NativeCluster`].
+#[pyfunction]
+#[pyo3(signature = (name, namespace=None))]
+fn connect(py: Python<'_>, name: String, namespace: Option<String>) -> PyResult<Bound<'_, PyAny>> {
+    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let cluster = KubeCluster::connect(
+            &name,
+            namespace.as_deref(),
+            dask_kube::Access::Auto,
+            0,
+            None,
+        )
+        .await
+        .map_err(to_py_err)?;
+        Ok(NativeCluster::new(cluster, Messages::default()))
+    })
+}
+
+fn report_json(report: &ScaleReport) -> Value {
+    json!(report)
+}
+
+#[pymethods]
+impl NativeCluster {
+    /// Scales to `n` workers (retiring before deleting unless `force`); awaitable resolving
+    /// to the report as JSON. Cancelled, it deletes the worker pods it created.
+    #[pyo3(signature = (n, force=false))]
+    fn scale<'py>(&self, py: Python<'py>, n: usize, force: bool) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        let guard = self.ops.begin();
+        let ops = self.ops.clone();
+        let api = self.api.clone();
+        let name = self.name.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let before = worker_pod_names(&api, &name).await.map_err(to_py_err)?;
+            let undo = Undo::new(&ops, async move {
+                // Only pods this call made are removed: they are new, so Pending or just
+                // connected, and hold no data. Twice: a creation in flight when the call
+                // was cancelled can still land after the first pass.
+                let mut leftovers = Vec::new();
+                for pass in 0..2 {
+                    tokio::time::sleep(Duration::from_millis(if pass == 0 { 200 } else { 1000 }))
+                        .await;
+                    let now = worker_pod_names(&api, &name).await.unwrap_or_default();
+                    let created: Vec<String> = now.difference(&before).cloned().collect();
+                    leftovers = api
+                        .delete_pods(&created, Some(0))
+                        .await
+                        .failed
+                        .into_iter()
+                        .map(|f| format!("pod/{f}"))
+                        .collect();
+                }
+                leftovers
+            });
+            drop(guard);
+            let result = {
+                let lock = cluster.read().await;
+                let c = lock
+                    .as_ref()
+                    .ok_or_else(|| to_py_err(NativeCluster::closed("")))?;
+                c.scale_with(n, force).await
+            };
+            undo.disarm();
+            let report = result
+                .and_then(ScaleReport::into_result)
+                .map_err(to_py_err)?;
+            to_json(&report_json(&report))
+        })
+    }
+
+    /// Starts the Rust adapt loop (replacing a running one).
+    // One argument per Python keyword of `cluster.adapt(...)`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (minimum, maximum, interval_seconds, wait_count, cooldown_seconds, max_scale_down_step=None))]
+    fn adapt(
+        &self,
+        py: Python<'_>,
+        minimum: u32,
+        maximum: u32,
+        interval_seconds: f64,
+        wait_count: u32,
+        cooldown_seconds: f64,
+        max_scale_down_step: Option<u32>,
+    ) -> PyResult<Option<String>> {
+        let seconds = |v: f64, what: &str| {
+            Duration::try_from_secs_f64(v).map_err(|_| {
+                to_py_err(Error::Usage(format!(
+                    "{what} must be a number of seconds >= 0, not {v}"
+                )))
+            })
+        };
+        let policy = AdaptPolicy {
+            interval: seconds(interval_seconds, "interval")?.max(Duration::from_millis(100)),
+            wait_count: wait_count.max(1),
+            cooldown: seconds(cooldown_seconds, "cooldown")?,
+            max_scale_down_step,
+            ..AdaptPolicy::new(minimum, maximum)
+        };
+        let cluster = self.cluster.clone();
+        let name = self.name.clone();
+        block_on(py, async move {
+            let mut lock = cluster.write().await;
+            let c = lock.as_mut().ok_or_else(|| NativeCluster::closed(&name))?;
+            c.adapt_with(policy)
+        })
+        .map(|cap| cap.map(|c| c.to_string()))
+        .map_err(to_py_err)
+    }
+
+    /// Stops adapting; awaitable.
+    fn stop_adapting<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut lock = cluster.write().await;
+            match lock.as_mut() {
+                Some(c) => c.stop_adapting().await.map_err(to_py_err),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Whether the adapt loop runs.
+    fn is_adapting(&self) -> bool {
+        self.cluster
+            .try_read()
+            .map(|c| c.as_ref().is_some_and(KubeCluster::is_adapting))
+            .unwrap_or(false)
+    }
+
+    /// Worker pods and their connection state; awaitable resolving to JSON.
+    fn workers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        let name = self.name.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let lock = cluster.read().await;
+            let c = lock
+                .as_ref()
+                .ok_or_else(|| to_py_err(NativeCluster::closed(&name)))?;
+            to_json(&c.workers().await.map_err(to_py_err)?)
+        })
+    }
+
+    /// Waits until `n` workers are connected; awaitable resolving to the count.
+    fn wait_for_workers<'py>(
+        &self,
+        py: Python<'py>,
+        n: usize,
+        timeout_seconds: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        let name = self.name.clone();
+        let timeout = Duration::try_from_secs_f64(timeout_seconds).unwrap_or(Duration::MAX);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let lock = cluster.read().await;
+            let c = lock
+                .as_ref()
+                .ok_or_else(|| to_py_err(NativeCluster::closed(&name)))?;
+            c.wait_for_workers(n, timeout).await.map_err(to_py_err)
+        })
+    }
+
+    /// Pod logs by pod name (scheduler and workers); awaitable resolving to JSON.
+    fn logs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        let name = self.name.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let lock = cluster.read().await;
+            let c = lock
+                .as_ref()
+                .ok_or_else(|| to_py_err(NativeCluster::closed(&name)))?;
+            to_json(&c.logs().await.map_err(to_py_err)?)
+        })
+    }
+
+    /// Retires and deletes everything; awaitable resolving to the report as JSON.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        let ops = self.ops.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            close_cluster(cluster, ops).await.map_err(to_py_err)
+        })
+    }
+
+    /// [`NativeCluster::close`], blocking with the GIL released (interpreter exit, where
+    /// the event loop may be gone).
+    fn close_blocking(&self, py: Python<'_>) -> PyResult<String> {
+        let cluster = self.cluster.clone();
+        let ops = self.ops.clone();
+        block_on(py, close_cluster(cluster, ops)).map_err(to_py_err)
+    }
+
+    /// Stops the local listeners and adapting; the cluster keeps running; awaitable.
+    fn detach<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let cluster = self.cluster.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let taken = cluster.write().await.take();
+            match taken {
+                Some(c) => c.detach().await.map_err(to_py_err),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// [`NativeCluster::detach`], blocking with the GIL released.
+    fn detach_blocking(&self, py: Python<'_>) -> PyResult<()> {
+        let cluster = self.cluster.clone();
+        block_on(py, async move {
+            match cluster.write().await.take() {
+                Some(c) => c.detach().await,
+                None => Ok(()),
+            }
+        })
+        .map_err(to_py_err)
+    }
+
+    /// Blocking, GIL released: waits until no operation or undo runs (after Ctrl-C
+    /// interrupted a blocking `scale`). Raises `PartialFailure` naming what an undo could
+    /// not delete.
+    fn wait_idle(&self, py: Python<'_>) -> PyResult<()> {
+        let ops = self.ops.clone();
+        block_on(py, async move { ops.wait_idle(UNDO_TIMEOUT).await }).map_err(to_py_err)
+    }
+
+    /// Whether the cluster was closed or detached.
+    fn is_closed(&self) -> bool {
+        self.cluster
+            .try_read()
+            .map(|c| c.is_none())
+            .unwrap_or(false)
+    }
+
+    /// Progress messages since the last call.
+    fn take_messages(&self) -> Vec<String> {
+        self.messages.take()
+    }
+}
+
+async fn close_cluster(
+    cluster: Arc<RwLock<Option<KubeCluster>>>,
+    ops: Arc<Ops>,
+) -> Result<String, Error> {
+    // An interrupted scale's undo first, so close sees every pod.
+    let _ = ops.wait_idle(UNDO_TIMEOUT).await;
+    let taken = cluster.write().await.take();
+    let report = match taken {
+        Some(c) => c.close().await?,
+        None => CloseReport::default(),
+    };
+    serde_json::to_string(&report).map_err(|e| Error::Usage(e.to_string()))
+}
+
+/// `make_pod_spec(...)` (arguments as JSON of [`PodSpecArgs`]): the pod as JSON and the
+/// defaults' warnings.
+#[pyfunction]
+fn make_pod_spec(args: &str) -> PyResult<(String, Vec<String>)> {
+    let args: PodSpecArgs =
+        serde_json::from_str(args).map_err(|e| json_err("make_pod_spec arguments", e))?;
+    let (pod, warnings) =
+        options::make_pod_spec(&args, &WorkerDefaults::default()).map_err(to_py_err)?;
+    Ok((to_json(&pod)?, warnings))
+}
+
+/// The worker defaults of `dask-worker-spec` as the policy applies them to a bare Pod:
+/// the defaulted pod as JSON, or `None` when the policy would change nothing.
+#[pyfunction]
+fn policy_defaults(pod: &str) -> PyResult<Option<String>> {
+    let pod: Value = serde_json::from_str(pod).map_err(|e| json_err("pod", e))?;
+    let out =
+        dask_worker_spec::default_object("", "Pod", "CREATE", pod, &WorkerDefaults::default())
+            .map_err(|e| {
+                to_py_err(Error::WorkerDefaults {
+                    origin: "pod".into(),
+                    source: Box::new(e),
+                })
+            })?;
+    out.mutated.map(|p| to_json(&p)).transpose()
+}
+
+/// A worker template file, parsed and checked like `KubeCluster.from_yaml` does, as JSON.
+#[pyfunction]
+fn read_template(path: &str) -> PyResult<String> {
+    let template =
+        dask_kube::template::PodTemplate::from_file(path, "worker").map_err(to_py_err)?;
+    to_json(&template.pod)
+}
+
+/// Sends the library's tracing events to stderr, filtered like `RUST_LOG`
+/// (`dask_kube=info`); for debugging from Python.
+#[pyfunction]
+fn init_logging(filter: &str) -> PyResult<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| to_py_err(Error::Usage(format!("log filter {filter:?}: {e}"))))?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    Ok(())
+}
+
+/// The extension module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    kube_ops::install_crypto_provider();
+    m.add_class::<PendingCluster>()?;
+    m.add_class::<NativeCluster>()?;
+    m.add_function(wrap_pyfunction!(prepare, m)?)?;
+    m.add_function(wrap_pyfunction!(connect, m)?)?;
+    m.add_function(wrap_pyfunction!(make_pod_spec, m)?)?;
+    m.add_function(wrap_pyfunction!(policy_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(read_template, m)?)?;
+    m.add_function(wrap_pyfunction!(init_logging, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use std::path::PathBuf;
+
+    #[rstest]
+    #[case::missing_file(Error::ReadFile { path: PathBuf::from("w.yml"), source: std::io::Error::from(std::io::ErrorKind::NotFound) }, "TemplateFileNotFound")]
+    #[case::unreadable_file(Error::ReadFile { path: PathBuf::from("w.yml"), source: std::io::Error::from(std::io::ErrorKind::PermissionDenied) }, "DaskKubeOSError")]
+    #[case::bad_template(Error::InvalidTemplate { what: "worker", origin: "x".into(), reason: "y".into() }, "InvalidTemplate")]
+    #[case::forbidden(Error::Forbidden { verb: "create".into(), resource: "pods".into(), namespace: "ns".into(), message: "m".into() }, "Forbidden")]
+    #[case::unreachable(Error::Credentials { reason: "no kubeconfig".into() }, "KubernetesUnreachable")]
+    #[case::not_found(Error::ClusterNotFound { name: "a".into(), namespace: "b".into() }, "ClusterNotFound")]
+    #[case::timeout(Error::Timeout { what: "w".into(), seconds: 1 }, "ClusterTimeout")]
+    #[case::usage(Error::Usage("bad".into()), "InvalidArgument")]
+    #[case::partial(Error::Partial { action: "a".into(), done: 0, wanted: 1, failures: vec![] }, "PartialFailure")]
+    fn errors_map_to_python_classes_by_meaning(#[case] error: Error, #[case] class: &str) {
+        assert_eq!(exception_class(&error), class);
+    }
+
+    #[test]
+    fn every_class_named_exists_in_the_python_module() {
+        let module = include_str!("../python/dask_kube/exceptions.py");
+        for class in [
+            "TemplateFileNotFound",
+            "DaskKubeOSError",
+            "InvalidTemplate",
+            "InvalidConfig",
+            "InvalidArgument",
+            "KubernetesUnreachable",
+            "Forbidden",
+            "ClusterNotFound",
+            "ClusterTimeout",
+            "SchedulerError",
+            "PartialFailure",
+            "DaskKubeError",
+        ] {
+            assert!(module.contains(&format!("class {class}(")), "{class}");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the dask_kube Python package (crates/dask-kube-py: PyO3 + maturin, maturin from
+# PyPI as the build backend, cargo from this machine) and the test tools into a venv.
+# Rebuilds reuse $CARGO_TARGET_DIR, so a second install only relinks what changed.
+#
+#   VENV=~/.cache/dask-on-k8s/venv e2e-tests/python/install.sh
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${VENV:-$HOME/.cache/dask-on-k8s/venv}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dask-on-k8s/target}"
+# Same lock file as every other build of the workspace.
+export MATURIN_PEP517_ARGS="${MATURIN_PEP517_ARGS:---locked}"
+PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
+
+[[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+"${PIP[@]}" -r "$REPO/e2e-tests/requirements.txt" -r "$REPO/e2e-tests/python/requirements.txt"
+t0=$SECONDS
+"${PIP[@]}" --force-reinstall --no-deps "$REPO/crates/dask-kube-py"
+"$VENV/bin/python" -c 'import dask_kube; print(f"dask_kube {dask_kube.__version__} installed in", __import__("sys").prefix)'
+echo "install.sh: package built and installed in $((SECONDS - t0))s" >&2
