@@ -24,8 +24,12 @@ pub const DEFAULT_INITIAL_IN_FLIGHT: usize = 64;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
 /// A call slower than this many times the fastest call seen is a congestion signal.
 pub const LATENCY_CONGESTION_FACTOR: u32 = 8;
-/// Latency that is never a congestion signal by itself (the webhook's own time, TLS).
-pub const LATENCY_FLOOR: Duration = Duration::from_millis(250);
+/// Latency that is never a congestion signal by itself. Measured on the local control
+/// plane: with 64 calls in flight through the admission webhook, p50 is about 1 s while
+/// the server keeps its full rate (no 429, no error), so only calls slower than the
+/// webhook's own 2 s budget say the server is struggling; below that, halving on latency
+/// only slowed deletions of 1000 pods to 1.8x the raw limit.
+pub const LATENCY_FLOOR: Duration = Duration::from_secs(2);
 /// Pause after a 429 without `Retry-After`.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Longest pause a server can ask for before we give up waiting for it and report.
@@ -282,8 +286,8 @@ mod tests {
     #[case::server_error_halves(FlowControl::new(64, 128), vec![CallOutcome::Failed], vec![32])]
     #[case::throttled_halves(FlowControl::new(64, 128), vec![CallOutcome::Throttled { retry_after: None }], vec![32])]
     #[case::never_below_one(FlowControl::new(1, 8), vec![CallOutcome::Failed, CallOutcome::Failed], vec![1, 1])]
-    #[case::slow_call_is_congestion(FlowControl::new(16, 32), vec![done(20), done(20), done(400)], vec![17, 18, 9])]
-    #[case::slow_but_under_the_floor_is_fine(FlowControl::new(16, 32), vec![done(1), done(200)], vec![17, 18])]
+    #[case::slow_call_is_congestion(FlowControl::new(16, 32), vec![done(20), done(20), done(2500)], vec![17, 18, 9])]
+    #[case::slow_but_under_the_floor_is_fine(FlowControl::new(16, 32), vec![done(1), done(1500)], vec![17, 18])]
     fn the_limit_follows_the_servers_signals(
         #[case] mut control: FlowControl,
         #[case] outcomes: Vec<CallOutcome>,
