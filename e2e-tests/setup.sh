@@ -9,8 +9,10 @@
 #   e2e-tests/setup.sh --packages print the Debian packages the tests use, one per line
 #   e2e-tests/setup.sh --toolbox DIR
 #                                 make DIR a PATH holding only what this script provides
-#                                 (CI runs `make test` with PATH=DIR, so a tool the tests
-#                                 call that this script does not install fails loudly)
+#   e2e-tests/setup.sh --check-commands DIR
+#                                 fail unless every command the tests call is in DIR
+# CI builds the toolbox, checks the commands, and runs the set-up and the policy's bats suite
+# with PATH=DIR, so a tool the tests call that this script does not install fails loudly.
 #
 # What the tests call, and where it comes from, is declared once, here:
 set -euo pipefail
@@ -25,6 +27,15 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   ca-certificates (registries), time (GNU time: peak RSS in make bench-scale), python3-venv is not needed: the venv is made with the
 #   machine's Python 3.11 (pyenv or Debian's python3 + python3-venv).
 DEBIAN_PACKAGES=(iproute2 openssl curl jq bats procps util-linux psmisc git make gcc libc6-dev binutils ca-certificates time)
+
+# Commands the tests, the Makefile and the local cluster's scripts call by name (kubectl is
+# not here: the cluster builds its own, same-version one into its state dir). CI checks that
+# each resolves to something this script provides (--toolbox).
+TEST_COMMANDS=(bash sh env make cargo rustup rustc go python3 git cc gcc as ld ip ss openssl
+  curl jq bats pgrep pkill ps kill setsid flock unshare nsenter mount umount fuser awk sed
+  grep tr head tail cut sort uniq wc seq sleep date mktemp realpath readlink basename dirname
+  stat getconf sha256sum base64 timeout xargs find tee cat cp mv rm mkdir chmod ln touch id
+  hostname printf)
 
 # The Rust toolchain: rust-toolchain.toml is the source of truth.
 RUST_CHANNEL="$(awk -F'"' '/^channel/{print $2}' "$REPO/rust-toolchain.toml")"
@@ -136,10 +147,22 @@ toolbox() {
   log "toolbox $dir: $(find "$dir" -maxdepth 1 | wc -l) commands"
 }
 
+# Fails naming every command of TEST_COMMANDS that DIR (a --toolbox) does not provide.
+check_commands() {
+  local dir="$1" c missing=()
+  for c in "${TEST_COMMANDS[@]}"; do [[ -x "$dir/$c" ]] || missing+=("$c"); done
+  if ((${#missing[@]})); then
+    echo "setup: the tests call commands the set-up does not provide: ${missing[*]}" >&2
+    return 1
+  fi
+  log "all ${#TEST_COMMANDS[@]} commands the tests call come from the set-up"
+}
+
 case "${1:-}" in
   "") install ;;
+  --check-commands) check_commands "${2:?--check-commands TOOLBOX_DIR}" ;;
   --check) check ;;
   --packages) printf '%s\n' "${DEBIAN_PACKAGES[@]}" ;;
   --toolbox) toolbox "${2:?--toolbox DIR}" ;;
-  *) echo "usage: $0 [--check | --packages | --toolbox DIR]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--check | --packages | --toolbox DIR | --check-commands DIR]" >&2; exit 2 ;;
 esac
