@@ -77,6 +77,11 @@ impl CreateLimits {
         }
     }
 
+    /// The limits `kubernetes.max-in-flight` asks for (the defaults when unset).
+    pub fn from_setting(max_in_flight: Option<u32>) -> Self {
+        max_in_flight.map_or_else(Self::default, |m| Self::with_max_in_flight(m as usize))
+    }
+
     fn limiter(&self) -> FlowLimiter {
         FlowLimiter::new(FlowControl::new(self.initial_in_flight, self.max_in_flight))
     }

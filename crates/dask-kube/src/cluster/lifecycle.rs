@@ -191,13 +191,9 @@ impl KubeClusterBuilder {
         if spec.namespace.is_empty() {
             spec.namespace = default_ns;
         }
-        let limits = self.limits.unwrap_or_else(|| {
-            settings
-                .max_in_flight
-                .map_or_else(CreateLimits::default, |m| {
-                    CreateLimits::with_max_in_flight(m as usize)
-                })
-        });
+        let limits = self
+            .limits
+            .unwrap_or_else(|| CreateLimits::from_setting(settings.max_in_flight));
         let api = ClusterApi::new(client, spec.namespace.clone(), url).with_limits(limits);
         Ok((api, spec, settings, config.env().to_vec()))
     }
@@ -267,30 +263,15 @@ impl KubeClusterBuilder {
                 return Err(cleanup_after_failure(&api, &spec.name, cause).await);
             }
         };
-        let dashboard = format_dashboard_link(
-            &settings.dashboard_link,
-            &connected.dashboard.0,
-            connected.dashboard.1,
-            &env,
-        )?;
-        let scaler = Scaler::new(
+        KubeCluster::assemble(
             api,
-            Arc::new(connected.scheduler),
-            spec.name.clone(),
+            connected,
+            spec.name,
             worker.pod,
-            Some(owner.clone()),
-        )
-        .with_count_max(settings.count_max);
-        Ok(KubeCluster {
-            name: spec.name,
-            scaler: Arc::new(scaler),
-            owner: Some(owner),
-            address: connected.address,
-            dashboard,
-            forwarders: connected.forwarders,
-            adapt: None,
+            owner,
+            (&settings, &env),
             progress,
-        })
+        )
     }
 }
 

@@ -187,11 +187,7 @@ impl KubeCluster {
             .map(str::to_owned)
             .or(settings.namespace.clone())
             .unwrap_or(default_ns);
-        let limits = settings
-            .max_in_flight
-            .map_or_else(kube_ops::CreateLimits::default, |m| {
-                kube_ops::CreateLimits::with_max_in_flight(m as usize)
-            });
+        let limits = kube_ops::CreateLimits::from_setting(settings.max_in_flight);
         let api = ClusterApi::new(client, namespace.clone(), url).with_limits(limits);
         let not_found = || Error::ClusterNotFound {
             name: name.to_owned(),
@@ -232,30 +228,15 @@ impl KubeCluster {
             &progress,
         )
         .await?;
-        let dashboard = format_dashboard_link(
-            &settings.dashboard_link,
-            &connected.dashboard.0,
-            connected.dashboard.1,
-            config.env(),
-        )?;
-        let scaler = Scaler::new(
+        KubeCluster::assemble(
             api,
-            Arc::new(connected.scheduler),
-            name,
+            connected,
+            name.to_owned(),
             worker_pod,
-            Some(owner.clone()),
-        )
-        .with_count_max(settings.count_max);
-        Ok(KubeCluster {
-            name: name.to_owned(),
-            scaler: Arc::new(scaler),
-            owner: Some(owner),
-            address: connected.address,
-            dashboard,
-            forwarders: connected.forwarders,
-            adapt: None,
+            owner,
+            (&settings, config.env()),
             progress,
-        })
+        )
     }
 
     /// Paces this handle's pod creations and deletions (default: `kubernetes.max-in-flight`).
@@ -266,6 +247,44 @@ impl KubeCluster {
             scaler.set_limits(limits);
         }
         self
+    }
+
+    /// The handle on a cluster whose scheduler is reachable: the dashboard link formatted
+    /// with `distributed.dashboard.link`, and a scaler creating workers owned by `owner`
+    /// within `kubernetes.count.max`. Shared by a new cluster and a reconnected one.
+    fn assemble(
+        api: ClusterApi,
+        connected: connection::Connected,
+        name: String,
+        worker_pod: Value,
+        owner: Owner,
+        (settings, env): (&crate::config::KubeSettings, &[(String, String)]),
+        progress: ProgressFn,
+    ) -> Result<Self> {
+        let dashboard = format_dashboard_link(
+            &settings.dashboard_link,
+            &connected.dashboard.0,
+            connected.dashboard.1,
+            env,
+        )?;
+        let scaler = Scaler::new(
+            api,
+            Arc::new(connected.scheduler),
+            name.clone(),
+            worker_pod,
+            Some(owner.clone()),
+        )
+        .with_count_max(settings.count_max);
+        Ok(KubeCluster {
+            name,
+            scaler: Arc::new(scaler),
+            owner: Some(owner),
+            address: connected.address,
+            dashboard,
+            forwarders: connected.forwarders,
+            adapt: None,
+            progress,
+        })
     }
 
     /// The cluster name (also the scheduler pod's and Service's).
