@@ -650,12 +650,16 @@ async fn scale(
     cluster.detach().await?;
     ui.print(
         &format!(
-            "{name}: {} -> {} workers (created {}, retired {}, deleted {})",
+            "{name}: {} -> {} workers (created {}, retired {}, deleted {}{})",
             report.before,
             report.target,
             report.created.len(),
             report.retired.len(),
-            report.deleted.len()
+            report.deleted.len(),
+            match report.retried {
+                0 => String::new(),
+                n => format!("; {n} calls retried while the API server was away or throttling"),
+            }
         ),
         serde_json::to_value(&report).unwrap_or_default(),
     );

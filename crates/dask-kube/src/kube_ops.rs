@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -33,6 +34,13 @@ pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 /// Attempts per call (the first plus retries).
 pub const RETRY_ATTEMPTS: u32 = 6;
+/// How long a call keeps being retried while an API server that answered this client before
+/// does not answer now (connections refused, 503/504, throttled, timeouts): a restart of the
+/// API server, a rolling upgrade of the control plane or a load balancer's failover takes seconds
+/// to a minute, and a batch that waits it out leaves an exact count where one that gives up
+/// leaves half a scale-up. Before the first answer an unreachable server is reported after
+/// [`RETRY_ATTEMPTS`] (a wrong address should not make the user wait).
+pub const RETRY_BUDGET: Duration = Duration::from_secs(120);
 /// Attempts per pod of a batch: throttling is waited out by flow control, so a batch on a
 /// busy API server gets more tries than a single call.
 pub const BATCH_ATTEMPTS: u32 = 10;
@@ -165,6 +173,81 @@ fn is_transport(error: &kube::Error) -> bool {
     matches!(error, kube::Error::HyperError(_) | kube::Error::Service(_))
 }
 
+/// Whether an error says the API server is away or shedding load (not that the request is
+/// wrong): no connection, 503/504, 429. These are retried for [`RETRY_BUDGET`] once the server
+/// has answered; a 500 (a failing admission webhook, for one) is not an outage and gets
+/// [`RETRY_ATTEMPTS`] only.
+fn is_outage(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => matches!(status.code, 429 | 503 | 504),
+        other => is_transport(other),
+    }
+}
+
+/// Attempts for a create an admission webhook could not be called for: a webhook that is down
+/// (with `failurePolicy: Fail`) is a configuration problem the user must see at once, not load
+/// to wait out; three tries ride over a blip.
+pub const WEBHOOK_ATTEMPTS: u32 = 3;
+
+/// Whether the API server could not call an admission webhook (`failed calling webhook`).
+fn is_webhook_failure(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(s) if s.code == 500 && s.message.contains("failed calling webhook"))
+}
+
+/// When a failed call is sent again, and after how long.
+#[derive(Debug)]
+struct Retries {
+    failures: u32,
+    max_attempts: u32,
+    first_failure: Option<Instant>,
+}
+
+impl Retries {
+    fn new(max_attempts: u32) -> Self {
+        Retries {
+            failures: 0,
+            max_attempts,
+            first_failure: None,
+        }
+    }
+
+    /// Counts a failure; whether to try again: within the attempts, or during an outage of a
+    /// server that has answered before, within [`RETRY_BUDGET`] of the first failure.
+    fn again(&mut self, outage: bool, server_answered_before: bool) -> bool {
+        let first = *self.first_failure.get_or_insert_with(Instant::now);
+        self.failures += 1;
+        self.failures < self.max_attempts
+            || (outage && server_answered_before && first.elapsed() < RETRY_BUDGET)
+    }
+
+    /// The wait before the next attempt: doubling from [`RETRY_INITIAL`] to
+    /// [`RETRY_MAX_DELAY`], 50-100% of it at random so that a batch's calls do not all come
+    /// back at the same instant; the server's `retryAfterSeconds` when it gave one.
+    fn delay(&self, server_hint: Option<Duration>) -> Duration {
+        if let Some(hint) = server_hint {
+            return hint.min(RETRY_MAX_DELAY);
+        }
+        let exponent = self.failures.saturating_sub(1).min(16);
+        let full = RETRY_INITIAL
+            .saturating_mul(1 << exponent)
+            .min(RETRY_MAX_DELAY);
+        let jitter = f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 255.0;
+        full.mul_f64(0.5 + jitter / 2.0)
+    }
+}
+
+/// The server's `retryAfterSeconds`, when it sent one.
+fn retry_after(error: &kube::Error) -> Option<Duration> {
+    match error {
+        kube::Error::Api(s) => s
+            .details
+            .as_ref()
+            .map(|d| Duration::from_secs(u64::from(d.retry_after_seconds)))
+            .filter(|d| !d.is_zero()),
+        _ => None,
+    }
+}
+
 /// The API server's namespace, for errors about a call.
 #[derive(Debug, Clone)]
 pub struct CallSite<'a> {
@@ -231,32 +314,33 @@ fn forbidden_verb_resource(message: &str) -> Option<(String, String)> {
     Some((verb.to_owned(), resource))
 }
 
-/// Runs `call` until it succeeds, fails for good, or [`RETRY_ATTEMPTS`] are used, with
-/// exponential backoff (honouring the server's `retryAfterSeconds`).
-pub async fn with_retry<T, F, Fut>(what: &str, mut call: F) -> Result<T, kube::Error>
+/// Runs `call` until it succeeds, fails for good, or its retries are used ([`Retries`]:
+/// [`RETRY_ATTEMPTS`], or [`RETRY_BUDGET`] through an outage of a server that answered
+/// before), with exponential backoff honouring the server's `retryAfterSeconds`.
+/// `answered` records that the server answered (any success).
+pub async fn with_retry<T, F, Fut>(
+    what: &str,
+    answered: &AtomicBool,
+    mut call: F,
+) -> Result<T, kube::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
-    let mut delay = RETRY_INITIAL;
-    let mut attempt = 1;
+    let mut retries = Retries::new(RETRY_ATTEMPTS);
     loop {
         match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < RETRY_ATTEMPTS && is_retryable(&e) => {
-                let server_hint = match &e {
-                    kube::Error::Api(s) => s
-                        .details
-                        .as_ref()
-                        .map(|d| Duration::from_secs(u64::from(d.retry_after_seconds)))
-                        .filter(|d| !d.is_zero()),
-                    _ => None,
-                };
-                let wait = server_hint.unwrap_or(delay).min(RETRY_MAX_DELAY);
-                debug!(what, attempt, error = %describe_kube_error(&e), ?wait, "retrying");
+            Ok(v) => {
+                answered.store(true, Ordering::Relaxed);
+                return Ok(v);
+            }
+            Err(e)
+                if is_retryable(&e)
+                    && retries.again(is_outage(&e), answered.load(Ordering::Relaxed)) =>
+            {
+                let wait = retries.delay(retry_after(&e));
+                debug!(what, failures = retries.failures, error = %describe_kube_error(&e), ?wait, "retrying");
                 tokio::time::sleep(wait).await;
-                delay = (delay * 2).min(RETRY_MAX_DELAY);
-                attempt += 1;
             }
             Err(e) => return Err(e),
         }
@@ -270,6 +354,9 @@ pub struct BatchReport {
     pub done: Vec<String>,
     /// Failures, each `name: reason`.
     pub failed: Vec<String>,
+    /// Calls sent again after the server failed to answer, throttled or erred (each pod is
+    /// still created or deleted once).
+    pub retried: usize,
 }
 
 impl BatchReport {
@@ -295,6 +382,8 @@ pub struct ClusterApi {
     namespace: String,
     url: String,
     limits: CreateLimits,
+    /// Whether the server has answered a call of this API (then an outage is waited out).
+    answered: Arc<AtomicBool>,
 }
 
 impl ClusterApi {
@@ -305,6 +394,7 @@ impl ClusterApi {
             namespace: namespace.into(),
             url: url.into(),
             limits: CreateLimits::default(),
+            answered: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -352,7 +442,7 @@ impl ClusterApi {
     pub async fn create_pod(&self, pod: &Pod) -> Result<Pod> {
         let pods = self.pods();
         let params = PostParams::default();
-        with_retry("create pod", || pods.create(&params, pod))
+        with_retry("create pod", &self.answered, || pods.create(&params, pod))
             .await
             .map_err(|e| map_kube_error(e, &self.at("create", "pods")))
     }
@@ -365,6 +455,7 @@ impl ClusterApi {
     /// unreachable-server errors stop the batch (they fail every call).
     pub async fn create_pods(&self, pods: Vec<Pod>) -> (BatchReport, Option<Error>) {
         let limiter = self.limits.limiter();
+        let retried = AtomicUsize::new(0);
         let fatal: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
         let started = Instant::now();
         let wanted = pods.len();
@@ -372,11 +463,12 @@ impl ClusterApi {
             .map(|pod| {
                 let limiter = limiter.clone();
                 let fatal = fatal.clone();
+                let retried = &retried;
                 async move {
                     if fatal.lock().await.is_some() {
                         return Err("not attempted after an earlier fatal error".to_owned());
                     }
-                    match self.create_one(pod, &limiter).await {
+                    match self.create_one(pod, &limiter, retried).await {
                         Ok(name) => Ok(name),
                         Err(e) => {
                             let text = e.to_string();
@@ -399,12 +491,23 @@ impl ClusterApi {
             .buffer_unordered(self.limits.max_in_flight.max(1))
             .collect()
             .await;
-        let mut report = BatchReport::default();
+        let mut report = BatchReport {
+            retried: retried.into_inner(),
+            ..BatchReport::default()
+        };
         for r in results {
             match r {
                 Ok(name) => report.done.push(name),
                 Err(reason) => report.failed.push(reason),
             }
+        }
+        if report.retried > 0 {
+            warn!(
+                retried = report.retried,
+                created = report.done.len(),
+                failed = report.failed.len(),
+                "the API server failed to answer or throttled some creates; they were retried (each pod is created once)"
+            );
         }
         let (limit, _) = limiter.snapshot();
         info!(
@@ -419,13 +522,20 @@ impl ClusterApi {
         (report, fatal)
     }
 
-    /// One pod of a batch, retried under flow control without ever creating it twice.
-    async fn create_one(&self, mut pod: Pod, limiter: &FlowLimiter) -> Result<String> {
+    /// One pod of a batch, retried under flow control ([`Retries`]) without ever creating it
+    /// twice: a create whose answer is lost is looked up by name and token before it is sent
+    /// again, and when the lookup fails too the same name is sent (a 409 then tells).
+    async fn create_one(
+        &self,
+        mut pod: Pod,
+        limiter: &FlowLimiter,
+        retried: &AtomicUsize,
+    ) -> Result<String> {
         let mut token = assign_name(&mut pod);
         let pods = self.pods();
         let params = PostParams::default();
-        let mut last_error = None;
-        for attempt in 1..=BATCH_ATTEMPTS {
+        let mut retries = Retries::new(BATCH_ATTEMPTS);
+        let last_error = loop {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let permit = limiter.acquire().await;
             let result = tokio::time::timeout(BATCH_CALL_TIMEOUT, pods.create(&params, &pod)).await;
@@ -433,45 +543,69 @@ impl ClusterApi {
             let error = match result {
                 Ok(Ok(created)) => {
                     permit.finish(CallOutcome::Done { latency });
+                    self.answered.store(true, Ordering::Relaxed);
                     return Ok(created.metadata.name.unwrap_or(name));
                 }
-                Ok(Err(e)) => e,
+                Ok(Err(e)) => {
+                    permit.finish(outcome_of(&e, latency));
+                    Some(e)
+                }
                 Err(_) => {
                     permit.finish(CallOutcome::Failed);
-                    debug!(pod = %name, attempt, "create timed out; checking before retrying");
-                    if self.created_by_us(&name, &token).await? {
-                        return Ok(name);
-                    }
-                    continue;
+                    debug!(pod = %name, "create timed out; checking before retrying");
+                    None
                 }
             };
-            permit.finish(outcome_of(&error, latency));
+            let error = match error {
+                Some(e) if !is_retryable(&e) => {
+                    return Err(map_kube_error(e, &self.at("create", "pods")));
+                }
+                other => other,
+            };
             match &error {
-                kube::Error::Api(s) if s.code == 409 => {
+                Some(kube::Error::Api(s)) if s.code == 409 => {
                     // Ours, from an attempt whose answer was lost; or a name another pod
-                    // has, and then a new name.
-                    if self.created_by_us(&name, &token).await? {
+                    // has, and then a new name. Unknown (the lookup failed): ask again.
+                    match self.created_by_us(&name, &token).await {
+                        Ok(true) => return Ok(name),
+                        Ok(false) => {
+                            debug!(pod = %name, "name taken by another pod; picking a new one");
+                            pod.metadata.name = None;
+                            pod.metadata.generate_name = Some(
+                                name.get(..name.len().saturating_sub(SUFFIX_LEN))
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                            );
+                            token = assign_name(&mut pod);
+                            continue;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Some(e) if ambiguous(e) => {
+                    if let Ok(true) = self.created_by_us(&name, &token).await {
                         return Ok(name);
                     }
-                    debug!(pod = %name, "name taken by another pod; picking a new one");
-                    pod.metadata.name = None;
-                    pod.metadata.generate_name = Some(
-                        name.get(..name.len().saturating_sub(SUFFIX_LEN))
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
-                    token = assign_name(&mut pod);
                 }
-                e if is_retryable(e) => {
-                    if ambiguous(e) && self.created_by_us(&name, &token).await? {
+                None => {
+                    if let Ok(true) = self.created_by_us(&name, &token).await {
                         return Ok(name);
                     }
-                    debug!(pod = %name, attempt, error = %describe_kube_error(e), "retrying create");
                 }
-                _ => return Err(map_kube_error(error, &self.at("create", "pods"))),
+                Some(_) => {}
             }
-            last_error = Some(error);
-        }
+            let outage = error.as_ref().is_none_or(is_outage);
+            let webhook = error.as_ref().is_some_and(is_webhook_failure);
+            if !retries.again(outage, self.answered.load(Ordering::Relaxed))
+                || (webhook && retries.failures >= WEBHOOK_ATTEMPTS)
+            {
+                break error;
+            }
+            retried.fetch_add(1, Ordering::Relaxed);
+            let wait = retries.delay(error.as_ref().and_then(retry_after));
+            debug!(pod = %name, failures = retries.failures, error = ?error.as_ref().map(describe_kube_error), ?wait, "retrying create");
+            tokio::time::sleep(wait).await;
+        };
         let name = pod.metadata.name.clone().unwrap_or_default();
         if self.created_by_us(&name, &token).await? {
             return Ok(name);
@@ -479,7 +613,10 @@ impl ClusterApi {
         Err(match last_error {
             Some(e) => map_kube_error(e, &self.at("create", "pods")),
             None => Error::Timeout {
-                what: format!("creating pod {name} ({BATCH_ATTEMPTS} attempts; it does not exist)"),
+                what: format!(
+                    "creating pod {name} ({} attempts; it does not exist)",
+                    retries.failures
+                ),
                 seconds: BATCH_CALL_TIMEOUT.as_secs(),
             },
         })
@@ -488,7 +625,7 @@ impl ClusterApi {
     /// Whether pod `name` exists and carries our create token.
     async fn created_by_us(&self, name: &str, token: &str) -> Result<bool> {
         let pods = self.pods();
-        let found = with_retry("get pod", || pods.get_metadata_opt(name))
+        let found = with_retry("get pod", &self.answered, || pods.get_metadata_opt(name))
             .await
             .map_err(|e| map_kube_error(e, &self.at("get", "pods")))?;
         Ok(found.is_some_and(|p| {
@@ -507,25 +644,38 @@ impl ClusterApi {
             ..DeleteParams::background()
         };
         let limiter = self.limits.limiter();
+        let retried = AtomicUsize::new(0);
         let results: Vec<(String, Result<(), String>)> =
             futures::stream::iter(names.iter().cloned())
                 .map(|name| {
                     let params = params.clone();
                     let limiter = limiter.clone();
+                    let retried = &retried;
                     async move {
-                        let outcome = self.delete_one(&name, &params, &limiter).await;
+                        let outcome = self.delete_one(&name, &params, &limiter, retried).await;
                         (name, outcome)
                     }
                 })
                 .buffer_unordered(self.limits.max_in_flight.max(1))
                 .collect()
                 .await;
-        let mut report = BatchReport::default();
+        let mut report = BatchReport {
+            retried: retried.into_inner(),
+            ..BatchReport::default()
+        };
         for (name, outcome) in results {
             match outcome {
                 Ok(()) => report.done.push(name),
                 Err(reason) => report.failed.push(reason),
             }
+        }
+        if report.retried > 0 {
+            warn!(
+                retried = report.retried,
+                deleted = report.done.len(),
+                failed = report.failed.len(),
+                "the API server failed to answer or throttled some deletes; they were retried"
+            );
         }
         report
     }
@@ -535,40 +685,50 @@ impl ClusterApi {
         name: &str,
         params: &DeleteParams,
         limiter: &FlowLimiter,
+        retried: &AtomicUsize,
     ) -> Result<(), String> {
         let pods = self.pods();
-        for attempt in 1..=BATCH_ATTEMPTS {
+        let mut retries = Retries::new(BATCH_ATTEMPTS);
+        loop {
             let permit = limiter.acquire().await;
             let result = tokio::time::timeout(BATCH_CALL_TIMEOUT, pods.delete(name, params)).await;
             let latency = permit.started().elapsed();
             let error = match result {
                 Ok(Ok(_)) => {
                     permit.finish(CallOutcome::Done { latency });
+                    self.answered.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
                 Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
                     permit.finish(CallOutcome::Done { latency });
                     return Ok(());
                 }
-                Ok(Err(e)) => e,
+                Ok(Err(e)) => {
+                    permit.finish(outcome_of(&e, latency));
+                    Some(e)
+                }
                 Err(_) => {
                     // Deleting again is harmless: a 404 then means the first one worked.
                     permit.finish(CallOutcome::Failed);
-                    continue;
+                    None
                 }
             };
-            permit.finish(outcome_of(&error, latency));
-            if !(is_retryable(&error) && attempt < BATCH_ATTEMPTS) {
-                return Err(format!(
-                    "{name}: {}",
-                    map_kube_error(error, &self.at("delete", "pods"))
-                ));
+            let retryable = error.as_ref().is_none_or(is_retryable);
+            let outage = error.as_ref().is_none_or(is_outage);
+            if !(retryable && retries.again(outage, self.answered.load(Ordering::Relaxed))) {
+                return Err(match error {
+                    Some(e) => format!("{name}: {}", map_kube_error(e, &self.at("delete", "pods"))),
+                    None => format!(
+                        "{name}: not deleted after {} attempts (timeouts)",
+                        retries.failures
+                    ),
+                });
             }
-            debug!(pod = %name, attempt, error = %describe_kube_error(&error), "retrying delete");
+            retried.fetch_add(1, Ordering::Relaxed);
+            let wait = retries.delay(error.as_ref().and_then(retry_after));
+            debug!(pod = %name, failures = retries.failures, error = ?error.as_ref().map(describe_kube_error), ?wait, "retrying delete");
+            tokio::time::sleep(wait).await;
         }
-        Err(format!(
-            "{name}: not deleted after {BATCH_ATTEMPTS} attempts (timeouts)"
-        ))
     }
 
     /// Lists pods matching a label selector, lean: only the metadata and status fields
@@ -601,7 +761,7 @@ impl ClusterApi {
                 .list(&params)
                 .map_err(kube::Error::BuildRequest)?;
             let client = self.client.clone();
-            let page: LeanPodList = with_retry(what, || {
+            let page: LeanPodList = with_retry(what, &self.answered, || {
                 let request = clone_request(&request);
                 let client = client.clone();
                 async move { client.request::<LeanPodList>(request).await }
@@ -635,7 +795,7 @@ impl ClusterApi {
     /// Gets a pod; `None` when it does not exist.
     pub async fn get_pod(&self, name: &str) -> Result<Option<Pod>> {
         let pods = self.pods();
-        with_retry("get pod", || pods.get_opt(name))
+        with_retry("get pod", &self.answered, || pods.get_opt(name))
             .await
             .map_err(|e| map_kube_error(e, &self.at("get", "pods")))
     }
@@ -646,16 +806,22 @@ impl ClusterApi {
         let services = self.services();
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let patch = Patch::Apply(service);
-        with_retry("apply service", || services.patch(&name, &params, &patch))
-            .await
-            .map_err(|e| map_kube_error(e, &self.at("patch", "services")))
+        with_retry("apply service", &self.answered, || {
+            services.patch(&name, &params, &patch)
+        })
+        .await
+        .map_err(|e| map_kube_error(e, &self.at("patch", "services")))
     }
 
     /// Deletes the Service; gone already is fine.
     pub async fn delete_service(&self, name: &str) -> Result<()> {
         let services = self.services();
         let params = DeleteParams::background();
-        match with_retry("delete service", || services.delete(name, &params)).await {
+        match with_retry("delete service", &self.answered, || {
+            services.delete(name, &params)
+        })
+        .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(map_kube_error(e, &self.at("delete", "services"))),
@@ -665,7 +831,7 @@ impl ClusterApi {
     /// Gets the Service; `None` when it does not exist.
     pub async fn get_service(&self, name: &str) -> Result<Option<Service>> {
         let services = self.services();
-        with_retry("get service", || services.get_opt(name))
+        with_retry("get service", &self.answered, || services.get_opt(name))
             .await
             .map_err(|e| map_kube_error(e, &self.at("get", "services")))
     }
@@ -685,10 +851,12 @@ impl ClusterApi {
         let pods = self.pods();
         let params = PatchParams::apply(SUPERVISOR_FIELD_MANAGER).force();
         let patch = Patch::Apply(&patch);
-        with_retry("annotate pod", || pods.patch(pod, &params, &patch))
-            .await
-            .map(|_| ())
-            .map_err(|e| map_kube_error(e, &self.at("patch", "pods")))
+        with_retry("annotate pod", &self.answered, || {
+            pods.patch(pod, &params, &patch)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| map_kube_error(e, &self.at("patch", "pods")))
     }
 
     /// A pod's logs (all containers' first, or `container`).
@@ -698,7 +866,7 @@ impl ClusterApi {
             container: container.map(str::to_owned),
             ..LogParams::default()
         };
-        with_retry("read logs", || pods.logs(pod, &params))
+        with_retry("read logs", &self.answered, || pods.logs(pod, &params))
             .await
             .map_err(|e| map_kube_error(e, &self.at("get", "pods/log")))
     }
@@ -1071,7 +1239,8 @@ pub(crate) mod tests {
             report,
             BatchReport {
                 done: vec![names[3].clone()],
-                failed: vec![]
+                failed: vec![],
+                retried: 2,
             }
         );
     }
@@ -1229,7 +1398,8 @@ pub(crate) mod tests {
             report,
             BatchReport {
                 done: vec!["gone".into(), "here".into()],
-                failed: vec![]
+                failed: vec![],
+                retried: 0,
             }
         );
     }
@@ -1269,6 +1439,83 @@ pub(crate) mod tests {
         assert_eq!(
             forbidden_verb_resource(message),
             expected.map(|(v, r)| (v.to_owned(), r.to_owned()))
+        );
+    }
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure(message, "x").with_code(code),
+        ))
+    }
+
+    #[rstest::rstest]
+    #[case::throttled(429, "slow down", true, false)]
+    #[case::unavailable(503, "apiserver is shutting down", true, false)]
+    #[case::gateway_timeout(504, "timeout", true, false)]
+    #[case::server_error_is_an_answer(500, "boom", false, false)]
+    #[case::webhook_down(
+        500,
+        "Internal error occurred: failed calling webhook \"w.dask.org\": connection refused",
+        false,
+        true
+    )]
+    #[case::conflict(409, "exists", false, false)]
+    fn what_a_failure_says_about_the_server(
+        #[case] code: u16,
+        #[case] message: &str,
+        #[case] outage: bool,
+        #[case] webhook: bool,
+    ) {
+        let error = api_error(code, message);
+        assert_eq!(is_outage(&error), outage);
+        assert_eq!(is_webhook_failure(&error), webhook);
+    }
+
+    /// Attempts bound every retry; only an outage of a server that answered before is
+    /// waited out longer, and only within the budget.
+    #[rstest::rstest]
+    #[case::within_attempts(3, false, false, Duration::ZERO, true)]
+    #[case::attempts_used(6, false, true, Duration::ZERO, false)]
+    #[case::outage_before_any_answer_is_not_waited_out(6, true, false, Duration::ZERO, false)]
+    #[case::outage_after_an_answer_is_waited_out(30, true, true, Duration::from_secs(60), true)]
+    #[case::outage_past_the_budget(30, true, true, RETRY_BUDGET, false)]
+    #[tokio::test(start_paused = true)]
+    async fn when_a_failed_call_is_sent_again(
+        #[case] failures: u32,
+        #[case] outage: bool,
+        #[case] answered_before: bool,
+        #[case] since_first_failure: Duration,
+        #[case] again: bool,
+    ) {
+        let mut retries = Retries::new(RETRY_ATTEMPTS);
+        for _ in 1..failures {
+            retries.again(outage, answered_before);
+        }
+        tokio::time::advance(since_first_failure).await;
+        assert_eq!(retries.again(outage, answered_before), again);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_honours_the_server() {
+        let mut retries = Retries::new(RETRY_ATTEMPTS);
+        for failures in 1..=12u32 {
+            retries.again(false, false);
+            let full = RETRY_INITIAL
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(RETRY_MAX_DELAY);
+            let delay = retries.delay(None);
+            assert!(
+                delay >= full / 2 && delay <= full,
+                "{failures}: {delay:?} vs {full:?}"
+            );
+        }
+        assert_eq!(
+            retries.delay(Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            retries.delay(Some(Duration::from_secs(600))),
+            RETRY_MAX_DELAY
         );
     }
 

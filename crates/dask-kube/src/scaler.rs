@@ -72,6 +72,9 @@ pub struct ScaleReport {
     pub not_retired: Vec<String>,
     /// Calls that failed.
     pub failed: Vec<String>,
+    /// Calls sent again after the API server failed to answer or throttled (each pod still
+    /// created or deleted once): what an outage cost, reported rather than hidden.
+    pub retried: usize,
 }
 
 impl ScaleReport {
@@ -201,6 +204,7 @@ impl<S: SchedulerApi> Scaler<S> {
             info!(cluster = %self.cluster, created = created.done.len(), failed = created.failed.len(), "scaled up");
             report.created = created.done;
             report.failed.extend(created.failed);
+            report.retried += created.retried;
             if let Some(fatal) = fatal
                 && report.created.is_empty()
             {
@@ -222,6 +226,7 @@ impl<S: SchedulerApi> Scaler<S> {
             report.deleted.push((name, reason));
         }
         report.failed.extend(result.failed);
+        report.retried += result.retried;
     }
 
     /// Removes `n_remove` active workers from `pods`, retiring connected ones first.
@@ -288,6 +293,7 @@ impl<S: SchedulerApi> Scaler<S> {
         let result = self.api.delete_pods(&confirmed, None).await;
         report.retired.extend(result.done);
         report.failed.extend(result.failed);
+        report.retried += result.retried;
         report.not_retired.extend(
             plan.retire
                 .iter()

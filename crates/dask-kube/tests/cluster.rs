@@ -514,42 +514,6 @@ async fn library_scale_workers_and_close() {
     ns.delete().await;
 }
 
-/// A kubeconfig for a service account of `ns` (token from the TokenRequest API).
-async fn service_account_kubeconfig(
-    kube: &kube::Client,
-    ns: &str,
-    sa: &str,
-    dir: &std::path::Path,
-) -> std::path::PathBuf {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    let sas: kube::Api<ServiceAccount> = kube::Api::namespaced(kube.clone(), ns);
-    if sas.get_opt(sa).await.unwrap().is_none() {
-        let obj: ServiceAccount =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": sa}})).unwrap();
-        sas.create(&Default::default(), &obj).await.unwrap();
-    }
-    let request: TokenRequest = serde_json::from_value(
-        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
-    )
-    .unwrap();
-    let answer: TokenRequest = sas
-        .create_subresource("token", sa, &Default::default(), &request)
-        .await
-        .unwrap();
-    let token = answer.status.unwrap().token.unwrap();
-    let admin = kube::config::Kubeconfig::read_from(common::kubeconfig()).unwrap();
-    let cluster = admin.clusters[0].cluster.clone().unwrap();
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u, namespace: {ns}}}\ncurrent-context: c\n",
-        cluster.server.unwrap(),
-        cluster.certificate_authority_data.unwrap()
-    );
-    let path = dir.join(format!("{sa}.kubeconfig"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// deploy/rbac.yaml is enough for the whole life cycle, and a service account without it
 /// gets a message that names the missing permission.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,7 +535,7 @@ async fn rbac_manifest_grants_what_dask_kube_needs() {
         String::from_utf8_lossy(&applied.stderr)
     );
 
-    let nobody = service_account_kubeconfig(&kube, &ns.name, "nobody", state.path()).await;
+    let nobody = common::service_account_kubeconfig(&kube, &ns.name, "nobody", state.path()).await;
     let out = dask_kube(state.path())
         .env("KUBECONFIG", &nobody)
         .args(["up", "-f", &small_worker()])
@@ -587,7 +551,8 @@ async fn rbac_manifest_grants_what_dask_kube_needs() {
         "{err}"
     );
 
-    let allowed = service_account_kubeconfig(&kube, &ns.name, "dask-kube", state.path()).await;
+    let allowed =
+        common::service_account_kubeconfig(&kube, &ns.name, "dask-kube", state.path()).await;
     let as_sa = |args: &[&str]| {
         let out = dask_kube(state.path())
             .env("KUBECONFIG", &allowed)

@@ -243,6 +243,11 @@ impl KubeClusterBuilder {
                 crate::scaler::create_workers(&api, &worker.pod, Some(&owner), initial).await;
             match fatal {
                 Some(e) if report.done.is_empty() => Err(e),
+                // Not one could be made (a webhook down, a quota): the scale that follows
+                // would only meet the same answer again.
+                None if report.done.is_empty() => report
+                    .into_result(&format!("create {initial} worker pods"))
+                    .map(|_| ()),
                 // Whatever is missing is created again by the scale that follows.
                 _ => Ok(()),
             }

@@ -151,6 +151,68 @@ where
     }
 }
 
+/// A kubeconfig for a service account of `ns` (token from the TokenRequest API).
+pub async fn service_account_kubeconfig(
+    kube: &kube::Client,
+    ns: &str,
+    sa: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: kube::Api<ServiceAccount> = kube::Api::namespaced(kube.clone(), ns);
+    if sas.get_opt(sa).await.unwrap().is_none() {
+        let obj: ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": sa}})).unwrap();
+        sas.create(&Default::default(), &obj).await.unwrap();
+    }
+    let request: TokenRequest = serde_json::from_value(
+        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
+    )
+    .unwrap();
+    let answer: TokenRequest = sas
+        .create_subresource("token", sa, &Default::default(), &request)
+        .await
+        .unwrap();
+    let token = answer.status.unwrap().token.unwrap();
+    let admin = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
+    let cluster = admin.clusters[0].cluster.clone().unwrap();
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u, namespace: {ns}}}\ncurrent-context: c\n",
+        cluster.server.unwrap(),
+        cluster.certificate_authority_data.unwrap()
+    );
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Applies deploy/rbac.yaml (the Role and RoleBinding dask-kube needs) in `ns`.
+pub fn apply_rbac(ns: &str) {
+    let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+    let applied = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig())
+        .args(["apply", "-n", ns, "-f", rbac.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+}
+
+/// dask-kube's own client (HTTP/2, its flow control sees every 429) for the kubeconfig at
+/// `path`, with its server URL.
+pub async fn client_of(path: &Path) -> (Client, String) {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let url = config.cluster_url.to_string();
+    (dask_kube::http_client::build_client(config).unwrap(), url)
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -1,0 +1,891 @@
+//! The fault-injection tier: every failure a Dask cluster on Kubernetes meets, injected on the
+//! local cluster (`e2e-tests/local-cluster/cluster up`), each test asserting that nothing is
+//! lost, leaked or duplicated and printing its figure (`FIGURE fault N: ...`, collected in the
+//! README's table). Faults are injected with `cluster component stop|start` (the API server,
+//! the policy webhook, the node agent: real processes stopped and started again as they were)
+//! and with signals to the real scheduler process. `#[ignore]`d like the other cluster tests;
+//! `e2e-tests/run-integration.sh` runs them last, one at a time, since they take the cluster's
+//! parts away.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
+
+mod common;
+
+use common::{SERIAL, TestNamespace, cluster, dask_kube, fixture, python, run, wait_for};
+use dask_kube::kube_ops::CreateLimits;
+use dask_kube::{KubeCluster, PodTemplate};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn cluster_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../e2e-tests/local-cluster/cluster")
+}
+
+/// `cluster component ACTION NAME ARGS...` (the same state dir as the tests' kubeconfig).
+fn component(action: &str, name: &str, args: &[&str]) {
+    // SIGKILL after 5 s: a part that takes longer to stop has crashed, as far as clients see.
+    let out = Command::new(cluster_script())
+        .env("DASK_K8S_STOP_TIMEOUT", "5")
+        .args(["component", action, name])
+        .args(args)
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ cluster component {action} {name} {args:?} -> {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "cluster component {action} {name} failed"
+    );
+}
+
+/// A cluster part taken away; started again as it was when dropped, so a failing test still
+/// leaves the cluster whole for the next one.
+struct Stopped {
+    name: &'static str,
+    restore: Vec<String>,
+    running: bool,
+}
+
+impl Stopped {
+    fn stop(name: &'static str) -> Self {
+        component("stop", name, &[]);
+        Stopped {
+            name,
+            restore: Vec::new(),
+            running: false,
+        }
+    }
+
+    /// Start it again with `args` appended (for the API server a later flag wins).
+    fn start(&mut self, args: &[&str]) {
+        component("start", self.name, args);
+        self.running = true;
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.running {
+            let args: Vec<&str> = self.restore.iter().map(String::as_str).collect();
+            let _ = Command::new(cluster_script())
+                .args(["component", "start", self.name])
+                .args(args)
+                .status();
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "dask-kube failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn worker_selector(cluster: &str) -> String {
+    format!("dask.org/cluster-name={cluster},dask.org/component=worker")
+}
+
+/// Worker pods (not being deleted), tolerating a moment without an API server.
+async fn worker_pods(ns: &TestNamespace, cluster: &str) -> Option<Vec<Pod>> {
+    ns.pods()
+        .list(&ListParams::default().labels(&worker_selector(cluster)))
+        .await
+        .ok()
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect()
+        })
+}
+
+/// Exactly `n` worker pods, each once, each created once (its create token).
+async fn assert_exact_workers(ns: &TestNamespace, cluster: &str, n: usize) {
+    let pods = worker_pods(ns, cluster).await.unwrap();
+    let names: BTreeSet<_> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(pods.len(), n, "exactly {n} worker pods");
+    assert_eq!(names.len(), n, "no duplicate names");
+    assert!(
+        pods.iter().all(|p| p
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("dask.org/create-token"))),
+        "every pod was created by dask-kube's batch"
+    );
+}
+
+async fn pending_cluster(ns: &TestNamespace, prefix: &str, max_in_flight: usize) -> KubeCluster {
+    let template = PodTemplate::from_file(fixture("pending-worker.yml"), "worker").unwrap();
+    KubeCluster::builder()
+        .worker_template(template)
+        .namespace(&ns.name)
+        .name_template(format!("{prefix}-{{uuid}}"))
+        .create_limits(CreateLimits::with_max_in_flight(max_in_flight))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// 1. The API server is restarted in the middle of `scale 0 -> N`: dask-kube waits the outage
+/// out and retries; no pod is duplicated or leaked and the count is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn api_server_restart_in_the_middle_of_a_scale_up_leaves_the_exact_count() {
+    const N: usize = 120;
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-api").await;
+    // Two calls in flight: slow enough that the restart lands in the middle.
+    let dask = pending_cluster(&ns, "fault-api", 2).await;
+    let name = dask.name().to_owned();
+    let started = Instant::now();
+    let fault = async {
+        wait_for("the first 10 worker pods", || async {
+            worker_pods(&ns, &name).await.is_some_and(|p| p.len() >= 10)
+        })
+        .await;
+        let at = worker_pods(&ns, &name).await.unwrap().len();
+        let down = Instant::now();
+        let mut apiserver = blocking(|| Stopped::stop("kube-apiserver")).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let apiserver = blocking(move || {
+            apiserver.start(&[]);
+            apiserver
+        })
+        .await;
+        drop(apiserver);
+        (at, down.elapsed())
+    };
+    let (report, (pods_at_restart, outage)) = tokio::join!(dask.scale(N), fault);
+    let took = started.elapsed();
+    let report = report.unwrap();
+    assert!(
+        pods_at_restart < N,
+        "the restart came after the scale-up ({pods_at_restart} pods): nothing was tested"
+    );
+    assert_eq!(report.created.len(), N, "{:?}", report.failed);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert!(report.retried > 0, "the outage was retried: {report:?}");
+    assert_exact_workers(&ns, &name, N).await;
+    let again = dask.scale(N).await.unwrap();
+    assert!(
+        again.created.is_empty() && again.deleted.is_empty(),
+        "{again:?}"
+    );
+    eprintln!(
+        "FIGURE fault 1 (API server restarted mid scale 0 -> {N}): restart at {pods_at_restart} pods, \
+         API server away {:.1}s, {} calls retried, {N}/{N} pods exact in {:.1}s",
+        outage.as_secs_f64(),
+        report.retried,
+        took.as_secs_f64()
+    );
+    dask.close().await.unwrap();
+    ns.delete().await;
+}
+
+/// Strict API Priority and Fairness for one service account: its pod calls get one seat,
+/// and whatever does not fit is rejected at once with 429 (no queueing). Removed when dropped.
+struct StrictFlowSchema {
+    name: String,
+}
+
+impl StrictFlowSchema {
+    fn apply(ns: &str, service_account: &str) -> Self {
+        let name = format!("dask-kube-strict-{ns}");
+        let manifest = format!(
+            "apiVersion: flowcontrol.apiserver.k8s.io/v1\nkind: PriorityLevelConfiguration\n\
+             metadata: {{name: {name}}}\nspec:\n  type: Limited\n  limited:\n    \
+             nominalConcurrencyShares: 1\n    lendablePercent: 0\n    limitResponse: {{type: Reject}}\n\
+             ---\napiVersion: flowcontrol.apiserver.k8s.io/v1\nkind: FlowSchema\nmetadata: {{name: {name}}}\n\
+             spec:\n  priorityLevelConfiguration: {{name: {name}}}\n  matchingPrecedence: 500\n  \
+             distinguisherMethod: {{type: ByUser}}\n  rules:\n  - subjects:\n    - kind: ServiceAccount\n      \
+             serviceAccount: {{name: {service_account}, namespace: {ns}}}\n    resourceRules:\n    - \
+             {{verbs: [\"*\"], apiGroups: [\"\"], resources: [\"pods\"], namespaces: [{ns}]}}\n"
+        );
+        kubectl_stdin(&["apply", "-f", "-"], &manifest);
+        StrictFlowSchema { name }
+    }
+}
+
+impl Drop for StrictFlowSchema {
+    fn drop(&mut self) {
+        let _ = Command::new("kubectl")
+            .env("KUBECONFIG", common::kubeconfig())
+            .args(["delete", "--ignore-not-found", "flowschema", &self.name])
+            .status();
+        let _ = Command::new("kubectl")
+            .env("KUBECONFIG", common::kubeconfig())
+            .args([
+                "delete",
+                "--ignore-not-found",
+                "prioritylevelconfiguration",
+                &self.name,
+            ])
+            .status();
+    }
+}
+
+fn kubectl_stdin(args: &[&str], input: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", common::kubeconfig())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// 3. Throttling: API Priority and Fairness gives dask-kube's service account one seat for pods
+/// and rejects the rest with 429 at once: scale 0 -> N still ends with exactly N pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn a_throttling_api_server_still_gets_the_exact_count() {
+    const N: usize = 100;
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-429").await;
+    // As a service account bound to deploy/rbac.yaml (system:masters is exempt from APF).
+    common::apply_rbac(&ns.name);
+    let dir = tempfile::tempdir().unwrap();
+    let sa = common::service_account_kubeconfig(&kube, &ns.name, "dask-kube", dir.path()).await;
+    let (sa_client, url) = common::client_of(&sa).await;
+    let template = PodTemplate::from_file(fixture("pending-worker.yml"), "worker").unwrap();
+    let dask = KubeCluster::builder()
+        .client(sa_client, &ns.name, url)
+        .worker_template(template)
+        .namespace(&ns.name)
+        .name_template("fault-429-{uuid}")
+        .start()
+        .await
+        .unwrap();
+    let name = dask.name().to_owned();
+    let strict = StrictFlowSchema::apply(&ns.name, "dask-kube");
+    // The APF configuration controller picks new objects up within a few seconds.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let started = Instant::now();
+    let report = dask.scale(N).await;
+    let took = started.elapsed();
+    drop(strict);
+    let report = report.unwrap();
+    assert_eq!(report.created.len(), N, "{:?}", report.failed);
+    assert!(
+        report.retried > 0,
+        "one seat for pod calls must have throttled {N} concurrent creates: {report:?}"
+    );
+    assert_exact_workers(&ns, &name, N).await;
+    eprintln!(
+        "FIGURE fault 3 (APF: one seat, excess rejected with 429): {N}/{N} pods exact in {:.1}s, \
+         {} creates throttled and retried",
+        took.as_secs_f64(),
+        report.retried
+    );
+    dask.close().await.unwrap();
+    ns.delete().await;
+}
+
+/// 2. The policy webhook is down (`failurePolicy: Fail`): `up` fails saying which webhook, and
+/// leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn policy_webhook_down_fails_up_naming_it_and_leaves_nothing() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-hook").await;
+    let state = tempfile::tempdir().unwrap();
+    let mut webhook = blocking(|| Stopped::stop("policy-webhook")).await;
+    let started = Instant::now();
+    let small = fixture("small-worker.yml");
+    let out = run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "up",
+            "-f",
+            small.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--detach",
+        ],
+    );
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let pods = ns.pod_names("app=dask").await;
+    let services = ns
+        .services()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    webhook = blocking(move || {
+        webhook.start(&[]);
+        webhook
+    })
+    .await;
+    drop(webhook);
+    assert!(!out.status.success(), "up must fail without its webhook");
+    assert!(
+        stderr.contains("failed calling webhook") && stderr.contains(".dask.org"),
+        "the error names the webhook: {stderr}"
+    );
+    assert!(pods.is_empty(), "nothing half-made is left: {pods:?}");
+    assert_eq!(services, 0, "no Service is left");
+    eprintln!(
+        "FIGURE fault 2 (policy webhook down): up failed in {:.1}s naming the webhook; 0 pods, 0 Services left",
+        took.as_secs_f64()
+    );
+    ns.delete().await;
+}
+
+/// 6. dask-kube is SIGKILLed in the middle of a scale-up: the pods made so far stay (owned by
+/// the scheduler pod); a second `scale` to the same N converges to exactly N, and deleting the
+/// scheduler pod leaves 0 pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn sigkill_in_the_middle_of_a_scale_up_then_scale_again_converges() {
+    const N: usize = 60;
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-kill").await;
+    let state = tempfile::tempdir().unwrap();
+    let pending = fixture("pending-worker.yml");
+    let up = json_of(&run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            pending.to_str().unwrap(),
+            "--workers",
+            "0",
+            "--detach",
+        ],
+    ));
+    let name = up["name"].as_str().unwrap().to_owned();
+    let mut child = dask_kube(state.path())
+        .args([
+            "-n",
+            &ns.name,
+            "--max-in-flight",
+            "1",
+            "scale",
+            &name,
+            &N.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the first 5 worker pods", || async {
+        worker_pods(&ns, &name).await.is_some_and(|p| p.len() >= 5)
+    })
+    .await;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    // What it made before dying is all there is; nothing is made after.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_kill = worker_pods(&ns, &name).await.unwrap().len();
+    assert!(
+        at_kill < N,
+        "killed after the scale-up ended ({at_kill}): nothing was tested"
+    );
+    let again = json_of(&run(
+        state.path(),
+        &["-n", &ns.name, "-o", "json", "scale", &name, &N.to_string()],
+    ));
+    assert_eq!(
+        again["created"].as_array().unwrap().len(),
+        N - at_kill,
+        "{again}"
+    );
+    assert_exact_workers(&ns, &name, N).await;
+    let started = Instant::now();
+    ns.pods()
+        .delete(&name, &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_for("the garbage collector to remove every pod", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
+    eprintln!(
+        "FIGURE fault 6 (SIGKILL mid scale 0 -> {N}): killed at {at_kill} pods, second scale made {} \
+         (exactly {N}); 0 pods {:.1}s after deleting the scheduler pod",
+        N - at_kill,
+        started.elapsed().as_secs_f64()
+    );
+    ns.delete().await;
+}
+
+/// Starts a detached cluster of small real workers; returns (name, scheduler address).
+fn up_small(state: &Path, ns: &str, extra: &[&str]) -> (String, String) {
+    let small = fixture("small-worker.yml");
+    let mut args = vec![
+        "-n",
+        ns,
+        "-o",
+        "json",
+        "up",
+        "-f",
+        small.to_str().unwrap(),
+        "--detach",
+    ];
+    args.extend_from_slice(extra);
+    let up = json_of(&run(state, &args));
+    (
+        up["name"].as_str().unwrap().to_owned(),
+        up["scheduler_address"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// 7. Scale-down while workers hold the intermediate results of a running computation: every
+/// retired worker's data moves first, so 0 keys are lost, 0 tasks run twice and the result is
+/// exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn scale_down_during_a_computation_loses_no_key_and_recomputes_nothing() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-down").await;
+    let state = tempfile::tempdir().unwrap();
+    let (name, address) = up_small(state.path(), &ns.name, &["--workers", "4"]);
+    let started = Instant::now();
+    let out = Command::new(python())
+        .arg(fixture("fault_client.py"))
+        .args(["scale-down", &address, "40", "--"])
+        .arg(env!("CARGO_BIN_EXE_dask-kube"))
+        .args(["-n", &ns.name, "scale", &name, "1"])
+        .env("KUBECONFIG", common::kubeconfig())
+        .env("XDG_STATE_HOME", state.path())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "fault_client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("{seen:#}");
+    assert_eq!(seen["scale_rc"], 0, "the scale-down succeeded: {seen}");
+    assert!(
+        seen["workers_holding_parts_before"].as_u64().unwrap() > 1,
+        "the data was spread over several workers: {seen}"
+    );
+    assert_eq!(seen["total"], seen["expected"], "exact result: {seen}");
+    assert_eq!(seen["recomputed"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["lost_keys"], serde_json::json!([]), "{seen}");
+    assert_eq!(ns.running_workers(&name).await, 1);
+    eprintln!(
+        "FIGURE fault 7 (scale 4 -> 1 during a computation over 40 persisted parts): 0 lost keys, \
+         0 recomputed of {} task runs, exact result, {:.1}s",
+        seen["executions"],
+        took.as_secs_f64()
+    );
+    let down = run(state.path(), &["-n", &ns.name, "down", &name]);
+    assert!(down.status.success());
+    ns.delete().await;
+}
+
+/// The pids of a pod's processes on this machine (the node agent runs containers as processes
+/// with the pod's name as HOSTNAME).
+fn pod_processes(pod: &str) -> Vec<i32> {
+    let marker = format!("HOSTNAME={pod}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+        })
+        .collect()
+}
+
+/// The `dask scheduler` process of scheduler pod `pod`.
+fn scheduler_process(pod: &str) -> i32 {
+    pod_processes(pod)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("scheduler"))
+        })
+        .unwrap_or_else(|| panic!("no scheduler process for pod {pod}"))
+}
+
+fn restart_counts(pods: &[Pod]) -> i32 {
+    pods.iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum()
+}
+
+/// 4. The scheduler pod is deleted mid-computation: the workers go with it and are not
+/// restarted; dask-kube (CLI and library) reports the cluster gone; the detached supervisor
+/// exits; nothing remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn deleting_the_scheduler_mid_computation_ends_the_cluster_and_leaves_nothing() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-sched").await;
+    let state = tempfile::tempdir().unwrap();
+    let (name, address) = up_small(state.path(), &ns.name, &["--workers", "2"]);
+    let supervisor_state = state
+        .path()
+        .join(format!("dask-kube/{}_{name}.json", ns.name));
+    assert!(supervisor_state.exists(), "{}", supervisor_state.display());
+    let mut load = Command::new(python())
+        .arg(fixture("dask_client.py"))
+        .args(["load", &address, "8", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let started = Instant::now();
+    ns.pods()
+        .delete(&name, &DeleteParams::background())
+        .await
+        .unwrap();
+    let restarts = std::sync::atomic::AtomicI32::new(0);
+    wait_for("every pod of the cluster to be gone", || async {
+        let pods = ns
+            .pods()
+            .list(&ListParams::default().labels("app=dask"))
+            .await
+            .unwrap();
+        restarts.fetch_max(
+            restart_counts(&pods.items),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        pods.items.is_empty()
+    })
+    .await;
+    let restarts = restarts.into_inner();
+    let gone = started.elapsed();
+    assert_eq!(restarts, 0, "no worker container was restarted");
+    wait_for("the detached supervisor to exit", || async {
+        !supervisor_state.exists()
+    })
+    .await;
+    let supervisor_gone = started.elapsed();
+    let _ = load.kill();
+    let _ = load.wait();
+    let scale = run(state.path(), &["-n", &ns.name, "scale", &name, "3"]);
+    let stderr = String::from_utf8_lossy(&scale.stderr);
+    assert!(
+        !scale.status.success() && stderr.contains(&name),
+        "{stderr}"
+    );
+    let listed = json_of(&run(state.path(), &["-n", &ns.name, "-o", "json", "list"]));
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["name"] != name.as_str()),
+        "{listed}"
+    );
+    let connected =
+        dask_kube::KubeCluster::connect(&name, Some(&ns.name), dask_kube::Access::Auto, 0, None)
+            .await;
+    let message = connected
+        .err()
+        .expect("the library reports it gone")
+        .to_string();
+    assert!(message.contains(&name), "{message}");
+    assert!(
+        ns.pod_names("app=dask").await.is_empty() && pod_processes(&name).is_empty(),
+        "nothing remains"
+    );
+    eprintln!(
+        "FIGURE fault 4 (scheduler pod deleted mid-computation): 0 pods {:.1}s after, 0 restarts, \
+         supervisor gone after {:.1}s; CLI: {}",
+        gone.as_secs_f64(),
+        supervisor_gone.as_secs_f64(),
+        stderr.lines().last().unwrap_or_default()
+    );
+    ns.delete().await;
+}
+
+/// 9. The scheduler stops answering (its process is paused) while adapt runs: no scale
+/// decision is taken on missing data; once it answers again, adapt follows the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
+    const PAUSE: Duration = Duration::from_secs(30);
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-slow").await;
+    let state = tempfile::tempdir().unwrap();
+    let (name, address) = up_small(
+        state.path(),
+        &ns.name,
+        &["--workers", "2", "--adapt", "1:3"],
+    );
+    // Adapt settles (2 idle workers -> 1) before the scheduler is paused.
+    wait_for("adapt to settle at 1 worker", || async {
+        worker_pods(&ns, &name).await.is_some_and(|p| p.len() == 1)
+            && ns.running_workers(&name).await == 1
+    })
+    .await;
+    let before: BTreeSet<String> = worker_pods(&ns, &name)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let scheduler = Pid::from_raw(scheduler_process(&name));
+    kill(scheduler, Signal::SIGSTOP).unwrap();
+    let paused = Instant::now();
+    let mut changes = 0;
+    while paused.elapsed() < PAUSE {
+        let now: BTreeSet<String> = worker_pods(&ns, &name)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        if now != before {
+            changes += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    kill(scheduler, Signal::SIGCONT).unwrap();
+    assert_eq!(
+        changes, 0,
+        "adapt changed the workers while the scheduler did not answer"
+    );
+    let mut load = Command::new(python())
+        .arg(fixture("dask_client.py"))
+        .args(["load", &address, "12", "20"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let resumed = wait_for("adapt to scale up under load after the pause", || async {
+        ns.running_workers(&name).await >= 2
+    })
+    .await;
+    let _ = load.kill();
+    let _ = load.wait();
+    eprintln!(
+        "FIGURE fault 9 (scheduler paused {}s while adapting 1:3): 0 scale decisions during the pause; \
+         scaled up {:.1}s after load arrived once it answered",
+        PAUSE.as_secs(),
+        resumed.as_secs_f64()
+    );
+    let down = run(state.path(), &["-n", &ns.name, "down", &name]);
+    assert!(down.status.success());
+    ns.delete().await;
+}
+
+/// 8. The node agent is restarted under running pods: each pod keeps running or is reported
+/// failed (never silently lost), no container runs twice, and the status converges; `down`
+/// then leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn node_agent_restart_under_running_pods_reports_them_and_duplicates_nothing() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-node").await;
+    let state = tempfile::tempdir().unwrap();
+    let (name, _) = up_small(state.path(), &ns.name, &["--workers", "2"]);
+    let pods_before = ns.pod_names("app=dask").await;
+    assert_eq!(pods_before.len(), 3);
+    let started = Instant::now();
+    let mut agent = blocking(|| Stopped::stop("node-agent")).await;
+    let agent = blocking(move || {
+        agent.start(&[]);
+        agent
+    })
+    .await;
+    drop(agent);
+    let restarted = started.elapsed();
+    let phases = std::sync::Mutex::new(Vec::new());
+    let converged = wait_for(
+        "every pod to be Running again or reported Failed",
+        || async {
+            let Ok(pods) = ns
+                .pods()
+                .list(&ListParams::default().labels("app=dask"))
+                .await
+            else {
+                return false;
+            };
+            let now: Vec<(String, String)> = pods
+                .items
+                .iter()
+                .map(|p| {
+                    (
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.phase.clone())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let done = now.len() == 3
+                && now
+                    .iter()
+                    .all(|(_, phase)| phase == "Running" || phase == "Failed");
+            *phases.lock().unwrap() = now;
+            done
+        },
+    )
+    .await;
+    let phases = phases.into_inner().unwrap();
+    for (pod, phase) in &phases {
+        let processes = pod_processes(pod);
+        match phase.as_str() {
+            "Failed" => assert!(
+                processes.is_empty(),
+                "{pod} is Failed but runs {processes:?}"
+            ),
+            _ => assert!(!processes.is_empty(), "{pod} is Running without a process"),
+        }
+    }
+    let pods = ns
+        .pods()
+        .list(&ListParams::default().labels("app=dask"))
+        .await
+        .unwrap();
+    assert_eq!(restart_counts(&pods.items), 0, "no container ran twice");
+    let down = run(state.path(), &["-n", &ns.name, "down", &name]);
+    assert!(down.status.success(), "down cleans up after the restart");
+    assert!(ns.pod_names("app=dask").await.is_empty());
+    eprintln!(
+        "FIGURE fault 8 (node agent restarted under 3 running pods): agent back after {:.1}s, status \
+         converged {:.1}s later: {:?}; 0 duplicate processes; down left nothing",
+        restarted.as_secs_f64(),
+        converged.as_secs_f64(),
+        phases.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>()
+    );
+    ns.delete().await;
+}
+
+/// 5. A worker exceeds its memory limit mid-computation (OOMKilled, exit 137): Dask recomputes
+/// what it held, the result is exact, and adapt replaces the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn an_oom_killed_worker_is_recomputed_and_replaced() {
+    let Some(kube) = cluster().await else { return };
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-oom").await;
+    let state = tempfile::tempdir().unwrap();
+    let oom = fixture("oom-worker.yml");
+    let up = json_of(&run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            oom.to_str().unwrap(),
+            "--workers",
+            "3",
+            "--adapt",
+            "3:3",
+            "--detach",
+        ],
+    ));
+    let name = up["name"].as_str().unwrap().to_owned();
+    let address = up["scheduler_address"].as_str().unwrap().to_owned();
+    let workers: Vec<String> = ns.pod_names(&worker_selector(&name)).await;
+    let victim = workers[0].clone();
+    let mut client = Command::new(python())
+        .arg(fixture("fault_client.py"))
+        .args(["oom", &address, &victim, "12"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut oom_killed = None;
+    while client.try_wait().unwrap().is_none() {
+        if oom_killed.is_none()
+            && let Ok(Some(pod)) = ns.pods().get_opt(&victim).await
+        {
+            let terminated = pod
+                .status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .find_map(|c| c.state.as_ref()?.terminated.clone());
+            if let Some(t) = terminated {
+                oom_killed = Some((t.reason.unwrap_or_default(), t.exit_code, started.elapsed()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "fault_client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("{seen:#}");
+    let (reason, exit_code, killed_after) = oom_killed.expect("the victim's container ended");
+    assert_eq!((reason.as_str(), exit_code), ("OOMKilled", 137));
+    assert_eq!(seen["total"], seen["expected"], "exact result: {seen}");
+    let replaced = wait_for("adapt to replace the OOM-killed worker", || async {
+        let names = ns.pod_names(&worker_selector(&name)).await;
+        ns.running_workers(&name).await == 3 && !names.contains(&victim)
+    })
+    .await;
+    eprintln!(
+        "FIGURE fault 5 (a worker past its memory limit): OOMKilled/137 after {:.1}s, exact result, \
+         {} task(s) recomputed, replaced by adapt {:.1}s after the client finished",
+        killed_after.as_secs_f64(),
+        seen["recomputed"].as_array().map_or(0, Vec::len),
+        replaced.as_secs_f64()
+    );
+    let down = run(state.path(), &["-n", &ns.name, "down", &name]);
+    assert!(down.status.success());
+    ns.delete().await;
+}
