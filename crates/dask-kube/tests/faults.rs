@@ -650,8 +650,9 @@ async fn deleting_the_scheduler_mid_computation_ends_the_cluster_and_leaves_noth
     ns.delete().await;
 }
 
-/// 9. The scheduler stops answering (its process is paused) while adapt runs: no scale
-/// decision is taken on missing data; once it answers again, adapt follows the load.
+/// 9. The scheduler stops answering (its process is paused) while adapt runs under load: no
+/// scale decision is taken on missing data (an adapt loop that read "no answer" as "no load"
+/// would retire the busy workers); once it answers again, adapt follows the load down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
@@ -660,15 +661,16 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-slow").await;
     let state = tempfile::tempdir().unwrap();
-    let (name, address) = up_small(
-        state.path(),
-        &ns.name,
-        &["--workers", "2", "--adapt", "1:3"],
-    );
-    // Adapt settles (2 idle workers -> 1) before the scheduler is paused.
-    wait_for("adapt to settle at 1 worker", || async {
-        worker_pods(&ns, &name).await.is_some_and(|p| p.len() == 1)
-            && ns.running_workers(&name).await == 1
+    let (name, address) = up_small(state.path(), &ns.name, &["--adapt", "1:3"]);
+    let mut load = Command::new(python())
+        .arg(fixture("dask_client.py"))
+        .args(["load", &address, "12", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("adapt to scale up to 3 busy workers", || async {
+        ns.running_workers(&name).await == 3
     })
     .await;
     let before: BTreeSet<String> = worker_pods(&ns, &name)
@@ -698,22 +700,15 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
         changes, 0,
         "adapt changed the workers while the scheduler did not answer"
     );
-    let mut load = Command::new(python())
-        .arg(fixture("dask_client.py"))
-        .args(["load", &address, "12", "20"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let resumed = wait_for("adapt to scale up under load after the pause", || async {
-        ns.running_workers(&name).await >= 2
-    })
-    .await;
     let _ = load.kill();
     let _ = load.wait();
+    let resumed = wait_for("adapt to scale down once the load is gone", || async {
+        worker_pods(&ns, &name).await.is_some_and(|p| p.len() == 1)
+    })
+    .await;
     eprintln!(
-        "FIGURE fault 9 (scheduler paused {}s while adapting 1:3): 0 scale decisions during the pause; \
-         scaled up {:.1}s after load arrived once it answered",
+        "FIGURE fault 9 (scheduler paused {}s while adapting 1:3 under load): 0 scale decisions during \
+         the pause (3 busy workers kept); scaled down to 1 {:.1}s after the load ended",
         PAUSE.as_secs(),
         resumed.as_secs_f64()
     );
@@ -768,26 +763,20 @@ async fn node_agent_restart_under_running_pods_reports_them_and_duplicates_nothi
                     )
                 })
                 .collect();
+            // Converged: every pod reported Failed with no process left, or Running with
+            // its process (a stale Running from before the restart does not count).
             let done = now.len() == 3
-                && now
-                    .iter()
-                    .all(|(_, phase)| phase == "Running" || phase == "Failed");
+                && now.iter().all(|(pod, phase)| match phase.as_str() {
+                    "Failed" => pod_processes(pod).is_empty(),
+                    "Running" => !pod_processes(pod).is_empty(),
+                    _ => false,
+                });
             *phases.lock().unwrap() = now;
             done
         },
     )
     .await;
     let phases = phases.into_inner().unwrap();
-    for (pod, phase) in &phases {
-        let processes = pod_processes(pod);
-        match phase.as_str() {
-            "Failed" => assert!(
-                processes.is_empty(),
-                "{pod} is Failed but runs {processes:?}"
-            ),
-            _ => assert!(!processes.is_empty(), "{pod} is Running without a process"),
-        }
-    }
     let pods = ns
         .pods()
         .list(&ListParams::default().labels("app=dask"))
@@ -827,8 +816,6 @@ async fn an_oom_killed_worker_is_recomputed_and_replaced() {
             "up",
             "-f",
             oom.to_str().unwrap(),
-            "--workers",
-            "3",
             "--adapt",
             "3:3",
             "--detach",
