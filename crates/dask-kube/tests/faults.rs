@@ -203,7 +203,8 @@ async fn api_server_restart_in_the_middle_of_a_scale_up_leaves_the_exact_count()
     ns.delete().await;
 }
 
-/// Strict API Priority and Fairness for one service account: its pod calls get one seat,
+/// Strict API Priority and Fairness for one service account: its pod calls get the fewest seats
+/// (nominalConcurrencyShares 1: 3 seats on the local cluster),
 /// and whatever does not fit is rejected at once with 429 (no queueing). Removed when dropped.
 struct StrictFlowSchema {
     name: String,
@@ -269,7 +270,7 @@ fn kubectl_stdin(args: &[&str], input: &str) {
     );
 }
 
-/// 3. Throttling: API Priority and Fairness gives dask-kube's service account one seat for pods
+/// 3. Throttling: API Priority and Fairness gives dask-kube's service account 3 seats for pods
 /// and rejects the rest with 429 at once: scale 0 -> N still ends with exactly N pods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
@@ -304,11 +305,11 @@ async fn a_throttling_api_server_still_gets_the_exact_count() {
     assert_eq!(report.created.len(), N, "{:?}", report.failed);
     assert!(
         report.retried > 0,
-        "one seat for pod calls must have throttled {N} concurrent creates: {report:?}"
+        "3 seats for pod calls must have throttled {N} concurrent creates: {report:?}"
     );
     assert_exact_workers(&ns, &name, N).await;
     eprintln!(
-        "FIGURE fault 3 (APF: one seat, excess rejected with 429): {N}/{N} pods exact in {:.1}s, \
+        "FIGURE fault 3 (APF: 3 seats, excess rejected with 429): {N}/{N} pods exact in {:.1}s, \
          {} creates throttled and retried",
         took.as_secs_f64(),
         report.retried
