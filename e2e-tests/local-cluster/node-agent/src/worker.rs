@@ -44,6 +44,11 @@ const MIN_GRACE: Duration = Duration::from_secs(2);
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Retry delay for container config errors (missing ConfigMap, ...).
 const CONFIG_RETRY: Duration = Duration::from_secs(10);
+/// First retry delay for volumes that cannot be written yet (doubling, like the kubelet's
+/// volume manager, up to [`MOUNT_RETRY_MAX`]).
+const MOUNT_RETRY: Duration = Duration::from_millis(500);
+/// Upper bound of the volume retry delay.
+const MOUNT_RETRY_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -109,6 +114,8 @@ pub struct PodWorker {
     exits_rx: mpsc::UnboundedReceiver<ExitEvent>,
     epoch: Instant,
     volumes: PodVolumes,
+    /// The next delay of volume set-up retries.
+    mount_retry: Duration,
 }
 
 fn restart_policy(pod: &Pod) -> &str {
@@ -238,6 +245,7 @@ impl PodWorker {
             exits_rx,
             epoch: Instant::now(),
             volumes,
+            mount_retry: MOUNT_RETRY,
         }
     }
 
@@ -741,14 +749,20 @@ impl PodWorker {
         if !self.volumes.synced()
             && let Err(e) = self.sync_volumes().await
         {
-            // The kubelet keeps such a pod in ContainerCreating with a FailedMount event.
+            // The kubelet keeps such a pod in ContainerCreating with a FailedMount event and
+            // retries soon (a new namespace gets its kube-root-ca.crt a moment after the pod).
+            warn!(pod = %pod_label, error = %e, "volumes not ready");
             self.ctx
                 .pod_event(&self.pod, true, "FailedMount", e.to_string());
-            let e = match e {
-                e @ (Error::ContainerConfig(_) | Error::Kube { .. }) => e,
-                other => Error::ContainerConfig(other.to_string()),
-            };
-            self.start_failed(kind, idx, e);
+            let delay = self.mount_retry;
+            self.mount_retry = (delay * 2).min(MOUNT_RETRY_MAX);
+            if let Some(slot) = self.slot_mut(kind, idx) {
+                slot.record.state = State::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: Some(e.to_string()),
+                };
+                slot.start_at = Some(Instant::now() + delay);
+            }
             return;
         }
         let spec = match self.launch_spec(kind, idx).await {
