@@ -56,6 +56,7 @@ esac
 
 [[ "$(id -u)" == 0 ]] || die "the node agent needs root (network namespaces, bridge, bind mounts)"
 command -v ip >/dev/null || die "iproute2 (ip) is required"
+command -v nft >/dev/null || die "nftables (nft) is required: ClusterIP Services are DNATed with it (e2e-tests/setup.sh installs it)"
 
 # ---- build (cargo decides what is stale); dask-kube too: the dask-kube image maps to it
 if command -v cargo >/dev/null 2>&1; then

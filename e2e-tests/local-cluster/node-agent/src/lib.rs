@@ -14,6 +14,7 @@ pub mod cleanup;
 pub mod config;
 pub mod container_init;
 pub mod context;
+pub mod dnat;
 pub mod dns;
 pub mod downward;
 pub mod error;

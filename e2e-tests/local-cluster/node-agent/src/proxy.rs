@@ -1,19 +1,14 @@
-//! The node's service proxy: what kube-proxy does for ClusterIPs, in user space.
+//! The node's service proxy: what kube-proxy does for ClusterIPs.
 //!
 //! Every pod routes the Service CIDRs to this agent's proxy namespace (`dk-<tag>-svc`), where
-//! the CIDRs are local routes. For each TCP ClusterIP:port with at least one endpoint the
-//! proxy listens there; an accepted connection is forwarded from the host's namespace to a
-//! backend (round robin, or by client IP with `sessionAffinity: ClientIP`), trying the next
-//! backend when a connect fails. A ClusterIP:port without endpoints has no listener, so a
+//! the CIDRs are local routes and IPv4 forwarding is on (in that namespace only). Frontends
+//! whose endpoints are pods are DNATed there with nftables ([`crate::dnat`]), as kube-proxy's
+//! nftables mode does, so a client gets the endpoint's own answer to its handshake, "connection
+//! refused" included. The one frontend the proxy namespace cannot reach, the `kubernetes`
+//! Service (the apiserver listens on the host's 127.0.0.1), is served in user space: a listener
+//! on its ClusterIP:port in the proxy namespace, each accepted connection forwarded from the
+//! host's namespace. A ClusterIP:port without endpoints has neither a rule nor a listener, so a
 //! client gets "connection refused" at once, as kube-proxy's REJECT rule gives it.
-//!
-//! Why user space and not DNAT: the `kubernetes` Service's backend is the apiserver on the
-//! host's 127.0.0.1 (DNAT there needs `route_localnet` and masquerading), hairpin traffic to a
-//! pod on the same bridge needs masquerading or `br_netfilter`, this host forwards nothing
-//! (`ip_forward=0`) and ships no iptables/nft binary; the proxy needs none of that and
-//! everything it creates lives in the instance's own namespace, removed with it. The costs:
-//! TCP only, backends see the bridge address as the client (like a masquerading kube-proxy),
-//! and one more copy per byte (see the README for measured latency).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -27,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::dnat;
 use crate::error::{Error, Result};
 use crate::netns::PodNetwork;
 use crate::services::{Frontend, backend_order};
@@ -39,11 +35,43 @@ struct Listener {
     cancel: CancellationToken,
 }
 
-/// The listeners of one agent's proxy namespace.
+/// The DNAT table and user-space listeners of one agent's proxy namespace.
 pub struct ServiceProxy {
+    netns: String,
     netns_path: PathBuf,
     listeners: HashMap<SocketAddrV4, Listener>,
+    /// The ruleset last loaded; `None` after a failed load, so the next reconcile retries.
+    applied: Option<String>,
     cancel: CancellationToken,
+}
+
+/// Turns IPv4 forwarding on inside the network namespace at `netns_path` (DNATed packets leave
+/// the proxy namespace through the interface they came in by).
+///
+/// `/proc/sys/net` shows the namespace of the thread that opens it: a short-lived thread enters
+/// the namespace and writes the switch, so the host's own setting is never touched.
+async fn enable_forwarding(netns_path: PathBuf) -> Result<()> {
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        std::thread::spawn(move || -> Result<()> {
+            let ns = std::fs::File::open(&netns_path)
+                .map_err(|e| Error::io(format!("opening {}", netns_path.display()), e))?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::sys(format!("entering {}", netns_path.display()), e))?;
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
+                Error::io(
+                    format!(
+                        "turning on IPv4 forwarding in {} (ClusterIP DNAT)",
+                        netns_path.display()
+                    ),
+                    e,
+                )
+            })
+        })
+        .join()
+        .map_err(|_| Error::Network("the forwarding thread panicked".into()))?
+    })
+    .await
+    .map_err(|e| Error::Network(format!("the forwarding task failed: {e}")))?
 }
 
 /// Binds a listener inside the network namespace at `netns_path`.
@@ -132,23 +160,51 @@ async fn forward(
 }
 
 impl ServiceProxy {
-    /// Creates the proxy namespace on the agent's bridge.
+    /// Creates the proxy namespace on the agent's bridge, turns forwarding on there and loads
+    /// an empty DNAT table (which fails at once, with nft's message, where nftables is missing).
     pub async fn start(network: &PodNetwork, cancel: CancellationToken) -> Result<Self> {
         let ns = network.create_proxy_netns().await?;
+        let netns_path = PodNetwork::netns_path(&ns);
+        let empty = dnat::render_ruleset(&BTreeMap::new());
+        let ready = async {
+            enable_forwarding(netns_path.clone()).await?;
+            dnat::apply(&ns, &empty).await
+        };
+        if let Err(e) = ready.await {
+            network.destroy_netns(&ns).await;
+            return Err(e);
+        }
         Ok(Self {
-            netns_path: PodNetwork::netns_path(&ns),
+            netns: ns,
+            netns_path,
             listeners: HashMap::new(),
+            applied: Some(empty),
             cancel,
         })
     }
 
-    /// Listens on every frontend that has backends and on nothing else.
+    /// DNATs every frontend whose endpoints are reachable from the proxy namespace, listens on
+    /// the others that have backends, and does nothing for the rest.
     pub async fn reconcile(&mut self, desired: BTreeMap<SocketAddrV4, Frontend>) {
         let started = std::time::Instant::now();
+        let ruleset = dnat::render_ruleset(&desired);
+        let mut dnat_changed = false;
+        if self.applied.as_deref() != Some(ruleset.as_str()) {
+            match dnat::apply(&self.netns, &ruleset).await {
+                Ok(()) => {
+                    dnat_changed = true;
+                    self.applied = Some(ruleset);
+                }
+                Err(e) => {
+                    self.applied = None;
+                    warn!(netns = %self.netns, error = %e, "cannot load the ClusterIP DNAT rules (retried on the next change)");
+                }
+            }
+        }
         let (mut added, mut removed, mut updated) = (0usize, 0usize, 0usize);
         let wanted: BTreeMap<SocketAddrV4, Frontend> = desired
             .into_iter()
-            .filter(|(_, f)| !f.backends.is_empty())
+            .filter(|(_, f)| !f.backends.is_empty() && dnat::needs_user_space(f))
             .collect();
         let stale: Vec<SocketAddrV4> = self
             .listeners
@@ -195,8 +251,9 @@ impl ServiceProxy {
                 }
             }
         }
-        if added + removed + updated > 0 {
+        if dnat_changed || added + removed + updated > 0 {
             info!(
+                dnat_changed,
                 listeners = self.listeners.len(),
                 added,
                 removed,

@@ -700,7 +700,7 @@ async fn service_endpoints_follow_pods_going_away_and_coming() {
     })
     .await;
 
-    // The only endpoint goes: no listener is left, so connections are refused (as kube-proxy's
+    // The only endpoint goes: no DNAT rule is left, so connections are refused (as kube-proxy's
     // REJECT rule for a Service without endpoints does).
     let t_delete = unix_now();
     env.pods()
@@ -750,6 +750,88 @@ async fn service_endpoints_follow_pods_going_away_and_coming() {
         .map(|(_, w)| w.as_str())
         .collect();
     assert_eq!(after_second, ["second"], "{log}");
+}
+
+/// An endpoint that is in the Service but does not listen yet: the client's connect is refused
+/// (the endpoint's own RST, as kube-proxy's DNAT gives it), never accepted and then reset, and
+/// the same client connects once the endpoint listens.
+#[tokio::test]
+async fn cluster_ip_refuses_until_the_endpoint_listens_then_connects() {
+    let Some(env) = TestEnv::new("late").await else {
+        return;
+    };
+    let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    svcs.create(
+        &PostParams::default(),
+        &fixture(
+            "greeter-service.yaml",
+            &[
+                ("NAME", "late"),
+                ("APP", "late"),
+                ("PORT", "80"),
+                ("TARGET", "greet"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    env.create_pod(&fixture(
+        "late-greeter.yaml",
+        &[("NAME", "late-greeter"), ("APP", "late"), ("DELAY", "6")],
+    ))
+    .await;
+    env.wait_pod("late-greeter", "Ready", is_ready).await;
+    env.create_pod(&fixture("svc-prober.yaml", &[("TARGET", "late:80")]))
+        .await;
+    let log = wait_logs(&env, "svc-prober", "answer once it listens", |l| {
+        probes(l).iter().any(|(_, w)| w == "late-greeter")
+    })
+    .await;
+    let answers: Vec<String> = probes(&log).into_iter().map(|(_, w)| w).collect();
+    assert_eq!(
+        answers,
+        ["refused", "late-greeter"],
+        "refused while nothing listens (no accept-then-reset: `empty`/`error:...`), then answered:\n{log}"
+    );
+}
+
+/// A real nanny worker created with its scheduler, before the scheduler listens behind its
+/// Service, retries its refused connects and registers once the scheduler is up (dask-kube
+/// creates workers together with the scheduler).
+#[tokio::test]
+async fn dask_worker_started_before_its_scheduler_registers_through_the_service() {
+    let Some(env) = TestEnv::new("early").await else {
+        return;
+    };
+    let _: Service = create(
+        &env,
+        serde_json::json!({
+            "metadata": {"name": "late-scheduler"},
+            "spec": {
+                "selector": {"app": "late-scheduler"},
+                "ports": [{"name": "tcp-comm", "port": 8786, "targetPort": "tcp-comm"}],
+            },
+        }),
+    )
+    .await;
+    env.create_pod(&fixture("late-scheduler.yaml", &[("DELAY", "8")]))
+        .await;
+    env.create_pod(&fixture("early-worker.yaml", &[])).await;
+    let worker_log = wait_logs(&env, "early-worker", "registration", |l| {
+        l.contains("Registered to") || l.contains("failed to start")
+    })
+    .await;
+    assert!(
+        worker_log.contains("Registered to") && !worker_log.contains("failed to start"),
+        "{worker_log}"
+    );
+    let scheduler_log = wait_logs(&env, "late-scheduler", "the worker", |l| {
+        l.contains("Register worker")
+    })
+    .await;
+    assert!(scheduler_log.contains("Scheduler at"), "{scheduler_log}");
+    let worker = env.pods().get("early-worker").await.unwrap();
+    assert_eq!(phase(&worker), "Running", "{worker_log}");
 }
 
 fn unix_now() -> f64 {
