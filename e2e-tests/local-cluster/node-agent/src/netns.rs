@@ -1,10 +1,10 @@
 //! Pod networking with iproute2: one network namespace per pod, a veth pair into the agent's
 //! Linux bridge, addresses from the agent's subnet.
 //!
-//! Nothing is routed or NATed beyond the subnet: pods get the connected route of the bridge
-//! and a route for each Service CIDR via the service proxy's namespace (`dk-<tag>-svc`, the
-//! subnet's last address), so a pod reaches other pods of this agent, the host's bridge
-//! address and ClusterIPs, nothing else.
+//! Nothing is routed beyond the subnet: pods get the connected route of the bridge and a route
+//! for each Service CIDR via the service proxy's namespace (`dk-<tag>-svc`, the subnet's last
+//! address, the only place that forwards and NATs: [`crate::dnat`]), so a pod reaches other
+//! pods of this agent, the host's bridge address and ClusterIPs, nothing else.
 
 use std::path::{Path, PathBuf};
 
