@@ -247,10 +247,17 @@ where
         // Own session: the terminal's Ctrl-C and hangup do not reach the supervisor.
         let _ = nix::unistd::setsid();
     }
+    // Inside the cluster (a notebook pod) the scheduler's Service is the address to print,
+    // as for every other command there; local listeners only when asked for by port.
+    let access = if options.local_port == 0 && options.dashboard_port == 0 {
+        Access::Auto
+    } else {
+        Access::PortForward
+    };
     let mut cluster = KubeCluster::connect_with_ports(
         name,
         namespace,
-        Access::PortForward,
+        access,
         options.local_port,
         options.dashboard_port,
         None,

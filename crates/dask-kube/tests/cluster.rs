@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
 
 mod common;
+mod in_cluster;
 
 use common::{SERIAL, TestNamespace, client, cluster, dask_kube, fixture, run, wait_for};
 use dask_kube::{KubeCluster, PodTemplate};

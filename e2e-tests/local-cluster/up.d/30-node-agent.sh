@@ -15,7 +15,8 @@
 #   DASK_VENV                 python venv for dask images (default ~/.cache/dask-on-k8s/venv;
 #                             created from e2e-tests/requirements.txt when missing)
 #   DASK_NODE_AGENT_CONFIG    image mapping file (default $STATE_DIR/node-agent/images.yaml,
-#                             written from the built-in mapping when missing)
+#                             written from the built-in mapping when missing, and rewritten
+#                             when the built-in mapping changed and nobody edited the file)
 #   DASK_NODE_AGENT_PROFILE   cargo profile (default dev; release-host is faster)
 #   DASK_NODE_AGENT_TIMEOUT   seconds to wait for the Node to be Ready (default 60)
 #   DASK_NODE_AGENT_SKIP=1    do nothing (a cluster without a node)
@@ -55,18 +56,20 @@ esac
 
 [[ "$(id -u)" == 0 ]] || die "the node agent needs root (network namespaces, bridge, bind mounts)"
 command -v ip >/dev/null || die "iproute2 (ip) is required"
+command -v nft >/dev/null || die "nftables (nft) is required: ClusterIP Services are DNATed with it (e2e-tests/setup.sh installs it)"
 
-# ---- build (cargo decides what is stale)
+# ---- build (cargo decides what is stale); dask-kube too: the dask-kube image maps to it
 if command -v cargo >/dev/null 2>&1; then
-  log "building node-agent ($PROFILE)"
+  log "building node-agent and dask-kube ($PROFILE)"
   # One package set for every host binary (see 20-policy-webhook.sh and the Makefile).
   # shellcheck disable=SC2086
   (cd "$REPO_ROOT" && cargo build --quiet --profile "$PROFILE" ${DASK_K8S_HOST_BUILD:---workspace --all-targets}) ||
-    die "cargo build of the host binaries (node-agent) failed"
+    die "cargo build of the host binaries (node-agent, dask-kube) failed"
 else
-  log "cargo not found: using the existing binary"
+  log "cargo not found: using the existing binaries"
 fi
 [[ -x "$BIN" ]] || die "node-agent not found at $BIN"
+[[ -x "$(dirname "$BIN")/dask-kube" ]] || log "WARNING: no dask-kube next to $BIN: the dask-kube image will not start"
 
 # ---- python venv for the dask images
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -76,9 +79,25 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 
 mkdir -p "$PIDS_DIR" "$LOG_DIR" "$AGENT_DIR"
-if [[ ! -f "$CONFIG" ]]; then
-  "$BIN" default-config --venv "$VENV" >"$CONFIG.tmp" && mv -f "$CONFIG.tmp" "$CONFIG"
+# The built-in mapping (dask, python, dask-kube, host). A copy of what was generated last time
+# sits next to the default file: while the two are equal nobody edited it, so a newer built-in
+# mapping replaces it. A file given by DASK_NODE_AGENT_CONFIG is only written when missing.
+NEW="$AGENT_DIR/.images.yaml.new"
+GENERATED="$AGENT_DIR/.images.yaml.generated"
+"$BIN" default-config --venv "$VENV" --dask-kube-dir "$(dirname "$BIN")" >"$NEW" || die "node-agent default-config failed"
+if [[ "$CONFIG" == "$AGENT_DIR/images.yaml" && -f "$CONFIG" && ! -f "$GENERATED" ]] &&
+  [[ "$(head -n1 "$CONFIG")" == "$(head -n1 "$NEW")" ]] && ! cmp -s "$CONFIG" "$NEW"; then
+  # Written by an older hook that kept no copy: keep a backup and treat it as generated.
+  cp -f "$CONFIG" "$CONFIG.bak"
+  cp -f "$CONFIG" "$GENERATED"
+  log "the image mapping predates the generated copy; the old one is in $CONFIG.bak"
+fi
+if [[ ! -f "$CONFIG" ]] || { [[ "$CONFIG" == "$AGENT_DIR/images.yaml" ]] && cmp -s "$CONFIG" "$GENERATED" && ! cmp -s "$CONFIG" "$NEW"; }; then
+  [[ "$CONFIG" == "$AGENT_DIR/images.yaml" ]] && cp -f "$NEW" "$GENERATED"
+  mv -f "$NEW" "$CONFIG"
   log "wrote image mapping $CONFIG"
+else
+  rm -f "$NEW"
 fi
 
 # Recorded for the down hook (same names => it finds this instance's leftovers).

@@ -1,6 +1,6 @@
-//! The agent process: sets up the node, starts the kubelet API, watches pods, nodes and
-//! services, runs one [`PodWorker`] per pod bound to this node, and on shutdown stops every
-//! pod process and removes what it created.
+//! The agent process: sets up the node, starts the kubelet API, watches pods, nodes,
+//! services and EndpointSlices, runs the service proxy and one [`PodWorker`] per pod bound to
+//! this node, and on shutdown stops every pod process and removes what it created.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service, Taint};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::WatchStreamExt;
@@ -31,6 +33,7 @@ use crate::ipam::{Allocator, Subnet};
 use crate::memory::MemoryWatchdog;
 use crate::netns::{PodNetwork, instance_tag};
 use crate::node::{self, NodeSettings};
+use crate::proxy::ServiceProxy;
 use crate::registry::PodRegistry;
 use crate::scheduler::Scheduler;
 use crate::worker::PodWorker;
@@ -48,6 +51,10 @@ pub struct AgentOptions {
     pub config: Option<PathBuf>,
     /// The venv the built-in mapping points at.
     pub venv: PathBuf,
+    /// The directory with the dask-kube binary the built-in mapping points at.
+    pub dask_kube_dir: PathBuf,
+    /// Service CIDRs routed to the service proxy; empty: the cluster's ServiceCIDR objects.
+    pub service_cidrs: Vec<String>,
     /// Kubelet HTTPS port on 127.0.0.1.
     pub kubelet_port: u16,
     /// Pod subnet.
@@ -76,6 +83,12 @@ pub struct AgentOptions {
 
 /// Builds a client from a kubeconfig file.
 pub async fn client_from(kubeconfig: &std::path::Path) -> Result<Client> {
+    Ok(connect(kubeconfig).await?.0)
+}
+
+/// A client from a kubeconfig file, and the apiserver's address (the `kubernetes` Service's
+/// backend).
+pub async fn connect(kubeconfig: &std::path::Path) -> Result<(Client, SocketAddr)> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| Error::KubeConfig {
         context: format!("reading {}", kubeconfig.display()),
         source: e,
@@ -86,7 +99,79 @@ pub async fn client_from(kubeconfig: &std::path::Path) -> Result<Client> {
             context: format!("loading {}", kubeconfig.display()),
             source: e,
         })?;
-    Client::try_from(cfg).map_err(|e| Error::kube("building the client", e))
+    let url = cfg.cluster_url.clone();
+    let host = url
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .ok_or_else(|| Error::Network(format!("apiserver URL {url} has no host")))?;
+    let port = url.port_u16().unwrap_or(443);
+    let apiserver = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| Error::io(format!("resolving the apiserver host {host}"), e))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| Error::Network(format!("apiserver host {host} has no IPv4 address")))?;
+    let client = Client::try_from(cfg).map_err(|e| Error::kube("building the client", e))?;
+    Ok((client, apiserver))
+}
+
+/// Checks an IPv4 CIDR such as `10.96.0.0/16` (the form `ip route` takes).
+pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8)> {
+    let bad = |why: &str| Error::Network(format!("service CIDR {cidr:?}: {why}"));
+    let (addr, prefix) = cidr
+        .split_once('/')
+        .ok_or_else(|| bad("expected a.b.c.d/prefix"))?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad("bad prefix length"))?;
+    if !(1..=32).contains(&prefix) {
+        return Err(bad("prefix length must be between 1 and 32"));
+    }
+    if u32::from(addr) & !(u32::MAX << (32 - prefix)) != 0 {
+        return Err(bad("host bits are set"));
+    }
+    Ok((addr, prefix))
+}
+
+/// The Service CIDRs pods route to the proxy: `flags` if given, else the IPv4 CIDRs of the
+/// cluster's ServiceCIDR objects (the apiserver's `--service-cluster-ip-range` is one).
+async fn service_cidrs(
+    client: &Client,
+    flags: &[String],
+    pod_subnet: &Subnet,
+) -> Result<Vec<String>> {
+    let cidrs: Vec<String> = if flags.is_empty() {
+        let api: Api<ServiceCIDR> = Api::all(client.clone());
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| Error::kube("listing ServiceCIDRs (or pass --service-cidr)", e))?;
+        list.items
+            .iter()
+            .flat_map(|c| c.spec.iter().flat_map(|s| s.cidrs.iter().flatten()))
+            .filter(|c| c.contains('.'))
+            .cloned()
+            .collect()
+    } else {
+        flags.to_vec()
+    };
+    if cidrs.is_empty() {
+        return Err(Error::Network(
+            "the cluster has no IPv4 ServiceCIDR; pass --service-cidr".into(),
+        ));
+    }
+    for c in &cidrs {
+        let (addr, prefix) = parse_cidr(c)?;
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        let gw = u32::from(pod_subnet.gateway());
+        if (gw & mask) == u32::from(addr) || pod_subnet.contains(addr) {
+            return Err(Error::Network(format!(
+                "service CIDR {c} overlaps the pod subnet {pod_subnet}"
+            )));
+        }
+    }
+    let mut cidrs = cidrs;
+    cidrs.sort();
+    cidrs.dedup();
+    Ok(cidrs)
 }
 
 /// Holds an exclusive lock on the bridge for the agent's lifetime, so two agents never
@@ -149,6 +234,33 @@ async fn drive<K: Resource>(
                 Some(Err(e)) => warn!(resource = what, error = %e, "watch error (retrying)"),
                 None => return,
             }
+        }
+    }
+}
+
+/// Keeps the service proxy in sync with Services and EndpointSlices.
+#[allow(clippy::too_many_arguments)]
+async fn proxy_loop(
+    mut proxy: ServiceProxy,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    trigger: Arc<Notify>,
+    node_name: String,
+    apiserver: SocketAddr,
+    mut ready: Vec<watch::Receiver<bool>>,
+    cancel: CancellationToken,
+) {
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        ok = all_ready(&mut ready) => if !ok { return },
+    }
+    loop {
+        let desired =
+            crate::services::frontends(&services.state(), &slices.state(), &node_name, apiserver);
+        proxy.reconcile(desired).await;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = trigger.notified() => {}
         }
     }
 }
@@ -228,16 +340,18 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<()> {
     let images = match &opts.config {
         Some(path) => Config::load(path)?,
         None => Config::parse(
-            &config::default_yaml(&opts.venv),
+            &config::default_yaml(&opts.venv, &opts.dask_kube_dir),
             std::path::Path::new("<built-in>"),
         )?,
     };
-    let client = client_from(&opts.kubeconfig).await?;
+    let (client, apiserver) = connect(&opts.kubeconfig).await?;
+    let cidrs = service_cidrs(&client, &opts.service_cidrs, &opts.pod_subnet).await?;
     let (bridge_lock, lock_path) = lock_bridge(&opts.bridge)?;
     let network = PodNetwork {
         bridge: opts.bridge.clone(),
         subnet: opts.pod_subnet,
         tag: instance_tag(&opts.state_dir, &opts.node_name),
+        service_cidrs: cidrs,
     };
     let swept = cleanup::sweep(&opts.state_dir, &network).await;
     if swept != cleanup::Swept::default() {
@@ -248,6 +362,8 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<()> {
         );
     }
     network.ensure_bridge().await?;
+    let tasks_cancel = CancellationToken::new();
+    let proxy = ServiceProxy::start(&network, tasks_cancel.child_token()).await?;
     let version = client
         .apiserver_version()
         .await
@@ -276,7 +392,6 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<()> {
     let node_obj = node::register(&client, &settings).await?;
     let node_uid = node_obj.metadata.uid.clone().unwrap_or_default();
 
-    let tasks_cancel = CancellationToken::new();
     let pods_shutdown = CancellationToken::new();
     let registry = Arc::new(PodRegistry::default());
     let kubelet_cancel = tasks_cancel.child_token();
@@ -286,6 +401,11 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<()> {
             error!(error = %e, "kubelet api server failed");
         }
     });
+    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let (node_store, node_writer) = reflector::store::<Node>();
+    let (svc_store, svc_writer) = reflector::store::<Service>();
+    let (slice_store, slice_writer) = reflector::store::<EndpointSlice>();
+    let services_ready = readiness(svc_store.clone());
     let ctx = Arc::new(NodeContext {
         client: client.clone(),
         node_name: opts.node_name.clone(),
@@ -300,6 +420,8 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<()> {
         allocatable: capacity,
         shutdown_grace: opts.shutdown_grace,
         kubelet_events: recorder(client.clone(), "kubelet", &opts.node_name),
+        services: svc_store.clone(),
+        services_ready: services_ready.clone(),
     });
     tokio::spawn(ctx.watchdog.clone().run(tasks_cancel.child_token()));
     tokio::spawn(node::heartbeat(
@@ -311,9 +433,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<()> {
 
     let sched_trigger = Arc::new(Notify::new());
     let dns_trigger = Arc::new(Notify::new());
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let (node_store, node_writer) = reflector::store::<Node>();
-    let (svc_store, svc_writer) = reflector::store::<Service>();
+    let proxy_trigger = Arc::new(Notify::new());
     tokio::spawn(drive(
         watch_stream(Api::<Node>::all(client.clone()), node_writer),
         vec![sched_trigger.clone()],
@@ -322,13 +442,29 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> Result<()> {
     ));
     tokio::spawn(drive(
         watch_stream(Api::<Service>::all(client.clone()), svc_writer),
-        vec![dns_trigger.clone()],
+        vec![dns_trigger.clone(), proxy_trigger.clone()],
         "services",
+        tasks_cancel.child_token(),
+    ));
+    tokio::spawn(drive(
+        watch_stream(Api::<EndpointSlice>::all(client.clone()), slice_writer),
+        vec![proxy_trigger.clone()],
+        "endpointslices",
         tasks_cancel.child_token(),
     ));
     let pods_ready = readiness(pod_store.clone());
     let nodes_ready = readiness(node_store.clone());
-    let services_ready = readiness(svc_store.clone());
+    let slices_ready = readiness(slice_store.clone());
+    tokio::spawn(proxy_loop(
+        proxy,
+        svc_store.clone(),
+        slice_store,
+        proxy_trigger,
+        opts.node_name.clone(),
+        apiserver,
+        vec![services_ready.clone(), slices_ready],
+        tasks_cancel.child_token(),
+    ));
     tokio::spawn(dns_loop(
         ctx.clone(),
         svc_store,

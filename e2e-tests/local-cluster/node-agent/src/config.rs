@@ -191,12 +191,23 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// The default mapping written by the up hook, for a venv at `venv`.
-pub fn default_yaml(venv: &Path) -> String {
+/// The default mapping written by the up hook, for a venv at `venv` and the dask-kube binary
+/// in `dask_kube_dir`.
+pub fn default_yaml(venv: &Path, dask_kube_dir: &Path) -> String {
     format!(
         r#"# node-agent image mapping (see e2e-tests/local-cluster/node-agent/README.md).
 # First match wins. Images select a local environment; nothing is pulled.
 images:
+  - name: dask-kube
+    # dask-kube's image: the dask image plus the dask-kube binary as ENTRYPOINT, so a pod runs
+    # `args: [adapt, ...]`, and `command: [python, ...]` has dask and distributed.
+    match: ["ghcr.io/dask-on-k8s/dask-kube*"]
+    pathPrefix: ["{dask_kube_dir}", "{venv}/bin"]
+    env:
+      VIRTUAL_ENV: "{venv}"
+      PYTHONUNBUFFERED: "1"
+    entrypoint: ["dask-kube"]
+    cmd: ["--help"]
   - name: dask
     # The dask image's ENTRYPOINT (tini + prepare.sh) just execs its args.
     match: ["ghcr.io/dask/dask*", "daskdev/dask*", "ghcr.io/dask/distributed*"]
@@ -220,7 +231,8 @@ images:
     entrypoint: []
     cmd: ["sh"]
 "#,
-        venv = venv.display()
+        venv = venv.display(),
+        dask_kube_dir = dask_kube_dir.display()
     )
 }
 
@@ -230,10 +242,16 @@ mod tests {
     use rstest::rstest;
 
     fn config() -> Config {
-        Config::parse(&default_yaml(Path::new("/venv")), Path::new("test.yaml")).unwrap()
+        Config::parse(
+            &default_yaml(Path::new("/venv"), Path::new("/target/debug")),
+            Path::new("test.yaml"),
+        )
+        .unwrap()
     }
 
     #[rstest]
+    #[case::dask_kube("ghcr.io/dask-on-k8s/dask-kube:0.1.0", "dask-kube")]
+    #[case::dask_kube_latest("ghcr.io/dask-on-k8s/dask-kube", "dask-kube")]
     #[case::dask_with_tag("ghcr.io/dask/dask:2026.8.0", "dask")]
     #[case::dask_latest("ghcr.io/dask/dask", "dask")]
     #[case::dask_with_digest("ghcr.io/dask/dask@sha256:abc", "dask")]
@@ -271,6 +289,9 @@ mod tests {
     #[case::command_and_args("busybox", &["sh", "-c"], &["echo hi"], &["sh", "-c", "echo hi"])]
     #[case::command_drops_image_cmd("busybox", &["sleep"], &[], &["sleep"])]
     #[case::busybox_default_shell("busybox", &[], &[], &["sh"])]
+    #[case::dask_kube_args_go_to_the_binary("ghcr.io/dask-on-k8s/dask-kube:0.1.0", &[], &["adapt", "c1"], &["dask-kube", "adapt", "c1"])]
+    #[case::dask_kube_default_cmd("ghcr.io/dask-on-k8s/dask-kube:0.1.0", &[], &[], &["dask-kube", "--help"])]
+    #[case::dask_kube_image_runs_python("ghcr.io/dask-on-k8s/dask-kube:0.1.0", &["python", "nb.py"], &[], &["python", "nb.py"])]
     fn argv_follows_docker_rules(
         #[case] image: &str,
         #[case] command: &[&str],
@@ -297,6 +318,8 @@ mod tests {
         let c = config();
         let m = c.resolve("ghcr.io/dask/dask").unwrap();
         assert_eq!(m.path_env(), format!("/venv/bin:{BASE_PATH}"));
+        let k = c.resolve("ghcr.io/dask-on-k8s/dask-kube:0.1.0").unwrap();
+        assert_eq!(k.path_env(), format!("/target/debug:/venv/bin:{BASE_PATH}"));
         assert_eq!(
             m.image_id("ghcr.io/dask/dask:1"),
             "local://dask/ghcr.io/dask/dask:1"

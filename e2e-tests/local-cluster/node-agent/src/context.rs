@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Client;
 use kube::Resource;
@@ -48,6 +48,10 @@ pub struct NodeContext {
     pub shutdown_grace: Duration,
     /// Event recorder for pods (`reportingController: kubelet`).
     pub kubelet_events: Recorder,
+    /// Every Service of the cluster (the `<SVC>_SERVICE_HOST` environment).
+    pub services: kube::runtime::reflector::Store<Service>,
+    /// True once `services` has been listed.
+    pub services_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl NodeContext {

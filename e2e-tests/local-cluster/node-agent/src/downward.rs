@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::error::{Error, Result};
-use crate::expand::expand_with;
+use crate::expand::expand;
 use crate::quantity;
 
 /// Facts about the running pod that the downward API exposes.
@@ -31,13 +31,16 @@ pub struct PodFacts<'a> {
     pub node_allocatable: &'a BTreeMap<String, Quantity>,
 }
 
-/// ConfigMap and Secret contents the container refers to; `None` means "does not exist".
+/// ConfigMap and Secret contents the container refers to (`None` means "does not exist"),
+/// and the Service variables the kubelet adds.
 #[derive(Debug, Clone, Default)]
 pub struct EnvSources {
     /// ConfigMap name -> data.
     pub config_maps: BTreeMap<String, Option<BTreeMap<String, String>>>,
     /// Secret name -> decoded data.
     pub secrets: BTreeMap<String, Option<BTreeMap<String, String>>>,
+    /// `<SVC>_SERVICE_HOST` etc. (see [`crate::services::service_env`]).
+    pub services: Vec<(String, String)>,
 }
 
 /// Names of the ConfigMaps and Secrets a container's env refers to: `(config_maps, secrets)`.
@@ -67,8 +70,10 @@ pub fn referenced_sources(container: &Container) -> (BTreeSet<String>, BTreeSet<
 
 /// The environment variables Kubernetes defines for `container`, in definition order.
 ///
-/// `$(VAR)` references in values see only variables defined earlier in the same list (and
-/// `envFrom`), exactly like the kubelet; the image's own environment is not part of it.
+/// `$(VAR)` references in values see variables defined earlier in the same list (and
+/// `envFrom`), then the Service variables, exactly like the kubelet; the image's own
+/// environment is not part of it. The Service variables follow the container's own, for the
+/// names the container does not define.
 pub fn container_env(
     facts: &PodFacts<'_>,
     container: &Container,
@@ -113,12 +118,24 @@ pub fn container_env(
                 // An optional key that is missing defines no variable at all.
                 None => continue,
             },
-            (Some(value), None) => expand_with(value, &vars),
+            (Some(value), None) => expand(value, &|name| {
+                vars.iter()
+                    .rev()
+                    .chain(sources.services.iter())
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            }),
             (None, None) => String::new(),
         };
         vars.push((var.name.clone(), value));
     }
-    Ok(dedup_last_wins(vars))
+    let mut vars = dedup_last_wins(vars);
+    for (k, v) in &sources.services {
+        if !vars.iter().any(|(name, _)| name == k) {
+            vars.push((k.clone(), v.clone()));
+        }
+    }
+    Ok(vars)
 }
 
 /// Keeps the last definition of each name, in the order of first definition.
@@ -448,6 +465,51 @@ mod tests {
         assert_eq!(get("OPT"), None, "a missing optional key defines nothing");
         assert_eq!(get("SECRET"), Some("pw"));
         assert_eq!(referenced_sources(&container).0.len(), 1);
+    }
+
+    #[test]
+    fn service_variables_expand_and_yield_to_the_containers_own() {
+        let pod = pod();
+        let alloc = allocatable();
+        let facts = PodFacts {
+            pod: &pod,
+            node_name: "n",
+            pod_ip: None,
+            host_ip: "127.0.0.1".parse().unwrap(),
+            node_allocatable: &alloc,
+        };
+        let container: Container = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "env": [
+                {"name": "API", "value": "https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"},
+                {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}
+            ]
+        }))
+        .unwrap();
+        let sources = EnvSources {
+            services: vec![
+                ("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into()),
+                ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
+            ],
+            ..Default::default()
+        };
+        let env = container_env(&facts, &container, &sources).unwrap();
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["API", "KUBERNETES_SERVICE_PORT", "KUBERNETES_SERVICE_HOST"]
+        );
+        let get = |n: &str| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("API"),
+            Some("https://10.96.0.1:443"),
+            "a Service variable fills what the container has not defined yet"
+        );
+        assert_eq!(
+            get("KUBERNETES_SERVICE_PORT"),
+            Some("6443"),
+            "the container's own wins"
+        );
     }
 
     #[rstest]

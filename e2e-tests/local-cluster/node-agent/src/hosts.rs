@@ -1,10 +1,10 @@
 //! Per-pod hosts files: the cluster DNS of this agent.
 //!
-//! There is no kube-proxy and no CoreDNS, and ClusterIPs route nowhere. Instead every Service
-//! name (`svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`, and the bare `svc` inside its own
-//! namespace) maps straight to the IP of one Ready pod its selector picks (headless-style).
-//! Ports are therefore the pod's ports: a Service whose `targetPort` differs from `port` cannot
-//! be mirrored this way.
+//! There is no CoreDNS. Every Service name (`svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`,
+//! and the bare `svc` inside its own namespace) maps to what cluster DNS would answer: the
+//! ClusterIP (served by the agent's [service proxy](crate::proxy)), or for a headless Service
+//! (`clusterIP: None`) the IP of one Ready pod its selector picks (DNS would list them all; a
+//! hosts file gives the oldest). Pods with `hostname` + `subdomain` get their own records.
 //!
 //! Pure: services and pods in, file text out.
 
@@ -39,10 +39,11 @@ fn pod_ip(pod: &Pod) -> Option<IpAddr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
 }
 
-/// Resolves every selector-based Service to one endpoint pod IP.
+/// Resolves every Service to its ClusterIP, or a headless one to one endpoint pod IP.
 ///
-/// The oldest matching pod wins, so a name does not flap between replicas; pods that are not
-/// Ready (unless `publishNotReadyAddresses`) or are being deleted are not endpoints.
+/// For headless Services the oldest matching pod wins, so a name does not flap between
+/// replicas; pods that are not Ready (unless `publishNotReadyAddresses`) or are being deleted
+/// are not endpoints. ExternalName Services get no entry (that needs a CNAME).
 pub fn resolve_services(
     services: &[Arc<Service>],
     pods: &[Arc<Pod>],
@@ -59,6 +60,23 @@ pub fn resolve_services(
         let Some(spec) = svc.spec.as_ref() else {
             continue;
         };
+        let names = vec![
+            format!("{name}.{ns}"),
+            format!("{name}.{ns}.svc"),
+            format!("{name}.{ns}.svc.{domain}"),
+        ];
+        if let Some(ip) = crate::services::cluster_ip(svc) {
+            entries.push(HostEntry {
+                ip: IpAddr::V4(ip),
+                names,
+                namespace: ns.to_string(),
+                short_name: name.to_string(),
+            });
+            continue;
+        }
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
         let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
             continue;
         };
@@ -89,11 +107,7 @@ pub fn resolve_services(
         if let Some((_, ip)) = candidates.first() {
             entries.push(HostEntry {
                 ip: *ip,
-                names: vec![
-                    format!("{name}.{ns}"),
-                    format!("{name}.{ns}.svc"),
-                    format!("{name}.{ns}.svc.{domain}"),
-                ],
+                names,
                 namespace: ns.to_string(),
                 short_name: name.to_string(),
             });
@@ -183,7 +197,7 @@ pub fn render(pod: &PodIdentity<'_>, services: &[HostEntry], domain: &str) -> St
         }
     }
     if !services.is_empty() {
-        out.push_str("\n# Services (headless-style: a Ready endpoint pod's IP).\n");
+        out.push_str("\n# Services (ClusterIP; headless: a Ready endpoint pod's IP).\n");
     }
     // One line per address keeps glibc's "first line wins" lookups unambiguous.
     let mut by_ip: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
@@ -230,10 +244,45 @@ mod tests {
         Arc::new(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": ns},
-                "spec": {"selector": selector, "ports": [{"port": 8786}]}
+                "spec": {"clusterIP": "None", "selector": selector, "ports": [{"port": 8786}]}
             }))
             .unwrap(),
         )
+    }
+
+    fn cluster_ip_svc(name: &str, ns: &str, spec: serde_json::Value) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(
+                json!({"metadata": {"name": name, "namespace": ns}, "spec": spec}),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[rstest]
+    #[case::cluster_ip_whatever_the_pods(json!({"clusterIP": "10.96.4.5", "selector": {"app": "x"}}), Some("10.96.4.5"))]
+    #[case::cluster_ip_without_selector(json!({"clusterIP": "10.96.0.1"}), Some("10.96.0.1"))]
+    #[case::external_name(json!({"type": "ExternalName", "externalName": "example.org"}), None)]
+    fn cluster_ip_services_resolve_to_their_cluster_ip(
+        #[case] spec: serde_json::Value,
+        #[case] expected: Option<&str>,
+    ) {
+        let services = vec![cluster_ip_svc("kubernetes", "default", spec)];
+        let entries = resolve_services(&services, &[], "cluster.local");
+        assert_eq!(
+            entries.first().map(|e| e.ip.to_string()),
+            expected.map(String::from)
+        );
+        if let Some(e) = entries.first() {
+            assert_eq!(
+                e.names,
+                vec![
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local"
+                ]
+            );
+        }
     }
 
     fn sched_labels() -> serde_json::Value {
@@ -265,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn services_without_selector_are_skipped() {
+    fn headless_services_without_selector_are_skipped() {
         let services = vec![svc("kubernetes", "default", json!({}))];
         let pods = vec![pod(
             "x",

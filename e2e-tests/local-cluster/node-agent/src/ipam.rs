@@ -55,6 +55,11 @@ impl Subnet {
         Ipv4Addr::from(self.network + 1)
     }
 
+    /// The service proxy's address: the last host address (never given to a pod).
+    pub fn service_proxy(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.network + self.size() - 2)
+    }
+
     fn size(&self) -> u32 {
         1u32 << (32 - self.prefix)
     }
@@ -77,7 +82,8 @@ impl Subnet {
     }
 }
 
-/// Hands out pod addresses: everything but the network, gateway and broadcast addresses.
+/// Hands out pod addresses: everything but the network, gateway, service proxy and
+/// broadcast addresses.
 #[derive(Debug, Clone)]
 pub struct Allocator {
     subnet: Subnet,
@@ -99,7 +105,7 @@ impl Allocator {
     /// last allocation. `None` when the subnet is full.
     pub fn allocate(&mut self, preferred: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
         let first = 2;
-        let last = self.subnet.size() - 2; // broadcast excluded
+        let last = self.subnet.size() - 3; // service proxy and broadcast excluded
         if let Some(idx) = preferred.and_then(|ip| self.subnet.index_of(ip))
             && (first..=last).contains(&idx)
             && self.used.insert(idx)
@@ -150,6 +156,7 @@ mod tests {
     fn gateway_and_first_pod_address() {
         let subnet: Subnet = "10.244.0.0/24".parse().unwrap();
         assert_eq!(subnet.gateway(), Ipv4Addr::new(10, 244, 0, 1));
+        assert_eq!(subnet.service_proxy(), Ipv4Addr::new(10, 244, 0, 254));
         let mut a = Allocator::new(subnet);
         assert_eq!(a.allocate(None), Some(Ipv4Addr::new(10, 244, 0, 2)));
         assert_eq!(a.allocate(None), Some(Ipv4Addr::new(10, 244, 0, 3)));
@@ -169,10 +176,14 @@ mod tests {
         let got: Vec<_> = (0..6).map(|_| a.allocate(None)).collect();
         assert_eq!(
             got.iter().flatten().count(),
-            5,
-            "8 addresses - network, gateway, broadcast"
+            4,
+            "8 addresses - network, gateway, service proxy, broadcast"
         );
-        assert_eq!(got[5], None);
+        assert_eq!(got[4], None);
+        assert!(
+            !got.contains(&Some(Ipv4Addr::new(10, 0, 0, 6))),
+            "proxy address"
+        );
         a.release(Ipv4Addr::new(10, 0, 0, 3));
         assert_eq!(a.allocate(None), Some(Ipv4Addr::new(10, 0, 0, 3)));
     }
@@ -181,6 +192,10 @@ mod tests {
     #[case::free_preferred(Some(Ipv4Addr::new(10, 244, 0, 77)), Ipv4Addr::new(10, 244, 0, 77))]
     #[case::gateway_not_allowed(Some(Ipv4Addr::new(10, 244, 0, 1)), Ipv4Addr::new(10, 244, 0, 2))]
     #[case::outside_subnet(Some(Ipv4Addr::new(10, 9, 0, 7)), Ipv4Addr::new(10, 244, 0, 2))]
+    #[case::service_proxy_not_allowed(
+        Some(Ipv4Addr::new(10, 244, 0, 254)),
+        Ipv4Addr::new(10, 244, 0, 2)
+    )]
     #[case::broadcast_not_allowed(
         Some(Ipv4Addr::new(10, 244, 0, 255)),
         Ipv4Addr::new(10, 244, 0, 2)

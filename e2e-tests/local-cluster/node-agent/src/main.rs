@@ -44,6 +44,14 @@ fn default_venv() -> PathBuf {
     home.join(".cache/dask-on-k8s/venv")
 }
 
+/// The directory of this binary: cargo puts `dask-kube` next to `node-agent`.
+fn default_dask_kube_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin"))
+}
+
 /// Settings that name what an agent instance creates (shared by `run` and `cleanup`).
 #[derive(clap::Args, Clone)]
 struct Instance {
@@ -79,6 +87,14 @@ enum Command {
         /// Python venv of the built-in image mapping.
         #[arg(long, env = "NODE_AGENT_VENV")]
         venv: Option<PathBuf>,
+        /// Directory of the dask-kube binary for the built-in image mapping (default: this
+        /// binary's directory, where cargo builds both).
+        #[arg(long, env = "NODE_AGENT_DASK_KUBE_DIR")]
+        dask_kube_dir: Option<PathBuf>,
+        /// Service CIDR routed from pods to the service proxy (repeatable; default: the
+        /// cluster's ServiceCIDR objects).
+        #[arg(long = "service-cidr", value_name = "CIDR")]
+        service_cidrs: Vec<String>,
         /// Kubelet HTTPS port on 127.0.0.1 (logs, port-forward).
         #[arg(long, env = "NODE_AGENT_KUBELET_PORT", default_value_t = 10250)]
         kubelet_port: u16,
@@ -123,6 +139,10 @@ enum Command {
         /// Python venv the dask and python images map to.
         #[arg(long, env = "NODE_AGENT_VENV")]
         venv: Option<PathBuf>,
+        /// Directory of the dask-kube binary the dask-kube image maps to (default: this
+        /// binary's directory).
+        #[arg(long, env = "NODE_AGENT_DASK_KUBE_DIR")]
+        dask_kube_dir: Option<PathBuf>,
     },
     /// Internal: the first process of a container (enters the pod namespaces, execs argv).
     #[command(hide = true)]
@@ -133,6 +153,12 @@ enum Command {
         hosts: PathBuf,
         #[arg(long)]
         hostname: String,
+        /// Scratch directory for making mount points.
+        #[arg(long)]
+        staging: PathBuf,
+        /// A volume bind mount: `ro|rw SOURCE TARGET` (repeatable).
+        #[arg(long = "mount", num_args = 3, value_names = ["MODE", "SOURCE", "TARGET"])]
+        mounts: Vec<OsString>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         argv: Vec<OsString>,
     },
@@ -157,10 +183,15 @@ fn main() -> anyhow::Result<()> {
             netns,
             hosts,
             hostname,
+            staging,
+            mounts,
             argv,
         } => {
             // Single-threaded and before any runtime: setns/unshare need that.
-            match container_init::run(&netns, &hosts, &hostname, &argv) {
+            let run = container_init::parse_mounts(&mounts).and_then(|mounts| {
+                container_init::run(&netns, &hosts, &hostname, &mounts, &staging, &argv)
+            });
+            match run {
                 Ok(never) => match never {},
                 Err(e) => {
                     eprintln!("node-agent container-init: {e}");
@@ -168,10 +199,16 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::DefaultConfig { venv } => {
+        Command::DefaultConfig {
+            venv,
+            dask_kube_dir,
+        } => {
             print!(
                 "{}",
-                node_agent::config::default_yaml(&venv.unwrap_or_else(default_venv))
+                node_agent::config::default_yaml(
+                    &venv.unwrap_or_else(default_venv),
+                    &dask_kube_dir.unwrap_or_else(default_dask_kube_dir)
+                )
             );
             Ok(())
         }
@@ -188,6 +225,7 @@ fn main() -> anyhow::Result<()> {
                     bridge: instance.bridge.clone(),
                     subnet,
                     tag: instance_tag(&state_dir, &instance.node_name),
+                    service_cidrs: Vec::new(),
                 };
                 let swept = cleanup::sweep(&state_dir, &network).await;
                 if remove_bridge {
@@ -206,6 +244,8 @@ fn main() -> anyhow::Result<()> {
             kubeconfig,
             config,
             venv,
+            dask_kube_dir,
+            service_cidrs,
             kubelet_port,
             taints,
             labels,
@@ -237,6 +277,8 @@ fn main() -> anyhow::Result<()> {
                 state_dir,
                 config,
                 venv: venv.unwrap_or_else(default_venv),
+                dask_kube_dir: dask_kube_dir.unwrap_or_else(default_dask_kube_dir),
+                service_cidrs,
                 kubelet_port,
                 pod_subnet: instance.pod_subnet.parse()?,
                 bridge: instance.bridge,

@@ -1,8 +1,10 @@
 //! Pod networking with iproute2: one network namespace per pod, a veth pair into the agent's
 //! Linux bridge, addresses from the agent's subnet.
 //!
-//! Nothing is routed or NATed beyond the subnet: pods get only the connected route of the
-//! bridge, so a pod reaches other pods of this agent and the host's bridge address, nothing else.
+//! Nothing is routed beyond the subnet: pods get the connected route of the bridge and a route
+//! for each Service CIDR via the service proxy's namespace (`dk-<tag>-svc`, the subnet's last
+//! address, the only place that forwards and NATs: [`crate::dnat`]), so a pod reaches other
+//! pods of this agent, the host's bridge address and ClusterIPs, nothing else.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +37,11 @@ pub fn instance_tag(state_dir: &Path, node_name: &str) -> String {
 /// The netns name prefix of an agent instance.
 pub fn netns_prefix(tag: &str) -> String {
     format!("dk-{tag}-")
+}
+
+/// Netns name of the service proxy of an agent instance.
+pub fn proxy_netns_name(tag: &str) -> String {
+    format!("{}svc", netns_prefix(tag))
 }
 
 /// Netns name of a pod.
@@ -118,6 +125,8 @@ pub struct PodNetwork {
     pub subnet: Subnet,
     /// Instance tag used in netns and veth names.
     pub tag: String,
+    /// Service CIDRs routed to the service proxy (empty: no route, e.g. for `cleanup`).
+    pub service_cidrs: Vec<String>,
 }
 
 impl PodNetwork {
@@ -174,7 +183,7 @@ impl PodNetwork {
         self.destroy_netns(&ns).await;
         let _ = ip(&["link", "del", &veth]).await;
         let cidr = format!("{ip_addr}/{}", self.subnet.prefix());
-        let steps: Vec<Vec<&str>> = vec![
+        let mut steps: Vec<Vec<&str>> = vec![
             vec!["netns", "add", &ns],
             vec![
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
@@ -185,6 +194,12 @@ impl PodNetwork {
             vec!["-n", &ns, "link", "set", "eth0", "up"],
             vec!["-n", &ns, "link", "set", "lo", "up"],
         ];
+        let proxy = self.subnet.service_proxy().to_string();
+        for cidr in &self.service_cidrs {
+            steps.push(vec![
+                "-n", &ns, "route", "add", cidr, "via", &proxy, "dev", "eth0",
+            ]);
+        }
         for step in steps {
             if let Err(e) = ip(&step).await {
                 self.destroy_netns(&ns).await;
@@ -193,6 +208,45 @@ impl PodNetwork {
             }
         }
         debug!(netns = %ns, %veth, ip = %ip_addr, "pod network ready");
+        Ok(ns)
+    }
+
+    /// Creates the service proxy's namespace: `eth0` on the bridge with the subnet's last
+    /// address, and every Service CIDR as a local route (`ip route add local`), so a socket
+    /// there can listen on any ClusterIP without an address per Service.
+    pub async fn create_proxy_netns(&self) -> Result<String> {
+        let ns = proxy_netns_name(&self.tag);
+        let addr = self.subnet.service_proxy();
+        let idx = self
+            .subnet
+            .index_of(addr)
+            .ok_or_else(|| Error::Network(format!("{addr} is outside {}", self.subnet)))?;
+        let veth = veth_name(&self.tag, idx);
+        self.destroy_netns(&ns).await;
+        let _ = ip(&["link", "del", &veth]).await;
+        let cidr = format!("{addr}/{}", self.subnet.prefix());
+        let mut steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &ns],
+            vec![
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+            vec!["link", "set", &veth, "master", &self.bridge],
+            vec!["link", "set", &veth, "up"],
+            vec!["-n", &ns, "addr", "add", &cidr, "dev", "eth0"],
+            vec!["-n", &ns, "link", "set", "eth0", "up"],
+            vec!["-n", &ns, "link", "set", "lo", "up"],
+        ];
+        for c in &self.service_cidrs {
+            steps.push(vec!["-n", &ns, "route", "add", "local", c, "dev", "lo"]);
+        }
+        for step in steps {
+            if let Err(e) = ip(&step).await {
+                self.destroy_netns(&ns).await;
+                let _ = ip(&["link", "del", &veth]).await;
+                return Err(e);
+            }
+        }
+        info!(netns = %ns, ip = %addr, cidrs = ?self.service_cidrs, "service proxy network ready");
         Ok(ns)
     }
 

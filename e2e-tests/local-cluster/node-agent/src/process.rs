@@ -30,6 +30,10 @@ pub struct LaunchSpec {
     pub netns_path: PathBuf,
     /// The pod's hosts file.
     pub hosts_file: PathBuf,
+    /// Volumes to bind-mount inside the container.
+    pub mounts: Vec<crate::volumes::BindMount>,
+    /// Scratch directory for making mount points (in the pod directory).
+    pub staging_dir: PathBuf,
     /// Hostname inside the container.
     pub hostname: String,
     /// Log file (stdout and stderr).
@@ -139,6 +143,9 @@ pub async fn spawn(spec: &LaunchSpec) -> Result<Running> {
         .arg(&spec.hosts_file)
         .arg("--hostname")
         .arg(&spec.hostname)
+        .arg("--staging")
+        .arg(&spec.staging_dir)
+        .args(crate::container_init::mount_args(&spec.mounts))
         .arg("--")
         .args(&spec.argv)
         .env_clear()

@@ -1,5 +1,6 @@
 //! One task per pod bound to this node, doing what the kubelet's pod worker does: set up the
-//! pod's network namespace and hosts file, run init containers in order, then the containers,
+//! pod's network namespace, hosts file and projected volumes (re-synced every minute, which
+//! refreshes service-account tokens), run init containers in order, then the containers,
 //! restart them per `restartPolicy` with backoff, report status, and on deletion stop the
 //! processes (SIGTERM, grace period, SIGKILL) and finish the deletion.
 //!
@@ -34,6 +35,7 @@ use crate::podstatus::{self, ContainerRecord, State, Terminated};
 use crate::process::{self, Exit, LaunchSpec, Signaller};
 use crate::quantity;
 use crate::registry::{PodEntry, log_path};
+use crate::volumes::{PodVolumes, RESYNC};
 
 /// Grace period used when the pod object vanished without one (force deletion), like the
 /// kubelet's minimum.
@@ -42,6 +44,11 @@ const MIN_GRACE: Duration = Duration::from_secs(2);
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Retry delay for container config errors (missing ConfigMap, ...).
 const CONFIG_RETRY: Duration = Duration::from_secs(10);
+/// First retry delay for volumes that cannot be written yet (doubling, like the kubelet's
+/// volume manager, up to [`MOUNT_RETRY_MAX`]).
+const MOUNT_RETRY: Duration = Duration::from_millis(500);
+/// Upper bound of the volume retry delay.
+const MOUNT_RETRY_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -106,6 +113,9 @@ pub struct PodWorker {
     exits_tx: mpsc::UnboundedSender<ExitEvent>,
     exits_rx: mpsc::UnboundedReceiver<ExitEvent>,
     epoch: Instant,
+    volumes: PodVolumes,
+    /// The next delay of volume set-up retries.
+    mount_retry: Duration,
 }
 
 fn restart_policy(pod: &Pod) -> &str {
@@ -206,6 +216,7 @@ impl PodWorker {
             },
         );
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let volumes = PodVolumes::new(&pod, &dir);
         let start_time = pod
             .status
             .as_ref()
@@ -233,6 +244,8 @@ impl PodWorker {
             exits_tx,
             exits_rx,
             epoch: Instant::now(),
+            volumes,
+            mount_retry: MOUNT_RETRY,
         }
     }
 
@@ -446,6 +459,8 @@ impl PodWorker {
     }
 
     async fn event_loop(&mut self) {
+        let mut resync = tokio::time::interval_at(Instant::now() + RESYNC, RESYNC);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = self.next_start();
             tokio::select! {
@@ -486,6 +501,11 @@ impl PodWorker {
                 }
                 _ = sleep_until_opt(next), if next.is_some() => {
                     self.start_due().await;
+                }
+                _ = resync.tick(), if !self.volumes.is_empty() && self.netns.is_some() && !self.terminal => {
+                    if let Err(e) = self.sync_volumes().await {
+                        warn!(pod = %self.pod_label(), error = %e, "volume re-sync failed");
+                    }
                 }
             }
             self.check_terminal().await;
@@ -554,9 +574,59 @@ impl PodWorker {
         }
     }
 
+    fn facts(&self) -> PodFacts<'_> {
+        PodFacts {
+            pod: &self.pod,
+            node_name: &self.ctx.node_name,
+            pod_ip: self.ip.map(IpAddr::V4),
+            host_ip: self.ctx.host_ip,
+            node_allocatable: &self.ctx.allocatable,
+        }
+    }
+
+    /// Writes (or refreshes) the pod's projected volumes.
+    async fn sync_volumes(&mut self) -> Result<()> {
+        let facts = PodFacts {
+            pod: &self.pod,
+            node_name: &self.ctx.node_name,
+            pod_ip: self.ip.map(IpAddr::V4),
+            host_ip: self.ctx.host_ip,
+            node_allocatable: &self.ctx.allocatable,
+        };
+        self.volumes.sync(&self.ctx.client, &self.pod, &facts).await
+    }
+
+    /// The Service variables for this pod, once the agent has listed the Services (the
+    /// kubelet, too, waits for its Service informer before it starts containers).
+    async fn service_env(&self) -> Result<Vec<(String, String)>> {
+        let mut ready = self.ctx.services_ready.clone();
+        match tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                return Err(Error::ContainerConfig(
+                    "services have not been listed yet".into(),
+                ));
+            }
+        }
+        let links = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.enable_service_links)
+            .unwrap_or(true);
+        Ok(crate::services::service_env(
+            &self.ctx.services.state(),
+            &self.ns,
+            links,
+        ))
+    }
+
     async fn fetch_sources(&self, container: &Container) -> Result<EnvSources> {
         let (cms, secrets) = downward::referenced_sources(container);
-        let mut sources = EnvSources::default();
+        let mut sources = EnvSources {
+            services: self.service_env().await?,
+            ..Default::default()
+        };
         let cm_api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         for name in cms {
             let cm = cm_api
@@ -605,13 +675,9 @@ impl PodWorker {
             .resolve(&image)
             .ok_or_else(|| Error::Spec(format!("no image mapping matches image {image:?}")))?;
         let sources = self.fetch_sources(c).await?;
-        let facts = PodFacts {
-            pod: &self.pod,
-            node_name: &self.ctx.node_name,
-            pod_ip: self.ip.map(IpAddr::V4),
-            host_ip: self.ctx.host_ip,
-            node_allocatable: &self.ctx.allocatable,
-        };
+        let facts = self.facts();
+        let mounts = self.volumes.mounts(c)?;
+        let staging_dir = self.dir.join(".mounts");
         let k8s_env = downward::container_env(&facts, c, &sources)?;
         let spec = self.pod.spec.as_ref();
         let hostname = pod_hostname(&self.name, spec.and_then(|s| s.hostname.as_deref()));
@@ -670,6 +736,8 @@ impl PodWorker {
             cwd,
             netns_path: PodNetwork::netns_path(netns),
             hosts_file: self.dir.join("hosts"),
+            mounts,
+            staging_dir,
             hostname,
             log_path: log_path(&self.dir, &c.name),
             pid_file: self.dir.join(format!("{}.pid", c.name)),
@@ -678,6 +746,25 @@ impl PodWorker {
 
     async fn start_container(&mut self, kind: Kind, idx: usize) {
         let pod_label = self.pod_label();
+        if !self.volumes.synced()
+            && let Err(e) = self.sync_volumes().await
+        {
+            // The kubelet keeps such a pod in ContainerCreating with a FailedMount event and
+            // retries soon (a new namespace gets its kube-root-ca.crt a moment after the pod).
+            warn!(pod = %pod_label, error = %e, "volumes not ready");
+            self.ctx
+                .pod_event(&self.pod, true, "FailedMount", e.to_string());
+            let delay = self.mount_retry;
+            self.mount_retry = (delay * 2).min(MOUNT_RETRY_MAX);
+            if let Some(slot) = self.slot_mut(kind, idx) {
+                slot.record.state = State::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: Some(e.to_string()),
+                };
+                slot.start_at = Some(Instant::now() + delay);
+            }
+            return;
+        }
         let spec = match self.launch_spec(kind, idx).await {
             Ok(s) => s,
             Err(e) => {

@@ -430,3 +430,498 @@ async fn pod_without_toleration_stays_pending_unschedulable() {
         "node deleted on exit"
     );
 }
+
+// ---------------------------------------------------------------- what a real node gives pods
+
+/// Creates a namespaced object from JSON (ServiceAccount, Role, RoleBinding, Service).
+async fn create<K>(env: &TestEnv, obj: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(env.client.clone(), &env.ns);
+    let obj: K = serde_json::from_value(obj).unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap()
+}
+
+/// Polls a pod's log (bounded) until `done` accepts it.
+async fn wait_logs(env: &TestEnv, pod: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = env
+            .pods()
+            .logs(pod, &LogParams::default())
+            .await
+            .unwrap_or_default();
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pod}: no {what} in its log after {WAIT:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cluster_ip(env: &TestEnv, name: &str) -> String {
+    let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    svcs.get(name)
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pod_uses_its_projected_token_and_gets_403_beyond_its_role() {
+    let Some(env) = TestEnv::new("token").await else {
+        return;
+    };
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let ns = env.ns.clone();
+    create::<ServiceAccount>(&env, serde_json::json!({"metadata": {"name": "reader"}})).await;
+    create::<Role>(
+        &env,
+        serde_json::json!({"metadata": {"name": "pod-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}),
+    )
+    .await;
+    create::<RoleBinding>(
+        &env,
+        serde_json::json!({"metadata": {"name": "reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}]}),
+    )
+    .await;
+    let created = env
+        .create_pod(&fixture("api-client.yaml", &[("SA", "reader")]))
+        .await;
+    // The ServiceAccount admission plugin added the volume the agent projects.
+    let volume = created
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|v| v.iter().find(|v| v.name.starts_with("kube-api-access-")))
+        .expect("admission adds kube-api-access");
+    assert!(volume.projected.is_some());
+    let pod = env.wait_pod("api-client", "terminal", is_terminal).await;
+    let out = logs(&env, "api-client").await;
+    assert_eq!(phase(&pod), "Succeeded", "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let kubernetes = {
+        let svcs: Api<Service> = Api::namespaced(env.client.clone(), "default");
+        svcs.get("kubernetes").await.unwrap()
+    };
+    let kip = kubernetes.spec.unwrap().cluster_ip.unwrap();
+    assert_eq!(v["env"]["KUBERNETES_SERVICE_HOST"], kip.as_str(), "{v}");
+    assert_eq!(v["env"]["KUBERNETES_SERVICE_PORT"], "443", "{v}");
+    assert_eq!(
+        v["env"]["KUBERNETES_PORT_443_TCP"],
+        format!("tcp://{kip}:443").as_str(),
+        "{v}"
+    );
+    // The kubelet's layout: one timestamped data dir, `..data` pointing at it, links.
+    let files: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 5, "{files:?}");
+    assert!(files[0].starts_with("..20"), "{files:?}");
+    assert_eq!(files[1..], ["..data", "ca.crt", "namespace", "token"]);
+    assert_eq!(v["token_link"], "..data/token");
+    assert_eq!(v["namespace"], ns.as_str());
+    assert_eq!(v["pods"][0], 200, "{v}");
+    assert_eq!(v["pods"][1], serde_json::json!(["api-client"]), "{v}");
+    assert_eq!(v["secrets"][0], 403, "{v}");
+    let msg = v["secrets"][1].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("system:serviceaccount:{ns}:reader"))
+            && msg.contains("cannot list resource \"secrets\""),
+        "{msg}"
+    );
+    assert_eq!(v["self"], serde_json::json!([200, "reader"]), "{v}");
+}
+
+#[rstest]
+#[case::default_service_account_gets_a_token("default", None, "token")]
+#[case::pod_opts_out("default", Some(false), "no-token")]
+#[case::service_account_opts_out("quiet", None, "no-token")]
+#[tokio::test]
+async fn automount_service_account_token(
+    #[case] sa: &str,
+    #[case] pod_automount: Option<bool>,
+    #[case] expected: &str,
+) {
+    let Some(env) = TestEnv::new("automount").await else {
+        return;
+    };
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    create::<ServiceAccount>(
+        &env,
+        serde_json::json!({"metadata": {"name": "quiet"}, "automountServiceAccountToken": false}),
+    )
+    .await;
+    let mut pod: Pod = fixture("token-check.yaml", &[("SA", sa)]);
+    pod.spec.as_mut().unwrap().automount_service_account_token = pod_automount;
+    env.create_pod(&pod).await;
+    let done = env.wait_pod("token-check", "terminal", is_terminal).await;
+    let out = logs(&env, "token-check").await;
+    assert_eq!(phase(&done), "Succeeded", "{out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(expected), "{out}");
+    // The Service environment does not depend on the token.
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("host=") && l != "host=unset"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn cluster_ip_services_forward_to_numeric_and_named_target_ports() {
+    let Some(env) = TestEnv::new("svc").await else {
+        return;
+    };
+    for name in ["greeter-a", "greeter-b"] {
+        env.create_pod(&fixture(
+            "greeter.yaml",
+            &[("NAME", name), ("APP", "greeter")],
+        ))
+        .await;
+    }
+    let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    for (name, port, target) in [("numeric", "80", "9376"), ("named", "81", "greet")] {
+        svcs.create(
+            &PostParams::default(),
+            &fixture(
+                "greeter-service.yaml",
+                &[
+                    ("NAME", name),
+                    ("APP", "greeter"),
+                    ("PORT", port),
+                    ("TARGET", target),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    env.wait_pod("greeter-a", "Ready", is_ready).await;
+    env.wait_pod("greeter-b", "Ready", is_ready).await;
+    let ns = env.ns.clone();
+    let numeric_ip = cluster_ip(&env, "numeric").await;
+    let named_ip = cluster_ip(&env, "named").await;
+    let targets = [
+        "numeric:80".to_string(),
+        format!("numeric.{ns}:80"),
+        format!("named.{ns}.svc:81"),
+        format!("named.{ns}.svc.cluster.local:81"),
+        format!("{numeric_ip}:80"),
+    ];
+    env.create_pod(&fixture(
+        "svc-client.yaml",
+        &[("TARGETS", &targets.join(","))],
+    ))
+    .await;
+    let client = env.wait_pod("svc-client", "terminal", is_terminal).await;
+    let out = logs(&env, "svc-client").await;
+    assert_eq!(phase(&client), "Succeeded", "{out}");
+    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), targets.len(), "{out}");
+    for (line, target) in lines.iter().zip(&targets) {
+        assert_eq!(line[0], target, "{out}");
+        let expected_ip = if target.starts_with("named") {
+            &named_ip
+        } else {
+            &numeric_ip
+        };
+        assert_eq!(
+            line[1], expected_ip,
+            "names resolve to the ClusterIP: {out}"
+        );
+        assert!(
+            matches!(line[2], "greeter-a" | "greeter-b"),
+            "answered by a greeter on 9376: {out}"
+        );
+    }
+}
+
+/// Timestamped answers of the prober: (unix seconds, answer).
+fn probes(log: &str) -> Vec<(f64, String)> {
+    log.lines()
+        .filter_map(|l| {
+            let (t, what) = l.split_once(' ')?;
+            Some((t.parse().ok()?, what.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn service_endpoints_follow_pods_going_away_and_coming() {
+    let Some(env) = TestEnv::new("follow").await else {
+        return;
+    };
+    let first = env
+        .create_pod(&fixture(
+            "greeter.yaml",
+            &[("NAME", "first"), ("APP", "follow")],
+        ))
+        .await;
+    let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    svcs.create(
+        &PostParams::default(),
+        &fixture(
+            "greeter-service.yaml",
+            &[
+                ("NAME", "follow"),
+                ("APP", "follow"),
+                ("PORT", "80"),
+                ("TARGET", "greet"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    env.wait_pod("first", "Ready", is_ready).await;
+    env.create_pod(&fixture("svc-prober.yaml", &[("TARGET", "follow:80")]))
+        .await;
+    wait_logs(&env, "svc-prober", "answer from the first pod", |l| {
+        probes(l).iter().any(|(_, w)| w == "first")
+    })
+    .await;
+
+    // The only endpoint goes: no DNAT rule is left, so connections are refused (as kube-proxy's
+    // REJECT rule for a Service without endpoints does).
+    let t_delete = unix_now();
+    env.pods()
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("first", &first.uid().unwrap()).await;
+    let log = wait_logs(&env, "svc-prober", "refused connection", |l| {
+        probes(l).iter().any(|(_, w)| w == "refused")
+    })
+    .await;
+    let refused_at = probes(&log)
+        .into_iter()
+        .find(|(_, w)| w == "refused")
+        .unwrap()
+        .0;
+
+    // A new pod behind the same Service gets the traffic once it is Ready.
+    env.create_pod(&fixture(
+        "greeter.yaml",
+        &[("NAME", "second"), ("APP", "follow")],
+    ))
+    .await;
+    env.wait_pod("second", "Ready", is_ready).await;
+    let t_ready = unix_now();
+    let log = wait_logs(&env, "svc-prober", "answer from the second pod", |l| {
+        probes(l).iter().any(|(_, w)| w == "second")
+    })
+    .await;
+    let answers = probes(&log);
+    let second_at = answers.iter().find(|(_, w)| w == "second").unwrap().0;
+    eprintln!(
+        "endpoints: delete -> refused {:.0} ms; second Ready (as the test saw it) -> first answer {:.0} ms",
+        (refused_at - t_delete) * 1000.0,
+        (second_at - t_ready) * 1000.0
+    );
+    // Never the deleted pod after the refusal; only the new one after its first answer.
+    let after_refused: Vec<&str> = answers
+        .iter()
+        .filter(|(t, _)| *t >= refused_at)
+        .map(|(_, w)| w.as_str())
+        .collect();
+    assert!(!after_refused.contains(&"first"), "{log}");
+    let after_second: Vec<&str> = answers
+        .iter()
+        .filter(|(t, _)| *t >= second_at)
+        .map(|(_, w)| w.as_str())
+        .collect();
+    assert_eq!(after_second, ["second"], "{log}");
+}
+
+/// An endpoint that is in the Service but does not listen yet: the client's connect is refused
+/// (the endpoint's own RST, as kube-proxy's DNAT gives it), never accepted and then reset, and
+/// the same client connects once the endpoint listens.
+#[tokio::test]
+async fn cluster_ip_refuses_until_the_endpoint_listens_then_connects() {
+    let Some(env) = TestEnv::new("late").await else {
+        return;
+    };
+    let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    svcs.create(
+        &PostParams::default(),
+        &fixture(
+            "greeter-service.yaml",
+            &[
+                ("NAME", "late"),
+                ("APP", "late"),
+                ("PORT", "80"),
+                ("TARGET", "greet"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    env.create_pod(&fixture(
+        "late-greeter.yaml",
+        &[("NAME", "late-greeter"), ("APP", "late"), ("DELAY", "6")],
+    ))
+    .await;
+    env.wait_pod("late-greeter", "Ready", is_ready).await;
+    env.create_pod(&fixture("svc-prober.yaml", &[("TARGET", "late:80")]))
+        .await;
+    let log = wait_logs(&env, "svc-prober", "answer once it listens", |l| {
+        probes(l).iter().any(|(_, w)| w == "late-greeter")
+    })
+    .await;
+    let answers: Vec<String> = probes(&log).into_iter().map(|(_, w)| w).collect();
+    assert_eq!(
+        answers,
+        ["refused", "late-greeter"],
+        "refused while nothing listens (no accept-then-reset: `empty`/`error:...`), then answered:\n{log}"
+    );
+}
+
+/// A real nanny worker created with its scheduler, before the scheduler listens behind its
+/// Service, retries its refused connects and registers once the scheduler is up (dask-kube
+/// creates workers together with the scheduler).
+#[tokio::test]
+async fn dask_worker_started_before_its_scheduler_registers_through_the_service() {
+    let Some(env) = TestEnv::new("early").await else {
+        return;
+    };
+    let _: Service = create(
+        &env,
+        serde_json::json!({
+            "metadata": {"name": "late-scheduler"},
+            "spec": {
+                "selector": {"app": "late-scheduler"},
+                "ports": [{"name": "tcp-comm", "port": 8786, "targetPort": "tcp-comm"}],
+            },
+        }),
+    )
+    .await;
+    env.create_pod(&fixture("late-scheduler.yaml", &[("DELAY", "8")]))
+        .await;
+    env.create_pod(&fixture("early-worker.yaml", &[])).await;
+    let worker_log = wait_logs(&env, "early-worker", "registration", |l| {
+        l.contains("Registered to") || l.contains("failed to start")
+    })
+    .await;
+    assert!(
+        worker_log.contains("Registered to") && !worker_log.contains("failed to start"),
+        "{worker_log}"
+    );
+    let scheduler_log = wait_logs(&env, "late-scheduler", "the worker", |l| {
+        l.contains("Register worker")
+    })
+    .await;
+    assert!(scheduler_log.contains("Scheduler at"), "{scheduler_log}");
+    let worker = env.pods().get("early-worker").await.unwrap();
+    assert_eq!(phase(&worker), "Running", "{worker_log}");
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Figures, not limits: connect + first line through the ClusterIP and straight to the pod
+/// IP, alternating in one client, medians printed.
+#[tokio::test]
+async fn cluster_ip_latency_next_to_pod_ip() {
+    let Some(env) = TestEnv::new("latency").await else {
+        return;
+    };
+    env.create_pod(&fixture(
+        "greeter.yaml",
+        &[("NAME", "target"), ("APP", "latency")],
+    ))
+    .await;
+    let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    svcs.create(
+        &PostParams::default(),
+        &fixture(
+            "greeter-service.yaml",
+            &[
+                ("NAME", "latency"),
+                ("APP", "latency"),
+                ("PORT", "80"),
+                ("TARGET", "9376"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    let target = env.wait_pod("target", "Ready", is_ready).await;
+    let pod_ip = target.status.unwrap().pod_ip.unwrap();
+    let svc_ip = cluster_ip(&env, "latency").await;
+    // The ClusterIP answers once the proxy has the endpoint.
+    env.create_pod(&fixture(
+        "svc-client.yaml",
+        &[("TARGETS", &format!("{svc_ip}:80"))],
+    ))
+    .await;
+    env.wait_pod("svc-client", "terminal", is_terminal).await;
+    let rounds = 300;
+    let targets = format!("{svc_ip}:80,{pod_ip}:9376");
+    env.create_pod(&fixture(
+        "latency-client.yaml",
+        &[("TARGETS", &targets), ("ROUNDS", &rounds.to_string())],
+    ))
+    .await;
+    let done = env
+        .wait_pod("latency-client", "terminal", is_terminal)
+        .await;
+    let out = logs(&env, "latency-client").await;
+    assert_eq!(phase(&done), "Succeeded", "{out}");
+    let v: std::collections::BTreeMap<String, Vec<u64>> = serde_json::from_str(out.trim()).unwrap();
+    let median = |k: &str| v[k][v[k].len() / 2];
+    let p90 = |k: &str| v[k][v[k].len() * 9 / 10];
+    let (via_svc, direct) = (format!("{svc_ip}:80"), format!("{pod_ip}:9376"));
+    assert_eq!(v[&via_svc].len(), rounds);
+    assert_eq!(v[&direct].len(), rounds);
+    eprintln!(
+        "connect + first line, {rounds} rounds each: ClusterIP median {} us (p90 {}), pod IP median {} us (p90 {}), ratio {:.2}",
+        median(&via_svc),
+        p90(&via_svc),
+        median(&direct),
+        p90(&direct),
+        median(&via_svc) as f64 / median(&direct).max(1) as f64
+    );
+}
+
+#[tokio::test]
+async fn dask_kube_image_runs_the_built_binary() {
+    let Some(env) = TestEnv::new("daskkube").await else {
+        return;
+    };
+    env.create_pod(&fixture("dask-kube-version.yaml", &[]))
+        .await;
+    let pod = env
+        .wait_pod("dask-kube-version", "terminal", is_terminal)
+        .await;
+    let out = logs(&env, "dask-kube-version").await;
+    assert_eq!(phase(&pod), "Succeeded", "{out}");
+    assert!(out.starts_with("dask-kube "), "{out}");
+    let cs = &pod.status.unwrap().container_statuses.unwrap()[0];
+    assert_eq!(
+        cs.image_id,
+        "local://dask-kube/ghcr.io/dask-on-k8s/dask-kube:latest"
+    );
+}
