@@ -359,6 +359,20 @@ async fn policy_webhook_down_fails_up_naming_it_and_leaves_nothing() {
     })
     .await;
     drop(webhook);
+    // The next test needs it answering again: a dry-run create of a worker pod passes it.
+    let probe: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "webhook-probe", "labels": {"dask.org/component": "worker"}},
+        "spec": {"containers": [{"name": "w", "image": "i", "args": ["dask", "worker"]}]},
+    }))
+    .unwrap();
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for("the policy webhook to answer again", || async {
+        ns.pods().create(&dry_run, &probe).await.is_ok()
+    })
+    .await;
     assert!(!out.status.success(), "up must fail without its webhook");
     assert!(
         stderr.contains("failed calling webhook") && stderr.contains(".dask.org"),

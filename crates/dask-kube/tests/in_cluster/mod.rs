@@ -26,17 +26,7 @@ async fn notebook_pod_runs_the_life_cycle_and_computes_through_the_service() {
     let Some(kube) = cluster().await else { return };
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-notebook").await;
-    let rbac = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
-    let applied = std::process::Command::new("kubectl")
-        .env("KUBECONFIG", crate::common::kubeconfig())
-        .args(["apply", "-n", &ns.name, "-f", rbac.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    crate::common::apply_rbac(&ns.name);
     let read = |name: &str| std::fs::read_to_string(fixture(name)).unwrap();
     let cms: kube::Api<ConfigMap> = kube::Api::namespaced(kube.clone(), &ns.name);
     let notebook: ConfigMap = serde_json::from_value(json!({
@@ -132,6 +122,11 @@ async fn notebook_pod_runs_the_life_cycle_and_computes_through_the_service() {
         up["scheduler_address"],
         format!("tcp://{name}.{}:8786", ns.name).as_str(),
         "inside the cluster the scheduler is reached by its Service: {log}"
+    );
+    assert_eq!(
+        marked(&log, "DASHBOARD"),
+        Some(format!("http://{name}.{}:8787/status 200", ns.name).as_str()),
+        "the printed dashboard link is the Service's, and it answers inside the cluster: {log}"
     );
     let list: Value = serde_json::from_str(marked(&log, "LIST").expect("a LIST line")).unwrap();
     assert!(list.to_string().contains(name), "list shows {name}: {log}");
