@@ -56,6 +56,9 @@ enum Location {
 #[derive(Debug, Clone)]
 struct Word {
     text: String,
+    /// In a shell script, the word has a `$` or backtick the shell expands (outside single
+    /// quotes, not escaped). Always false outside a shell, where nothing expands them.
+    expands: bool,
     location: Location,
 }
 
@@ -104,6 +107,8 @@ pub struct WorkerCommandLine {
 #[derive(Debug, Clone)]
 struct FlagMatch {
     value: String,
+    /// The word holding the value has a `$` or backtick the shell expands.
+    expands: bool,
     /// The word holding the value; for `--flag=value` the whole word.
     location: Location,
     joined: bool,
@@ -132,6 +137,7 @@ impl WorkerCommandLine {
             )
             .map(|(field, index, text)| Word {
                 text: text.clone(),
+                expands: false,
                 location: Location::Element { field, index },
             })
             .collect();
@@ -177,12 +183,14 @@ impl WorkerCommandLine {
                 })?;
                 found = Some(FlagMatch {
                     value: value.text.clone(),
+                    expands: value.expands,
                     location: value.location.clone(),
                     joined: false,
                 });
             } else if let Some(value) = word.text.strip_prefix(&joined_prefix) {
                 found = Some(FlagMatch {
                     value: value.to_owned(),
+                    expands: word.expands,
                     location: word.location.clone(),
                     joined: true,
                 });
@@ -194,6 +202,15 @@ impl WorkerCommandLine {
     /// The value of `flag` (the last one, as click reads it), if present.
     pub fn flag(&self, flag: &str) -> Result<Option<String>, CommandLineError> {
         Ok(self.find_flag(flag)?.map(|m| m.value))
+    }
+
+    /// The value of `flag` (the last one) and whether a shell expands variables in it.
+    pub(crate) fn flag_word(&self, flag: &str) -> Result<Option<(String, bool)>, CommandLineError> {
+        let found = self.find_flag(flag)?;
+        Ok(found.map(|m| {
+            let expands = self.in_shell && m.expands;
+            (m.value, expands)
+        }))
     }
 
     /// Whether `flag` is present at all.
@@ -474,8 +491,9 @@ fn find_in_script(script: &str, field: ArgvField, index: usize) -> Option<Worker
     for simple in commands {
         let words: Vec<Word> = simple
             .into_iter()
-            .map(|(text, span)| Word {
+            .map(|(text, span, expands)| Word {
                 text,
+                expands,
                 location: Location::Script { field, index, span },
             })
             .collect();
@@ -504,9 +522,10 @@ fn find_in_script(script: &str, field: ArgvField, index: usize) -> Option<Worker
 }
 
 /// The words of one simple command: unquoted text and byte span in the script.
-type SimpleCommand = Vec<(String, Range<usize>)>;
+type SimpleCommand = Vec<(String, Range<usize>, bool)>;
 
-/// Splits a POSIX shell script into simple commands of `(unquoted word, byte span)`.
+/// Splits a POSIX shell script into simple commands of `(unquoted word, byte span, whether
+/// the shell expands a `$` or backtick in it)`.
 ///
 /// Enough of the shell grammar to find a worker invocation and its arguments: quotes,
 /// backslashes, `$(...)`, `${...}` and backticks inside words; `;`, `&`, `|`, newlines,
@@ -548,6 +567,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
         let start = byte_at(i);
         let mut text = String::new();
         let mut quoted = false;
+        let mut expands = false;
         while let Some(c) = char_at(i) {
             match c {
                 ' ' | '\t' | '\r' => break,
@@ -597,6 +617,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                             i += 2;
                             continue;
                         }
+                        expands |= c == '$' || c == '`';
                         if c == '$' && char_at(i + 1) == Some('(') {
                             let (next, closed) = copy_balanced(&chars, i, '(', ')', &mut text);
                             unterminated |= !closed;
@@ -609,6 +630,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                     unterminated |= !closed;
                 }
                 '$' if matches!(char_at(i + 1), Some('(' | '{')) => {
+                    expands = true;
                     let (open, close) = if char_at(i + 1) == Some('(') {
                         ('(', ')')
                     } else {
@@ -619,6 +641,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                     i = next;
                 }
                 '`' => {
+                    expands = true;
                     text.push('`');
                     i += 1;
                     let mut closed = false;
@@ -633,6 +656,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                     unterminated |= !closed;
                 }
                 c => {
+                    expands |= c == '$';
                     text.push(c);
                     i += 1;
                 }
@@ -652,7 +676,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
             continue;
         }
         if let Some(current) = commands.last_mut() {
-            current.push((text, start..end));
+            current.push((text, start..end, expands));
         }
     }
     commands.retain(|c| !c.is_empty());

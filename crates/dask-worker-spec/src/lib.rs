@@ -39,19 +39,21 @@ pub mod defaults;
 pub mod quantity;
 pub mod selector;
 pub mod settings;
+pub(crate) mod variables;
 
 pub use admission::{ObjectDefaults, TEMPLATE_LOCATIONS, TemplateLocation, default_object};
 pub use command::{CommandLineError, Invocation, WorkerCommandLine};
 pub use defaults::{
-    Defaulted, PodSpecRules, RestartPolicyRule, WORKER_NAME_ENV, WORKER_NAME_FROM_ENV,
-    apply_worker_defaults,
+    Defaulted, MIN_WORKER_MEMORY_BYTES, PodSpecRules, RestartPolicyRule, WORKER_NAME_ENV,
+    WORKER_NAME_FROM_ENV, apply_worker_defaults,
 };
 pub use quantity::{
-    MemoryLimit, QuantityError, format_dask_bytes, format_k8s_cpu, format_k8s_memory,
-    parse_dask_bytes, parse_k8s_cpu_millis, parse_k8s_memory,
+    MemoryLimit, QuantityError, QuantityMode, format_dask_bytes, format_k8s_cpu,
+    format_k8s_memory, parse_dask_bytes, parse_k8s_cpu_millis, parse_k8s_memory,
+    parse_k8s_milli,
 };
 pub use selector::{LabelSelector, SelectorError};
-pub use settings::{OnMismatch, SettingsError, Toleration, WorkerDefaults};
+pub use settings::{MemoryQuantity, OnMismatch, SettingsError, Toleration, WorkerDefaults};
 
 /// Labels and label values dask-kubernetes uses, shared so the policy and dask-kube agree.
 pub mod labels {
@@ -117,6 +119,35 @@ pub enum Error {
         /// What is wrong.
         #[source]
         source: CommandLineError,
+    },
+    /// A flag value with a `$` that nothing will expand: the worker would get it as text.
+    #[error("container {container:?}: {flag} {value:?} reaches Dask as written: {reason}")]
+    UnexpandedVariable {
+        /// Container name.
+        container: String,
+        /// The flag.
+        flag: String,
+        /// Its value as the worker would see it.
+        value: String,
+        /// Why nothing expands it, and the fix.
+        reason: String,
+    },
+    /// A memory size no Dask worker can run in (a unit mistake, as a rule); the message
+    /// says how many bytes Dask reads and from which unit.
+    #[error("container {container:?}: {message}")]
+    TooSmall {
+        /// Container name.
+        container: String,
+        /// The value, the unit Dask read, and the floor.
+        message: String,
+    },
+    /// A command-line form that current Dask refuses, used in a way Dask always refused.
+    #[error("container {container:?}: {message}")]
+    RemovedFlag {
+        /// Container name.
+        container: String,
+        /// What is wrong and the fix.
+        message: String,
     },
     /// Flags and resources disagree and the settings say to refuse.
     #[error("container {container:?}: {message}")]
