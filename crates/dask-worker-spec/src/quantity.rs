@@ -302,18 +302,31 @@ const DASK_UNIT_TABLE: [(&[&str], &str, u64); 11] = [
     (&["pib", "pi"], "PiB", 1 << 50),
 ];
 
-/// The unit Dask reads from a suffix: Python's `str.lower()` (full Unicode: the Kelvin sign
-/// `K` lowers to `k`), then `byte_sizes`.
+/// The unit Dask reads from a suffix: Python's `str.lower()`, then `byte_sizes`. Of all
+/// non-ASCII characters only the Kelvin sign (U+212A) lowers to an ASCII letter (checked
+/// over every code point with Python 3.11), so that is the only one mapped here: any
+/// other stays non-ASCII and matches no unit, as in Dask.
 fn dask_unit(suffix: &str) -> Option<(&'static str, u64)> {
-    let lower = suffix.to_lowercase();
+    let lower: String = suffix
+        .chars()
+        .map(|c| if c == KELVIN_SIGN { 'k' } else { c.to_ascii_lowercase() })
+        .collect();
     DASK_UNIT_TABLE
         .iter()
         .find(|(spellings, _, _)| spellings.contains(&lower.as_str()))
         .map(|(_, name, size)| (*name, *size))
 }
 
+/// U+212A, which Python's `str.lower()` turns into `k`.
+const KELVIN_SIGN: char = '\u{212A}';
+
 /// `dask.utils.parse_bytes` split: spaces removed, `1` prepended when there is no digit at
 /// all, the trailing run of letters is the unit and the rest the number.
+///
+/// Python's `isalpha()` is Unicode-wide; here only ASCII letters and the Kelvin sign count.
+/// That gives the same answer on every string Dask accepts: a successful unit consists of
+/// those characters only, and any other letter ends up in the unit or in the number,
+/// which Dask and this parser then both refuse.
 fn split_dask_bytes(value: &str) -> (String, String) {
     let mut compact: String = value.chars().filter(|c| *c != ' ').collect();
     if !compact.chars().any(is_python_decimal) {
@@ -322,7 +335,7 @@ fn split_dask_bytes(value: &str) -> (String, String) {
     let unit_start = compact
         .char_indices()
         .rev()
-        .take_while(|(_, c)| c.is_alphabetic())
+        .take_while(|(_, c)| c.is_ascii_alphabetic() || *c == KELVIN_SIGN)
         .last()
         .map_or(compact.len(), |(i, _)| i);
     let unit = compact.split_off(unit_start);
