@@ -3,6 +3,16 @@
 //! Everything works on `serde_json::Value` and edits only the fields it owns, so fields
 //! this crate does not know (newer Kubernetes API fields, other tools' annotations)
 //! survive byte for byte, and a second pass over the result changes nothing.
+//!
+//! Flags are read as the worker will read them: variables resolved from the container's
+//! env where the pod says their value (`variables`), bytes as Dask's own `parse_bytes`
+//! counts them (`quantity`). The rules, in one place:
+//! - a flag at Dask's default (`--memory-limit auto`, `--nthreads 0`) is an absent flag;
+//! - container memory = `--memory-limit` x `--nworkers` + `memoryHeadroom` where the policy
+//!   derives either side; values the user gave both agree when the container holds the
+//!   workers and at most the headroom more;
+//! - a `--memory-limit` below [`MIN_WORKER_MEMORY_BYTES`] is a unit mistake and refused;
+//! - what is only known at runtime is left alone with a warning, everything else defaulted.
 
 use crate::command::{self, Invocation, WorkerCommandLine};
 use crate::quantity::{
@@ -77,7 +87,8 @@ pub struct Defaulted {
 /// let outcome = apply_worker_defaults(&mut spec, "spec", PodSpecRules::BARE_POD,
 ///     &WorkerDefaults::default()).unwrap();
 /// assert!(outcome.changed);
-/// assert_eq!(spec["containers"][0]["resources"]["limits"]["memory"], "6G");
+/// // 6 GB for the worker and the default memoryHeadroom (256Mi): 6,268,435,456 bytes.
+/// assert_eq!(spec["containers"][0]["resources"]["limits"]["memory"], "6121519Ki");
 /// assert_eq!(spec["restartPolicy"], "Never");
 /// ```
 pub fn apply_worker_defaults(
@@ -353,9 +364,9 @@ impl Resource {
             return true;
         }
         match self {
-            Resource::Memory => flag.checked_mul(nworkers).is_some_and(|workers| {
-                workers <= container && container - workers <= headroom
-            }),
+            Resource::Memory => flag
+                .checked_mul(nworkers)
+                .is_some_and(|workers| workers <= container && container - workers <= headroom),
             Resource::Cpu => self.total(flag, nworkers, 0) == Some(container),
         }
     }
@@ -455,7 +466,10 @@ enum FlagValue {
         reads: Vec<ResourceField>,
     },
     /// Only known when the container starts, and why.
-    Unknown { written: String, why: String },
+    Unknown {
+        written: String,
+        why: String,
+    },
 }
 
 impl FlagValue {
@@ -479,12 +493,10 @@ fn read_flag(
     env: &ContainerEnv,
     container: &str,
 ) -> Result<FlagValue> {
-    let found = line
-        .flag_word(flag)
-        .map_err(|source| Error::CommandLine {
-            container: container.to_owned(),
-            source,
-        })?;
+    let found = line.flag_word(flag).map_err(|source| Error::CommandLine {
+        container: container.to_owned(),
+        source,
+    })?;
     let Some((written, shell_expands)) = found else {
         return Ok(FlagValue::Absent);
     };
@@ -628,13 +640,15 @@ fn read_memory_flag(
         Ok(MemoryLimit::Disabled) => Ok(MemoryFlag::Unsized(format!(
             "{flag} {quoted} disables memory management, not a byte count"
         ))),
-        Err(source) => Err(
-            unexpanded(container, flag, &text).unwrap_or_else(|| Error::InvalidFlag {
-                container: container.to_owned(),
-                flag: flag.to_owned(),
-                source,
-            }),
-        ),
+        Err(source) => {
+            Err(
+                unexpanded(container, flag, &text).unwrap_or_else(|| Error::InvalidFlag {
+                    container: container.to_owned(),
+                    flag: flag.to_owned(),
+                    source,
+                }),
+            )
+        }
     }
 }
 
@@ -792,9 +806,8 @@ fn default_container(
                             && let Some(per_worker) = p.flag
                             && per_worker < MIN_WORKER_MEMORY_BYTES
                         {
-                            problems.push(too_small_for_workers(
-                                &name, sizes, n, headroom, per_worker,
-                            ));
+                            problems
+                                .push(too_small_for_workers(&name, sizes, n, headroom, per_worker));
                             continue;
                         }
                         plans.push((resource, p));
@@ -1164,7 +1177,11 @@ mod tests {
     #[case::headroom_once_per_container(sizes(Some(3 * GB), None, None), 2, Ok(p(None, Some(6 * GB + HEADROOM), Some(6 * GB + HEADROOM))))]
     #[case::flag_from_limit_leaves_the_headroom(sizes(None, Some(6 * GB), Some(6 * GB)), 1, Ok(p(Some(6 * GB - HEADROOM), None, None)))]
     #[case::flag_from_limit_split_after_headroom(sizes(None, Some(4 << 30), None), 2, Ok(p(Some(2_013_265_920), None, Some(4 << 30))))]
-    #[case::no_room_left_derives_zero(sizes(None, Some(HEADROOM), None), 1, Ok(p(Some(0), None, Some(HEADROOM))))]
+    #[case::no_room_left_derives_zero(
+        sizes(None, Some(HEADROOM), None),
+        1,
+        Ok(p(Some(0), None, Some(HEADROOM)))
+    )]
     #[case::user_without_headroom_agrees(sizes(Some(6 * GB), Some(6 * GB), Some(6 * GB)), 1, Ok(p(None, None, None)))]
     #[case::user_with_part_of_the_headroom_agrees(sizes(Some(6 * GB), Some(6 * GB + 100_000_000), Some(6 * GB + 100_000_000)), 1, Ok(p(None, None, None)))]
     #[case::user_with_exactly_the_headroom_agrees(sizes(Some(3 * GB), Some(6 * GB + HEADROOM), None), 2, Ok(p(None, None, Some(6 * GB + HEADROOM))))]
@@ -1176,7 +1193,14 @@ mod tests {
         #[case] expected: std::result::Result<Plan, Disagreement>,
     ) {
         assert_eq!(
-            plan(Resource::Memory, before, nworkers, OnMismatch::Reject, true, HEADROOM),
+            plan(
+                Resource::Memory,
+                before,
+                nworkers,
+                OnMismatch::Reject,
+                true,
+                HEADROOM
+            ),
             expected
         );
     }
@@ -1184,7 +1208,14 @@ mod tests {
     #[test]
     fn cpu_has_no_headroom() {
         assert_eq!(
-            plan(Resource::Cpu, sizes(Some(2), None, None), 1, OnMismatch::Reject, true, 0),
+            plan(
+                Resource::Cpu,
+                sizes(Some(2), None, None),
+                1,
+                OnMismatch::Reject,
+                true,
+                0
+            ),
             Ok(p(None, Some(2_000), Some(2_000)))
         );
     }

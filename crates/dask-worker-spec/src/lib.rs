@@ -1,6 +1,11 @@
 //! Dask worker pod specs: reading a worker's command line, Dask memory strings versus
 //! Kubernetes quantities, and the defaults a worker pod needs.
 //!
+//! Values are read as the worker reads them: `--memory-limit` to the byte as Dask's
+//! `parse_bytes` and `parse_memory_limit` count it (float arithmetic included, tested
+//! against a table Dask generates), and flag variables (`$(MEM)`, `$MEM` in `sh -c`)
+//! resolved from the container's env where the pod says their value.
+//!
 //! Shared by the `dask-worker-defaults` Kubewarden policy (compiled to wasm) and the
 //! `dask-kube` host binary, so a pod defaulted client-side by dask-kube is exactly what the
 //! policy would produce, and the policy finds nothing to change. Pure functions over
@@ -48,9 +53,8 @@ pub use defaults::{
     WORKER_NAME_FROM_ENV, apply_worker_defaults,
 };
 pub use quantity::{
-    MemoryLimit, QuantityError, QuantityMode, format_dask_bytes, format_k8s_cpu,
-    format_k8s_memory, parse_dask_bytes, parse_k8s_cpu_millis, parse_k8s_memory,
-    parse_k8s_milli,
+    MemoryLimit, QuantityError, QuantityMode, format_dask_bytes, format_k8s_cpu, format_k8s_memory,
+    parse_dask_bytes, parse_k8s_cpu_millis, parse_k8s_memory, parse_k8s_milli,
 };
 pub use selector::{LabelSelector, SelectorError};
 pub use settings::{MemoryQuantity, OnMismatch, SettingsError, Toleration, WorkerDefaults};

@@ -309,7 +309,13 @@ const DASK_UNIT_TABLE: [(&[&str], &str, u64); 11] = [
 fn dask_unit(suffix: &str) -> Option<(&'static str, u64)> {
     let lower: String = suffix
         .chars()
-        .map(|c| if c == KELVIN_SIGN { 'k' } else { c.to_ascii_lowercase() })
+        .map(|c| {
+            if c == KELVIN_SIGN {
+                'k'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
         .collect();
     DASK_UNIT_TABLE
         .iter()
@@ -427,12 +433,11 @@ fn f64_to_bytes(whole: f64, value: &str) -> Result<u64, QuantityError> {
 /// Python 3.11's `unicodedata` (Unicode 14.0). Python's `float()` reads them as 0-9.
 const UNICODE_DIGIT_ZEROS: [u32; 66] = [
     0x30, 0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66,
-    0xDE6, 0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80,
-    0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50,
-    0xABF0, 0xFF10, 0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450,
-    0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0,
-    0x16A60, 0x16AC0, 0x16B50, 0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140,
-    0x1E2F0, 0x1E950, 0x1FBF0,
+    0xDE6, 0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90,
+    0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10,
+    0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650,
+    0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50,
+    0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
 ];
 
 /// The value of a Unicode decimal digit (`str.isdecimal()` in Python).
@@ -987,14 +992,20 @@ mod tests {
     #[case::garbage("abc")]
     #[case::huge_exponent("1e99")]
     fn kubelet_mode_still_refuses_what_is_not_a_quantity(#[case] text: &str) {
-        assert!(parse_k8s_milli(text, QuantityMode::Kubelet).is_err(), "{text}");
+        assert!(
+            parse_k8s_milli(text, QuantityMode::Kubelet).is_err(),
+            "{text}"
+        );
     }
 
     #[rstest]
     #[case::sub_milli("0.0001")]
     #[case::negative("-1")]
     fn exact_mode_refuses_what_would_round(#[case] text: &str) {
-        assert!(parse_k8s_milli(text, QuantityMode::Exact).is_err(), "{text}");
+        assert!(
+            parse_k8s_milli(text, QuantityMode::Exact).is_err(),
+            "{text}"
+        );
     }
 
     proptest::proptest! {

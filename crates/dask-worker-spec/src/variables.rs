@@ -313,7 +313,9 @@ impl ContainerEnv {
             } else {
                 let len = rest
                     .char_indices()
-                    .find(|(i, c)| !(c.is_ascii_alphanumeric() || *c == '_') || (*i == 0 && c.is_ascii_digit()))
+                    .find(|(i, c)| {
+                        !(c.is_ascii_alphanumeric() || *c == '_') || (*i == 0 && c.is_ascii_digit())
+                    })
                     .map_or(rest.len(), |(i, _)| i);
                 if len == 0 {
                     match rest.chars().next() {
@@ -379,7 +381,8 @@ impl ContainerEnv {
     /// `shell_expands`: the word is in a `sh -c` script and has a `$` or backtick the
     /// shell expands (not in single quotes).
     pub(crate) fn resolve(&self, word: &str, shell_expands: bool) -> Resolved {
-        if !word.contains('$') && !(shell_expands && word.contains('`')) {
+        let expandable = word.contains('$') || (shell_expands && word.contains('`'));
+        if !expandable {
             return Resolved::known(word.to_owned());
         }
         let after_kubernetes = self.expand_kubernetes(word);
@@ -408,7 +411,11 @@ fn is_shell_name(name: &str) -> bool {
 /// The kubelet's `resourceFieldRef` value: `ceil(amount / divisor)` in float arithmetic
 /// (`convertResourceMemoryToString` / `convertResourceCPUToString`), as a decimal integer.
 /// CPU is counted in millicores on both sides; a missing divisor is `1`.
-fn resource_field_value(field: ResourceField, amount: u64, divisor: Option<&str>) -> Option<String> {
+fn resource_field_value(
+    field: ResourceField,
+    amount: u64,
+    divisor: Option<&str>,
+) -> Option<String> {
     let divisor = match (field, divisor.filter(|d| !d.is_empty())) {
         (_, None) => match field {
             ResourceField::LimitsCpu | ResourceField::RequestsCpu => 1_000,
@@ -496,8 +503,16 @@ mod tests {
     #[rstest]
     #[case::config_map("$(FROM_CM)", false, "env FROM_CM comes from a ConfigMap")]
     #[case::secret("$(FROM_SECRET)", false, "env FROM_SECRET comes from a Secret")]
-    #[case::other_container("$(OTHER)", false, "env OTHER comes from the resources of container \"sidecar\"")]
-    #[case::unset_request("$(CPU_REQUEST)", false, "env CPU_REQUEST is resources.requests.cpu, which is not set")]
+    #[case::other_container(
+        "$(OTHER)",
+        false,
+        "env OTHER comes from the resources of container \"sidecar\""
+    )]
+    #[case::unset_request(
+        "$(CPU_REQUEST)",
+        false,
+        "env CPU_REQUEST is resources.requests.cpu, which is not set"
+    )]
     #[case::command_substitution("$(nproc)", true, "command substitution")]
     #[case::backticks("`nproc`", true, "command substitution")]
     #[case::image_env("$FROM_IMAGE", true, "$FROM_IMAGE is not in the container's env")]
@@ -540,7 +555,9 @@ mod tests {
     fn doubling_chains_stay_bounded() {
         let mut entries = vec![json!({"name": "V0", "value": "xxxxxxxx"})];
         for i in 1..64 {
-            entries.push(json!({"name": format!("V{i}"), "value": format!("$(V{})$(V{})", i - 1, i - 1)}));
+            entries.push(
+                json!({"name": format!("V{i}"), "value": format!("$(V{})$(V{})", i - 1, i - 1)}),
+            );
         }
         let env = env(json!({ "env": entries }));
         assert!(matches!(
