@@ -26,7 +26,10 @@ fn table() -> Table {
     let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
     let rows = |key: &str| json[key].as_array().expect("rows").clone();
     Table {
-        dask: format!("dask {} / distributed {}", json["dask"], json["distributed"]),
+        dask: format!(
+            "dask {} / distributed {}",
+            json["dask"], json["distributed"]
+        ),
         parse_bytes: rows("parse_bytes"),
         parse_memory_limit: rows("parse_memory_limit"),
     }

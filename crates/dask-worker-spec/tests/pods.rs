@@ -466,10 +466,7 @@ fn variables_the_pod_defines_are_resolved_and_checked(
             "variables stay variables"
         );
     }
-    assert!(
-        warnings.is_empty(),
-        "nothing left unchecked: {warnings:?}"
-    );
+    assert!(warnings.is_empty(), "nothing left unchecked: {warnings:?}");
 }
 
 #[rstest]
@@ -618,7 +615,11 @@ fn dask_defaults_spelled_out_act_as_absent_flags(
     assert_eq!(explicit_out["resources"], absent_out["resources"]);
     assert_eq!(explicit_warnings, absent_warnings);
     let values = |c: &Value, flag: &str| -> Option<String> {
-        let args: Vec<&str> = c["args"].as_array()?.iter().filter_map(Value::as_str).collect();
+        let args: Vec<&str> = c["args"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         args.iter().enumerate().find_map(|(i, a)| {
             a.strip_prefix(&format!("{flag}="))
                 .map(str::to_owned)

@@ -146,7 +146,12 @@ fn env_var() -> impl Strategy<Value = Value> {
         prop::sample::select(vec!["4GB", "2", "0", "auto", "$(N)GB", "-1", "2.5", "1GiB"])
             .prop_map(|v| json!({"value": v})),
         (
-            prop::sample::select(vec!["limits.memory", "requests.memory", "limits.cpu", "requests.cpu"]),
+            prop::sample::select(vec![
+                "limits.memory",
+                "requests.memory",
+                "limits.cpu",
+                "requests.cpu"
+            ]),
             prop::option::of(prop::sample::select(vec!["1", "1Mi", "1m", "1G", "bad"])),
         )
             .prop_map(|(resource, divisor)| {
@@ -241,14 +246,12 @@ fn settings() -> impl Strategy<Value = WorkerDefaults> {
         prop::sample::select(vec![0u64, 256 << 20, 1 << 30]),
     )
         .prop_map(
-            |(on_mismatch, requests_equal_limits, worker_name_from_pod, headroom)| {
-                WorkerDefaults {
-                    on_mismatch,
-                    requests_equal_limits,
-                    worker_name_from_pod,
-                    memory_headroom: MemoryQuantity::from_bytes(headroom),
-                    ..WorkerDefaults::default()
-                }
+            |(on_mismatch, requests_equal_limits, worker_name_from_pod, headroom)| WorkerDefaults {
+                on_mismatch,
+                requests_equal_limits,
+                worker_name_from_pod,
+                memory_headroom: MemoryQuantity::from_bytes(headroom),
+                ..WorkerDefaults::default()
             },
         )
 }
@@ -268,7 +271,9 @@ enum FirstPass {
     Refused,
     Unchanged,
     /// Mutated; `containers` when a container (flags, resources, env) changed too.
-    Mutated { containers: bool },
+    Mutated {
+        containers: bool,
+    },
 }
 
 /// Checks that a second pass over the first pass's result changes nothing, and says what

@@ -36,9 +36,8 @@ pub fn parse(value: &str) -> Result<Milli> {
                 QuantityError::UnknownUnit { .. } => "unknown suffix",
                 QuantityError::TooLarge { .. } => "number too large",
                 QuantityError::Negative { .. } => "negative",
-                QuantityError::FractionalBytes { .. } | QuantityError::FractionalMillicores { .. } => {
-                    "finer than a milli-unit"
-                }
+                QuantityError::FractionalBytes { .. }
+                | QuantityError::FractionalMillicores { .. } => "finer than a milli-unit",
             },
         })
 }
