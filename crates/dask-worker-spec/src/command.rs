@@ -291,7 +291,8 @@ fn replace_at(
             if script.get(span.clone()).is_none() {
                 return false;
             }
-            script.replace_range(span.clone(), &shell_quote(replacement));
+            let text = separated(shell_quote(replacement), script, span.end);
+            script.replace_range(span.clone(), &text);
             true
         }
     }
@@ -322,9 +323,22 @@ fn insert_at(
             if !script.is_char_boundary(*offset) {
                 return false;
             }
-            script.insert_str(*offset, &format!(" {flag} {}", shell_quote(value)));
+            let text = separated(format!(" {flag} {}", shell_quote(value)), script, *offset);
+            script.insert_str(*offset, &text);
             true
         }
+    }
+}
+
+/// Text placed right before a `<` or `>` keeps a space from it: a number written against a
+/// redirection is its file descriptor (`2>log`), so `--nthreads 2` inserted before `>log`
+/// would become `--nthreads` and a redirection of stderr.
+fn separated(text: String, script: &str, at: usize) -> String {
+    let next = script.get(at..).and_then(|rest| rest.chars().next());
+    if matches!(next, Some('<' | '>')) {
+        format!("{text} ")
+    } else {
+        text
     }
 }
 
@@ -820,6 +834,12 @@ mod tests {
         &["sh", "-c", "dask worker --name 'a b'"], &[])]
     #[case::shell_second_command(&["sh", "-c", "pip install foo; dask worker $(SCHED)"], &[], NTHREADS, "1",
         &["sh", "-c", "pip install foo; dask worker $(SCHED) --nthreads 1"], &[])]
+    // Found by the policy_request fuzz target (crash-ef3e2d49...): a number inserted against
+    // `>` became the redirection's file descriptor.
+    #[case::fuzz_number_inserted_against_a_redirect(&["sh", "-c", "dask worker s:8786>log"], &[], NTHREADS, "2",
+        &["sh", "-c", "dask worker s:8786 --nthreads 2 >log"], &[])]
+    #[case::number_replaced_against_a_redirect(&["sh", "-c", "dask worker --nthreads x<in"], &[], NTHREADS, "2",
+        &["sh", "-c", "dask worker --nthreads 2 <in"], &[])]
     fn edits_in_place(
         #[case] command: &[&str],
         #[case] args: &[&str],

@@ -647,3 +647,34 @@ fn headroom_setting_zero_gives_the_flags_the_whole_container() {
     );
     assert_eq!(out["resources"]["limits"]["memory"], "6G");
 }
+
+/// Regression of the `policy_request` fuzz crash `crash-ef3e2d49a317d5d56bef7508ee5775791c29ec89`:
+/// a worker argument written against a redirection (`...2>...`), in a Deployment whose cpu
+/// request implies the thread count. The inserted `--nthreads 45082000` landed against the
+/// `>` and the shell (and the second pass) read the number as a file descriptor, so the
+/// reinvocation found `--nthreads` without a value and refused the object.
+#[test]
+fn fuzz_crash_ef3e2d49_number_inserted_against_a_redirect() {
+    let deployment = json!({"spec": {"template": {
+        "metadata": {"labels": {"dask.org/component": "worker"}},
+        "spec": {"containers": [{
+            "name": "worker",
+            "command": ["sh", "-c", "MALLOC_TRIM_THRESHOLD_=0 dask worker \u{0}\u{1a}\u{19}2>\u{0}\u{0}\u{0}\u{0}"],
+            "resources": {"requests": {"cpu": "45082k"}}
+        }]}
+    }}});
+    let first = run("Deployment", "CREATE", &deployment, &defaults()).expect("mutated");
+    let script = first["spec"]["template"]["spec"]["containers"][0]["command"][2]
+        .as_str()
+        .expect("script")
+        .to_owned();
+    assert!(
+        script.contains("--nthreads 45082000 --death-timeout 60 --name $(DASK_WORKER_NAME) >"),
+        "{script}"
+    );
+    assert_eq!(
+        run("Deployment", "CREATE", &first, &defaults()),
+        None,
+        "the reinvocation accepts it unchanged"
+    );
+}
