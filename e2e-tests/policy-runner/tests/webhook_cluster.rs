@@ -169,7 +169,8 @@ async fn bare_worker_pod_is_stored_with_every_default() {
         .await
         .expect("created");
     let spec = &stored["spec"];
-    assert_worker_defaults(spec, "1", "1G");
+    // 1 GB for the worker and the policy's default memoryHeadroom (256Mi).
+    assert_worker_defaults(spec, "1", "1268435456");
     assert_eq!(spec["restartPolicy"], "Never");
     assert_eq!(
         stored["status"]["qosClass"], "Guaranteed",
@@ -204,7 +205,7 @@ async fn classic_labels_and_flags_from_limits() {
             "--nthreads",
             "2",
             "--memory-limit",
-            "3GiB",
+            "2816MiB",
             "--death-timeout",
             "60",
             "--name",
@@ -256,7 +257,7 @@ async fn worker_deployment_and_job_templates_are_defaulted() {
         .await
         .expect("created");
     let spec = &stored["spec"]["template"]["spec"];
-    assert_worker_defaults(spec, "2", "2Gi");
+    assert_worker_defaults(spec, "2", "2304Mi");
     assert_eq!(
         spec["restartPolicy"], "Always",
         "Deployments only allow Always"
@@ -272,7 +273,7 @@ async fn worker_deployment_and_job_templates_are_defaulted() {
         .await
         .expect("created");
     let spec = &stored["spec"]["template"]["spec"];
-    assert_worker_defaults(spec, "2", "2Gi");
+    assert_worker_defaults(spec, "2", "2304Mi");
     assert_eq!(spec["restartPolicy"], "Never");
     ns.delete().await;
 }
