@@ -86,7 +86,8 @@ pub enum CommandLineError {
     /// The shell script has an unterminated quote or substitution: any text added to it
     /// would land inside the quote, and the shell would refuse it anyway.
     #[error(
-        "the shell script has an unterminated quote or substitution, so it cannot be edited safely"
+        "the shell script has an unterminated quote, substitution or escape, so it cannot be \
+         edited safely"
     )]
     UnterminatedShellScript,
 }
@@ -594,7 +595,10 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                         i += 2;
                     }
                     None => {
+                        // A backslash that ends the script would escape whatever is
+                        // appended after it: the script cannot be extended safely.
                         text.push('\\');
+                        unterminated = true;
                         i += 1;
                     }
                 },
@@ -872,6 +876,9 @@ mod tests {
     #[case::double_quote("dask worker \"oops")]
     #[case::substitution("dask worker $(oops")]
     #[case::backtick("dask worker `oops")]
+    // Found by the policy_request fuzz target (crash-47c4d856...): appending after a
+    // trailing backslash glued the new flag into the last word.
+    #[case::fuzz_trailing_backslash("dask worker aut:\\\\\\")]
     fn unterminated_scripts_are_not_edited(#[case] script: &str) {
         let mut command = strings(&["sh", "-c", script]);
         let mut args = Vec::new();

@@ -678,3 +678,21 @@ fn fuzz_crash_ef3e2d49_number_inserted_against_a_redirect() {
         "the reinvocation accepts it unchanged"
     );
 }
+
+/// Regression of the `policy_request` fuzz crash `crash-47c4d85647f1cf79a4afad3df645a58950523b51`:
+/// a `sh -c` script ending in a backslash. Appending `--death-timeout 60` after it made the
+/// backslash escape the new space, so the flag became part of the last word and every
+/// reinvocation appended it again. Such a script cannot be extended: it is refused.
+#[test]
+fn fuzz_crash_47c4d856_script_ending_in_a_backslash_is_refused() {
+    let deployment = json!({"spec": {"template": {
+        "metadata": {"labels": {"app": "dask", "component": "dask-worker"}},
+        "spec": {"containers": [{"name": "worker", "command": ["sh", "-c", "dask worker aut:\\\\\\\\\\"]}]}
+    }}});
+    let error = default_object("apps", "Deployment", "CREATE", deployment, &defaults())
+        .expect_err("refused");
+    assert_eq!(
+        error.to_string(),
+        "container \"worker\": the shell script has an unterminated quote, substitution or escape, so it cannot be edited safely"
+    );
+}
