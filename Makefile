@@ -101,6 +101,10 @@ bench: wasm ## figures: module size, wasm vs native evaluation, dask-kube timing
 bench-scale: setup wasm venv ## time to N Pending pods and back to 0: raw apiserver limit vs classic vs dask-kube (BENCH_N, BENCH_REPEATS)
 	e2e-tests/bench-scale/run.sh
 
+.PHONY: fuzz
+fuzz: ## bounded fuzz campaign of the policy (cargo-fuzz on nightly; FUZZ_RUNS per target)
+	CACHE_DIR=$(CACHE_DIR) fuzz/run.sh
+
 cluster-up: wasm venv ## start the local control plane (+ node agent, policy webhook)
 	$(CLUSTER) up
 

@@ -27,8 +27,25 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_get_a_response(payload in prop::collection::vec(any::<u8>(), 0..256)) {
-        let response = validate_payload(&payload);
-        prop_assert!(response.is_ok());
+        // The waPC answer is a serialized ValidationResponse: a JSON object whose
+        // `accepted` is a bool, with a message when it refuses. Bytes that are not even
+        // JSON are refused as an invalid request, never accepted and never a trap.
+        let bytes = validate_payload(&payload).map_err(TestCaseError::fail)?;
+        let response: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| TestCaseError::fail(format!("response is not JSON: {e}")))?;
+        let accepted = response["accepted"].as_bool();
+        prop_assert!(accepted.is_some(), "no accepted flag: {response}");
+        if accepted == Some(false) {
+            let message = response["message"].as_str().unwrap_or_default();
+            prop_assert!(!message.is_empty(), "a rejection says why: {response}");
+        }
+        if serde_json::from_slice::<Value>(&payload).is_err() {
+            prop_assert_eq!(accepted, Some(false));
+            prop_assert!(
+                response["message"].as_str().unwrap_or_default().starts_with("invalid admission request:"),
+                "{}", response
+            );
+        }
     }
 
     #[test]

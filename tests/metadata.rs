@@ -188,3 +188,32 @@ fn readme_worker_spec_is_the_documented_template() {
         );
     }
 }
+
+#[test]
+fn release_workflow_annotates_pushes_and_signs_what_the_metadata_names() {
+    let workflow = read_yaml(".github/workflows/release.yml");
+    let meta = read_yaml("policy-metadata.yml");
+    let steps = workflow["jobs"]["release"]["steps"]
+        .as_sequence()
+        .expect("release steps");
+    let runs: String = steps
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        runs.contains("kwctl annotate -m policy-metadata.yml"),
+        "annotated with the metadata"
+    );
+    assert!(runs.contains("kwctl push"), "pushed to a registry");
+    assert!(runs.contains("cosign sign"), "signed");
+    let oci_url = annotation(&meta, "io.kubewarden.policy.ociUrl");
+    let repository = oci_url.split_once('/').map_or("", |(_, path)| path);
+    let target = workflow["env"]["OCI_TARGET"].as_str().expect("OCI_TARGET");
+    let owner = "${{ github.repository_owner }}";
+    assert_eq!(
+        target.replace(owner, "dask-on-k8s"),
+        oci_url,
+        "pushed where the metadata says ({repository})"
+    );
+}

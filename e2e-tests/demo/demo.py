@@ -107,6 +107,13 @@ def flag(args, name):
     return None
 
 
+def memory_headroom():
+    """The webhook's memoryHeadroom in bytes: DASK_POLICY_SETTINGS_JSON's (as the cluster's
+    up.d/20-policy-webhook.sh serves it), else the policy's default, 256Mi."""
+    settings = json.loads(os.environ.get("DASK_POLICY_SETTINGS_JSON") or "{}")
+    return k8s_quantity(settings.get("memoryHeadroom", "256Mi"))
+
+
 def worker_pod_problems(pod):
     """What a stored worker pod lacks of the policy's defaults (empty when all there)."""
     from dask.utils import parse_bytes
@@ -136,8 +143,13 @@ def worker_pod_problems(pod):
     else:
         if k8s_quantity(limits.get("cpu", "0"), millis=True) != int(nthreads) * nworkers * 1000:
             problems.append(f"limits.cpu {limits.get('cpu')} != {nthreads} x {nworkers}")
-        if k8s_quantity(limits.get("memory", "0")) != parse_bytes(memory_limit) * nworkers:
-            problems.append(f"limits.memory {limits.get('memory')} != {memory_limit} x {nworkers}")
+        # The policy's rule: the container holds the workers' limits and at most
+        # memoryHeadroom more (the nanny's parent process, page cache).
+        workers = parse_bytes(memory_limit) * nworkers
+        memory = k8s_quantity(limits.get("memory", "0"))
+        if not workers <= memory <= workers + memory_headroom():
+            problems.append(f"limits.memory {limits.get('memory')} is not {memory_limit} x {nworkers}"
+                            f" plus at most memoryHeadroom {memory_headroom()} bytes")
     if requests != limits:
         problems.append(f"requests {requests} != limits {limits}")
     return problems

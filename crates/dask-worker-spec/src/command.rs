@@ -56,6 +56,9 @@ enum Location {
 #[derive(Debug, Clone)]
 struct Word {
     text: String,
+    /// In a shell script, the word has a `$` or backtick the shell expands (outside single
+    /// quotes, not escaped). Always false outside a shell, where nothing expands them.
+    expands: bool,
     location: Location,
 }
 
@@ -83,7 +86,8 @@ pub enum CommandLineError {
     /// The shell script has an unterminated quote or substitution: any text added to it
     /// would land inside the quote, and the shell would refuse it anyway.
     #[error(
-        "the shell script has an unterminated quote or substitution, so it cannot be edited safely"
+        "the shell script has an unterminated quote, substitution or escape, so it cannot be \
+         edited safely"
     )]
     UnterminatedShellScript,
 }
@@ -104,6 +108,8 @@ pub struct WorkerCommandLine {
 #[derive(Debug, Clone)]
 struct FlagMatch {
     value: String,
+    /// The word holding the value has a `$` or backtick the shell expands.
+    expands: bool,
     /// The word holding the value; for `--flag=value` the whole word.
     location: Location,
     joined: bool,
@@ -132,6 +138,7 @@ impl WorkerCommandLine {
             )
             .map(|(field, index, text)| Word {
                 text: text.clone(),
+                expands: false,
                 location: Location::Element { field, index },
             })
             .collect();
@@ -177,12 +184,14 @@ impl WorkerCommandLine {
                 })?;
                 found = Some(FlagMatch {
                     value: value.text.clone(),
+                    expands: value.expands,
                     location: value.location.clone(),
                     joined: false,
                 });
             } else if let Some(value) = word.text.strip_prefix(&joined_prefix) {
                 found = Some(FlagMatch {
                     value: value.to_owned(),
+                    expands: word.expands,
                     location: word.location.clone(),
                     joined: true,
                 });
@@ -194,6 +203,15 @@ impl WorkerCommandLine {
     /// The value of `flag` (the last one, as click reads it), if present.
     pub fn flag(&self, flag: &str) -> Result<Option<String>, CommandLineError> {
         Ok(self.find_flag(flag)?.map(|m| m.value))
+    }
+
+    /// The value of `flag` (the last one) and whether a shell expands variables in it.
+    pub(crate) fn flag_word(&self, flag: &str) -> Result<Option<(String, bool)>, CommandLineError> {
+        let found = self.find_flag(flag)?;
+        Ok(found.map(|m| {
+            let expands = self.in_shell && m.expands;
+            (m.value, expands)
+        }))
     }
 
     /// Whether `flag` is present at all.
@@ -274,7 +292,8 @@ fn replace_at(
             if script.get(span.clone()).is_none() {
                 return false;
             }
-            script.replace_range(span.clone(), &shell_quote(replacement));
+            let text = separated(shell_quote(replacement), script, span.end);
+            script.replace_range(span.clone(), &text);
             true
         }
     }
@@ -305,9 +324,22 @@ fn insert_at(
             if !script.is_char_boundary(*offset) {
                 return false;
             }
-            script.insert_str(*offset, &format!(" {flag} {}", shell_quote(value)));
+            let text = separated(format!(" {flag} {}", shell_quote(value)), script, *offset);
+            script.insert_str(*offset, &text);
             true
         }
+    }
+}
+
+/// Text placed right before a `<` or `>` keeps a space from it: a number written against a
+/// redirection is its file descriptor (`2>log`), so `--nthreads 2` inserted before `>log`
+/// would become `--nthreads` and a redirection of stderr.
+fn separated(text: String, script: &str, at: usize) -> String {
+    let next = script.get(at..).and_then(|rest| rest.chars().next());
+    if matches!(next, Some('<' | '>')) {
+        format!("{text} ")
+    } else {
+        text
     }
 }
 
@@ -474,8 +506,9 @@ fn find_in_script(script: &str, field: ArgvField, index: usize) -> Option<Worker
     for simple in commands {
         let words: Vec<Word> = simple
             .into_iter()
-            .map(|(text, span)| Word {
+            .map(|(text, span, expands)| Word {
                 text,
+                expands,
                 location: Location::Script { field, index, span },
             })
             .collect();
@@ -504,9 +537,10 @@ fn find_in_script(script: &str, field: ArgvField, index: usize) -> Option<Worker
 }
 
 /// The words of one simple command: unquoted text and byte span in the script.
-type SimpleCommand = Vec<(String, Range<usize>)>;
+type SimpleCommand = Vec<(String, Range<usize>, bool)>;
 
-/// Splits a POSIX shell script into simple commands of `(unquoted word, byte span)`.
+/// Splits a POSIX shell script into simple commands of `(unquoted word, byte span, whether
+/// the shell expands a `$` or backtick in it)`.
 ///
 /// Enough of the shell grammar to find a worker invocation and its arguments: quotes,
 /// backslashes, `$(...)`, `${...}` and backticks inside words; `;`, `&`, `|`, newlines,
@@ -548,6 +582,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
         let start = byte_at(i);
         let mut text = String::new();
         let mut quoted = false;
+        let mut expands = false;
         while let Some(c) = char_at(i) {
             match c {
                 ' ' | '\t' | '\r' => break,
@@ -560,7 +595,10 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                         i += 2;
                     }
                     None => {
+                        // A backslash that ends the script would escape whatever is
+                        // appended after it: the script cannot be extended safely.
                         text.push('\\');
+                        unterminated = true;
                         i += 1;
                     }
                 },
@@ -597,6 +635,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                             i += 2;
                             continue;
                         }
+                        expands |= c == '$' || c == '`';
                         if c == '$' && char_at(i + 1) == Some('(') {
                             let (next, closed) = copy_balanced(&chars, i, '(', ')', &mut text);
                             unterminated |= !closed;
@@ -609,6 +648,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                     unterminated |= !closed;
                 }
                 '$' if matches!(char_at(i + 1), Some('(' | '{')) => {
+                    expands = true;
                     let (open, close) = if char_at(i + 1) == Some('(') {
                         ('(', ')')
                     } else {
@@ -619,6 +659,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                     i = next;
                 }
                 '`' => {
+                    expands = true;
                     text.push('`');
                     i += 1;
                     let mut closed = false;
@@ -633,6 +674,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
                     unterminated |= !closed;
                 }
                 c => {
+                    expands |= c == '$';
                     text.push(c);
                     i += 1;
                 }
@@ -652,7 +694,7 @@ fn split_simple_commands(script: &str) -> (Vec<SimpleCommand>, bool) {
             continue;
         }
         if let Some(current) = commands.last_mut() {
-            current.push((text, start..end));
+            current.push((text, start..end, expands));
         }
     }
     commands.retain(|c| !c.is_empty());
@@ -796,6 +838,12 @@ mod tests {
         &["sh", "-c", "dask worker --name 'a b'"], &[])]
     #[case::shell_second_command(&["sh", "-c", "pip install foo; dask worker $(SCHED)"], &[], NTHREADS, "1",
         &["sh", "-c", "pip install foo; dask worker $(SCHED) --nthreads 1"], &[])]
+    // Found by the policy_request fuzz target (crash-ef3e2d49...): a number inserted against
+    // `>` became the redirection's file descriptor.
+    #[case::fuzz_number_inserted_against_a_redirect(&["sh", "-c", "dask worker s:8786>log"], &[], NTHREADS, "2",
+        &["sh", "-c", "dask worker s:8786 --nthreads 2 >log"], &[])]
+    #[case::number_replaced_against_a_redirect(&["sh", "-c", "dask worker --nthreads x<in"], &[], NTHREADS, "2",
+        &["sh", "-c", "dask worker --nthreads 2 <in"], &[])]
     fn edits_in_place(
         #[case] command: &[&str],
         #[case] args: &[&str],
@@ -828,6 +876,9 @@ mod tests {
     #[case::double_quote("dask worker \"oops")]
     #[case::substitution("dask worker $(oops")]
     #[case::backtick("dask worker `oops")]
+    // Found by the policy_request fuzz target (crash-47c4d856...): appending after a
+    // trailing backslash glued the new flag into the last word.
+    #[case::fuzz_trailing_backslash("dask worker aut:\\\\\\")]
     fn unterminated_scripts_are_not_edited(#[case] script: &str) {
         let mut command = strings(&["sh", "-c", script]);
         let mut args = Vec::new();

@@ -3,14 +3,34 @@
 //! Everything works on `serde_json::Value` and edits only the fields it owns, so fields
 //! this crate does not know (newer Kubernetes API fields, other tools' annotations)
 //! survive byte for byte, and a second pass over the result changes nothing.
+//!
+//! Flags are read as the worker will read them: variables resolved from the container's
+//! env where the pod says their value (`variables`), bytes as Dask's own `parse_bytes`
+//! counts them (`quantity`). The rules, in one place:
+//! - a flag at Dask's default (`--memory-limit auto`, `--nthreads 0`) is an absent flag;
+//! - container memory = `--memory-limit` x `--nworkers` + `memoryHeadroom` where the policy
+//!   derives either side; values the user gave both agree when the container holds the
+//!   workers and at most the headroom more;
+//! - a `--memory-limit` below [`MIN_WORKER_MEMORY_BYTES`] is a unit mistake and refused;
+//! - what is only known at runtime is left alone with a warning, everything else defaulted.
 
-use crate::command::{self, WorkerCommandLine};
+use crate::command::{self, Invocation, WorkerCommandLine};
 use crate::quantity::{
     self, MemoryLimit, QuantityError, format_dask_bytes, format_k8s_cpu, format_k8s_memory,
 };
 use crate::settings::{OnMismatch, Toleration, WorkerDefaults};
+use crate::variables::{ContainerEnv, ContainerResources, Expansion, ResourceField};
 use crate::{Error, Result};
 use serde_json::{Map, Value, json};
+
+/// Smallest `--memory-limit` (bytes per worker) a Dask worker can run in. Measured with
+/// distributed 2026.8.0 on Python 3.11: an idle worker process holds 64.5 MB; below about
+/// 68 MB the nanny restarts it in a loop (its 95% terminate threshold) and below about 81 MB
+/// it starts paused (80%) and never runs a task (75 MB: paused; 90 MB: runs). 64 MiB is
+/// under both, so the policy refuses only values no worker runs with, which are unit
+/// mistakes: `--memory-limit 2.5` is 2 bytes, `4096` is 4 kB, and an env var from
+/// `resourceFieldRef` with divisor `1Mi` is a count of MiB that Dask reads as bytes.
+pub const MIN_WORKER_MEMORY_BYTES: u64 = 64 << 20;
 
 /// Env var that carries the pod name into the worker's `--name`.
 pub const WORKER_NAME_ENV: &str = "DASK_WORKER_NAME";
@@ -67,7 +87,8 @@ pub struct Defaulted {
 /// let outcome = apply_worker_defaults(&mut spec, "spec", PodSpecRules::BARE_POD,
 ///     &WorkerDefaults::default()).unwrap();
 /// assert!(outcome.changed);
-/// assert_eq!(spec["containers"][0]["resources"]["limits"]["memory"], "6G");
+/// // 6 GB for the worker and the default memoryHeadroom (256Mi): 6,268,435,456 bytes.
+/// assert_eq!(spec["containers"][0]["resources"]["limits"]["memory"], "6121519Ki");
 /// assert_eq!(spec["restartPolicy"], "Never");
 /// ```
 pub fn apply_worker_defaults(
@@ -215,15 +236,6 @@ fn ensure_tolerations(
     Ok(changed)
 }
 
-/// Count-like flag values (`--nthreads`, `--nworkers`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Count {
-    Absent,
-    Exactly(u64),
-    /// A value that gives no count (`auto`, negative `--nworkers`, `--nthreads 0`), and why.
-    Unknown(String),
-}
-
 fn read_string_array(
     container: &Map<String, Value>,
     key: &str,
@@ -320,29 +332,43 @@ impl Resource {
         }
     }
 
-    /// What the container needs for `per_worker` x `nworkers`.
-    fn total(self, per_worker: u64, nworkers: u64) -> Option<u64> {
+    /// What the container needs for `per_worker` x `nworkers`, plus the headroom (memory).
+    fn total(self, per_worker: u64, nworkers: u64, headroom: u64) -> Option<u64> {
         let n = per_worker.checked_mul(nworkers)?;
         match self {
-            Resource::Memory => Some(n),
+            Resource::Memory => n.checked_add(headroom),
             Resource::Cpu => n.checked_mul(1_000),
         }
     }
 
-    /// The per-worker flag value a container size implies; `None` when it implies none
-    /// (less than a byte per worker).
-    fn derive(self, container: u64, nworkers: u64) -> Option<u64> {
+    /// The per-worker flag value a container size implies: what is left after the headroom
+    /// split between the workers (memory, rounded down to a count Dask reads exactly; zero
+    /// when nothing is left), or the whole cores per worker, at least one (cpu).
+    fn derive(self, container: u64, nworkers: u64, headroom: u64) -> Option<u64> {
         match self {
-            Resource::Memory => container.checked_div(nworkers).filter(|b| *b > 0),
+            Resource::Memory => container
+                .saturating_sub(headroom)
+                .checked_div(nworkers)
+                .map(quantity::dask_exact_bytes),
             Resource::Cpu => Some(container.checked_div(nworkers.checked_mul(1_000)?)?.max(1)),
         }
     }
 
-    /// Flags and size agree when the size is exactly flags x nworkers, or the flag is what
-    /// the size implies (the rounding `derive` does, so derived flags are stable).
-    fn agree(self, flag: u64, container: u64, nworkers: u64) -> bool {
-        self.total(flag, nworkers) == Some(container)
-            || self.derive(container, nworkers) == Some(flag)
+    /// Flags and size agree when the flag is what the size implies (what `derive` writes,
+    /// so derived flags are stable) or, for memory, when the size holds the workers and at
+    /// most the headroom more (`flags x nworkers <= size <= flags x nworkers + headroom`:
+    /// a user who left room for the rest of the container, or none, is not overruled); for
+    /// cpu when the size is exactly the threads.
+    fn agree(self, flag: u64, container: u64, nworkers: u64, headroom: u64) -> bool {
+        if self.derive(container, nworkers, headroom) == Some(flag) {
+            return true;
+        }
+        match self {
+            Resource::Memory => flag
+                .checked_mul(nworkers)
+                .is_some_and(|workers| workers <= container && container - workers <= headroom),
+            Resource::Cpu => self.total(flag, nworkers, 0) == Some(container),
+        }
     }
 }
 
@@ -362,13 +388,15 @@ pub(crate) struct Disagreement {
     pub from_request: bool,
 }
 
-/// The pure decision for one dimension of one container.
+/// The pure decision for one dimension of one container. `headroom` is what the
+/// container needs beyond its workers (memory; zero for cpu).
 pub(crate) fn plan(
     resource: Resource,
     sizes: Sizes,
     nworkers: u64,
     on_mismatch: OnMismatch,
     requests_equal_limits: bool,
+    headroom: u64,
 ) -> std::result::Result<Plan, Disagreement> {
     let effective = sizes.limit.or(sizes.request);
     let mut plan = Plan::default();
@@ -391,17 +419,17 @@ pub(crate) fn plan(
     match (sizes.flag, effective) {
         (None, None) => {}
         (Some(flag), None) => {
-            if let Some(total) = resource.total(flag, nworkers) {
+            if let Some(total) = resource.total(flag, nworkers, headroom) {
                 fill(&mut plan, total);
             }
         }
         (None, Some(container)) => {
-            plan.flag = resource.derive(container, nworkers);
+            plan.flag = resource.derive(container, nworkers, headroom);
             if plan.flag.is_some() {
                 fill(&mut plan, sizes.limit.unwrap_or(container));
             }
         }
-        (Some(flag), Some(container)) if resource.agree(flag, container, nworkers) => {
+        (Some(flag), Some(container)) if resource.agree(flag, container, nworkers, headroom) => {
             fill(&mut plan, sizes.limit.unwrap_or(container));
         }
         (Some(flag), Some(container)) => match on_mismatch {
@@ -413,11 +441,11 @@ pub(crate) fn plan(
                 });
             }
             OnMismatch::UseResources => {
-                plan.flag = resource.derive(container, nworkers);
+                plan.flag = resource.derive(container, nworkers, headroom);
                 fill(&mut plan, sizes.limit.unwrap_or(container));
             }
             OnMismatch::UseFlags => {
-                if let Some(total) = resource.total(flag, nworkers) {
+                if let Some(total) = resource.total(flag, nworkers, headroom) {
                     fill(&mut plan, total);
                 }
             }
@@ -426,39 +454,201 @@ pub(crate) fn plan(
     Ok(plan)
 }
 
-fn parse_count(line: &WorkerCommandLine, flags: &[&str], container: &str) -> Result<Count> {
-    let mut value = None;
-    let mut used = "";
-    for flag in flags {
-        if let Some(v) = line.flag(flag).map_err(|source| Error::CommandLine {
-            container: container.to_owned(),
-            source,
-        })? {
-            value = Some(v);
-            used = flag;
+/// A flag as the worker will read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FlagValue {
+    Absent,
+    /// The value after Kubernetes' and the shell's expansion, the text as written, and the
+    /// container resources it reads through `resourceFieldRef`.
+    Known {
+        text: String,
+        written: String,
+        reads: Vec<ResourceField>,
+    },
+    /// Only known when the container starts, and why.
+    Unknown {
+        written: String,
+        why: String,
+    },
+}
+
+impl FlagValue {
+    /// How a message shows it: `4GB`, or `$(MEM) (= 4GB)` for a resolved variable.
+    fn quoted(&self) -> String {
+        match self {
+            FlagValue::Known { text, written, .. } if text != written => {
+                format!("{written} (= {text})")
+            }
+            FlagValue::Known { text, .. } if text.is_empty() => "\"\"".to_owned(),
+            FlagValue::Known { text, .. } => text.clone(),
+            FlagValue::Unknown { written, .. } => written.clone(),
+            FlagValue::Absent => String::new(),
         }
     }
-    let Some(value) = value else {
-        return Ok(Count::Absent);
-    };
-    let invalid = || Error::InvalidCount {
+}
+
+fn read_flag(
+    line: &WorkerCommandLine,
+    flag: &str,
+    env: &ContainerEnv,
+    container: &str,
+) -> Result<FlagValue> {
+    let found = line.flag_word(flag).map_err(|source| Error::CommandLine {
         container: container.to_owned(),
-        flag: used.to_owned(),
-        value: value.clone(),
+        source,
+    })?;
+    let Some((written, shell_expands)) = found else {
+        return Ok(FlagValue::Absent);
     };
-    if value.trim() == "auto" {
-        return Ok(Count::Unknown(format!("{used} auto is decided at runtime")));
+    let resolved = env.resolve(&written, shell_expands);
+    Ok(match resolved.expansion {
+        Expansion::Known(text) => FlagValue::Known {
+            text,
+            written,
+            reads: resolved.reads,
+        },
+        Expansion::Unknown(why) => FlagValue::Unknown { written, why },
+    })
+}
+
+/// The error for a value that still holds a `$` the worker will see as text.
+fn unexpanded(container: &str, flag: &str, value: &str) -> Option<Error> {
+    if !value.contains('$') {
+        return None;
     }
-    let number: i64 = value.trim().parse().map_err(|_| invalid())?;
+    let reason = if value.contains("$(") {
+        "Kubernetes expands $(NAME) only when the container's env defines NAME (it has no \
+         envFrom that could)"
+    } else {
+        "only a shell expands $NAME or ${NAME}, and this worker is not started by one: \
+         write $(NAME), which Kubernetes expands from the container's env"
+    };
+    Some(Error::UnexpandedVariable {
+        container: container.to_owned(),
+        flag: flag.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    })
+}
+
+/// `--nthreads` / `--nworkers` as the worker reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Count {
+    /// Absent, or Dask's own default spelled out (`--nthreads 0`): the same thing to Dask,
+    /// and to the policy, which sizes it from the container's resources.
+    Default,
+    Exactly(u64),
+    /// Decided at runtime (`--nworkers auto` or negative, a variable only known then), and why.
+    Unknown(String),
+}
+
+/// Reads a count flag the way `dask worker` does (click `int` for `--nthreads`, a string
+/// that is `auto` or an `int` for `--nworkers`).
+fn read_count(
+    line: &WorkerCommandLine,
+    flag: &str,
+    env: &ContainerEnv,
+    container: &str,
+) -> Result<Count> {
+    let value = read_flag(line, flag, env, container)?;
+    let quoted = value.quoted();
+    let text = match value {
+        FlagValue::Absent => return Ok(Count::Default),
+        FlagValue::Unknown { written, why } => {
+            return Ok(Count::Unknown(format!(
+                "{flag} {written} is only known when the container starts ({why})"
+            )));
+        }
+        FlagValue::Known { text, .. } => text,
+    };
+    let invalid = || {
+        unexpanded(container, flag, &text).unwrap_or_else(|| Error::InvalidCount {
+            container: container.to_owned(),
+            flag: flag.to_owned(),
+            value: text.clone(),
+        })
+    };
+    let is_nthreads = flag == command::NTHREADS;
+    if !is_nthreads && text == "auto" {
+        return Ok(Count::Unknown(format!("{flag} auto is decided at runtime")));
+    }
+    let number = quantity::python_int(&text).ok_or_else(invalid)?;
     match number {
-        n if n > 0 => Ok(Count::Exactly(n.unsigned_abs())),
-        0 if used == command::NTHREADS => Ok(Count::Unknown(format!(
-            "{used} 0 means one thread per core, decided at runtime"
-        ))),
-        n if n < 0 && used != command::NTHREADS => Ok(Count::Unknown(format!(
-            "{used} {n} counts from the machine's cores, decided at runtime"
+        n if n > 0 => u64::try_from(n).map(Count::Exactly).map_err(|_| invalid()),
+        0 if is_nthreads => Ok(Count::Default),
+        n if n < 0 && !is_nthreads => Ok(Count::Unknown(format!(
+            "{flag} {quoted} counts from the machine's cores, decided at runtime"
         ))),
         _ => Err(invalid()),
+    }
+}
+
+/// `--memory-limit` as the worker reads it, for planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MemoryFlag {
+    /// Absent or `auto` (Dask's default spelled out): sized from the container's resources.
+    Default,
+    Bytes(u64),
+    /// No byte count (a fraction, `0`, a value known only at runtime): left alone, and why.
+    Unsized(String),
+}
+
+fn read_memory_flag(
+    line: &WorkerCommandLine,
+    env: &ContainerEnv,
+    container: &str,
+) -> Result<MemoryFlag> {
+    let flag = command::MEMORY_LIMIT;
+    let value = read_flag(line, flag, env, container)?;
+    let quoted = value.quoted();
+    let text = match value {
+        FlagValue::Absent => return Ok(MemoryFlag::Default),
+        FlagValue::Unknown { written, why } => {
+            return Ok(MemoryFlag::Unsized(format!(
+                "{flag} {written} is only known when the container starts ({why})"
+            )));
+        }
+        FlagValue::Known { text, .. } => text,
+    };
+    match MemoryLimit::parse(&text) {
+        Ok(MemoryLimit::Auto) => Ok(MemoryFlag::Default),
+        Ok(MemoryLimit::Bytes(bytes)) if bytes < MIN_WORKER_MEMORY_BYTES => {
+            let hint = if quantity::python_float(&text).is_some() {
+                format!(": give it a unit, such as {text}GB or {text}MiB")
+            } else {
+                String::new()
+            };
+            let count = if bytes == 1 {
+                "1 byte".to_owned()
+            } else {
+                format!("{bytes} bytes")
+            };
+            Err(Error::TooSmall {
+                container: container.to_owned(),
+                message: format!(
+                    "{flag} {quoted} is {count} to Dask ({}), and a Dask worker needs at least \
+                     {} ({MIN_WORKER_MEMORY_BYTES} bytes){hint}",
+                    quantity::describe_dask_unit(&text),
+                    format_k8s_memory(MIN_WORKER_MEMORY_BYTES),
+                ),
+            })
+        }
+        Ok(MemoryLimit::Bytes(bytes)) => Ok(MemoryFlag::Bytes(bytes)),
+        Ok(MemoryLimit::Fraction(_)) => Ok(MemoryFlag::Unsized(format!(
+            "{flag} {quoted} is a fraction of the machine's memory, not a byte count"
+        ))),
+        Ok(MemoryLimit::Disabled) => Ok(MemoryFlag::Unsized(format!(
+            "{flag} {quoted} disables memory management, not a byte count"
+        ))),
+        Err(source) => {
+            Err(
+                unexpanded(container, flag, &text).unwrap_or_else(|| Error::InvalidFlag {
+                    container: container.to_owned(),
+                    flag: flag.to_owned(),
+                    source,
+                }),
+            )
+        }
     }
 }
 
@@ -495,18 +685,33 @@ fn default_container(
         source,
     };
 
-    let nthreads = parse_count(&line, &[command::NTHREADS], &name)?;
-    let nworkers = parse_count(&line, &[command::NPROCS, command::NWORKERS], &name)?;
-    let memory_flag = match line.flag(command::MEMORY_LIMIT).map_err(cmdline_error)? {
-        None => None,
-        Some(text) => Some(
-            MemoryLimit::parse(&text).map_err(|source| Error::InvalidFlag {
-                container: name.clone(),
-                flag: command::MEMORY_LIMIT.to_owned(),
-                source,
-            })?,
-        ),
+    // Command-line forms current Dask no longer has: the pod would fail to start.
+    if line.invocation() == Invocation::HyphenatedScript {
+        warnings.push(format!(
+            "container {name:?}: the dask-worker script was removed in distributed 2026.6.0, so \
+             the container fails to start with a current image; use `dask worker`"
+        ));
+    }
+    let nworkers_flag = if line.has_flag(command::NPROCS) {
+        if line.has_flag(command::NWORKERS) {
+            return Err(Error::RemovedFlag {
+                container: name,
+                message: "--nprocs and --nworkers are both given: Dask refused that even when \
+                          --nprocs existed (\"Both --nprocs and --nworkers were specified. Use \
+                          --nworkers only.\"); keep --nworkers"
+                    .to_owned(),
+            });
+        }
+        warnings.push(format!(
+            "container {name:?}: --nprocs was removed from distributed (2026.8.0 exits with \
+             \"No such option '--nprocs'\"); it is read as --nworkers for older images, use \
+             --nworkers"
+        ));
+        command::NPROCS
+    } else {
+        command::NWORKERS
     };
+
     let quantity =
         |kind: &str, resource: Resource, map: &Map<String, Value>| -> Result<Option<u64>> {
             let Some(text) = read_quantity(map, kind, resource.name(), path)? else {
@@ -522,16 +727,23 @@ fn default_container(
                 source,
             })
         };
-    let memory = Sizes {
-        flag: None,
-        limit: quantity("limits", Resource::Memory, map)?,
-        request: quantity("requests", Resource::Memory, map)?,
+    let resources = ContainerResources {
+        memory: Sizes {
+            flag: None,
+            limit: quantity("limits", Resource::Memory, map)?,
+            request: quantity("requests", Resource::Memory, map)?,
+        },
+        cpu: Sizes {
+            flag: None,
+            limit: quantity("limits", Resource::Cpu, map)?,
+            request: quantity("requests", Resource::Cpu, map)?,
+        },
     };
-    let cpu = Sizes {
-        flag: None,
-        limit: quantity("limits", Resource::Cpu, map)?,
-        request: quantity("requests", Resource::Cpu, map)?,
-    };
+    let env = ContainerEnv::new(map, &name, resources);
+
+    let nworkers = read_count(&line, nworkers_flag, &env, &name)?;
+    let nthreads = read_count(&line, command::NTHREADS, &env, &name)?;
+    let memory_flag = read_memory_flag(&line, &env, &name)?;
 
     let mut plans: Vec<(Resource, Plan)> = Vec::new();
     let mut problems = Vec::new();
@@ -539,27 +751,20 @@ fn default_container(
         Count::Unknown(why) => warnings.push(format!(
             "container {name:?}: {why}; resources and --nthreads/--memory-limit left as they are"
         )),
-        Count::Absent | Count::Exactly(_) => {
+        Count::Default | Count::Exactly(_) => {
             let n = match nworkers {
                 Count::Exactly(n) => n,
                 _ => 1,
             };
             let memory_sizes = match &memory_flag {
-                Some(MemoryLimit::Bytes(b)) => Some(Sizes {
+                MemoryFlag::Bytes(b) => Some(Sizes {
                     flag: Some(*b),
-                    ..memory
+                    ..resources.memory
                 }),
-                None => Some(memory),
-                Some(other) => {
-                    let why = match other {
-                        MemoryLimit::Auto => {
-                            "auto is a share of the machine's memory decided at runtime".to_owned()
-                        }
-                        MemoryLimit::Disabled => "0 disables memory management".to_owned(),
-                        _ => format!("{other} is a fraction of the machine's memory"),
-                    };
+                MemoryFlag::Default => Some(resources.memory),
+                MemoryFlag::Unsized(why) => {
                     warnings.push(format!(
-                        "container {name:?}: --memory-limit {why}, not a byte count; memory resources left as they are"
+                        "container {name:?}: {why}; memory resources left as they are"
                     ));
                     None
                 }
@@ -567,9 +772,9 @@ fn default_container(
             let cpu_sizes = match &nthreads {
                 Count::Exactly(t) => Some(Sizes {
                     flag: Some(*t),
-                    ..cpu
+                    ..resources.cpu
                 }),
-                Count::Absent => Some(cpu),
+                Count::Default => Some(resources.cpu),
                 Count::Unknown(why) => {
                     warnings.push(format!(
                         "container {name:?}: {why}; cpu resources left as they are"
@@ -580,15 +785,41 @@ fn default_container(
             for (resource, sizes) in [(Resource::Memory, memory_sizes), (Resource::Cpu, cpu_sizes)]
             {
                 let Some(sizes) = sizes else { continue };
+                if sizes.flag.is_none() && sizes.limit.is_none() && sizes.request.is_none() {
+                    warnings.push(unsized_warning(&name, resource));
+                    continue;
+                }
+                let headroom = match resource {
+                    Resource::Memory => settings.memory_headroom.bytes(),
+                    Resource::Cpu => 0,
+                };
                 match plan(
                     resource,
                     sizes,
                     n,
                     settings.on_mismatch,
                     settings.requests_equal_limits,
+                    headroom,
                 ) {
-                    Ok(p) => plans.push((resource, p)),
-                    Err(d) => problems.push(mismatch_error(&name, resource, d, n)),
+                    Ok(p) => {
+                        if resource == Resource::Memory
+                            && let Some(per_worker) = p.flag
+                            && per_worker < MIN_WORKER_MEMORY_BYTES
+                        {
+                            problems
+                                .push(too_small_for_workers(&name, sizes, n, headroom, per_worker));
+                            continue;
+                        }
+                        plans.push((resource, p));
+                    }
+                    Err(d) => {
+                        let flag = match resource {
+                            Resource::Memory => command::MEMORY_LIMIT,
+                            Resource::Cpu => command::NTHREADS,
+                        };
+                        let shown = read_flag(&line, flag, &env, &name)?.quoted();
+                        problems.push(mismatch_error(&name, resource, d, n, headroom, &shown));
+                    }
                 }
             }
         }
@@ -599,6 +830,49 @@ fn default_container(
         }
     } else if !problems.is_empty() {
         return Err(Error::Several(problems));
+    }
+
+    // A flag that reads the container's own resources (`resourceFieldRef`) must read the
+    // same once the planned resources are written (a reinvocation sees them), or flags and
+    // resources would never settle: refuse rather than chase it.
+    let planned = planned_resources(resources, &plans);
+    if planned != resources {
+        let planned_env = ContainerEnv::new(map, &name, planned);
+        for (flag, dimension) in [
+            (command::MEMORY_LIMIT, Some(Resource::Memory)),
+            (command::NTHREADS, Some(Resource::Cpu)),
+            (nworkers_flag, None),
+        ] {
+            let rewritten = plans
+                .iter()
+                .any(|(r, p)| Some(*r) == dimension && p.flag.is_some());
+            if rewritten {
+                continue;
+            }
+            let before = read_flag(&line, flag, &env, &name)?;
+            let after = read_flag(&line, flag, &planned_env, &name)?;
+            if after != before {
+                let mut reads: Vec<&str> = [&before, &after]
+                    .iter()
+                    .flat_map(|v| match v {
+                        FlagValue::Known { reads, .. } => reads.iter().map(|r| r.path()).collect(),
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                reads.dedup();
+                return Err(Error::Mismatch {
+                    container: name,
+                    message: format!(
+                        "{flag} {} reads {}, which the policy must change for the flags to \
+                         fit, and the flag would change with it (to {}); write the flag as a \
+                         value, or make the resources agree with it",
+                        before.quoted(),
+                        reads.join(", "),
+                        after.quoted(),
+                    ),
+                });
+            }
+        }
     }
 
     // Flags first (re-locating the worker after each edit), then resources.
@@ -666,6 +940,64 @@ fn default_container(
     Ok(Some(ContainerOutcome { changed, warnings }))
 }
 
+/// The container's resources once the plans are written.
+fn planned_resources(
+    mut resources: ContainerResources,
+    plans: &[(Resource, Plan)],
+) -> ContainerResources {
+    for (resource, p) in plans {
+        let sizes = match resource {
+            Resource::Memory => &mut resources.memory,
+            Resource::Cpu => &mut resources.cpu,
+        };
+        sizes.limit = p.limit.or(sizes.limit);
+        sizes.request = p.request.or(sizes.request);
+    }
+    resources
+}
+
+/// The same warning for an absent flag and for Dask's default spelled out, when the
+/// container has no resources to size it from either.
+fn unsized_warning(container: &str, resource: Resource) -> String {
+    match resource {
+        Resource::Memory => format!(
+            "container {container:?}: neither --memory-limit (absent or auto) nor \
+             resources.limits/requests.memory gives a size: memory left as it is, and Dask \
+             sizes the worker from the node's memory when it starts"
+        ),
+        Resource::Cpu => format!(
+            "container {container:?}: neither --nthreads (absent or 0) nor \
+             resources.limits/requests.cpu gives a size: cpu left as it is, and Dask sizes \
+             the worker from the node's cores when it starts"
+        ),
+    }
+}
+
+fn too_small_for_workers(
+    container: &str,
+    sizes: Sizes,
+    nworkers: u64,
+    headroom: u64,
+    per_worker: u64,
+) -> Error {
+    let (source, size) = match (sizes.limit, sizes.request) {
+        (Some(limit), _) => ("limits", limit),
+        (None, Some(request)) => ("requests", request),
+        (None, None) => ("limits", 0),
+    };
+    Error::TooSmall {
+        container: container.to_owned(),
+        message: format!(
+            "resources.{source}.memory {} ({size} bytes) leaves {per_worker} bytes per worker \
+             (--nworkers {nworkers}, after memoryHeadroom {}), and a Dask worker needs at least \
+             {} ({MIN_WORKER_MEMORY_BYTES} bytes)",
+            format_k8s_memory(size),
+            format_k8s_memory(headroom),
+            format_k8s_memory(MIN_WORKER_MEMORY_BYTES),
+        ),
+    }
+}
+
 fn ensure_worker_name_env(container: &mut Map<String, Value>, path: &str) -> Result<bool> {
     let env = container.entry("env").or_insert(Value::Null);
     if env.is_null() {
@@ -687,33 +1019,50 @@ fn ensure_worker_name_env(container: &mut Map<String, Value>, path: &str) -> Res
     Ok(true)
 }
 
-fn mismatch_error(container: &str, resource: Resource, d: Disagreement, nworkers: u64) -> Error {
+/// `shown` is the flag as the user wrote it (`4GB`, or `$(MEM) (= 4GB)`).
+fn mismatch_error(
+    container: &str,
+    resource: Resource,
+    d: Disagreement,
+    nworkers: u64,
+    headroom: u64,
+    shown: &str,
+) -> Error {
     let source = if d.from_request { "requests" } else { "limits" };
     let message = match resource {
         Resource::Memory => {
-            let flag_total = d.flag.saturating_mul(nworkers);
+            let workers = d.flag.saturating_mul(nworkers);
+            let wanted = workers.saturating_add(headroom);
             let derived = Resource::Memory
-                .derive(d.container, nworkers)
+                .derive(d.container, nworkers, headroom)
+                .filter(|b| *b >= MIN_WORKER_MEMORY_BYTES)
                 .map_or_else(|| "a larger size".to_owned(), format_dask_bytes);
+            let rule = if headroom == 0 {
+                "it must equal that".to_owned()
+            } else {
+                format!(
+                    "it must hold that and at most memoryHeadroom {} more",
+                    format_k8s_memory(headroom)
+                )
+            };
             format!(
-                "--memory-limit {} x --nworkers {nworkers} = {} ({flag_total} bytes), but \
-                 resources.{source}.memory is {} ({} bytes); make them agree (--memory-limit {derived} \
-                 or resources.{source}.memory {}), or set the policy's onMismatch to useResources or useFlags",
-                format_dask_bytes(d.flag),
-                format_k8s_memory(flag_total),
+                "--memory-limit {shown} x --nworkers {nworkers} = {} ({workers} bytes), but \
+                 resources.{source}.memory is {} ({} bytes): {rule}; make them agree \
+                 (--memory-limit {derived} or resources.{source}.memory {}), or set the \
+                 policy's onMismatch to useResources or useFlags",
+                format_k8s_memory(workers),
                 format_k8s_memory(d.container),
                 d.container,
-                format_k8s_memory(flag_total),
+                format_k8s_memory(wanted),
             )
         }
         Resource::Cpu => {
             let flag_total = d.flag.saturating_mul(nworkers);
-            let derived = Resource::Cpu.derive(d.container, nworkers).unwrap_or(1);
+            let derived = Resource::Cpu.derive(d.container, nworkers, 0).unwrap_or(1);
             format!(
-                "--nthreads {} x --nworkers {nworkers} = {flag_total} CPU, but resources.{source}.cpu \
+                "--nthreads {shown} x --nworkers {nworkers} = {flag_total} CPU, but resources.{source}.cpu \
                  is {}; make them agree (--nthreads {derived} or resources.{source}.cpu {flag_total}), \
                  or set the policy's onMismatch to useResources or useFlags",
-                d.flag,
                 format_k8s_cpu(d.container),
             )
         }
@@ -758,11 +1107,11 @@ mod tests {
         2,
         p(Some(3), None, Some(7))
     )]
-    #[case::too_small_to_split(
+    #[case::too_small_to_split_gives_zero_for_the_floor_check(
         Resource::Memory,
         sizes(None, Some(1), None),
         2,
-        p(None, None, None)
+        p(Some(0), None, Some(1))
     )]
     #[case::request_only_becomes_limit(Resource::Memory, sizes(None, None, Some(4 * GB)), 1, p(Some(4 * GB), Some(4 * GB), None))]
     #[case::agree_exactly(Resource::Memory, sizes(Some(6 * GB), Some(6 * GB), Some(6 * GB)), 1, p(None, None, None))]
@@ -816,8 +1165,58 @@ mod tests {
         #[case] expected: Plan,
     ) {
         assert_eq!(
-            plan(resource, sizes, nworkers, OnMismatch::Reject, true),
+            plan(resource, sizes, nworkers, OnMismatch::Reject, true, 0),
             Ok(expected)
+        );
+    }
+
+    const HEADROOM: u64 = 256 << 20;
+
+    #[rstest]
+    #[case::limit_from_flags_holds_the_headroom(sizes(Some(6 * GB), None, None), 1, Ok(p(None, Some(6 * GB + HEADROOM), Some(6 * GB + HEADROOM))))]
+    #[case::headroom_once_per_container(sizes(Some(3 * GB), None, None), 2, Ok(p(None, Some(6 * GB + HEADROOM), Some(6 * GB + HEADROOM))))]
+    #[case::flag_from_limit_leaves_the_headroom(sizes(None, Some(6 * GB), Some(6 * GB)), 1, Ok(p(Some(6 * GB - HEADROOM), None, None)))]
+    #[case::flag_from_limit_split_after_headroom(sizes(None, Some(4 << 30), None), 2, Ok(p(Some(2_013_265_920), None, Some(4 << 30))))]
+    #[case::no_room_left_derives_zero(
+        sizes(None, Some(HEADROOM), None),
+        1,
+        Ok(p(Some(0), None, Some(HEADROOM)))
+    )]
+    #[case::user_without_headroom_agrees(sizes(Some(6 * GB), Some(6 * GB), Some(6 * GB)), 1, Ok(p(None, None, None)))]
+    #[case::user_with_part_of_the_headroom_agrees(sizes(Some(6 * GB), Some(6 * GB + 100_000_000), Some(6 * GB + 100_000_000)), 1, Ok(p(None, None, None)))]
+    #[case::user_with_exactly_the_headroom_agrees(sizes(Some(3 * GB), Some(6 * GB + HEADROOM), None), 2, Ok(p(None, None, Some(6 * GB + HEADROOM))))]
+    #[case::more_than_the_headroom_spare_disagrees(sizes(Some(5 * GB), Some(6 * GB), None), 1, Err(Disagreement { flag: 5 * GB, container: 6 * GB, from_request: false }))]
+    #[case::flags_above_the_limit_disagree(sizes(Some(6 * GB), Some(5 * GB), None), 1, Err(Disagreement { flag: 6 * GB, container: 5 * GB, from_request: false }))]
+    fn memory_headroom(
+        #[case] before: Sizes,
+        #[case] nworkers: u64,
+        #[case] expected: std::result::Result<Plan, Disagreement>,
+    ) {
+        assert_eq!(
+            plan(
+                Resource::Memory,
+                before,
+                nworkers,
+                OnMismatch::Reject,
+                true,
+                HEADROOM
+            ),
+            expected
+        );
+    }
+
+    #[test]
+    fn cpu_has_no_headroom() {
+        assert_eq!(
+            plan(
+                Resource::Cpu,
+                sizes(Some(2), None, None),
+                1,
+                OnMismatch::Reject,
+                true,
+                0
+            ),
+            Ok(p(None, Some(2_000), Some(2_000)))
         );
     }
 
@@ -835,6 +1234,7 @@ mod tests {
             1,
             mode,
             true,
+            0,
         );
         assert_eq!(got, expected);
     }
@@ -854,7 +1254,7 @@ mod tests {
     )]
     fn use_flags_keeps_qos_class(#[case] before: Sizes, #[case] expected: Plan) {
         assert_eq!(
-            plan(Resource::Cpu, before, 1, OnMismatch::UseFlags, true),
+            plan(Resource::Cpu, before, 1, OnMismatch::UseFlags, true, 0),
             Ok(expected)
         );
     }
@@ -867,6 +1267,7 @@ mod tests {
             1,
             OnMismatch::Reject,
             false,
+            0,
         );
         assert_eq!(got, Ok(p(None, Some(6 * GB), None)));
     }
@@ -882,16 +1283,18 @@ mod tests {
             nworkers in 1u64..5,
             mode in proptest::sample::select(vec![OnMismatch::Reject, OnMismatch::UseResources, OnMismatch::UseFlags]),
             guaranteed in proptest::bool::ANY,
+            headroom in proptest::sample::select(vec![0u64, 1, 1_000, 7_777]),
         ) {
             let resource = if cpu { Resource::Cpu } else { Resource::Memory };
+            let headroom = if cpu { 0 } else { headroom };
             let before = sizes(flag, limit, request);
-            if let Ok(first) = plan(resource, before, nworkers, mode, guaranteed) {
+            if let Ok(first) = plan(resource, before, nworkers, mode, guaranteed, headroom) {
                 let after = Sizes {
                     flag: first.flag.or(before.flag),
                     limit: first.limit.or(before.limit),
                     request: first.request.or(before.request),
                 };
-                let second = plan(resource, after, nworkers, mode, guaranteed);
+                let second = plan(resource, after, nworkers, mode, guaranteed, headroom);
                 proptest::prop_assert_eq!(second, Ok(Plan::default()));
             }
         }

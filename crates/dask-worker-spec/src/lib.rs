@@ -1,6 +1,11 @@
 //! Dask worker pod specs: reading a worker's command line, Dask memory strings versus
 //! Kubernetes quantities, and the defaults a worker pod needs.
 //!
+//! Values are read as the worker reads them: `--memory-limit` to the byte as Dask's
+//! `parse_bytes` and `parse_memory_limit` count it (float arithmetic included, tested
+//! against a table Dask generates), and flag variables (`$(MEM)`, `$MEM` in `sh -c`)
+//! resolved from the container's env where the pod says their value.
+//!
 //! Shared by the `dask-worker-defaults` Kubewarden policy (compiled to wasm) and the
 //! `dask-kube` host binary, so a pod defaulted client-side by dask-kube is exactly what the
 //! policy would produce, and the policy finds nothing to change. Pure functions over
@@ -39,19 +44,20 @@ pub mod defaults;
 pub mod quantity;
 pub mod selector;
 pub mod settings;
+pub(crate) mod variables;
 
 pub use admission::{ObjectDefaults, TEMPLATE_LOCATIONS, TemplateLocation, default_object};
 pub use command::{CommandLineError, Invocation, WorkerCommandLine};
 pub use defaults::{
-    Defaulted, PodSpecRules, RestartPolicyRule, WORKER_NAME_ENV, WORKER_NAME_FROM_ENV,
-    apply_worker_defaults,
+    Defaulted, MIN_WORKER_MEMORY_BYTES, PodSpecRules, RestartPolicyRule, WORKER_NAME_ENV,
+    WORKER_NAME_FROM_ENV, apply_worker_defaults,
 };
 pub use quantity::{
-    MemoryLimit, QuantityError, format_dask_bytes, format_k8s_cpu, format_k8s_memory,
-    parse_dask_bytes, parse_k8s_cpu_millis, parse_k8s_memory,
+    MemoryLimit, QuantityError, QuantityMode, format_dask_bytes, format_k8s_cpu, format_k8s_memory,
+    parse_dask_bytes, parse_k8s_cpu_millis, parse_k8s_memory, parse_k8s_milli,
 };
 pub use selector::{LabelSelector, SelectorError};
-pub use settings::{OnMismatch, SettingsError, Toleration, WorkerDefaults};
+pub use settings::{MemoryQuantity, OnMismatch, SettingsError, Toleration, WorkerDefaults};
 
 /// Labels and label values dask-kubernetes uses, shared so the policy and dask-kube agree.
 pub mod labels {
@@ -117,6 +123,35 @@ pub enum Error {
         /// What is wrong.
         #[source]
         source: CommandLineError,
+    },
+    /// A flag value with a `$` that nothing will expand: the worker would get it as text.
+    #[error("container {container:?}: {flag} {value:?} reaches Dask as written: {reason}")]
+    UnexpandedVariable {
+        /// Container name.
+        container: String,
+        /// The flag.
+        flag: String,
+        /// Its value as the worker would see it.
+        value: String,
+        /// Why nothing expands it, and the fix.
+        reason: String,
+    },
+    /// A memory size no Dask worker can run in (a unit mistake, as a rule); the message
+    /// says how many bytes Dask reads and from which unit.
+    #[error("container {container:?}: {message}")]
+    TooSmall {
+        /// Container name.
+        container: String,
+        /// The value, the unit Dask read, and the floor.
+        message: String,
+    },
+    /// A command-line form that current Dask refuses, used in a way Dask always refused.
+    #[error("container {container:?}: {message}")]
+    RemovedFlag {
+        /// Container name.
+        container: String,
+        /// What is wrong and the fix.
+        message: String,
     },
     /// Flags and resources disagree and the settings say to refuse.
     #[error("container {container:?}: {message}")]

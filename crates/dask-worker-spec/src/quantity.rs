@@ -8,9 +8,9 @@
 
 use std::fmt;
 
-/// Largest number of significant decimal digits we accept in a size. `u128` holds 38;
-/// keeping a margin lets multipliers up to 2^60 (exbibytes) stay exact without overflow.
-const MAX_DIGITS: usize = 19;
+/// Largest number of significant decimal digits we accept in a size: every `u64` fits, and
+/// `u128` (38 digits) keeps multipliers up to 2^60 (exbibytes) exact without overflow.
+const MAX_DIGITS: usize = 20;
 
 /// Why a string is not a size we can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,8 +134,9 @@ impl Decimal {
             let pow = pow10(self.exponent.unsigned_abs()).ok_or(false)?;
             numerator = numerator.checked_mul(pow).ok_or(false)?;
         } else {
-            let pow = pow10(self.exponent.unsigned_abs()).ok_or(false)?;
-            denominator = denominator.checked_mul(pow).ok_or(false)?;
+            // Beyond 10^38 a non-zero value is far below one unit: not whole.
+            let pow = pow10(self.exponent.unsigned_abs()).ok_or(self.digits != 0)?;
+            denominator = denominator.checked_mul(pow).ok_or(self.digits != 0)?;
         }
         if denominator == 0 {
             return Err(false);
@@ -147,35 +148,28 @@ impl Decimal {
         }
     }
 
-    /// `floor(self * multiplier)`, for Dask which truncates with `int(...)`.
-    fn scaled_floor(self, multiplier: u128) -> Option<u128> {
-        let numerator = self.digits.checked_mul(multiplier)?;
+    /// `ceil(self * multiplier / divisor)` of the magnitude; `None` on overflow.
+    fn scaled_ceil(self, multiplier: u128, divisor: u128) -> Option<u128> {
+        let mut numerator = self.digits.checked_mul(multiplier)?;
+        let mut denominator = divisor;
+        let pow = pow10(self.exponent.unsigned_abs());
         if self.exponent >= 0 {
-            numerator.checked_mul(pow10(self.exponent.unsigned_abs())?)
+            numerator = numerator.checked_mul(pow?)?;
         } else {
-            Some(numerator / pow10(self.exponent.unsigned_abs())?)
+            match pow {
+                Some(pow) => denominator = denominator.checked_mul(pow)?,
+                // Beyond 10^38 the value is below any milli-unit: it rounds up to one.
+                None => return Some(u128::from(self.digits != 0)),
+            }
         }
+        if denominator == 0 {
+            return None;
+        }
+        Some(numerator.div_ceil(denominator))
     }
 
     fn is_zero(self) -> bool {
         self.digits == 0
-    }
-
-    /// Whether the value is at most one (Dask reads such a `--memory-limit` as a fraction).
-    fn at_most_one(self) -> bool {
-        if self.negative || self.digits == 0 {
-            return true;
-        }
-        // digits * 10^exponent <= 1
-        match self.scaled_exact(1, 1) {
-            Ok(v) => v <= 1,
-            // Non-integer: compare digits with 10^-exponent.
-            Err(true) => match pow10(self.exponent.unsigned_abs()) {
-                Some(p) => self.digits <= p,
-                None => true,
-            },
-            Err(false) => false,
-        }
     }
 }
 
@@ -214,41 +208,52 @@ pub enum MemoryLimit {
 }
 
 impl MemoryLimit {
-    /// Parses a `--memory-limit` value the way `distributed` does: `auto`; a plain
-    /// number `<= 1` is a fraction and `0` disables; otherwise `parse_bytes`
-    /// (`6GB`, `6G`, `6GiB`, `1.5 gb`, `6e9`), truncated to whole bytes like Dask's `int()`.
+    /// Parses a `--memory-limit` value exactly as `distributed.worker_memory.parse_memory_limit`
+    /// does: the exact text `auto`; anything Python's `float()` reads is a fraction of the
+    /// machine's memory when `<= 1` (`0` disables), else `int()` of it in bytes (`2.5` is 2
+    /// bytes); otherwise [`parse_dask_bytes`] (`6GB`, `6G`, `6GiB`, `1.5 gb`).
+    ///
+    /// Values Dask fails on (`inf`, `nan`) and negative ones (which Dask would turn into a
+    /// negative limit) are errors.
     ///
     /// # Example
     /// ```
     /// use dask_worker_spec::MemoryLimit;
     /// assert_eq!(MemoryLimit::parse("6GB"), Ok(MemoryLimit::Bytes(6_000_000_000)));
+    /// assert_eq!(MemoryLimit::parse("8.2GB"), Ok(MemoryLimit::Bytes(8_199_999_999)));
     /// assert_eq!(MemoryLimit::parse("2GiB"), Ok(MemoryLimit::Bytes(2 << 30)));
     /// assert_eq!(MemoryLimit::parse("auto"), Ok(MemoryLimit::Auto));
+    /// assert_eq!(MemoryLimit::parse("2.5"), Ok(MemoryLimit::Bytes(2)));
     /// ```
     pub fn parse(value: &str) -> Result<Self, QuantityError> {
-        let trimmed = value.trim();
-        if trimmed == "auto" {
+        if value == "auto" {
             return Ok(MemoryLimit::Auto);
         }
-        // `float(memory_limit)` succeeds: a bare number (with optional exponent).
-        if let Some(number) = Decimal::parse(trimmed, true) {
-            if number.negative && !number.is_zero() {
-                return Err(QuantityError::Negative {
-                    value: value.to_owned(),
+        if let Some(number) = python_float(value) {
+            if number.is_nan() || number.is_infinite() {
+                // `int(nan)` / `int(inf)` raise in Dask; `-inf` is a negative fraction.
+                return Err(if number == f64::NEG_INFINITY {
+                    QuantityError::Negative {
+                        value: value.to_owned(),
+                    }
+                } else {
+                    QuantityError::TooLarge {
+                        value: value.to_owned(),
+                    }
                 });
             }
-            if number.is_zero() {
-                return Ok(MemoryLimit::Disabled);
+            if number <= 1.0 {
+                return if number == 0.0 {
+                    Ok(MemoryLimit::Disabled)
+                } else if number < 0.0 {
+                    Err(QuantityError::Negative {
+                        value: value.to_owned(),
+                    })
+                } else {
+                    Ok(MemoryLimit::Fraction(value.to_owned()))
+                };
             }
-            if number.at_most_one() {
-                return Ok(MemoryLimit::Fraction(trimmed.to_owned()));
-            }
-            let bytes = number
-                .scaled_floor(1)
-                .ok_or_else(|| QuantityError::TooLarge {
-                    value: value.to_owned(),
-                })?;
-            return to_u64(bytes, value).map(MemoryLimit::Bytes);
+            return f64_to_bytes(number.trunc(), value).map(MemoryLimit::Bytes);
         }
         let bytes = parse_dask_bytes(value)?;
         if bytes == 0 {
@@ -281,72 +286,256 @@ impl fmt::Display for MemoryLimit {
 const DASK_UNITS: &str =
     "B, kB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB (case-insensitive, B optional)";
 
-/// Multiplier of a Dask byte unit, matched case-insensitively as `dask.utils.byte_sizes`.
-fn dask_unit(unit: &str) -> Option<u128> {
-    let lower = unit.to_ascii_lowercase();
-    let m = match lower.as_str() {
-        "" | "b" => 1,
-        "kb" | "k" => 1_000,
-        "mb" | "m" => 1_000_000,
-        "gb" | "g" => 1_000_000_000,
-        "tb" | "t" => 1_000_000_000_000,
-        "pb" | "p" => 1_000_000_000_000_000,
-        "kib" | "ki" => 1 << 10,
-        "mib" | "mi" => 1 << 20,
-        "gib" | "gi" => 1 << 30,
-        "tib" | "ti" => 1 << 40,
-        "pib" | "pi" => 1 << 50,
-        _ => return None,
-    };
-    Some(m)
+/// Dask's byte units (`dask.utils.byte_sizes`): every spelling Dask accepts (matched after
+/// Python's `str.lower()`), the unit's canonical name, and its size.
+const DASK_UNIT_TABLE: [(&[&str], &str, u64); 11] = [
+    (&["", "b"], "B", 1),
+    (&["kb", "k"], "kB", 1_000),
+    (&["mb", "m"], "MB", 1_000_000),
+    (&["gb", "g"], "GB", 1_000_000_000),
+    (&["tb", "t"], "TB", 1_000_000_000_000),
+    (&["pb", "p"], "PB", 1_000_000_000_000_000),
+    (&["kib", "ki"], "KiB", 1 << 10),
+    (&["mib", "mi"], "MiB", 1 << 20),
+    (&["gib", "gi"], "GiB", 1 << 30),
+    (&["tib", "ti"], "TiB", 1 << 40),
+    (&["pib", "pi"], "PiB", 1 << 50),
+];
+
+/// The unit Dask reads from a suffix: Python's `str.lower()`, then `byte_sizes`. Of all
+/// non-ASCII characters only the Kelvin sign (U+212A) lowers to an ASCII letter (checked
+/// over every code point with Python 3.11), so that is the only one mapped here: any
+/// other stays non-ASCII and matches no unit, as in Dask.
+fn dask_unit(suffix: &str) -> Option<(&'static str, u64)> {
+    let lower: String = suffix
+        .chars()
+        .map(|c| {
+            if c == KELVIN_SIGN {
+                'k'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    DASK_UNIT_TABLE
+        .iter()
+        .find(|(spellings, _, _)| spellings.contains(&lower.as_str()))
+        .map(|(_, name, size)| (*name, *size))
 }
 
-/// `dask.utils.parse_bytes`, exactly: spaces removed, a trailing alphabetic unit, a
-/// number before it (a unit alone means one of it), fractional bytes truncated.
+/// U+212A, which Python's `str.lower()` turns into `k`.
+const KELVIN_SIGN: char = '\u{212A}';
+
+/// `dask.utils.parse_bytes` split: spaces removed, `1` prepended when there is no digit at
+/// all, the trailing run of letters is the unit and the rest the number.
+///
+/// Python's `isalpha()` is Unicode-wide; here only ASCII letters and the Kelvin sign count.
+/// That gives the same answer on every string Dask accepts: a successful unit consists of
+/// those characters only, and any other letter ends up in the unit or in the number,
+/// which Dask and this parser then both refuse.
+fn split_dask_bytes(value: &str) -> (String, String) {
+    let mut compact: String = value.chars().filter(|c| *c != ' ').collect();
+    if !compact.chars().any(is_python_decimal) {
+        compact.insert(0, '1');
+    }
+    let unit_start = compact
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_alphabetic() || *c == KELVIN_SIGN)
+        .last()
+        .map_or(compact.len(), |(i, _)| i);
+    let unit = compact.split_off(unit_start);
+    (compact, unit)
+}
+
+/// `dask.utils.parse_bytes`, exactly: spaces removed, a trailing alphabetic unit, Python's
+/// `float()` of the number before it (a unit alone means one of it), and
+/// `int(number * unit)`, which truncates the float product: `8.2GB` is 8,199,999,999
+/// bytes, because 8.2 is not exactly representable and the product rounds below 8.2e9.
+/// The policy must count what the worker counts, so it reproduces the float arithmetic
+/// rather than computing the decimal value exactly. Tested against a table Dask generates
+/// (`tests/fixtures/dask_bytes/`).
+///
+/// A negative count (Dask returns it as is) and one beyond `u64` are errors.
 ///
 /// # Example
 /// ```
 /// use dask_worker_spec::parse_dask_bytes;
 /// assert_eq!(parse_dask_bytes("6GB"), Ok(6_000_000_000));
+/// assert_eq!(parse_dask_bytes("8.2GB"), Ok(8_199_999_999));
 /// assert_eq!(parse_dask_bytes("1.5 GiB"), Ok(1_610_612_736));
 /// assert_eq!(parse_dask_bytes("500m"), Ok(500_000_000)); // m is MB to Dask
 /// ```
 pub fn parse_dask_bytes(value: &str) -> Result<u64, QuantityError> {
-    let compact: String = value.chars().filter(|c| *c != ' ').collect();
-    let unit_start = compact
-        .char_indices()
-        .rev()
-        .take_while(|(_, c)| c.is_ascii_alphabetic())
-        .last()
-        .map_or(compact.len(), |(i, _)| i);
-    let (number, unit) = compact.split_at(unit_start);
-    let multiplier = dask_unit(unit).ok_or_else(|| QuantityError::UnknownUnit {
+    let (number, unit) = split_dask_bytes(value);
+    let number = python_float(&number).ok_or_else(|| QuantityError::Syntax {
         value: value.to_owned(),
-        unit: unit.to_owned(),
+    })?;
+    let (_, multiplier) = dask_unit(&unit).ok_or_else(|| QuantityError::UnknownUnit {
+        value: value.to_owned(),
+        unit: unit.clone(),
         expected: DASK_UNITS,
     })?;
-    let number = if number.is_empty() && !unit.is_empty() {
-        Decimal {
-            negative: false,
-            digits: 1,
-            exponent: 0,
-        }
-    } else {
-        Decimal::parse(number, true).ok_or_else(|| QuantityError::Syntax {
+    // Python: `float * int` converts the int to a float (exact for every unit above), and
+    // `int()` truncates towards zero.
+    #[allow(clippy::cast_precision_loss)] // units are at most 2^50 and 10^15: exact in f64
+    let product = number * multiplier as f64;
+    if product.is_nan() || product.is_infinite() {
+        return Err(QuantityError::TooLarge {
             value: value.to_owned(),
-        })?
-    };
-    if number.negative && !number.is_zero() {
+        });
+    }
+    f64_to_bytes(product.trunc(), value)
+}
+
+/// How Dask reads the unit of a `--memory-limit` value, for messages: `"2.5"` is a byte
+/// count, `"512k"` is kB.
+///
+/// # Example
+/// ```
+/// use dask_worker_spec::quantity::describe_dask_unit;
+/// assert_eq!(describe_dask_unit("2.5"), "a number with no unit is a byte count");
+/// assert_eq!(describe_dask_unit("512k"), "k is kB, 1000 bytes");
+/// ```
+pub fn describe_dask_unit(value: &str) -> String {
+    if python_float(value).is_some() {
+        return "a number with no unit is a byte count".to_owned();
+    }
+    let (_, unit) = split_dask_bytes(value);
+    match dask_unit(&unit) {
+        Some((_, 1)) if unit.is_empty() => "a number with no unit is a byte count".to_owned(),
+        Some((_, 1)) => format!("{unit} is bytes"),
+        Some((name, size)) if unit == name => format!("{name} is {size} bytes"),
+        Some((name, size)) => format!("{unit} is {name}, {size} bytes"),
+        None => format!("{unit:?} is not a unit Dask knows"),
+    }
+}
+
+/// Whole bytes from a truncated float: negative and beyond-`u64` counts are errors.
+fn f64_to_bytes(whole: f64, value: &str) -> Result<u64, QuantityError> {
+    if whole < 0.0 {
         return Err(QuantityError::Negative {
             value: value.to_owned(),
         });
     }
-    let bytes = number
-        .scaled_floor(multiplier)
-        .ok_or_else(|| QuantityError::TooLarge {
+    // 2^64 is exactly representable; anything below it converts exactly (it is a whole
+    // float, and every whole float below 2^64 is a u64).
+    if whole >= 18_446_744_073_709_551_616.0 {
+        return Err(QuantityError::TooLarge {
             value: value.to_owned(),
-        })?;
-    to_u64(bytes, value)
+        });
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // range checked above
+    Ok(whole as u64)
+}
+
+/// The first code point of every run of ten Unicode decimal digits (category Nd), as in
+/// Python 3.11's `unicodedata` (Unicode 14.0). Python's `float()` reads them as 0-9.
+const UNICODE_DIGIT_ZEROS: [u32; 66] = [
+    0x30, 0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66,
+    0xDE6, 0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90,
+    0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10,
+    0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650,
+    0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50,
+    0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
+];
+
+/// The value of a Unicode decimal digit (`str.isdecimal()` in Python).
+fn python_decimal_value(c: char) -> Option<u8> {
+    let code = u32::from(c);
+    UNICODE_DIGIT_ZEROS
+        .iter()
+        .find(|zero| (**zero..**zero + 10).contains(&code))
+        .and_then(|zero| u8::try_from(code - zero).ok())
+}
+
+fn is_python_decimal(c: char) -> bool {
+    python_decimal_value(c).is_some()
+}
+
+/// The text CPython's `float()` and `int()` parse after their normalisation, or `None`
+/// where they already raise: every Unicode whitespace becomes a space and every Unicode
+/// decimal digit its ASCII digit (other non-ASCII is an error); surrounding ASCII
+/// whitespace is stripped; underscores are allowed only between two digits (PEP 515) and
+/// removed.
+fn python_number_text(text: &str) -> Option<String> {
+    let mut ascii = String::with_capacity(text.len());
+    for c in text.chars() {
+        if u32::from(c) < 127 {
+            ascii.push(c);
+        } else if c.is_whitespace() {
+            ascii.push(' ');
+        } else {
+            ascii.push(char::from(b'0' + python_decimal_value(c)?));
+        }
+    }
+    let trimmed = ascii.trim_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    let mut cleaned = String::with_capacity(trimmed.len());
+    let mut previous = '\0';
+    for c in trimmed.chars() {
+        if c == '_' {
+            if !previous.is_ascii_digit() {
+                return None;
+            }
+        } else {
+            if !c.is_ascii_digit() && previous == '_' {
+                return None;
+            }
+            cleaned.push(c);
+        }
+        previous = c;
+    }
+    if previous == '_' || cleaned.is_empty() {
+        return None;
+    }
+    Some(cleaned)
+}
+
+/// Python's `float(text)` for a `str`, or `None` where it raises `ValueError`. After the
+/// normalisation, the rest must be a decimal float literal or `inf`/`infinity`/`nan` with an
+/// optional sign, which is exactly the grammar Rust's parser accepts, with the same correct
+/// rounding.
+pub(crate) fn python_float(text: &str) -> Option<f64> {
+    let cleaned = python_number_text(text)?;
+    if cleaned.bytes().any(|b| b.is_ascii_whitespace()) {
+        return None;
+    }
+    cleaned.parse::<f64>().ok()
+}
+
+/// Python's `int(text)` for a `str` (what click's `int` type calls): an optional sign and
+/// decimal digits after the same normalisation as `float()`; `None` where Python raises or
+/// the value is beyond `i128`.
+pub(crate) fn python_int(text: &str) -> Option<i128> {
+    let cleaned = python_number_text(text)?;
+    let digits = cleaned.strip_prefix(['+', '-']).unwrap_or(&cleaned);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    cleaned.parse::<i128>().ok()
+}
+
+/// The largest byte count at most `bytes` that Dask reads back exactly from its decimal
+/// digits: Python reads a `--memory-limit` through a float, so above 2^53 only some
+/// integers survive the trip. Flags the policy derives are rounded down to such a count.
+///
+/// # Example
+/// ```
+/// use dask_worker_spec::quantity::dask_exact_bytes;
+/// assert_eq!(dask_exact_bytes(6_000_000_000), 6_000_000_000);
+/// assert_eq!(dask_exact_bytes((1 << 53) + 1), 1 << 53);
+/// ```
+#[allow(
+    clippy::cast_precision_loss,     // the point: the nearest float
+    clippy::cast_possible_truncation, // whole floats below 2^64
+    clippy::cast_sign_loss
+)]
+pub fn dask_exact_bytes(bytes: u64) -> u64 {
+    let mut float = bytes as f64;
+    if float as u128 > u128::from(bytes) {
+        float = f64::from_bits(float.to_bits().saturating_sub(1));
+    }
+    float as u64
 }
 
 fn to_u64(value: u128, text: &str) -> Result<u64, QuantityError> {
@@ -403,6 +592,61 @@ fn k8s_parts(value: &str) -> Result<(Decimal, u128, u128), QuantityError> {
     };
     let decimal = Decimal::parse(number, false).ok_or_else(syntax)?;
     Ok((decimal, multiplier, divisor))
+}
+
+/// How strictly a Kubernetes quantity is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantityMode {
+    /// Admission: the policy writes limits from these values, so anything that would round
+    /// (half a byte, a microcore) is refused and so are negative values.
+    Exact,
+    /// Kubelet: the apiserver already accepted the value; like `Quantity.MilliValue()`, a
+    /// value finer than a milli-unit is rounded up (away from zero) and a sign is kept.
+    Kubelet,
+}
+
+/// Parses any Kubernetes quantity to thousandths of its unit (millicores for cpu,
+/// millibytes for memory).
+///
+/// In [`QuantityMode::Exact`] the value must be a whole number of milli-units and not
+/// negative; in [`QuantityMode::Kubelet`] it is rounded up to one, as the kubelet does.
+///
+/// # Example
+/// ```
+/// use dask_worker_spec::quantity::{parse_k8s_milli, QuantityMode};
+/// assert_eq!(parse_k8s_milli("1.5", QuantityMode::Exact), Ok(1_500));
+/// assert_eq!(parse_k8s_milli("6Gi", QuantityMode::Exact), Ok((6 << 30) * 1_000));
+/// assert_eq!(parse_k8s_milli("0.0001", QuantityMode::Kubelet), Ok(1));
+/// assert!(parse_k8s_milli("0.0001", QuantityMode::Exact).is_err());
+/// assert_eq!(parse_k8s_milli("-1", QuantityMode::Kubelet), Ok(-1_000));
+/// ```
+pub fn parse_k8s_milli(value: &str, mode: QuantityMode) -> Result<i128, QuantityError> {
+    let (decimal, multiplier, divisor) = k8s_parts(value)?;
+    if mode == QuantityMode::Exact && decimal.negative && !decimal.is_zero() {
+        return Err(QuantityError::Negative {
+            value: value.to_owned(),
+        });
+    }
+    let too_large = || QuantityError::TooLarge {
+        value: value.to_owned(),
+    };
+    let multiplier = multiplier.checked_mul(1_000).ok_or_else(too_large)?;
+    let milli = match mode {
+        QuantityMode::Exact => match decimal.scaled_exact(multiplier, divisor) {
+            Ok(milli) => milli,
+            Err(true) => {
+                return Err(QuantityError::FractionalMillicores {
+                    value: value.to_owned(),
+                });
+            }
+            Err(false) => return Err(too_large()),
+        },
+        QuantityMode::Kubelet => decimal
+            .scaled_ceil(multiplier, divisor)
+            .ok_or_else(too_large)?,
+    };
+    let milli = i128::try_from(milli).map_err(|_| too_large())?;
+    Ok(if decimal.negative { -milli } else { milli })
 }
 
 /// Parses a Kubernetes memory quantity (`6G`, `6Gi`, `6e9`, `6000M`) to bytes.
@@ -468,6 +712,7 @@ fn format_with_units(
     decimal: &[(&str, u64)],
     binary: &[(&str, u64)],
     bare: &str,
+    reads_back: impl Fn(&str) -> bool,
 ) -> String {
     let mut best = format!("{bytes}{bare}");
     if bytes == 0 {
@@ -476,7 +721,7 @@ fn format_with_units(
     for (unit, size) in decimal.iter().chain(binary.iter()) {
         if bytes.is_multiple_of(*size) {
             let candidate = format!("{}{unit}", bytes / size);
-            if candidate.len() < best.len() {
+            if candidate.len() < best.len() && reads_back(&candidate) {
                 best = candidate;
             }
         }
@@ -525,11 +770,13 @@ const DASK_BINARY: [(&str, u64); 5] = [
 /// assert_eq!(format_k8s_memory(1_500_000_001), "1500000001");
 /// ```
 pub fn format_k8s_memory(bytes: u64) -> String {
-    format_with_units(bytes, &K8S_DECIMAL, &K8S_BINARY, "")
+    format_with_units(bytes, &K8S_DECIMAL, &K8S_BINARY, "", |_| true)
 }
 
 /// Formats a byte count as a Dask memory string (`6GB`, `6GiB`, or plain bytes), which
-/// `parse_dask_bytes` reads back to the same count.
+/// Dask reads back to the same count when the count is one Dask can represent (every count
+/// below 2^53, and [`dask_exact_bytes`] of any count): a unit is used only when Dask's
+/// float arithmetic gives the count back exactly.
 ///
 /// # Example
 /// ```
@@ -540,7 +787,9 @@ pub fn format_k8s_memory(bytes: u64) -> String {
 pub fn format_dask_bytes(bytes: u64) -> String {
     // A bare `1` (or `0`) would be read back by Dask as a fraction of memory.
     let bare = if bytes <= 1 { "B" } else { "" };
-    format_with_units(bytes, &DASK_DECIMAL, &DASK_BINARY, bare)
+    format_with_units(bytes, &DASK_DECIMAL, &DASK_BINARY, bare, |candidate| {
+        MemoryLimit::parse(candidate) == Ok(MemoryLimit::Bytes(bytes))
+    })
 }
 
 /// Formats millicores as a Kubernetes CPU quantity (`2`, `1500m`).
@@ -576,6 +825,14 @@ mod tests {
     #[case::exponent_prefix("1e3MB", 1_000_000_000)]
     #[case::fraction_truncated_like_int("1.0000000005GB", 1_000_000_000)]
     #[case::petabyte("1PB", 1_000_000_000_000_000)]
+    #[case::float_product_truncated("8.2GB", 8_199_999_999)]
+    #[case::tab_is_not_removed_but_float_strips_it("6\tGB", 6_000_000_000)]
+    #[case::underscores_between_digits("1_000MB", 1_000_000_000)]
+    #[case::kelvin_sign_lowers_to_k("6\u{212A}B", 6_000)]
+    #[case::arabic_indic_digit("\u{663}GB", 3_000_000_000)]
+    #[case::dot_alone_is_one(".GB", 1_000_000_000)]
+    #[case::empty_is_one_byte("", 1)]
+    #[case::beyond_2_pow_53_rounds_like_python("9007199254740993", 9_007_199_254_740_992)]
     fn dask_bytes_parse_exactly(#[case] text: &str, #[case] bytes: u64) {
         assert_eq!(parse_dask_bytes(text), Ok(bytes));
     }
@@ -586,6 +843,11 @@ mod tests {
     #[case::two_dots("1.2.3GB")]
     #[case::negative("-5GB")]
     #[case::too_many_digits("123456789012345678901234567890GB")]
+    #[case::double_underscore("1__0MB")]
+    #[case::dotless_i_is_not_a_unit("6\u{130}B")]
+    #[case::superscript_is_not_a_decimal("\u{b2}GB")]
+    #[case::overflow_to_infinity("1e400")]
+    #[case::variable("$(MEM)")]
     fn dask_bytes_reject(#[case] text: &str) {
         assert!(parse_dask_bytes(text).is_err(), "{text} should be rejected");
     }
@@ -602,6 +864,10 @@ mod tests {
     #[case::bare_bytes_above_one("6000000000", MemoryLimit::Bytes(6_000_000_000))]
     #[case::float_bytes_truncated("2.5", MemoryLimit::Bytes(2))]
     #[case::exponent_bytes("6e9", MemoryLimit::Bytes(6_000_000_000))]
+    #[case::one_and_a_half_is_one_byte("1.5", MemoryLimit::Bytes(1))]
+    #[case::rounds_to_one_is_a_fraction("1.0000000000000001", MemoryLimit::Fraction("1.0000000000000001".into()))]
+    #[case::empty_is_one_byte("", MemoryLimit::Bytes(1))]
+    #[case::eight_point_two_gb("8.2GB", MemoryLimit::Bytes(8_199_999_999))]
     fn memory_limit_follows_distributed(#[case] text: &str, #[case] expected: MemoryLimit) {
         assert_eq!(MemoryLimit::parse(text), Ok(expected));
     }
@@ -609,7 +875,11 @@ mod tests {
     #[rstest]
     #[case::unknown("six gigs")]
     #[case::negative_number("-1")]
-    #[case::empty("")]
+    #[case::negative_bytes("-5GB")]
+    #[case::padded_auto(" auto")]
+    #[case::upper_auto("AUTO")]
+    #[case::infinity("inf")]
+    #[case::not_a_number("nan")]
     fn memory_limit_rejects(#[case] text: &str) {
         assert!(MemoryLimit::parse(text).is_err());
     }
@@ -673,11 +943,91 @@ mod tests {
         assert_eq!(MemoryLimit::parse(dask), Ok(MemoryLimit::Bytes(bytes)));
     }
 
+    #[rstest]
+    #[case::unit("6GB", "GB is 1000000000 bytes")]
+    #[case::short_unit("6g", "g is GB, 1000000000 bytes")]
+    #[case::bare("2.5", "a number with no unit is a byte count")]
+    #[case::exponent("6e3", "a number with no unit is a byte count")]
+    #[case::bytes_suffix("512B", "B is bytes")]
+    #[case::lower_bytes_suffix("512b", "b is bytes")]
+    #[case::binary("64mi", "mi is MiB, 1048576 bytes")]
+    #[case::unknown("6XB", "\"XB\" is not a unit Dask knows")]
+    fn units_are_described_as_dask_reads_them(#[case] text: &str, #[case] description: &str) {
+        assert_eq!(describe_dask_unit(text), description);
+    }
+
+    #[rstest]
+    #[case::small(6_000_000_000, 6_000_000_000)]
+    #[case::two_pow_53(1 << 53, 1 << 53)]
+    #[case::odd_above_two_pow_53((1 << 53) + 1, 1 << 53)]
+    #[case::max(u64::MAX, u64::MAX - 2047)]
+    fn exact_bytes_round_down_to_what_dask_can_read(#[case] bytes: u64, #[case] exact: u64) {
+        assert_eq!(dask_exact_bytes(bytes), exact);
+    }
+
+    #[rstest]
+    #[case::plain_integer("2", 2000)]
+    #[case::millicores("500m", 500)]
+    #[case::decimal_cores("1.5", 1500)]
+    #[case::decimal_si_giga("1.5G", 1_500_000_000_000)]
+    #[case::binary_gibi("6Gi", 6 * (1i128 << 30) * 1000)]
+    #[case::exponent("6e9", 6_000_000_000_000)]
+    #[case::mebi("128Mi", 128 * 1024 * 1024 * 1000)]
+    #[case::sub_milli_rounds_up("0.0001", 1)]
+    #[case::nano_rounds_up("1n", 1)]
+    #[case::zero("0", 0)]
+    #[case::leading_zeros("007", 7000)]
+    #[case::negative_kept("-1", -1000)]
+    #[case::negative_sub_milli_away_from_zero("-0.0001", -1)]
+    #[case::tiny_exponent_rounds_up("1e-40", 1)]
+    fn kubelet_mode_reads_what_the_apiserver_accepted(#[case] text: &str, #[case] milli: i128) {
+        assert_eq!(parse_k8s_milli(text, QuantityMode::Kubelet), Ok(milli));
+    }
+
+    #[rstest]
+    #[case::empty("")]
+    #[case::dask_style_gb_suffix("6GB")]
+    #[case::no_number("Gi")]
+    #[case::two_dots("1.2.3")]
+    #[case::garbage("abc")]
+    #[case::huge_exponent("1e99")]
+    fn kubelet_mode_still_refuses_what_is_not_a_quantity(#[case] text: &str) {
+        assert!(
+            parse_k8s_milli(text, QuantityMode::Kubelet).is_err(),
+            "{text}"
+        );
+    }
+
+    #[rstest]
+    #[case::sub_milli("0.0001")]
+    #[case::negative("-1")]
+    fn exact_mode_refuses_what_would_round(#[case] text: &str) {
+        assert!(
+            parse_k8s_milli(text, QuantityMode::Exact).is_err(),
+            "{text}"
+        );
+    }
+
     proptest::proptest! {
         #[test]
-        fn formatting_round_trips(bytes in 1u64..=u64::MAX / 2) {
+        fn formatting_round_trips(bytes in 1u64..=u64::MAX) {
+            // Every u64 byte count survives Kubernetes' units exactly, and every count Dask
+            // can represent survives Dask's.
             proptest::prop_assert_eq!(parse_k8s_memory(&format_k8s_memory(bytes)), Ok(bytes));
-            proptest::prop_assert_eq!(MemoryLimit::parse(&format_dask_bytes(bytes)), Ok(MemoryLimit::Bytes(bytes)));
+            let exact = dask_exact_bytes(bytes).max(2);
+            proptest::prop_assert_eq!(MemoryLimit::parse(&format_dask_bytes(exact)), Ok(MemoryLimit::Bytes(exact)));
+        }
+
+        #[test]
+        fn python_int_reads_what_python_reads(n in proptest::num::i64::ANY) {
+            proptest::prop_assert_eq!(python_int(&n.to_string()), Some(i128::from(n)));
+            proptest::prop_assert_eq!(python_int(&format!(" {n}\t")), Some(i128::from(n)));
+        }
+
+        #[test]
+        fn python_float_agrees_with_rust_on_plain_literals(x in proptest::num::f64::NORMAL | proptest::num::f64::ZERO) {
+            proptest::prop_assert_eq!(python_float(&x.to_string()), Some(x));
+            proptest::prop_assert_eq!(python_float(&format!(" {x:e}\n")), Some(x));
         }
 
         #[test]

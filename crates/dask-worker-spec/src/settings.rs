@@ -1,13 +1,26 @@
 //! What the defaults are: the settings of the policy, and the options dask-kube applies
 //! client-side, in one type so both give a pod exactly the same defaults.
 
+use crate::quantity::{format_k8s_memory, parse_k8s_memory};
 use crate::selector::LabelSelector;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// Default seconds a worker waits for a vanished scheduler before it exits.
 pub const DEFAULT_DEATH_TIMEOUT_SECONDS: u64 = 60;
 /// Longest death timeout we accept: beyond a day a lost worker pod is effectively orphaned.
 pub const MAX_DEATH_TIMEOUT_SECONDS: u64 = 86_400;
+
+/// Default `memoryHeadroom`: memory a worker container needs beyond its workers'
+/// `--memory-limit`s. Measured with distributed 2026.8.0 on Python 3.11: the `dask worker`
+/// process that hosts the nannies holds 61 MB (the same with `--nworkers 1` or `2`, idle or
+/// after a spilling computation) and multiprocessing's resource tracker 12 MB, so 73 MB of
+/// the container is never inside any worker's limit. 256 MiB is 3.5 times that: room for
+/// images that load more into the parent process and for a worker's overshoot between the
+/// nanny's memory checks (every 100 ms), at 4% of the README's 6 GB worker.
+pub const DEFAULT_MEMORY_HEADROOM_BYTES: u64 = 256 << 20;
+/// Largest `memoryHeadroom` accepted (1 PiB), so sizes stay far from overflow.
+pub const MAX_MEMORY_HEADROOM_BYTES: u64 = 1 << 50;
 
 /// Taint key Dask's node pools use.
 pub const DEDICATED_TAINT_KEY: &str = "k8s.dask.org/dedicated";
@@ -60,6 +73,57 @@ impl Toleration {
     }
 }
 
+/// A Kubernetes memory quantity in settings (`"256Mi"`, `"0"`, or a number of bytes),
+/// exact to the byte; it serializes back in the shortest exact unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "QuantityText", into = "String")]
+pub struct MemoryQuantity(u64);
+
+impl MemoryQuantity {
+    /// A quantity of `bytes` bytes.
+    pub const fn from_bytes(bytes: u64) -> Self {
+        MemoryQuantity(bytes)
+    }
+
+    /// The byte count.
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for MemoryQuantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_k8s_memory(self.0))
+    }
+}
+
+impl From<MemoryQuantity> for String {
+    fn from(q: MemoryQuantity) -> String {
+        q.to_string()
+    }
+}
+
+/// A quantity as YAML/JSON may carry it: a string, or a plain number of bytes.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum QuantityText {
+    Text(String),
+    Bytes(u64),
+}
+
+impl TryFrom<QuantityText> for MemoryQuantity {
+    type Error = String;
+
+    fn try_from(value: QuantityText) -> Result<Self, Self::Error> {
+        match value {
+            QuantityText::Bytes(b) => Ok(MemoryQuantity(b)),
+            QuantityText::Text(text) => parse_k8s_memory(&text)
+                .map(MemoryQuantity)
+                .map_err(|e| format!("{e} (a Kubernetes memory quantity such as 256Mi)")),
+        }
+    }
+}
+
 /// What to do when a worker's flags and its container resources disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -93,6 +157,12 @@ pub struct WorkerDefaults {
     /// Name workers after their pod (`--name $(DASK_WORKER_NAME)` from the downward API),
     /// so a pod can be mapped to its worker for graceful retirement.
     pub worker_name_from_pod: bool,
+    /// Memory the container needs beyond its workers' `--memory-limit`s (the `dask worker`
+    /// process hosting the nannies, multiprocessing's resource tracker, overshoot between
+    /// the nanny's checks), once per container. Where the policy derives a side, the
+    /// container's memory is `--memory-limit x --nworkers + memoryHeadroom`, so the workers'
+    /// own thresholds (spill, pause, terminate at 95%) act before the kernel's OOM killer.
+    pub memory_headroom: MemoryQuantity,
 }
 
 impl Default for WorkerDefaults {
@@ -104,6 +174,7 @@ impl Default for WorkerDefaults {
             requests_equal_limits: true,
             on_mismatch: OnMismatch::Reject,
             worker_name_from_pod: true,
+            memory_headroom: MemoryQuantity(DEFAULT_MEMORY_HEADROOM_BYTES),
         }
     }
 }
@@ -165,6 +236,16 @@ impl WorkerDefaults {
                 format!(
                     "must be between 1 and {MAX_DEATH_TIMEOUT_SECONDS} seconds, got {}",
                     self.death_timeout
+                ),
+            );
+        }
+        if self.memory_headroom.bytes() > MAX_MEMORY_HEADROOM_BYTES {
+            return fail(
+                "memoryHeadroom".into(),
+                format!(
+                    "must be at most {}, got {}",
+                    format_k8s_memory(MAX_MEMORY_HEADROOM_BYTES),
+                    self.memory_headroom
                 ),
             );
         }
@@ -243,7 +324,8 @@ mod tests {
                 "deathTimeout": 60,
                 "requestsEqualLimits": true,
                 "onMismatch": "reject",
-                "workerNameFromPod": true
+                "workerNameFromPod": true,
+                "memoryHeadroom": "256Mi"
             })
         );
     }
@@ -254,6 +336,9 @@ mod tests {
     #[case::no_tolerations(r#"{"tolerations": []}"#)]
     #[case::exists_toleration(r#"{"tolerations": [{"operator": "Exists"}]}"#)]
     #[case::custom_selector(r#"{"workerSelectors": ["team=ml,role=dask-worker"]}"#)]
+    #[case::headroom_quantity(r#"{"memoryHeadroom": "512Mi"}"#)]
+    #[case::headroom_zero(r#"{"memoryHeadroom": 0}"#)]
+    #[case::headroom_bytes_string(r#"{"memoryHeadroom": "300000000"}"#)]
     #[case::no_execute_seconds(r#"{"tolerations": [{"key": "a", "value": "b", "effect": "NoExecute", "tolerationSeconds": 30}]}"#)]
     fn accepts(#[case] json: &str) {
         assert!(WorkerDefaults::from_json(json.as_bytes()).is_ok(), "{json}");
@@ -309,6 +394,18 @@ mod tests {
         "unknown field `values`"
     )]
     #[case::not_an_object(r#"[1, 2]"#, "settings", "must be a JSON object")]
+    #[case::headroom_dask_unit(
+        r#"{"memoryHeadroom": "256MB"}"#,
+        "memoryHeadroom",
+        "unknown unit \"MB\""
+    )]
+    #[case::headroom_fraction_of_a_byte(
+        r#"{"memoryHeadroom": "500m"}"#,
+        "memoryHeadroom",
+        "not a whole number of bytes"
+    )]
+    #[case::headroom_negative(r#"{"memoryHeadroom": -1}"#, "memoryHeadroom", "")]
+    #[case::headroom_huge(r#"{"memoryHeadroom": "2Pi"}"#, "memoryHeadroom", "at most 1Pi")]
     fn rejects_naming_the_field(#[case] json: &str, #[case] field: &str, #[case] reason: &str) {
         let error = WorkerDefaults::from_json(json.as_bytes()).expect_err(json);
         assert_eq!(error.field, field, "{error}");

@@ -60,7 +60,7 @@ check_fixture() {
 @test "sh -c script edited in place" { check_fixture sh-c; }
 @test "--nworkers multiplies resources" { check_fixture nworkers; }
 @test "flags derived from GiB limits" { check_fixture flags-from-gib-limits; }
-@test "--memory-limit auto: warning, memory untouched" { check_fixture memory-limit-auto; }
+@test "--memory-limit auto is Dask's default: derived from the limits less memoryHeadroom" { check_fixture memory-limit-auto; }
 @test "mismatch rejected by default" { check_fixture mismatch-reject; }
 @test "mismatch with onMismatch useResources" { check_fixture mismatch-use-resources; }
 @test "mismatch with onMismatch useFlags" { check_fixture mismatch-use-flags; }
@@ -73,6 +73,16 @@ check_fixture() {
 @test "malformed object refused" { check_fixture malformed-object; }
 @test "fractional-byte memory quantity refused" { check_fixture fractional-byte-quantity; }
 @test "invalid settings: exit 1 with kwctl's message" { check_fixture invalid-settings; }
+@test "\$(VAR) from the container's resourceFieldRef resolved and checked" { check_fixture variable-resource-field-ref; }
+@test "\$(VAR) with a divisor that makes a unitless byte count refused" { check_fixture variable-divisor-mebibytes-refused; }
+@test "\$(VAR) from a ConfigMap: warning, memory untouched" { check_fixture variable-from-configmap-warns; }
+@test "sh -c \$VAR resolved from a literal env value" { check_fixture sh-c-shell-variable; }
+@test "--memory-limit below the floor refused with the unit Dask read" { check_fixture memory-limit-bytes-too-small; }
+@test "float bytes counted as Dask's parse_bytes counts them" { check_fixture float-bytes-like-dask; }
+@test "--nprocs with --nworkers refused" { check_fixture nprocs-with-nworkers-refused; }
+@test "--nprocs warns and is read as --nworkers" { check_fixture nprocs-warns; }
+@test "--nthreads 0 is Dask's default: derived from the limits" { check_fixture nthreads-zero-is-the-default; }
+@test "memoryHeadroom setting" { check_fixture memory-headroom-setting; }
 
 @test "annotate with \$KWCTL, then run the result" {
   "$KWCTL" annotate -m "$REPO/policy-metadata.yml" -o "$BATS_TEST_TMPDIR/annotated-policy.wasm" \

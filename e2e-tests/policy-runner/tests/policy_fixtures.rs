@@ -78,6 +78,16 @@ fn decoded_patch(response: &Value) -> Value {
 #[case::malformed_object_refused("malformed-object")]
 #[case::fractional_byte_quantity_refused("fractional-byte-quantity")]
 #[case::invalid_settings_exit_1("invalid-settings")]
+#[case::variable_from_resource_field_ref("variable-resource-field-ref")]
+#[case::variable_divisor_mebibytes_refused("variable-divisor-mebibytes-refused")]
+#[case::variable_from_configmap_warns("variable-from-configmap-warns")]
+#[case::sh_c_shell_variable("sh-c-shell-variable")]
+#[case::memory_limit_bytes_too_small("memory-limit-bytes-too-small")]
+#[case::float_bytes_like_dask("float-bytes-like-dask")]
+#[case::nprocs_with_nworkers_refused("nprocs-with-nworkers-refused")]
+#[case::nprocs_warns("nprocs-warns")]
+#[case::nthreads_zero_is_the_default("nthreads-zero-is-the-default")]
+#[case::memory_headroom_setting("memory-headroom-setting")]
 fn fixture(#[case] case: &str) {
     let dir = fixture_dir(case);
     let request_path = dir.join("request.json");

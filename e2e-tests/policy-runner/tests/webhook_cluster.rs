@@ -169,7 +169,8 @@ async fn bare_worker_pod_is_stored_with_every_default() {
         .await
         .expect("created");
     let spec = &stored["spec"];
-    assert_worker_defaults(spec, "1", "1G");
+    // 1 GB for the worker and the policy's default memoryHeadroom (256Mi).
+    assert_worker_defaults(spec, "1", "1268435456");
     assert_eq!(spec["restartPolicy"], "Never");
     assert_eq!(
         stored["status"]["qosClass"], "Guaranteed",
@@ -204,7 +205,7 @@ async fn classic_labels_and_flags_from_limits() {
             "--nthreads",
             "2",
             "--memory-limit",
-            "3GiB",
+            "2816MiB",
             "--death-timeout",
             "60",
             "--name",
@@ -256,7 +257,7 @@ async fn worker_deployment_and_job_templates_are_defaulted() {
         .await
         .expect("created");
     let spec = &stored["spec"]["template"]["spec"];
-    assert_worker_defaults(spec, "2", "2Gi");
+    assert_worker_defaults(spec, "2", "2304Mi");
     assert_eq!(
         spec["restartPolicy"], "Always",
         "Deployments only allow Always"
@@ -272,7 +273,7 @@ async fn worker_deployment_and_job_templates_are_defaulted() {
         .await
         .expect("created");
     let spec = &stored["spec"]["template"]["spec"];
-    assert_worker_defaults(spec, "2", "2Gi");
+    assert_worker_defaults(spec, "2", "2304Mi");
     assert_eq!(spec["restartPolicy"], "Never");
     ns.delete().await;
 }
@@ -316,6 +317,96 @@ async fn mismatched_worker_pod_is_refused_with_the_policy_message() {
             .expect("get")
             .is_none(),
         "nothing stored"
+    );
+    ns.delete().await;
+}
+
+/// Flag values that are variables, through the apiserver: one the policy can resolve (the
+/// container's own `limits.memory` through a `resourceFieldRef`) is checked and the pod
+/// completed; one only known when the container starts (a ConfigMap) leaves the memory
+/// alone while every other default still applies; a byte count no worker can run in is
+/// refused naming the unit Dask read.
+#[tokio::test]
+async fn variable_flags_and_the_memory_floor_through_the_apiserver() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::new(&client, "webhook-variables").await;
+
+    let mut from_limits = bare_worker(&[
+        "dask",
+        "worker",
+        "--nthreads",
+        "2",
+        "--memory-limit",
+        "$(MEM_LIMIT)",
+    ]);
+    from_limits["env"] = json!([{"name": "MEM_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}}]);
+    from_limits["resources"] = json!({"limits": {"cpu": "2", "memory": "6G"}});
+    let stored = ns
+        .create::<Pod>(json!({
+            "metadata": {"name": "from-limits", "labels": {"dask.org/component": "worker"}},
+            "spec": pending_spec(json!([from_limits]))
+        }))
+        .await
+        .expect("created");
+    let container = &stored["spec"]["containers"][0];
+    assert_eq!(
+        container["resources"]["requests"],
+        json!({"cpu": "2", "memory": "6G"}),
+        "{container}"
+    );
+    assert_eq!(
+        container["resources"]["limits"],
+        json!({"cpu": "2", "memory": "6G"})
+    );
+    assert_eq!(
+        container["args"][5], "$(MEM_LIMIT)",
+        "the variable stays for the kubelet"
+    );
+    assert_eq!(dask_tolerations(&stored["spec"]).len(), 2);
+
+    let mut from_config_map = bare_worker(&[
+        "dask",
+        "worker",
+        "--nthreads",
+        "2",
+        "--memory-limit",
+        "$(MEM)",
+    ]);
+    from_config_map["env"] = json!([{"name": "MEM", "valueFrom": {"configMapKeyRef": {"name": "dask-sizes", "key": "memory"}}}]);
+    let stored = ns
+        .create::<Pod>(json!({
+            "metadata": {"name": "from-config-map", "labels": {"dask.org/component": "worker"}},
+            "spec": pending_spec(json!([from_config_map]))
+        }))
+        .await
+        .expect("created (the policy warns, it does not refuse)");
+    let spec = &stored["spec"];
+    assert_eq!(
+        spec["containers"][0]["resources"],
+        json!({"limits": {"cpu": "2"}, "requests": {"cpu": "2"}}),
+        "memory left alone, cpu from --nthreads"
+    );
+    assert_eq!(dask_tolerations(spec).len(), 2, "{spec}");
+    assert_eq!(spec["restartPolicy"], "Never");
+
+    let error = ns
+        .create::<Pod>(json!({
+            "metadata": {"name": "two-bytes", "labels": {"dask.org/component": "worker"}},
+            "spec": pending_spec(json!([bare_worker(&["dask", "worker", "--nthreads", "1", "--memory-limit", "2.5"])]))
+        }))
+        .await
+        .expect_err("refused");
+    let kube::Error::Api(status) = error else {
+        panic!("not an API error: {error}")
+    };
+    assert!(
+        status.message.contains(
+            "--memory-limit 2.5 is 2 bytes to Dask (a number with no unit is a byte count)"
+        ),
+        "{}",
+        status.message
     );
     ns.delete().await;
 }

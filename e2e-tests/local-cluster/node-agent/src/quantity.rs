@@ -1,9 +1,12 @@
-//! Exact Kubernetes resource quantities (`500m`, `2`, `1.5Gi`, `6e9`) in integer milli-units.
+//! Kubernetes resource quantities (`500m`, `2`, `1.5Gi`, `6e9`) in integer milli-units.
 //!
-//! Integer arithmetic only: limits decide OOM kills and scheduling, so a float rounding
-//! that turns `6G` into 5999999999 bytes would be a real bug.
+//! The parser is the shared one in `dask-worker-spec` (the policy's, so the node agent and
+//! the policy read a quantity the same way) in its kubelet mode: the apiserver has already
+//! accepted the value, so a value finer than a milli-unit is rounded up as the kubelet does
+//! instead of refused. Integer arithmetic only: limits decide OOM kills and scheduling.
 
 use crate::error::{Error, Result};
+use dask_worker_spec::{QuantityError, QuantityMode, parse_k8s_milli};
 
 /// A quantity in thousandths of its unit (millicores for cpu, millibytes for memory),
 /// rounded up like the apiserver rounds sub-milli values.
@@ -22,89 +25,21 @@ impl Milli {
     }
 }
 
-fn invalid(value: &str, reason: &'static str) -> Error {
-    Error::Quantity {
-        value: value.to_string(),
-        reason,
-    }
-}
-
 /// Parses a Kubernetes quantity string into milli-units (rounded up).
 pub fn parse(value: &str) -> Result<Milli> {
-    let s = value.trim();
-    if s.is_empty() {
-        return Err(invalid(value, "empty"));
-    }
-    let (negative, s) = match s.as_bytes()[0] {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let number_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(number_end);
-    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-        return Err(invalid(value, "no number"));
-    }
-    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    // value = digits * 10^(exp10) * 2^(exp2)
-    let digits: String = format!("{int_part}{frac_part}");
-    let digits: i128 = digits
-        .trim_start_matches('0')
-        .parse::<i128>()
-        .or_else(|e| {
-            if digits.chars().all(|c| c == '0') {
-                Ok(0)
-            } else {
-                Err(e)
-            }
+    parse_k8s_milli(value, QuantityMode::Kubelet)
+        .map(Milli)
+        .map_err(|e| Error::Quantity {
+            value: value.to_string(),
+            reason: match e {
+                QuantityError::Syntax { .. } => "not a number with an optional suffix",
+                QuantityError::UnknownUnit { .. } => "unknown suffix",
+                QuantityError::TooLarge { .. } => "number too large",
+                QuantityError::Negative { .. } => "negative",
+                QuantityError::FractionalBytes { .. }
+                | QuantityError::FractionalMillicores { .. } => "finer than a milli-unit",
+            },
         })
-        .map_err(|_| invalid(value, "number too large"))?;
-    let frac_len = i32::try_from(frac_part.len()).map_err(|_| invalid(value, "too many digits"))?;
-    let (mut exp10, exp2): (i32, u32) = match suffix {
-        "" => (0, 0),
-        "m" => (-3, 0),
-        "k" => (3, 0),
-        "M" => (6, 0),
-        "G" => (9, 0),
-        "T" => (12, 0),
-        "P" => (15, 0),
-        "E" => (18, 0),
-        "Ki" => (0, 10),
-        "Mi" => (0, 20),
-        "Gi" => (0, 30),
-        "Ti" => (0, 40),
-        "Pi" => (0, 50),
-        "Ei" => (0, 60),
-        other if other.starts_with(['e', 'E']) => {
-            let e: i32 = other[1..]
-                .parse()
-                .map_err(|_| invalid(value, "bad exponent"))?;
-            if !(-30..=30).contains(&e) {
-                return Err(invalid(value, "exponent out of range"));
-            }
-            (e, 0)
-        }
-        _ => return Err(invalid(value, "unknown suffix")),
-    };
-    exp10 = exp10 - frac_len + 3; // to milli-units
-    let scaled = digits
-        .checked_mul(1i128 << exp2)
-        .ok_or_else(|| invalid(value, "number too large"))?;
-    let milli = if exp10 >= 0 {
-        10i128
-            .checked_pow(exp10.unsigned_abs())
-            .and_then(|p| scaled.checked_mul(p))
-            .ok_or_else(|| invalid(value, "number too large"))?
-    } else {
-        let div = 10i128
-            .checked_pow(exp10.unsigned_abs())
-            .ok_or_else(|| invalid(value, "too many digits"))?;
-        // Round up: the apiserver never rounds a request or limit down.
-        scaled / div + i128::from(scaled % div != 0)
-    };
-    Ok(Milli(if negative { -milli } else { milli }))
 }
 
 /// Parses a memory-like quantity into whole bytes (rounded up).
