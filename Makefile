@@ -75,7 +75,7 @@ clippy: setup ## lints, warnings are errors
 lint: fmt clippy
 
 unit: setup ## tests that need no cluster (unit, table, property, wasm e2e through the runner)
-	DASK_K8S_SKIP_CLUSTER_TESTS=1 $(CARGO) test $(CARGO_FLAGS) --workspace
+	$(CARGO) test $(CARGO_FLAGS) --workspace
 
 e2e-policy: wasm ## the compiled policy on the fixtures: runner suite + bats (kwctl if present)
 	$(CARGO) test $(CARGO_FLAGS) --workspace --test policy_fixtures

@@ -48,8 +48,8 @@ eval "$up_env"
 
 # `--workspace --test NAME` rather than `-p PKG`: cargo unifies features per invocation, and
 # the workspace-wide set is the one `make unit` already built, so nothing compiles again.
-run "policy webhook through the apiserver" cargo test --locked --workspace --test webhook_cluster
-run "kubelet API: logs and port-forward" cargo test --locked --workspace --test apiserver
+run "policy webhook through the apiserver" cargo test --locked --workspace --test webhook_cluster -- --include-ignored
+run "kubelet API: logs and port-forward" cargo test --locked --workspace --test apiserver -- --include-ignored
 # tests/cluster.rs of node-agent (pods as processes) and of dask-kube (whose tests are
 # #[ignore]d outside this tier).
 run "node agent and dask-kube against the cluster" cargo test --locked --workspace --test cluster -- --include-ignored --test-threads=1

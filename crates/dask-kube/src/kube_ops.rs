@@ -453,12 +453,19 @@ impl ClusterApi {
     /// whose answer is lost (timeout, broken connection, 5xx) is checked by name before it
     /// is sent again: a retry never makes a second pod. Permission, namespace and
     /// unreachable-server errors stop the batch (they fail every call).
-    pub async fn create_pods(&self, pods: Vec<Pod>) -> (BatchReport, Option<Error>) {
+    /// `pods` is consumed as calls start, so a lazy iterator keeps only the pods in flight in
+    /// memory.
+    pub async fn create_pods<I>(&self, pods: I) -> (BatchReport, Option<Error>)
+    where
+        I: IntoIterator<Item = Pod>,
+        I::IntoIter: Send,
+    {
         let limiter = self.limits.limiter();
         let retried = AtomicUsize::new(0);
         let fatal: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
         let started = Instant::now();
-        let wanted = pods.len();
+        let pods = pods.into_iter();
+        let wanted = pods.size_hint().0;
         let results: Vec<Result<String, String>> = futures::stream::iter(pods)
             .map(|pod| {
                 let limiter = limiter.clone();
@@ -1304,7 +1311,7 @@ pub(crate) mod tests {
             initial_in_flight: 2,
             max_in_flight: 2,
         });
-        let (report, fatal) = api.create_pods((0..3).map(worker).collect()).await;
+        let (report, fatal) = api.create_pods((0..3).map(worker)).await;
         drop(api);
         server.abort();
         assert!(fatal.is_none());
@@ -1330,7 +1337,7 @@ pub(crate) mod tests {
             handle
         });
         let api = api.with_limits(CreateLimits::with_max_in_flight(1));
-        let (report, fatal) = api.create_pods((0..3).map(worker).collect()).await;
+        let (report, fatal) = api.create_pods((0..3).map(worker)).await;
         let _handle = server.await.unwrap();
         let fatal = fatal.expect("forbidden is fatal");
         let text = fatal.to_string();

@@ -422,18 +422,20 @@ pub(crate) async fn create_workers(
     owner: Option<&Owner>,
     count: usize,
 ) -> (BatchReport, Option<Error>) {
-    let mut pods = Vec::with_capacity(count);
-    for _ in 0..count {
+    let build = || {
         let mut pod = worker_pod.clone();
         if let Some(owner) = owner {
             manifests::set_owner(&mut pod, owner);
         }
-        match manifests::to_pod(pod) {
-            Ok(p) => pods.push(p),
-            Err(e) => return (BatchReport::default(), Some(e)),
-        }
+        manifests::to_pod(pod)
+    };
+    // The template is checked once; then each pod is made when its call starts, so only the
+    // calls in flight hold a pod (1000 copies of a large template all at once cost megabytes).
+    if let Err(e) = build() {
+        return (BatchReport::default(), Some(e));
     }
-    api.create_pods(pods).await
+    api.create_pods((0..count).filter_map(|_| build().ok()))
+        .await
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ fn json_of(out: &std::process::Output) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn detached_up_scale_and_down() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-up").await;
     let state = tempfile::tempdir().unwrap();
@@ -146,7 +146,7 @@ async fn detached_up_scale_and_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn adapt_grows_under_load_and_shrinks_after() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-adapt").await;
     let state = tempfile::tempdir().unwrap();
@@ -319,7 +319,7 @@ fn http_status(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn sigkill_then_deleting_the_scheduler_leaves_nothing() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-gc").await;
     let state = tempfile::tempdir().unwrap();
@@ -356,7 +356,7 @@ async fn sigkill_then_deleting_the_scheduler_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn sigterm_in_the_foreground_deletes_everything() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-term").await;
     let state = tempfile::tempdir().unwrap();
@@ -382,7 +382,7 @@ async fn sigterm_in_the_foreground_deletes_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn failing_scheduler_is_reported_and_cleaned_up() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-fail").await;
     let state = tempfile::tempdir().unwrap();
@@ -430,7 +430,7 @@ async fn failing_scheduler_is_reported_and_cleaned_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn missing_namespace_is_reported() {
-    let Some(_kube) = cluster().await else { return };
+    let _kube = cluster().await;
     let state = tempfile::tempdir().unwrap();
     let out = run(
         state.path(),
@@ -447,7 +447,7 @@ async fn missing_namespace_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn library_scale_workers_and_close() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-lib").await;
     let template = PodTemplate::from_file(fixture("small-worker.yml"), "worker").unwrap();
@@ -520,7 +520,7 @@ async fn library_scale_workers_and_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn rbac_manifest_grants_what_dask_kube_needs() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-rbac").await;
     let state = tempfile::tempdir().unwrap();
@@ -606,7 +606,7 @@ async fn rbac_manifest_grants_what_dask_kube_needs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn the_printed_dashboard_link_answers_in_every_mode() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-dash").await;
     let state = tempfile::tempdir().unwrap();
@@ -712,7 +712,7 @@ async fn the_printed_dashboard_link_answers_in_every_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn count_max_caps_up_scale_and_adapt() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-cap").await;
     let state = tempfile::tempdir().unwrap();
@@ -822,7 +822,7 @@ async fn count_max_caps_up_scale_and_adapt() {
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn scale_to_hundreds_of_pending_pods_and_back_exactly() {
     const N: usize = 300;
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-many").await;
     let template = PodTemplate::from_file(fixture("pending-worker.yml"), "worker").unwrap();

@@ -152,7 +152,7 @@ async fn pending_cluster(ns: &TestNamespace, prefix: &str, max_in_flight: usize)
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn api_server_restart_in_the_middle_of_a_scale_up_leaves_the_exact_count() {
     const N: usize = 120;
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-api").await;
     // Two calls in flight: slow enough that the restart lands in the middle.
@@ -276,7 +276,7 @@ fn kubectl_stdin(args: &[&str], input: &str) {
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn a_throttling_api_server_still_gets_the_exact_count() {
     const N: usize = 100;
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-429").await;
     // As a service account bound to deploy/rbac.yaml (system:masters is exempt from APF).
@@ -323,7 +323,7 @@ async fn a_throttling_api_server_still_gets_the_exact_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn policy_webhook_down_fails_up_naming_it_and_leaves_nothing() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-hook").await;
     let state = tempfile::tempdir().unwrap();
@@ -394,7 +394,7 @@ async fn policy_webhook_down_fails_up_naming_it_and_leaves_nothing() {
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn sigkill_in_the_middle_of_a_scale_up_then_scale_again_converges() {
     const N: usize = 60;
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-kill").await;
     let state = tempfile::tempdir().unwrap();
@@ -497,7 +497,7 @@ fn up_small(state: &Path, ns: &str, extra: &[&str]) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn scale_down_during_a_computation_loses_no_key_and_recomputes_nothing() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-down").await;
     let state = tempfile::tempdir().unwrap();
@@ -582,7 +582,7 @@ fn restart_counts(pods: &[Pod]) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn deleting_the_scheduler_mid_computation_ends_the_cluster_and_leaves_nothing() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-sched").await;
     let state = tempfile::tempdir().unwrap();
@@ -672,7 +672,7 @@ async fn deleting_the_scheduler_mid_computation_ends_the_cluster_and_leaves_noth
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
     const PAUSE: Duration = Duration::from_secs(30);
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-slow").await;
     let state = tempfile::tempdir().unwrap();
@@ -738,7 +738,7 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn node_agent_restart_under_running_pods_reports_them_and_duplicates_nothing() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-node").await;
     let state = tempfile::tempdir().unwrap();
@@ -816,7 +816,7 @@ async fn node_agent_restart_under_running_pods_reports_them_and_duplicates_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn an_oom_killed_worker_is_recomputed_and_replaced() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-oom").await;
     let state = tempfile::tempdir().unwrap();

@@ -3,8 +3,8 @@
 //! created as a client would, without any defaults, and read back as the apiserver stored
 //! them, after its own defaulting and validation.
 //!
-//! Needs `e2e-tests/local-cluster/cluster up`; fails saying so when no cluster answers,
-//! unless `DASK_K8S_SKIP_CLUSTER_TESTS=1`.
+//! Needs `e2e-tests/local-cluster/cluster up`; fails saying so when no cluster answers.
+//! `#[ignore]`d outside the integration tier.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -15,11 +15,9 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-/// A client for the local cluster, or `None` when tests are told to skip without one.
-async fn cluster() -> Option<Client> {
-    cluster_harness::cluster_or_skip("the policy webhook tests")
-        .await
-        .map(|(client, _)| client)
+/// A client for the local cluster (an unreachable one fails the test).
+async fn cluster() -> Client {
+    cluster_harness::cluster("the policy webhook tests").await.0
 }
 
 /// A namespace of its own. Names are fixed per test, so a run that failed before its
@@ -156,10 +154,9 @@ fn assert_worker_defaults(spec: &Value, cpu: &str, memory: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn bare_worker_pod_is_stored_with_every_default() {
-    let Some(client) = cluster().await else {
-        return;
-    };
+    let client = cluster().await;
     let ns = TestNamespace::new(&client, "webhook-pod").await;
     let stored = ns
         .create::<Pod>(json!({
@@ -180,10 +177,9 @@ async fn bare_worker_pod_is_stored_with_every_default() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn classic_labels_and_flags_from_limits() {
-    let Some(client) = cluster().await else {
-        return;
-    };
+    let client = cluster().await;
     let ns = TestNamespace::new(&client, "webhook-classic").await;
     let mut container = bare_worker(&["dask-worker", "tcp://s:8786"]);
     container["resources"] = json!({"limits": {"cpu": "2", "memory": "3Gi"}});
@@ -216,10 +212,9 @@ async fn classic_labels_and_flags_from_limits() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn unlabelled_pod_is_stored_unchanged() {
-    let Some(client) = cluster().await else {
-        return;
-    };
+    let client = cluster().await;
     let ns = TestNamespace::new(&client, "webhook-plain").await;
     let stored = ns
         .create::<Pod>(json!({
@@ -240,10 +235,9 @@ async fn unlabelled_pod_is_stored_unchanged() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn worker_deployment_and_job_templates_are_defaulted() {
-    let Some(client) = cluster().await else {
-        return;
-    };
+    let client = cluster().await;
     let ns = TestNamespace::new(&client, "webhook-workloads").await;
     let template = json!({
         "metadata": {"labels": {"dask.org/component": "worker", "app.kubernetes.io/name": "w"}},
@@ -279,10 +273,9 @@ async fn worker_deployment_and_job_templates_are_defaulted() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn mismatched_worker_pod_is_refused_with_the_policy_message() {
-    let Some(client) = cluster().await else {
-        return;
-    };
+    let client = cluster().await;
     let ns = TestNamespace::new(&client, "webhook-refuse").await;
     let mut container =
         bare_worker(&["dask", "worker", "--nthreads", "2", "--memory-limit", "4GB"]);
@@ -327,10 +320,9 @@ async fn mismatched_worker_pod_is_refused_with_the_policy_message() {
 /// alone while every other default still applies; a byte count no worker can run in is
 /// refused naming the unit Dask read.
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn variable_flags_and_the_memory_floor_through_the_apiserver() {
-    let Some(client) = cluster().await else {
-        return;
-    };
+    let client = cluster().await;
     let ns = TestNamespace::new(&client, "webhook-variables").await;
 
     let mut from_limits = bare_worker(&[

@@ -24,10 +24,9 @@ pub fn kubeconfig() -> PathBuf {
     cluster_harness::kubeconfig_path()
 }
 
-/// The local cluster's client, or `None` (with a skip line) when none is reachable and
-/// `DASK_K8S_SKIP_CLUSTER_TESTS=1`; otherwise an unreachable cluster fails the test.
-pub async fn cluster() -> Option<Client> {
-    let (client, path) = cluster_harness::cluster_or_skip("dask-kube's cluster tests").await?;
+/// The local cluster's client; an unreachable cluster fails the test.
+pub async fn cluster() -> Client {
+    let (client, path) = cluster_harness::cluster("dask-kube's cluster tests").await;
     let needs = format!(
         "this test needs the local cluster with its node agent: run \
          `e2e-tests/local-cluster/cluster up` (kubeconfig {})",
@@ -43,7 +42,7 @@ pub async fn cluster() -> Option<Client> {
         ready,
         "{needs}: the cluster has no node (the node agent hook did not run)"
     );
-    Some(client)
+    client
 }
 
 /// A namespace for one test, deleted at the end.

@@ -23,7 +23,7 @@ fn marked<'a>(log: &'a str, marker: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn notebook_pod_runs_the_life_cycle_and_computes_through_the_service() {
-    let Some(kube) = cluster().await else { return };
+    let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-notebook").await;
     crate::common::apply_rbac(&ns.name);

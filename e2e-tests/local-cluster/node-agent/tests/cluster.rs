@@ -2,7 +2,7 @@
 //! controller-manager, the node agent started by `cluster up`, real processes).
 //!
 //! Each test works in its own namespace. Without a reachable cluster they fail with a message
-//! naming `e2e-tests/local-cluster/cluster up`, unless `DASK_K8S_SKIP_CLUSTER_TESTS=1`.
+//! naming `e2e-tests/local-cluster/cluster up`. `#[ignore]`d outside the integration tier.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,10 +31,9 @@ async fn logs(env: &TestEnv, pod: &str) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn failing_container_reports_exit_code_and_logs() {
-    let Some(env) = TestEnv::new("exit").await else {
-        return;
-    };
+    let env = TestEnv::new("exit").await;
     let t0 = Instant::now();
     env.create_pod(&fixture("exit3.yaml", &[])).await;
     let pod = env.wait_pod("exit3", "terminal", is_terminal).await;
@@ -51,10 +50,9 @@ async fn failing_container_reports_exit_code_and_logs() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn memory_limit_overrun_is_oom_killed() {
-    let Some(env) = TestEnv::new("oom").await else {
-        return;
-    };
+    let env = TestEnv::new("oom").await;
     env.create_pod(&fixture("memory-hog.yaml", &[])).await;
     let pod = env.wait_pod("memory-hog", "terminal", is_terminal).await;
     assert_eq!(phase(&pod), "Failed");
@@ -68,10 +66,9 @@ async fn memory_limit_overrun_is_oom_killed() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn pod_of_deleted_owner_is_garbage_collected_and_its_process_ends() {
-    let Some(env) = TestEnv::new("gc").await else {
-        return;
-    };
+    let env = TestEnv::new("gc").await;
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
     let owner: ConfigMap =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "owner"}})).unwrap();
@@ -101,14 +98,13 @@ async fn pod_of_deleted_owner_is_garbage_collected_and_its_process_ends() {
 #[case::handles_sigterm("sigterm-handler.yaml", "graceful", true)]
 #[case::ignores_sigterm_killed_after_grace("sigterm-ignorer.yaml", "stubborn", false)]
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn deleting_a_running_pod_stops_it(
     #[case] file: &str,
     #[case] name: &str,
     #[case] handles_term: bool,
 ) {
-    let Some(env) = TestEnv::new("delete").await else {
-        return;
-    };
+    let env = TestEnv::new("delete").await;
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("got-term");
     let created = env
@@ -140,10 +136,9 @@ async fn deleting_a_running_pod_stops_it(
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn pods_share_a_port_in_own_netns_and_reach_services_by_dns_name() {
-    let Some(env) = TestEnv::new("net").await else {
-        return;
-    };
+    let env = TestEnv::new("net").await;
     for name in ["server-a", "server-b"] {
         env.create_pod(&fixture("tcp-server.yaml", &[("NAME", name)]))
             .await;
@@ -168,10 +163,9 @@ async fn pods_share_a_port_in_own_netns_and_reach_services_by_dns_name() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn crashing_container_restarts_with_backoff() {
-    let Some(env) = TestEnv::new("crash").await else {
-        return;
-    };
+    let env = TestEnv::new("crash").await;
     env.create_pod(&fixture("crashloop.yaml", &[])).await;
     // The first restart is immediate; the next waits 10 s in CrashLoopBackOff.
     let pod = env
@@ -217,10 +211,9 @@ async fn crashing_container_restarts_with_backoff() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn init_container_runs_first_and_env_is_expanded() {
-    let Some(env) = TestEnv::new("init").await else {
-        return;
-    };
+    let env = TestEnv::new("init").await;
     env.create_pod(&fixture("init-and-env.yaml", &[])).await;
     let pod = env.wait_pod("init-env", "terminal", is_terminal).await;
     let out = logs(&env, "init-env").await;
@@ -342,10 +335,9 @@ impl Drop for TaintedAgent {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn pod_without_toleration_stays_pending_unschedulable() {
-    let Some(env) = TestEnv::new("taint").await else {
-        return;
-    };
+    let env = TestEnv::new("taint").await;
     let node = format!("na-test-{}", &env.ns[env.ns.len() - 6..]);
     let mut agent = TaintedAgent::start(&node);
     let nodes: Api<Node> = Api::all(env.client.clone());
@@ -479,10 +471,9 @@ async fn cluster_ip(env: &TestEnv, name: &str) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn pod_uses_its_projected_token_and_gets_403_beyond_its_role() {
-    let Some(env) = TestEnv::new("token").await else {
-        return;
-    };
+    let env = TestEnv::new("token").await;
     use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let ns = env.ns.clone();
@@ -556,14 +547,13 @@ async fn pod_uses_its_projected_token_and_gets_403_beyond_its_role() {
 #[case::pod_opts_out("default", Some(false), "no-token")]
 #[case::service_account_opts_out("quiet", None, "no-token")]
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn automount_service_account_token(
     #[case] sa: &str,
     #[case] pod_automount: Option<bool>,
     #[case] expected: &str,
 ) {
-    let Some(env) = TestEnv::new("automount").await else {
-        return;
-    };
+    let env = TestEnv::new("automount").await;
     use k8s_openapi::api::core::v1::ServiceAccount;
     create::<ServiceAccount>(
         &env,
@@ -588,10 +578,9 @@ async fn automount_service_account_token(
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn cluster_ip_services_forward_to_numeric_and_named_target_ports() {
-    let Some(env) = TestEnv::new("svc").await else {
-        return;
-    };
+    let env = TestEnv::new("svc").await;
     for name in ["greeter-a", "greeter-b"] {
         env.create_pod(&fixture(
             "greeter.yaml",
@@ -667,10 +656,9 @@ fn probes(log: &str) -> Vec<(f64, String)> {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn service_endpoints_follow_pods_going_away_and_coming() {
-    let Some(env) = TestEnv::new("follow").await else {
-        return;
-    };
+    let env = TestEnv::new("follow").await;
     let first = env
         .create_pod(&fixture(
             "greeter.yaml",
@@ -756,10 +744,9 @@ async fn service_endpoints_follow_pods_going_away_and_coming() {
 /// (the endpoint's own RST, as kube-proxy's DNAT gives it), never accepted and then reset, and
 /// the same client connects once the endpoint listens.
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn cluster_ip_refuses_until_the_endpoint_listens_then_connects() {
-    let Some(env) = TestEnv::new("late").await else {
-        return;
-    };
+    let env = TestEnv::new("late").await;
     let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
     svcs.create(
         &PostParams::default(),
@@ -799,10 +786,9 @@ async fn cluster_ip_refuses_until_the_endpoint_listens_then_connects() {
 /// Service, retries its refused connects and registers once the scheduler is up (dask-kube
 /// creates workers together with the scheduler).
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn dask_worker_started_before_its_scheduler_registers_through_the_service() {
-    let Some(env) = TestEnv::new("early").await else {
-        return;
-    };
+    let env = TestEnv::new("early").await;
     let _: Service = create(
         &env,
         serde_json::json!({
@@ -844,10 +830,9 @@ fn unix_now() -> f64 {
 /// Figures, not limits: connect + first line through the ClusterIP and straight to the pod
 /// IP, alternating in one client, medians printed.
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn cluster_ip_latency_next_to_pod_ip() {
-    let Some(env) = TestEnv::new("latency").await else {
-        return;
-    };
+    let env = TestEnv::new("latency").await;
     env.create_pod(&fixture(
         "greeter.yaml",
         &[("NAME", "target"), ("APP", "latency")],
@@ -907,10 +892,9 @@ async fn cluster_ip_latency_next_to_pod_ip() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn dask_kube_image_runs_the_built_binary() {
-    let Some(env) = TestEnv::new("daskkube").await else {
-        return;
-    };
+    let env = TestEnv::new("daskkube").await;
     env.create_pod(&fixture("dask-kube-version.yaml", &[]))
         .await;
     let pod = env

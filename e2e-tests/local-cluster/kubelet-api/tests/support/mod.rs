@@ -88,12 +88,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects, or — when no cluster is reachable — fails with how to start one,
-    /// unless `DASK_K8S_SKIP_CLUSTER_TESTS=1` (then prints a skip line and returns None).
-    pub async fn connect(test: &str) -> Option<Cluster> {
+    /// Connects, or — when no cluster is reachable — fails with how to start one.
+    pub async fn connect(test: &str) -> Cluster {
         capture_logs();
-        let (client, kubeconfig) = cluster_harness::cluster_or_skip(test).await?;
-        Some(Cluster { client, kubeconfig })
+        let (client, kubeconfig) = cluster_harness::cluster(test).await;
+        Cluster { client, kubeconfig }
     }
 }
 

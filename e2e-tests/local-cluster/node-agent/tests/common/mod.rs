@@ -42,10 +42,9 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// Connects and creates a fresh namespace; `None` (after a skip line) only when
-    /// `DASK_K8S_SKIP_CLUSTER_TESTS=1` and no cluster is reachable.
-    pub async fn new(test: &str) -> Option<Self> {
-        let (client, _) = cluster_harness::cluster_or_skip(test).await?;
+    /// Connects (an unreachable cluster fails the test) and creates a fresh namespace.
+    pub async fn new(test: &str) -> Self {
+        let (client, _) = cluster_harness::cluster(test).await;
         if let Err(e) = has_ready_node(&client).await {
             panic!("{test} needs the node agent on the local cluster: {e:#}");
         }
@@ -57,7 +56,7 @@ impl TestEnv {
         let obj: Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
         api.create(&PostParams::default(), &obj).await.unwrap();
-        Some(Self { client, ns })
+        Self { client, ns }
     }
 
     pub fn pods(&self) -> Api<Pod> {
