@@ -165,6 +165,15 @@ def test_make_pod_spec_pods_pass_the_live_policy_unchanged(kubectl, tmp_path):
         path.write_text(json.dumps(pod))
         return json.loads(kubectl("create", "--dry-run=server", "-o", "json", "-f", str(path)))
 
+    def api_defaulted(env: list[dict]) -> list[dict]:
+        """The apiserver's own defaulting (not the policy's): fieldRef.apiVersion is v1."""
+        env = json.loads(json.dumps(env))
+        for var in env:
+            field_ref = var.get("valueFrom", {}).get("fieldRef")
+            if field_ref is not None:
+                field_ref.setdefault("apiVersion", "v1")
+        return env
+
     labels = {"dask.org/component": "worker", "app": "dask"}
     for kwargs in (
         dict(threads_per_worker=2, memory_limit="6GB", memory_request="6GB", cpu_limit=2, cpu_request=2),
@@ -173,7 +182,8 @@ def test_make_pod_spec_pods_pass_the_live_policy_unchanged(kubectl, tmp_path):
         pod = make_pod_spec(image="ghcr.io/dask/dask:latest", labels=labels, **kwargs)
         pod["metadata"]["name"] = "py-make-pod-spec"
         stored = dry_run(pod)
-        mine, theirs = pod["spec"]["containers"][0], stored["spec"]["containers"][0]
+        mine, theirs = dict(pod["spec"]["containers"][0]), stored["spec"]["containers"][0]
+        mine["env"] = api_defaulted(mine["env"])
         for field in ("args", "env", "resources"):
             assert theirs[field] == mine[field], (field, theirs[field], mine[field])
         assert stored["spec"]["restartPolicy"] == "Never"
