@@ -226,6 +226,23 @@ def test_operator_style_cluster_and_from_name(kubectl):
         KubeCluster.from_name(name)
 
 
+def test_auth_kubeconfig_reaches_the_cluster_without_kubeconfig_env(kubectl, local_cluster, small_worker, monkeypatch):
+    """auth=KubeConfig(config_file=) for a new cluster and for from_name, with $KUBECONFIG
+    pointing nowhere."""
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    auth = dask_kube.KubeConfig(config_file=local_cluster)
+    with KubeCluster(small_worker, n_workers=1, name="py-auth-{uuid}", auth=auth) as cluster:
+        name = cluster.name
+        again = KubeCluster.from_name(name, auth=[auth])
+        try:
+            assert again.name == name and again.scheduler_address
+            assert [len(p["connected"]) for p in again.pods()] == [1]
+        finally:
+            again.close()  # from_name: leaves the cluster running
+        assert len(kubectl.pods(name)) == 2
+    assert kubectl.wait_gone(name, timeout=10) == []
+
+
 def test_async_api_runs_on_the_callers_loop_without_blocking_it(kubectl, small_worker):
     async def main():
         ticks = []
