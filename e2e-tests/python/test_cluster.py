@@ -281,10 +281,13 @@ CHILD = textwrap.dedent(
         cluster = dask_kube.KubeCluster(template, name="py-sigint-start-{uuid}", quiet=True)
         print("STARTED", flush=True)
     elif mode == "scale":
-        cluster = dask_kube.KubeCluster(template, name="py-sigint-scale-{uuid}", quiet=True, n_workers=0)
+        # argv[3]: a scheduler pod that runs (the workers' template keeps them Pending).
+        import json
+        cluster = dask_kube.KubeCluster(template, name="py-sigint-scale-{uuid}", quiet=True, n_workers=0,
+                                        scheduler_pod_template=json.loads(sys.argv[3]))
         print("NAME", cluster.name, flush=True)
         try:
-            cluster.scale(40)
+            cluster.scale(400)  # Pending pods: see test_ctrl_c_during_scale_deletes_the_pods_it_made
             print("SCALED", flush=True)
             time.sleep(120)  # where a late interrupt lands when the scale was quicker
         except KeyboardInterrupt:
@@ -299,9 +302,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child(mode: str, template: str) -> subprocess.Popen:
+def _child(mode: str, template: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, mode, template],
+        [sys.executable, "-c", CHILD, mode, template, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -328,10 +331,22 @@ def test_ctrl_c_during_start_leaves_nothing(kubectl, small_worker):
         assert kubectl.wait_gone(name, timeout=30) == [], name
 
 
-def test_ctrl_c_during_scale_deletes_the_pods_it_made(kubectl, small_worker):
-    child = _child("scale", small_worker)
-    name = child.stdout.readline().split()[1]
-    # Interrupt once some of the 40 worker pods exist (creation is paced at 20/s).
+def test_ctrl_c_during_scale_deletes_the_pods_it_made(kubectl, small_worker, tmp_path):
+    # The child scales to 400 workers, enough that creating them takes longer than this test
+    # needs to see the first two and send SIGINT; they stay Pending (a nodeSelector no node
+    # has), so no 400 Python processes start on this machine.
+    pending = yaml.safe_load(Path(small_worker).read_text())
+    pending["spec"]["nodeSelector"] = {"dask-kube-test/no-such-node": "true"}
+    template = tmp_path / "pending-worker.yml"
+    template.write_text(yaml.safe_dump(pending))
+    scheduler = yaml.safe_load(Path(small_worker).read_text())
+    scheduler["metadata"]["labels"]["dask.org/component"] = "scheduler"
+    scheduler["spec"]["containers"][0]["args"] = ["dask", "scheduler"]
+    child = _child("scale", str(template), json.dumps(scheduler))
+    line = child.stdout.readline()
+    assert line.startswith("NAME"), child.stderr.read() if child.poll() is not None else line
+    name = line.split()[1]
+    # Interrupt once some of the worker pods exist.
     deadline = time.monotonic() + 60
     while len(kubectl.pods(name)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
