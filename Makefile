@@ -55,15 +55,16 @@ annotated-policy.wasm: annotate
 build: wasm ## build every crate and binary
 	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
 
-venv: $(VENV)/.installed ## Python venv with distributed, dask[array], numpy (from PyPI)
-$(VENV)/.installed: e2e-tests/requirements.txt | setup
+venv: $(VENV)/.installed ## Python venv: distributed, dask[array], numpy, pytest (PyPI) and the dask_kube package
+	VENV=$(VENV) e2e-tests/python/install.sh
+$(VENV)/.installed: e2e-tests/requirements.txt e2e-tests/python/requirements.txt | setup
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r e2e-tests/requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
+	  -r e2e-tests/requirements.txt -r e2e-tests/python/requirements.txt
 	touch $@
 
 .PHONY: python
-python: venv ## the dask_kube Python package (PyO3 + maturin) and pytest into the venv
-	VENV=$(VENV) e2e-tests/python/install.sh
+python: venv ## the dask_kube Python package (PyO3 + maturin from PyPI) built into the venv
 
 fmt: setup ## check formatting
 	$(CARGO) fmt --all -- --check
@@ -74,8 +75,9 @@ clippy: setup ## lints, warnings are errors
 
 lint: fmt clippy
 
-unit: setup ## tests that need no cluster (unit, table, property, wasm e2e through the runner)
+unit: setup venv ## tests that need no cluster (unit, table, property, wasm e2e through the runner, Python unit)
 	$(CARGO) test $(CARGO_FLAGS) --workspace
+	VENV=$(VENV) e2e-tests/python/run-tests.sh unit
 
 e2e-policy: wasm ## the compiled policy on the fixtures: runner suite + bats (kwctl if present)
 	$(CARGO) test $(CARGO_FLAGS) --workspace --test policy_fixtures
@@ -104,6 +106,10 @@ bench-scale: setup wasm venv ## time to N Pending pods and back to 0: raw apiser
 .PHONY: fuzz
 fuzz: ## bounded fuzz campaign of the policy (cargo-fuzz on nightly; FUZZ_RUNS per target)
 	CACHE_DIR=$(CACHE_DIR) fuzz/run.sh
+
+.PHONY: bench-python
+bench-python: setup wasm venv ## classic dask-kubernetes KubeCluster vs dask_kube.KubeCluster: constructor to N connected workers, peak RSS (BENCH_N, BENCH_REPEATS)
+	VENV=$(VENV) e2e-tests/bench-python/run.sh
 
 cluster-up: wasm venv ## start the local control plane (+ node agent, policy webhook)
 	$(CLUSTER) up

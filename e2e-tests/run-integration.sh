@@ -55,6 +55,10 @@ run "kubelet API: logs and port-forward" cargo test --locked --workspace --test 
 run "node agent and dask-kube against the cluster" cargo test --locked --workspace --test cluster -- --include-ignored --test-threads=1
 run "README example end to end (demo.py --check)" "$VENV/bin/python" e2e-tests/demo/demo.py --check \
   --summary-json "${DEMO_SUMMARY:-$CARGO_TARGET_DIR/demo-summary.json}"
+# The Python package (built into the venv by `make venv`) against the same cluster; a
+# missing cluster fails here instead of skipping.
+run "Python package against the cluster (pytest)" env DASK_K8S_REQUIRE_CLUSTER=1 VENV="$VENV" \
+  e2e-tests/python/run-tests.sh cluster
 # Last: the fault-injection tier takes the cluster's parts away (the API server, the webhook, the
 # node agent) and starts them again as they were.
 run "faults injected on the cluster (dask-kube tests/faults.rs)" cargo test --locked --workspace --test faults -- --include-ignored --test-threads=1

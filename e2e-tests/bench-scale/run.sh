@@ -12,8 +12,6 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 CACHE_DIR="${CACHE_DIR:-$HOME/.cache/dask-on-k8s}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/target}"
-CLUSTER="$REPO/e2e-tests/local-cluster/cluster"
-STATE_DIR="$(realpath -m -- "${DASK_K8S_STATE_DIR:-$HOME/.cache/dask-on-k8s/cluster}")"
 VENV="${BENCH_CLASSIC_VENV:-$CACHE_DIR/venv-classic}"
 BIN_DIR="$CACHE_DIR/bench-scale"
 log() { echo "bench-scale: $*" >&2; }
@@ -32,32 +30,11 @@ else
   DASK_KUBE="$CARGO_TARGET_DIR/release-host/dask-kube"
 fi
 
-# ---- dask-kubernetes classic in its own venv
-if ! cmp -s "$HERE/requirements-classic.txt" "$VENV/requirements-classic.txt"; then
-  log "creating the classic venv $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$HERE/requirements-classic.txt"
-  cp "$HERE/requirements-classic.txt" "$VENV/requirements-classic.txt"
-fi
-
-# ---- the local cluster (started here only if it is not up; then stopped at the end)
-started=0
-if ! "$CLUSTER" status >/dev/null 2>&1; then
-  log "the local cluster is not up: starting it"
-  "$CLUSTER" up >/dev/null
-  started=1
-fi
-stop_cluster() { if ((started)); then log "stopping the local cluster"; "$CLUSTER" down >&2 || true; fi; }
-trap stop_cluster EXIT
-eval "$("$CLUSTER" env)"
-
-# The classic scheduler runs in this machine's network namespace: its worker pods reach it
-# on the node agent's pod bridge.
-BRIDGE="$(sed -n 's/^BRIDGE=//p' "$STATE_DIR/node-agent/agent.env" 2>/dev/null || true)"
-[[ -n "$BRIDGE" ]] || { log "ERROR: no node agent bridge recorded in $STATE_DIR/node-agent/agent.env"; exit 1; }
-SCHED_HOST="$(ip -4 -o addr show dev "$BRIDGE" | awk '{split($4, a, "/"); print a[1]; exit}')"
-[[ -n "$SCHED_HOST" ]] || { log "ERROR: bridge $BRIDGE has no IPv4 address"; exit 1; }
+# ---- dask-kubernetes classic in its own venv, the local cluster, its pod bridge
+source "$HERE/lib.sh"
+ensure_classic_venv "$VENV"
+use_local_cluster
+SCHED_HOST="$(pod_bridge_address)"
 
 COMMIT="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
 git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || COMMIT="$COMMIT+dirty"

@@ -2,7 +2,8 @@
 # `make demo`: the README example on the local control plane, as a Dask user runs it.
 # Starts the cluster (kube-apiserver, controller-manager, node agent, policy webhook),
 # runs demo.py (dask-kube up --adapt 1:8, the computation, scaling, dask-kube down, and
-# the SIGKILL + garbage-collector scenario), then stops the cluster unless
+# the SIGKILL + garbage-collector scenario) and python_example.py (the README example
+# from Python: KubeCluster.from_yaml, scale_up, adapt, Client, close), then stops the cluster unless
 # DEMO_KEEP_CLUSTER=1.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -20,6 +21,9 @@ fi
 kubectl get nodes
 echo
 "$VENV/bin/python" e2e-tests/demo/demo.py --check "$@"
+echo
+echo "== the same example from Python: from dask_kube import KubeCluster"
+"$VENV/bin/python" e2e-tests/demo/python_example.py worker-spec.yml
 if [[ "${DEMO_KEEP_CLUSTER:-0}" == 1 ]]; then
   echo "== the cluster is still up: eval \"\$($CLUSTER env)\"; stop it with: $CLUSTER down"
 fi

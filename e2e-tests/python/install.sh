@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the dask_kube Python package (crates/dask-kube-py: PyO3 + maturin, maturin from
-# PyPI as the build backend, cargo from this machine) and the test tools into a venv.
-# Rebuilds reuse $CARGO_TARGET_DIR, so a second install only relinks what changed.
+# Installs the dask_kube Python package (crates/dask-kube-py: PyO3 + maturin, maturin pinned
+# in requirements.txt from PyPI as the build backend, cargo from this machine) and the test
+# tools into a venv (`make venv` runs it). Build caches stay outside the checkout: cargo's
+# in $CARGO_TARGET_DIR (a rebuild only relinks what changed), pip's in ~/.cache/pip.
 #
 #   VENV=~/.cache/dask-on-k8s/venv e2e-tests/python/install.sh
 set -euo pipefail
@@ -15,6 +16,10 @@ PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
 [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
 "${PIP[@]}" -r "$REPO/e2e-tests/requirements.txt" -r "$REPO/e2e-tests/python/requirements.txt"
 t0=$SECONDS
-"${PIP[@]}" --force-reinstall --no-deps "$REPO/crates/dask-kube-py"
+# maturin's build backend runs `maturin` by name; never let it fetch a Rust toolchain of its
+# own (cargo comes from the set-up).
+export PATH="$VENV/bin:$PATH" MATURIN_NO_INSTALL_RUST=1
+# --no-build-isolation: the venv's pinned maturin builds it (no per-build download).
+"${PIP[@]}" --force-reinstall --no-deps --no-build-isolation "$REPO/crates/dask-kube-py"
 "$VENV/bin/python" -c 'import dask_kube; print(f"dask_kube {dask_kube.__version__} installed in", __import__("sys").prefix)'
 echo "install.sh: package built and installed in $((SECONDS - t0))s" >&2

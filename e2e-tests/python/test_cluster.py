@@ -165,6 +165,15 @@ def test_make_pod_spec_pods_pass_the_live_policy_unchanged(kubectl, tmp_path):
         path.write_text(json.dumps(pod))
         return json.loads(kubectl("create", "--dry-run=server", "-o", "json", "-f", str(path)))
 
+    def api_defaulted(env: list[dict]) -> list[dict]:
+        """The apiserver's own defaulting (not the policy's): fieldRef.apiVersion is v1."""
+        env = json.loads(json.dumps(env))
+        for var in env:
+            field_ref = var.get("valueFrom", {}).get("fieldRef")
+            if field_ref is not None:
+                field_ref.setdefault("apiVersion", "v1")
+        return env
+
     labels = {"dask.org/component": "worker", "app": "dask"}
     for kwargs in (
         dict(threads_per_worker=2, memory_limit="6GB", memory_request="6GB", cpu_limit=2, cpu_request=2),
@@ -173,12 +182,8 @@ def test_make_pod_spec_pods_pass_the_live_policy_unchanged(kubectl, tmp_path):
         pod = make_pod_spec(image="ghcr.io/dask/dask:latest", labels=labels, **kwargs)
         pod["metadata"]["name"] = "py-make-pod-spec"
         stored = dry_run(pod)
-        mine, theirs = pod["spec"]["containers"][0], stored["spec"]["containers"][0]
-        # The apiserver's own defaulting (not the webhook) writes fieldRef.apiVersion v1.
-        for entry in mine["env"]:
-            field_ref = entry.get("valueFrom", {}).get("fieldRef")
-            if field_ref is not None:
-                field_ref.setdefault("apiVersion", "v1")
+        mine, theirs = dict(pod["spec"]["containers"][0]), stored["spec"]["containers"][0]
+        mine["env"] = api_defaulted(mine["env"])
         for field in ("args", "env", "resources"):
             assert theirs[field] == mine[field], (field, theirs[field], mine[field])
         assert stored["spec"]["restartPolicy"] == "Never"
@@ -221,6 +226,23 @@ def test_operator_style_cluster_and_from_name(kubectl):
         KubeCluster.from_name(name)
 
 
+def test_auth_kubeconfig_reaches_the_cluster_without_kubeconfig_env(kubectl, local_cluster, small_worker, monkeypatch):
+    """auth=KubeConfig(config_file=) for a new cluster and for from_name, with $KUBECONFIG
+    pointing nowhere."""
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    auth = dask_kube.KubeConfig(config_file=local_cluster)
+    with KubeCluster(small_worker, n_workers=1, name="py-auth-{uuid}", auth=auth) as cluster:
+        name = cluster.name
+        again = KubeCluster.from_name(name, auth=[auth])
+        try:
+            assert again.name == name and again.scheduler_address
+            assert [len(p["connected"]) for p in again.pods()] == [1]
+        finally:
+            again.close()  # from_name: leaves the cluster running
+        assert len(kubectl.pods(name)) == 2
+    assert kubectl.wait_gone(name, timeout=10) == []
+
+
 def test_async_api_runs_on_the_callers_loop_without_blocking_it(kubectl, small_worker):
     async def main():
         ticks = []
@@ -259,10 +281,13 @@ CHILD = textwrap.dedent(
         cluster = dask_kube.KubeCluster(template, name="py-sigint-start-{uuid}", quiet=True)
         print("STARTED", flush=True)
     elif mode == "scale":
-        cluster = dask_kube.KubeCluster(template, name="py-sigint-scale-{uuid}", quiet=True, n_workers=0)
+        # argv[3]: a scheduler pod that runs (the workers' template keeps them Pending).
+        import json
+        cluster = dask_kube.KubeCluster(template, name="py-sigint-scale-{uuid}", quiet=True, n_workers=0,
+                                        scheduler_pod_template=json.loads(sys.argv[3]))
         print("NAME", cluster.name, flush=True)
         try:
-            cluster.scale(40)
+            cluster.scale(400)  # Pending pods: see test_ctrl_c_during_scale_deletes_the_pods_it_made
             print("SCALED", flush=True)
             time.sleep(120)  # where a late interrupt lands when the scale was quicker
         except KeyboardInterrupt:
@@ -277,9 +302,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child(mode: str, template: str) -> subprocess.Popen:
+def _child(mode: str, template: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, mode, template],
+        [sys.executable, "-c", CHILD, mode, template, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -306,10 +331,22 @@ def test_ctrl_c_during_start_leaves_nothing(kubectl, small_worker):
         assert kubectl.wait_gone(name, timeout=30) == [], name
 
 
-def test_ctrl_c_during_scale_deletes_the_pods_it_made(kubectl, small_worker):
-    child = _child("scale", small_worker)
-    name = child.stdout.readline().split()[1]
-    # Interrupt once some of the 40 worker pods exist (creation is paced at 20/s).
+def test_ctrl_c_during_scale_deletes_the_pods_it_made(kubectl, small_worker, tmp_path):
+    # The child scales to 400 workers, enough that creating them takes longer than this test
+    # needs to see the first two and send SIGINT; they stay Pending (a nodeSelector no node
+    # has), so no 400 Python processes start on this machine.
+    pending = yaml.safe_load(Path(small_worker).read_text())
+    pending["spec"]["nodeSelector"] = {"dask-kube-test/no-such-node": "true"}
+    template = tmp_path / "pending-worker.yml"
+    template.write_text(yaml.safe_dump(pending))
+    scheduler = yaml.safe_load(Path(small_worker).read_text())
+    scheduler["metadata"]["labels"]["dask.org/component"] = "scheduler"
+    scheduler["spec"]["containers"][0]["args"] = ["dask", "scheduler"]
+    child = _child("scale", str(template), json.dumps(scheduler))
+    line = child.stdout.readline()
+    assert line.startswith("NAME"), child.stderr.read() if child.poll() is not None else line
+    name = line.split()[1]
+    # Interrupt once some of the worker pods exist.
     deadline = time.monotonic() + 60
     while len(kubectl.pods(name)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -238,5 +238,55 @@ def test_missing_credentials_say_where_they_were_looked_for(tmp_path, monkeypatc
         KubeCluster.from_yaml(small_worker, n_workers=0)
 
 
+class InCluster:
+    """Stands in for classic dask-kubernetes' ``InCluster`` authenticator (by name)."""
+
+
+def _unused_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda kc: kc, id="a_kubeconfig"),
+        pytest.param(lambda kc: [InCluster(), kc], id="classic_style_list"),
+    ],
+)
+def test_auth_kubeconfig_is_used_instead_of_kubeconfig_env(tmp_path, monkeypatch, small_worker, wrap):
+    port = _unused_loopback_port()
+    kubeconfig = tmp_path / "given-kubeconfig"
+    _kubeconfig(kubeconfig, f"https://127.0.0.1:{port}")
+    # Without auth= this would be a credentials error: the environment's file is missing.
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    auth = wrap(dask_kube.KubeConfig(config_file=kubeconfig))
+    with pytest.raises(dask_kube.KubernetesUnreachable) as info:
+        KubeCluster.from_yaml(small_worker, n_workers=0, auth=auth)
+    assert f"127.0.0.1:{port}" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "config_file, context, message",
+    [
+        pytest.param("missing", None, "missing-kubeconfig", id="missing_file_names_it"),
+        pytest.param("given", "nope", 'context "nope"', id="unknown_context_names_it"),
+    ],
+)
+def test_auth_problems_name_the_file_or_context(tmp_path, small_worker, config_file, context, message):
+    given = tmp_path / "given-kubeconfig"
+    _kubeconfig(given, f"https://127.0.0.1:{_unused_loopback_port()}")
+    path = given if config_file == "given" else tmp_path / "missing-kubeconfig"
+    with pytest.raises(dask_kube.KubernetesUnreachable, match=message):
+        KubeCluster.from_yaml(small_worker, n_workers=0, auth=dask_kube.KubeConfig(config_file=path, context=context))
+
+
+def test_auth_of_another_kind_is_a_type_error(small_worker):
+    with pytest.raises(TypeError, match="auth= takes KubeConfig"):
+        KubeCluster.from_yaml(small_worker, auth="~/.kube/config")
+
+
 def test_version_is_the_crate_version():
     assert dask_kube.__version__ == "0.1.0"

@@ -13,11 +13,13 @@
 pub mod options;
 
 use dask_kube::adapt::AdaptPolicy;
-use dask_kube::cluster::{CloseReport, Progress, ProgressFn};
+use dask_kube::cluster::{self, CloseReport, Progress, ProgressFn, UpOptions, UpOutcome};
 use dask_kube::kube_ops::{self, ClusterApi};
 use dask_kube::manifests;
 use dask_kube::{Error, KubeCluster, KubeClusterBuilder, ScaleReport};
 use dask_worker_spec::{WorkerDefaults, labels};
+use kube::Config;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use options::{ClusterOptions, PodSpecArgs};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -25,10 +27,12 @@ use pyo3::types::PyType;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, oneshot};
 
 /// Bound on waiting for an interrupted operation's undo.
 const UNDO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,10 +69,26 @@ pub fn exception_class(error: &Error) -> &'static str {
     }
 }
 
-/// A library error as the matching Python exception, its message the library's.
+/// What a Python user reads for `error`: the library's message, except where it names
+/// the CLI's flags (`-f/--file`), which a Python user has no use for.
+pub fn python_message(error: &Error) -> String {
+    match error {
+        Error::NoWorkerTemplate => "no worker template: pass a pod template \
+            (KubeCluster(pod_template), KubeCluster.from_yaml(path), KubeCluster.from_dict(pod)) \
+            or image=, or set kubernetes.worker-template-path or kubernetes.worker-template in \
+            the dask config"
+            .to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// A library error as the matching Python exception, its message [`python_message`].
 fn to_py_err(error: Error) -> PyErr {
-    let class = exception_class(&error);
-    let message = error.to_string();
+    py_exception(exception_class(&error), python_message(&error))
+}
+
+/// An instance of `dask_kube.exceptions.<class>` (a `RuntimeError` if that cannot be had).
+fn py_exception(class: &str, message: String) -> PyErr {
     Python::attach(|py| {
         let ty = py
             .import("dask_kube.exceptions")
@@ -196,15 +216,9 @@ impl<F: Future<Output = Vec<String>> + Send + 'static> Drop for Undo<F> {
 /// Deletes whatever exists of cluster `name` (worker pods, scheduler pod, Service), with the
 /// library's one teardown; returns what is left.
 async fn delete_partial_cluster(api: ClusterApi, name: String) -> Vec<String> {
-    dask_kube::cluster::teardown::<dask_kube::cluster::SchedulerClient>(
-        &api,
-        None,
-        &name,
-        true,
-        Some(0),
-    )
-    .await
-    .leftovers
+    cluster::teardown::<cluster::SchedulerClient>(&api, None, &name, true, Some(0))
+        .await
+        .leftovers
 }
 
 /// Worker pod names of a cluster.
@@ -244,6 +258,47 @@ impl Messages {
     }
 }
 
+/// Fires the start's interrupt when dropped (the awaitable was cancelled: asyncio
+/// cancellation, Ctrl-C in a blocking call) or when [`PendingCluster::abort`] fires it
+/// first; after `up` finished it is a no-op.
+#[derive(Clone, Default)]
+struct Interrupt(Arc<Mutex<Option<oneshot::Sender<String>>>>);
+
+impl Interrupt {
+    /// The future `cluster::up` selects on: a reason, or "cancelled" when the sender went.
+    fn arm(&self) -> Pin<Box<dyn Future<Output = String> + Send>> {
+        let (tx, rx) = oneshot::channel();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| "the start was cancelled".to_owned())
+        })
+    }
+
+    fn fire(&self, reason: &str) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(reason.to_owned());
+        }
+    }
+}
+
+/// Fires an [`Interrupt`] when the awaitable holding it is dropped before finishing.
+struct FireOnDrop(Option<Interrupt>);
+
+impl FireOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for FireOnDrop {
+    fn drop(&mut self) {
+        if let Some(interrupt) = self.0.take() {
+            interrupt.fire("the start was cancelled");
+        }
+    }
+}
+
 /// A cluster whose name and namespace are settled but which is not created yet: what a
 /// Ctrl-C during start needs to know to delete what was made.
 #[pyclass(frozen, module = "dask_kube._native")]
@@ -256,6 +311,7 @@ pub struct PendingCluster {
     namespace: String,
     messages: Messages,
     ops: Arc<Ops>,
+    interrupt: Interrupt,
 }
 
 /// Resolves `options` (JSON of [`ClusterOptions`]) into a [`PendingCluster`]: templates
@@ -267,6 +323,45 @@ fn prepare(py: Python<'_>, options: String) -> PyResult<Bound<'_, PyAny>> {
     pyo3_async_runtimes::tokio::future_into_py(py, async move {
         prepare_cluster(options).await.map_err(to_py_err)
     })
+}
+
+/// A client from `auth=KubeConfig(config_file=, context=)`, or `None` for the library's
+/// default chain (in-cluster service account, `$KUBECONFIG`, `~/.kube/config`). Returns
+/// what `kube_ops::connect` returns: client, default namespace, server URL.
+async fn connect_with_kubeconfig(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<Option<(kube::Client, String, String)>, Error> {
+    if kubeconfig.is_none() && context.is_none() {
+        return Ok(None);
+    }
+    kube_ops::install_crypto_provider();
+    let options = KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..KubeConfigOptions::default()
+    };
+    let in_context = context.map_or(String::new(), |c| format!(" (context {c:?})"));
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| Error::Credentials {
+                reason: format!("kubeconfig {}: {e}", path.display()),
+            })?;
+            Config::from_custom_kubeconfig(file, &options).await
+        }
+        None => Config::from_kubeconfig(&options).await,
+    }
+    .map_err(|e| Error::Credentials {
+        reason: format!(
+            "kubeconfig {}{in_context}: {e}",
+            kubeconfig.map_or("from $KUBECONFIG or ~/.kube/config".into(), |p| p
+                .display()
+                .to_string())
+        ),
+    })?;
+    let namespace = config.default_namespace.clone();
+    let url = config.cluster_url.to_string();
+    let client = dask_kube::http_client::build_client(config)?;
+    Ok(Some((client, namespace, url)))
 }
 
 async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Error> {
@@ -289,31 +384,38 @@ async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Erro
     if let Some(d) = &options.target_duration {
         builder = builder.adaptive_target_duration(d);
     }
-    builder = builder.config(config);
-    // Everything that can be checked without a cluster fails here, before credentials.
-    builder.spec(Some("default"))?.worker_pod()?;
-    let (client, default_ns, url) = kube_ops::connect().await?;
-    let spec = builder.spec(Some(&default_ns))?;
-    let api = ClusterApi::new(client.clone(), spec.namespace.clone(), url.clone());
-    let builder = builder
-        .client(client, default_ns, url)
-        .name(spec.name.clone())
-        .namespace(spec.namespace.clone());
+    if options.kubeconfig.is_some() || options.context.is_some() {
+        // Template errors before credential errors, as `pin` orders them itself.
+        builder.spec(Some("default"))?.worker_pod()?;
+        if let Some((client, namespace, url)) =
+            connect_with_kubeconfig(options.kubeconfig.as_deref(), options.context.as_deref())
+                .await?
+        {
+            builder = builder.client(client, namespace, url);
+        }
+    }
+    let (builder, api, name) = builder.config(config).pin().await?;
     Ok(PendingCluster {
         builder: Mutex::new(Some(builder)),
+        namespace: api.namespace().to_owned(),
         api,
-        name: spec.name,
-        namespace: spec.namespace,
+        name,
         messages,
         ops: Arc::default(),
+        interrupt: Interrupt::default(),
     })
 }
 
 #[pymethods]
 impl PendingCluster {
-    /// Creates the cluster; awaitable resolving to a [`NativeCluster`]. Cancelled, it
-    /// deletes what it created.
-    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Creates the cluster with the library's `cluster::up` (the CLI's `up`): scheduler
+    /// pod, Service and `n_workers` workers together, awaited until those workers are
+    /// connected. Awaitable resolving to a [`NativeCluster`]. Cancelled (or [`abort`]ed),
+    /// `up` deletes what it created.
+    ///
+    /// [`abort`]: PendingCluster::abort
+    #[pyo3(signature = (n_workers=0))]
+    fn start<'py>(&self, py: Python<'py>, n_workers: usize) -> PyResult<Bound<'py, PyAny>> {
         let builder = self
             .builder
             .lock()
@@ -321,22 +423,61 @@ impl PendingCluster {
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("this cluster was already started"))?;
         let messages = self.messages.clone();
-        let undo = Undo::new(
-            &self.ops,
-            delete_partial_cluster(self.api.clone(), self.name.clone()),
-        );
+        let options = UpOptions {
+            workers: (n_workers > 0).then_some(n_workers),
+            ..UpOptions::default()
+        };
+        let mut interrupt = self.interrupt.arm();
+        // `up` runs as its own task, counted in flight until it has finished (cleanup
+        // included), so dropping the awaitable interrupts it rather than abandoning it.
+        let guard = self.ops.begin();
+        let ops = self.ops.clone();
+        let task = runtime().spawn(async move {
+            let outcome = cluster::up(builder, options, &mut interrupt).await;
+            match &outcome {
+                Ok(UpOutcome::Interrupted { report, .. }) => ops.record(report.leftovers.clone()),
+                Err(Error::CleanupIncomplete { leftovers, .. }) => ops.record(leftovers.clone()),
+                _ => {}
+            }
+            drop(guard);
+            outcome
+        });
+        let fire_on_drop = FireOnDrop(Some(self.interrupt.clone()));
+        let name = self.name.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let started = builder.start().await;
-            // Finished either way: a failed start already deleted what it made.
-            undo.disarm();
-            let cluster = started.map_err(to_py_err)?;
-            Ok(NativeCluster::new(cluster, messages))
+            let outcome = task.await;
+            // Finished: nothing is left to interrupt.
+            fire_on_drop.disarm();
+            let outcome = outcome
+                .map_err(|e| Error::Supervisor(format!("the start of cluster {name} failed: {e}")))
+                .and_then(|o| o)
+                .map_err(to_py_err)?;
+            match outcome {
+                UpOutcome::Running(cluster, report) => Ok(NativeCluster::new(
+                    *cluster,
+                    messages,
+                    Some(to_json(&report)?),
+                )),
+                // Seen only by a caller that is already handling the interrupt (abort).
+                UpOutcome::Interrupted { reason, report } => Err(py_exception(
+                    "DaskKubeError",
+                    format!(
+                        "the start of cluster {name} was interrupted ({reason}); deleted {} pods",
+                        report.deleted_pods
+                    ),
+                )),
+                UpOutcome::Detached(_) => Err(PyRuntimeError::new_err(
+                    "the cluster was handed to a supervisor; reconnect with KubeCluster.from_name",
+                )),
+            }
         })
     }
 
-    /// Blocking, GIL released: waits for an interrupted start to stop, then deletes
-    /// whatever exists of the cluster. Raises `PartialFailure` naming what is left.
+    /// Blocking, GIL released: interrupts a start in flight and waits until it has
+    /// deleted what it made, then deletes whatever still exists of the cluster. Raises
+    /// `PartialFailure` naming what is left.
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        self.interrupt.fire("KeyboardInterrupt");
         let ops = self.ops.clone();
         let api = self.api.clone();
         let name = self.name.clone();
@@ -376,13 +517,18 @@ pub struct NativeCluster {
     scheduler_address: String,
     #[pyo3(get)]
     dashboard_link: String,
+    /// What `cluster::up` reported (JSON of `UpReport`: workers awaited, the
+    /// `kubernetes.count.max` cap); `None` for a reconnected cluster.
+    #[pyo3(get)]
+    start_report: Option<String>,
     messages: Messages,
     ops: Arc<Ops>,
 }
 
 impl NativeCluster {
-    fn new(cluster: KubeCluster, messages: Messages) -> Self {
+    fn new(cluster: KubeCluster, messages: Messages, start_report: Option<String>) -> Self {
         NativeCluster {
+            start_report,
             api: cluster.api().clone(),
             name: cluster.name().to_owned(),
             namespace: cluster.namespace().to_owned(),
@@ -402,19 +548,28 @@ impl NativeCluster {
 /// Reconnects to a running cluster by name (what `dask-kube attach` does); awaitable
 /// resolving to a [`NativeCluster`].
 #[pyfunction]
-#[pyo3(signature = (name, namespace=None))]
-fn connect(py: Python<'_>, name: String, namespace: Option<String>) -> PyResult<Bound<'_, PyAny>> {
+#[pyo3(signature = (name, namespace=None, kubeconfig=None, context=None))]
+fn connect(
+    py: Python<'_>,
+    name: String,
+    namespace: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> PyResult<Bound<'_, PyAny>> {
     pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let client = connect_with_kubeconfig(kubeconfig.as_deref(), context.as_deref())
+            .await
+            .map_err(to_py_err)?;
         let cluster = KubeCluster::connect(
             &name,
             namespace.as_deref(),
             dask_kube::Access::Auto,
             0,
-            None,
+            client,
         )
         .await
         .map_err(to_py_err)?;
-        Ok(NativeCluster::new(cluster, Messages::default()))
+        Ok(NativeCluster::new(cluster, Messages::default(), None))
     })
 }
 
@@ -734,6 +889,19 @@ mod tests {
     #[case::partial(Error::Partial { action: "a".into(), done: 0, wanted: 1, failures: vec![] }, "PartialFailure")]
     fn errors_map_to_python_classes_by_meaning(#[case] error: Error, #[case] class: &str) {
         assert_eq!(exception_class(&error), class);
+    }
+
+    #[rstest]
+    #[case::no_template(Error::NoWorkerTemplate, "KubeCluster.from_yaml(path)", "--file")]
+    #[case::others_keep_the_library_text(Error::Usage("adapt minimum 3 is above maximum 1".into()), "adapt minimum 3 is above maximum 1", "KubeCluster")]
+    fn python_messages_name_python_not_cli_flags(
+        #[case] error: Error,
+        #[case] says: &str,
+        #[case] does_not_say: &str,
+    ) {
+        let message = python_message(&error);
+        assert!(message.contains(says), "{message}");
+        assert!(!message.contains(does_not_say), "{message}");
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct ClusterOptions {
     pub config: Value,
     /// The Python process's environment (`os.environ`), for `{VAR}` in templates.
     pub environ: Vec<(String, String)>,
+    /// `auth=KubeConfig(config_file=...)`: this kubeconfig instead of `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `auth=KubeConfig(context=...)`: this context instead of the current one.
+    pub context: Option<String>,
 }
 
 impl ClusterOptions {
@@ -122,12 +126,8 @@ impl ClusterOptions {
         } else if let Some(pod) = &settings.worker_template {
             PodTemplate::from_value(pod.clone(), "kubernetes.worker-template", "worker")?
         } else {
-            return Err(Error::Usage(
-                "no worker template: pass a pod template (a dict, a YAML file path or a pod \
-                 object) or image=, or set kubernetes.worker-template-path or \
-                 kubernetes.worker-template in the dask config"
-                    .into(),
-            ));
+            // Worded for Python by `crate::python_message`.
+            return Err(Error::NoWorkerTemplate);
         };
         let mut env = config_env(config)?;
         env.extend(self.env.clone());
@@ -600,12 +600,15 @@ mod tests {
     fn no_template_anywhere_says_what_to_pass() {
         let opts = options(json!({}));
         let config = opts.dask_config().unwrap();
-        let e = opts
-            .worker_template(&config, &settings(&config))
-            .unwrap_err()
-            .to_string();
+        let e = crate::python_message(
+            &opts
+                .worker_template(&config, &settings(&config))
+                .unwrap_err(),
+        );
         assert!(
-            e.contains("no worker template") && e.contains("kubernetes.worker-template-path"),
+            e.contains("no worker template")
+                && e.contains("kubernetes.worker-template-path")
+                && !e.contains("--file"),
             "{e}"
         );
     }

@@ -24,7 +24,7 @@ from .exceptions import (
     SchedulerError,
     TemplateFileNotFound,
 )
-from .objects import clean_pod_template, make_pod_spec
+from .objects import KubeConfig, clean_pod_template, make_pod_spec
 
 __all__ = [
     "ClusterNotFound",
@@ -35,6 +35,7 @@ __all__ = [
     "InvalidConfig",
     "InvalidTemplate",
     "KubeCluster",
+    "KubeConfig",
     "KubernetesUnreachable",
     "PartialFailure",
     "SchedulerError",

@@ -22,7 +22,7 @@ from distributed.utils import Log, Logs
 
 from . import _native
 from .exceptions import DaskKubeError
-from .objects import scheduler_template_argument, template_argument
+from .objects import auth_argument, scheduler_template_argument, template_argument
 
 #: The image of operator-era ``KubeCluster(name=...)`` without a template.
 DEFAULT_IMAGE = "ghcr.io/dask/dask:latest"
@@ -129,6 +129,9 @@ class KubeCluster(Cluster):
     shutdown_on_close : bool
         Delete the cluster on ``close()`` and at interpreter exit (default True; False
         for ``from_name``).
+    auth : KubeConfig or list, optional
+        ``KubeConfig(config_file=, context=)``: these credentials instead of the default
+        chain (in-cluster service account, ``$KUBECONFIG``, ``~/.kube/config``).
     asynchronous, loop, quiet :
         As for every ``distributed`` cluster manager.
     """
@@ -148,6 +151,7 @@ class KubeCluster(Cluster):
         scheduler_options: list[str] | None = None,
         deploy_mode: str | None = None,
         shutdown_on_close: bool = True,
+        auth: Any = None,
         asynchronous: bool = False,
         loop=None,
         quiet: bool = False,
@@ -198,6 +202,8 @@ class KubeCluster(Cluster):
                 "environ": sorted(os.environ.items()),
             }
         )
+        self._auth = auth_argument(auth)
+        options.update(self._auth)
         self._options = options
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=name or _attach)
         if not self.asynchronous:
@@ -239,24 +245,31 @@ class KubeCluster(Cluster):
         return _().__await__()
 
     async def _start(self):
+        started_workers = False
         try:
             if self._native is None:
                 if self._attach is not None:
-                    self._native = await _native.connect(self._attach, self._attach_namespace)
+                    self._native = await _native.connect(
+                        self._attach, self._attach_namespace, **self._auth
+                    )
                 else:
                     self._pending = await _native.prepare(json.dumps(self._options, default=str))
                     self.name = self._pending.name
                     try:
-                        self._native = await self._pending.start()
+                        # The library's `up` (the CLI's): scheduler and n_workers workers
+                        # created together and awaited until connected.
+                        self._native = await self._pending.start(self._n_workers)
                     finally:
                         self._drain_messages(self._pending)
+                    self._warn_if_capped(json.loads(self._native.start_report), stacklevel=5)
+                    started_workers = True
             self.name = self._native.name
             self._finalizer = weakref.finalize(
                 self, _finalize, self._native, self.shutdown_on_close
             )
             self.scheduler_comm = rpc(self._native.scheduler_address)
             await super()._start()
-            if self._n_workers:
+            if self._n_workers and not started_workers:
                 await self._scale(self._n_workers)
         except BaseException as e:
             await self._abort_start(e)
@@ -349,14 +362,7 @@ class KubeCluster(Cluster):
 
     async def _scale(self, n: int, force: bool = False) -> dict:
         report = json.loads(await self._native.scale(n, force))
-        capped = report.get("capped")
-        if capped:
-            # Asked above kubernetes.count.max: created and awaited only the cap.
-            warnings.warn(
-                f"asked for {capped['requested']} workers; capped at {capped['max']} "
-                "by kubernetes.count.max",
-                stacklevel=3,
-            )
+        self._warn_if_capped(report, stacklevel=4)
         if report.get("created") or report.get("retired") or report.get("deleted"):
             self._log(
                 f"scaled from {report['before']} to {report['target']} workers: "
@@ -364,6 +370,18 @@ class KubeCluster(Cluster):
                 f"{len(report['deleted'])} deleted"
             )
         return report
+
+    @staticmethod
+    def _warn_if_capped(report: dict, stacklevel: int) -> None:
+        """Asked above kubernetes.count.max: only the cap was created and awaited. Said
+        out loud, as the CLI says it on stderr."""
+        capped = report.get("capped")
+        if capped:
+            warnings.warn(
+                f"asked for {capped['requested']} workers; capped at {capped['max']} "
+                "by kubernetes.count.max",
+                stacklevel=stacklevel,
+            )
 
     def _stop_adaptive(self):
         if self._adaptive is not None:

@@ -125,3 +125,31 @@ def make_pod_spec(
 
         _warnings.warn(warning, stacklevel=2)
     return json.loads(pod)
+
+
+class KubeConfig:
+    """dask-kubernetes classic's ``auth=KubeConfig(config_file=, context=)``: connect with
+    this kubeconfig file and/or context instead of ``$KUBECONFIG`` and its current
+    context. (``persist_config`` is accepted for compatibility; nothing is persisted.)"""
+
+    def __init__(self, config_file: str | os.PathLike | None = None, context: str | None = None, persist_config: bool = True):
+        self.config_file = os.path.expanduser(os.fspath(config_file)) if config_file is not None else None
+        self.context = context
+
+    def __repr__(self) -> str:
+        return f"KubeConfig(config_file={self.config_file!r}, context={self.context!r})"
+
+
+def auth_argument(auth: Any) -> dict:
+    """``auth=`` as options. A ``KubeConfig`` (this module's, or classic dask-kubernetes'
+    with the same attributes), or a list of authenticators as classic's ``ClusterAuth``
+    took, of which the first ``KubeConfig`` is used (``InCluster`` and the default: the
+    library's own chain, in-cluster service account then ``$KUBECONFIG``)."""
+    if auth is None:
+        return {}
+    for item in auth if isinstance(auth, (list, tuple)) else [auth]:
+        if type(item).__name__ == "KubeConfig" and hasattr(item, "config_file"):
+            return {"kubeconfig": item.config_file, "context": getattr(item, "context", None)}
+        if type(item).__name__ != "InCluster":
+            raise TypeError(f"auth= takes KubeConfig(config_file=, context=) or a list of them, not {item!r}")
+    return {}

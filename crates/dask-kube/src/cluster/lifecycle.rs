@@ -156,15 +156,27 @@ async fn cleanup_after_failure(api: &ClusterApi, name: &str, cause: Error) -> Er
 impl KubeClusterBuilder {
     /// Creates the scheduler pod and Service, waits for the scheduler, and makes it
     /// reachable. Anything created is deleted again when a later step fails.
-    pub async fn start(self) -> Result<KubeCluster> {
+    pub async fn start(mut self) -> Result<KubeCluster> {
         let (api, spec, settings, env) = self.settle().await?;
         self.start_settled(api, spec, settings, env).await
     }
 
+    /// Settles name and namespace and connects, creating nothing: the builder pinned to
+    /// that one cluster (so [`up`] or [`KubeClusterBuilder::start`] makes exactly it, with
+    /// this connection), the API of its namespace, and its name. A shell that may have to
+    /// delete an interrupted start (Python's Ctrl-C in a blocking call) learns here what
+    /// it would delete. Template errors come before credential errors, as in `start`.
+    pub async fn pin(mut self) -> Result<(Self, ClusterApi, String)> {
+        let (api, spec, _, _) = self.settle().await?;
+        self.limits = Some(api.limits());
+        let name = spec.name.clone();
+        Ok((self.name(spec.name).namespace(spec.namespace), api, name))
+    }
+
     /// Settles the spec once (templates, name, namespace), checking everything that needs
-    /// no cluster before connecting to one.
+    /// no cluster before connecting to one; keeps the connection for a later settle.
     async fn settle(
-        &self,
+        &mut self,
     ) -> Result<(
         ClusterApi,
         manifests::ClusterSpec,
@@ -186,7 +198,11 @@ impl KubeClusterBuilder {
         }
         let (client, default_ns, url) = match self.client.clone() {
             Some(c) => c,
-            None => kube_ops::connect().await?,
+            None => {
+                let connected = kube_ops::connect().await?;
+                self.client = Some(connected.clone());
+                connected
+            }
         };
         if spec.namespace.is_empty() {
             spec.namespace = default_ns;
@@ -404,7 +420,7 @@ where
         (None, Some(n)) => n,
         (None, None) => 0,
     };
-    let builder = builder.initial_workers(requested);
+    let mut builder = builder.initial_workers(requested);
     // Name and namespace are settled first, so an interrupted start knows what to delete.
     let (api, spec, settings, env) = builder.settle().await?;
     let name = spec.name.clone();

@@ -1,0 +1,73 @@
+"""One measurement of `make bench-python`, run in the venv of the side it measures: the
+time from a `KubeCluster(...)` constructor to N workers connected to its scheduler, and
+this process's peak RSS. Prints one JSON line on stdout; closes the cluster before exiting.
+
+    python driver.py --side dask-kube --template small-worker.yml --n 4 --name bench-py-0
+    python driver.py --side classic --template small-worker.yml --n 4 --name bench-py-0 --host 10.244.0.1
+
+The sides, as a Dask user writes them:
+  dask-kube  `dask_kube.KubeCluster(template, n_workers=N)`: scheduler in a pod, reached
+             through dask-kube's port-forward.
+  classic    dask-kubernetes 2024.4.2 `dask_kubernetes.classic.KubeCluster(template,
+             n_workers=N, deploy_mode="local", host=BRIDGE)`: the scheduler runs in this
+             process (the local cluster has no ClusterIP routing for "remote"), listening
+             on the node agent's pod bridge so its worker pods reach it.
+Timed: from just before the constructor to `client.wait_for_workers(N)` returning (the
+imports are not timed). Peak RSS: VmHWM of this process (not ru_maxrss, which Linux
+carries over from the parent across exec), imports included, as the user's process pays it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+# The one reader of a process's peak RSS (stdlib only, importable from any venv).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench-scale"))
+from classic_driver import vmhwm_kib  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", choices=["dask-kube", "classic"], required=True)
+    ap.add_argument("--template", required=True, help="worker pod template (YAML)")
+    ap.add_argument("--n", type=int, required=True, help="workers to start and await")
+    ap.add_argument("--name", required=True, help="cluster name")
+    ap.add_argument("--namespace", default="default")
+    ap.add_argument("--host", help="classic: the scheduler's listen address (the pod bridge)")
+    ap.add_argument("--timeout", type=float, default=300)
+    args = ap.parse_args()
+
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from distributed import Client
+
+    if args.side == "classic":
+        if not args.host:
+            ap.error("--side classic needs --host (the node agent's pod bridge address)")
+        from dask_kubernetes.classic import KubeCluster
+
+        kwargs = dict(deploy_mode="local", host=args.host, port=0, dashboard_address="127.0.0.1:0")
+    else:
+        from dask_kube import KubeCluster
+
+        kwargs = {}
+    t0 = time.perf_counter()
+    cluster = KubeCluster(args.template, name=args.name, namespace=args.namespace, n_workers=args.n, **kwargs)
+    client = Client(cluster)
+    client.wait_for_workers(args.n, timeout=args.timeout)
+    seconds = time.perf_counter() - t0
+    # The workers compute, not only connect.
+    assert client.submit(sum, [1, 2]).result() == 3
+    peak = vmhwm_kib()
+    client.close()
+    cluster.close()
+    print(json.dumps({"side": args.side, "n": args.n, "seconds": seconds, "peak_rss_kib": peak}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
