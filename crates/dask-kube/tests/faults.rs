@@ -398,23 +398,12 @@ async fn sigkill_in_the_middle_of_a_scale_up_then_scale_again_converges() {
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-kill").await;
     let state = tempfile::tempdir().unwrap();
-    let pending = fixture("pending-worker.yml");
-    let up = json_of(&run(
+    let (name, _) = up_detached(
         state.path(),
-        &[
-            "-n",
-            &ns.name,
-            "-o",
-            "json",
-            "up",
-            "-f",
-            pending.to_str().unwrap(),
-            "--workers",
-            "0",
-            "--detach",
-        ],
-    ));
-    let name = up["name"].as_str().unwrap().to_owned();
+        &ns.name,
+        "pending-worker.yml",
+        &["--workers", "0"],
+    );
     let mut child = dask_kube(state.path())
         .args([
             "-n",
@@ -472,7 +461,13 @@ async fn sigkill_in_the_middle_of_a_scale_up_then_scale_again_converges() {
 
 /// Starts a detached cluster of small real workers; returns (name, scheduler address).
 fn up_small(state: &Path, ns: &str, extra: &[&str]) -> (String, String) {
-    let small = fixture("small-worker.yml");
+    up_detached(state, ns, "small-worker.yml", extra)
+}
+
+/// `dask-kube up --detach` with the worker template fixture `template`; returns (name,
+/// scheduler address).
+fn up_detached(state: &Path, ns: &str, template: &str, extra: &[&str]) -> (String, String) {
+    let template = fixture(template);
     let mut args = vec![
         "-n",
         ns,
@@ -480,7 +475,7 @@ fn up_small(state: &Path, ns: &str, extra: &[&str]) -> (String, String) {
         "json",
         "up",
         "-f",
-        small.to_str().unwrap(),
+        template.to_str().unwrap(),
         "--detach",
     ];
     args.extend_from_slice(extra);
@@ -820,24 +815,12 @@ async fn an_oom_killed_worker_is_recomputed_and_replaced() {
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-oom").await;
     let state = tempfile::tempdir().unwrap();
-    let oom = fixture("oom-worker.yml");
-    let up = json_of(&run(
+    let (name, address) = up_detached(
         state.path(),
-        &[
-            "-n",
-            &ns.name,
-            "-o",
-            "json",
-            "up",
-            "-f",
-            oom.to_str().unwrap(),
-            "--adapt",
-            "3:3",
-            "--detach",
-        ],
-    ));
-    let name = up["name"].as_str().unwrap().to_owned();
-    let address = up["scheduler_address"].as_str().unwrap().to_owned();
+        &ns.name,
+        "oom-worker.yml",
+        &["--adapt", "3:3"],
+    );
     let workers: Vec<String> = ns.pod_names(&worker_selector(&name)).await;
     let victim = workers[0].clone();
     let mut client = Command::new(python())
