@@ -10,7 +10,7 @@
 mod common;
 mod in_cluster;
 
-use common::{SERIAL, TestNamespace, client, cluster, dask_kube, fixture, run, wait_for};
+use common::{SERIAL, TestNamespace, client, cluster, dask_kube, fixture, json_of, run, wait_for};
 use dask_kube::{KubeCluster, PodTemplate};
 use kube::api::DeleteParams;
 use nix::sys::signal::{Signal, kill};
@@ -22,15 +22,6 @@ use std::time::{Duration, Instant};
 
 fn small_worker() -> String {
     fixture("small-worker.yml").to_str().unwrap().to_owned()
-}
-
-fn json_of(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "dask-kube failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `up --detach --workers 3` gives 3 connected workers reachable through the printed

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{SERIAL, TestNamespace, cluster, dask_kube, fixture, python, run, wait_for};
+use common::{SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, python, run, wait_for};
 use dask_kube::kube_ops::CreateLimits;
 use dask_kube::{KubeCluster, PodTemplate};
 use k8s_openapi::api::core::v1::Pod;
@@ -27,17 +27,16 @@ fn cluster_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../e2e-tests/local-cluster/cluster")
 }
 
-/// `cluster component ACTION NAME ARGS...` (the same state dir as the tests' kubeconfig).
-fn component(action: &str, name: &str, args: &[&str]) {
+/// `cluster component ACTION NAME` (the same state dir as the tests' kubeconfig).
+fn component(action: &str, name: &str) {
     // SIGKILL after 5 s: a part that takes longer to stop has crashed, as far as clients see.
     let out = Command::new(cluster_script())
         .env("DASK_K8S_STOP_TIMEOUT", "5")
         .args(["component", action, name])
-        .args(args)
         .output()
         .unwrap();
     eprintln!(
-        "$ cluster component {action} {name} {args:?} -> {}\n{}",
+        "$ cluster component {action} {name} -> {}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -51,23 +50,21 @@ fn component(action: &str, name: &str, args: &[&str]) {
 /// leaves the cluster whole for the next one.
 struct Stopped {
     name: &'static str,
-    restore: Vec<String>,
     running: bool,
 }
 
 impl Stopped {
     fn stop(name: &'static str) -> Self {
-        component("stop", name, &[]);
+        component("stop", name);
         Stopped {
             name,
-            restore: Vec::new(),
             running: false,
         }
     }
 
-    /// Start it again with `args` appended (for the API server a later flag wins).
-    fn start(&mut self, args: &[&str]) {
-        component("start", self.name, args);
+    /// Start it again as it was.
+    fn start(&mut self) {
+        component("start", self.name);
         self.running = true;
     }
 }
@@ -75,10 +72,8 @@ impl Stopped {
 impl Drop for Stopped {
     fn drop(&mut self) {
         if !self.running {
-            let args: Vec<&str> = self.restore.iter().map(String::as_str).collect();
             let _ = Command::new(cluster_script())
                 .args(["component", "start", self.name])
-                .args(args)
                 .status();
         }
     }
@@ -86,15 +81,6 @@ impl Drop for Stopped {
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
-}
-
-fn json_of(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "dask-kube failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn worker_selector(cluster: &str) -> String {
@@ -169,7 +155,7 @@ async fn api_server_restart_in_the_middle_of_a_scale_up_leaves_the_exact_count()
         let mut apiserver = blocking(|| Stopped::stop("kube-apiserver")).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let apiserver = blocking(move || {
-            apiserver.start(&[]);
+            apiserver.start();
             apiserver
         })
         .await;
@@ -354,7 +340,7 @@ async fn policy_webhook_down_fails_up_naming_it_and_leaves_nothing() {
         .items
         .len();
     webhook = blocking(move || {
-        webhook.start(&[]);
+        webhook.start();
         webhook
     })
     .await;
@@ -743,7 +729,7 @@ async fn node_agent_restart_under_running_pods_reports_them_and_duplicates_nothi
     let started = Instant::now();
     let mut agent = blocking(|| Stopped::stop("node-agent")).await;
     let agent = blocking(move || {
-        agent.start(&[]);
+        agent.start();
         agent
     })
     .await;

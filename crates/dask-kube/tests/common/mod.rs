@@ -230,6 +230,16 @@ pub fn dask_kube(state: &Path) -> Command {
     cmd
 }
 
+/// The JSON a successful `dask-kube -o json ...` printed.
+pub fn json_of(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "dask-kube failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Runs `dask-kube args...` to completion.
 pub fn run(state: &Path, args: &[&str]) -> Output {
     let output = dask_kube(state).args(args).output().unwrap();
