@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import textwrap
 import time
 
@@ -290,3 +292,41 @@ def test_auth_of_another_kind_is_a_type_error(small_worker):
 
 def test_version_is_the_crate_version():
     assert dask_kube.__version__ == "0.1.0"
+
+
+@pytest.mark.parametrize(
+    "run_atexit_first, outcome",
+    [
+        pytest.param(False, "TemplateFileNotFound", id="a-running-interpreter-gets-the-result"),
+        pytest.param(True, "not handed back", id="after-atexit-no-result-reaches-python"),
+    ],
+)
+def test_results_stop_reaching_python_once_the_interpreter_exits(tmp_path, run_atexit_first, outcome):
+    """Results of awaitables come back to Python from the Rust runtime's threads; one that
+    lands while the interpreter finalizes crashes the process (a SIGSEGV seen in CI after
+    `cluster.close()`). Importing dask_kube registers an atexit callback after which no
+    result is handed back. Run in a fresh interpreter, whose atexit callbacks we may run."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, atexit, json
+        from dask_kube import _native
+
+        async def main():
+            if {run_atexit_first}:
+                atexit._run_exitfuncs()  # what the interpreter runs before it finalizes
+            fut = _native.prepare(json.dumps({{
+                "worker_template_path": {str(tmp_path / "missing.yml")!r},
+                "config": {{}}, "environ": [],
+            }}))
+            done, _ = await asyncio.wait([fut], timeout=3)
+            if not done:
+                print("not handed back")
+            else:
+                print(type(fut.exception()).__name__)
+
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == outcome, out.stdout + out.stderr

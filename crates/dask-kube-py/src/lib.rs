@@ -10,6 +10,7 @@
 //! partly made cluster, and a cancelled `scale` deletes the worker pods it created. The
 //! undo runs on the runtime; [`Ops::wait_idle`] lets a blocking caller wait for it.
 
+pub mod interpreter_exit;
 pub mod options;
 
 use dask_kube::adapt::AdaptPolicy;
@@ -87,18 +88,24 @@ fn to_py_err(error: Error) -> PyErr {
     py_exception(exception_class(&error), python_message(&error))
 }
 
-/// An instance of `dask_kube.exceptions.<class>` (a `RuntimeError` if that cannot be had).
+/// An instance of `dask_kube.exceptions.<class>` (a `RuntimeError` if that cannot be had,
+/// or once the interpreter is exiting: this runs on runtime threads too).
 fn py_exception(class: &str, message: String) -> PyErr {
-    Python::attach(|py| {
-        let ty = py
-            .import("dask_kube.exceptions")
-            .and_then(|m| m.getattr(class))
-            .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
-        match ty {
-            Ok(ty) => PyErr::from_type(ty, message),
-            Err(_) => PyRuntimeError::new_err(message),
-        }
-    })
+    let fallback = message.clone();
+    interpreter_exit::PYTHON
+        .run(|| {
+            Python::attach(|py| {
+                let ty = py
+                    .import("dask_kube.exceptions")
+                    .and_then(|m| m.getattr(class))
+                    .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
+                match ty {
+                    Ok(ty) => PyErr::from_type(ty, message),
+                    Err(_) => PyRuntimeError::new_err(message),
+                }
+            })
+        })
+        .unwrap_or_else(|| PyRuntimeError::new_err(fallback))
 }
 
 fn json_err(what: &str, e: serde_json::Error) -> PyErr {
@@ -320,7 +327,7 @@ pub struct PendingCluster {
 fn prepare(py: Python<'_>, options: String) -> PyResult<Bound<'_, PyAny>> {
     let options: ClusterOptions =
         serde_json::from_str(&options).map_err(|e| json_err("KubeCluster arguments", e))?;
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+    interpreter_exit::future_into_py(py, async move {
         prepare_cluster(options).await.map_err(to_py_err)
     })
 }
@@ -444,7 +451,7 @@ impl PendingCluster {
         });
         let fire_on_drop = FireOnDrop(Some(self.interrupt.clone()));
         let name = self.name.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter_exit::future_into_py(py, async move {
             let outcome = task.await;
             // Finished: nothing is left to interrupt.
             fire_on_drop.disarm();
@@ -556,7 +563,7 @@ fn connect(
     kubeconfig: Option<PathBuf>,
     context: Option<String>,
 ) -> PyResult<Bound<'_, PyAny>> {
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+    interpreter_exit::future_into_py(py, async move {
         let client = connect_with_kubeconfig(kubeconfig.as_deref(), context.as_deref())
             .await
             .map_err(to_py_err)?;
@@ -588,7 +595,7 @@ impl NativeCluster {
         let ops = self.ops.clone();
         let api = self.api.clone();
         let name = self.name.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter_exit::future_into_py(py, async move {
             let before = worker_pod_names(&api, &name).await.map_err(to_py_err)?;
             let undo = Undo::new(&ops, async move {
                 // Only pods this call made are removed: they are new, so Pending or just
@@ -668,7 +675,7 @@ impl NativeCluster {
     /// Stops adapting; awaitable.
     fn stop_adapting<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter_exit::future_into_py(py, async move {
             let mut lock = cluster.write().await;
             match lock.as_mut() {
                 Some(c) => c.stop_adapting().await.map_err(to_py_err),
@@ -689,7 +696,7 @@ impl NativeCluster {
     fn workers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
         let name = self.name.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter_exit::future_into_py(py, async move {
             let lock = cluster.read().await;
             let c = lock
                 .as_ref()
@@ -708,7 +715,7 @@ impl NativeCluster {
         let cluster = self.cluster.clone();
         let name = self.name.clone();
         let timeout = Duration::try_from_secs_f64(timeout_seconds).unwrap_or(Duration::MAX);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter_exit::future_into_py(py, async move {
             let lock = cluster.read().await;
             let c = lock
                 .as_ref()
@@ -721,7 +728,7 @@ impl NativeCluster {
     fn logs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
         let name = self.name.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter_exit::future_into_py(py, async move {
             let lock = cluster.read().await;
             let c = lock
                 .as_ref()
@@ -734,7 +741,7 @@ impl NativeCluster {
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
         let ops = self.ops.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter_exit::future_into_py(py, async move {
             close_cluster(cluster, ops).await.map_err(to_py_err)
         })
     }
@@ -750,7 +757,7 @@ impl NativeCluster {
     /// Stops the local listeners and adapting; the cluster keeps running; awaitable.
     fn detach<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        interpreter_exit::future_into_py(py, async move {
             let taken = cluster.write().await.take();
             match taken {
                 Some(c) => c.detach().await.map_err(to_py_err),
@@ -867,6 +874,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(policy_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(read_template, m)?)?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        interpreter_exit::close_at_interpreter_exit,
+        m
+    )?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

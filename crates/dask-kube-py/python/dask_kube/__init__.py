@@ -8,7 +8,9 @@
     cluster.adapt(minimum=1, maximum=100)
 """
 
-from . import exceptions
+import atexit
+
+from . import _native, exceptions
 from ._native import __version__
 from .cluster import KubeCluster
 from .exceptions import (
@@ -25,6 +27,11 @@ from .exceptions import (
     TemplateFileNotFound,
 )
 from .objects import KubeConfig, clean_pod_template, make_pod_spec
+
+# Before the interpreter finalizes, stop handing results to Python from the Rust runtime's
+# threads (waiting for the ones in progress): one that lands during finalization crashes
+# the process. Clusters still open are closed by their own finalizers, which block.
+atexit.register(_native.close_at_interpreter_exit)
 
 __all__ = [
     "ClusterNotFound",
