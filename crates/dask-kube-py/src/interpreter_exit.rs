@@ -24,7 +24,6 @@ pub const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// Admits calls into Python until closed; [`close`](ExitGate::close) waits for the calls
 /// already admitted.
-#[derive(Default)]
 pub struct ExitGate {
     closed: AtomicBool,
     inside: AtomicUsize,
@@ -46,6 +45,7 @@ impl Drop for Inside<'_> {
 }
 
 impl ExitGate {
+    /// An open gate (`const`: the process's gate is a `static`).
     pub const fn new() -> Self {
         ExitGate {
             closed: AtomicBool::new(false),
@@ -80,6 +80,7 @@ impl ExitGate {
         !waited.timed_out()
     }
 
+    /// Whether `close` was called.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
