@@ -24,6 +24,7 @@ pub const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// Admits calls into Python until closed; [`close`](ExitGate::close) waits for the calls
 /// already admitted.
+#[derive(Default)]
 pub struct ExitGate {
     closed: AtomicBool,
     inside: AtomicUsize,
