@@ -414,3 +414,48 @@ def _print_figures(request):
             terminal.write_line("")
             for line in FIGURES:
                 terminal.write_line(f"figure: {line}")
+
+
+def test_adapt_goes_on_in_the_cluster_after_python_exits(kubectl, small_worker):
+    """With deploy/rbac.yaml in the namespace, adapt() hands adapting to the cluster's
+    controller pod: the Python process exits (shutdown_on_close=False) and the cluster
+    still starts its minimum; from_name(...).adapt changes the range from another process;
+    close() deletes everything, the controller pod first."""
+    ns = f"py-ctl-{os.urandom(3).hex()}"
+    kubectl("create", "namespace", ns)
+    try:
+        kubectl("apply", "-n", ns, "-f", str(Path(__file__).resolve().parents[2] / "crates/dask-kube/deploy/rbac.yaml"))
+        script = textwrap.dedent(
+            f"""
+            import json, warnings, dask_kube
+            warnings.simplefilter("error")  # adapting from this process would warn
+            cluster = dask_kube.KubeCluster({small_worker!r}, name="py-ctl-{{uuid}}", namespace={ns!r},
+                                            n_workers=0, shutdown_on_close=False)
+            cluster.adapt(minimum=1, maximum=2)
+            print(json.dumps({{"name": cluster.name}}))
+            """
+        )
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        exited = time.monotonic()
+        name = json.loads(out.stdout.strip().splitlines()[-1])["name"]
+
+        def component(kind):
+            return [p for p in kubectl.pods(name, ns) if p["metadata"]["labels"]["dask.org/component"] == kind]
+
+        (controller,) = component("controller")
+        assert "1:2" in controller["spec"]["containers"][0]["args"]
+        deadline = time.monotonic() + 180
+        while not [p for p in component("worker") if p["status"].get("phase") == "Running"]:
+            assert time.monotonic() < deadline, "the controller did not start the minimum worker"
+            time.sleep(0.5)
+        figure("python adapt(1, 2), process exited, minimum worker running", f"{time.monotonic() - exited:.1f}s later")
+
+        cluster = KubeCluster.from_name(name, namespace=ns, shutdown_on_close=True)
+        cluster.adapt(minimum=0, maximum=3)
+        (controller,) = component("controller")
+        assert "0:3" in controller["spec"]["containers"][0]["args"]
+        cluster.close()
+        assert kubectl.wait_gone(name, ns, timeout=30) == []
+    finally:
+        kubectl("delete", "namespace", ns, "--wait=false", check=False)

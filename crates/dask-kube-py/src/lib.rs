@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{RwLock, oneshot};
@@ -530,6 +530,8 @@ pub struct NativeCluster {
     start_report: Option<String>,
     messages: Messages,
     ops: Arc<Ops>,
+    /// The controller pod adapts (set by `adapt`, cleared by `stop_adapting`).
+    controller_adapts: Arc<AtomicBool>,
 }
 
 impl NativeCluster {
@@ -544,6 +546,7 @@ impl NativeCluster {
             cluster: Arc::new(RwLock::new(Some(cluster))),
             messages,
             ops: Arc::default(),
+            controller_adapts: Arc::default(),
         }
     }
 
@@ -633,10 +636,14 @@ impl NativeCluster {
         })
     }
 
-    /// Starts the Rust adapt loop (replacing a running one).
+    /// Starts adapting, replacing what adapted before: in the cluster (its controller pod,
+    /// which goes on without this process) when `in_cluster` and the namespace allows it,
+    /// else the Rust adapt loop in this process. Blocking (one or two API calls), GIL
+    /// released. Returns JSON: `capped` (the `kubernetes.count.max` message), `controller`
+    /// (its pod), `controller_unavailable` (why this process adapts instead).
     // One argument per Python keyword of `cluster.adapt(...)`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (minimum, maximum, interval_seconds, wait_count, cooldown_seconds, max_scale_down_step=None))]
+    #[pyo3(signature = (minimum, maximum, interval_seconds, wait_count, cooldown_seconds, max_scale_down_step=None, in_cluster=true))]
     fn adapt(
         &self,
         py: Python<'_>,
@@ -646,7 +653,8 @@ impl NativeCluster {
         wait_count: u32,
         cooldown_seconds: f64,
         max_scale_down_step: Option<u32>,
-    ) -> PyResult<Option<String>> {
+        in_cluster: bool,
+    ) -> PyResult<String> {
         let seconds = |v: f64, what: &str| {
             Duration::try_from_secs_f64(v).map_err(|_| {
                 to_py_err(Error::Usage(format!(
@@ -663,33 +671,64 @@ impl NativeCluster {
         };
         let cluster = self.cluster.clone();
         let name = self.name.clone();
-        block_on(py, async move {
+        let controller_adapts = self.controller_adapts.clone();
+        let started = block_on(py, async move {
             let mut lock = cluster.write().await;
             let c = lock.as_mut().ok_or_else(|| NativeCluster::closed(&name))?;
-            c.adapt_with(policy)
+            let mut unavailable = None;
+            if in_cluster {
+                match c.start_controller(Some(&policy)).await {
+                    Ok(cap) => {
+                        controller_adapts.store(true, Ordering::SeqCst);
+                        return Ok(json!({
+                            "capped": cap.map(|c| c.to_string()),
+                            "controller": dask_kube::controller::pod_name(&name),
+                            "controller_unavailable": null,
+                        }));
+                    }
+                    Err(e) => unavailable = Some(python_message(&e)),
+                }
+            } else if controller_adapts.load(Ordering::SeqCst) {
+                c.stop_controller().await?;
+                controller_adapts.store(false, Ordering::SeqCst);
+            }
+            let cap = c.adapt_with(policy)?;
+            Ok(json!({
+                "capped": cap.map(|c| c.to_string()),
+                "controller": null,
+                "controller_unavailable": unavailable,
+            }))
         })
-        .map(|cap| cap.map(|c| c.to_string()))
-        .map_err(to_py_err)
+        .map_err(to_py_err)?;
+        to_json(&started)
     }
 
-    /// Stops adapting; awaitable.
+    /// Stops adapting (this process's loop, and the controller pod's when it adapts);
+    /// awaitable.
     fn stop_adapting<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
+        let controller_adapts = self.controller_adapts.clone();
         interpreter_exit::future_into_py(py, async move {
             let mut lock = cluster.write().await;
-            match lock.as_mut() {
-                Some(c) => c.stop_adapting().await.map_err(to_py_err),
-                None => Ok(()),
+            let Some(c) = lock.as_mut() else {
+                return Ok(());
+            };
+            if controller_adapts.load(Ordering::SeqCst) {
+                c.stop_controller().await.map_err(to_py_err)?;
+                controller_adapts.store(false, Ordering::SeqCst);
             }
+            c.stop_adapting().await.map_err(to_py_err)
         })
     }
 
-    /// Whether the adapt loop runs.
+    /// Whether something adapts: the loop in this process, or the controller pod.
     fn is_adapting(&self) -> bool {
-        self.cluster
-            .try_read()
-            .map(|c| c.as_ref().is_some_and(KubeCluster::is_adapting))
-            .unwrap_or(false)
+        self.controller_adapts.load(Ordering::SeqCst)
+            || self
+                .cluster
+                .try_read()
+                .map(|c| c.as_ref().is_some_and(KubeCluster::is_adapting))
+                .unwrap_or(false)
     }
 
     /// Worker pods and their connection state; awaitable resolving to JSON.

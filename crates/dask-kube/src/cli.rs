@@ -165,16 +165,36 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
-    /// Adapt an existing cluster in the foreground until Ctrl-C.
+    /// Adapt an existing cluster: by its controller pod, which keeps adapting with no
+    /// client (a new range replaces the old; `--off` stops it), or with `--foreground`
+    /// from this process until Ctrl-C.
     Adapt {
         /// Cluster name.
         name: String,
         /// Fewest workers.
-        #[arg(long)]
-        min: u32,
+        #[arg(long, required_unless_present = "off")]
+        min: Option<u32>,
         /// Most workers.
+        #[arg(long, required_unless_present = "off")]
+        max: Option<u32>,
+        /// Stop adapting in the cluster (the controller pod is deleted; the workers stay).
+        #[arg(long, conflicts_with_all = ["min", "max", "foreground"])]
+        off: bool,
+        /// Adapt from this process until Ctrl-C instead of the cluster's controller pod.
         #[arg(long)]
-        max: u32,
+        foreground: bool,
+        /// Tuning.
+        #[command(flatten)]
+        tuning: AdaptTuning,
+    },
+    /// Run as a cluster's controller pod (`up` creates it): adapt (with `--adapt`) until
+    /// the scheduler ends, then delete the cluster. Runs inside the cluster.
+    Controller {
+        /// Cluster name.
+        name: String,
+        /// Adapt between MIN:MAX workers.
+        #[arg(long)]
+        adapt: Option<AdaptRange>,
         /// Tuning.
         #[command(flatten)]
         tuning: AdaptTuning,
@@ -271,6 +291,15 @@ pub struct UpArgs {
     /// Like `cluster.adapt(target_duration=...)`; default: `distributed.adaptive.target-duration`.
     #[arg(long)]
     pub target_duration: Option<String>,
+    /// The scheduler's `--idle-timeout` (`30m`, `3600s`; default `kubernetes.idle-timeout`,
+    /// else none): after that long with no client and no work the scheduler ends, and the
+    /// cluster's controller pod deletes the cluster.
+    #[arg(long)]
+    pub idle_timeout: Option<String>,
+    /// With `--adapt`: adapt from this process (or its detached supervisor) instead of the
+    /// cluster's controller pod.
+    #[arg(long, requires = "adapt")]
+    pub adapt_here: bool,
     /// Leave the cluster running in the background and exit; `dask-kube down NAME` ends it.
     #[arg(long)]
     pub detach: bool,
@@ -364,8 +393,21 @@ pub async fn run(cli: Cli) -> i32 {
             name,
             min,
             max,
+            off,
+            foreground,
             tuning,
-        } => adapt(&name, AdaptRange { min, max }, &tuning, (namespace, limits)).await,
+        } => {
+            let range = match (min, max, off) {
+                (Some(min), Some(max), false) => Some(AdaptRange { min, max }),
+                _ => None,
+            };
+            adapt(&name, range, foreground, &tuning, (namespace, limits)).await
+        }
+        Command::Controller {
+            name,
+            adapt,
+            tuning,
+        } => controller(&name, adapt, &tuning, namespace).await,
         Command::Logs { name, worker } => logs(&name, worker.as_deref(), namespace).await,
         Command::Down { name } => down(&name, namespace, &ui).await,
         Command::Render {
@@ -415,6 +457,20 @@ fn interruption() -> Result<impl std::future::Future<Output = String> + Unpin> {
     Ok(Box::pin(signal))
 }
 
+/// Says on stderr who adapts or ends the cluster: its controller pod, or (when that could
+/// not be made) this process.
+fn note_controller(report: &UpReport) {
+    match (&report.controller, &report.controller_unavailable) {
+        (Some(pod), _) => eprintln!(
+            "controller pod {pod}: adapts and ends the cluster in the cluster, with no client"
+        ),
+        (None, Some(why)) => eprintln!(
+            "no controller pod ({why}); apply crates/dask-kube/deploy/rbac.yaml in the namespace for one"
+        ),
+        (None, None) => {}
+    }
+}
+
 /// The export that makes a plain `distributed.Client(address)` report the dashboard link
 /// that answers here (its own guess is the scheduler's port on the forward's host).
 fn dashboard_export(link: &str) -> String {
@@ -437,6 +493,8 @@ fn up_json(report: &UpReport) -> serde_json::Value {
            "workers": report.workers, "capped": report.capped,
            "ready_seconds": report.ready_seconds,
            "supervisor_pid": report.supervisor.as_ref().map(|s| s.pid),
+           "controller": report.controller,
+           "controller_unavailable": report.controller_unavailable,
            "log": report.supervisor.as_ref().map(|s| s.log.clone())})
 }
 
@@ -455,6 +513,8 @@ async fn up(
         scheduler_options,
         scheduler_address,
         target_duration,
+        idle_timeout,
+        adapt_here,
         detach,
         local_port,
         wait_timeout,
@@ -490,7 +550,11 @@ async fn up(
     if let Some(duration) = target_duration {
         builder = builder.adaptive_target_duration(duration);
     }
+    if let Some(timeout) = idle_timeout {
+        builder = builder.idle_timeout(timeout);
+    }
     let options = UpOptions {
+        adapt_here,
         workers,
         adapt: adapt.map(|r| tuning.policy(r)).transpose()?,
         detach: if detach {
@@ -505,7 +569,11 @@ async fn up(
         wait_timeout: Duration::from_secs(wait_timeout),
     };
     let mut signal = interruption()?;
-    let (cluster, report) = match crate::cluster::up(builder, options, &mut signal).await? {
+    let outcome = crate::cluster::up(builder, options, &mut signal).await?;
+    if let UpOutcome::Running(_, report) | UpOutcome::Detached(report) = &outcome {
+        note_controller(report);
+    }
+    let (cluster, report) = match outcome {
         UpOutcome::Interrupted { reason, report } => {
             eprintln!("interrupted ({reason}) while starting; deleted what was created");
             report.into_result("being started")?;
@@ -666,19 +734,56 @@ async fn scale(
     Ok(exit::OK)
 }
 
+async fn controller(
+    name: &str,
+    range: Option<AdaptRange>,
+    tuning: &AdaptTuning,
+    namespace: Option<String>,
+) -> Result<i32> {
+    let policy = range.map(|r| tuning.policy(r)).transpose()?;
+    let signal = interruption()?;
+    crate::controller::run(name, namespace.as_deref(), policy, signal).await?;
+    Ok(exit::OK)
+}
+
 async fn adapt(
     name: &str,
-    range: AdaptRange,
+    range: Option<AdaptRange>,
+    foreground: bool,
     tuning: &AdaptTuning,
     (namespace, limits): (Option<String>, Option<CreateLimits>),
 ) -> Result<i32> {
-    let policy = tuning.policy(range)?;
-    let mut signal = interruption()?;
     let mut cluster =
         KubeCluster::connect(name, namespace.as_deref(), Access::Auto, 0, None).await?;
     if let Some(limits) = limits {
         cluster = cluster.with_create_limits(limits);
     }
+    let Some(range) = range else {
+        cluster.stop_controller().await?;
+        eprintln!(
+            "{name}: adapting stopped (controller pod deleted); the workers stay: dask-kube scale {name} N"
+        );
+        return Ok(exit::OK);
+    };
+    let policy = tuning.policy(range)?;
+    if !foreground {
+        let capped = cluster.start_controller(Some(&policy)).await.inspect_err(|_| {
+            eprintln!(
+                "{name}: cannot adapt in the cluster; apply crates/dask-kube/deploy/rbac.yaml in namespace {}, or adapt from here with --foreground",
+                cluster.namespace()
+            );
+        })?;
+        note_cap(capped);
+        let maximum = capped.map_or(range.max as usize, |c| c.max);
+        eprintln!(
+            "{name} adapts between {}:{maximum} workers in the cluster (pod {}), with no client; `dask-kube adapt {name} --off` stops it",
+            range.min.min(u32::try_from(maximum).unwrap_or(u32::MAX)),
+            crate::controller::pod_name(name)
+        );
+        cluster.detach().await?;
+        return Ok(exit::OK);
+    }
+    let mut signal = interruption()?;
     if let Ok(Some(pod)) = cluster.api().get_pod(name).await
         && let Some(other) = pod
             .metadata

@@ -318,6 +318,17 @@ impl DaskConfig {
                 Some(Value::Number(n)) => Some(format!("{n}s")),
                 Some(_) => self.get_str("distributed.adaptive.target-duration")?,
             },
+            idle_timeout: match self.get("kubernetes.idle-timeout") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => Some(format!("{n}s")),
+                Some(_) => self
+                    .get_str("kubernetes.idle-timeout")?
+                    .filter(|t| !t.is_empty()),
+            },
+            controller_image: self
+                .get_str("kubernetes.controller-image")?
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| crate::controller::DEFAULT_IMAGE.to_owned()),
         })
     }
 }
@@ -356,6 +367,11 @@ pub struct KubeSettings {
     pub dashboard_link: String,
     /// `distributed.adaptive.target-duration`, passed to the scheduler pod when set.
     pub adaptive_target_duration: Option<String>,
+    /// `kubernetes.idle-timeout`: the scheduler's `--idle-timeout` (off unless set, as in
+    /// Dask); the cluster's controller pod deletes the cluster once the scheduler ends.
+    pub idle_timeout: Option<String>,
+    /// `kubernetes.controller-image`: the dask-kube image of the controller pod.
+    pub controller_image: String,
 }
 
 /// Formats `distributed.dashboard.link` with `scheme`, `host`, `port` and the environment,

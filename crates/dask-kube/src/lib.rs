@@ -30,6 +30,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod flow;
 pub mod http_client;

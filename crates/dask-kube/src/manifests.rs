@@ -108,6 +108,14 @@ pub fn validate_timedelta(text: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// Whether `dask scheduler` options set `--idle-timeout` (then the scheduler can end by
+/// itself, and the cluster needs its controller pod to be deleted after it).
+pub fn has_idle_timeout(scheduler_options: &[String]) -> bool {
+    scheduler_options
+        .iter()
+        .any(|o| o == "--idle-timeout" || o.starts_with("--idle-timeout="))
+}
+
 /// A worker pod manifest and what the defaults had to say about the template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerPod {

@@ -12,10 +12,11 @@ mod in_cluster;
 
 use common::{SERIAL, TestNamespace, client, cluster, dask_kube, fixture, json_of, run, wait_for};
 use dask_kube::{KubeCluster, PodTemplate};
-use kube::api::DeleteParams;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, PostParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -766,7 +767,17 @@ async fn count_max_caps_up_scale_and_adapt() {
 
     let mut adapt = dask_kube(state.path())
         .env("DASK_CONFIG", &config)
-        .args(["-n", &ns.name, "adapt", &name, "--min", "1", "--max", "5"])
+        .args([
+            "-n",
+            &ns.name,
+            "adapt",
+            &name,
+            "--min",
+            "1",
+            "--max",
+            "5",
+            "--foreground",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -872,5 +883,285 @@ async fn scale_to_hundreds_of_pending_pods_and_back_exactly() {
         gone.as_secs_f64()
     );
     cluster.close().await.unwrap();
+    ns.delete().await;
+}
+
+/// Issue 9 §3: adapting lives in the cluster. `up --adapt 0:3 --idle-timeout 30s` from a
+/// client that is then SIGKILLed: the controller pod (under the `dask-kube-controller`
+/// account of rbac.yaml) grows the cluster under a computation submitted from a pod through
+/// the Service, shrinks it to 0 afterwards, and once the scheduler's idle timeout ends it,
+/// deletes the cluster: no pod is left, with no client process at any point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-selfrun").await;
+    common::apply_rbac(&ns.name);
+    let state = tempfile::tempdir().unwrap();
+    let up_started = Instant::now();
+    let (mut client_process, lines) = foreground(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "up",
+            "-f",
+            &small_worker(),
+            "--adapt",
+            "0:3",
+            "--idle-timeout",
+            "30s",
+            "--interval",
+            "0.5",
+            "--wait-count",
+            "2",
+            "--cooldown",
+            "3",
+        ],
+        "ready in",
+    );
+    let name = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("cluster "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("up printed the cluster name")
+        .to_owned();
+    let controller = format!("{name}-controller");
+    wait_for("the controller pod to run", || async {
+        ns.pods()
+            .get_opt(&controller)
+            .await
+            .unwrap()
+            .and_then(|p| p.status?.phase)
+            .as_deref()
+            == Some("Running")
+    })
+    .await;
+    kill(Pid::from_raw(client_process.id() as i32), Signal::SIGKILL).unwrap();
+    client_process.wait().unwrap();
+    eprintln!(
+        "up to a running controller pod in {:.1}s; client SIGKILLed",
+        up_started.elapsed().as_secs_f64()
+    );
+
+    // A computation from inside the cluster (no port-forward, no dask-kube process):
+    // 30 tasks of 2 s, far above what no worker does in the 5 s target duration.
+    let load: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "load"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "load",
+                "image": "ghcr.io/dask/dask:latest",
+                "command": [
+                    "python",
+                    fixture("dask_client.py").to_str().unwrap(),
+                    "load",
+                    format!("tcp://{name}.{}:8786", ns.name),
+                    "30",
+                    "2",
+                ],
+            }],
+        },
+    }))
+    .unwrap();
+    let killed = Instant::now();
+    ns.pods()
+        .create(&PostParams::default(), &load)
+        .await
+        .unwrap();
+    let mut most = 0;
+    let load_phase = loop {
+        let running = ns.running_workers(&name).await;
+        if running > most {
+            most = running;
+            eprintln!(
+                "no client: {running} running workers {:.1}s after the kill",
+                killed.elapsed().as_secs_f64()
+            );
+        }
+        let phase = ns
+            .pods()
+            .get("load")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.phase)
+            .unwrap_or_default();
+        if matches!(phase.as_str(), "Succeeded" | "Failed") {
+            break phase;
+        }
+        assert!(
+            killed.elapsed() < common::WAIT * 2,
+            "the computation did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let computed = killed.elapsed();
+    let load_log = ns
+        .pods()
+        .logs("load", &Default::default())
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        load_phase, "Succeeded",
+        "the computation failed: {load_log}"
+    );
+    assert!(
+        most >= 2,
+        "the controller grew the cluster under load with no client (most running: {most})"
+    );
+    let shrunk = wait_for(
+        "the controller to shrink the cluster to 0 workers",
+        || async {
+            ns.pod_names(&format!(
+                "dask.org/cluster-name={name},dask.org/component=worker"
+            ))
+            .await
+            .is_empty()
+        },
+    )
+    .await;
+    let ended = wait_for("the idle cluster to end itself: no pod left", || async {
+        ns.pod_names(&format!("dask.org/cluster-name={name}"))
+            .await
+            .is_empty()
+    })
+    .await;
+    assert!(
+        ns.services()
+            .get_opt(&name)
+            .await
+            .unwrap()
+            .is_none_or(|s| s.metadata.deletion_timestamp.is_some()),
+        "the Service goes with the scheduler pod"
+    );
+    eprintln!(
+        "FIGURE adapt with no client: {most} workers under load, computation done {:.1}s after the kill, 0 workers {:.1}s later, idle timeout (30s) to 0 pods {:.1}s after that",
+        computed.as_secs_f64(),
+        shrunk.as_secs_f64(),
+        ended.as_secs_f64()
+    );
+    ns.delete().await;
+}
+
+/// `dask-kube adapt NAME` from any client replaces the controller's range, `--off`
+/// deletes the controller pod and leaves the workers; without rbac.yaml's controller
+/// account, `up --adapt` says why and adapts from its own process instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn adapt_from_any_client_changes_or_stops_the_controller() {
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-ctl").await;
+    let state = tempfile::tempdir().unwrap();
+    // No rbac.yaml yet: no controller account, so the detached supervisor adapts.
+    let first = json_of(&run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            &small_worker(),
+            "--adapt",
+            "0:2",
+            "--detach",
+        ],
+    ));
+    let first_name = first["name"].as_str().unwrap();
+    assert!(first["controller"].is_null(), "{first}");
+    let why = first["controller_unavailable"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("dask-kube-controller"),
+        "up says why the cluster has no controller pod: {first}"
+    );
+    assert!(
+        ns.pods()
+            .get_opt(&format!("{first_name}-controller"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        run(state.path(), &["-n", &ns.name, "down", first_name])
+            .status
+            .success()
+    );
+
+    common::apply_rbac(&ns.name);
+    let up = json_of(&run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            &small_worker(),
+            "--detach",
+        ],
+    ));
+    let name = up["name"].as_str().unwrap().to_owned();
+    let controller = format!("{name}-controller");
+    let adapt = run(
+        state.path(),
+        &["-n", &ns.name, "adapt", &name, "--min", "1", "--max", "2"],
+    );
+    assert!(adapt.status.success());
+    assert!(
+        String::from_utf8_lossy(&adapt.stderr).contains("in the cluster"),
+        "{}",
+        String::from_utf8_lossy(&adapt.stderr)
+    );
+    let args = |pod: Pod| -> Vec<String> {
+        pod.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap_or_default()
+    };
+    let pod = ns.pods().get(&controller).await.unwrap();
+    assert!(args(pod).windows(2).any(|w| w == ["--adapt", "1:2"]));
+    let grown = wait_for(
+        "the controller to start the minimum of 1 worker",
+        || async { ns.running_workers(&name).await == 1 },
+    )
+    .await;
+    // A new range replaces the pod.
+    assert!(
+        run(
+            state.path(),
+            &["-n", &ns.name, "adapt", &name, "--min", "1", "--max", "3"],
+        )
+        .status
+        .success()
+    );
+    let pod = ns.pods().get(&controller).await.unwrap();
+    assert!(args(pod).windows(2).any(|w| w == ["--adapt", "1:3"]));
+    // Off: no controller pod; the worker stays.
+    assert!(
+        run(state.path(), &["-n", &ns.name, "adapt", &name, "--off"])
+            .status
+            .success()
+    );
+    assert!(ns.pods().get_opt(&controller).await.unwrap().is_none());
+    assert_eq!(ns.running_workers(&name).await, 1);
+    eprintln!(
+        "FIGURE adapt from a client: controller started the minimum worker in {:.1}s",
+        grown.as_secs_f64()
+    );
+    assert!(
+        run(state.path(), &["-n", &ns.name, "down", &name])
+            .status
+            .success()
+    );
+    wait_for("zero pods after down", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
     ns.delete().await;
 }

@@ -400,6 +400,7 @@ class KubeCluster(Cluster):
         interval: Any = "1s",
         cooldown: Any = DEFAULT_COOLDOWN,
         max_scale_down_step: int | None = None,
+        in_cluster: bool = True,
         minimum_cores=None,
         maximum_cores=None,
         minimum_memory=None,
@@ -411,7 +412,11 @@ class KubeCluster(Cluster):
         scale-down after ``wait_count`` agreeing polls and ``cooldown`` after a change,
         retiring before deleting, lost workers replaced. ``target_duration`` sets the
         scheduler's ``distributed.adaptive.target-duration`` (lower asks for more workers).
-        ``maximum`` defaults to ``kubernetes.count.max``."""
+        ``maximum`` defaults to ``kubernetes.count.max``. With ``in_cluster`` (the default)
+        the cluster's controller pod adapts, so adapting goes on when this process ends or
+        sleeps (``shutdown_on_close=False``); where the namespace has no
+        ``dask-kube-controller`` ServiceAccount (``deploy/rbac.yaml``) this process adapts,
+        with a warning saying why."""
         if any(v is not None for v in (minimum_cores, maximum_cores, minimum_memory, maximum_memory)):
             raise TypeError("adapt by cores or memory is not supported; give worker counts")
         if kwargs:
@@ -426,20 +431,30 @@ class KubeCluster(Cluster):
             self.sync(self._set_target_duration, seconds) if not self.asynchronous else (
                 asyncio.ensure_future(self._set_target_duration(seconds))
             )
-        capped = self._native.adapt(
-            minimum,
-            maximum,
-            _seconds(interval, "interval"),
-            int(wait_count),
-            _seconds(cooldown, "cooldown"),
-            max_scale_down_step,
+        started = json.loads(
+            self._native.adapt(
+                minimum,
+                maximum,
+                _seconds(interval, "interval"),
+                int(wait_count),
+                _seconds(cooldown, "cooldown"),
+                max_scale_down_step,
+                bool(in_cluster),
+            )
         )
+        capped = started["capped"]
+        if started["controller_unavailable"]:
+            warnings.warn(
+                f"adapting from this process, which must stay alive: {started['controller_unavailable']}",
+                stacklevel=2,
+            )
         if capped:
             # kubernetes.count.max lowered the maximum: say so, as the CLI does on stderr.
             warnings.warn(capped, stacklevel=2)
             maximum = min(maximum, self._count_max_or(maximum))
         self._adaptive = _RustAdaptive(self, minimum, maximum)
-        self._log(f"adapting between {minimum} and {maximum} workers")
+        where = f"in the cluster (pod {started['controller']})" if started["controller"] else "from this process"
+        self._log(f"adapting between {minimum} and {maximum} workers {where}")
         return self._adaptive
 
     async def _set_target_duration(self, seconds: float) -> None:

@@ -73,6 +73,12 @@ pub async fn teardown<S: SchedulerApi>(
     grace_seconds: Option<u32>,
 ) -> CloseReport {
     let mut report = CloseReport::default();
+    if has_scheduler_pod {
+        // First, so its adapt loop does not replace the workers deleted below.
+        if let Err(e) = crate::controller::stop(api, name).await {
+            report.leftovers.push(e.to_string());
+        }
+    }
     let workers = match api
         .list_pods(&manifests::selector(name, labels::WORKER))
         .await
@@ -328,6 +334,7 @@ fn start_external(
         forwarders: Vec::new(),
         adapt: None,
         progress: builder.progress.clone().unwrap_or_else(|| Arc::new(|_| {})),
+        controller_image: settings.controller_image.clone(),
     })
 }
 
@@ -352,6 +359,9 @@ pub struct UpOptions {
     pub detach: Option<DetachOptions>,
     /// Bound on the awaited workers connecting.
     pub wait_timeout: Duration,
+    /// Adapt from this process (or its supervisor) even where the cluster's controller
+    /// pod could (`--adapt-here`).
+    pub adapt_here: bool,
 }
 
 impl Default for UpOptions {
@@ -361,6 +371,7 @@ impl Default for UpOptions {
             adapt: None,
             detach: None,
             wait_timeout: Duration::from_secs(300),
+            adapt_here: false,
         }
     }
 }
@@ -384,6 +395,12 @@ pub struct UpReport {
     pub ready_seconds: f64,
     /// The detached supervisor, when there is one.
     pub supervisor: Option<SupervisorState>,
+    /// The controller pod, when the cluster has one (it adapts, or ends the cluster after
+    /// the scheduler's idle timeout).
+    pub controller: Option<String>,
+    /// Why the cluster has no controller pod although adapting or an idle timeout wanted
+    /// one (this process or its supervisor adapts instead).
+    pub controller_unavailable: Option<String>,
 }
 
 /// How `up` ended.
@@ -424,6 +441,8 @@ where
     // Name and namespace are settled first, so an interrupted start knows what to delete.
     let (api, spec, settings, env) = builder.settle().await?;
     let name = spec.name.clone();
+    let ends_when_idle =
+        spec.external_scheduler.is_none() && manifests::has_idle_timeout(&spec.scheduler_options);
     let cluster = tokio::select! {
         c = builder.start_settled(api.clone(), spec, settings, env) => c?,
         reason = &mut *interrupt => {
@@ -434,11 +453,21 @@ where
     };
     let mut cluster = cluster;
     let (wanted, mut capped) = cap_count(requested, cluster.count_max());
+    let mut controller = None;
+    let mut controller_unavailable = None;
     let prepared = async {
         if let Some(n) = options.workers {
             cluster.scale(n).await?;
         }
+        // The controller pod takes adapting over once the minimum is up (the minimum is
+        // started and awaited here, as with a supervisor); with an idle timeout and no
+        // adapting it only ends the cluster.
+        let controller_adapts = options.adapt.is_some() && !options.adapt_here;
+        let wants_controller = controller_adapts || (options.adapt.is_none() && ends_when_idle);
         match (&options.adapt, &options.detach) {
+            (Some(p), _) if controller_adapts => {
+                cluster.scale(p.minimum as usize).await?;
+            }
             (Some(p), None) => {
                 if let Some(cap) = cluster.adapt_with(p.clone())? {
                     capped = Some(cap);
@@ -457,6 +486,33 @@ where
             cluster
                 .wait_for_workers(wanted, options.wait_timeout)
                 .await?;
+        }
+        if wants_controller {
+            let policy = options.adapt.as_ref().filter(|_| controller_adapts);
+            match cluster.start_controller(policy).await {
+                Ok(cap) => {
+                    capped = cap.or(capped);
+                    controller = Some(crate::controller::pod_name(cluster.name()));
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    match (policy, &options.detach) {
+                        (Some(p), None) => {
+                            warn!(reason = %why, "no controller pod; adapting from this process (it stops when this process does)");
+                            if let Some(cap) = cluster.adapt_with(p.clone())? {
+                                capped = Some(cap);
+                            }
+                        }
+                        (Some(_), Some(_)) => {
+                            warn!(reason = %why, "no controller pod; the detached supervisor adapts");
+                        }
+                        (None, _) => {
+                            warn!(reason = %why, "no controller pod: after its idle timeout the scheduler ends, but its pods stay until `dask-kube down`")
+                        }
+                    }
+                    controller_unavailable = Some(why);
+                }
+            }
         }
         Ok::<(), Error>(())
     };
@@ -503,6 +559,8 @@ where
         capped,
         ready_seconds: started.elapsed().as_secs_f64(),
         supervisor: None,
+        controller,
+        controller_unavailable,
     };
     let Some(detach) = options.detach else {
         return Ok(UpOutcome::Running(Box::new(cluster), report));
@@ -521,7 +579,9 @@ where
         "--dashboard-port".into(),
         dashboard_port.to_string(),
     ];
-    if let Some(policy) = &options.adapt {
+    if let Some(policy) = &options.adapt
+        && report.controller.is_none()
+    {
         args.extend(supervisor::adapt_args(policy));
     }
     let log = detach.state_dir.log_file(&report.namespace, &report.name);

@@ -134,6 +134,8 @@ pub struct KubeCluster {
     forwarders: Vec<LocalForwarder>,
     adapt: Option<AdaptHandle>,
     progress: ProgressFn,
+    /// `kubernetes.controller-image`.
+    controller_image: String,
 }
 
 impl KubeCluster {
@@ -284,6 +286,7 @@ impl KubeCluster {
             forwarders: connected.forwarders,
             adapt: None,
             progress,
+            controller_image: settings.controller_image.clone(),
         })
     }
 
@@ -372,6 +375,53 @@ impl KubeCluster {
             task: Some(task),
         });
         Ok(capped)
+    }
+
+    /// Hands the cluster to its controller pod ([`crate::controller`]): adapting with
+    /// `policy` (capped by `kubernetes.count.max`) or, with `None`, only deleting the
+    /// cluster when its scheduler ends. Replaces a controller pod already there; stops this
+    /// process's adapt loop once the pod exists. Fails (and this process keeps adapting, if
+    /// it did) when the namespace does not allow it, e.g. without the `dask-kube-controller`
+    /// ServiceAccount of `deploy/rbac.yaml`. Returns the cap when one applied.
+    pub async fn start_controller(
+        &mut self,
+        policy: Option<&AdaptPolicy>,
+    ) -> Result<Option<CountCap>> {
+        let owner = self.owner.clone().ok_or_else(|| {
+            Error::Usage("a cluster with an external scheduler has no controller pod".into())
+        })?;
+        let (policy, capped) = match policy {
+            Some(p) if p.minimum > p.maximum => {
+                return Err(Error::Usage(format!(
+                    "adapt minimum {} is above maximum {}",
+                    p.minimum, p.maximum
+                )));
+            }
+            Some(p) => {
+                let (policy, capped) = self.scaler.capped_policy(p.clone());
+                (Some(policy), capped)
+            }
+            None => (None, None),
+        };
+        let namespace = self.namespace().to_owned();
+        crate::controller::start(
+            self.scaler.api(),
+            &crate::controller::ControllerSpec {
+                cluster: &self.name,
+                namespace: &namespace,
+                owner: &owner,
+                adapt: policy.as_ref(),
+                image: &self.controller_image,
+            },
+        )
+        .await?;
+        self.stop_adapting().await?;
+        Ok(capped)
+    }
+
+    /// Deletes the controller pod (adapting in the cluster stops; the cluster stays).
+    pub async fn stop_controller(&self) -> Result<()> {
+        crate::controller::stop(self.scaler.api(), &self.name).await
     }
 
     /// Stops adapting, if it was.

@@ -25,6 +25,7 @@ pub struct KubeClusterBuilder {
     pub(crate) scheduler_options: Vec<String>,
     pub(crate) external_scheduler: Option<String>,
     pub(crate) adaptive_target_duration: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
     pub(crate) defaults: WorkerDefaults,
     pub(crate) config: Option<DaskConfig>,
     pub(crate) client: Option<(kube::Client, String, String)>,
@@ -81,6 +82,14 @@ impl KubeClusterBuilder {
     /// for. Dask's default is 5 s; default here: the Dask config's value, if set.
     pub fn adaptive_target_duration(mut self, duration: impl Into<String>) -> Self {
         self.adaptive_target_duration = Some(duration.into());
+        self
+    }
+    /// The scheduler's `--idle-timeout` (`30m`, `3600s`): with no client and no work for
+    /// that long the scheduler ends, and with it the cluster (its controller pod deletes
+    /// the scheduler pod; the garbage collector the rest). Default: `kubernetes.idle-timeout`,
+    /// else off, as in Dask.
+    pub fn idle_timeout(mut self, timeout: impl Into<String>) -> Self {
+        self.idle_timeout = Some(timeout.into());
         self
     }
     /// Use a scheduler that already runs elsewhere (no scheduler pod).
@@ -222,13 +231,26 @@ pub(crate) fn resolve_spec(b: &KubeClusterBuilder, settings: &KubeSettings) -> R
         crate::manifests::validate_timedelta(duration)
             .map_err(|reason| Error::Usage(format!("adaptive target duration: {reason}")))?;
     }
+    let mut scheduler_options = b.scheduler_options.clone();
+    let idle_timeout = b
+        .idle_timeout
+        .clone()
+        .or_else(|| settings.idle_timeout.clone());
+    if let Some(timeout) = idle_timeout {
+        crate::manifests::validate_timedelta(&timeout)
+            .map_err(|reason| Error::Usage(format!("idle timeout: {reason}")))?;
+        // An explicit scheduler option wins over the setting.
+        if !crate::manifests::has_idle_timeout(&scheduler_options) {
+            scheduler_options.extend(["--idle-timeout".to_owned(), timeout]);
+        }
+    }
     Ok(ClusterSpec {
         name,
         namespace,
         user: names::user_label(&vars.user),
         worker,
         scheduler,
-        scheduler_options: b.scheduler_options.clone(),
+        scheduler_options,
         defaults: b.defaults.clone(),
         external_scheduler: b.external_scheduler.clone(),
         adaptive_target_duration,

@@ -1,0 +1,334 @@
+//! The cluster's own controller: a pod per cluster that adapts it and ends it, so neither
+//! needs a client process. `dask-kube controller NAME` runs in it, under the
+//! `dask-kube-controller` ServiceAccount of `deploy/rbac.yaml` (pods only: no Services, no
+//! port-forward, since it reaches the scheduler through the Service from inside).
+//!
+//! Why a pod of its own and not a container in the scheduler pod: a ServiceAccount is per
+//! pod, so a sidecar would hand the controller's token to the scheduler (or the scheduler's
+//! lack of one to the controller); and a pod can be replaced when the adapt range changes,
+//! which a container of a running pod cannot. It is owned by the scheduler pod like every
+//! other object of the cluster, so it goes when the cluster goes.
+//!
+//! It does two things: the adapt loop (when started with a range), and, when the scheduler
+//! ends (its `--idle-timeout`, or any exit: the scheduler pod is `restartPolicy: Never`),
+//! deleting the scheduler pod, after which the garbage collector removes the rest,
+//! the controller included.
+
+use crate::adapt::AdaptPolicy;
+use crate::cluster::{Access, KubeCluster};
+use crate::kube_ops::ClusterApi;
+use crate::manifests::{self, APP_LABEL, Owner};
+use crate::{Error, Result};
+use dask_worker_spec::labels;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// `dask.org/component` of the controller pod.
+pub const COMPONENT: &str = "controller";
+/// The ServiceAccount the controller runs as (`deploy/rbac.yaml`).
+pub const SERVICE_ACCOUNT: &str = "dask-kube-controller";
+/// The controller image unless `kubernetes.controller-image` says otherwise: this build's
+/// own version of dask-kube.
+pub const DEFAULT_IMAGE: &str =
+    concat!("ghcr.io/dask-on-k8s/dask-kube:", env!("CARGO_PKG_VERSION"));
+/// Time between looks at the scheduler pod.
+const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The controller pod of cluster `cluster`.
+pub fn pod_name(cluster: &str) -> String {
+    format!("{cluster}-controller")
+}
+
+/// What the controller pod is made of.
+#[derive(Debug, Clone)]
+pub struct ControllerSpec<'a> {
+    /// Cluster name.
+    pub cluster: &'a str,
+    /// Namespace.
+    pub namespace: &'a str,
+    /// The scheduler pod.
+    pub owner: &'a Owner,
+    /// Adapt with this policy; `None`: only end the cluster when its scheduler ends.
+    pub adapt: Option<&'a AdaptPolicy>,
+    /// The dask-kube image.
+    pub image: &'a str,
+}
+
+/// The controller pod manifest (pure): `dask-kube controller NAME [--adapt MIN:MAX ...]`,
+/// small requests, `restartPolicy: OnFailure` (a crash restarts it; it exits 0 once the
+/// cluster is gone), owned by the scheduler pod.
+pub fn controller_pod(spec: &ControllerSpec<'_>) -> Value {
+    let mut args = vec![
+        "--namespace".to_owned(),
+        spec.namespace.to_owned(),
+        "controller".to_owned(),
+        spec.cluster.to_owned(),
+    ];
+    if let Some(policy) = spec.adapt {
+        args.extend(crate::supervisor::adapt_args(policy));
+    }
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(spec.cluster),
+            "namespace": spec.namespace,
+            "labels": {
+                labels::CLUSTER_NAME: spec.cluster,
+                labels::COMPONENT: COMPONENT,
+                APP_LABEL.0: APP_LABEL.1,
+            },
+        },
+        "spec": {
+            "serviceAccountName": SERVICE_ACCOUNT,
+            "restartPolicy": "OnFailure",
+            "containers": [{
+                "name": COMPONENT,
+                "image": spec.image,
+                "args": args,
+                "env": [{"name": "RUST_LOG", "value": "info"}],
+                "resources": {
+                    "requests": {"cpu": "10m", "memory": "16Mi"},
+                    "limits": {"memory": "128Mi"},
+                },
+            }],
+        },
+    });
+    manifests::set_owner(&mut pod, spec.owner);
+    pod
+}
+
+/// Creates the controller pod of a cluster, replacing the one there (a new adapt range).
+/// Fails when the namespace does not allow it, e.g. no `dask-kube-controller`
+/// ServiceAccount: the API server refuses the pod.
+pub async fn start(api: &ClusterApi, spec: &ControllerSpec<'_>) -> Result<()> {
+    stop(api, spec.cluster).await?;
+    let pod = manifests::to_pod(controller_pod(spec))?;
+    api.create_pod(&pod).await.map_err(|e| match e {
+        // The ServiceAccount admission plugin refuses a pod whose account does not exist
+        // with a 403 that is not about the caller's permissions: say what is missing.
+        Error::Forbidden { message, .. }
+            if message.contains("error looking up service account") =>
+        {
+            Error::Usage(format!(
+                "namespace {} has no ServiceAccount {SERVICE_ACCOUNT} for the controller pod \
+                 (apply crates/dask-kube/deploy/rbac.yaml there)",
+                spec.namespace
+            ))
+        }
+        other => other,
+    })?;
+    info!(cluster = %spec.cluster, adapt = ?spec.adapt.map(|p| (p.minimum, p.maximum)), "controller pod created");
+    Ok(())
+}
+
+/// Deletes the controller pod of a cluster (if any) and waits until it is gone, so that
+/// its adapt loop no longer acts.
+pub async fn stop(api: &ClusterApi, cluster: &str) -> Result<()> {
+    let name = pod_name(cluster);
+    let report = api.delete_pods(std::slice::from_ref(&name), Some(0)).await;
+    if let Some(failure) = report.failed.into_iter().next() {
+        return Err(Error::Partial {
+            action: format!("delete the controller pod {name}"),
+            done: 0,
+            wanted: 1,
+            failures: vec![failure],
+        });
+    }
+    let selector = format!(
+        "{}={cluster},{}={COMPONENT}",
+        labels::CLUSTER_NAME,
+        labels::COMPONENT
+    );
+    let still = api
+        .wait_pods_gone(
+            &selector,
+            std::slice::from_ref(&name),
+            Duration::from_secs(60),
+        )
+        .await;
+    if still.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Timeout {
+            what: format!("the controller pod {name} to go"),
+            seconds: 60,
+        })
+    }
+}
+
+/// Whether the scheduler pod is done: phase `Succeeded`/`Failed` (an exit, with
+/// `restartPolicy: Never`), or gone.
+fn scheduler_ended(pod: Option<&k8s_openapi::api::core::v1::Pod>) -> Option<String> {
+    let Some(pod) = pod else {
+        return Some("the scheduler pod is gone".into());
+    };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Some("the scheduler pod is being deleted".into());
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+        .then(|| format!("the scheduler pod's phase is {}", phase.unwrap_or_default()))
+}
+
+/// `dask-kube controller NAME`: adapts (with `policy`) until the scheduler ends, then
+/// deletes the cluster; stops early (the cluster stays) when `stop` resolves (SIGTERM: the
+/// pod is being replaced or deleted).
+pub async fn run(
+    name: &str,
+    namespace: Option<&str>,
+    policy: Option<AdaptPolicy>,
+    stop: impl Future<Output = String>,
+) -> Result<()> {
+    let mut cluster = KubeCluster::connect(name, namespace, Access::Auto, 0, None).await?;
+    if let Some(policy) = policy {
+        if let Some(cap) = cluster.adapt_with(policy.clone())? {
+            warn!(%cap, "kubernetes.count.max caps the adapt range");
+        }
+        info!(cluster = %name, minimum = policy.minimum, maximum = policy.maximum, "adapting");
+    }
+    let api = cluster.api().clone();
+    tokio::pin!(stop);
+    let ended = loop {
+        tokio::select! {
+            signal = &mut stop => {
+                info!(%signal, cluster = %name, "stopping; the cluster stays");
+                return cluster.detach().await;
+            }
+            () = tokio::time::sleep(CHECK_INTERVAL) => {}
+        }
+        match api.get_pod(name).await {
+            Ok(pod) => {
+                if let Some(reason) = scheduler_ended(pod.as_ref()) {
+                    break reason;
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the scheduler pod; trying again"),
+        }
+    };
+    info!(cluster = %name, %ended, "the scheduler ended; deleting the cluster");
+    if let Err(e) = cluster.stop_adapting().await {
+        warn!(error = %e, "the adapt loop ended with an error");
+    }
+    // No retiring: the scheduler is gone. Not `teardown`, which deletes this pod first (and
+    // needs Services): only the scheduler pod, and the garbage collector takes the rest
+    // (the Service, the workers, this pod), all owned by it.
+    let deleted = api.delete_pods(&[name.to_owned()], Some(0)).await;
+    match deleted.failed.into_iter().next() {
+        None => Ok(()),
+        Some(failure) => Err(Error::Partial {
+            action: format!("delete the scheduler pod {name}"),
+            done: 0,
+            wanted: 1,
+            failures: vec![failure],
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Pod, PodStatus};
+    use rstest::rstest;
+
+    fn owner() -> Owner {
+        Owner {
+            name: "dask-ada-1".into(),
+            uid: "uid-1".into(),
+        }
+    }
+
+    #[test]
+    fn controller_pod_adapts_with_the_policy_under_its_own_service_account() {
+        let policy = AdaptPolicy::new(1, 5);
+        let pod = controller_pod(&ControllerSpec {
+            cluster: "dask-ada-1",
+            namespace: "team",
+            owner: &owner(),
+            adapt: Some(&policy),
+            image: DEFAULT_IMAGE,
+        });
+        assert_eq!(pod["metadata"]["name"], "dask-ada-1-controller");
+        assert_eq!(pod["metadata"]["labels"][labels::COMPONENT], COMPONENT);
+        assert_eq!(
+            pod["metadata"]["labels"][labels::CLUSTER_NAME],
+            "dask-ada-1"
+        );
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(pod["spec"]["serviceAccountName"], SERVICE_ACCOUNT);
+        assert_eq!(pod["spec"]["restartPolicy"], "OnFailure");
+        let args: Vec<&str> = pod["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            args[..4],
+            ["--namespace", "team", "controller", "dask-ada-1"]
+        );
+        assert_eq!(args[4..6], ["--adapt", "1:5"]);
+        // The pod parses as a Pod (what create_pod sends).
+        manifests::to_pod(pod).unwrap();
+    }
+
+    #[test]
+    fn controller_pod_without_a_range_only_watches_the_scheduler() {
+        let pod = controller_pod(&ControllerSpec {
+            cluster: "c",
+            namespace: "ns",
+            owner: &owner(),
+            adapt: None,
+            image: "example.org/dask-kube:1",
+        });
+        assert_eq!(
+            pod["spec"]["containers"][0]["args"],
+            json!(["--namespace", "ns", "controller", "c"])
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["image"],
+            "example.org/dask-kube:1"
+        );
+    }
+
+    fn pod_in(phase: &str, deleting: bool) -> Pod {
+        let mut pod = Pod {
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        if deleting {
+            pod.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
+        }
+        pod
+    }
+
+    #[rstest]
+    #[case::running("Running", false, false)]
+    #[case::pending("Pending", false, false)]
+    #[case::idle_timeout_exit("Succeeded", false, true)]
+    #[case::crashed("Failed", false, true)]
+    #[case::being_deleted("Running", true, true)]
+    fn scheduler_end_is_its_pod_finishing(
+        #[case] phase: &str,
+        #[case] deleting: bool,
+        #[case] ended: bool,
+    ) {
+        assert_eq!(
+            scheduler_ended(Some(&pod_in(phase, deleting))).is_some(),
+            ended
+        );
+    }
+
+    #[test]
+    fn a_gone_scheduler_pod_has_ended() {
+        assert!(scheduler_ended(None).is_some());
+    }
+}
