@@ -297,6 +297,30 @@ pub fn map_kube_error(error: kube::Error, at: &CallSite<'_>) -> Error {
     }
 }
 
+/// A 403 as [`Error::Forbidden`] for a call that has no [`CallSite`] (a port-forward
+/// upgrade): verb, resource and namespace from the server's message, else the given ones.
+pub fn forbidden(error: &kube::Error, verb: &str, resource: &str) -> Option<Error> {
+    let kube::Error::Api(status) = error else {
+        return None;
+    };
+    if status.code != 403 {
+        return None;
+    }
+    let (verb, resource) = forbidden_verb_resource(&status.message)
+        .unwrap_or_else(|| (verb.to_owned(), resource.to_owned()));
+    let namespace = status
+        .message
+        .split_once("in the namespace \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or_else(String::new, |(ns, _)| ns.to_owned());
+    Some(Error::Forbidden {
+        verb,
+        resource,
+        namespace,
+        message: status.message.clone(),
+    })
+}
+
 /// `(verb, resource)` from an RBAC message: `... cannot create resource "services" ...`
 /// (with `/subresource` when the message names one).
 fn forbidden_verb_resource(message: &str) -> Option<(String, String)> {
@@ -835,14 +859,6 @@ impl ClusterApi {
         }
     }
 
-    /// Gets the Service; `None` when it does not exist.
-    pub async fn get_service(&self, name: &str) -> Result<Option<Service>> {
-        let services = self.services();
-        with_retry("get service", &self.answered, || services.get_opt(name))
-            .await
-            .map_err(|e| map_kube_error(e, &self.at("get", "services")))
-    }
-
     /// Sets the supervisor's annotations on the scheduler pod by server-side apply; an
     /// empty map removes the ones it set before.
     pub async fn apply_supervisor_annotations(
@@ -888,17 +904,19 @@ impl ClusterApi {
     ) -> Result<Option<Pod>> {
         match tokio::time::timeout(timeout, await_condition(self.pods(), name, cond)).await {
             Ok(Ok(pod)) => Ok(pod),
-            Ok(Err(e)) => Err(Error::Kube {
-                action: format!("watch pod {name} in namespace {}", self.namespace),
-                source: Box::new(match e {
+            // A 403 names the verb the server checked (`list` for the watcher's first
+            // list, `watch` after), as every other call's does.
+            Ok(Err(e)) => Err(map_kube_error(
+                match e {
                     kube::runtime::wait::Error::ProbeFailed(w) => match w {
                         kube::runtime::watcher::Error::InitialListFailed(e)
                         | kube::runtime::watcher::Error::WatchStartFailed(e)
                         | kube::runtime::watcher::Error::WatchFailed(e) => e,
                         other => kube::Error::Service(Box::new(other)),
                     },
-                }),
-            }),
+                },
+                &self.at("watch", "pods"),
+            )),
             Err(_) => Err(Error::Timeout {
                 what: what.to_owned(),
                 seconds: timeout.as_secs(),
@@ -1446,6 +1464,31 @@ pub(crate) mod tests {
         assert_eq!(
             forbidden_verb_resource(message),
             expected.map(|(v, r)| (v.to_owned(), r.to_owned()))
+        );
+    }
+
+    #[rstest::rstest]
+    #[case::portforward_rbac(403, "pods \"s\" is forbidden: User \"u\" cannot get resource \"pods/portforward\" in API group \"\" in the namespace \"team\"", Some(("get", "pods/portforward", "team")))]
+    #[case::unparsed_403_keeps_the_call(403, "forbidden by a webhook", Some(("create", "pods/portforward", "")))]
+    #[case::not_403(404, "pods \"s\" not found", None)]
+    fn a_port_forward_403_names_the_permission(
+        #[case] code: u16,
+        #[case] message: &str,
+        #[case] expected: Option<(&str, &str, &str)>,
+    ) {
+        let got =
+            forbidden(&api_error(code, message), "create", "pods/portforward").map(|e| match e {
+                Error::Forbidden {
+                    verb,
+                    resource,
+                    namespace,
+                    ..
+                } => (verb, resource, namespace),
+                other => panic!("{other}"),
+            });
+        assert_eq!(
+            got,
+            expected.map(|(v, r, n)| (v.to_owned(), r.to_owned(), n.to_owned()))
         );
     }
 

@@ -1165,3 +1165,254 @@ async fn adapt_from_any_client_changes_or_stops_the_controller() {
     .await;
     ns.delete().await;
 }
+
+/// `text` without terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The rules of the `dask-kube` Role in deploy/rbac.yaml, one (resource, verb) each.
+const DASK_KUBE_RULES: &[(&str, &str)] = &[
+    ("pods", "create"),
+    ("pods", "delete"),
+    ("pods", "get"),
+    ("pods", "list"),
+    ("pods", "watch"),
+    ("pods", "patch"),
+    ("pods/log", "get"),
+    ("pods/portforward", "get"),
+    ("pods/portforward", "create"),
+    ("services", "create"),
+    ("services", "patch"),
+    ("services", "delete"),
+];
+
+/// Issue 9 §4, least privilege proven: for each rule of the `dask-kube` Role, the whole
+/// life cycle from outside the cluster (up --detach, scale up, list, logs, scale down
+/// retiring, down) runs as the ServiceAccount with that one verb removed. Some step must
+/// fail (else the rule is not needed and must go), and its error must name the verb and the
+/// resource. Nothing here has cluster scope: the ServiceAccount has only the namespaced Role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn every_rule_of_rbac_yaml_is_needed_and_its_absence_is_named() {
+    use k8s_openapi::api::rbac::v1::Role;
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-rules").await;
+    common::apply_rbac(&ns.name);
+    let roles: kube::Api<Role> = kube::Api::namespaced(kube.clone(), &ns.name);
+    let full = roles.get("dask-kube").await.unwrap();
+    let full_rules = full.rules.clone().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let sa = common::service_account_kubeconfig(&kube, &ns.name, "dask-kube", state.path()).await;
+    let granted: std::collections::BTreeSet<(String, String)> = full_rules
+        .iter()
+        .flat_map(|r| {
+            r.resources
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(move |res| r.verbs.iter().map(move |v| (res.clone(), v.clone())))
+        })
+        .collect();
+    let listed: std::collections::BTreeSet<(String, String)> = DASK_KUBE_RULES
+        .iter()
+        .map(|(r, v)| ((*r).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(granted, listed, "the test covers every rule of rbac.yaml");
+
+    // kubectl auth can-i as the ServiceAccount: RBAC changes reach the authorizer through
+    // an informer, so wait until the removal is in effect.
+    let can = |resource: &str, verb: &str| {
+        let (res, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let mut args = vec![
+            "auth".to_owned(),
+            "can-i".into(),
+            verb.into(),
+            res.into(),
+            "-n".into(),
+            ns.name.clone(),
+            format!("--as=system:serviceaccount:{}:dask-kube", ns.name),
+        ];
+        if !sub.is_empty() {
+            args.push(format!("--subresource={sub}"));
+        }
+        let out = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", common::kubeconfig())
+            .args(&args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let as_sa = |args: &[&str]| {
+        let out = dask_kube(state.path())
+            .env("KUBECONFIG", &sa)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The life cycle; returns the first step that failed, with its stderr.
+    let life_cycle = || {
+        let (ok, stdout, stderr) = as_sa(&[
+            "-o",
+            "json",
+            "up",
+            "-f",
+            &small_worker(),
+            "--workers",
+            "0",
+            "--detach",
+        ]);
+        if !ok {
+            return (None, Some(("up --detach".to_owned(), stderr)));
+        }
+        let up: Value = serde_json::from_str(&stdout).unwrap();
+        let name = up["name"].as_str().unwrap().to_owned();
+        // `list` shows who holds the cluster's address (the supervisor records itself on
+        // the scheduler pod); when it could not, its log says why.
+        let (ok, stdout, stderr) = as_sa(&["-o", "json", "list"]);
+        if !ok {
+            return (Some(name), Some(("list".to_owned(), stderr)));
+        }
+        let rows: Value = serde_json::from_str(&stdout).unwrap();
+        let recorded = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == name.as_str() && !r["supervisor"].is_null());
+        if !recorded {
+            let log = std::fs::read_to_string(up["log"].as_str().unwrap()).unwrap_or_default();
+            return (
+                Some(name),
+                Some(("list shows the supervisor".to_owned(), log)),
+            );
+        }
+        let steps: [(&str, Vec<&str>); 4] = [
+            ("scale 1 (up)", vec!["scale", &name, "1", "--wait", "120"]),
+            ("logs", vec!["logs", &name]),
+            ("scale 0 (retire, delete)", vec!["scale", &name, "0"]),
+            ("down", vec!["down", &name]),
+        ];
+        for (step, args) in steps {
+            let (ok, _, stderr) = as_sa(&args);
+            if !ok {
+                return (Some(name.clone()), Some((step.to_owned(), stderr)));
+            }
+        }
+        (Some(name.clone()), None)
+    };
+    let clean_up = |name: Option<String>| async {
+        if let Some(name) = name {
+            // As the admin, with the same state dir: stops the supervisor too.
+            let _ = run(state.path(), &["-n", &ns.name, "down", &name]);
+        }
+        // A start that failed and could not delete what it made (the point of some cases).
+        let _ = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", common::kubeconfig())
+            .args([
+                "delete",
+                "pods,services",
+                "-l",
+                "app=dask",
+                "-n",
+                &ns.name,
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ])
+            .output();
+        wait_for("no pod left between cases", || async {
+            ns.pod_names("app=dask").await.is_empty()
+        })
+        .await;
+    };
+
+    let (name, failed) = life_cycle();
+    assert!(
+        failed.is_none(),
+        "with every rule the life cycle passes: {failed:?}"
+    );
+    clean_up(name).await;
+
+    let mut table = Vec::new();
+    for (resource, verb) in DASK_KUBE_RULES {
+        let rules: Vec<_> = full_rules
+            .iter()
+            .cloned()
+            .filter_map(|mut r| {
+                if r.resources.as_deref() == Some(&[(*resource).to_owned()][..]) {
+                    r.verbs.retain(|v| v != verb);
+                }
+                (!r.verbs.is_empty()).then_some(r)
+            })
+            .collect();
+        let mut role = full.clone();
+        role.metadata.resource_version = None;
+        role.metadata.managed_fields = None;
+        role.rules = Some(rules);
+        roles
+            .replace("dask-kube", &PostParams::default(), &role)
+            .await
+            .unwrap();
+        wait_for("the removed rule to take effect", || async {
+            !can(resource, verb)
+        })
+        .await;
+
+        let (name, failed) = life_cycle();
+        if let Some((step, stderr)) = &failed {
+            eprintln!(
+                "without {verb} {resource}: `{step}` failed: {}",
+                stderr.lines().last().unwrap_or_default()
+            );
+        }
+        clean_up(name).await;
+        let (step, stderr) = failed.unwrap_or_else(|| {
+            panic!("without {verb} {resource} every step passed: the rule is not needed, remove it from rbac.yaml")
+        });
+        let stderr = strip_ansi(&stderr);
+        let said = stderr
+            .lines()
+            .find(|l| l.contains("lacks permission"))
+            .unwrap_or_else(|| panic!("without {verb} {resource}, `{step}` failed without naming a permission: {stderr}"))
+            .trim()
+            .to_owned();
+        assert!(
+            said.contains(&format!("{verb} {resource}")),
+            "without {verb} {resource}, `{step}` must name them: {said}"
+        );
+        table.push(format!("{verb:>6} {resource:<17} -> {step}: {said}"));
+    }
+    roles
+        .replace("dask-kube", &PostParams::default(), &{
+            let mut r = full.clone();
+            r.metadata.resource_version = None;
+            r.metadata.managed_fields = None;
+            r
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "FIGURE rbac.yaml, one rule removed at a time:\n{}",
+        table.join("\n")
+    );
+    ns.delete().await;
+}

@@ -142,6 +142,11 @@ async fn notebook_pod_runs_the_life_cycle_and_computes_through_the_service() {
         logs_lines > 0,
         "dask-kube logs printed the pods' logs: {log}"
     );
+    assert_eq!(
+        marked(&log, "ADAPTED"),
+        Some("1"),
+        "`dask-kube adapt` from the pod: the controller pod shrank the idle cluster to its minimum: {log}"
+    );
     assert_eq!(marked(&log, "DOWN"), Some(name), "{log}");
     wait_for("the cluster's pods to go", || async {
         ns.pod_names(&format!("dask.org/cluster-name={name}"))
