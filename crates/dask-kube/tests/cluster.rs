@@ -1312,9 +1312,13 @@ async fn every_rule_of_rbac_yaml_is_needed_and_its_absence_is_named() {
             ("down", vec!["down", &name]),
         ];
         for (step, args) in steps {
-            let (ok, _, stderr) = as_sa(&args);
+            let (ok, stdout, stderr) = as_sa(&args);
             if !ok {
-                return (Some(name.clone()), Some((step.to_owned(), stderr)));
+                // What the user sees: `down` reports what it could not delete on stdout.
+                return (
+                    Some(name.clone()),
+                    Some((step.to_owned(), stdout + &stderr)),
+                );
             }
         }
         (Some(name.clone()), None)
