@@ -948,6 +948,11 @@ impl ClusterApi {
                         return Vec::new();
                     }
                 }
+                // Waiting cannot grant a permission: report them as not seen gone now.
+                Err(e @ Error::Forbidden { .. }) => {
+                    warn!(error = %e, "cannot check which pods are gone");
+                    return left.into_iter().collect();
+                }
                 Err(e) => warn!(error = %e, "cannot check which pods are gone"),
             }
             if Instant::now() >= deadline {
@@ -1343,6 +1348,30 @@ pub(crate) mod tests {
         let err = report.into_result("create workers").unwrap_err();
         assert_eq!(err.exit_code(), crate::error::exit::PARTIAL);
         assert!(err.to_string().contains("2 of 3 done"), "{err}");
+    }
+
+    /// Without `list pods` nothing can be seen gone, and waiting will not change that: the
+    /// wait returns at once (it waited out its whole timeout before, 2 minutes in `up`'s
+    /// cleanup) with every pod reported as not seen gone.
+    #[tokio::test]
+    async fn waiting_for_pods_to_go_stops_at_a_forbidden_list() {
+        let (client, mut handle) = mock_client();
+        let api = ClusterApi::new(client, "team", "https://127.0.0.1:6443");
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::GET);
+            send.send_response(status(403, "Forbidden", "pods is forbidden: User \"system:serviceaccount:team:x\" cannot list resource \"pods\"", json!({"kind": "pods"})));
+            handle
+        });
+        let names = vec!["a".to_owned(), "b".to_owned()];
+        let left = tokio::time::timeout(
+            Duration::from_secs(30),
+            api.wait_pods_gone("dask.org/cluster-name=c", &names, Duration::from_secs(3600)),
+        )
+        .await
+        .expect("returns at the first forbidden list, not after its timeout");
+        let _handle = server.await.unwrap();
+        assert_eq!(left, names);
     }
 
     #[tokio::test]
