@@ -1420,3 +1420,213 @@ async fn every_rule_of_rbac_yaml_is_needed_and_its_absence_is_named() {
     );
     ns.delete().await;
 }
+
+/// The rules of the `dask-kube-controller` Role in deploy/rbac.yaml, one (resource, verb) each.
+const CONTROLLER_RULES: &[(&str, &str)] = &[
+    ("pods", "create"),
+    ("pods", "delete"),
+    ("pods", "get"),
+    ("pods", "list"),
+];
+
+/// `kubectl auth can-i VERB RESOURCE` as ServiceAccount `sa` of `ns`.
+fn service_account_can(ns: &str, sa: &str, resource: &str, verb: &str) -> bool {
+    let out = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", common::kubeconfig())
+        .args([
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            "-n",
+            ns,
+            &format!("--as=system:serviceaccount:{ns}:{sa}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// Polls `cond` for at most `wait`; whether it held.
+async fn holds_within<F, Fut>(wait: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + wait;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What the controller pod must do on its own: start the minimum worker of `adapt --min 1`,
+/// then remove it after `adapt --min 0` (a new controller pod). Run as the admin: only the
+/// controller's permissions are under test. Returns the cluster and the first step the
+/// controller did not do within `wait`.
+async fn controller_scenario(
+    ns: &TestNamespace,
+    state: &std::path::Path,
+    wait: Duration,
+) -> (String, Option<&'static str>) {
+    let up = json_of(&run(
+        state,
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            &small_worker(),
+            "--detach",
+        ],
+    ));
+    let name = up["name"].as_str().unwrap().to_owned();
+    let adapt = |min: &str| {
+        let out = run(
+            state,
+            &[
+                "-n",
+                &ns.name,
+                "adapt",
+                &name,
+                "--min",
+                min,
+                "--max",
+                "1",
+                "--cooldown",
+                "0",
+                "--wait-count",
+                "1",
+            ],
+        );
+        assert!(out.status.success(), "adapt --min {min}");
+    };
+    adapt("1");
+    if !holds_within(wait, || async { ns.running_workers(&name).await == 1 }).await {
+        return (name, Some("start the minimum worker"));
+    }
+    adapt("0");
+    let workers = format!("dask.org/cluster-name={name},dask.org/component=worker");
+    if !holds_within(wait, || async { ns.pod_names(&workers).await.is_empty() }).await {
+        return (name, Some("remove the idle worker"));
+    }
+    (name, None)
+}
+
+/// Issue 9 §4 for the controller's own Role (pods only): with each rule removed in turn,
+/// the controller pod fails to do one step of adapting, and its log names the verb and the
+/// resource it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn every_rule_of_the_controller_role_is_needed_and_its_absence_is_logged() {
+    use k8s_openapi::api::rbac::v1::Role;
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-ctlrules").await;
+    common::apply_rbac(&ns.name);
+    let sa = dask_kube::controller::SERVICE_ACCOUNT;
+    let roles: kube::Api<Role> = kube::Api::namespaced(kube.clone(), &ns.name);
+    let full = roles.get(sa).await.unwrap();
+    let full_rules = full.rules.clone().unwrap();
+    let granted: std::collections::BTreeSet<(String, String)> = full_rules
+        .iter()
+        .flat_map(|r| {
+            r.resources
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(move |res| r.verbs.iter().map(move |v| (res.clone(), v.clone())))
+        })
+        .collect();
+    let listed: std::collections::BTreeSet<(String, String)> = CONTROLLER_RULES
+        .iter()
+        .map(|(r, v)| ((*r).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(granted, listed, "the test covers every rule of the Role");
+    let state = tempfile::tempdir().unwrap();
+    let (ns_ref, state_dir) = (&ns, state.path());
+    let clean_up = |name: String| async move {
+        let ns = ns_ref;
+        let _ = run(state_dir, &["-n", &ns.name, "down", &name]);
+        wait_for("no pod left between cases", || async {
+            ns.pod_names("app=dask").await.is_empty()
+        })
+        .await;
+    };
+
+    let (name, failed) = controller_scenario(&ns, state.path(), common::WAIT).await;
+    assert_eq!(failed, None, "with every rule the controller adapts");
+    clean_up(name).await;
+
+    let mut table = Vec::new();
+    for (resource, verb) in CONTROLLER_RULES {
+        let mut role = full.clone();
+        role.metadata.resource_version = None;
+        role.metadata.managed_fields = None;
+        role.rules = Some(
+            full_rules
+                .iter()
+                .cloned()
+                .filter_map(|mut r| {
+                    if r.resources.as_deref() == Some(&[(*resource).to_owned()][..]) {
+                        r.verbs.retain(|v| v != verb);
+                    }
+                    (!r.verbs.is_empty()).then_some(r)
+                })
+                .collect(),
+        );
+        roles
+            .replace(sa, &PostParams::default(), &role)
+            .await
+            .unwrap();
+        wait_for("the removed rule to take effect", || async {
+            !service_account_can(&ns.name, sa, resource, verb)
+        })
+        .await;
+
+        let (name, failed) = controller_scenario(&ns, state.path(), Duration::from_secs(40)).await;
+        let controller = format!("{name}-controller");
+        let log = strip_ansi(
+            &ns.pods()
+                .logs(&controller, &Default::default())
+                .await
+                .unwrap_or_default(),
+        );
+        clean_up(name).await;
+        let step = failed.unwrap_or_else(|| {
+            panic!("without {verb} {resource} the controller still adapted: the rule is not needed, remove it from rbac.yaml")
+        });
+        let said = log
+            .lines()
+            .find(|l| l.contains("lacks permission"))
+            .unwrap_or_else(|| {
+                panic!("without {verb} {resource}, the controller did not {step} and its log names no permission: {log}")
+            })
+            .trim()
+            .to_owned();
+        assert!(
+            said.contains(&format!("{verb} {resource}")),
+            "without {verb} {resource} the controller's log must name them: {said}"
+        );
+        table.push(format!("{verb:>6} {resource:<5} -> cannot {step}: {said}"));
+    }
+    let mut restored = full.clone();
+    restored.metadata.resource_version = None;
+    restored.metadata.managed_fields = None;
+    roles
+        .replace(sa, &PostParams::default(), &restored)
+        .await
+        .unwrap();
+    eprintln!(
+        "FIGURE rbac.yaml controller Role, one rule removed at a time:\n{}",
+        table.join("\n")
+    );
+    ns.delete().await;
+}
