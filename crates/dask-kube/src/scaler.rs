@@ -229,6 +229,15 @@ impl<S: SchedulerApi> Scaler<S> {
         report.retried += result.retried;
     }
 
+    /// The scheduler's workers, or none without asking when no pod runs.
+    async fn scheduler_workers(&self, any_running: bool) -> Result<Vec<SchedulerWorker>> {
+        if any_running {
+            self.scheduler.workers().await
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     /// Removes `n_remove` active workers from `pods`, retiring connected ones first.
     pub async fn scale_down(
         &self,
@@ -237,7 +246,11 @@ impl<S: SchedulerApi> Scaler<S> {
         force: bool,
         report: &mut ScaleReport,
     ) -> Result<()> {
-        let workers: Vec<SchedulerWorker> = match self.scheduler.workers().await {
+        // A worker connects only from a Running pod: with none, the scheduler has nothing to
+        // say and the round trip (a port-forward from outside) is skipped, which is what
+        // scaling down a thousand Pending pods waits on besides the deletes.
+        let any_running = pods.iter().any(|p| p.phase == PodPhase::Running);
+        let workers: Vec<SchedulerWorker> = match self.scheduler_workers(any_running).await {
             Ok(w) => w,
             Err(e) if force => {
                 warn!(error = %e, "scheduler unreachable; forced scale-down deletes without retiring");
@@ -496,6 +509,7 @@ mod tests {
         workers: Mutex<Vec<SchedulerWorker>>,
         retire_confirms: Mutex<Option<BTreeSet<String>>>,
         retire_calls: Mutex<Vec<Vec<String>>>,
+        workers_calls: Mutex<usize>,
     }
 
     impl SchedulerApi for FakeScheduler {
@@ -512,6 +526,7 @@ mod tests {
             })
         }
         async fn workers(&self) -> Result<Vec<SchedulerWorker>> {
+            *self.workers_calls.lock().unwrap() += 1;
             Ok(self.workers.lock().unwrap().clone())
         }
         async fn retire_workers(&self, addresses: &[String]) -> Result<BTreeSet<String>> {
@@ -614,6 +629,41 @@ mod tests {
         );
         assert_eq!(report.retired, vec!["c-worker-b".to_owned()]);
         assert!(report.not_retired.is_empty());
+    }
+
+    /// Pending pods hold no worker: scaling them down deletes them without asking the
+    /// scheduler (oldest kept, newest deleted first).
+    #[tokio::test]
+    async fn scaling_down_pending_pods_does_not_ask_the_scheduler() {
+        let (client, mut handle) = mock_client();
+        let fake = Arc::new(FakeScheduler::default());
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.unwrap();
+            send.send_response(ok_json(
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+                    pod_json("c-worker-p1", "Pending", "2026-01-01T00:00:01Z"),
+                    pod_json("c-worker-p2", "Pending", "2026-01-01T00:00:02Z"),
+                    pod_json("c-worker-p3", "Pending", "2026-01-01T00:00:03Z"),
+                ]}),
+            ));
+            let mut deleted = Vec::new();
+            for _ in 0..2 {
+                let (request, send) = handle.next_request().await.unwrap();
+                assert_eq!(request.method(), http::Method::DELETE);
+                let name = request.uri().path().rsplit('/').next().unwrap().to_owned();
+                send.send_response(ok_json(pod_json(&name, "Pending", "2026-01-01T00:00:01Z")));
+                deleted.push(name);
+            }
+            deleted.sort();
+            deleted
+        });
+        let report = within(scaler(client, fake.clone()).scale(1, false))
+            .await
+            .unwrap();
+        let deleted = server.await.unwrap();
+        assert_eq!(deleted, vec!["c-worker-p2", "c-worker-p3"]);
+        assert_eq!(report.deleted.len(), 2);
+        assert_eq!(*fake.workers_calls.lock().unwrap(), 0, "no scheduler call");
     }
 
     #[tokio::test]
