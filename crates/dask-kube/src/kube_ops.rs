@@ -264,18 +264,10 @@ pub struct CallSite<'a> {
 /// Turns an API error into this crate's error, by what it means to the user.
 pub fn map_kube_error(error: kube::Error, at: &CallSite<'_>) -> Error {
     let action = format!("{} {} in namespace {}", at.verb, at.resource, at.namespace);
+    if let Some(forbidden) = forbidden(&error, at.verb, at.resource, at.namespace) {
+        return forbidden;
+    }
     if let kube::Error::Api(status) = &error {
-        if status.code == 403 {
-            // The server names what it checked (an apply that creates checks `create`).
-            let (verb, resource) = forbidden_verb_resource(&status.message)
-                .unwrap_or_else(|| (at.verb.to_owned(), at.resource.to_owned()));
-            return Error::Forbidden {
-                verb,
-                resource,
-                namespace: at.namespace.to_owned(),
-                message: status.message.clone(),
-            };
-        }
         let about_namespace = status
             .details
             .as_ref()
@@ -297,9 +289,15 @@ pub fn map_kube_error(error: kube::Error, at: &CallSite<'_>) -> Error {
     }
 }
 
-/// A 403 as [`Error::Forbidden`] for a call that has no [`CallSite`] (a port-forward
-/// upgrade): verb, resource and namespace from the server's message, else the given ones.
-pub fn forbidden(error: &kube::Error, verb: &str, resource: &str) -> Option<Error> {
+/// A 403 as [`Error::Forbidden`], `None` for anything else. The server names what it
+/// checked (an apply that creates checks `create`); `verb` and `resource` (the call's) are
+/// the fallback. Also for calls without a [`CallSite`] (a port-forward upgrade).
+pub fn forbidden(
+    error: &kube::Error,
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+) -> Option<Error> {
     let kube::Error::Api(status) = error else {
         return None;
     };
@@ -308,15 +306,10 @@ pub fn forbidden(error: &kube::Error, verb: &str, resource: &str) -> Option<Erro
     }
     let (verb, resource) = forbidden_verb_resource(&status.message)
         .unwrap_or_else(|| (verb.to_owned(), resource.to_owned()));
-    let namespace = status
-        .message
-        .split_once("in the namespace \"")
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .map_or_else(String::new, |(ns, _)| ns.to_owned());
     Some(Error::Forbidden {
         verb,
         resource,
-        namespace,
+        namespace: namespace.to_owned(),
         message: status.message.clone(),
     })
 }
@@ -1498,23 +1491,28 @@ pub(crate) mod tests {
 
     #[rstest::rstest]
     #[case::portforward_rbac(403, "pods \"s\" is forbidden: User \"u\" cannot get resource \"pods/portforward\" in API group \"\" in the namespace \"team\"", Some(("get", "pods/portforward", "team")))]
-    #[case::unparsed_403_keeps_the_call(403, "forbidden by a webhook", Some(("create", "pods/portforward", "")))]
+    #[case::unparsed_403_keeps_the_call(403, "forbidden by a webhook", Some(("create", "pods/portforward", "team")))]
     #[case::not_403(404, "pods \"s\" not found", None)]
     fn a_port_forward_403_names_the_permission(
         #[case] code: u16,
         #[case] message: &str,
         #[case] expected: Option<(&str, &str, &str)>,
     ) {
-        let got =
-            forbidden(&api_error(code, message), "create", "pods/portforward").map(|e| match e {
-                Error::Forbidden {
-                    verb,
-                    resource,
-                    namespace,
-                    ..
-                } => (verb, resource, namespace),
-                other => panic!("{other}"),
-            });
+        let got = forbidden(
+            &api_error(code, message),
+            "create",
+            "pods/portforward",
+            "team",
+        )
+        .map(|e| match e {
+            Error::Forbidden {
+                verb,
+                resource,
+                namespace,
+                ..
+            } => (verb, resource, namespace),
+            other => panic!("{other}"),
+        });
         assert_eq!(
             got,
             expected.map(|(v, r, n)| (v.to_owned(), r.to_owned(), n.to_owned()))

@@ -82,13 +82,14 @@ impl Connect for PodPortConnect {
             .pods
             .portforward(&self.pod, &[self.port])
             .await
-            .map_err(
-                |e| match crate::kube_ops::forbidden(&e, "create", "pods/portforward") {
+            .map_err(|e| {
+                let namespace = self.pods.namespace().unwrap_or_default();
+                match crate::kube_ops::forbidden(&e, "create", "pods/portforward", namespace) {
                     // Not worth retrying: name the missing permission at once.
                     Some(forbidden) => forbidden,
                     None => fail(crate::kube_ops::describe_kube_error(&e)),
-                },
-            )?;
+                }
+            })?;
         let stream = forwarder
             .take_stream(self.port)
             .ok_or_else(|| fail("no stream for the port".into()))?;

@@ -13,6 +13,7 @@ mod in_cluster;
 use common::{SERIAL, TestNamespace, client, cluster, dask_kube, fixture, json_of, run, wait_for};
 use dask_kube::{KubeCluster, PodTemplate};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{DeleteParams, PostParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -242,13 +243,18 @@ fn foreground_up(
         &["-n", ns, "up", "-f", &small_worker(), "--workers", workers],
         "ready in",
     );
-    let name = lines
+    let name = printed_cluster_name(&lines);
+    (child, name)
+}
+
+/// The cluster name from `up`'s "cluster NAME in namespace NS" line.
+fn printed_cluster_name(lines: &[String]) -> String {
+    lines
         .iter()
         .find_map(|l| l.strip_prefix("cluster "))
         .and_then(|rest| rest.split_whitespace().next())
         .expect("up printed the cluster name")
-        .to_owned();
-    (child, name)
+        .to_owned()
 }
 
 /// Starts `dask-kube args...` in the foreground and returns it with the stdout lines it
@@ -921,12 +927,7 @@ async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
         ],
         "ready in",
     );
-    let name = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("cluster "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("up printed the cluster name")
-        .to_owned();
+    let name = printed_cluster_name(&lines);
     let controller = format!("{name}-controller");
     wait_for("the controller pod to run", || async {
         ns.pods()
@@ -1208,55 +1209,15 @@ const DASK_KUBE_RULES: &[(&str, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn every_rule_of_rbac_yaml_is_needed_and_its_absence_is_named() {
-    use k8s_openapi::api::rbac::v1::Role;
     let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-rules").await;
     common::apply_rbac(&ns.name);
     let roles: kube::Api<Role> = kube::Api::namespaced(kube.clone(), &ns.name);
     let full = roles.get("dask-kube").await.unwrap();
-    let full_rules = full.rules.clone().unwrap();
     let state = tempfile::tempdir().unwrap();
     let sa = common::service_account_kubeconfig(&kube, &ns.name, "dask-kube", state.path()).await;
-    let granted: std::collections::BTreeSet<(String, String)> = full_rules
-        .iter()
-        .flat_map(|r| {
-            r.resources
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .flat_map(move |res| r.verbs.iter().map(move |v| (res.clone(), v.clone())))
-        })
-        .collect();
-    let listed: std::collections::BTreeSet<(String, String)> = DASK_KUBE_RULES
-        .iter()
-        .map(|(r, v)| ((*r).to_owned(), (*v).to_owned()))
-        .collect();
-    assert_eq!(granted, listed, "the test covers every rule of rbac.yaml");
-
-    // kubectl auth can-i as the ServiceAccount: RBAC changes reach the authorizer through
-    // an informer, so wait until the removal is in effect.
-    let can = |resource: &str, verb: &str| {
-        let (res, sub) = resource.split_once('/').unwrap_or((resource, ""));
-        let mut args = vec![
-            "auth".to_owned(),
-            "can-i".into(),
-            verb.into(),
-            res.into(),
-            "-n".into(),
-            ns.name.clone(),
-            format!("--as=system:serviceaccount:{}:dask-kube", ns.name),
-        ];
-        if !sub.is_empty() {
-            args.push(format!("--subresource={sub}"));
-        }
-        let out = std::process::Command::new("kubectl")
-            .env("KUBECONFIG", common::kubeconfig())
-            .args(&args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim() == "yes"
-    };
+    assert_role_grants_exactly(&full, DASK_KUBE_RULES);
     let as_sa = |args: &[&str]| {
         let out = dask_kube(state.path())
             .env("KUBECONFIG", &sa)
@@ -1358,28 +1319,7 @@ async fn every_rule_of_rbac_yaml_is_needed_and_its_absence_is_named() {
 
     let mut table = Vec::new();
     for (resource, verb) in DASK_KUBE_RULES {
-        let rules: Vec<_> = full_rules
-            .iter()
-            .cloned()
-            .filter_map(|mut r| {
-                if r.resources.as_deref() == Some(&[(*resource).to_owned()][..]) {
-                    r.verbs.retain(|v| v != verb);
-                }
-                (!r.verbs.is_empty()).then_some(r)
-            })
-            .collect();
-        let mut role = full.clone();
-        role.metadata.resource_version = None;
-        role.metadata.managed_fields = None;
-        role.rules = Some(rules);
-        roles
-            .replace("dask-kube", &PostParams::default(), &role)
-            .await
-            .unwrap();
-        wait_for("the removed rule to take effect", || async {
-            !can(resource, verb)
-        })
-        .await;
+        remove_rule(&roles, &full, &ns.name, resource, verb).await;
 
         let (name, failed) = life_cycle();
         if let Some((step, stderr)) = &failed {
@@ -1405,15 +1345,7 @@ async fn every_rule_of_rbac_yaml_is_needed_and_its_absence_is_named() {
         );
         table.push(format!("{verb:>6} {resource:<17} -> {step}: {said}"));
     }
-    roles
-        .replace("dask-kube", &PostParams::default(), &{
-            let mut r = full.clone();
-            r.metadata.resource_version = None;
-            r.metadata.managed_fields = None;
-            r
-        })
-        .await
-        .unwrap();
+    restore_role(&roles, &full).await;
     eprintln!(
         "FIGURE rbac.yaml, one rule removed at a time:\n{}",
         table.join("\n")
@@ -1429,22 +1361,94 @@ const CONTROLLER_RULES: &[(&str, &str)] = &[
     ("pods", "list"),
 ];
 
-/// `kubectl auth can-i VERB RESOURCE` as ServiceAccount `sa` of `ns`.
+/// `kubectl auth can-i VERB RESOURCE[/SUBRESOURCE]` as ServiceAccount `sa` of `ns`.
 fn service_account_can(ns: &str, sa: &str, resource: &str, verb: &str) -> bool {
+    let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    let mut args = vec![
+        "auth".to_owned(),
+        "can-i".into(),
+        verb.into(),
+        resource.into(),
+        "-n".into(),
+        ns.into(),
+        format!("--as=system:serviceaccount:{ns}:{sa}"),
+    ];
+    if !sub.is_empty() {
+        args.push(format!("--subresource={sub}"));
+    }
     let out = std::process::Command::new("kubectl")
         .env("KUBECONFIG", common::kubeconfig())
-        .args([
-            "auth",
-            "can-i",
-            verb,
-            resource,
-            "-n",
-            ns,
-            &format!("--as=system:serviceaccount:{ns}:{sa}"),
-        ])
+        .args(&args)
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// Asserts that `role` grants exactly `rules` ((resource, verb) pairs): a rule added to
+/// rbac.yaml must be added to the test that proves it is needed.
+fn assert_role_grants_exactly(role: &Role, rules: &[(&str, &str)]) {
+    let granted: std::collections::BTreeSet<(String, String)> = role
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|r| {
+            r.resources
+                .iter()
+                .flatten()
+                .flat_map(move |res| r.verbs.iter().map(move |v| (res.clone(), v.clone())))
+        })
+        .collect();
+    let listed = rules
+        .iter()
+        .map(|(r, v)| ((*r).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(granted, listed, "the test covers every rule of the Role");
+}
+
+/// `role` as it can be sent back with `replace`.
+fn replaceable(role: &Role) -> Role {
+    let mut role = role.clone();
+    role.metadata.resource_version = None;
+    role.metadata.managed_fields = None;
+    role
+}
+
+/// Replaces `full` (a Role bound to the ServiceAccount of the same name) with a copy
+/// without `verb` on `resource`, and waits until the authorizer applies it (RBAC reaches
+/// it through an informer).
+async fn remove_rule(roles: &kube::Api<Role>, full: &Role, ns: &str, resource: &str, verb: &str) {
+    let mut role = replaceable(full);
+    let name = role.metadata.name.clone().unwrap();
+    role.rules = Some(
+        full.rules
+            .iter()
+            .flatten()
+            .cloned()
+            .filter_map(|mut r| {
+                if r.resources.as_deref() == Some(&[resource.to_owned()][..]) {
+                    r.verbs.retain(|v| v != verb);
+                }
+                (!r.verbs.is_empty()).then_some(r)
+            })
+            .collect(),
+    );
+    roles
+        .replace(&name, &PostParams::default(), &role)
+        .await
+        .unwrap();
+    wait_for("the removed rule to take effect", || async {
+        !service_account_can(ns, &name, resource, verb)
+    })
+    .await;
+}
+
+/// Puts `full` back.
+async fn restore_role(roles: &kube::Api<Role>, full: &Role) {
+    let name = full.metadata.name.clone().unwrap();
+    roles
+        .replace(&name, &PostParams::default(), &replaceable(full))
+        .await
+        .unwrap();
 }
 
 /// Polls `cond` for at most `wait`; whether it held.
@@ -1526,7 +1530,6 @@ async fn controller_scenario(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn every_rule_of_the_controller_role_is_needed_and_its_absence_is_logged() {
-    use k8s_openapi::api::rbac::v1::Role;
     let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-ctlrules").await;
@@ -1534,22 +1537,7 @@ async fn every_rule_of_the_controller_role_is_needed_and_its_absence_is_logged()
     let sa = dask_kube::controller::SERVICE_ACCOUNT;
     let roles: kube::Api<Role> = kube::Api::namespaced(kube.clone(), &ns.name);
     let full = roles.get(sa).await.unwrap();
-    let full_rules = full.rules.clone().unwrap();
-    let granted: std::collections::BTreeSet<(String, String)> = full_rules
-        .iter()
-        .flat_map(|r| {
-            r.resources
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .flat_map(move |res| r.verbs.iter().map(move |v| (res.clone(), v.clone())))
-        })
-        .collect();
-    let listed: std::collections::BTreeSet<(String, String)> = CONTROLLER_RULES
-        .iter()
-        .map(|(r, v)| ((*r).to_owned(), (*v).to_owned()))
-        .collect();
-    assert_eq!(granted, listed, "the test covers every rule of the Role");
+    assert_role_grants_exactly(&full, CONTROLLER_RULES);
     let state = tempfile::tempdir().unwrap();
     let (ns_ref, state_dir) = (&ns, state.path());
     let clean_up = |name: String| async move {
@@ -1567,29 +1555,7 @@ async fn every_rule_of_the_controller_role_is_needed_and_its_absence_is_logged()
 
     let mut table = Vec::new();
     for (resource, verb) in CONTROLLER_RULES {
-        let mut role = full.clone();
-        role.metadata.resource_version = None;
-        role.metadata.managed_fields = None;
-        role.rules = Some(
-            full_rules
-                .iter()
-                .cloned()
-                .filter_map(|mut r| {
-                    if r.resources.as_deref() == Some(&[(*resource).to_owned()][..]) {
-                        r.verbs.retain(|v| v != verb);
-                    }
-                    (!r.verbs.is_empty()).then_some(r)
-                })
-                .collect(),
-        );
-        roles
-            .replace(sa, &PostParams::default(), &role)
-            .await
-            .unwrap();
-        wait_for("the removed rule to take effect", || async {
-            !service_account_can(&ns.name, sa, resource, verb)
-        })
-        .await;
+        remove_rule(&roles, &full, &ns.name, resource, verb).await;
 
         let (name, failed) = controller_scenario(&ns, state.path(), Duration::from_secs(40)).await;
         let controller = format!("{name}-controller");
@@ -1617,13 +1583,7 @@ async fn every_rule_of_the_controller_role_is_needed_and_its_absence_is_logged()
         );
         table.push(format!("{verb:>6} {resource:<5} -> cannot {step}: {said}"));
     }
-    let mut restored = full.clone();
-    restored.metadata.resource_version = None;
-    restored.metadata.managed_fields = None;
-    roles
-        .replace(sa, &PostParams::default(), &restored)
-        .await
-        .unwrap();
+    restore_role(&roles, &full).await;
     eprintln!(
         "FIGURE rbac.yaml controller Role, one rule removed at a time:\n{}",
         table.join("\n")

@@ -167,23 +167,7 @@ pub(crate) async fn connect_scheduler(
         match connected.scheduler.adaptive_target().await {
             Ok(_) => break,
             // Waiting cannot grant a permission.
-            Err(Error::Forbidden {
-                verb,
-                resource,
-                namespace,
-                message,
-            }) => {
-                return Err(Error::Forbidden {
-                    verb,
-                    resource,
-                    namespace: if namespace.is_empty() {
-                        api.namespace().to_owned()
-                    } else {
-                        namespace
-                    },
-                    message,
-                });
-            }
+            Err(e @ Error::Forbidden { .. }) => return Err(e),
             Err(e) if Instant::now() >= deadline => {
                 return Err(Error::Timeout {
                     what: format!("the scheduler's HTTP API ({e})"),

@@ -93,6 +93,17 @@ impl Drop for AdaptHandle {
     }
 }
 
+/// An adapt range must not be empty, wherever the loop runs.
+fn check_range(policy: &AdaptPolicy) -> Result<()> {
+    if policy.minimum > policy.maximum {
+        return Err(Error::Usage(format!(
+            "adapt minimum {} is above maximum {}",
+            policy.minimum, policy.maximum
+        )));
+    }
+    Ok(())
+}
+
 /// A worker pod and its scheduler-side state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WorkerInfo {
@@ -359,12 +370,7 @@ impl KubeCluster {
     /// Adapts with a full policy; returns the cap when `kubernetes.count.max` lowered the
     /// maximum.
     pub fn adapt_with(&mut self, policy: AdaptPolicy) -> Result<Option<CountCap>> {
-        if policy.minimum > policy.maximum {
-            return Err(Error::Usage(format!(
-                "adapt minimum {} is above maximum {}",
-                policy.minimum, policy.maximum
-            )));
-        }
+        check_range(&policy)?;
         let (_, capped) = self.scaler.capped_policy(policy.clone());
         // Replacing a controller: the old one stops at its next step (drop cancels it).
         self.adapt.take();
@@ -393,13 +399,8 @@ impl KubeCluster {
             Error::Usage("a cluster with an external scheduler has no controller pod".into())
         })?;
         let (policy, capped) = match policy {
-            Some(p) if p.minimum > p.maximum => {
-                return Err(Error::Usage(format!(
-                    "adapt minimum {} is above maximum {}",
-                    p.minimum, p.maximum
-                )));
-            }
             Some(p) => {
+                check_range(p)?;
                 let (policy, capped) = self.scaler.capped_policy(p.clone());
                 (Some(policy), capped)
             }
