@@ -8,6 +8,9 @@ this process's peak RSS. Prints one JSON line on stdout; closes the cluster befo
 The sides, as a Dask user writes them:
   dask-kube  `dask_kube.KubeCluster(template, n_workers=N)`: scheduler in a pod, reached
              through dask-kube's port-forward.
+  dask-kube-local
+             `dask_kube.KubeCluster(template, n_workers=N, deploy_mode="local", host=BRIDGE)`:
+             the scheduler in this process, as classic's below.
   classic    dask-kubernetes 2024.4.2 `dask_kubernetes.classic.KubeCluster(template,
              n_workers=N, deploy_mode="local", host=BRIDGE)`: the scheduler runs in this
              process (the local cluster has no ClusterIP routing for "remote"), listening
@@ -33,24 +36,29 @@ from classic_driver import vmhwm_kib  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--side", choices=["dask-kube", "classic"], required=True)
+    ap.add_argument("--side", choices=["dask-kube", "dask-kube-local", "classic"], required=True)
     ap.add_argument("--template", required=True, help="worker pod template (YAML)")
     ap.add_argument("--n", type=int, required=True, help="workers to start and await")
     ap.add_argument("--name", required=True, help="cluster name")
     ap.add_argument("--namespace", default="default")
-    ap.add_argument("--host", help="classic: the scheduler's listen address (the pod bridge)")
+    ap.add_argument("--host", help="classic, dask-kube-local: the scheduler's listen address (the pod bridge)")
     ap.add_argument("--timeout", type=float, default=300)
     args = ap.parse_args()
 
     warnings.simplefilter("ignore", DeprecationWarning)
     from distributed import Client
 
+    if args.side in ("classic", "dask-kube-local") and not args.host:
+        ap.error(f"--side {args.side} needs --host (the node agent's pod bridge address)")
+    local = dict(deploy_mode="local", host=args.host, port=0, dashboard_address="127.0.0.1:0")
     if args.side == "classic":
-        if not args.host:
-            ap.error("--side classic needs --host (the node agent's pod bridge address)")
         from dask_kubernetes.classic import KubeCluster
 
-        kwargs = dict(deploy_mode="local", host=args.host, port=0, dashboard_address="127.0.0.1:0")
+        kwargs = local
+    elif args.side == "dask-kube-local":
+        from dask_kube import KubeCluster
+
+        kwargs = local
     else:
         from dask_kube import KubeCluster
 

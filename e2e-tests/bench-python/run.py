@@ -40,7 +40,7 @@ def measure(side: str, python: str, args, run: int) -> dict:
     name = f"bench-py-{side.replace('-', '')}-{run}"
     cmd = [python, str(HERE / "driver.py"), "--side", side, "--template", args.template, "--n", str(args.n),
            "--name", name, "--namespace", args.namespace, "--timeout", str(args.timeout)]
-    if side == "classic":
+    if side in ("classic", "dask-kube-local"):
         cmd += ["--host", args.scheduler_host]
     log = Path(args.out_dir) / f"{name}.log"
     with open(log, "w") as err:
@@ -69,11 +69,12 @@ def main() -> int:
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args()
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    sides = {"classic": args.classic_python, "dask-kube": args.dask_kube_python}
+    sides = {"classic": args.classic_python, "dask-kube": args.dask_kube_python,
+             "dask-kube-local": args.dask_kube_python}
     results: dict[str, list[dict]] = {s: [] for s in sides}
     wait_no_dask_pods(args.kubectl, args.namespace, 120)
     for run in range(args.repeats):
-        order = list(sides)[run % 2:] + list(sides)[: run % 2]
+        order = list(sides)[run % len(sides):] + list(sides)[: run % len(sides)]
         for side in order:
             r = measure(side, sides[side], args, run)
             results[side].append(r)
@@ -82,17 +83,24 @@ def main() -> int:
             wait_no_dask_pods(args.kubectl, args.namespace, 120)
     secs = {s: [r["seconds"] for r in rs] for s, rs in results.items()}
     rss = {s: [r["peak_rss_kib"] for r in rs] for s, rs in results.items()}
-    ratio_t = statistics.median(secs["dask-kube"]) / statistics.median(secs["classic"])
-    ratio_m = statistics.median(rss["dask-kube"]) / statistics.median(rss["classic"])
+    ratios = {
+        s: (statistics.median(secs[s]) / statistics.median(secs["classic"]),
+            statistics.median(rss[s]) / statistics.median(rss["classic"]))
+        for s in sides if s != "classic"
+    }
     print(f"\nconstructor to {args.n} connected workers, {args.repeats} repeats, median (min-max)\n")
     print("| side | time to N workers | client peak RSS |")
     print("|---|---|---|")
     for s in sides:
         print(f"| {s} | {summary(secs[s], 's')} | {summary(rss[s], 'MiB', 1 / 1024)} |")
-    print(f"| dask-kube / classic | {ratio_t:.2f}x | {ratio_m:.2f}x |")
+    for s, (ratio_t, ratio_m) in ratios.items():
+        print(f"| {s} / classic | {ratio_t:.2f}x | {ratio_m:.2f}x |")
+    fastest = min(sides, key=lambda s: statistics.median(secs[s]))
+    print(f"\nfastest to {args.n} connected workers: {fastest}")
     (Path(args.out_dir) / "results.json").write_text(json.dumps(
         {"n": args.n, "repeats": args.repeats, "results": results,
-         "ratio_time": ratio_t, "ratio_rss": ratio_m}, indent=2))
+         "ratios_to_classic": {s: {"time": t, "rss": m} for s, (t, m) in ratios.items()},
+         "fastest": fastest}, indent=2))
     print(f"\nlogs and results.json in {args.out_dir}")
     return 0
 

@@ -18,16 +18,27 @@ ensure_classic_venv() {
 }
 
 # use_local_cluster: the local cluster's env in this shell; starts it when it is not up and
-# stops it at exit (only then).
+# stops it at exit (only then). A cluster it starts runs an optimised node agent
+# (DASK_NODE_AGENT_PROFILE, default release-host here): the node agent stands in for the
+# kubelet, an optimised binary, and a dev build adds its own latency to every pod start and
+# port-forward (the dask-kube side pays it, classic's local scheduler does not).
 use_local_cluster() {
   bench_started_cluster=0
   if ! "$BENCH_CLUSTER" status >/dev/null 2>&1; then
-    log "the local cluster is not up: starting it"
-    "$BENCH_CLUSTER" up >/dev/null
+    log "the local cluster is not up: starting it (node agent profile ${DASK_NODE_AGENT_PROFILE:-release-host})"
+    DASK_NODE_AGENT_PROFILE="${DASK_NODE_AGENT_PROFILE:-release-host}" "$BENCH_CLUSTER" up >/dev/null
     bench_started_cluster=1
   fi
   trap 'if ((bench_started_cluster)); then log "stopping the local cluster"; "$BENCH_CLUSTER" down >&2 || true; fi' EXIT
   eval "$("$BENCH_CLUSTER" env)"
+  local state_dir agent
+  state_dir="$(realpath -m -- "${DASK_K8S_STATE_DIR:-$HOME/.cache/dask-on-k8s/cluster}")"
+  agent="$(readlink "/proc/$(cat "$state_dir/pids/node-agent.pid" 2>/dev/null)/exe" 2>/dev/null || true)"
+  log "node agent: ${agent:-unknown}"
+  if [[ "$agent" == */debug/* ]]; then
+    log "WARNING: the node agent is a dev build (slower pod starts and port-forwards than a kubelet's);" \
+      "for figures, restart the cluster with DASK_NODE_AGENT_PROFILE=release-host"
+  fi
 }
 
 # pod_bridge_address: the node agent's pod bridge IPv4 address, where a scheduler running

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import dask
@@ -93,6 +94,39 @@ def test_context_manager_and_scale_down_retires_before_deleting(kubectl, small_w
         kept = [p["pod"] for p in cluster.pods() if p["connected"]]
         assert len(kept) == 1, cluster.pods()
         name = cluster.name
+    assert kubectl.wait_gone(name, timeout=10) == []
+
+
+def test_deploy_mode_local_runs_the_scheduler_in_this_process(kubectl, small_worker, pod_bridge_address):
+    """Classic's deploy_mode="local": the scheduler in this process, only worker pods in
+    the cluster (no Service, owned by nothing); scale-down retires through the local
+    scheduler's HTTP API; adapt runs here without a warning; close() leaves nothing."""
+    with dask.config.set({"kubernetes.deploy-mode": "local"}):
+        cluster = KubeCluster(small_worker, host=pod_bridge_address, n_workers=2, name="py-local-{uuid}")
+    with cluster:
+        name = cluster.name
+        scheduler = cluster.scheduler
+        assert scheduler is not None and scheduler.status == distributed.core.Status.running
+        assert cluster.scheduler_address == scheduler.address
+        assert cluster.scheduler_address.startswith(f"tcp://{pod_bridge_address}:")
+        assert cluster.dashboard_link.endswith("/status")
+        pods = kubectl.pods(name)
+        assert sorted(p["metadata"]["labels"]["dask.org/component"] for p in pods) == ["worker", "worker"]
+        assert all("ownerReferences" not in p["metadata"] for p in pods), pods
+        assert kubectl.services(name) == []
+        with distributed.Client(cluster) as client:
+            futures = client.map(lambda i: i * 10, range(20), pure=False)
+            client.gather(futures)
+            report = cluster.scale(1)
+            assert len(report["retired"]) == 1, report
+            assert sum(client.gather(futures)) == sum(i * 10 for i in range(20))
+            assert len(client.scheduler_info()["workers"]) == 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                cluster.adapt(minimum=1, maximum=2)
+            assert cluster._adaptive.periodic_callback
+    assert scheduler.status == distributed.core.Status.closed
+    assert cluster.scheduler is None
     assert kubectl.wait_gone(name, timeout=10) == []
 
 

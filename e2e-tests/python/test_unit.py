@@ -152,13 +152,25 @@ def test_pod_objects_become_api_dicts():
     "kwargs, error, message",
     [
         pytest.param(dict(n_workers=-1), ValueError, "n_workers", id="negative-workers"),
-        pytest.param(dict(deploy_mode="local"), ValueError, "deploy_mode", id="local-deploy-mode"),
+        pytest.param(dict(deploy_mode="lcoal"), ValueError, "deploy_mode='lcoal'", id="unknown-deploy-mode"),
+        pytest.param(dict(host="10.0.0.1"), ValueError, "host: where a local scheduler listens", id="host-with-remote-scheduler"),
+        pytest.param(dict(port=8786, dashboard_address=":0"), ValueError, "dashboard_address, port", id="listen-settings-with-remote-scheduler"),
+        pytest.param(dict(deploy_mode="local", shutdown_on_close=False), ValueError, "its scheduler is this process", id="local-scheduler-cannot-outlive-this-process"),
         pytest.param(dict(pod_template=42), TypeError, "pod template", id="template-of-wrong-type"),
     ],
 )
 def test_bad_arguments_fail_before_anything_is_made(kwargs, error, message):
     with pytest.raises(error, match=message):
         KubeCluster(**kwargs)
+
+
+def test_deploy_mode_comes_from_dask_config_and_is_checked_there_too():
+    with dask.config.set({"kubernetes.deploy-mode": "somewhere"}):
+        with pytest.raises(ValueError, match="deploy_mode='somewhere'"):
+            KubeCluster("worker-spec.yml")
+    with dask.config.set({"kubernetes.deploy-mode": "local"}):
+        with pytest.raises(ValueError, match="from_name reconnects to a scheduler pod"):
+            KubeCluster.from_name("some-cluster", deploy_mode="local")
 
 
 def test_unknown_keyword_is_a_type_error():

@@ -372,6 +372,7 @@ async fn connect_with_kubeconfig(
 }
 
 async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Error> {
+    options.check_deploy_mode()?;
     let config = options.dask_config()?;
     let settings = config.kube_settings()?;
     let messages = Messages::default();
@@ -390,6 +391,12 @@ async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Erro
     }
     if let Some(d) = &options.target_duration {
         builder = builder.adaptive_target_duration(d);
+    }
+    if let Some(address) = &options.scheduler_address {
+        builder = builder.scheduler_address(address);
+    }
+    if let Some(address) = &options.scheduler_api_address {
+        builder = builder.scheduler_api_address(address);
     }
     if options.kubeconfig.is_some() || options.context.is_some() {
         // Template errors before credential errors, as `pin` orders them itself.

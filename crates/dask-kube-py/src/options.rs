@@ -69,6 +69,12 @@ pub struct ClusterOptions {
     pub idle_timeout: Option<String>,
     /// Extra `dask scheduler` options.
     pub scheduler_options: Vec<String>,
+    /// `deploy_mode="local"`: the address of the scheduler running in the Python process,
+    /// which the worker pods connect to (no scheduler pod, no Service).
+    pub scheduler_address: Option<String>,
+    /// `deploy_mode="local"`: that scheduler's HTTP server as `host:port`, which scaling
+    /// and retiring use.
+    pub scheduler_api_address: Option<String>,
     /// The scheduler's `distributed.adaptive.target-duration`.
     pub target_duration: Option<String>,
     /// The Python process's Dask config (`dask.config.config`, already merged with files
@@ -143,6 +149,31 @@ impl ClusterOptions {
                 PodTemplate::from_value(pod, "the scheduler_pod_template argument", "scheduler")
             })
             .transpose()
+    }
+
+    /// Refuses what only a scheduler pod can use when the scheduler runs in the Python
+    /// process (`deploy_mode="local"`): said, not silently ignored.
+    pub fn check_deploy_mode(&self) -> Result<()> {
+        if self.scheduler_address.is_none() {
+            if self.scheduler_api_address.is_some() {
+                return Err(Error::Usage(
+                    "a scheduler API address needs a scheduler address (deploy_mode='local')"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
+        let pod_only = [
+            ("scheduler_pod_template", self.scheduler_template.is_some()),
+            ("scheduler_options", !self.scheduler_options.is_empty()),
+        ];
+        match pod_only.iter().find(|(_, given)| *given) {
+            Some((arg, _)) => Err(Error::Usage(format!(
+                "{arg}= is for the scheduler pod; with deploy_mode='local' the scheduler runs \
+                 in this process and has no pod"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Options for `dask scheduler`: `--idle-timeout` first, then the extra ones.
@@ -655,6 +686,53 @@ mod tests {
             opts.scheduler_args(),
             ["--idle-timeout", "30s", "--no-show"]
         );
+    }
+
+    #[test]
+    fn deploy_mode_local_refuses_what_only_a_scheduler_pod_uses() {
+        let local = |extra: Value| {
+            let mut doc = json!({"scheduler_address": "tcp://10.0.0.1:8786",
+                                 "scheduler_api_address": "127.0.0.1:8787"});
+            doc.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<ClusterOptions>(doc).unwrap()
+        };
+        let cases: &[(&str, ClusterOptions, Option<&str>)] = &[
+            (
+                "remote with nothing local is fine",
+                ClusterOptions::default(),
+                None,
+            ),
+            ("local alone is fine", local(json!({})), None),
+            (
+                "local with an idle timeout is fine (the local scheduler takes it)",
+                local(json!({"idle_timeout": "60s"})),
+                None,
+            ),
+            (
+                "local with a scheduler pod template",
+                local(json!({"scheduler_template": {"kind": "Pod", "spec": {"containers": []}}})),
+                Some("scheduler_pod_template= is for the scheduler pod"),
+            ),
+            (
+                "local with scheduler options",
+                local(json!({"scheduler_options": ["--port", "1"]})),
+                Some("scheduler_options= is for the scheduler pod"),
+            ),
+            (
+                "an api address without a scheduler address",
+                serde_json::from_value(json!({"scheduler_api_address": "127.0.0.1:1"})).unwrap(),
+                Some("needs a scheduler address"),
+            ),
+        ];
+        for (case, options, want) in cases {
+            match (options.check_deploy_mode(), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{case}: {e}"),
+                (got, want) => panic!("{case}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -286,6 +286,10 @@ pub struct UpArgs {
     /// Use a scheduler that already runs elsewhere instead of a scheduler pod.
     #[arg(long)]
     pub scheduler_address: Option<String>,
+    /// That scheduler's HTTP server (dashboard and `/api/v1`) as `host:port`, when it is
+    /// not on the scheduler's host at port 8787.
+    #[arg(long, requires = "scheduler_address")]
+    pub scheduler_api_address: Option<String>,
     /// The scheduler's adaptive target duration (`500ms`, `2s`; Dask's default 5s): how
     /// long the scheduler wants queued work to take, hence how many workers it asks for.
     /// Like `cluster.adapt(target_duration=...)`; default: `distributed.adaptive.target-duration`.
@@ -512,6 +516,7 @@ async fn up(
         scheduler_template,
         scheduler_options,
         scheduler_address,
+        scheduler_api_address,
         target_duration,
         idle_timeout,
         adapt_here,
@@ -545,6 +550,9 @@ async fn up(
     }
     if let Some(address) = scheduler_address {
         builder = builder.scheduler_address(address);
+    }
+    if let Some(address) = scheduler_api_address {
+        builder = builder.scheduler_api_address(address);
     }
     builder = builder.scheduler_options(scheduler_options);
     if let Some(duration) = target_duration {

@@ -111,7 +111,9 @@ impl<C: Connect> HttpSchedulerApi<C> {
         }
     }
 
-    /// Sends one request; reconnects once when the kept connection turns out closed.
+    /// Sends one request; reconnects once when the kept connection turns out closed. A
+    /// new connection that fails is not retried: while the scheduler starts, every poll
+    /// would otherwise cost two port-forwards (two handshakes through the apiserver).
     async fn call(
         &self,
         method: http::Method,
@@ -122,12 +124,13 @@ impl<C: Connect> HttpSchedulerApi<C> {
         let work = async {
             let mut guard = self.connection.lock().await;
             for attempt in 0..2 {
-                let mut sender = match guard.take() {
-                    Some(s) if !s.is_closed() => s,
-                    _ => self.open().await?,
+                let (mut sender, kept) = match guard.take() {
+                    Some(s) if !s.is_closed() => (s, true),
+                    _ => (self.open().await?, false),
                 };
+                let may_retry = attempt == 0 && kept;
                 if sender.ready().await.is_err() {
-                    if attempt == 0 {
+                    if may_retry {
                         continue;
                     }
                     return Err(self.unreachable("the connection closed".into()));
@@ -144,7 +147,7 @@ impl<C: Connect> HttpSchedulerApi<C> {
                     Ok(r) => r,
                     // A kept-alive connection the server closed meanwhile: retry on a new one.
                     Err(e)
-                        if attempt == 0
+                        if may_retry
                             && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) =>
                     {
                         continue;
@@ -494,6 +497,32 @@ mod tests {
         let err = api(addr).adaptive_target().await.unwrap_err().to_string();
         assert!(err.contains(&format!("http://{addr}")), "{err}");
         assert!(err.contains("unreachable"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_that_fails_is_not_retried() {
+        // As a port-forward to a scheduler not listening yet: accepted, then closed.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let api = api(addr);
+        for polls in 1..=3 {
+            let e = api.adaptive_target().await.unwrap_err();
+            assert!(matches!(e, Error::SchedulerUnreachable { .. }), "{e}");
+            assert_eq!(
+                connections.load(Ordering::SeqCst),
+                polls,
+                "one connection per poll"
+            );
+        }
     }
 
     #[tokio::test]

@@ -64,6 +64,73 @@ def _python_config() -> dict:
     }
 
 
+#: The scheduler HTTP route with ``/api/v1`` (retire_workers, adaptive_target), which a
+#: scheduler pod gets through DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES.
+_API_ROUTE = "distributed.http.scheduler.api"
+
+#: ``deploy_mode="local"`` listen settings: argument, Dask config key, classic's default.
+_LOCAL_LISTEN = {
+    "host": ("kubernetes.host", "0.0.0.0"),
+    "port": ("kubernetes.port", 0),
+    "interface": ("kubernetes.interface", None),
+    "protocol": ("kubernetes.protocol", "tcp://"),
+    "dashboard_address": ("kubernetes.dashboard_address", ":8787"),
+}
+
+
+def _deploy_mode(deploy_mode: str | None, attach: str | None, listen: dict, shutdown_on_close: bool) -> str:
+    """``deploy_mode=``, else ``kubernetes.deploy-mode``, else ``"remote"``; what only
+    the other mode uses is refused rather than ignored."""
+    from .exceptions import InvalidArgument
+
+    if attach is not None:
+        if deploy_mode == "local":
+            raise InvalidArgument("from_name reconnects to a scheduler pod: deploy_mode='local' cannot apply")
+        return "remote"
+    mode = deploy_mode if deploy_mode is not None else dask.config.get("kubernetes.deploy-mode", default=None)
+    mode = mode or "remote"
+    if mode not in ("remote", "local"):
+        raise InvalidArgument(
+            f"deploy_mode={mode!r}: 'remote' (the scheduler in a pod, the default) or "
+            "'local' (the scheduler in this Python process)"
+        )
+    given = sorted(k for k, v in listen.items() if v is not None)
+    if mode == "remote" and given:
+        raise InvalidArgument(
+            f"{', '.join(given)}: where a local scheduler listens; the scheduler runs in a pod "
+            "(deploy_mode='remote'): pass deploy_mode='local' to run it in this process"
+        )
+    if mode == "local" and not shutdown_on_close:
+        raise InvalidArgument(
+            "shutdown_on_close=False keeps the cluster after this process; with deploy_mode='local' "
+            "its scheduler is this process"
+        )
+    return mode
+
+
+def _local_scheduler_options(listen: dict, idle_timeout: Any) -> dict:
+    """The ``distributed.Scheduler`` arguments of a local scheduler."""
+    options = {
+        key: value if value is not None else dask.config.get(config_key, default=default)
+        for key, value in listen.items()
+        for config_key, default in [_LOCAL_LISTEN[key]]
+    }
+    if options["dashboard_address"] is None:
+        options["dashboard_address"] = _LOCAL_LISTEN["dashboard_address"][1]
+    if idle_timeout is not None:
+        options["idle_timeout"] = _seconds(idle_timeout, "idle_timeout")
+    return options
+
+
+def _api_host(options: dict) -> str:
+    """Where this process reaches its own scheduler's HTTP server: the dashboard's host,
+    loopback when it listens on every address."""
+    host = str(options["dashboard_address"]).rsplit(":", 1)[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def _finalize(native, shutdown: bool) -> None:
     """At interpreter exit or garbage collection: close (or detach) a cluster that was not
     closed, blocking with the GIL released (the event loop may be gone by then)."""
@@ -126,6 +193,19 @@ class KubeCluster(Cluster):
         The scheduler shuts down after this long without clients (``--idle-timeout``).
     image, resources, worker_command :
         Operator-era arguments, used when there is no template.
+    deploy_mode : {"remote", "local"}, optional
+        Where the scheduler runs (``kubernetes.deploy-mode``, default ``"remote"``):
+        ``"remote"`` in a scheduler pod behind a Service, so the cluster outlives this
+        process and a controller pod can adapt it; ``"local"`` in this Python process,
+        as dask-kubernetes classic's ``deploy_mode="local"``: one Python process fewer
+        to start (faster to the first connected worker where cores are few), but the
+        worker pods must reach this process, and the cluster ends with it.
+    host, port, interface, protocol, dashboard_address :
+        ``deploy_mode="local"`` only: where the scheduler in this process listens
+        (``kubernetes.host`` ``"0.0.0.0"``, ``kubernetes.port`` 0,
+        ``kubernetes.interface``, ``kubernetes.protocol`` ``"tcp://"``,
+        ``kubernetes.dashboard_address`` ``":8787"``, as classic). Its address must be
+        one the worker pods can connect to.
     shutdown_on_close : bool
         Delete the cluster on ``close()`` and at interpreter exit (default True; False
         for ``from_name``).
@@ -150,6 +230,11 @@ class KubeCluster(Cluster):
         worker_command: str | list[str] | None = None,
         scheduler_options: list[str] | None = None,
         deploy_mode: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        interface: str | None = None,
+        protocol: str | None = None,
+        dashboard_address: str | None = None,
         shutdown_on_close: bool = True,
         auth: Any = None,
         asynchronous: bool = False,
@@ -157,12 +242,14 @@ class KubeCluster(Cluster):
         quiet: bool = False,
         _attach: str | None = None,
     ):
-        if deploy_mode not in (None, "remote"):
-            from .exceptions import InvalidArgument
-
-            raise InvalidArgument(
-                f"deploy_mode={deploy_mode!r}: dask_kube always runs the scheduler in a pod ('remote')"
-            )
+        local_listen = dict(
+            host=host, port=port, interface=interface, protocol=protocol, dashboard_address=dashboard_address
+        )
+        self._deploy_mode = _deploy_mode(deploy_mode, _attach, local_listen, shutdown_on_close)
+        self._local_scheduler_options = (
+            _local_scheduler_options(local_listen, idle_timeout) if self._deploy_mode == "local" else None
+        )
+        self.scheduler = None
         if n_workers is not None and (
             not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 0
         ):
@@ -196,7 +283,8 @@ class KubeCluster(Cluster):
                 "env": {str(k): str(v) for k, v in (env or {}).items()},
                 "resources": dict(resources) if resources is not None else None,
                 "worker_command": worker_command,
-                "idle_timeout": _duration_text(idle_timeout),
+                # A local scheduler takes its idle timeout itself (_local_scheduler_options).
+                "idle_timeout": None if self._deploy_mode == "local" else _duration_text(idle_timeout),
                 "scheduler_options": [str(o) for o in (scheduler_options or [])],
                 "config": _python_config(),
                 "environ": sorted(os.environ.items()),
@@ -253,6 +341,8 @@ class KubeCluster(Cluster):
                         self._attach, self._attach_namespace, **self._auth
                     )
                 else:
+                    if self._deploy_mode == "local":
+                        await self._start_local_scheduler()
                     self._pending = await _native.prepare(json.dumps(self._options, default=str))
                     self.name = self._pending.name
                     try:
@@ -275,6 +365,29 @@ class KubeCluster(Cluster):
             await self._abort_start(e)
             raise
 
+    async def _start_local_scheduler(self):
+        """``deploy_mode="local"``: the scheduler in this process, with the HTTP API
+        routes the library scales and retires through (as the scheduler pod has them);
+        the worker pods connect to its address."""
+        from distributed import Scheduler
+
+        routes = list(dask.config.get("distributed.scheduler.http.routes", default=[]) or [])
+        if _API_ROUTE not in routes:
+            routes.append(_API_ROUTE)
+        with dask.config.set({"distributed.scheduler.http.routes": routes}):
+            self.scheduler = Scheduler(**self._local_scheduler_options)
+        await self.scheduler
+        dashboard = getattr(self.scheduler, "http_server", None)
+        if dashboard is None or not dashboard.port:
+            raise RuntimeError("deploy_mode='local' needs the scheduler's HTTP server (dashboard_address)")
+        self._options["scheduler_address"] = self.scheduler.address
+        self._options["scheduler_api_address"] = f"{_api_host(self._local_scheduler_options)}:{dashboard.port}"
+
+    async def _close_local_scheduler(self):
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None and scheduler.status != Status.closed:
+            await scheduler.close()
+
     def _needs_cleanup(self, error: BaseException) -> bool:
         """Whether a failed start may have left something: not when the library's own
         start failed (it deleted what it made), but after Ctrl-C / cancellation, or a
@@ -286,6 +399,10 @@ class KubeCluster(Cluster):
         return self._pending is not None and not isinstance(error, DaskKubeError)
 
     async def _abort_start(self, error: BaseException):
+        try:
+            await self._close_local_scheduler()
+        except Exception as e:  # noqa: BLE001 - the original error is what the user sees
+            self._log(f"closing the local scheduler after a failed start failed: {e}")
         if not self._needs_cleanup(error):
             return
         try:
@@ -308,6 +425,11 @@ class KubeCluster(Cluster):
         except Exception as e:  # noqa: BLE001 - the original error is what the user sees
             print(f"dask_kube: deleting the cluster after a failed start failed: {e}", file=sys.stderr)
         finally:
+            if self.scheduler is not None:
+                try:
+                    self.sync(self._close_local_scheduler)
+                except BaseException as e:  # noqa: BLE001 - the original error is what the user sees
+                    print(f"dask_kube: closing the local scheduler failed: {e}", file=sys.stderr)
             if self._finalizer is not None:
                 self._finalizer.detach()
             self.status = Status.closed
@@ -326,7 +448,10 @@ class KubeCluster(Cluster):
     @property
     def dashboard_link(self) -> str:
         # The scheduler's dashboard through dask-kube's local listener (or the Service),
-        # formatted with distributed.dashboard.link.
+        # formatted with distributed.dashboard.link; a local scheduler's as distributed
+        # formats any in-process one.
+        if self._deploy_mode == "local":
+            return super().dashboard_link
         return self._native.dashboard_link if self._native else ""
 
     def _interruptible(self, method, *args, **kwargs):
@@ -439,7 +564,8 @@ class KubeCluster(Cluster):
                 int(wait_count),
                 _seconds(cooldown, "cooldown"),
                 max_scale_down_step,
-                bool(in_cluster),
+                # A local scheduler has no pod for a controller pod to belong to.
+                bool(in_cluster) and self._deploy_mode == "remote",
             )
         )
         capped = started["capped"]
@@ -513,13 +639,17 @@ class KubeCluster(Cluster):
         native = self._native
         if self._finalizer is not None:
             self._finalizer.detach()
-        if native is None or native.is_closed():
-            return
-        if self.shutdown_on_close:
-            report = json.loads(await native.close())
-            self._log(f"deleted cluster {native.name}: {report['deleted_pods']} pods")
-        else:
-            await native.detach()
+        try:
+            if native is None or native.is_closed():
+                return
+            if self.shutdown_on_close:
+                # A local scheduler is still up here: the workers are retired through it.
+                report = json.loads(await native.close())
+                self._log(f"deleted cluster {native.name}: {report['deleted_pods']} pods")
+            else:
+                await native.detach()
+        finally:
+            await self._close_local_scheduler()
 
     def __repr__(self) -> str:
         if self._native is None:

@@ -97,6 +97,9 @@ pub(crate) struct Connected {
     pub(crate) dashboard: (String, u16),
 }
 
+/// How often the wait for the scheduler's HTTP API asks whether the scheduler pod ended.
+const POD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Local ports for the listeners (0 picks a free one).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct LocalPorts {
@@ -163,6 +166,9 @@ pub(crate) async fn connect_scheduler(
         connected.scheduler.endpoint()
     )));
     let deadline = Instant::now() + SCHEDULER_API_TIMEOUT;
+    // Whether the pod ended is asked at most once a second, not at every poll: while the
+    // scheduler imports, the apiserver's CPU is the workers' too.
+    let mut next_pod_check = Instant::now();
     loop {
         match connected.scheduler.adaptive_target().await {
             Ok(_) => break,
@@ -176,10 +182,13 @@ pub(crate) async fn connect_scheduler(
             }
             Err(_) => {
                 // The pod may have ended meanwhile: say so rather than time out.
-                if let Ok(Some(pod)) = api.get_pod(name).await
-                    && pod_has_ended(&pod)
-                {
-                    return Err(scheduler_failure(api, name, &pod).await);
+                if Instant::now() >= next_pod_check {
+                    next_pod_check = Instant::now() + POD_CHECK_INTERVAL;
+                    if let Ok(Some(pod)) = api.get_pod(name).await
+                        && pod_has_ended(&pod)
+                    {
+                        return Err(scheduler_failure(api, name, &pod).await);
+                    }
                 }
                 tokio::time::sleep(POLL_INTERVAL).await;
             }

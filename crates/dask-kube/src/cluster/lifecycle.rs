@@ -260,6 +260,13 @@ impl KubeClusterBuilder {
             if initial == 0 {
                 return Ok(());
             }
+            // Workers are made once the scheduler's container runs (its image pulled),
+            // not at once: a Nanny's first `register_nanny` retries a refused Service
+            // with exponential backoff and gives up after `distributed.comm.timeouts.connect`
+            // (30 s), so a worker that starts well before its scheduler listens loses
+            // seconds or fails. The scheduler then only has to import `distributed`
+            // while the worker pods start; measured no slower here (see the README).
+            wait_scheduler_running(&api, &spec.name).await?;
             progress(Progress::Step(format!("creating {initial} worker pods")));
             let (report, fatal) =
                 crate::scaler::create_workers(&api, &worker.pod, Some(&owner), initial).await;
@@ -281,7 +288,6 @@ impl KubeClusterBuilder {
             progress(Progress::Step(
                 "waiting for the scheduler pod to run".into(),
             ));
-            wait_scheduler_running(&api, &spec.name).await?;
             connect_scheduler(&api, &spec.name, self.access, ports, &progress).await
         };
         let connected = match tokio::join!(setup, workers) {
@@ -312,14 +318,11 @@ fn start_external(
     env: &[(String, String)],
     address: String,
 ) -> Result<KubeCluster> {
-    let host = address
-        .trim_start_matches("tcp://")
-        .rsplit_once(':')
-        .map_or(address.as_str(), |(h, _)| h)
-        .to_owned();
+    let (api_host, api_port) =
+        external_api_endpoint(&address, builder.external_scheduler_api.as_deref())?;
     let scaler = Scaler::new(
         api,
-        Arc::new(SchedulerClient::tcp(format!("{host}:{DASHBOARD_PORT}"))),
+        Arc::new(SchedulerClient::tcp(format!("{api_host}:{api_port}"))),
         spec.name.clone(),
         worker_pod,
         None,
@@ -329,13 +332,39 @@ fn start_external(
         name: spec.name,
         scaler: Arc::new(scaler),
         owner: None,
-        dashboard: format_dashboard_link(&settings.dashboard_link, &host, DASHBOARD_PORT, env)?,
+        dashboard: format_dashboard_link(&settings.dashboard_link, &api_host, api_port, env)?,
         address,
         forwarders: Vec::new(),
         adapt: None,
         progress: builder.progress.clone().unwrap_or_else(|| Arc::new(|_| {})),
         controller_image: settings.controller_image.clone(),
     })
+}
+
+/// The HTTP endpoint (`host`, `port`) of an external scheduler at `address`
+/// (`tcp://host:port`): `api` when given (`host:port`), else the scheduler's host on the
+/// dashboard port, as `dask scheduler` listens by default.
+fn external_api_endpoint(address: &str, api: Option<&str>) -> Result<(String, u16)> {
+    let invalid =
+        |what: &str, value: &str| Error::Usage(format!("{what} {value:?}: expected host:port"));
+    let split = |value: &str, what: &str| -> Result<(String, Option<u16>)> {
+        let rest = value.split_once("://").map_or(value, |(_, r)| r);
+        match rest.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => Ok((
+                host.to_owned(),
+                Some(port.parse().map_err(|_| invalid(what, value))?),
+            )),
+            None if !rest.is_empty() => Ok((rest.to_owned(), None)),
+            _ => Err(invalid(what, value)),
+        }
+    };
+    match api {
+        Some(api) => match split(api, "scheduler API address")? {
+            (host, Some(port)) => Ok((host, port)),
+            (_, None) => Err(invalid("scheduler API address", api)),
+        },
+        None => Ok((split(address, "scheduler address")?.0, DASHBOARD_PORT)),
+    }
 }
 
 /// How `up` hands the cluster to a background supervisor (`dask-kube attach --daemon`),
@@ -681,4 +710,73 @@ pub async fn cluster_logs(
 /// Progress events that go nowhere.
 pub fn no_progress() -> ProgressFn {
     Arc::new(|_| {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::external_api_endpoint;
+
+    #[test]
+    fn external_scheduler_api_endpoint() {
+        /// (case, scheduler address, API address, wanted endpoint or None for an error)
+        type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<(&'a str, u16)>);
+        let cases: &[Case] = &[
+            (
+                "default is the scheduler host on 8787",
+                "tcp://10.0.0.5:8786",
+                None,
+                Some(("10.0.0.5", 8787)),
+            ),
+            (
+                "a host without a port",
+                "sched.example",
+                None,
+                Some(("sched.example", 8787)),
+            ),
+            (
+                "an explicit api address wins",
+                "tcp://10.0.0.5:8786",
+                Some("127.0.0.1:40123"),
+                Some(("127.0.0.1", 40123)),
+            ),
+            (
+                "an explicit api address may carry a scheme",
+                "tcp://h:1",
+                Some("http://127.0.0.1:9"),
+                Some(("127.0.0.1", 9)),
+            ),
+            (
+                "an ipv6 api address keeps its brackets",
+                "tcp://[::1]:8786",
+                Some("[::1]:8787"),
+                Some(("[::1]", 8787)),
+            ),
+            (
+                "an api address needs a port",
+                "tcp://h:1",
+                Some("127.0.0.1"),
+                None,
+            ),
+            (
+                "an api port must be a number",
+                "tcp://h:1",
+                Some("127.0.0.1:http"),
+                None,
+            ),
+            ("an empty scheduler address is refused", "", None, None),
+        ];
+        for (case, address, api, want) in cases {
+            let got = external_api_endpoint(address, *api);
+            match want {
+                Some((host, port)) => {
+                    let (h, p) = got.unwrap_or_else(|e| panic!("{case}: {e}"));
+                    assert_eq!((h.as_str(), p), (*host, *port), "{case}");
+                }
+                None => {
+                    let e = got.expect_err(case).to_string();
+                    assert!(e.contains("expected host:port"), "{case}: {e}");
+                }
+            }
+        }
+    }
 }

@@ -24,6 +24,7 @@ pub struct KubeClusterBuilder {
     pub(crate) name: Option<String>,
     pub(crate) scheduler_options: Vec<String>,
     pub(crate) external_scheduler: Option<String>,
+    pub(crate) external_scheduler_api: Option<String>,
     pub(crate) adaptive_target_duration: Option<String>,
     pub(crate) idle_timeout: Option<String>,
     pub(crate) defaults: WorkerDefaults,
@@ -95,6 +96,13 @@ impl KubeClusterBuilder {
     /// Use a scheduler that already runs elsewhere (no scheduler pod).
     pub fn scheduler_address(mut self, address: impl Into<String>) -> Self {
         self.external_scheduler = Some(address.into());
+        self
+    }
+    /// Where that scheduler's HTTP server (dashboard and `/api/v1`, which scaling and
+    /// retiring use) listens, as `host:port`. Default: the scheduler's host, port 8787.
+    /// Python's `deploy_mode="local"` scheduler picks its own port.
+    pub fn scheduler_api_address(mut self, address: impl Into<String>) -> Self {
+        self.external_scheduler_api = Some(address.into());
         self
     }
     /// The worker defaults (tolerations, death timeout, ...).

@@ -57,6 +57,9 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        // As Go's net package does for every TCP connection of the real kubelet: without it,
+        // the port-forward's first exchange waits ~40 ms on Nagle and the peer's delayed ACK.
+        let _ = tcp.set_nodelay(true);
         let (acceptor, pods, shutdown, tracker) = (
             acceptor.clone(),
             pods.clone(),
