@@ -372,32 +372,8 @@ async fn connect_with_kubeconfig(
 }
 
 async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Error> {
-    options.check_deploy_mode()?;
-    let config = options.dask_config()?;
-    let settings = config.kube_settings()?;
     let messages = Messages::default();
-    let mut builder = KubeCluster::builder()
-        .worker_template(options.worker_template(&config, &settings)?)
-        .scheduler_options(options.scheduler_args())
-        .on_progress(messages.progress_fn());
-    if let Some(t) = options.scheduler_template()? {
-        builder = builder.scheduler_template(t);
-    }
-    if let Some(ns) = &options.namespace {
-        builder = builder.namespace(ns);
-    }
-    if let Some(name) = &options.name {
-        builder = builder.name_template(name);
-    }
-    if let Some(d) = &options.target_duration {
-        builder = builder.adaptive_target_duration(d);
-    }
-    if let Some(address) = &options.scheduler_address {
-        builder = builder.scheduler_address(address);
-    }
-    if let Some(address) = &options.scheduler_api_address {
-        builder = builder.scheduler_api_address(address);
-    }
+    let mut builder = options.builder()?.on_progress(messages.progress_fn());
     if options.kubeconfig.is_some() || options.context.is_some() {
         // Template errors before credential errors, as `pin` orders them itself.
         builder.spec(Some("default"))?.worker_pod()?;
@@ -408,7 +384,7 @@ async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Erro
             builder = builder.client(client, namespace, url);
         }
     }
-    let (builder, api, name) = builder.config(config).pin().await?;
+    let (builder, api, name) = builder.pin().await?;
     Ok(PendingCluster {
         builder: Mutex::new(Some(builder)),
         namespace: api.namespace().to_owned(),

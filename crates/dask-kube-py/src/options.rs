@@ -5,7 +5,7 @@
 
 use dask_kube::config::{ConfigDocument, ConfigSources, DaskConfig, KubeSettings};
 use dask_kube::template::PodTemplate;
-use dask_kube::{Error, Result};
+use dask_kube::{Error, KubeCluster, KubeClusterBuilder, Result};
 use dask_worker_spec::{
     MemoryLimit, TEMPLATE_LOCATIONS, WorkerDefaults, apply_worker_defaults, format_k8s_memory,
     parse_k8s_cpu_millis, parse_k8s_memory,
@@ -176,14 +176,39 @@ impl ClusterOptions {
         }
     }
 
-    /// Options for `dask scheduler`: `--idle-timeout` first, then the extra ones.
-    pub fn scheduler_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        if let Some(timeout) = &self.idle_timeout {
-            args.extend(["--idle-timeout".to_owned(), timeout.clone()]);
+    /// The library's builder for these arguments, the Python process's Dask config set:
+    /// everything `KubeCluster(...)` says, checked where the library checks it (the idle
+    /// timeout and target duration as durations, the templates, the deploy mode here).
+    /// Credentials, connecting and progress are the caller's.
+    pub fn builder(&self) -> Result<KubeClusterBuilder> {
+        self.check_deploy_mode()?;
+        let config = self.dask_config()?;
+        let settings = config.kube_settings()?;
+        let mut builder = KubeCluster::builder()
+            .worker_template(self.worker_template(&config, &settings)?)
+            .scheduler_options(self.scheduler_options.clone());
+        if let Some(t) = self.scheduler_template()? {
+            builder = builder.scheduler_template(t);
         }
-        args.extend(self.scheduler_options.iter().cloned());
-        args
+        if let Some(ns) = &self.namespace {
+            builder = builder.namespace(ns);
+        }
+        if let Some(name) = &self.name {
+            builder = builder.name_template(name);
+        }
+        if let Some(d) = &self.target_duration {
+            builder = builder.adaptive_target_duration(d);
+        }
+        if let Some(timeout) = &self.idle_timeout {
+            builder = builder.idle_timeout(timeout);
+        }
+        if let Some(address) = &self.scheduler_address {
+            builder = builder.scheduler_address(address);
+        }
+        if let Some(address) = &self.scheduler_api_address {
+            builder = builder.scheduler_api_address(address);
+        }
+        Ok(builder.config(config))
     }
 }
 
@@ -680,12 +705,50 @@ mod tests {
     }
 
     #[test]
-    fn idle_timeout_becomes_a_scheduler_flag() {
-        let opts = options(json!({"idle_timeout": "30s", "scheduler_options": ["--no-show"]}));
-        assert_eq!(
-            opts.scheduler_args(),
-            ["--idle-timeout", "30s", "--no-show"]
-        );
+    fn idle_timeout_becomes_a_checked_scheduler_flag() {
+        let template = json!({"kind": "Pod", "spec": {"containers": [
+            {"name": "w", "image": "i", "args": ["dask", "worker"]}]}});
+        let spec = |extra: Value| {
+            let mut doc = json!({"worker_template": template.clone(), "name": "c"});
+            doc.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            options(doc).builder()?.spec(Some("default"))
+        };
+        /// (case, extra options, the scheduler flags or a piece of the error)
+        type Case<'a> = (&'a str, Value, Result<&'a [&'a str], &'a str>);
+        let cases: &[Case] = &[
+            (
+                "a duration becomes the flag",
+                json!({"idle_timeout": "30s"}),
+                Ok(&["--idle-timeout", "30s"]),
+            ),
+            (
+                "an explicit scheduler option wins",
+                json!({"idle_timeout": "30s", "scheduler_options": ["--idle-timeout", "5m"]}),
+                Ok(&["--idle-timeout", "5m"]),
+            ),
+            (
+                "the Python config's kubernetes.idle-timeout applies",
+                json!({"config": {"kubernetes": {"idle-timeout": "1h"}}}),
+                Ok(&["--idle-timeout", "1h"]),
+            ),
+            (
+                "not a duration is refused before any pod is made",
+                json!({"idle_timeout": "10 parsecs"}),
+                Err("idle timeout"),
+            ),
+        ];
+        for (case, extra, want) in cases {
+            match (spec(extra.clone()), want) {
+                (Ok(spec), Ok(flags)) => assert_eq!(spec.scheduler_options, *flags, "{case}"),
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{case}: {e}"),
+                (got, want) => panic!(
+                    "{case}: got {:?}, want {want:?}",
+                    got.map(|s| s.scheduler_options)
+                ),
+            }
+        }
     }
 
     #[test]

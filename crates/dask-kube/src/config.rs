@@ -233,6 +233,16 @@ impl DaskConfig {
         }
     }
 
+    /// A duration as Dask writes it: a number is seconds (`60` -> `60s`), a string is kept
+    /// as written (`30m`); null or empty is unset. Checked where it is used.
+    pub fn get_timedelta(&self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => Ok(Some(format!("{n}s"))),
+            Some(_) => Ok(self.get_str(key)?.filter(|t| !t.is_empty())),
+        }
+    }
+
     /// A non-negative whole number.
     pub fn get_u32(&self, key: &str) -> Result<Option<u32>> {
         match self.get(key) {
@@ -313,18 +323,8 @@ impl DaskConfig {
             dashboard_link: self
                 .get_str("distributed.dashboard.link")?
                 .unwrap_or_else(|| DEFAULT_DASHBOARD_LINK.to_owned()),
-            adaptive_target_duration: match self.get("distributed.adaptive.target-duration") {
-                None | Some(Value::Null) => None,
-                Some(Value::Number(n)) => Some(format!("{n}s")),
-                Some(_) => self.get_str("distributed.adaptive.target-duration")?,
-            },
-            idle_timeout: match self.get("kubernetes.idle-timeout") {
-                None | Some(Value::Null) => None,
-                Some(Value::Number(n)) => Some(format!("{n}s")),
-                Some(_) => self
-                    .get_str("kubernetes.idle-timeout")?
-                    .filter(|t| !t.is_empty()),
-            },
+            adaptive_target_duration: self.get_timedelta("distributed.adaptive.target-duration")?,
+            idle_timeout: self.get_timedelta("kubernetes.idle-timeout")?,
             controller_image: self
                 .get_str("kubernetes.controller-image")?
                 .filter(|i| !i.is_empty())
@@ -556,6 +556,53 @@ mod tests {
         assert_eq!(settings.dashboard_link, DEFAULT_DASHBOARD_LINK);
         assert_eq!(settings.namespace, None);
         assert_eq!(settings.worker_template_path, None);
+    }
+
+    #[rstest]
+    #[case::unset(json!({}), None)]
+    #[case::null(json!(null), None)]
+    #[case::empty_string(json!(""), None)]
+    #[case::whole_seconds(json!(60), Some("60s"))]
+    #[case::fractional_seconds(json!(0.5), Some("0.5s"))]
+    #[case::string_as_written(json!("30m"), Some("30m"))]
+    fn durations_read_as_dask_writes_them(#[case] value: Value, #[case] want: Option<&str>) {
+        // The two duration keys are read by one rule.
+        let value = if value == json!({}) {
+            None
+        } else {
+            Some(value)
+        };
+        let mut kubernetes = serde_json::Map::new();
+        let mut adaptive = serde_json::Map::new();
+        if let Some(v) = value {
+            kubernetes.insert("idle-timeout".into(), v.clone());
+            adaptive.insert("target-duration".into(), v);
+        }
+        let config = DaskConfig::from_sources(&ConfigSources {
+            documents: vec![doc(
+                "d.yaml",
+                json!({"kubernetes": kubernetes, "distributed": {"adaptive": adaptive}}),
+            )],
+            env: vec![],
+        })
+        .unwrap();
+        let settings = config.kube_settings().unwrap();
+        assert_eq!(settings.idle_timeout.as_deref(), want);
+        assert_eq!(settings.adaptive_target_duration.as_deref(), want);
+    }
+
+    #[test]
+    fn a_duration_of_another_kind_names_its_key() {
+        let config = DaskConfig::from_sources(&ConfigSources {
+            documents: vec![doc(
+                "d.yaml",
+                json!({"kubernetes": {"idle-timeout": ["1h"]}}),
+            )],
+            env: vec![],
+        })
+        .unwrap();
+        let err = config.kube_settings().unwrap_err().to_string();
+        assert!(err.contains("kubernetes.idle-timeout"), "{err}");
     }
 
     #[rstest]
