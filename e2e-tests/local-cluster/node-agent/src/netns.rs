@@ -207,8 +207,35 @@ impl PodNetwork {
                 return Err(e);
             }
         }
+        self.forget_previous_owner(ip_addr).await;
         debug!(netns = %ns, %veth, ip = %ip_addr, "pod network ready");
         Ok(ns)
+    }
+
+    /// A pod IP is handed out again once the allocator has gone round the subnet, with a
+    /// new MAC. A neighbour entry left for it in the service proxy's namespace (or the
+    /// host's) still points at the previous pod's MAC: the first SYNs of a ClusterIP
+    /// connection to the new pod go nowhere until the kernel re-resolves, after
+    /// `delay_first_probe_time` (5 s) and probes, and a Dask worker's first connect to its
+    /// scheduler hangs for ~10 s. Those entries are never collected below `gc_thresh1`
+    /// (128). Real CNIs send a gratuitous ARP for a new pod for this reason (the bridge
+    /// plugin does); here the stale entries are deleted: a missing one is resolved at once.
+    /// Best effort: no entry (the usual case) is not an error.
+    async fn forget_previous_owner(&self, ip_addr: std::net::Ipv4Addr) {
+        let addr = ip_addr.to_string();
+        let proxy = proxy_netns_name(&self.tag);
+        let stale = [
+            (
+                "service proxy",
+                vec!["-n", proxy.as_str(), "neigh", "del", &addr, "dev", "eth0"],
+            ),
+            ("host", vec!["neigh", "del", &addr, "dev", &self.bridge]),
+        ];
+        for (namespace, args) in stale {
+            if ip(&args).await.is_ok() {
+                debug!(ip = %addr, namespace, "deleted a stale neighbour entry of a reused pod IP");
+            }
+        }
     }
 
     /// Creates the service proxy's namespace: `eth0` on the bridge with the subnet's last
