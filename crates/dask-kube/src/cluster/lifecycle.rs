@@ -288,6 +288,7 @@ impl KubeClusterBuilder {
             progress(Progress::Step(
                 "waiting for the scheduler pod to run".into(),
             ));
+            wait_scheduler_running(&api, &spec.name).await?;
             connect_scheduler(&api, &spec.name, self.access, ports, &progress).await
         };
         let connected = match tokio::join!(setup, workers) {

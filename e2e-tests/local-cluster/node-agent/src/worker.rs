@@ -1211,7 +1211,10 @@ impl PodWorker {
         if self.last_status.as_ref() == Some(&comparable) {
             return;
         }
-        let patch = serde_json::json!({"status": status});
+        // The uid is a precondition, as in the kubelet's status patches: a pod deleted and
+        // created again under the same name (dask-kube replaces its controller pod so) must
+        // not get the old one's status, e.g. its container's exit.
+        let patch = serde_json::json!({"metadata": {"uid": self.uid}, "status": status});
         match self
             .api()
             .patch_status(
@@ -1229,6 +1232,9 @@ impl PodWorker {
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 debug!(pod = %self.pod_label(), "status not updated: pod is gone");
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                debug!(pod = %self.pod_label(), reason = %s.message, "status not updated: a new pod has the name");
             }
             Err(e) => warn!(pod = %self.pod_label(), error = %e, "status update failed"),
         }
