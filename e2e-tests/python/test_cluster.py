@@ -41,6 +41,16 @@ def figure(name: str, value: str) -> None:
 FIGURES: list[str] = []
 
 
+def assert_scale_2_to_1_keeps_the_data(cluster, client) -> None:
+    """Data on both workers; scaling to 1 retires one worker, which moves it, not loses it."""
+    futures = client.map(lambda i: i * 10, range(20), pure=False)
+    client.gather(futures)
+    report = cluster.scale(1)
+    assert len(report["retired"]) == 1, report
+    assert sum(client.gather(futures)) == sum(i * 10 for i in range(20))
+    assert len(client.scheduler_info()["workers"]) == 1
+
+
 def test_readme_example_with_only_the_import_changed(kubectl, small_worker):
     t0 = time.monotonic()
     # --- the README example, `from dask_kubernetes import KubeCluster` changed ---
@@ -84,13 +94,7 @@ def test_context_manager_and_scale_down_retires_before_deleting(kubectl, small_w
     with KubeCluster(small_worker, n_workers=2, name="py-ctx-{uuid}") as cluster:
         cluster.wait_for_workers(2, timeout=180)
         with distributed.Client(cluster) as client:
-            # Data on both workers; scaling to 1 must move it, not lose it.
-            futures = client.map(lambda i: i * 10, range(20), pure=False)
-            client.gather(futures)
-            report = cluster.scale(1)
-            assert len(report["retired"]) == 1, report
-            assert sum(client.gather(futures)) == sum(i * 10 for i in range(20))
-            assert len(client.scheduler_info()["workers"]) == 1
+            assert_scale_2_to_1_keeps_the_data(cluster, client)
         kept = [p["pod"] for p in cluster.pods() if p["connected"]]
         assert len(kept) == 1, cluster.pods()
         name = cluster.name
@@ -115,12 +119,7 @@ def test_deploy_mode_local_runs_the_scheduler_in_this_process(kubectl, small_wor
         assert all("ownerReferences" not in p["metadata"] for p in pods), pods
         assert kubectl.services(name) == []
         with distributed.Client(cluster) as client:
-            futures = client.map(lambda i: i * 10, range(20), pure=False)
-            client.gather(futures)
-            report = cluster.scale(1)
-            assert len(report["retired"]) == 1, report
-            assert sum(client.gather(futures)) == sum(i * 10 for i in range(20))
-            assert len(client.scheduler_info()["workers"]) == 1
+            assert_scale_2_to_1_keeps_the_data(cluster, client)
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
                 cluster.adapt(minimum=1, maximum=2)

@@ -498,7 +498,7 @@ fn group_by_reason(items: &[(String, DeleteReason)]) -> Vec<(DeleteReason, Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube_ops::tests::{body_json, mock_client, ok_json};
+    use crate::kube_ops::tests::{Handle, body_json, mock_client, ok_json};
     use serde_json::json;
     use std::sync::Mutex;
 
@@ -556,6 +556,20 @@ mod tests {
         json!({"metadata": {"name": name, "creationTimestamp": created}, "spec": {"containers": [{"name": "w", "image": "i"}]}, "status": {"phase": phase}})
     }
 
+    /// Answers the next `n` API calls, which must be pod DELETEs, with the pod in `phase`;
+    /// the deleted pod names in the order asked.
+    async fn answer_deletes(handle: &mut Handle, n: usize, phase: &str) -> Vec<String> {
+        let mut deleted = Vec::new();
+        for _ in 0..n {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::DELETE);
+            let name = request.uri().path().rsplit('/').next().unwrap().to_owned();
+            send.send_response(ok_json(pod_json(&name, phase, "2026-01-01T00:00:01Z")));
+            deleted.push(name);
+        }
+        deleted
+    }
+
     fn worker(name: &str) -> SchedulerWorker {
         SchedulerWorker {
             name: name.into(),
@@ -604,15 +618,7 @@ mod tests {
                     pod_json("c-worker-p", "Pending", "2026-01-01T00:00:03Z"),
                 ]}),
             ));
-            let mut deleted = Vec::new();
-            for _ in 0..2 {
-                let (request, send) = handle.next_request().await.unwrap();
-                assert_eq!(request.method(), http::Method::DELETE);
-                let name = request.uri().path().rsplit('/').next().unwrap().to_owned();
-                send.send_response(ok_json(pod_json(&name, "Running", "2026-01-01T00:00:01Z")));
-                deleted.push(name);
-            }
-            deleted
+            answer_deletes(&mut handle, 2, "Running").await
         });
         let s = scaler(client, fake.clone());
         let report = within(s.scale(1, false)).await.unwrap();
@@ -646,14 +652,7 @@ mod tests {
                     pod_json("c-worker-p3", "Pending", "2026-01-01T00:00:03Z"),
                 ]}),
             ));
-            let mut deleted = Vec::new();
-            for _ in 0..2 {
-                let (request, send) = handle.next_request().await.unwrap();
-                assert_eq!(request.method(), http::Method::DELETE);
-                let name = request.uri().path().rsplit('/').next().unwrap().to_owned();
-                send.send_response(ok_json(pod_json(&name, "Pending", "2026-01-01T00:00:01Z")));
-                deleted.push(name);
-            }
+            let mut deleted = answer_deletes(&mut handle, 2, "Pending").await;
             deleted.sort();
             deleted
         });
