@@ -887,6 +887,37 @@ impl ClusterApi {
             .map_err(|e| map_kube_error(e, &self.at("get", "pods/log")))
     }
 
+    /// Follows the log of `pod`'s only container from its start until a line satisfies
+    /// `is_wanted` (true) or the log ends (false: the container exited). One streaming
+    /// request, however long it takes, instead of asking again and again.
+    pub async fn follow_log_until(
+        &self,
+        pod: &str,
+        is_wanted: impl Fn(&str) -> bool,
+    ) -> Result<bool> {
+        use futures::{AsyncBufReadExt, TryStreamExt};
+        let params = LogParams {
+            follow: true,
+            ..LogParams::default()
+        };
+        let at = self.at("get", "pods/log");
+        let stream = self
+            .pods()
+            .log_stream(pod, &params)
+            .await
+            .map_err(|e| map_kube_error(e, &at))?;
+        let mut lines = std::pin::pin!(stream.lines());
+        while let Some(line) = lines.try_next().await.map_err(|source| Error::Io {
+            context: format!("reading the log of pod {pod}"),
+            source,
+        })? {
+            if is_wanted(&line) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Waits until `cond` holds for pod `name`, at most `timeout`.
     pub async fn wait_pod(
         &self,

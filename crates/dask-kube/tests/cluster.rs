@@ -11,7 +11,7 @@ mod common;
 mod in_cluster;
 
 use common::{SERIAL, TestNamespace, client, cluster, dask_kube, fixture, json_of, run, wait_for};
-use dask_kube::{KubeCluster, PodTemplate};
+use dask_kube::{Access, KubeCluster, PodTemplate};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{DeleteParams, PostParams};
@@ -510,6 +510,42 @@ async fn library_scale_workers_and_close() {
     let report = cluster.close().await.unwrap();
     assert!(report.leftovers.is_empty());
     assert!(ns.pod_names("app=dask").await.is_empty());
+    ns.delete().await;
+}
+
+/// Through port-forward, dask-kube waits for the scheduler by following its log for the line
+/// `Scheduler at:`; a scheduler configured to log nothing at INFO never prints it, and is
+/// still reached (by asking its HTTP API meanwhile), with its workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn a_scheduler_that_never_logs_its_address_is_reached() {
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-quiet").await;
+    let worker = PodTemplate::from_file(fixture("small-worker.yml"), "worker").unwrap();
+    let scheduler = PodTemplate::from_file(fixture("quiet-scheduler.yml"), "scheduler").unwrap();
+    let cluster = tokio::time::timeout(
+        common::WAIT,
+        KubeCluster::builder()
+            .worker_template(worker)
+            .scheduler_template(scheduler)
+            .namespace(&ns.name)
+            .access(Access::PortForward)
+            .initial_workers(1)
+            .start(),
+    )
+    .await
+    .expect("the quiet scheduler is reached before the test's wait ends")
+    .unwrap();
+    cluster.wait_for_workers(1, common::WAIT).await.unwrap();
+    let logs = cluster.logs().await.unwrap();
+    let scheduler_log = &logs[cluster.name()];
+    assert!(
+        !scheduler_log.contains("Scheduler at:"),
+        "the fixture must keep the scheduler quiet, else this tests nothing: {scheduler_log}"
+    );
+    let report = cluster.close().await.unwrap();
+    assert!(report.leftovers.is_empty());
     ns.delete().await;
 }
 

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::debug;
 
 use super::{POLL_INTERVAL, Progress, ProgressFn};
 
@@ -100,6 +101,19 @@ pub(crate) struct Connected {
 /// How often the wait for the scheduler's HTTP API asks whether the scheduler pod ended.
 const POD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the scheduler's HTTP API is asked through port-forward while its log is
+/// followed for the line that says it listens: a fallback for a scheduler whose logging
+/// does not print that line (the log says it first otherwise).
+const LOG_FOLLOWED_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether a scheduler log line says it listens: `distributed.scheduler` logs
+/// `Scheduler at: tcp://...` once its comm listener is up, and its HTTP server (the API
+/// dask-kube asks) started before that, in `Scheduler.__init__`. dask-kubernetes classic
+/// waits for the same line.
+pub(crate) fn says_scheduler_listening(line: &str) -> bool {
+    line.contains("Scheduler at:")
+}
+
 /// Local ports for the listeners (0 picks a free one).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct LocalPorts {
@@ -169,6 +183,21 @@ pub(crate) async fn connect_scheduler(
     // Whether the pod ended is asked at most once a second, not at every poll: while the
     // scheduler imports, the apiserver's CPU is the workers' too.
     let mut next_pod_check = Instant::now();
+    // Through port-forward every attempt is a new upgraded connection through the
+    // apiserver (about 20 of them while a scheduler imports on a busy node): when the
+    // first attempt fails, one followed log says when to ask again instead. Started only
+    // then, so connecting to a long-running scheduler reads no log. It ends with `false`
+    // when the log ends without the line or cannot be read: then polling takes over.
+    let mut log_says_listening = std::pin::pin!(async {
+        match api.follow_log_until(name, says_scheduler_listening).await {
+            Ok(found) => found,
+            Err(e) => {
+                debug!(pod = %name, error = %e, "cannot follow the scheduler log; polling its API");
+                false
+            }
+        }
+    });
+    let mut log_followed = matches!(connected.scheduler, SchedulerClient::Forwarded(_));
     loop {
         match connected.scheduler.adaptive_target().await {
             Ok(_) => break,
@@ -190,7 +219,17 @@ pub(crate) async fn connect_scheduler(
                         return Err(scheduler_failure(api, name, &pod).await);
                     }
                 }
-                tokio::time::sleep(POLL_INTERVAL).await;
+                if log_followed {
+                    tokio::select! {
+                        found = &mut log_says_listening => {
+                            debug!(pod = %name, found, "scheduler log followed");
+                            log_followed = false;
+                        }
+                        () = tokio::time::sleep(LOG_FOLLOWED_POLL_INTERVAL) => {}
+                    }
+                } else {
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
             }
         }
     }
@@ -358,6 +397,25 @@ mod tests {
     )]
     fn describes_what_a_pod_status_says(#[case] status: Value, #[case] expected: &str) {
         assert_eq!(describe_pod_status(&pod(status)), expected);
+    }
+
+    #[rstest]
+    #[case::distributed_default_format(
+        "2026-11-30 14:58:38,100 - distributed.scheduler - INFO -   Scheduler at:   tcp://10.244.0.43:8786",
+        true
+    )]
+    #[case::tls_and_a_custom_format("INFO Scheduler at: tls://dask.ns:8786", true)]
+    #[case::the_dashboard_line_after_it(
+        "2026-11-30 14:58:38,100 - distributed.scheduler - INFO -   dashboard at:  http://10.244.0.43:8787/status",
+        false
+    )]
+    #[case::state_start_before_listening(
+        "2026-11-30 14:58:37,901 - distributed.scheduler - INFO - State start",
+        false
+    )]
+    #[case::an_empty_line("", false)]
+    fn the_scheduler_log_line_that_says_it_listens(#[case] line: &str, #[case] listening: bool) {
+        assert_eq!(says_scheduler_listening(line), listening);
     }
 
     #[rstest]
