@@ -307,7 +307,10 @@ def test_async_api_runs_on_the_callers_loop_without_blocking_it(kubectl, small_w
 
 CHILD = textwrap.dedent(
     """
-    import sys, time, dask_kube
+    import signal, sys, time, dask_kube
+    # Ctrl-C as in a terminal, even when the tests run as a background job of a
+    # non-interactive shell, which starts its children with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     mode, template = sys.argv[1], sys.argv[2]
     if mode == "start":
         print("starting", flush=True)

@@ -817,22 +817,42 @@ async fn an_oom_killed_worker_is_recomputed_and_replaced() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let mut oom_killed = None;
-    while client.try_wait().unwrap().is_none() {
-        if oom_killed.is_none()
-            && let Ok(Some(pod)) = ns.pods().get_opt(&victim).await
-        {
-            let terminated = pod
-                .status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-                .find_map(|c| c.state.as_ref()?.terminated.clone());
-            if let Some(t) = terminated {
-                oom_killed = Some((t.reason.unwrap_or_default(), t.exit_code, started.elapsed()));
+    // Watched, not polled: adapt deletes an ended worker pod at once, at times before a
+    // poll every 250 ms saw its last status (a cold CI run missed it that way); a watch
+    // sees every version of the pod, the one its deletion carries included.
+    let victim_ended = tokio::spawn({
+        let pods = ns.pods();
+        let config =
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={victim}"));
+        async move {
+            use futures::StreamExt;
+            use kube::runtime::WatchStreamExt;
+            let mut versions = std::pin::pin!(
+                kube::runtime::watcher(pods, config)
+                    .default_backoff()
+                    .touched_objects()
+            );
+            while let Some(version) = versions.next().await {
+                let Ok(pod) = version else { continue };
+                let terminated = pod
+                    .status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+                    .find_map(|c| c.state.as_ref()?.terminated.clone());
+                if let Some(t) = terminated {
+                    return (t.reason.unwrap_or_default(), t.exit_code, started.elapsed());
+                }
             }
+            unreachable!("a watch with backoff does not end")
         }
+    });
+    while client.try_wait().unwrap().is_none() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let oom_killed = match tokio::time::timeout(Duration::from_secs(30), victim_ended).await {
+        Ok(ended) => Some(ended.unwrap()),
+        Err(_) => None,
+    };
     let out = client.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -6,6 +6,7 @@
 //! address, the only place that forwards and NATs: [`crate::dnat`]), so a pod reaches other
 //! pods of this agent, the host's bridge address and ClusterIPs, nothing else.
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, info, warn};
@@ -16,6 +17,35 @@ use crate::procfs;
 
 /// Where `ip netns add` puts namespace files.
 pub const NETNS_DIR: &str = "/run/netns";
+
+/// The discard port (RFC 863): where a pod's announcing datagram goes (nothing listens on
+/// the host, which answers with an ICMP port unreachable; the ARP request is what counts).
+const DISCARD_PORT: u16 = 9;
+
+/// Runs `f` inside the network namespace at `netns_path` and returns its result.
+///
+/// `setns` changes only the calling thread, and what a socket or `/proc/sys/net` belongs
+/// to is fixed by the thread that opens it: a short-lived thread enters the namespace, runs
+/// `f` and exits, so no runtime thread ever changes namespace.
+pub(crate) async fn in_netns<T, F>(netns_path: PathBuf, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || -> Result<T> {
+            let ns = std::fs::File::open(&netns_path)
+                .map_err(|e| Error::io(format!("opening {}", netns_path.display()), e))?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::sys(format!("entering {}", netns_path.display()), e))?;
+            f()
+        })
+        .join()
+        .map_err(|_| Error::Network("a thread in a network namespace panicked".into()))?
+    })
+    .await
+    .map_err(|e| Error::Network(format!("a task in a network namespace failed: {e}")))?
+}
 
 /// A short, stable tag for one agent instance (state dir + node name), used in every name
 /// the agent creates so two agents on one machine never touch each other's namespaces.
@@ -208,6 +238,7 @@ impl PodNetwork {
             }
         }
         self.forget_previous_owner(ip_addr).await;
+        self.announce(&ns).await;
         debug!(netns = %ns, %veth, ip = %ip_addr, "pod network ready");
         Ok(ns)
     }
@@ -219,7 +250,8 @@ impl PodNetwork {
     /// `delay_first_probe_time` (5 s) and probes, and a Dask worker's first connect to its
     /// scheduler hangs for ~10 s. Those entries are never collected below `gc_thresh1`
     /// (128). Real CNIs send a gratuitous ARP for a new pod for this reason (the bridge
-    /// plugin does); here the stale entries are deleted: a missing one is resolved at once.
+    /// plugin does); these two stale entries are deleted, so a missing one is resolved at once,
+    /// and [`Self::announce`] updates everyone else's.
     /// Best effort: no entry (the usual case) is not an error.
     async fn forget_previous_owner(&self, ip_addr: std::net::Ipv4Addr) {
         let addr = ip_addr.to_string();
@@ -235,6 +267,31 @@ impl PodNetwork {
             if ip(&args).await.is_ok() {
                 debug!(ip = %addr, namespace, "deleted a stale neighbour entry of a reused pod IP");
             }
+        }
+    }
+
+    /// Tells every namespace on the bridge (other pods', the proxy's, the host's) that
+    /// still maps the new pod's IP to a previous pod's MAC about the new one, as a CNI's
+    /// gratuitous ARP does: a datagram from the pod to the gateway's discard port makes the
+    /// pod's kernel broadcast an ARP request for the gateway, which carries the pod's IP and
+    /// MAC, and Linux updates an existing entry for a sender it hears (`arp_process`), even
+    /// with `arp_accept=0`. Without it a pod that had talked to the previous owner (a Dask
+    /// worker fetching data from a worker whose IP came back) waits ~10 s on its first
+    /// connection. [`Self::forget_previous_owner`] still deletes the two entries on the
+    /// ClusterIP path: an update is not taken from a sender heard within `locktime` (1 s).
+    /// Best effort: a failure is logged.
+    async fn announce(&self, ns: &str) {
+        let gateway = SocketAddrV4::new(self.subnet.gateway(), DISCARD_PORT);
+        let sent = in_netns(Self::netns_path(ns), move || {
+            let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+                .map_err(|e| Error::io("opening a UDP socket in a pod namespace", e))?;
+            socket
+                .send_to(&[], gateway)
+                .map_err(|e| Error::io(format!("sending to {gateway}"), e))
+        })
+        .await;
+        if let Err(e) = sent {
+            warn!(netns = %ns, error = %e, "could not announce a new pod's address to its neighbours");
         }
     }
 

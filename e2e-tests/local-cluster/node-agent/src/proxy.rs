@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::dnat;
 use crate::error::{Error, Result};
-use crate::netns::PodNetwork;
+use crate::netns::{PodNetwork, in_netns};
 use crate::services::{Frontend, backend_order};
 
 /// How long a connect to one backend may take before the next one is tried.
@@ -46,61 +46,36 @@ pub struct ServiceProxy {
 }
 
 /// Turns IPv4 forwarding on inside the network namespace at `netns_path` (DNATed packets leave
-/// the proxy namespace through the interface they came in by).
-///
-/// `/proc/sys/net` shows the namespace of the thread that opens it: a short-lived thread enters
-/// the namespace and writes the switch, so the host's own setting is never touched.
+/// the proxy namespace through the interface they came in by). `/proc/sys/net` shows the
+/// namespace of the thread that opens it, so the host's own setting is never touched.
 async fn enable_forwarding(netns_path: PathBuf) -> Result<()> {
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        std::thread::spawn(move || -> Result<()> {
-            let ns = std::fs::File::open(&netns_path)
-                .map_err(|e| Error::io(format!("opening {}", netns_path.display()), e))?;
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| Error::sys(format!("entering {}", netns_path.display()), e))?;
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
-                Error::io(
-                    format!(
-                        "turning on IPv4 forwarding in {} (ClusterIP DNAT)",
-                        netns_path.display()
-                    ),
-                    e,
-                )
-            })
+    let shown = netns_path.display().to_string();
+    in_netns(netns_path, move || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
+            Error::io(
+                format!("turning on IPv4 forwarding in {shown} (ClusterIP DNAT)"),
+                e,
+            )
         })
-        .join()
-        .map_err(|_| Error::Network("the forwarding thread panicked".into()))?
     })
     .await
-    .map_err(|e| Error::Network(format!("the forwarding task failed: {e}")))?
 }
 
-/// Binds a listener inside the network namespace at `netns_path`.
-///
-/// A socket belongs to the namespace it was created in, whatever thread uses it later: a
-/// short-lived thread enters the namespace (`setns` affects only the calling thread), binds
-/// and exits, so no runtime thread ever changes namespace.
+/// Binds a listener inside the network namespace at `netns_path` (a socket belongs to the
+/// namespace it was created in, whatever thread uses it later).
 async fn bind_in_netns(netns_path: PathBuf, addr: SocketAddrV4) -> Result<TcpListener> {
-    let std_listener = tokio::task::spawn_blocking(move || -> Result<std::net::TcpListener> {
-        std::thread::spawn(move || -> Result<std::net::TcpListener> {
-            let ns = std::fs::File::open(&netns_path)
-                .map_err(|e| Error::io(format!("opening {}", netns_path.display()), e))?;
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| Error::sys(format!("entering {}", netns_path.display()), e))?;
-            let l = std::net::TcpListener::bind(addr).map_err(|e| {
-                Error::io(
-                    format!("listening on {addr} in the service proxy namespace"),
-                    e,
-                )
-            })?;
-            l.set_nonblocking(true)
-                .map_err(|e| Error::io("making a listener non-blocking", e))?;
-            Ok(l)
-        })
-        .join()
-        .map_err(|_| Error::Network("the bind thread panicked".into()))?
+    let std_listener = in_netns(netns_path, move || {
+        let l = std::net::TcpListener::bind(addr).map_err(|e| {
+            Error::io(
+                format!("listening on {addr} in the service proxy namespace"),
+                e,
+            )
+        })?;
+        l.set_nonblocking(true)
+            .map_err(|e| Error::io("making a listener non-blocking", e))?;
+        Ok(l)
     })
-    .await
-    .map_err(|e| Error::Network(format!("the bind task failed: {e}")))??;
+    .await?;
     TcpListener::from_std(std_listener).map_err(|e| Error::io("registering a listener", e))
 }
 

@@ -965,15 +965,30 @@ fn proxy_netns_and_subnet() -> (String, std::net::Ipv4Addr, u32) {
 /// A pod IP handed out again (the allocator went round the subnet) must not be reached at
 /// the previous pod's MAC: with the service proxy's stale neighbour entry the first SYNs of
 /// every ClusterIP connection to the new pod went nowhere until the kernel re-resolved
-/// (~10 s for a Dask worker's first connect to its scheduler). Every free address of the
-/// subnet gets a stale entry with a MAC no pod has; a new pod's entry must be gone before
-/// any traffic, and a client reaches it through its Service.
+/// (~10 s for a Dask worker's first connect to its scheduler), and a pod that had talked to
+/// the previous owner (a worker fetching from a worker) waited as long. Every free address
+/// of the subnet gets a stale entry with a MAC no pod has, in the service proxy's namespace
+/// and in a running pod's; a new pod's entry must be gone from the proxy's and show the new
+/// pod's MAC (or be gone) in the other pod's before any traffic of its own, and a client
+/// reaches it through its Service.
 #[tokio::test]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn a_reused_pod_ip_is_not_reached_at_the_previous_pods_mac() {
     const STALE_MAC: &str = "02:00:5e:00:00:01";
     let env = TestEnv::new("reuse").await;
     let (proxy, net, prefix) = proxy_netns_and_subnet();
+    // A running pod that "talked to the previous owner" of every free address.
+    env.create_pod(&fixture(
+        "greeter.yaml",
+        &[("NAME", "neighbour"), ("APP", "neighbour")],
+    ))
+    .await;
+    let neighbour = env.wait_pod("neighbour", "Ready", is_ready).await;
+    let neighbour_netns = format!(
+        "{}{}",
+        proxy.strip_suffix("svc").unwrap(),
+        neighbour.metadata.uid.as_deref().unwrap()
+    );
     let all: Api<Pod> = Api::all(env.client.clone());
     let in_use: std::collections::BTreeSet<String> = all
         .list(&Default::default())
@@ -988,12 +1003,16 @@ async fn a_reused_pod_ip_is_not_reached_at_the_previous_pods_mac() {
         .map(|i| std::net::Ipv4Addr::from(u32::from(net) + i).to_string())
         .filter(|a| !in_use.contains(a))
         .collect();
-    for addr in &poisoned {
-        ip(&[
-            "-n", &proxy, "neigh", "replace", addr, "lladdr", STALE_MAC, "dev", "eth0", "nud",
-            "stale",
-        ]);
+    for netns in [&proxy, &neighbour_netns] {
+        for addr in &poisoned {
+            ip(&[
+                "-n", netns, "neigh", "replace", addr, "lladdr", STALE_MAC, "dev", "eth0", "nud",
+                "stale",
+            ]);
+        }
     }
+    // Linux takes no update from a sender heard within `locktime` (1 s) of the entry's.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
     svcs.create(
         &PostParams::default(),
@@ -1017,6 +1036,26 @@ async fn a_reused_pod_ip_is_not_reached_at_the_previous_pods_mac() {
     let pod = env.wait_pod("reused-ip", "Ready", is_ready).await;
     let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
     let entry = ip(&["-n", &proxy, "neigh", "show", &pod_ip, "dev", "eth0"]);
+    let neighbours_entry = ip(&[
+        "-n",
+        &neighbour_netns,
+        "neigh",
+        "show",
+        &pod_ip,
+        "dev",
+        "eth0",
+    ]);
+    let pod_netns = format!(
+        "{}{}",
+        proxy.strip_suffix("svc").unwrap(),
+        pod.metadata.uid.as_deref().unwrap()
+    );
+    let pod_mac = ip(&["-n", &pod_netns, "-o", "link", "show", "eth0"])
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_owned();
     let leftover_after_the_test: Vec<&String> = poisoned.iter().filter(|a| **a != pod_ip).collect();
     for addr in &leftover_after_the_test {
         let _ = std::process::Command::new("ip")
@@ -1030,6 +1069,10 @@ async fn a_reused_pod_ip_is_not_reached_at_the_previous_pods_mac() {
     assert!(
         !entry.contains(STALE_MAC),
         "the service proxy still sends {pod_ip} to the previous pod's MAC: {entry}"
+    );
+    assert!(
+        neighbours_entry.trim().is_empty() || neighbours_entry.contains(&pod_mac),
+        "another pod still sends {pod_ip} to the previous pod's MAC, not {pod_mac}: {neighbours_entry}"
     );
     env.create_pod(&fixture("svc-client.yaml", &[("TARGETS", "reuse:80")]))
         .await;
