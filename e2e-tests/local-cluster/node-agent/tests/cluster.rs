@@ -962,6 +962,15 @@ fn proxy_netns_and_subnet() -> (String, std::net::Ipv4Addr, u32) {
     (ns, net, prefix)
 }
 
+/// A pod's network namespace: `dk-<tag>-<uid>`, next to the agent's `dk-<tag>-svc`.
+fn pod_netns(proxy_netns: &str, pod: &Pod) -> String {
+    format!(
+        "{}{}",
+        proxy_netns.strip_suffix("svc").unwrap(),
+        pod.metadata.uid.as_deref().unwrap()
+    )
+}
+
 /// A pod IP handed out again (the allocator went round the subnet) must not be reached at
 /// the previous pod's MAC: with the service proxy's stale neighbour entry the first SYNs of
 /// every ClusterIP connection to the new pod went nowhere until the kernel re-resolved
@@ -984,11 +993,7 @@ async fn a_reused_pod_ip_is_not_reached_at_the_previous_pods_mac() {
     ))
     .await;
     let neighbour = env.wait_pod("neighbour", "Ready", is_ready).await;
-    let neighbour_netns = format!(
-        "{}{}",
-        proxy.strip_suffix("svc").unwrap(),
-        neighbour.metadata.uid.as_deref().unwrap()
-    );
+    let neighbour_netns = pod_netns(&proxy, &neighbour);
     let all: Api<Pod> = Api::all(env.client.clone());
     let in_use: std::collections::BTreeSet<String> = all
         .list(&Default::default())
@@ -1045,12 +1050,7 @@ async fn a_reused_pod_ip_is_not_reached_at_the_previous_pods_mac() {
         "dev",
         "eth0",
     ]);
-    let pod_netns = format!(
-        "{}{}",
-        proxy.strip_suffix("svc").unwrap(),
-        pod.metadata.uid.as_deref().unwrap()
-    );
-    let pod_mac = ip(&["-n", &pod_netns, "-o", "link", "show", "eth0"])
+    let pod_mac = ip(&["-n", &pod_netns(&proxy, &pod), "-o", "link", "show", "eth0"])
         .split_whitespace()
         .skip_while(|w| *w != "link/ether")
         .nth(1)
