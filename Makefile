@@ -108,7 +108,7 @@ fuzz: ## bounded fuzz campaign of the policy (cargo-fuzz on nightly; FUZZ_RUNS p
 	CACHE_DIR=$(CACHE_DIR) fuzz/run.sh
 
 .PHONY: bench-python
-bench-python: setup wasm venv ## classic dask-kubernetes KubeCluster vs dask_kube.KubeCluster: constructor to N connected workers, peak RSS (BENCH_N, BENCH_REPEATS)
+bench-python: setup wasm venv ## classic dask-kubernetes KubeCluster vs dask_kube.KubeCluster, each deploy mode: constructor to N connected workers, machine CPU, peak RSS (BENCH_N, BENCH_REPEATS)
 	VENV=$(VENV) e2e-tests/bench-python/run.sh
 
 cluster-up: wasm venv ## start the local control plane (+ node agent, policy webhook)

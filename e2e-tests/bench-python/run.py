@@ -1,8 +1,11 @@
 """`make bench-python`: dask-kubernetes 2024.4.2's classic KubeCluster and
 dask_kube.KubeCluster side by side in one run: time from the constructor to N connected
-workers, and the client process's peak RSS. Each measurement is a fresh process
-(driver.py) in its side's venv; the repeats rotate the order of the sides; between runs the
-namespace must be back to no Dask pods. Prints medians (min-max) and writes JSON.
+workers, the CPU the machine spent meanwhile, and the client process's peak RSS. Each
+measurement is a fresh process (driver.py) in its side's venv; the repeats rotate the order
+of the sides; between runs the namespace must be back to no Dask pods. Prints medians
+(min-max), the ratios of like to like (scheduler in a pod: dask-kube / classic-remote;
+scheduler in the client process: dask-kube-local / classic) and dask-kube / classic, and
+writes JSON.
 
 Standard library only; run it with any python3 (run.sh sets everything up).
 """
@@ -18,6 +21,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SIDES = ["classic", "classic-remote", "dask-kube", "dask-kube-local"]
+# Sides whose scheduler runs in the driver process, listening on the pod bridge.
+LOCAL_SCHEDULER_SIDES = ("classic", "dask-kube-local")
+# (side, baseline, what they have in common): the ratios printed, like to like first.
+RATIOS = [
+    ("dask-kube", "classic-remote", "scheduler in a pod"),
+    ("dask-kube-local", "classic", "scheduler in the client process"),
+    ("dask-kube", "classic", "dask_kube's default vs classic's local scheduler"),
+]
 
 
 def dask_pods(kubectl: str, namespace: str) -> list[str]:
@@ -40,7 +52,7 @@ def measure(side: str, python: str, args, run: int) -> dict:
     name = f"bench-py-{side.replace('-', '')}-{run}"
     cmd = [python, str(HERE / "driver.py"), "--side", side, "--template", args.template, "--n", str(args.n),
            "--name", name, "--namespace", args.namespace, "--timeout", str(args.timeout)]
-    if side in ("classic", "dask-kube-local"):
+    if side in LOCAL_SCHEDULER_SIDES:
         cmd += ["--host", args.scheduler_host]
     log = Path(args.out_dir) / f"{name}.log"
     with open(log, "w") as err:
@@ -67,40 +79,48 @@ def main() -> int:
     ap.add_argument("--kubectl", default="kubectl")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--sides", default=",".join(SIDES),
+                    help=f"comma-separated subset of {','.join(SIDES)} (default: all)")
     args = ap.parse_args()
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    sides = {"classic": args.classic_python, "dask-kube": args.dask_kube_python,
-             "dask-kube-local": args.dask_kube_python}
+    pythons = {"classic": args.classic_python, "classic-remote": args.classic_python,
+               "dask-kube": args.dask_kube_python, "dask-kube-local": args.dask_kube_python}
+    sides = [s for s in args.sides.split(",") if s]
+    if unknown := [s for s in sides if s not in SIDES]:
+        ap.error(f"unknown side(s) {', '.join(unknown)}; the sides are {', '.join(SIDES)}")
     results: dict[str, list[dict]] = {s: [] for s in sides}
     wait_no_dask_pods(args.kubectl, args.namespace, 120)
     for run in range(args.repeats):
-        order = list(sides)[run % len(sides):] + list(sides)[: run % len(sides)]
+        order = sides[run % len(sides):] + sides[: run % len(sides)]
         for side in order:
-            r = measure(side, sides[side], args, run)
+            r = measure(side, pythons[side], args, run)
             results[side].append(r)
             print(f"bench-python: run {run} {side}: {r['seconds']:.2f} s to {args.n} workers, "
-                  f"peak RSS {r['peak_rss_kib'] / 1024:.1f} MiB", file=sys.stderr, flush=True)
+                  f"machine CPU {r['machine_cpu_seconds']:.2f} s, peak RSS {r['peak_rss_kib'] / 1024:.1f} MiB",
+                  file=sys.stderr, flush=True)
             wait_no_dask_pods(args.kubectl, args.namespace, 120)
-    secs = {s: [r["seconds"] for r in rs] for s, rs in results.items()}
-    rss = {s: [r["peak_rss_kib"] for r in rs] for s, rs in results.items()}
-    ratios = {
-        s: (statistics.median(secs[s]) / statistics.median(secs["classic"]),
-            statistics.median(rss[s]) / statistics.median(rss["classic"]))
-        for s in sides if s != "classic"
-    }
+    median = {key: {s: statistics.median(r[key] for r in rs) for s, rs in results.items()}
+              for key in ("seconds", "machine_cpu_seconds", "peak_rss_kib")}
     print(f"\nconstructor to {args.n} connected workers, {args.repeats} repeats, median (min-max)\n")
-    print("| side | time to N workers | client peak RSS |")
-    print("|---|---|---|")
+    print("| side | time to N workers | machine CPU meanwhile | client peak RSS |")
+    print("|---|---|---|---|")
     for s in sides:
-        print(f"| {s} | {summary(secs[s], 's')} | {summary(rss[s], 'MiB', 1 / 1024)} |")
-    for s, (ratio_t, ratio_m) in ratios.items():
-        print(f"| {s} / classic | {ratio_t:.2f}x | {ratio_m:.2f}x |")
-    fastest = min(sides, key=lambda s: statistics.median(secs[s]))
+        rs = results[s]
+        print(f"| {s} | {summary([r['seconds'] for r in rs], 's')} "
+              f"| {summary([r['machine_cpu_seconds'] for r in rs], 's')} "
+              f"| {summary([r['peak_rss_kib'] for r in rs], 'MiB', 1 / 1024)} |")
+    ratios = {}
+    for side, base, common in RATIOS:
+        if side in results and base in results:
+            t = median["seconds"][side] / median["seconds"][base]
+            m = median["peak_rss_kib"][side] / median["peak_rss_kib"][base]
+            ratios[f"{side}/{base}"] = {"time": t, "rss": m, "common": common}
+            print(f"| {side} / {base} ({common}) | {t:.2f}x | | {m:.2f}x |")
+    fastest = min(sides, key=lambda s: median["seconds"][s])
     print(f"\nfastest to {args.n} connected workers: {fastest}")
     (Path(args.out_dir) / "results.json").write_text(json.dumps(
-        {"n": args.n, "repeats": args.repeats, "results": results,
-         "ratios_to_classic": {s: {"time": t, "rss": m} for s, (t, m) in ratios.items()},
-         "fastest": fastest}, indent=2))
+        {"n": args.n, "repeats": args.repeats, "results": results, "ratios": ratios, "fastest": fastest},
+        indent=2))
     print(f"\nlogs and results.json in {args.out_dir}")
     return 0
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # make bench-python: dask-kubernetes 2024.4.2 classic KubeCluster vs dask_kube.KubeCluster,
-# constructor to N connected workers and client peak RSS, side by side (run.py, driver.py).
+# constructor to N connected workers, machine CPU meanwhile and client peak RSS, side by side,
+# each deploy mode of classic (local, remote) against its dask_kube counterpart (run.py, driver.py).
 # A benchmark, not a test: it prints figures and asserts nothing about them.
 #
-#   BENCH_N=4 BENCH_REPEATS=3 e2e-tests/bench-python/run.sh
+#   BENCH_N=4 BENCH_REPEATS=3 e2e-tests/bench-python/run.sh [--sides classic,dask-kube]
 #
 # Env: BENCH_N (4), BENCH_REPEATS (3), BENCH_OUT_DIR, VENV (the venv with dask_kube, as
 # `make venv` makes it), BENCH_CLASSIC_VENV (made from ../bench-scale/requirements-classic.txt
