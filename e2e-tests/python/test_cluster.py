@@ -441,6 +441,22 @@ def test_forbidden_names_verb_and_resource(kubectl, tmp_path, small_worker, monk
     assert "create pods" in str(info.value), str(info.value)
 
 
+def test_workers_that_cannot_start_raise_workers_failed_and_leave_nothing(kubectl, tmp_path, small_worker):
+    # A typo in a flag: `dask worker` takes `--memory-limt` as a preload argument, refuses
+    # the extra `1GB` and exits. The constructor says so with the worker's log instead of
+    # waiting out its timeout for workers that cannot come.
+    template = yaml.safe_load(Path(small_worker).read_text())
+    args = template["spec"]["containers"][0]["args"]
+    args[args.index("--memory-limit")] = "--memory-limt"
+    typo = tmp_path / "typo-worker.yml"
+    typo.write_text(yaml.safe_dump(template))
+    name = f"py-typo-{os.getpid()}"
+    with pytest.raises(dask_kube.WorkersFailed, match="every worker pod ended") as info:
+        KubeCluster(str(typo), name=name, n_workers=2)
+    assert "Usage: dask worker" in str(info.value), str(info.value)
+    assert kubectl.wait_gone(name, timeout=30) == []
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _print_figures(request):
     yield

@@ -65,6 +65,7 @@ pub fn exception_class(error: &Error) -> &'static str {
         | Error::SchedulerHttp { .. }
         | Error::SchedulerAnswer { .. }
         | Error::PortForward { .. } => "SchedulerError",
+        Error::WorkersFailed { .. } => "WorkersFailed",
         Error::Partial { .. } | Error::CleanupIncomplete { .. } => "PartialFailure",
         _ => "DaskKubeError",
     }
@@ -919,6 +920,7 @@ mod tests {
     #[case::not_found(Error::ClusterNotFound { name: "a".into(), namespace: "b".into() }, "ClusterNotFound")]
     #[case::timeout(Error::Timeout { what: "w".into(), seconds: 1 }, "ClusterTimeout")]
     #[case::usage(Error::Usage("bad".into()), "InvalidArgument")]
+    #[case::every_worker_pod_ended(Error::WorkersFailed { wanted: 2, connected: 0, ended: "w-a (Failed)".into(), pod: "w-a".into(), reason: "phase Failed".into() }, "WorkersFailed")]
     #[case::partial(Error::Partial { action: "a".into(), done: 0, wanted: 1, failures: vec![] }, "PartialFailure")]
     fn errors_map_to_python_classes_by_meaning(#[case] error: Error, #[case] class: &str) {
         assert_eq!(exception_class(&error), class);
@@ -951,6 +953,7 @@ mod tests {
             "ClusterNotFound",
             "ClusterTimeout",
             "SchedulerError",
+            "WorkersFailed",
             "PartialFailure",
             "DaskKubeError",
         ] {

@@ -137,6 +137,23 @@ pub enum Error {
         /// Why (phase, container state, events).
         reason: String,
     },
+    /// Every worker pod ended before the awaited workers connected: none can come.
+    #[error(
+        "{wanted} workers cannot connect ({connected} connected): every worker pod ended ({ended}); \
+         worker pod {pod}: {reason}"
+    )]
+    WorkersFailed {
+        /// Workers awaited.
+        wanted: usize,
+        /// Workers connected when the last pod ended.
+        connected: usize,
+        /// The ended pods (`name (phase, reason)`, the first few).
+        ended: String,
+        /// The pod described.
+        pod: String,
+        /// Its phase, container state and last log lines.
+        reason: String,
+    },
     /// A bounded wait ran out.
     #[error("timed out after {seconds}s waiting for {what}")]
     Timeout {

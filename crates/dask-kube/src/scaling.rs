@@ -151,6 +151,41 @@ impl ScaleDownPlan {
     }
 }
 
+/// The worker pods that ended, when every worker pod of the cluster has ended and none is
+/// left that could still connect: a flag `dask worker` refuses, an image that exits, a
+/// memory limit below what a worker needs to start. Waiting for workers past that point
+/// only runs out its timeout. `None` while any worker pod is Pending, Running or Unknown
+/// (it may still connect), or when no pod ended (pods being deleted count for neither:
+/// someone is scaling).
+pub fn every_worker_pod_ended(pods: &[WorkerPodState]) -> Option<Vec<&WorkerPodState>> {
+    if pods.iter().any(WorkerPodState::active) {
+        return None;
+    }
+    let ended: Vec<&WorkerPodState> = pods
+        .iter()
+        .filter(|p| p.phase.finished() && !p.deleting)
+        .collect();
+    (!ended.is_empty()).then_some(ended)
+}
+
+/// `a (Failed, OOMKilled), b (Succeeded)`: the ended pods among `pods` for a message, at
+/// most `limit` named; empty when none ended.
+pub fn describe_ended_pods(pods: &[WorkerPodState], limit: usize) -> String {
+    let ended: Vec<String> = pods
+        .iter()
+        .filter(|p| p.phase.finished() && !p.deleting)
+        .map(|p| match &p.reason {
+            Some(reason) => format!("{} ({:?}, {reason})", p.name, p.phase),
+            None => format!("{} ({:?})", p.name, p.phase),
+        })
+        .collect();
+    match ended.len() {
+        0 => String::new(),
+        n if n > limit => format!("{} and {} more", ended[..limit].join(", "), n - limit),
+        _ => ended.join(", "),
+    }
+}
+
 /// Groups the scheduler's workers by pod name.
 pub fn workers_by_pod<'a>(
     pods: &[WorkerPodState],
@@ -323,6 +358,52 @@ impl WorkerCounts {
 pub(crate) mod tests {
     use super::*;
     use rstest::rstest;
+
+    fn ended(name: &str, phase: PodPhase, reason: Option<&str>) -> WorkerPodState {
+        WorkerPodState {
+            reason: reason.map(Into::into),
+            ..mk_pod(name, phase, 0)
+        }
+    }
+
+    fn deleting(name: &str, phase: PodPhase) -> WorkerPodState {
+        WorkerPodState {
+            deleting: true,
+            ..mk_pod(name, phase, 0)
+        }
+    }
+
+    #[rstest]
+    #[case::no_pods(vec![], None)]
+    #[case::every_pod_failed(vec![ended("a", PodPhase::Failed, Some("Error")), ended("b", PodPhase::Failed, None)], Some(vec!["a", "b"]))]
+    #[case::succeeded_counts_as_ended(vec![ended("a", PodPhase::Succeeded, None)], Some(vec!["a"]))]
+    #[case::one_still_pending(vec![ended("a", PodPhase::Failed, None), mk_pod("b", PodPhase::Pending, 0)], None)]
+    #[case::one_still_running(vec![ended("a", PodPhase::Failed, None), mk_pod("b", PodPhase::Running, 0)], None)]
+    #[case::unknown_may_come_back(vec![ended("a", PodPhase::Failed, None), mk_pod("b", PodPhase::Unknown, 0)], None)]
+    #[case::all_running(vec![mk_pod("a", PodPhase::Running, 0)], None)]
+    #[case::ended_pods_being_deleted_are_someone_scaling(vec![deleting("a", PodPhase::Failed)], None)]
+    #[case::a_deleted_one_beside_an_ended_one(vec![deleting("a", PodPhase::Running), ended("b", PodPhase::Failed, None)], Some(vec!["b"]))]
+    fn the_wait_for_workers_gives_up_only_when_every_worker_pod_ended(
+        #[case] pods: Vec<WorkerPodState>,
+        #[case] expected: Option<Vec<&str>>,
+    ) {
+        let got = every_worker_pod_ended(&pods)
+            .map(|v| v.iter().map(|p| p.name.as_str()).collect::<Vec<_>>());
+        assert_eq!(got, expected);
+    }
+
+    #[rstest]
+    #[case::none_ended(vec![mk_pod("a", PodPhase::Running, 0)], 3, "")]
+    #[case::with_and_without_reason(vec![ended("a", PodPhase::Failed, Some("OOMKilled")), mk_pod("b", PodPhase::Running, 0), ended("c", PodPhase::Succeeded, None)], 3, "a (Failed, OOMKilled), c (Succeeded)")]
+    #[case::beyond_the_limit(vec![ended("a", PodPhase::Failed, None), ended("b", PodPhase::Failed, None), ended("c", PodPhase::Failed, None)], 2, "a (Failed), b (Failed) and 1 more")]
+    #[case::being_deleted_is_not_named(vec![deleting("a", PodPhase::Failed)], 3, "")]
+    fn ended_worker_pods_are_named_for_messages(
+        #[case] pods: Vec<WorkerPodState>,
+        #[case] limit: usize,
+        #[case] expected: &str,
+    ) {
+        assert_eq!(describe_ended_pods(&pods, limit), expected);
+    }
 
     pub(crate) fn mk_pod(name: &str, phase: PodPhase, created: i64) -> WorkerPodState {
         WorkerPodState {

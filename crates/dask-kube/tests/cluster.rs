@@ -424,6 +424,57 @@ async fn failing_scheduler_is_reported_and_cleaned_up() {
     ns.delete().await;
 }
 
+/// Workers that cannot start (`dask worker` refuses a flag): `up` reports it within seconds,
+/// quoting a worker's log, instead of waiting out its 300 s for workers that cannot come;
+/// nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn workers_that_cannot_start_are_reported_and_cleaned_up() {
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-wfail").await;
+    let state = tempfile::tempdir().unwrap();
+    let refused = fixture("refused-flag-worker.yml");
+    let out = run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "up",
+            "-f",
+            refused.to_str().unwrap(),
+            "--workers",
+            "2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Without the check this is "timed out after 300s waiting for 2 workers to connect".
+    assert!(
+        err.contains("2 workers cannot connect") && err.contains("every worker pod ended"),
+        "{err}"
+    );
+    // `dask worker` takes unknown options as preload arguments, so the typo leaves `1GB`
+    // as an extra argument, which click refuses after printing the usage.
+    assert!(
+        err.contains("last log lines") && err.contains("Usage: dask worker") && err.contains("1GB"),
+        "the worker's log (click's complaint) is quoted: {err}"
+    );
+    wait_for("nothing left", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
+    assert!(
+        ns.services()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    ns.delete().await;
+}
+
 /// A namespace that does not exist: says so, exit 3, nothing created anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]

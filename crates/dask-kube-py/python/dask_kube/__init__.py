@@ -25,6 +25,7 @@ from .exceptions import (
     PartialFailure,
     SchedulerError,
     TemplateFileNotFound,
+    WorkersFailed,
 )
 from .objects import KubeConfig, clean_pod_template, make_pod_spec
 
@@ -47,6 +48,7 @@ __all__ = [
     "PartialFailure",
     "SchedulerError",
     "TemplateFileNotFound",
+    "WorkersFailed",
     "__version__",
     "clean_pod_template",
     "exceptions",

@@ -48,5 +48,10 @@ class SchedulerError(DaskKubeError):
     """The scheduler pod failed or its API cannot be reached."""
 
 
+class WorkersFailed(DaskKubeError):
+    """Every worker pod ended before the awaited workers connected (a flag ``dask worker``
+    refuses, an image that exits, OOM at start); the message quotes one pod's log."""
+
+
 class PartialFailure(DaskKubeError):
     """Part of a batch failed; the message names what is left."""

@@ -289,15 +289,16 @@ pub(crate) async fn scheduler_failure(api: &ClusterApi, name: &str, pod: &Pod) -
     let logs = api.logs(name, None).await.unwrap_or_default();
     Error::SchedulerFailed {
         pod: name.to_owned(),
-        reason: describe_scheduler_failure(pod, &logs),
+        reason: describe_ended_pod(pod, &logs),
     }
 }
 
-/// Lines of a log shown when the scheduler fails.
+/// Lines of a log shown when the scheduler or a worker pod fails.
 const FAILURE_LOG_LINES: usize = 10;
 
-/// `phase X (container state...); last log lines: ...` of a failed scheduler pod.
-pub(crate) fn describe_scheduler_failure(pod: &Pod, logs: &str) -> String {
+/// `phase X (container state...); last log lines: ...` of a pod that ended (the scheduler,
+/// or the worker pods when none of them is left to connect).
+pub(crate) fn describe_ended_pod(pod: &Pod, logs: &str) -> String {
     let phase = phase(pod).unwrap_or("Unknown");
     let lines: Vec<&str> = logs.lines().collect();
     let tail = &lines[lines.len().saturating_sub(FAILURE_LOG_LINES)..];
@@ -437,6 +438,6 @@ mod tests {
             json!({"phase": "Failed", "containerStatuses": [{"name": "scheduler", "image": "i", "imageID": "",
                    "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}]}),
         );
-        assert_eq!(describe_scheduler_failure(&failed, logs), expected);
+        assert_eq!(describe_ended_pod(&failed, logs), expected);
     }
 }

@@ -24,7 +24,9 @@ use crate::manifests::{Owner, WORKER_TEMPLATE_ANNOTATION};
 use crate::names;
 use crate::portforward::LocalForwarder;
 use crate::scaler::{CountCap, ScaleReport, Scaler};
-use crate::scaling::{PodPhase, WorkerPodState, workers_by_pod};
+use crate::scaling::{
+    PodPhase, WorkerPodState, describe_ended_pods, every_worker_pod_ended, workers_by_pod,
+};
 use crate::scheduler_api::SchedulerApi;
 use crate::{Error, Result};
 use connection::{LocalPorts, connect_scheduler};
@@ -39,12 +41,19 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Time between checks while waiting for the scheduler's API or workers. Short: half of it
 /// is, on average, added to every start (500 ms cost `up` 0.25 s; a check is one small
 /// HTTP call).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often a wait for workers looks at the worker pods (one lean list) for ones that
+/// ended: a start that cannot succeed is reported within about this long.
+const WORKER_POD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Ended worker pods named in a message, at most.
+const ENDED_PODS_NAMED: usize = 3;
 
 /// A progress event for a UI (a progress bar on a terminal, plain lines otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -459,9 +468,15 @@ impl KubeCluster {
             .collect())
     }
 
-    /// Waits (at most `timeout`) until `n` workers are connected to the scheduler.
+    /// Waits (at most `timeout`) until `n` workers are connected to the scheduler. Once a
+    /// second the worker pods are looked at too: when every one of them has ended (a flag
+    /// `dask worker` refuses, an image that exits, OOM at start), none can connect, and the
+    /// wait ends at once with the first one's state and last log lines instead of running
+    /// out its timeout. Not while adapting: the adapt loop replaces ended pods. A timeout
+    /// names the pods that ended meanwhile.
     pub async fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<usize> {
         let deadline = Instant::now() + timeout;
+        let mut next_pod_check = Instant::now() + WORKER_POD_CHECK_INTERVAL;
         let mut last = usize::MAX;
         loop {
             let connected = self
@@ -481,13 +496,60 @@ impl KubeCluster {
             if connected >= n {
                 return Ok(connected);
             }
+            if self.adapt.is_none() && Instant::now() >= next_pod_check {
+                next_pod_check = Instant::now() + WORKER_POD_CHECK_INTERVAL;
+                match self.scaler.worker_pods().await {
+                    Ok(pods) => {
+                        if let Some(ended) = every_worker_pod_ended(&pods) {
+                            let first = ended[0].name.clone();
+                            return Err(self.workers_failed(n, connected, &pods, &first).await);
+                        }
+                    }
+                    // The check only shortens a hopeless wait; the timeout still bounds it.
+                    Err(e) => debug!(error = %e, "worker pods not listed; waiting on"),
+                }
+            }
             if Instant::now() >= deadline {
+                let ended = match self.scaler.worker_pods().await {
+                    Ok(pods) => describe_ended_pods(&pods, ENDED_PODS_NAMED),
+                    Err(_) => String::new(),
+                };
                 return Err(Error::Timeout {
-                    what: format!("{n} workers to connect ({connected} connected)"),
+                    what: if ended.is_empty() {
+                        format!("{n} workers to connect ({connected} connected)")
+                    } else {
+                        format!("{n} workers to connect ({connected} connected; ended: {ended})")
+                    },
                     seconds: timeout.as_secs(),
                 });
             }
             tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The error for a wait no worker pod can end well: the ended pods named, and `pod`
+    /// described (phase, container state, last log lines).
+    async fn workers_failed(
+        &self,
+        wanted: usize,
+        connected: usize,
+        pods: &[WorkerPodState],
+        pod: &str,
+    ) -> Error {
+        let api = self.scaler.api();
+        let reason = match api.get_pod(pod).await {
+            Ok(Some(full)) => {
+                let logs = api.logs(pod, None).await.unwrap_or_default();
+                connection::describe_ended_pod(&full, &logs)
+            }
+            _ => "deleted before it could be described".to_owned(),
+        };
+        Error::WorkersFailed {
+            wanted,
+            connected,
+            ended: describe_ended_pods(pods, ENDED_PODS_NAMED),
+            pod: pod.to_owned(),
+            reason,
         }
     }
 
