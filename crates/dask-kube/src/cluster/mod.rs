@@ -527,7 +527,7 @@ impl KubeCluster {
         }
     }
 
-    /// The error for a wait no worker pod can end well: the ended pods named, and `pod`
+    /// The error for a wait that no worker can end any more: the ended pods named, and `pod`
     /// described (phase, container state, last log lines).
     async fn workers_failed(
         &self,
