@@ -409,18 +409,7 @@ async fn failing_scheduler_is_reported_and_cleaned_up() {
         err.contains("scheduler config is broken"),
         "the scheduler's log is quoted: {err}"
     );
-    wait_for("nothing left", || async {
-        ns.pod_names("app=dask").await.is_empty()
-    })
-    .await;
-    assert!(
-        ns.services()
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_nothing_left(&ns).await;
     ns.delete().await;
 }
 
@@ -460,19 +449,22 @@ async fn workers_that_cannot_start_are_reported_and_cleaned_up() {
         err.contains("last log lines") && err.contains("Usage: dask worker") && err.contains("1GB"),
         "the worker's log (click's complaint) is quoted: {err}"
     );
+    assert_nothing_left(&ns).await;
+    ns.delete().await;
+}
+
+/// A failed `up` deleted what it made: no Dask pod (after their grace) and no Service.
+async fn assert_nothing_left(ns: &TestNamespace) {
     wait_for("nothing left", || async {
         ns.pod_names("app=dask").await.is_empty()
     })
     .await;
+    let services = ns.services().list(&Default::default()).await.unwrap();
     assert!(
-        ns.services()
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
+        services.items.is_empty(),
+        "Services left: {:?}",
+        services.items
     );
-    ns.delete().await;
 }
 
 /// A namespace that does not exist: says so, exit 3, nothing created anywhere.
