@@ -100,7 +100,7 @@ def main() -> int:
                   file=sys.stderr, flush=True)
             wait_no_dask_pods(args.kubectl, args.namespace, 120)
     median = {key: {s: statistics.median(r[key] for r in rs) for s, rs in results.items()}
-              for key in ("seconds", "machine_cpu_seconds", "peak_rss_kib")}
+              for key in ("seconds", "peak_rss_kib")}
     print(f"\nconstructor to {args.n} connected workers, {args.repeats} repeats, median (min-max)\n")
     print("| side | time to N workers | machine CPU meanwhile | client peak RSS |")
     print("|---|---|---|---|")

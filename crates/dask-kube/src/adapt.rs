@@ -131,12 +131,12 @@ pub fn decide(
     let counts = WorkerCounts::of(pods);
     let cleanup: Vec<String> = pods
         .iter()
-        .filter(|p| p.phase.finished() && !p.deleting)
+        .filter(|p| p.ended())
         .map(|p| p.name.clone())
         .collect();
     let lost: Vec<String> = pods
         .iter()
-        .filter(|p| p.phase.finished() && !p.deleting)
+        .filter(|p| p.ended())
         .filter(|p| p.phase == crate::scaling::PodPhase::Failed || p.reason.is_some())
         .map(|p| match &p.reason {
             Some(r) => format!("{} ({r})", p.name),

@@ -195,7 +195,7 @@ impl<S: SchedulerApi> Scaler<S> {
         if target > active {
             let finished: Vec<String> = pods
                 .iter()
-                .filter(|p| p.phase.finished() && !p.deleting)
+                .filter(|p| p.ended())
                 .map(|p| p.name.clone())
                 .collect();
             self.delete_into(&finished, DeleteReason::Finished, &mut report)

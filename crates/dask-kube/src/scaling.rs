@@ -92,6 +92,11 @@ impl WorkerPodState {
     pub fn active(&self) -> bool {
         !self.phase.finished() && !self.deleting
     }
+
+    /// Ended and not being deleted yet: to clean up, and to name in messages.
+    pub fn ended(&self) -> bool {
+        self.phase.finished() && !self.deleting
+    }
 }
 
 /// A worker as the scheduler reports it (`/api/v1/get_workers`, enriched with
@@ -161,10 +166,7 @@ pub fn every_worker_pod_ended(pods: &[WorkerPodState]) -> Option<Vec<&WorkerPodS
     if pods.iter().any(WorkerPodState::active) {
         return None;
     }
-    let ended: Vec<&WorkerPodState> = pods
-        .iter()
-        .filter(|p| p.phase.finished() && !p.deleting)
-        .collect();
+    let ended: Vec<&WorkerPodState> = pods.iter().filter(|p| p.ended()).collect();
     (!ended.is_empty()).then_some(ended)
 }
 
@@ -173,7 +175,7 @@ pub fn every_worker_pod_ended(pods: &[WorkerPodState]) -> Option<Vec<&WorkerPodS
 pub fn describe_ended_pods(pods: &[WorkerPodState], limit: usize) -> String {
     let ended: Vec<String> = pods
         .iter()
-        .filter(|p| p.phase.finished() && !p.deleting)
+        .filter(|p| p.ended())
         .map(|p| match &p.reason {
             Some(reason) => format!("{} ({:?}, {reason})", p.name, p.phase),
             None => format!("{} ({:?})", p.name, p.phase),
@@ -232,7 +234,7 @@ pub fn plan_scale_down(
     force: bool,
 ) -> ScaleDownPlan {
     let mut plan = ScaleDownPlan::default();
-    for pod in pods.iter().filter(|p| p.phase.finished() && !p.deleting) {
+    for pod in pods.iter().filter(|p| p.ended()) {
         plan.delete_now
             .push((pod.name.clone(), DeleteReason::Finished));
     }
