@@ -1,11 +1,18 @@
-// Command localkube is a single binary holding a Kubernetes control plane for local
-// end-to-end tests: embedded etcd, kube-apiserver and kube-controller-manager, all
-// built from the k8s.io/kubernetes Go module (see go.mod / gen-gomod.sh).
+// Command localkube is a single binary holding every Kubernetes component of the local
+// end-to-end cluster: embedded etcd, kube-apiserver, kube-controller-manager,
+// kube-scheduler, and the node components kubelet and kube-proxy, all built from the
+// k8s.io/kubernetes Go module (see go.mod / gen-gomod.sh). One binary, because the
+// components share most of their packages: one cold build and one link instead of five.
+// Each subcommand is the upstream command itself (its cmd/<name>/app constructor), so flags,
+// configuration files and behaviour are exactly upstream's.
 //
 //	localkube etcd [--data-dir DIR] [--listen-client-url URL] [--listen-peer-url URL]
 //	localkube kube-apiserver [--localkube-etcd-data-dir DIR] [--localkube-etcd-client-url URL]
 //	                         [--localkube-etcd-peer-url URL] [kube-apiserver flags...]
 //	localkube kube-controller-manager [kube-controller-manager flags...]
+//	localkube kube-scheduler [kube-scheduler flags...]
+//	localkube kubelet [kubelet flags...]
+//	localkube kube-proxy [kube-proxy flags...]
 //	localkube kubectl [kubectl args...]
 //	localkube version
 //
@@ -34,6 +41,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
+	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 const usage = `usage: localkube <command> [flags]
@@ -43,6 +53,9 @@ commands:
   kube-apiserver            run kube-apiserver; with --localkube-etcd-data-dir=DIR also embedded etcd in-process
                             (--localkube-etcd-client-url, --localkube-etcd-peer-url, --localkube-etcd-unsafe-no-fsync=BOOL)
   kube-controller-manager   run kube-controller-manager
+  kube-scheduler            run kube-scheduler
+  kubelet                   run a kubelet (a node: pods through its CRI runtime, containerd)
+  kube-proxy                run kube-proxy (Services on a node)
   kubectl                   kubectl of the same Kubernetes version (the machine's may be too old or absent)
   version                   print the Kubernetes version compiled in
 `
@@ -60,6 +73,18 @@ func main() {
 		os.Exit(runAPIServer(args))
 	case "kube-controller-manager", "controller-manager":
 		c := kcmapp.NewControllerManagerCommand()
+		c.SetArgs(args)
+		os.Exit(cli.Run(c))
+	case "kube-scheduler", "scheduler":
+		c := schedulerapp.NewSchedulerCommand()
+		c.SetArgs(args)
+		os.Exit(cli.Run(c))
+	case "kubelet":
+		c := kubeletapp.NewKubeletCommand(context.Background())
+		c.SetArgs(args)
+		os.Exit(cli.Run(c))
+	case "kube-proxy", "proxy":
+		c := proxyapp.NewProxyCommand()
 		c.SetArgs(args)
 		os.Exit(cli.Run(c))
 	case "kubectl":
