@@ -359,11 +359,17 @@ node_start() { # node_start NAME INDEX: containerd, kubelet and kube-proxy in th
   local path="$NODEPARTS_BIN:$PATH"
   # Image layers and volumes are unpacked with the daemons' umask: a node's, not a key file's.
   umask 022
+  # A containerd that was killed leaves its socket behind: wait for the new one to answer.
+  rm -f "$d/containerd/containerd.sock"
   start_proc "containerd-$name" env PATH="$path" nsenter --net="$ns" \
     "$NODEPARTS_BIN/containerd" --config "$d/containerd/config.toml"
   local i
-  for i in $(seq 100); do [[ -S "$d/containerd/containerd.sock" ]] && break; sleep 0.1; done
-  [[ -S "$d/containerd/containerd.sock" ]] || nodes_die "containerd of $name did not create its socket; see $LOG_DIR/containerd-$name.log"
+  for i in $(seq 150); do
+    "$NODEPARTS_BIN/ctr" --address "$d/containerd/containerd.sock" --timeout 1s version >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  "$NODEPARTS_BIN/ctr" --address "$d/containerd/containerd.sock" --timeout 1s version >/dev/null 2>&1 ||
+    nodes_die "containerd of $name does not answer on its socket; see $LOG_DIR/containerd-$name.log"
   start_proc "kubelet-$name" env PATH="$path" nsenter --net="$ns" \
     "$CLUSTER_BIN" kubelet --config="$d/kubelet.yaml" --kubeconfig="$d/kubelet.kubeconfig" \
     --root-dir="$d/kubelet" --cert-dir="$d/pki" --hostname-override="$name" \
