@@ -1,35 +1,45 @@
 #!/usr/bin/env bats
-# The policy's e2e fixtures through kwctl, as upstream Kubewarden policies test them:
-# `kwctl annotate` writes policy-metadata.yml into the module (`make annotate`, the release
-# artifact), then `kwctl run annotated-policy.wasm --request-path ... | jq`. Same fixtures
-# and expectations as policy_fixtures.rs. Only kwctl's own flags are used, so the file
-# runs with a real kwctl and with policy-runner, its stand-in:
+# The policy as Kubewarden runs it, the way Kubewarden's own policies test theirs: the module
+# annotated with `kwctl annotate -m policy-metadata.yml -u README.md` (`make annotate`, the
+# release artifact), then `kwctl run annotated-policy.wasm --request-path ... | jq` on each
+# golden fixture (tests/fixtures/<case>/: request.json, settings.json, expected.json; the
+# root crate's tests/admission_fixtures.rs checks the same fixtures natively).
 #
-#   make annotate && bats e2e-tests/policy-runner/tests/policy.bats   # real kwctl
-#   KWCTL=policy-runner bats e2e-tests/policy-runner/tests/policy.bats  # the stand-in
+#   make bats                                     # annotates, then runs this file
+#   bats e2e-tests/kubewarden/policy.bats         # after `make setup annotate`
 #
-# Skipped when $KWCTL is not installed or the modules are not built. Overrides:
-# DASK_POLICY_WASM (plain module, default the wasm32-wasip1 release build) and
-# DASK_POLICY_ANNOTATED_WASM (default annotated-policy.wasm beside it).
+# Env: KWCTL (default kwctl, which `make setup` installs), DASK_POLICY_WASM (the plain
+# module; default the wasm32-wasip1 release build under $CARGO_TARGET_DIR),
+# DASK_POLICY_ANNOTATED_WASM (default annotated-policy.wasm beside it), PYTHON (a Python 3
+# with PyYAML, default python3; the Makefile passes the venv's).
+#
+# Nothing here skips: without kwctl, the module or the annotated module every test fails,
+# saying what to run (`make bats` also fails if bats reports a skip).
 
 setup() {
   KWCTL=${KWCTL:-kwctl}
-  if ! command -v "$KWCTL" >/dev/null 2>&1; then
-    skip "$KWCTL is not installed; policy_fixtures.rs runs these cases through policy-runner"
-  fi
-  REPO=$(cd "$BATS_TEST_DIRNAME/../../.." && pwd)
-  FIXTURES="$BATS_TEST_DIRNAME/fixtures/policy"
+  PYTHON=${PYTHON:-python3}
+  REPO=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
+  FIXTURES="$REPO/tests/fixtures"
   TARGET=${CARGO_TARGET_DIR:-$REPO/target}
   MODULE=${DASK_POLICY_WASM:-$TARGET/wasm32-wasip1/release/dask_worker_defaults.wasm}
   ANNOTATED=${DASK_POLICY_ANNOTATED_WASM:-$(dirname "$MODULE")/annotated-policy.wasm}
-  [ -f "$MODULE" ] || skip "no module at $MODULE: run 'make wasm' first"
-  [ -f "$ANNOTATED" ] || skip "no annotated module at $ANNOTATED: run 'make annotate' first"
+  command -v "$KWCTL" >/dev/null 2>&1 ||
+    fail "kwctl ($KWCTL) is not installed: run 'make setup' (it installs Kubewarden's kwctl)"
+  [ -f "$MODULE" ] || fail "no policy module at $MODULE: run 'make wasm'"
+  [ -f "$ANNOTATED" ] || fail "no annotated module at $ANNOTATED: run 'make annotate'"
+}
+
+fail() {
+  echo "$*" >&2
+  return 1
 }
 
 # check_fixture CASE [MODULE]: runs CASE through `$KWCTL run` and compares the response
 # with its expected.json. MODULE defaults to the annotated release artifact.
 check_fixture() {
   local dir="$FIXTURES/$1" expected="$FIXTURES/$1/expected.json" module=${2:-$ANNOTATED}
+  [ -f "$expected" ] || fail "no fixture $1 in $FIXTURES"
   local settings=()
   [ -f "$dir/settings.json" ] && settings=(--settings-path "$dir/settings.json")
   local stdout stderr status=0
@@ -38,13 +48,15 @@ check_fixture() {
     2>"$stderr") || status=$?
 
   if jq -e 'has("exitCode")' "$expected" >/dev/null; then
-    [ "$status" -eq "$(jq .exitCode "$expected")" ]
-    grep -q "Provided settings are not valid" "$stderr"
+    [ "$status" -eq "$(jq .exitCode "$expected")" ] || fail "exit $status: $(cat "$stderr")"
+    grep -qxF "$(jq -r .stderr "$expected")" "$stderr" || fail "stderr: $(cat "$stderr")"
+    [ -z "$stdout" ] || fail "a response on invalid settings: $stdout"
     return 0
   fi
-  [ "$status" -eq 0 ] || { cat "$stderr"; return 1; }
+  [ "$status" -eq 0 ] || fail "exit $status: $(cat "$stderr")"
   local response
   response=$(printf '%s\n' "$stdout" | tail -n 1)
+  [ "$(jq -c .uid <<<"$response")" = "$(jq -c '.request.uid // .uid' "$dir/request.json")" ]
   [ "$(jq -c .allowed <<<"$response")" = "$(jq -c .allowed "$expected")" ]
   [ "$(jq -c 'if .patch then (.patch | @base64d | fromjson) else null end' <<<"$response")" \
     = "$(jq -c .patch "$expected")" ]
@@ -84,20 +96,64 @@ check_fixture() {
 @test "--nthreads 0 is Dask's default: derived from the limits" { check_fixture nthreads-zero-is-the-default; }
 @test "memoryHeadroom setting" { check_fixture memory-headroom-setting; }
 
-@test "annotate with \$KWCTL, then run the result" {
-  "$KWCTL" annotate -m "$REPO/policy-metadata.yml" -o "$BATS_TEST_TMPDIR/annotated-policy.wasm" \
-    "$MODULE"
+@test "every fixture folder is checked by this file" {
+  local folders listed
+  folders=$(find "$FIXTURES" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort)
+  listed=$(grep -o 'check_fixture [a-z0-9-]*; }$' "$BATS_TEST_FILENAME" |
+    sed 's/check_fixture \(.*\); }/\1/' | sort)
+  [ "$folders" = "$listed" ] || fail "fixture folders vs cases here: $(diff <(echo "$folders") <(echo "$listed"))"
+}
+
+@test "annotate with kwctl (metadata and README), then run the result" {
+  "$KWCTL" annotate -m "$REPO/policy-metadata.yml" -u "$REPO/README.md" \
+    -o "$BATS_TEST_TMPDIR/annotated-policy.wasm" "$MODULE"
   check_fixture readme-worker-spec "$BATS_TEST_TMPDIR/annotated-policy.wasm"
   check_fixture invalid-settings "$BATS_TEST_TMPDIR/annotated-policy.wasm"
 }
 
+@test "the annotated module carries policy-metadata.yml and the README, as kwctl inspect shows" {
+  "$KWCTL" inspect -o yaml "$ANNOTATED" >"$BATS_TEST_TMPDIR/inspect.yml"
+  "$PYTHON" - "$BATS_TEST_TMPDIR/inspect.yml" "$REPO/policy-metadata.yml" "$REPO/README.md" <<'EOF'
+import sys
+import yaml
+
+inspected = yaml.safe_load(open(sys.argv[1]))
+declared = yaml.safe_load(open(sys.argv[2]))
+readme = open(sys.argv[3]).read()
+problems = []
+for key, value in declared.items():
+    if key == "annotations":
+        continue
+    if inspected.get(key) != value:
+        problems.append(f"{key}: module has {inspected.get(key)!r}, policy-metadata.yml {value!r}")
+annotations = inspected.get("annotations", {})
+for key, value in declared["annotations"].items():
+    if annotations.get(key) != value:
+        problems.append(f"annotation {key}: module has {annotations.get(key)!r}, policy-metadata.yml {value!r}")
+if annotations.get("io.kubewarden.policy.usage") != readme:
+    problems.append("io.kubewarden.policy.usage is not README.md (annotate with -u README.md)")
+if inspected.get("protocolVersion") != "v1":
+    problems.append(f"protocolVersion {inspected.get('protocolVersion')!r}, expected v1")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
 @test "a plain module runs too, allowed to mutate" { check_fixture readme-worker-spec "$MODULE"; }
 
-@test "--execution-mode picks the runtime: kubewarden runs it, opa does not" {
-  run "$KWCTL" run --execution-mode kubewarden \
-    --request-path "$FIXTURES/readme-worker-spec/request.json" "$ANNOTATED"
-  [ "$status" -eq 0 ]
+# kwctl takes the runtime from the module's metadata (executionMode: kubewarden-wapc);
+# `--execution-mode opa` overrides it, and the OPA runtime cannot run a waPC module.
+# (kwctl 1.36.0-beta.1 offers no working value for waPC on the command line: its flag
+# accepts `kubewarden`, which it then refuses as an unknown mode, and refuses
+# `kubewarden-wapc`, the name its error message gives.)
+@test "the execution mode comes from the metadata; --execution-mode opa overrides it" {
+  local response
+  response=$("$KWCTL" run --request-path "$FIXTURES/readme-worker-spec/request.json" \
+    "$ANNOTATED" 2>/dev/null | tail -n 1)
+  [ "$(jq -c .allowed <<<"$response")" = true ]
+  [ "$(jq -r .patchType <<<"$response")" = JSONPatch ]
   run "$KWCTL" run --execution-mode opa \
     --request-path "$FIXTURES/readme-worker-spec/request.json" "$ANNOTATED"
   [ "$status" -ne 0 ]
+  [[ "$output" == *"Rego"* ]]
 }
