@@ -76,16 +76,17 @@ clippy: setup ## lints, warnings are errors
 
 lint: fmt clippy
 
-unit: setup venv ## tests that need no cluster (unit, table, property, golden fixtures natively, Python unit)
+unit: setup venv ## tests that need no cluster (unit, table, property, golden fixtures natively, Python unit, cap-translate)
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 	VENV=$(VENV) e2e-tests/python/run-tests.sh unit
+	$(PYTHON) -m pytest -ra e2e-tests/kubewarden
 
 e2e-policy: wasm ## the golden fixtures: natively (tests/admission_fixtures.rs), then by kwctl (bats)
 	$(CARGO) test $(CARGO_FLAGS) -p dask-worker-defaults --test admission_fixtures
 	$(MAKE) bats
 
 # A skipped case fails the run: bats itself exits 0 on skips.
-bats: annotate $(VENV)/.installed ## kwctl run on the annotated module: every golden fixture, metadata, annotate (e2e-tests/kubewarden/policy.bats)
+bats: annotate $(VENV)/.installed ## kwctl on the annotated module (every golden fixture, metadata, annotate), policy-server on the README's ClusterAdmissionPolicy
 	@mkdir -p $(dir $(BATS_TAP))
 	@PYTHON=$(PYTHON) KWCTL=$(KWCTL) bats --tap e2e-tests/kubewarden/policy.bats >$(BATS_TAP); status=$$?; \
 	  cat $(BATS_TAP); \

@@ -157,3 +157,56 @@ EOF
   [ "$status" -ne 0 ]
   [[ "$output" == *"Rego"* ]]
 }
+
+teardown() {
+  if [ -n "${POLICY_SERVER_PID:-}" ]; then
+    kill "$POLICY_SERVER_PID" 2>/dev/null || true
+    wait "$POLICY_SERVER_PID" 2>/dev/null || true
+  fi
+}
+
+free_port() {
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The README's ClusterAdmissionPolicy through cap-translate (what Kubewarden's controller
+# would write), then Kubewarden's policy-server on loopback with that policies.yml and TLS:
+# the README pod, sent where the webhook configuration points with the CA it carries, gets
+# the fixture's patch.
+@test "the README's ClusterAdmissionPolicy, translated as the controller would, is served by policy-server" {
+  command -v policy-server >/dev/null 2>&1 || fail "policy-server is not installed: run 'make setup'"
+  local dir="$BATS_TEST_TMPDIR" port readiness module url
+  port=$(free_port)
+  readiness=$(free_port)
+  module=$(realpath "$ANNOTATED")
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null
+  "$PYTHON" "$BATS_TEST_DIRNAME/cap-translate" --readme "$REPO/README.md" --module "$module" \
+    --url "https://127.0.0.1:$port" --ca-bundle "$dir/tls.crt" \
+    --policies-out "$dir/policies.yml" --webhook-out "$dir/webhook.json"
+  policy-server --policies "$dir/policies.yml" --addr 127.0.0.1 --port "$port" \
+    --readiness-probe-port "$readiness" --cert-file "$dir/tls.crt" --key-file "$dir/tls.key" \
+    --ignore-kubernetes-connection-failure --policies-download-dir "$dir" \
+    --sigstore-cache-dir "$dir/sigstore" --log-no-color >"$dir/policy-server.log" 2>&1 3>&- &
+  POLICY_SERVER_PID=$!
+  local i
+  for i in $(seq 120); do
+    curl -fsS "http://127.0.0.1:$readiness/readiness" >/dev/null 2>&1 && break
+    kill -0 "$POLICY_SERVER_PID" 2>/dev/null || fail "policy-server exited: $(tail -n 20 "$dir/policy-server.log")"
+    sleep 0.5
+  done
+  curl -fsS "http://127.0.0.1:$readiness/readiness" >/dev/null ||
+    fail "policy-server not ready after 60 s: $(tail -n 20 "$dir/policy-server.log")"
+
+  url=$(jq -r '.webhooks[0].clientConfig.url' "$dir/webhook.json")
+  jq -r '.webhooks[0].clientConfig.caBundle | @base64d' "$dir/webhook.json" >"$dir/ca-bundle.crt"
+  jq '{apiVersion: "admission.k8s.io/v1", kind: "AdmissionReview", request: .request}' \
+    "$FIXTURES/readme-worker-spec/request.json" >"$dir/review.json"
+  local review expected="$FIXTURES/readme-worker-spec/expected.json"
+  review=$(curl -fsS --cacert "$dir/ca-bundle.crt" -H 'Content-Type: application/json' \
+    --data "@$dir/review.json" "$url") || fail "POST $url failed: $(tail -n 20 "$dir/policy-server.log")"
+  [ "$url" = "https://127.0.0.1:$port/validate/clusterwide-dask-worker-defaults" ]
+  [ "$(jq -c .response.allowed <<<"$review")" = "$(jq -c .allowed "$expected")" ]
+  [ "$(jq -c '.response.patch | @base64d | fromjson' <<<"$review")" = "$(jq -c .patch "$expected")" ]
+}
