@@ -76,10 +76,11 @@ clippy: setup ## lints, warnings are errors
 
 lint: fmt clippy
 
-unit: setup venv ## tests that need no cluster (unit, table, property, golden fixtures natively, Python unit, cap-translate)
+unit: setup venv ## tests that need no cluster (unit, table, property, golden fixtures natively, Python unit, cap-translate, the README CAP's matchConditions)
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 	VENV=$(VENV) e2e-tests/python/run-tests.sh unit
 	$(PYTHON) -m pytest -ra e2e-tests/kubewarden
+	cd e2e-tests/kubewarden/matchconditions && go test ./...
 
 e2e-policy: wasm ## the golden fixtures: natively (tests/admission_fixtures.rs), then by kwctl (bats)
 	$(CARGO) test $(CARGO_FLAGS) -p dask-worker-defaults --test admission_fixtures
