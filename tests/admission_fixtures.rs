@@ -62,7 +62,11 @@ fn run(request: &Value, settings: &Value) -> Outcome {
 /// One test per folder under `tests/fixtures/` (rstest's `files`: a new case cannot be
 /// left out).
 #[rstest]
-fn fixture(#[files("tests/fixtures/*")] #[dirs] dir: PathBuf) {
+fn fixture(
+    #[files("tests/fixtures/*")]
+    #[dirs]
+    dir: PathBuf,
+) {
     let expected = read_json(&dir.join("expected.json"));
     let settings_path = dir.join("settings.json");
     let settings = if settings_path.exists() {
