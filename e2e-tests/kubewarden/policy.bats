@@ -13,8 +13,8 @@
 # DASK_POLICY_ANNOTATED_WASM (default annotated-policy.wasm beside it), PYTHON (a Python 3
 # with PyYAML, default python3; the Makefile passes the venv's).
 #
-# Nothing here skips: without kwctl, the module or the annotated module every test fails,
-# saying what to run (`make bats` also fails if bats reports a skip).
+# Every case runs or fails: without kwctl, the module or the annotated module each test
+# fails saying what to run (and `make bats` fails if bats reports any case as not run).
 
 setup() {
   KWCTL=${KWCTL:-kwctl}
