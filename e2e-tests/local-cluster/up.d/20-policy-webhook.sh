@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# up.d hook: serve the dask-worker-defaults policy (the real .wasm, annotated with
-# policy-metadata.yml as the release artifact is, through `policy-runner serve`) as a
+# up.d hook: serve the dask-worker-defaults policy (the real .wasm, annotated by kwctl with
+# policy-metadata.yml and README.md as the release artifact is, through `policy-runner serve`) as a
 # mutating admission webhook on 127.0.0.1 and register it with a
 # MutatingWebhookConfiguration.
 #
@@ -11,6 +11,8 @@
 #   DASK_POLICY_RUNNER_PROFILE    cargo profile of policy-runner (default dev; release-host is faster)
 #   DASK_POLICY_WEBHOOK_TIMEOUT   seconds to wait for readiness (default 120)
 #   CARGO_TARGET_DIR              default ~/.cache/dask-on-k8s/target
+#   KWCTL                         kwctl to annotate with (default: kwctl on PATH, else
+#                                 ~/.cache/dask-on-k8s/bin/kwctl, where `make setup` puts it)
 #
 # Idempotent: a webhook started by an earlier run (our pid file) is stopped and replaced,
 # and the configuration is applied, not created.
@@ -59,8 +61,10 @@ fi
 [[ -f "$WASM" ]] || die "policy module not found at $WASM (build it with 'make wasm')"
 
 # ---- the release artifact: metadata in the module (`make annotate` does the same)
-"$RUNNER" annotate -m "$REPO_ROOT/policy-metadata.yml" -o "$ANNOTATED_WASM" "$WASM" ||
-  die "policy-runner annotate failed"
+KWCTL="${KWCTL:-$(command -v kwctl || echo "$HOME/.cache/dask-on-k8s/bin/kwctl")}"
+[[ -x "$KWCTL" ]] || die "kwctl not found ($KWCTL): run 'make setup', which installs it"
+"$KWCTL" annotate -m "$REPO_ROOT/policy-metadata.yml" -u "$REPO_ROOT/README.md" \
+  -o "$ANNOTATED_WASM" "$WASM" || die "kwctl annotate failed"
 
 mkdir -p "$PIDS_DIR" "$LOG_DIR" "$CERT_DIR"
 

@@ -1,24 +1,16 @@
-//! A kwctl-compatible waPC host: runs a Kubewarden policy `.wasm` the way kwctl and
-//! policy-server do, so tests and the local cluster exercise the real compiled module.
-//!
-//! kwctl and policy-evaluator are not published as crates, and kwctl cannot be
-//! installed here; this crate rebuilds their evaluation path from the same published
-//! parts (wapc + wasmtime-provider) and reproduces their output byte-for-byte where it
-//! matters (field names, omission rules, error messages).
+//! A waPC host that serves a Kubewarden policy `.wasm` as an admission webhook the way
+//! policy-server does (`policy-runner serve`), for the local cluster until its webhook is
+//! policy-server itself. kwctl's part (annotate, run, bench) is done by kwctl.
 //!
 //! Layers, pure in the middle and I/O at the edges:
 //! - [`admission`]: request detection and AdmissionResponse building (pure).
 //! - [`settings`]: policy settings parsing (pure) and loading.
-//! - [`wasm_section`], [`metadata`], [`annotate`]: the metadata custom section kwctl
-//!   writes with `annotate` and reads in `run` (pure).
+//! - [`wasm_section`], [`metadata`]: the metadata custom section `kwctl annotate` writes.
 //! - [`evaluator`]: the wasmtime/waPC host (compile once, fresh instance per request).
-//! - [`bench`]: timing statistics (pure) and the benchmark loop.
 //! - [`tls`] and [`serve`]: the HTTPS admission webhook.
 //! - [`locate`]: where the compiled policy module lives in the build tree.
 
 pub mod admission;
-pub mod annotate;
-pub mod bench;
 pub mod evaluator;
 pub mod locate;
 pub mod metadata;
@@ -29,7 +21,7 @@ pub mod wasm_section;
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong in the runner; evaluation failures of one request
+/// Everything that can go wrong in the webhook; evaluation failures of one request
 /// are not errors (they become a rejecting [`admission::AdmissionResponse`], as in
 /// policy-server) — these are failures to set up or to read input.
 #[derive(Debug, thiserror::Error)]
@@ -109,22 +101,16 @@ pub enum Error {
     #[error("{0}")]
     ModuleFormat(String),
 
-    /// Policy metadata (a `metadata.yml`, or a module's metadata section) does not have
-    /// the metadata's shape.
+    /// A module's metadata section does not have the metadata's shape.
     #[error("cannot parse policy metadata: {0}")]
     MetadataParse(String),
 
-    /// Policy metadata parses but fails one of kwctl's checks.
-    #[error("metadata is invalid: {0}")]
-    MetadataInvalid(String),
-
-    /// The policy needs a runtime other than waPC (from its metadata or
-    /// `--execution-mode`), or the two disagree.
+    /// The policy's metadata asks for a runtime other than waPC.
     #[error("{0}")]
     ExecutionMode(String),
 
-    /// A kwctl feature this host does not have was asked for; the message says which
-    /// flag or input and why.
+    /// A policy-server feature this host does not have was asked for; the message says
+    /// which input and why.
     #[error("{0}")]
     Unsupported(String),
 
@@ -168,10 +154,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-
-    /// A benchmark parameter is unusable.
-    #[error("invalid benchmark parameters: {0}")]
-    Bench(String),
 }
 
 /// The crate's result type.

@@ -1,11 +1,10 @@
-//! WebAssembly custom sections, read and written at the byte level.
+//! WebAssembly custom sections, read at the byte level.
 //!
 //! `kwctl annotate` stores a policy's metadata in a custom section of the module, and
-//! `kwctl run` / policy-server read it back from there. A custom section is section id 0
-//! followed by its size and, inside, a name and opaque data; readers take the first one
-//! with the name they look for, wherever it sits. Working on the bytes (instead of
-//! decoding and re-encoding the whole module) leaves every other byte of the module as
-//! the compiler wrote it.
+//! policy-server reads it back from there. A custom section is section id 0 followed by
+//! its size and, inside, a name and opaque data; readers take the first one with the name
+//! they look for, wherever it sits. (The writer below only builds test modules: modules
+//! are annotated by kwctl.)
 
 use crate::{Error, Result};
 
@@ -78,6 +77,7 @@ fn read_u32(bytes: &[u8], at: usize) -> Result<(u32, usize), Malformed> {
 }
 
 /// Appends `value` as unsigned LEB128.
+#[cfg(test)]
 fn write_u32(out: &mut Vec<u8>, mut value: u32) {
     loop {
         let byte = (value & 0x7f) as u8;
@@ -148,6 +148,7 @@ pub fn custom_section<'m>(module: &'m [u8], name: &str) -> Result<Option<&'m [u8
     Ok(None)
 }
 
+#[cfg(test)]
 /// The module with every custom section called `name` removed and one new section
 /// `name` holding `data` appended at the end. Replacing (rather than adding a second
 /// section) matters: readers take the first section of that name, so re-annotating a
@@ -165,6 +166,7 @@ pub fn replace_custom_section(module: &[u8], name: &str, data: &[u8]) -> Result<
     Ok(out)
 }
 
+#[cfg(test)]
 /// A custom section: id 0, payload size, then the name (length-prefixed) and the data.
 fn encode_custom_section(name: &str, data: &[u8]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(name.len() + data.len() + 5);
@@ -178,6 +180,7 @@ fn encode_custom_section(name: &str, data: &[u8]) -> Vec<u8> {
     section
 }
 
+#[cfg(test)]
 /// Section sizes are u32 in the binary format; a module over 4 GiB cannot be loaded by
 /// any engine anyway, so saturating keeps this total without a panic path.
 fn len_u32(len: usize) -> u32 {

@@ -1,6 +1,6 @@
-//! Shared by the integration tests: the policy module annotated the way the Makefile's
-//! `annotate` target makes the release artifact (`policy-runner annotate -m
-//! policy-metadata.yml ...`), so tests run what gets published.
+//! Shared by the integration tests: the policy module, plain and annotated by kwctl as the
+//! Makefile's `annotate` target makes the release artifact (`kwctl annotate -m
+//! policy-metadata.yml ...`), so `serve` is tested on what gets published.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -26,19 +26,38 @@ pub fn plain_module() -> anyhow::Result<PathBuf> {
     Ok(policy_runner::locate::policy_module()?)
 }
 
-/// Runs `policy-runner annotate` and checks it succeeded.
+/// `$KWCTL`, else the kwctl `make setup` installs (`~/.cache/dask-on-k8s/bin`, which the
+/// Makefile puts on PATH), else `kwctl` from PATH.
+fn kwctl() -> PathBuf {
+    if let Some(kwctl) = std::env::var_os("KWCTL") {
+        return kwctl.into();
+    }
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/dask-on-k8s/bin/kwctl"))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| "kwctl".into())
+}
+
+/// Runs `kwctl annotate` and checks it succeeded.
 pub fn annotate(module: &Path, metadata: &Path, output: &Path) -> anyhow::Result<()> {
-    let out = Command::new(BIN)
+    let kwctl = kwctl();
+    let out = Command::new(&kwctl)
         .arg("annotate")
         .arg("-m")
         .arg(metadata)
         .arg("-o")
         .arg(output)
         .arg(module)
-        .output()?;
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run {} ({e}): run `make setup`, which installs kwctl",
+                kwctl.display()
+            )
+        })?;
     anyhow::ensure!(
         out.status.success(),
-        "annotate failed ({:?}): {}",
+        "kwctl annotate failed ({:?}): {}",
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -46,8 +65,8 @@ pub fn annotate(module: &Path, metadata: &Path, output: &Path) -> anyhow::Result
 }
 
 /// `annotated-policy.test.wasm` beside the plain module, made once per test binary.
-/// The output is deterministic, and it is written to a private name and renamed, so test
-/// binaries running side by side never see a half-written file.
+/// It is written to a private name and renamed, so test binaries running side by side
+/// never see a half-written file.
 pub fn annotated_module() -> anyhow::Result<PathBuf> {
     static ANNOTATED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     ANNOTATED
@@ -63,7 +82,7 @@ fn make_annotated() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("{} has no parent", plain.display()))?;
     let target = dir.join("annotated-policy.test.wasm");
     let partial = dir.join(format!(
-        "annotated-policy.test.wasm.{}.partial",
+        "annotated-policy.test.{}.partial.wasm",
         std::process::id()
     ));
     annotate(&plain, &policy_metadata(), &partial)?;
