@@ -20,10 +20,10 @@ KWCTL ?= kwctl
 # The bats suite's TAP output, read for skips.
 BATS_TAP := $(CACHE_DIR)/policy-bats.tap
 CLUSTER := e2e-tests/local-cluster/cluster
-# The host binaries the local cluster runs are built as one set with the unit tests: cargo
-# unifies features per invocation, so `-p policy-runner` alone, `-p node-agent` alone and
-# `cargo test --workspace` would each compile wasmtime and kube again. The hooks build the
-# same set (a no-op after `make unit`).
+# The host binaries the local cluster runs (dask-kube, in its image) are built as one set with
+# the unit tests: cargo unifies features per invocation, so `-p dask-kube` alone and `cargo
+# test --workspace` would each compile kube again. The image build uses the same set (a no-op
+# after `make unit`).
 HOST_BUILD := --workspace --all-targets
 export DASK_K8S_HOST_BUILD := $(HOST_BUILD)
 

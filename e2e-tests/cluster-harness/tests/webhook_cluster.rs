@@ -1,5 +1,6 @@
-//! The policy live: served by `policy-runner serve` as a mutating admission webhook that the
-//! local kube-apiserver calls (registered by `up.d/20-policy-webhook.sh`). Objects are
+//! The policy live: served by Kubewarden's policy-server in the local cluster, registered as
+//! the mutating admission webhook Kubewarden's controller writes for the README's
+//! ClusterAdmissionPolicy (`e2e-tests/local-cluster/up.d/20-policy-server.sh`). Objects are
 //! created as a client would, without any defaults, and read back as the apiserver stored
 //! them, after its own defaulting and validation.
 //!
