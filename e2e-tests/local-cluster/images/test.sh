@@ -122,6 +122,10 @@ check_config ghcr.io/dask/dask:latest \
   'cfg["Entrypoint"] == ["tini", "-g", "--", "/usr/bin/prepare.sh"] and "Cmd" not in cfg and c["architecture"] == "amd64" and c["os"] == "linux" and any(e.startswith("PATH=") for e in cfg["Env"])'
 [[ "$(digest_of ghcr.io/dask/dask:latest)" == "$(digest_of "ghcr.io/dask/dask:$DASK_PIN")" ]] || fail "dask :latest and :$DASK_PIN differ"
 root="$(rootfs ghcr.io/dask/dask:latest)"
+# Counted before anything runs in the root (python writes the .pyc it misses).
+n_py="$(find "$root/usr/local/lib/python3.11/dist-packages/distributed" -name '*.py' | wc -l)"
+n_pyc="$(find "$root/usr/local/lib/python3.11/dist-packages/distributed" -name '*.cpython-311.pyc' | wc -l)"
+((n_pyc >= n_py)) || fail "distributed has $n_py .py but $n_pyc .pyc"
 v="$(in_root "$root" python3 -c 'import distributed; print(distributed.__version__)')"
 [[ "$v" == "$DASK_PIN" ]] || fail "distributed in the dask image is $v, the pin is $DASK_PIN"
 v="$(in_root "$root" dask --version)"
@@ -132,9 +136,6 @@ v="$(in_root "$root" tini -g -- /usr/bin/prepare.sh dask worker --help 2>/dev/nu
 v="$(in_root "$root" python -c 'import numpy, dask.array, prometheus_client; print(int(dask.array.ones(10).sum().compute()))')"
 [[ "$v" == 10 ]] || fail "python -c dask.array: $v"
 head -n1 "$root/usr/local/bin/dask" | grep -qx '#!/usr/bin/python3' || fail "dask script: $(head -n1 "$root/usr/local/bin/dask")"
-n_py="$(find "$root/usr/local/lib/python3.11/dist-packages/distributed" -name '*.py' | wc -l)"
-n_pyc="$(find "$root/usr/local/lib/python3.11/dist-packages/distributed" -name '*.cpython-311.pyc' | wc -l)"
-((n_pyc >= n_py)) || fail "distributed has $n_py .py but $n_pyc .pyc"
 # Importing writes no .pyc: every one the image has is valid for its own python3.
 touch "$TMP/before-import"
 in_root "$root" python3 -c 'import distributed.cli.dask_worker, dask.array'
