@@ -25,9 +25,11 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   checks, dashboard links), jq (bats), bats (policy.bats), procps (pgrep, ps),
 #   util-linux (setsid, flock, unshare, nsenter), psmisc (fuser), git (cluster finds the
 #   repo root), make, gcc/libc6-dev/binutils (build scripts of Rust crates, cgo),
-#   ca-certificates (registries), time (GNU time: peak RSS in make bench-scale), python3-venv is not needed: the venv is made with the
+#   ca-certificates (registries), time (GNU time: peak RSS in make bench-scale), mmdebstrap
+#   (the Debian root filesystems of the local cluster's images, local-cluster/images/build.sh;
+#   libc6-dev's static libc builds their pause), python3-venv is not needed: the venv is made with the
 #   machine's Python 3.11 (pyenv or Debian's python3 + python3-venv).
-DEBIAN_PACKAGES=(iproute2 nftables openssl curl jq bats procps util-linux psmisc git make gcc libc6-dev binutils ca-certificates time)
+DEBIAN_PACKAGES=(iproute2 nftables openssl curl jq bats procps util-linux psmisc git make gcc libc6-dev binutils ca-certificates time mmdebstrap)
 
 # Commands the tests, the Makefile and the local cluster's scripts call by name (kubectl is
 # not here: the cluster builds its own, same-version one into its state dir). CI checks that
@@ -36,7 +38,7 @@ TEST_COMMANDS=(bash sh env make cargo rustup rustc go python3 kwctl policy-serve
   curl jq bats pgrep pkill ps kill setsid flock unshare nsenter mount umount fuser awk sed
   grep tr head tail cut sort uniq wc seq sleep date mktemp realpath readlink basename dirname
   stat getconf sha256sum base64 timeout xargs find tee cat cp mv rm mkdir chmod ln touch id
-  hostname printf)
+  hostname printf mmdebstrap chroot install strip readelf cmp)
 
 # The Rust toolchain: rust-toolchain.toml is the source of truth.
 RUST_CHANNEL="$(awk -F'"' '/^channel/{print $2}' "$REPO/rust-toolchain.toml")"
