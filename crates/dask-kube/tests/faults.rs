@@ -775,26 +775,32 @@ async fn kubelet_restart_under_running_pods_keeps_the_containers_and_duplicates_
     })
     .await;
     *restarted_at.lock().unwrap() = Some(started.elapsed());
-    let converged = wait_for("every pod Running and Ready, reported by the new kubelets", || async {
-        let Ok(pods) = list().await else { return false };
-        pods.len() == 3
-            && pods.iter().all(|p| {
-                let status = p.status.as_ref();
-                status.and_then(|s| s.phase.as_deref()) == Some("Running")
-                    && status
-                        .and_then(|s| s.conditions.as_ref())
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-    })
+    let converged = wait_for(
+        "every pod Running and Ready, reported by the new kubelets",
+        || async {
+            let Ok(pods) = list().await else { return false };
+            pods.len() == 3
+                && pods.iter().all(|p| {
+                    let status = p.status.as_ref();
+                    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && status
+                            .and_then(|s| s.conditions.as_ref())
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+        },
+    )
     .await;
     let pods = list().await.unwrap();
     let after: BTreeMap<String, BTreeSet<i32>> = pods
         .iter()
         .map(|p| (p.metadata.name.clone().unwrap(), pod_processes(p)))
         .collect();
-    assert_eq!(after, before, "the same processes run the same pods: none restarted, none twice");
+    assert_eq!(
+        after, before,
+        "the same processes run the same pods: none restarted, none twice"
+    );
     assert_eq!(restart_counts(&pods), 0, "no container ran twice");
     let down = run(state.path(), &["-n", &ns.name, "down", &name]);
     assert!(down.status.success(), "down cleans up after the restart");
@@ -808,7 +814,11 @@ async fn kubelet_restart_under_running_pods_keeps_the_containers_and_duplicates_
          {:.1}s, every pod Running and Ready {:.1}s later, the same {} processes before and after, \
          0 restarts; down left nothing",
         nodes.len(),
-        restarted_at.lock().unwrap().unwrap_or_default().as_secs_f64(),
+        restarted_at
+            .lock()
+            .unwrap()
+            .unwrap_or_default()
+            .as_secs_f64(),
         converged.as_secs_f64(),
         before.values().map(BTreeSet::len).sum::<usize>()
     );
@@ -826,8 +836,16 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-nodeloss").await;
     let state = tempfile::tempdir().unwrap();
-    let (name, address) = up_detached(state.path(), &ns.name, "pool-worker.yml", &["--adapt", "4:4"]);
-    wait_for("4 workers Running", || async { ns.running_workers(&name).await == 4 }).await;
+    let (name, address) = up_detached(
+        state.path(),
+        &ns.name,
+        "pool-worker.yml",
+        &["--adapt", "4:4"],
+    );
+    wait_for("4 workers Running", || async {
+        ns.running_workers(&name).await == 4
+    })
+    .await;
     let workers = worker_pods(&ns, &name).await.unwrap();
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     for p in &workers {
@@ -872,7 +890,11 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
     );
     let seen: Value = serde_json::from_slice(&client.stdout).unwrap();
     eprintln!("{seen:#}");
-    assert_eq!(seen["scale_rc"], 0, "cluster node lose: {}", seen["scale_stderr"]);
+    assert_eq!(
+        seen["scale_rc"], 0,
+        "cluster node lose: {}",
+        seen["scale_stderr"]
+    );
     assert_eq!(seen["total"], seen["expected"], "exact result: {seen}");
     let node_api = kube::Api::<k8s_openapi::api::core::v1::Node>::all(kube.clone());
     let not_ready = wait_for("the lost node to be NotReady", || async {
@@ -885,15 +907,22 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
         })
     })
     .await;
-    let replaced = wait_for("adapt to run 4 workers again, off the lost node", || async {
-        let Some(pods) = worker_pods(&ns, &name).await else { return false };
-        let running: Vec<_> = pods
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(lost.as_str()))
-            .collect();
-        running.len() == 4
-    })
+    let replaced = wait_for(
+        "adapt to run 4 workers again, off the lost node",
+        || async {
+            let Some(pods) = worker_pods(&ns, &name).await else {
+                return false;
+            };
+            let running: Vec<_> = pods
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(lost.as_str())
+                })
+                .collect();
+            running.len() == 4
+        },
+    )
     .await;
     let restore = Command::new(cluster_script())
         .args(["node", "restore", &lost])
@@ -902,9 +931,10 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
     assert!(restore.success(), "cluster node restore {lost}");
     let down = run(state.path(), &["-n", &ns.name, "down", &name]);
     assert!(down.status.success());
-    wait_for("every pod of the cluster gone, the lost node's too", || async {
-        ns.pod_names("app=dask").await.is_empty()
-    })
+    wait_for(
+        "every pod of the cluster gone, the lost node's too",
+        || async { ns.pod_names("app=dask").await.is_empty() },
+    )
     .await;
     assert!(
         workers.iter().all(|p| pod_processes(p).is_empty()),
