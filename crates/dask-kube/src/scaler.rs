@@ -13,7 +13,7 @@ use crate::scheduler_api::SchedulerApi;
 use crate::{Error, Result};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -260,15 +260,26 @@ impl<S: SchedulerApi> Scaler<S> {
                 detail: None,
             }));
         }
-        // A pod kept in the first round and removed in the second is not kept.
-        let removed: Vec<&String> = report
+        // A pod kept in the first round and removed in the second is not kept; one kept in
+        // both is named once, with the second round's reason.
+        let removed: BTreeSet<&String> = report
             .deleted
             .iter()
             .map(|(p, _)| p)
             .chain(&report.retired)
             .collect();
-        report.kept.retain(|k| !removed.contains(&&k.pod));
-        report.not_retired.retain(|p| !removed.contains(&p));
+        let mut named = BTreeSet::new();
+        let mut kept: Vec<KeptPod> = std::mem::take(&mut report.kept)
+            .into_iter()
+            .rev()
+            .filter(|k| !removed.contains(&k.pod) && named.insert(k.pod.clone()))
+            .collect();
+        kept.reverse();
+        report.kept = kept;
+        let mut named = BTreeSet::new();
+        report
+            .not_retired
+            .retain(|p| !removed.contains(p) && named.insert(p.clone()));
         Ok(())
     }
 
@@ -313,7 +324,7 @@ impl<S: SchedulerApi> Scaler<S> {
             detail: k.detail.or_else(|| silence.clone()),
             ..k
         }));
-        let versions: std::collections::BTreeMap<&str, Option<String>> = pods
+        let versions: BTreeMap<&str, Option<String>> = pods
             .iter()
             .map(|p| (p.name.as_str(), p.resource_version.clone()))
             .collect();
@@ -581,7 +592,6 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::TokioIo;
     use serde_json::json;
-    use std::collections::BTreeMap;
     use std::net::SocketAddr;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -1283,6 +1293,60 @@ mod tests {
             );
         }
         assert_eq!(err.exit_code(), crate::error::exit::PARTIAL);
+    }
+
+    /// A pod that changes while it is being deleted as "not started", the scheduler
+    /// unreachable: the API server refuses the delete and the second round plans from a fresh
+    /// list. Started, the pod is kept like the Running one; ended, it is cleaned up and the
+    /// Running one, kept in both rounds, is named once.
+    #[rstest::rstest]
+    #[case::started(
+        pod("c-worker-new", "Running", Some("10.0.0.2"), true, 2, "21"),
+        vec!["list", "delete c-worker-new if 20", "list"],
+        vec!["c-worker-new", "c-worker-old"]
+    )]
+    #[case::ended(
+        pod("c-worker-new", "Failed", None, false, 2, "21"),
+        vec!["list", "delete c-worker-new if 20", "list", "delete c-worker-new"],
+        vec!["c-worker-old"]
+    )]
+    #[tokio::test]
+    async fn a_pod_that_changed_meanwhile_is_planned_again_when_the_scheduler_is_silent(
+        #[case] changed: Value,
+        #[case] calls: Vec<&str>,
+        #[case] kept: Vec<&str>,
+    ) {
+        let (client, handle) = mock_client();
+        let api = ApiServer::with(vec![
+            pod("c-worker-new", "Pending", None, false, 2, "20"),
+            running("c-worker-old", "10.0.0.1", 1),
+        ]);
+        api.lock().unwrap().after_list.insert(
+            1,
+            Box::new(move |pods| {
+                pods.insert("c-worker-new".into(), changed);
+            }),
+        );
+        let server = serve_api(handle, api.clone());
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let http = HttpSchedulerApi::new(TcpConnect {
+            address: closed.to_string(),
+        });
+        let s = scaler_with(client, Arc::new(http));
+        let err = within(s.scale(0, false)).await.unwrap_err();
+        drop(s);
+        server.await.unwrap();
+        assert_eq!(api.lock().unwrap().calls, calls);
+        let message = err.to_string();
+        assert_eq!(message.matches(": kept, ").count(), kept.len(), "{message}");
+        for pod in kept {
+            let line = format!("{pod}: kept, the scheduler did not answer");
+            assert_eq!(message.matches(&line).count(), 1, "{message}");
+        }
     }
 
     /// A retirement the scheduler refuses (500) while the worker is gone from its list (as
