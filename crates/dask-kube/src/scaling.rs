@@ -204,9 +204,15 @@ pub fn address_host(address: &str) -> &str {
 }
 
 /// One spelling per host: IPs parsed (`fd00:0::1` = `fd00::1`), names lowercased.
-fn host_key(host: &str) -> String {
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum HostKey {
+    Ip(IpAddr),
+    Name(String),
+}
+
+fn host_key(host: &str) -> HostKey {
     host.parse::<IpAddr>()
-        .map_or_else(|_| host.to_ascii_lowercase(), |ip| ip.to_string())
+        .map_or_else(|_| HostKey::Name(host.to_ascii_lowercase()), HostKey::Ip)
 }
 
 /// The pods of `names` that `text` names as a whole: bounded by the text's ends or by a
@@ -283,9 +289,9 @@ impl Placement<'_> {
 /// ```
 pub fn place_workers<'a>(pods: &[WorkerPodState], workers: &'a [SchedulerWorker]) -> Placement<'a> {
     let live: Vec<&WorkerPodState> = pods.iter().filter(|p| !p.phase.finished()).collect();
-    let mut by_ip: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut by_ip: BTreeMap<HostKey, Vec<&str>> = BTreeMap::new();
     for pod in &live {
-        let keys: BTreeSet<String> = pod.ips.iter().map(|ip| host_key(ip)).collect();
+        let keys: BTreeSet<HostKey> = pod.ips.iter().map(|ip| host_key(ip)).collect();
         for key in keys {
             by_ip.entry(key).or_default().push(pod.name.as_str());
         }
