@@ -14,8 +14,9 @@ mod common;
 use common::{SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, python, run, wait_for};
 use dask_kube::kube_ops::CreateLimits;
 use dask_kube::{KubeCluster, PodTemplate};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, LogParams};
+use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -305,16 +306,95 @@ async fn a_throttling_api_server_still_gets_the_exact_count() {
     ns.delete().await;
 }
 
-/// 2. The policy webhook is down (`failurePolicy: Fail`): `up` fails saying which webhook, and
-/// leaves nothing behind.
+/// Kubewarden's policy-server in the cluster (`up.d/20-policy-server.sh`).
+const POLICY_SERVER_NS: &str = "kubewarden";
+const POLICY_SERVER: &str = "policy-server-default";
+/// The webhook Kubewarden's controller writes for the README's ClusterAdmissionPolicy.
+const POLICY_WEBHOOK: &str = "clusterwide-dask-worker-defaults.kubewarden.admission";
+
+fn policy_server_deployment(kube: &kube::Client) -> kube::Api<Deployment> {
+    kube::Api::namespaced(kube.clone(), POLICY_SERVER_NS)
+}
+
+async fn scale_policy_server(kube: &kube::Client, replicas: i32) {
+    policy_server_deployment(kube)
+        .patch_scale(
+            POLICY_SERVER,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until a worker pod passes the webhook (a dry-run create in `ns`).
+async fn wait_for_the_policy(ns: &TestNamespace) -> Duration {
+    let probe: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "webhook-probe", "labels": {"dask.org/component": "worker"}},
+        "spec": {"containers": [{"name": "w", "image": "i", "args": ["dask", "worker"]}]},
+    }))
+    .unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for("the policy webhook to answer again", || async {
+        ns.pods().create(&dry_run, &probe).await.is_ok()
+    })
+    .await
+}
+
+/// policy-server scaled to 0 for the scope of a test, and back to 1 when dropped.
+struct PolicyServerDown(kube::Client);
+
+impl PolicyServerDown {
+    async fn take(kube: &kube::Client) -> Self {
+        scale_policy_server(kube, 0).await;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(kube.clone(), POLICY_SERVER_NS);
+        wait_for("policy-server's pods to be gone", || async {
+            pods.list(&ListParams::default().labels(&format!("app=kubewarden-{POLICY_SERVER}")))
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+        })
+        .await;
+        PolicyServerDown(kube.clone())
+    }
+}
+
+impl Drop for PolicyServerDown {
+    fn drop(&mut self) {
+        let kube = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(scale_policy_server(&kube, 1))
+        })
+        .join();
+    }
+}
+
+/// Whether `pod` went through the policy: it carries the policy's worker tolerations.
+fn defaulted_by_the_policy(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_ref())
+        .is_some_and(|t| {
+            t.iter()
+                .any(|t| t.key.as_deref() == Some("k8s.dask.org/dedicated"))
+        })
+}
+
+/// 2. Kubewarden's policy-server is down (the webhook's `failurePolicy: Fail`): `up` fails
+/// saying which webhook and leaves nothing behind, while an unrelated Deployment (and its pods)
+/// is still created: the webhook's matchConditions send it only what the policy can change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
-async fn policy_webhook_down_fails_up_naming_it_and_leaves_nothing() {
+async fn policy_server_down_fails_up_naming_the_webhook_and_nothing_else() {
     let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-hook").await;
     let state = tempfile::tempdir().unwrap();
-    let mut webhook = blocking(|| Stopped::stop("policy-webhook")).await;
+    let down = PolicyServerDown::take(&kube).await;
     let started = Instant::now();
     let small = fixture("small-worker.yml");
     let out = run(
@@ -340,37 +420,133 @@ async fn policy_webhook_down_fails_up_naming_it_and_leaves_nothing() {
         .unwrap()
         .items
         .len();
-    webhook = blocking(move || {
-        webhook.start();
-        webhook
-    })
-    .await;
-    drop(webhook);
-    // The next test needs it answering again: a dry-run create of a worker pod passes it.
-    let probe: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "webhook-probe", "labels": {"dask.org/component": "worker"}},
-        "spec": {"containers": [{"name": "w", "image": "i", "args": ["dask", "worker"]}]},
+    let unrelated: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "busybox",
+                    "command": ["sleep", "3600"],
+                    "resources": {"requests": {"cpu": "10m"}}}]},
+            },
+        },
     }))
     .unwrap();
-    let dry_run = kube::api::PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    wait_for("the policy webhook to answer again", || async {
-        ns.pods().create(&dry_run, &probe).await.is_ok()
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(kube.clone(), &ns.name);
+    let created = deployments.create(&PostParams::default(), &unrelated).await;
+    let web_pods = wait_for("the unrelated Deployment's 2 pods", || async {
+        ns.pod_names("app=web").await.len() == 2
     })
     .await;
+    drop(down);
+    let back = wait_for_the_policy(&ns).await;
     assert!(!out.status.success(), "up must fail without its webhook");
     assert!(
-        stderr.contains("failed calling webhook") && stderr.contains(".dask.org"),
+        stderr.contains("failed calling webhook") && stderr.contains(POLICY_WEBHOOK),
         "the error names the webhook: {stderr}"
     );
     assert!(pods.is_empty(), "nothing half-made is left: {pods:?}");
     assert_eq!(services, 0, "no Service is left");
-    eprintln!(
-        "FIGURE fault 2 (policy webhook down): up failed in {:.1}s naming the webhook; 0 pods, 0 Services left",
-        took.as_secs_f64()
+    assert!(
+        created.is_ok(),
+        "an unrelated Deployment does not depend on the policy: {created:?}"
     );
+    eprintln!(
+        "FIGURE fault 2 (policy-server down): up failed in {:.1}s naming the webhook; 0 pods, 0 \
+         Services left; an unrelated Deployment created and its 2 pods made in {:.1}s; the webhook \
+         answered {:.1}s after policy-server was scaled back",
+        took.as_secs_f64(),
+        web_pods.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    ns.delete().await;
+}
+
+/// 11. Kubewarden's policy-server is killed (SIGKILL of its process) in the middle of a burst of
+/// worker pod creations: every pod that exists went through the policy (nothing half-made), and
+/// the burst completes once policy-server is back (the kubelet restarts its container).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn policy_server_killed_under_a_burst_leaves_nothing_half_made() {
+    const N: usize = 200;
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-burst").await;
+    let state = tempfile::tempdir().unwrap();
+    let pending = fixture("pending-worker.yml");
+    let up = json_of(&run(
+        state.path(),
+        &["-n", &ns.name, "-o", "json", "up", "-f", pending.to_str().unwrap(), "--detach"],
+    ));
+    let name = up["name"].as_str().unwrap().to_owned();
+    let server_pods: kube::Api<Pod> = kube::Api::namespaced(kube.clone(), POLICY_SERVER_NS);
+    let server = server_pods
+        .list(&ListParams::default().labels(&format!("app=kubewarden-{POLICY_SERVER}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .next()
+        .expect("a policy-server pod");
+    let restarts_before = restart_counts(std::slice::from_ref(&server));
+    let victim = pod_processes(&server)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("policy-server"))
+        })
+        .expect("policy-server's process");
+    let mut scale = dask_kube(state.path())
+        .args(["-n", &ns.name, "scale", &name, &N.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the burst to be under way", || async {
+        ns.pod_names(&worker_selector(&name)).await.len() >= 20
+    })
+    .await;
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let first = blocking(move || scale.wait_with_output().unwrap()).await;
+    let made_by_first = worker_pods(&ns, &name).await.unwrap().len();
+    wait_for_the_policy(&ns).await;
+    let back = killed.elapsed();
+    let restarted = server_pods
+        .list(&ListParams::default().labels(&format!("app=kubewarden-{POLICY_SERVER}")))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        restart_counts(&restarted) > restarts_before,
+        "the kubelet restarted policy-server's container"
+    );
+    // Once it is back, the same request completes the burst (a no-op if the first one did).
+    let again = run(state.path(), &["-n", &ns.name, "scale", &name, &N.to_string()]);
+    assert!(
+        again.status.success(),
+        "scale once policy-server is back: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let pods = worker_pods(&ns, &name).await.unwrap();
+    assert_exact_workers(&ns, &name, N).await;
+    let undefaulted: Vec<_> = pods
+        .iter()
+        .filter(|p| !defaulted_by_the_policy(p))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert!(undefaulted.is_empty(), "pods not defaulted by the policy: {undefaulted:?}");
+    eprintln!(
+        "FIGURE fault 11 (policy-server SIGKILLed under a burst of {N} worker pods): the first scale \
+         {} with {made_by_first} pods made; the webhook answered again {:.1}s after the kill; a \
+         second scale completed to exactly {N}, every pod defaulted by the policy",
+        if first.status.success() { "completed" } else { "stopped" },
+        back.as_secs_f64()
+    );
+    let down = run(state.path(), &["-n", &ns.name, "down", &name]);
+    assert!(down.status.success());
     ns.delete().await;
 }
 
