@@ -13,6 +13,16 @@ pub enum Error {
         /// The serialiser's complaint.
         reason: String,
     },
+    /// A resource the operator cannot act on as it is.
+    #[error("{kind} {name}: {reason}")]
+    InvalidResource {
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// What is wrong, naming the field.
+        reason: String,
+    },
 }
 
 /// The crate's result type.
