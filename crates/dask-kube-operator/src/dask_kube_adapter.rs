@@ -7,7 +7,11 @@
 //! would replace it (listed in the crate README, "What dask-kube should export").
 
 pub(crate) use dask_kube::adapt::ScaleAction;
-pub(crate) use dask_kube::portforward::PodPortConnect;
+pub(crate) use dask_kube::flow::{
+    CallOutcome, DEFAULT_INITIAL_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT, FlowControl, FlowLimiter,
+};
+pub(crate) use dask_kube::http_client::build_client;
+pub(crate) use dask_kube::portforward::{ForwardedStream, PodPortConnect};
 pub(crate) use dask_kube::scaling::{DeleteReason, PodPhase, RetireTarget, SchedulerWorker};
 pub(crate) use dask_kube::scheduler_api::{Connect, HttpSchedulerApi, TcpConnect};
 pub(crate) use dask_kube::{

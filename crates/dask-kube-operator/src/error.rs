@@ -23,6 +23,34 @@ pub enum Error {
         /// What is wrong, naming the field.
         reason: String,
     },
+    /// An API call failed.
+    #[error("cannot {action}: {source}")]
+    Api {
+        /// What was being done, naming the object.
+        action: String,
+        /// The API's answer.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// A cluster's scheduler could not be asked (retiring workers, its adaptive target,
+    /// whether it is idle): nothing that needs its answer is done.
+    #[error("cannot reach the scheduler of DaskCluster {cluster}: {reason}")]
+    SchedulerUnreachable {
+        /// The cluster.
+        cluster: String,
+        /// Why.
+        reason: String,
+    },
+    /// The watches never listed their objects.
+    #[error(
+        "the operator's watches did not start: are the CRDs installed (`dask-kube-operator crds | kubectl apply -f -`) and may it list daskclusters, daskworkergroups, pods, deployments and services?"
+    )]
+    WatchesNotReady,
+    /// No Kubernetes credentials.
+    #[error(
+        "cannot load Kubernetes credentials (in-cluster service account, then $KUBECONFIG or ~/.kube/config): {0}"
+    )]
+    Credentials(String),
 }
 
 /// The crate's result type.

@@ -160,6 +160,8 @@ pub struct DaskWorkerGroupSpec {
 pub struct OpaqueStatus {}
 
 /// Adapts a cluster's worker count to what its scheduler asks for, within bounds.
+// Two printer columns of the same type read to clippy as one attribute given twice.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "kubernetes.dask.org",

@@ -72,7 +72,12 @@ pub enum Action {
     },
     /// Retire these workers through the scheduler, then delete the pods whose workers the
     /// scheduler confirms retired (their data moved to other workers first).
-    RetireThenDelete(Vec<RetireTarget>),
+    RetireThenDelete {
+        /// The cluster whose scheduler retires them.
+        cluster: String,
+        /// The pods and their workers' addresses.
+        targets: Vec<RetireTarget>,
+    },
     /// Post an event on the reconciled object.
     Note(Note),
 }

@@ -158,8 +158,10 @@ pub fn plan_worker_group(
                 let names: Vec<&str> = down.retire.iter().map(|t| t.pod.as_str()).collect();
                 plan.actions
                     .push(Note::info(format!("Workers to close: {names:?}")));
-                plan.actions
-                    .push(Action::RetireThenDelete(down.retire.clone()));
+                plan.actions.push(Action::RetireThenDelete {
+                    cluster: group.spec.cluster.clone(),
+                    targets: down.retire.clone(),
+                });
             }
             Some(_) => {}
             None => plan.requeue_after = Some(TIMER_PERIOD),
@@ -179,7 +181,6 @@ mod tests {
     use crate::dask_kube_adapter::RetireTarget;
     use crate::manifests::tests::upstream_resource;
     use rstest::rstest;
-    use serde_json::Value;
 
     fn cluster() -> DaskCluster {
         upstream_resource("simplecluster.yaml")
@@ -238,7 +239,7 @@ mod tests {
             .map(|a| match a {
                 Action::Create(v) => format!("create {}", v["metadata"]["name"].as_str().unwrap()),
                 Action::DeletePod(n) => format!("delete {n}"),
-                Action::RetireThenDelete(t) => format!(
+                Action::RetireThenDelete { targets: t, .. } => format!(
                     "retire {}",
                     t.iter()
                         .map(|t: &RetireTarget| t.pod.as_str())
@@ -380,6 +381,6 @@ mod tests {
             )
         );
         assert_eq!(p.actions[1], Note::info("Successfully adopted by simple"));
-        assert!(matches!(&p.actions[2], Action::Create(v) if v["kind"] == Value::from("Pod")));
+        assert!(matches!(&p.actions[2], Action::Create(v) if v["kind"] == "Pod"));
     }
 }
