@@ -7,11 +7,10 @@ use crate::reconcile::{Action, Note, Plan};
 use crate::resources::{DaskCluster, DaskWorkerGroup};
 use crate::{Error, Result};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -121,10 +120,11 @@ fn api_error(action: &str, kind: &str, namespace: &str, name: &str, source: kube
     }
 }
 
-/// Posts a note as an Event on `object` and logs it (upstream's tests read the operator's
-/// log for these lines). A failed post is logged, not fatal: events are best effort.
+/// Posts a note as an Event on `object`, as kopf posts a handler's log line (a core/v1
+/// Event, reason `Logging`, one per line: no aggregation that would keep an older message
+/// under a newer count), and logs it (upstream's tests read the operator's log for these
+/// lines). A failed post is logged, not fatal: events are best effort.
 pub async fn publish<K: Resource<DynamicType = ()>>(ctx: &Context, object: &K, note: &Note) {
-    let reference = object.object_ref(&());
     let kind = K::kind(&());
     let namespace = object.namespace().unwrap_or_default();
     let name = object.name_any();
@@ -133,21 +133,41 @@ pub async fn publish<K: Resource<DynamicType = ()>>(ctx: &Context, object: &K, n
     } else {
         info!(%kind, %namespace, %name, "{}", note.message);
     }
-    let event = Event {
-        type_: if note.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: EVENT_REASON.into(),
-        note: Some(note.message.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let event = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": namespace},
+        "involvedObject": object.object_ref(&()),
+        "type": if note.warning { "Warning" } else { "Normal" },
+        "reason": EVENT_REASON,
+        "message": note.message.chars().take(MAX_EVENT_MESSAGE).collect::<String>(),
+        "source": {"component": ctx.reporter},
+        "reportingComponent": ctx.reporter,
+        "reportingInstance": ctx.reporter_instance,
+        "action": "Reconcile",
+        "firstTimestamp": now.to_string(),
+        "lastTimestamp": now.to_string(),
+        "count": 1,
+    });
+    let posted = match serde_json::from_value::<CoreEvent>(event) {
+        Ok(event) => {
+            let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), &namespace);
+            events
+                .create(&PostParams::default(), &event)
+                .await
+                .err()
+                .map(|e| e.to_string())
+        }
+        Err(e) => Some(e.to_string()),
     };
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-        warn!(%kind, %namespace, %name, error = %e, "cannot post an event");
+    if let Some(error) = posted {
+        warn!(%kind, %namespace, %name, %error, "cannot post an event");
     }
 }
+
+/// Longest event message (kopf cuts at 1024 too).
+const MAX_EVENT_MESSAGE: usize = 1024;
 
 fn api_resource(manifest: &Value) -> Result<ApiResource> {
     let (api_version, kind) = match (manifest["apiVersion"].as_str(), manifest["kind"].as_str()) {

@@ -12,7 +12,6 @@ use crate::resources::{DaskAutoscaler, DaskCluster, DaskWorkerGroup};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -186,8 +185,10 @@ pub struct Context {
     pub stores: Stores,
     /// How schedulers are reached.
     pub scheduler_access: SchedulerAccess,
-    /// Events on the reconciled objects.
-    pub recorder: Recorder,
+    /// The operator's name in events (`source.component`, `reportingComponent`).
+    pub reporter: String,
+    /// This operator process in events (`reportingInstance`: its pod's name).
+    pub reporter_instance: String,
     /// Flow control of pod creations and deletions, shared by every reconcile (one API
     /// server).
     pub flow: FlowLimiter,
@@ -195,6 +196,9 @@ pub struct Context {
     pub started: Instant,
     expectations: Mutex<HashMap<ObjectRef<DaskWorkerGroup>, Expectations>>,
     adapt: Mutex<HashMap<ObjectRef<DaskAutoscaler>, AdaptMemory>>,
+    /// Tests: every scheduler's HTTP API is at this `host:port` (a fake on loopback).
+    #[cfg(test)]
+    pub(crate) fixed_scheduler: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,14 +212,16 @@ impl Context {
         scope: Scope,
         stores: Stores,
         scheduler_access: SchedulerAccess,
-        recorder: Recorder,
+        reporter: String,
     ) -> Self {
+        let reporter_instance = std::env::var("POD_NAME").unwrap_or_else(|_| reporter.clone());
         Context {
             client,
             scope,
             stores,
             scheduler_access,
-            recorder,
+            reporter,
+            reporter_instance,
             flow: FlowLimiter::new(FlowControl::new(
                 DEFAULT_INITIAL_IN_FLIGHT,
                 DEFAULT_MAX_IN_FLIGHT,
@@ -223,6 +229,8 @@ impl Context {
             started: Instant::now(),
             expectations: Mutex::default(),
             adapt: Mutex::default(),
+            #[cfg(test)]
+            fixed_scheduler: None,
         }
     }
 
@@ -257,6 +265,12 @@ impl Context {
     /// A connector to a cluster's scheduler HTTP API; `None` when it cannot be reached
     /// now (port-forward and no running scheduler pod).
     pub fn scheduler_connector(&self, namespace: &str, cluster: &str) -> Option<SchedulerConnect> {
+        #[cfg(test)]
+        if let Some(address) = &self.fixed_scheduler {
+            return Some(SchedulerConnect(Either::Left(TcpConnect {
+                address: address.clone(),
+            })));
+        }
         match self.scheduler_access {
             SchedulerAccess::Service => Some(SchedulerConnect(Either::Left(TcpConnect {
                 address: format!(

@@ -19,7 +19,6 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -114,19 +113,12 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<()> {
         deployments,
         services,
     };
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: reporter,
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
     let ctx = Arc::new(Context::new(
         client.clone(),
         scope.clone(),
         stores.clone(),
         scheduler_access,
-        recorder,
+        reporter,
     ));
 
     let controllers = async {
@@ -494,3 +486,6 @@ pub async fn reconcile_job(job: Arc<DaskJob>, ctx: Arc<Context>) -> Result<Reque
     .await?;
     Ok(requeue(&plan))
 }
+
+#[cfg(test)]
+mod tests;
