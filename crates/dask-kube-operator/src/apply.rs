@@ -6,7 +6,7 @@ use crate::dask_kube_adapter::{CallOutcome, HttpSchedulerApi, RetireTarget, Sche
 use crate::reconcile::{Action, Note, Plan};
 use crate::resources::{DaskCluster, DaskWorkerGroup};
 use crate::{Error, Result};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
@@ -36,7 +36,8 @@ pub enum StatusWrite {
 
 /// Carries out `plan` for `object`, in order. A create of something that exists and a
 /// delete of something gone count as done; pod creations and deletions of one plan run
-/// concurrently under the shared flow control.
+/// concurrently under the shared flow control, every one to its end (a call dropped in
+/// flight would leave its outcome unknown), and the first failure is returned.
 ///
 /// # Errors
 /// The first call that failed, naming the object.
@@ -114,8 +115,15 @@ where
 }
 
 fn api_error(action: &str, kind: &str, namespace: &str, name: &str, source: kube::Error) -> Error {
+    // The apiserver's own sentence (`pods is forbidden: User ... cannot create resource
+    // "pods" ...`), not kube's debug dump of the whole Status.
+    let reason = match &source {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    };
     Error::Api {
         action: format!("{action} {kind} {namespace}/{name}"),
+        reason,
         source: Box::new(source),
     }
 }
@@ -259,14 +267,19 @@ async fn create_pods<K: Resource<DynamicType = ()>>(
                     }
                     Err(e) => {
                         permit.finish(Context::outcome_of(&e, started.elapsed()));
+                        if let (Some(group), true) = (&group, Context::refused(&e)) {
+                            ctx.with_expectations(group, |x| x.refused_create(&name));
+                        }
                         Err(api_error("create", "Pod", namespace, &name, e))
                     }
                 }
             }
         })
         .buffer_unordered(crate::dask_kube_adapter::DEFAULT_MAX_IN_FLIGHT)
-        .try_collect::<Vec<()>>()
+        .collect::<Vec<Result<()>>>()
         .await
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
         .map(|_| ())
 }
 
@@ -305,14 +318,19 @@ async fn delete_pods<K: Resource<DynamicType = ()>>(
                     }
                     Err(e) => {
                         permit.finish(Context::outcome_of(&e, started.elapsed()));
+                        if let (Some(group), true) = (&group, Context::refused(&e)) {
+                            ctx.with_expectations(group, |x| x.refused_delete(&name));
+                        }
                         Err(api_error("delete", "Pod", namespace, &name, e))
                     }
                 }
             }
         })
         .buffer_unordered(crate::dask_kube_adapter::DEFAULT_MAX_IN_FLIGHT)
-        .try_collect::<Vec<()>>()
+        .collect::<Vec<Result<()>>>()
         .await
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
         .map(|_| ())
 }
 

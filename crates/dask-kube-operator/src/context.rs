@@ -127,6 +127,21 @@ impl Expectations {
         self.created.insert(pod.to_owned(), now);
     }
 
+    /// Whether some creation or deletion is not confirmed by the watch yet.
+    pub fn outstanding(&self) -> bool {
+        !self.created.is_empty() || !self.deleted.is_empty()
+    }
+
+    /// Forgets a creation the API refused (it cannot appear).
+    pub fn refused_create(&mut self, pod: &str) {
+        self.created.remove(pod);
+    }
+
+    /// Forgets a deletion the API refused (the pod stays).
+    pub fn refused_delete(&mut self, pod: &str) {
+        self.deleted.remove(pod);
+    }
+
     /// Records a pod this operator deleted.
     pub fn deleted(&mut self, pod: &str, now: Instant) {
         self.deleted.insert(pod.to_owned(), now);
@@ -288,6 +303,12 @@ impl Context {
                 ))))
             }
         }
+    }
+
+    /// Whether a failed call was refused (a 4xx: nothing happened), rather than maybe done
+    /// (a 5xx or a lost answer: the server may have acted on it).
+    pub fn refused(error: &kube::Error) -> bool {
+        matches!(error, kube::Error::Api(s) if (400..500).contains(&s.code))
     }
 
     /// Records a call's outcome for flow control.

@@ -24,10 +24,12 @@ pub enum Error {
         reason: String,
     },
     /// An API call failed.
-    #[error("cannot {action}: {source}")]
+    #[error("cannot {action}: {reason}")]
     Api {
         /// What was being done, naming the object.
         action: String,
+        /// The API server's message.
+        reason: String,
         /// The API's answer.
         #[source]
         source: Box<kube::Error>,

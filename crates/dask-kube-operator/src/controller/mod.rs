@@ -7,7 +7,8 @@ use crate::apply::{StatusWrite, apply, publish};
 use crate::context::{Context, SchedulerAccess, Scope, Stores};
 use crate::dask_kube_adapter::{HttpSchedulerApi, SchedulerApi, SchedulerWorker, WorkerPodState};
 use crate::names::{
-    self, CLUSTER_LABEL, COMPONENT_LABEL, SCHEDULER_COMPONENT, WORKER_COMPONENT, WORKER_GROUP_LABEL,
+    self, CLUSTER_LABEL, COMPONENT_LABEL, JOB_RUNNER_COMPONENT, SCHEDULER_COMPONENT,
+    WORKER_COMPONENT, WORKER_GROUP_LABEL,
 };
 use crate::reconcile::{
     AutoscalerView, ClusterView, JobView, Note, Plan, ServiceState, WorkerGroupView, idle_expired,
@@ -18,6 +19,7 @@ use crate::{Error, Result};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -71,6 +73,27 @@ where
     ((reader, subscriber), drive)
 }
 
+/// Starts a reflector of `api` (a store only, no subscribers); returns its store and the
+/// future that drives it.
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl std::future::Future<Output = ()> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let drive = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+            }
+        });
+    (reader, drive)
+}
+
 /// Runs the operator until the process is asked to stop.
 ///
 /// # Errors
@@ -90,15 +113,14 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<()> {
         scope.api::<DaskWorkerGroup>(&client),
         watcher::Config::default(),
     );
-    let ((pods, pod_events), drive_pods) =
-        shared(scope.api::<Pod>(&client), labelled(CLUSTER_LABEL));
+    let (pods, drive_pods) = reflected(scope.api::<Pod>(&client), labelled(CLUSTER_LABEL));
     let scheduler_selector = format!("{COMPONENT_LABEL}={SCHEDULER_COMPONENT}");
-    let ((deployments, deployment_events), drive_deployments) = shared(
+    let (deployments, drive_deployments) = reflected(
         scope.api::<Deployment>(&client),
         labelled(&scheduler_selector),
     );
-    let ((services, service_events), drive_services) =
-        shared(scope.api::<Service>(&client), labelled(&scheduler_selector));
+    let (services, drive_services) =
+        reflected(scope.api::<Service>(&client), labelled(&scheduler_selector));
     let drive = futures::future::join5(
         drive_clusters,
         drive_groups,
@@ -148,15 +170,33 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<()> {
                     .collect::<Vec<_>>()
             }
         };
+        // Owned objects trigger their owner through metadata watches, which report deletions
+        // too: kube-runtime's shared streams broadcast only changes, so a worker pod, a
+        // scheduler Deployment or a job's cluster deleted by anyone would go unnoticed
+        // (upstream's kopf operator misses them the same way, dask-kubernetes #603).
+        let worker_selector = format!("{COMPONENT_LABEL}={WORKER_COMPONENT}");
+        let runner_selector = format!("{COMPONENT_LABEL}={JOB_RUNNER_COMPONENT}");
         let cluster_controller =
             Controller::for_shared_stream(cluster_events.clone(), clusters.clone())
-                .owns_shared_stream(deployment_events.clone())
-                .owns_shared_stream(service_events.clone())
-                .owns_shared_stream(group_events.clone())
+                .owns_stream(touched::<Deployment>(
+                    &scope,
+                    &client,
+                    labelled(&scheduler_selector),
+                ))
+                .owns_stream(touched::<Service>(
+                    &scope,
+                    &client,
+                    labelled(&scheduler_selector),
+                ))
+                .owns_stream(touched::<DaskWorkerGroup>(
+                    &scope,
+                    &client,
+                    watcher::Config::default(),
+                ))
                 .shutdown_on_signal()
                 .run(reconcile_cluster, retry, ctx.clone());
         let group_controller = Controller::for_shared_stream(group_events.clone(), groups.clone())
-            .owns_shared_stream(pod_events.clone())
+            .owns_stream(touched::<Pod>(&scope, &client, labelled(&worker_selector)))
             .watches_shared_stream(cluster_events.clone(), groups_of_cluster)
             .shutdown_on_signal()
             .run(reconcile_worker_group, retry, ctx.clone());
@@ -168,8 +208,12 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<()> {
         .run(reconcile_autoscaler, retry, ctx.clone());
         let job_controller =
             Controller::new(scope.api::<DaskJob>(&client), watcher::Config::default())
-                .owns_shared_stream(pod_events.clone())
-                .owns_shared_stream(cluster_events.clone())
+                .owns_stream(touched::<Pod>(&scope, &client, labelled(&runner_selector)))
+                .owns_stream(touched::<DaskCluster>(
+                    &scope,
+                    &client,
+                    watcher::Config::default(),
+                ))
                 .shutdown_on_signal()
                 .run(reconcile_job, retry, ctx.clone());
         futures::future::join4(
@@ -185,6 +229,26 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<()> {
         result = controllers => result,
         _ = drive => Ok(()),
     }
+}
+
+/// Every change and deletion of `K`s in `scope`, metadata only (owner references are all
+/// a trigger needs).
+fn touched<K>(
+    scope: &Scope,
+    client: &Client,
+    config: watcher::Config,
+) -> impl Stream<Item = std::result::Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<PartialObjectMeta<K>> = scope.api(client);
+    watcher(api, config).default_backoff().touched_objects()
 }
 
 async fn log_results<K: Resource, E: std::fmt::Display, S>(results: S)
@@ -367,6 +431,11 @@ pub async fn reconcile_worker_group(
         apply(&ctx, &*group, &plan, StatusWrite::Object).await,
     )
     .await?;
+    // An expectation the watch never confirms expires; look again then, even if no event
+    // comes.
+    if plan.requeue_after.is_none() && ctx.with_expectations(&group_ref, |e| e.outstanding()) {
+        return Ok(Requeue::requeue(crate::reconcile::TIMER_PERIOD));
+    }
     Ok(requeue(&plan))
 }
 

@@ -373,10 +373,17 @@ async fn a_group_creates_missing_workers_once() {
             "Scaled worker group simple-default up to 2 workers.",
         )
         .await;
-        assert_eq!(reconcile.await.unwrap().unwrap(), Requeue::await_change());
+        assert_eq!(
+            reconcile.await.unwrap().unwrap(),
+            Requeue::requeue(crate::reconcile::TIMER_PERIOD),
+            "the new pod is expected: look again"
+        );
 
         let again = tokio::spawn(reconcile_worker_group(g.clone(), ctx.clone()));
-        assert_eq!(again.await.unwrap().unwrap(), Requeue::await_change());
+        assert_eq!(
+            again.await.unwrap().unwrap(),
+            Requeue::requeue(crate::reconcile::TIMER_PERIOD)
+        );
         expect_nothing_more(&mut handle).await;
     })
     .await;
@@ -625,6 +632,50 @@ async fn cluster_scale_reaches_the_default_group() {
             "5"
         );
         reconcile.await.unwrap().unwrap();
+        expect_nothing_more(&mut handle).await;
+    })
+    .await;
+}
+
+/// A pod creation the API refuses (403: no service account yet, a quota) leaves no
+/// expectation behind: the retry creates the worker at once instead of counting a pod
+/// that will never appear (found against a real apiserver: workers came only after the
+/// expectation expired, 60 s later).
+#[tokio::test]
+async fn a_refused_creation_is_retried_at_once() {
+    let c = cluster(Some("Running"));
+    let mut g = default_group(&c, 1);
+    g.metadata.owner_references = Some(vec![manifests::owner_ref(&c).unwrap()]);
+    let observed = Observed {
+        clusters: vec![c],
+        ..Observed::default()
+    };
+    let (ctx, mut handle) = context(observed, None);
+    let g = Arc::new(g);
+    within(async {
+        let first = tokio::spawn(reconcile_worker_group(g.clone(), ctx.clone()));
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!((request.method(), request.uri().path()), (&Method::POST, PODS));
+        let refusal = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "pods is forbidden: error looking up service account ns/default", "reason": "Forbidden", "code": 403});
+        send.send_response(
+            Response::builder()
+                .status(403)
+                .body(Body::from(serde_json::to_vec(&refusal).unwrap()))
+                .unwrap(),
+        );
+        // The failure is reported on the group, naming the API's reason.
+        let event = expect(&mut handle, Method::POST, "/api/v1/namespaces/ns/events").await;
+        assert_eq!(event["type"], "Warning");
+        let message = event["message"].as_str().unwrap();
+        assert!(message.starts_with("cannot create Pod ns/simple-default-worker-"), "{message}");
+        assert!(message.ends_with(": pods is forbidden: error looking up service account ns/default"), "{message}");
+        assert!(first.await.unwrap().is_err());
+
+        let retry = tokio::spawn(reconcile_worker_group(g.clone(), ctx.clone()));
+        expect(&mut handle, Method::POST, PODS).await;
+        expect_event(&mut handle, "DaskWorkerGroup", "simple-default", "Scaled worker group simple-default up to 1 workers.").await;
+        retry.await.unwrap().unwrap();
         expect_nothing_more(&mut handle).await;
     })
     .await;
