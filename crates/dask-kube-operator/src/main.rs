@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use dask_kube_operator::OperatorCommand;
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// A Kubernetes operator for dask-kubernetes' resources.
@@ -19,6 +20,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let code = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(cli.command.run()),

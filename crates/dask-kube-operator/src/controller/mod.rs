@@ -158,6 +158,10 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<()> {
         if ready.await.is_err() {
             return Err(Error::WatchesNotReady);
         }
+        tracing::info!(
+            ?scope,
+            "dask-kube-operator ready: every watch listed, controllers running"
+        );
         let groups_of_cluster = {
             let groups = groups.clone();
             move |cluster: Arc<DaskCluster>| {
