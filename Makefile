@@ -7,20 +7,23 @@
 CACHE_DIR ?= $(HOME)/.cache/dask-on-k8s
 export CARGO_TARGET_DIR ?= $(CACHE_DIR)/target
 VENV ?= $(CACHE_DIR)/venv
+# Kubewarden's kwctl and policy-server, installed by `make setup` (e2e-tests/setup.sh).
+export PATH := $(CACHE_DIR)/bin:$(PATH)
 PYTHON := $(VENV)/bin/python
 CARGO ?= cargo
 CARGO_FLAGS ?= --locked
 WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/dask_worker_defaults.wasm
-# The release artifact: the module with policy-metadata.yml in its metadata section.
+# The release artifact: the module with policy-metadata.yml and README.md in its metadata
+# section, as `kwctl annotate` writes them.
 ANNOTATED_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/annotated-policy.wasm
-RUNNER := $(CARGO_TARGET_DIR)/debug/policy-runner
-# What annotates (`make annotate KWCTL=kwctl` uses a real kwctl); default the stand-in.
-KWCTL ?= $(RUNNER)
+KWCTL ?= kwctl
+# The bats suite's TAP output, read for skips.
+BATS_TAP := $(CACHE_DIR)/policy-bats.tap
 CLUSTER := e2e-tests/local-cluster/cluster
-# The host binaries the local cluster runs are built as one set with the unit tests: cargo
-# unifies features per invocation, so `-p policy-runner` alone, `-p node-agent` alone and
-# `cargo test --workspace` would each compile wasmtime and kube again. The hooks build the
-# same set (a no-op after `make unit`).
+# The host binaries the local cluster runs (dask-kube, in its image) are built as one set with
+# the unit tests: cargo unifies features per invocation, so `-p dask-kube` alone and `cargo
+# test --workspace` would each compile kube again. The image build uses the same set (a no-op
+# after `make unit`).
 HOST_BUILD := --workspace --all-targets
 export DASK_K8S_HOST_BUILD := $(HOST_BUILD)
 
@@ -30,24 +33,22 @@ export DASK_K8S_HOST_BUILD := $(HOST_BUILD)
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-setup: ## install what demo and test need (Debian packages, Rust target, checks Go/Python); quick when done
-	@e2e-tests/setup.sh
+setup: ## install what demo and test need (Debian packages, Rust target, kwctl, policy-server, checks Go/Python); quick when done
+	@CACHE_DIR=$(CACHE_DIR) e2e-tests/setup.sh
 
 demo: setup wasm venv ## the README example end to end on the local control plane
 	$(CARGO) build $(CARGO_FLAGS) $(HOST_BUILD)
 	e2e-tests/demo/run-demo.sh
 
-policy-demo: wasm venv ## build the policy and run it on worker-spec.yml like kwctl
-	$(CARGO) build $(CARGO_FLAGS) $(HOST_BUILD)
-	$(PYTHON) e2e-tests/demo/policy-demo.py $(RUNNER) $(WASM) worker-spec.yml
+policy-demo: annotate venv ## build the policy and run it on worker-spec.yml with kwctl
+	$(PYTHON) e2e-tests/demo/policy-demo.py $(KWCTL) $(ANNOTATED_WASM) worker-spec.yml
 
 wasm: setup ## build the policy module (wasm32-wasip1, size-tuned release profile)
 	$(CARGO) build $(CARGO_FLAGS) --release --target wasm32-wasip1 -p dask-worker-defaults
 	@ls -l $(WASM) | awk '{printf "module: %s (%d bytes)\n", $$9, $$5}'
 
-annotate: wasm ## the release artifact: $(KWCTL) annotate -m policy-metadata.yml (annotated-policy.wasm)
-	$(CARGO) build $(CARGO_FLAGS) $(HOST_BUILD)
-	$(KWCTL) annotate -m policy-metadata.yml -o $(ANNOTATED_WASM) $(WASM)
+annotate: wasm ## the release artifact: kwctl annotate -m policy-metadata.yml -u README.md (annotated-policy.wasm)
+	$(KWCTL) annotate -m policy-metadata.yml -u README.md -o $(ANNOTATED_WASM) $(WASM)
 	@ls -l $(ANNOTATED_WASM) | awk '{printf "annotated module: %s (%d bytes)\n", $$9, $$5}'
 
 annotated-policy.wasm: annotate
@@ -75,29 +76,32 @@ clippy: setup ## lints, warnings are errors
 
 lint: fmt clippy
 
-unit: setup venv ## tests that need no cluster (unit, table, property, wasm e2e through the runner, Python unit)
+unit: setup venv ## tests that need no cluster (unit, table, property, golden fixtures natively, Python unit, cap-translate, the README CAP's matchConditions)
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 	VENV=$(VENV) e2e-tests/python/run-tests.sh unit
+	$(PYTHON) -m pytest -ra e2e-tests/kubewarden
+	cd e2e-tests/kubewarden/matchconditions && go test ./...
 
-e2e-policy: wasm ## the compiled policy on the fixtures: runner suite + bats (kwctl if present)
-	$(CARGO) test $(CARGO_FLAGS) --workspace --test policy_fixtures
+e2e-policy: wasm ## the golden fixtures: natively (tests/admission_fixtures.rs), then by kwctl (bats)
+	$(CARGO) test $(CARGO_FLAGS) -p dask-worker-defaults --test admission_fixtures
 	$(MAKE) bats
 
-bats: annotate ## the fixtures' bats file on the annotated module, through policy-runner and kwctl (skipped without it)
-	KWCTL=$(RUNNER) bats e2e-tests/policy-runner/tests/policy.bats
-	bats e2e-tests/policy-runner/tests/policy.bats
+# A skipped case fails the run: bats itself exits 0 on skips.
+bats: annotate $(VENV)/.installed ## kwctl on the annotated module (every golden fixture, metadata, annotate), policy-server on the README's ClusterAdmissionPolicy
+	@mkdir -p $(dir $(BATS_TAP))
+	@PYTHON=$(PYTHON) KWCTL=$(KWCTL) bats --tap e2e-tests/kubewarden/policy.bats >$(BATS_TAP); status=$$?; \
+	  cat $(BATS_TAP); \
+	  if grep -q '^ok .* # skip' $(BATS_TAP); then echo "make bats: a skipped case fails the run" >&2; exit 1; fi; \
+	  exit $$status
 
 integration: wasm venv ## start the local control plane, run every test against it, stop it
 	e2e-tests/run-integration.sh
 
 test: setup lint wasm venv unit bats integration ## everything CI runs
 
-bench: wasm ## figures: module size, wasm vs native evaluation, dask-kube timings
-	$(CARGO) build $(CARGO_FLAGS) --profile release-host -p policy-runner --features native
-	$(CARGO_TARGET_DIR)/release-host/policy-runner timings --native --iterations 5000 \
-	  --request-path e2e-tests/policy-runner/tests/fixtures/policy/readme-worker-spec/request.json $(WASM)
-	$(CARGO_TARGET_DIR)/release-host/policy-runner timings --native --iterations 5000 \
-	  --request-path e2e-tests/policy-runner/tests/fixtures/policy/unlabelled-pod/request.json $(WASM)
+bench: annotate ## policy figures: kwctl bench of the annotated module on the README pod and an unlabelled pod
+	$(KWCTL) bench --request-path tests/fixtures/readme-worker-spec/request.json $(ANNOTATED_WASM)
+	$(KWCTL) bench --request-path tests/fixtures/unlabelled-pod/request.json $(ANNOTATED_WASM)
 
 .PHONY: bench-scale
 bench-scale: setup wasm venv ## time to N Pending pods and back to 0: raw apiserver limit vs classic vs dask-kube (BENCH_N, BENCH_REPEATS)

@@ -1,19 +1,14 @@
 #!/usr/bin/env bash
-# The integration tier: a real local control plane (kube-apiserver + etcd +
-# controller-manager, the node agent running pods as processes, the policy as a live
-# webhook), every test that needs it, and `cluster down` at the end, also when a test
-# fails. Exit status: 0 when everything passed.
+# The integration tier: the local cluster of real parts (kube-apiserver + etcd +
+# controller-manager + scheduler, nodes with kubelet, containerd and kube-proxy, CoreDNS, the
+# policy as a live webhook), every test that needs it, and `cluster down` at the end, also
+# when a test fails. Exit status: 0 when everything passed.
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 CLUSTER=e2e-tests/local-cluster/cluster
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dask-on-k8s/target}"
 VENV="${VENV:-$HOME/.cache/dask-on-k8s/venv}"
-# The README example asks for up to 8 workers of cpu 2 / memory 6G. The local node
-# advertises room for them; the processes share the machine's real cores and memory
-# (the workers of the example use far less than their limit).
-export NODE_AGENT_CPU="${NODE_AGENT_CPU:-32}" NODE_AGENT_MEMORY="${NODE_AGENT_MEMORY:-64Gi}"
-
 results=()
 status=0
 run() {
@@ -36,8 +31,8 @@ finish() {
 }
 trap finish EXIT
 
-# The control plane's own checks start it, restart it and stop it; --keep-up leaves it
-# up (with the node agent and the webhook) for everything below.
+# The cluster's own checks start it, restart it and stop it; --keep-up leaves it
+# up (with its nodes and the webhook) for everything below.
 run "control plane checks (tests/control-plane.sh)" e2e-tests/local-cluster/tests/control-plane.sh --keep-up
 if ! up_env="$("$CLUSTER" up)"; then
   results+=("FAILED  cluster up")
@@ -49,16 +44,14 @@ eval "$up_env"
 # `--workspace --test NAME` rather than `-p PKG`: cargo unifies features per invocation, and
 # the workspace-wide set is the one `make unit` already built, so nothing compiles again.
 run "policy webhook through the apiserver" cargo test --locked --workspace --test webhook_cluster -- --include-ignored
-run "kubelet API: logs and port-forward" cargo test --locked --workspace --test apiserver -- --include-ignored
-# tests/cluster.rs of node-agent (pods as processes) and of dask-kube (whose tests are
-# #[ignore]d outside this tier).
-run "node agent and dask-kube against the cluster" cargo test --locked --workspace --test cluster -- --include-ignored --test-threads=1
+# dask-kube's tests/cluster.rs (#[ignore]d outside this tier).
+run "dask-kube against the cluster" cargo test --locked --workspace --test cluster -- --include-ignored --test-threads=1
 run "README example end to end (demo.py --check)" "$VENV/bin/python" e2e-tests/demo/demo.py --check \
   --summary-json "${DEMO_SUMMARY:-$CARGO_TARGET_DIR/demo-summary.json}"
 # The Python package (built into the venv by `make venv`) against the same cluster; a
 # missing cluster fails here instead of skipping.
 run "Python package against the cluster (pytest)" env DASK_K8S_REQUIRE_CLUSTER=1 VENV="$VENV" \
   e2e-tests/python/run-tests.sh cluster
-# Last: the fault-injection tier takes the cluster's parts away (the API server, the webhook, the
-# node agent) and starts them again as they were.
+# Last: the fault-injection tier takes the cluster's parts away (the API server, the webhook, a
+# kubelet, a whole node) and starts them again as they were.
 run "faults injected on the cluster (dask-kube tests/faults.rs)" cargo test --locked --workspace --test faults -- --include-ignored --test-threads=1

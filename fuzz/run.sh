@@ -5,8 +5,11 @@
 #   FUZZ_RUNS=5000000 fuzz/run.sh policy_request
 #
 # Installs what it needs when missing (the nightly toolchain of fuzz/rust-toolchain.toml,
-# cargo-fuzz from crates.io), starts each target from the committed seeds (fuzz/seeds/<target>)
-# plus a scratch corpus under the cache dir, and prints libFuzzer's own figures. A crash
+# cargo-fuzz from crates.io), starts each target from its seeds plus a scratch corpus under
+# the cache dir, and prints libFuzzer's own figures. Seeds: policy_bytes starts from the
+# policy's golden fixtures (tests/fixtures/<case>/), each written here as the `validate`
+# payload a host sends ({"request": ..., "settings": ...}), so the requests live in one
+# place; policy_request from fuzz/seeds/policy_request (its own structured inputs). A crash
 # leaves its input in fuzz/artifacts/<target>/ and fails the run: make it a named
 # regression case (crates/dask-worker-spec/tests or tests/) before fixing it.
 set -euo pipefail
@@ -29,17 +32,37 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 
+# The validate payload of each golden fixture: {"request": <the AdmissionRequest>,
+# "settings": <settings.json or {}>}, compact, one file per case.
+fixture_seeds() {
+  local out="$1" case_dir settings
+  rm -rf "$out"
+  mkdir -p "$out"
+  for case_dir in "$FUZZ_DIR"/../tests/fixtures/*/; do
+    settings='{}'
+    [ -f "$case_dir/settings.json" ] && settings=$(cat "$case_dir/settings.json")
+    jq -cj --argjson settings "$settings" '{request: (.request // .), settings: $settings}' \
+      "$case_dir/request.json" >"$out/$(basename "$case_dir").json"
+  done
+}
+
 target_dir=$CACHE_DIR/target-fuzz
 for target in "${TARGETS[@]}"; do
   scratch=$CACHE_DIR/fuzz-corpus/$target
   mkdir -p "$scratch" "$FUZZ_DIR/artifacts/$target"
-  echo "== $target: $FUZZ_RUNS runs (seeds: fuzz/seeds/$target, $(ls "$FUZZ_DIR/seeds/$target" | wc -l) files)"
+  case "$target" in
+    policy_bytes)
+      seeds=$CACHE_DIR/fuzz-seeds/$target
+      fixture_seeds "$seeds" ;;
+    *) seeds=$FUZZ_DIR/seeds/$target ;;
+  esac
+  echo "== $target: $FUZZ_RUNS runs (seeds: $seeds, $(ls "$seeds" | wc -l) files)"
   # -a: debug assertions, so integer overflow is a crash too. -s none: the policy is safe
   # Rust (unsafe_code is denied), so AddressSanitizer finds nothing a panic would not, and
   # libFuzzer runs about three times faster without it.
   set +e
   cargo fuzz run --fuzz-dir "$FUZZ_DIR" --target-dir "$target_dir" -a -s none "$target" \
-    "$scratch" "$FUZZ_DIR/seeds/$target" -- \
+    "$scratch" "$seeds" -- \
     -runs="$FUZZ_RUNS" \
     -dict="$FUZZ_DIR/policy.dict" -max_len=4096 -timeout=10 -print_final_stats=1 \
     -artifact_prefix="$FUZZ_DIR/artifacts/$target/" 2>&1 | tee "$CACHE_DIR/fuzz-$target.log" \

@@ -189,31 +189,73 @@ fn readme_worker_spec_is_the_documented_template() {
     }
 }
 
+/// The `run` scripts of the release job's steps, in order.
+fn release_steps(workflow: &Value) -> Vec<String> {
+    workflow["jobs"]["release"]["steps"]
+        .as_sequence()
+        .expect("release steps")
+        .iter()
+        .filter_map(|s| s["run"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Index of the first step whose script contains `needle`.
+fn step_with(steps: &[String], needle: &str) -> usize {
+    steps
+        .iter()
+        .position(|s| s.contains(needle))
+        .unwrap_or_else(|| panic!("no release step runs {needle:?}"))
+}
+
 #[test]
-fn release_workflow_annotates_pushes_and_signs_what_the_metadata_names() {
+fn release_workflow_builds_tests_annotates_signs_and_attaches_an_sbom_in_order() {
+    let workflow = read_yaml(".github/workflows/release.yml");
+    let steps = release_steps(&workflow);
+    let order = [
+        "cosign verify-blob",
+        "cargo build --locked --release --target wasm32-wasip1 -p dask-worker-defaults",
+        "kwctl annotate -m policy-metadata.yml -u README.md -o annotated-policy.wasm",
+        "bats e2e-tests/kubewarden/policy.bats",
+        "syft scan --output spdx-json=policy-sbom.spdx.json",
+        "cosign sign-blob --yes",
+        "kwctl push -o json annotated-policy.wasm",
+        "cosign sign --yes --new-bundle-format=false",
+        "cosign sign --yes --new-bundle-format=true",
+        "gh release create",
+    ];
+    let positions: Vec<usize> = order.iter().map(|n| step_with(&steps, n)).collect();
+    let mut sorted = positions.clone();
+    sorted.sort_unstable();
+    assert_eq!(positions, sorted, "steps out of order: {order:?}");
+    let release = &steps[step_with(&steps, "gh release create")];
+    for asset in [
+        "policy.wasm",
+        "policy-sbom.spdx.json",
+        "policy-sbom.spdx.jsonl.bundle.sigstore",
+    ] {
+        assert!(release.contains(asset), "release lacks {asset}");
+    }
+}
+
+#[test]
+fn release_workflow_uses_the_kubewarden_version_the_tests_use() {
+    let workflow = read_yaml(".github/workflows/release.yml");
+    let setup =
+        std::fs::read_to_string(format!("{}/e2e-tests/setup.sh", env!("CARGO_MANIFEST_DIR")))
+            .expect("setup.sh");
+    let pinned = setup
+        .lines()
+        .find_map(|l| l.strip_prefix("KUBEWARDEN_VERSION="))
+        .expect("setup.sh pins KUBEWARDEN_VERSION");
+    assert_eq!(workflow["env"]["KUBEWARDEN_VERSION"].as_str(), Some(pinned));
+}
+
+#[test]
+fn release_workflow_pushes_where_the_metadata_says() {
     let workflow = read_yaml(".github/workflows/release.yml");
     let meta = read_yaml("policy-metadata.yml");
-    let steps = workflow["jobs"]["release"]["steps"]
-        .as_sequence()
-        .expect("release steps");
-    let runs: String = steps
-        .iter()
-        .filter_map(|s| s["run"].as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(
-        runs.contains("kwctl annotate -m policy-metadata.yml"),
-        "annotated with the metadata"
-    );
-    assert!(runs.contains("kwctl push"), "pushed to a registry");
-    assert!(runs.contains("cosign sign"), "signed");
     let oci_url = annotation(&meta, "io.kubewarden.policy.ociUrl");
-    let repository = oci_url.split_once('/').map_or("", |(_, path)| path);
     let target = workflow["env"]["OCI_TARGET"].as_str().expect("OCI_TARGET");
     let owner = "${{ github.repository_owner }}";
-    assert_eq!(
-        target.replace(owner, "dask-on-k8s"),
-        oci_url,
-        "pushed where the metadata says ({repository})"
-    );
+    assert_eq!(target.replace(owner, "dask-on-k8s"), oci_url);
 }

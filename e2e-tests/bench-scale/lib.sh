@@ -25,30 +25,20 @@ ensure_classic_venv() {
 use_local_cluster() {
   bench_started_cluster=0
   if ! "$BENCH_CLUSTER" status >/dev/null 2>&1; then
-    log "the local cluster is not up: starting it (node agent profile ${DASK_NODE_AGENT_PROFILE:-release-host})"
-    DASK_NODE_AGENT_PROFILE="${DASK_NODE_AGENT_PROFILE:-release-host}" "$BENCH_CLUSTER" up >/dev/null
+    log "the local cluster is not up: starting it"
+    "$BENCH_CLUSTER" up >/dev/null
     bench_started_cluster=1
   fi
   trap 'if ((bench_started_cluster)); then log "stopping the local cluster"; "$BENCH_CLUSTER" down >&2 || true; fi' EXIT
   eval "$("$BENCH_CLUSTER" env)"
-  local state_dir agent
-  state_dir="$(realpath -m -- "${DASK_K8S_STATE_DIR:-$HOME/.cache/dask-on-k8s/cluster}")"
-  agent="$(readlink "/proc/$(cat "$state_dir/pids/node-agent.pid" 2>/dev/null)/exe" 2>/dev/null || true)"
-  log "node agent: ${agent:-unknown}"
-  if [[ "$agent" == */debug/* ]]; then
-    log "WARNING: the node agent is a dev build (slower pod starts and port-forwards than a kubelet's);" \
-      "for figures, restart the cluster with DASK_NODE_AGENT_PROFILE=release-host"
-  fi
 }
 
-# pod_bridge_address: the node agent's pod bridge IPv4 address, where a scheduler running
+# pod_bridge_address: this machine's address on the nodes' network, where a scheduler running
 # on this machine (classic's deploy_mode="local") is reachable from worker pods.
 pod_bridge_address() {
-  local state_dir bridge address
+  local state_dir address
   state_dir="$(realpath -m -- "${DASK_K8S_STATE_DIR:-$HOME/.cache/dask-on-k8s/cluster}")"
-  bridge="$(sed -n 's/^BRIDGE=//p' "$state_dir/node-agent/agent.env" 2>/dev/null || true)"
-  [[ -n "$bridge" ]] || { log "ERROR: no node agent bridge recorded in $state_dir/node-agent/agent.env"; return 1; }
-  address="$(ip -4 -o addr show dev "$bridge" | awk '{split($4, a, "/"); print a[1]; exit}')"
-  [[ -n "$address" ]] || { log "ERROR: bridge $bridge has no IPv4 address"; return 1; }
+  address="$(sed -n 's/^NODE_GATEWAY=//p' "$state_dir/cluster.env" 2>/dev/null || true)"
+  [[ -n "$address" ]] || { log "ERROR: no NODE_GATEWAY recorded in $state_dir/cluster.env (is the cluster up?)"; return 1; }
   echo "$address"
 }

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Runs the compiled policy on a pod manifest the way kwctl does and shows the result.
+"""Runs the compiled policy on a pod manifest with kwctl and shows the result.
 
 Wraps the manifest (default: the README's worker-spec.yml) in the AdmissionReview a
-kube-apiserver would send for `kubectl create`, evaluates it with `policy-runner run`,
-then prints the decision, the JSONPatch and the patched pod.
+kube-apiserver would send for `kubectl create`, evaluates it with `kwctl run`, then prints
+the decision, the JSONPatch and the patched pod.
 
-    policy-demo.py RUNNER MODULE [MANIFEST] [--settings-json JSON]
+    policy-demo.py KWCTL MODULE [MANIFEST] [--settings-json JSON]
 """
 import argparse
 import base64
@@ -64,7 +64,7 @@ def apply_patch(obj, patch):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runner")
+    parser.add_argument("kwctl")
     parser.add_argument("module")
     parser.add_argument("manifest", nargs="?", default="worker-spec.yml")
     parser.add_argument("--settings-json", default="{}")
@@ -78,15 +78,16 @@ def main():
         json.dump(admission_review(pod), request)
         request.flush()
         result = subprocess.run(
-            [args.runner, "run", "--request-path", request.name,
+            [args.kwctl, "run", "--request-path", request.name,
              "--settings-json", args.settings_json, args.module],
             capture_output=True, text=True)
     if result.returncode != 0:
         sys.stderr.write(result.stderr)
         return result.returncode
-    response = json.loads(result.stdout)
-    print(f"== policy-runner run {args.module} on {args.manifest}")
-    print(result.stdout.strip())
+    # kwctl prints the response as its last line of stdout.
+    response = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"== kwctl run {args.module} on {args.manifest}")
+    print(json.dumps(response))
     print(f"\n== decision: {'allowed' if response['allowed'] else 'rejected'}")
     if not response["allowed"]:
         print(response.get("status", {}).get("message", ""))

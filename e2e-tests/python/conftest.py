@@ -110,10 +110,9 @@ def small_worker() -> str:
 
 @pytest.fixture(scope="session")
 def pod_bridge_address(local_cluster) -> str:
-    """The node agent's pod bridge IPv4 address: where a scheduler in this process
-    (deploy_mode="local") is reachable from worker pods (bench-scale/lib.sh reads it so too)."""
+    """This machine's address on the nodes' network (the gateway every node routes through):
+    where a scheduler in this process (deploy_mode="local") is reachable from worker pods
+    (bench-scale/lib.sh reads it so too)."""
     state_dir = Path(os.environ.get("DASK_K8S_STATE_DIR") or Path.home() / ".cache/dask-on-k8s/cluster")
-    env = (state_dir / "node-agent/agent.env").read_text()
-    bridge = next(line.split("=", 1)[1].strip() for line in env.splitlines() if line.startswith("BRIDGE="))
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", bridge], capture_output=True, text=True, check=True)
-    return out.stdout.split()[3].split("/")[0]
+    env = (state_dir / "cluster.env").read_text()
+    return next(line.split("=", 1)[1].strip() for line in env.splitlines() if line.startswith("NODE_GATEWAY="))

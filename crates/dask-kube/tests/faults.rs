@@ -2,8 +2,9 @@
 //! local cluster (`e2e-tests/local-cluster/cluster up`), each test asserting that nothing is
 //! lost, leaked or duplicated and printing its figure (`FIGURE fault N: ...`, collected in the
 //! README's table). Faults are injected with `cluster component stop|start` (the API server,
-//! the policy webhook, the node agent: real processes stopped and started again as they were)
-//! and with signals to the real scheduler process. `#[ignore]`d like the other cluster tests;
+//! the policy webhook, a kubelet: real processes stopped and started again as they were), with
+//! `cluster node lose|restore` (a whole node gone and back) and with signals to the real
+//! scheduler process. `#[ignore]`d like the other cluster tests;
 //! `e2e-tests/run-integration.sh` runs them last, one at a time, since they take the cluster's
 //! parts away.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step fails the test
@@ -18,7 +19,7 @@ use kube::api::{DeleteParams, ListParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -521,29 +522,37 @@ async fn scale_down_during_a_computation_loses_no_key_and_recomputes_nothing() {
     ns.delete().await;
 }
 
-/// The pids of a pod's processes on this machine (the node agent runs containers as processes
-/// with the pod's name as HOSTNAME).
-fn pod_processes(pod: &str) -> Vec<i32> {
-    let marker = format!("HOSTNAME={pod}");
+/// The pids of a pod's processes on this machine: the processes in the pod's cgroup (the
+/// kubelet's cgroupfs driver names it `pod<uid>`), its sandbox's pause process included.
+fn pod_processes(pod: &Pod) -> BTreeSet<i32> {
+    let Some(uid) = pod.metadata.uid.as_deref() else {
+        return BTreeSet::new();
+    };
+    let marker = format!("/pod{uid}/");
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|cg| cg.lines().any(|l| l.contains(&marker)))
         })
         .collect()
 }
 
+/// The pod named `name` in `ns`.
+async fn pod_named(ns: &TestNamespace, name: &str) -> Pod {
+    ns.pods().get(name).await.unwrap()
+}
+
 /// The `dask scheduler` process of scheduler pod `pod`.
-fn scheduler_process(pod: &str) -> i32 {
+fn scheduler_process(pod: &Pod) -> i32 {
     pod_processes(pod)
         .into_iter()
         .find(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains("scheduler"))
         })
-        .unwrap_or_else(|| panic!("no scheduler process for pod {pod}"))
+        .unwrap_or_else(|| panic!("no scheduler process for pod {:?}", pod.metadata.name))
 }
 
 fn restart_counts(pods: &[Pod]) -> i32 {
@@ -580,6 +589,12 @@ async fn deleting_the_scheduler_mid_computation_ends_the_cluster_and_leaves_noth
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let pods_before = ns
+        .pods()
+        .list(&ListParams::default().labels("app=dask"))
+        .await
+        .unwrap()
+        .items;
     let started = Instant::now();
     ns.pods()
         .delete(&name, &DeleteParams::background())
@@ -633,7 +648,8 @@ async fn deleting_the_scheduler_mid_computation_ends_the_cluster_and_leaves_noth
         .to_string();
     assert!(message.contains(&name), "{message}");
     assert!(
-        ns.pod_names("app=dask").await.is_empty() && pod_processes(&name).is_empty(),
+        ns.pod_names("app=dask").await.is_empty()
+            && pods_before.iter().all(|p| pod_processes(p).is_empty()),
         "nothing remains"
     );
     eprintln!(
@@ -675,7 +691,7 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
-    let scheduler = Pid::from_raw(scheduler_process(&name));
+    let scheduler = Pid::from_raw(scheduler_process(&pod_named(&ns, &name).await));
     kill(scheduler, Signal::SIGSTOP).unwrap();
     let paused = Instant::now();
     let mut changes = 0;
@@ -713,81 +729,194 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
     ns.delete().await;
 }
 
-/// 8. The node agent is restarted under running pods: each pod keeps running or is reported
-/// failed (never silently lost), no container runs twice, and the status converges; `down`
-/// then leaves nothing.
+/// 8. The kubelets are restarted under running pods: the containers keep running (the very same
+/// processes before and after), none runs twice, every pod is reported Running and Ready again,
+/// and `down` then leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
-async fn node_agent_restart_under_running_pods_reports_them_and_duplicates_nothing() {
+async fn kubelet_restart_under_running_pods_keeps_the_containers_and_duplicates_nothing() {
     let kube = cluster().await;
     let _serial = SERIAL.lock().await;
-    let ns = TestNamespace::create(&kube, "fault-node").await;
+    let ns = TestNamespace::create(&kube, "fault-kubelet").await;
     let state = tempfile::tempdir().unwrap();
     let (name, _) = up_small(state.path(), &ns.name, &["--workers", "2"]);
-    let pods_before = ns.pod_names("app=dask").await;
-    assert_eq!(pods_before.len(), 3);
+    let list = || async {
+        ns.pods()
+            .list(&ListParams::default().labels("app=dask"))
+            .await
+            .map(|l| l.items)
+    };
+    let pods = list().await.unwrap();
+    assert_eq!(pods.len(), 3);
+    let before: BTreeMap<String, BTreeSet<i32>> = pods
+        .iter()
+        .map(|p| (p.metadata.name.clone().unwrap(), pod_processes(p)))
+        .collect();
+    assert!(before.values().all(|pids| pids.len() >= 2), "{before:?}");
+    let nodes: BTreeSet<String> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
     let started = Instant::now();
-    let mut agent = blocking(|| Stopped::stop("node-agent")).await;
-    let agent = blocking(move || {
-        agent.start();
-        agent
+    let restarted_at = std::sync::Mutex::new(None);
+    let kubelets: Vec<&'static str> = nodes
+        .iter()
+        .map(|n| &*Box::leak(format!("kubelet-{n}").into_boxed_str()))
+        .collect();
+    let stopped: Vec<Stopped> = blocking({
+        let kubelets = kubelets.clone();
+        move || kubelets.into_iter().map(Stopped::stop).collect()
     })
     .await;
-    drop(agent);
-    let restarted = started.elapsed();
-    let phases = std::sync::Mutex::new(Vec::new());
-    let converged = wait_for(
-        "every pod to be Running again or reported Failed",
-        || async {
-            let Ok(pods) = ns
-                .pods()
-                .list(&ListParams::default().labels("app=dask"))
-                .await
-            else {
-                return false;
-            };
-            let now: Vec<(String, String)> = pods
-                .items
-                .iter()
-                .map(|p| {
-                    (
-                        p.metadata.name.clone().unwrap_or_default(),
-                        p.status
-                            .as_ref()
-                            .and_then(|s| s.phase.clone())
-                            .unwrap_or_default(),
-                    )
-                })
-                .collect();
-            // Converged: every pod reported Failed with no process left, or Running with
-            // its process (a stale Running from before the restart does not count).
-            let done = now.len() == 3
-                && now.iter().all(|(pod, phase)| match phase.as_str() {
-                    "Failed" => pod_processes(pod).is_empty(),
-                    "Running" => !pod_processes(pod).is_empty(),
-                    _ => false,
-                });
-            *phases.lock().unwrap() = now;
-            done
-        },
-    )
+    blocking(move || {
+        for mut kubelet in stopped {
+            kubelet.start();
+        }
+    })
     .await;
-    let phases = phases.into_inner().unwrap();
-    let pods = ns
-        .pods()
-        .list(&ListParams::default().labels("app=dask"))
-        .await
-        .unwrap();
-    assert_eq!(restart_counts(&pods.items), 0, "no container ran twice");
+    *restarted_at.lock().unwrap() = Some(started.elapsed());
+    let converged = wait_for("every pod Running and Ready, reported by the new kubelets", || async {
+        let Ok(pods) = list().await else { return false };
+        pods.len() == 3
+            && pods.iter().all(|p| {
+                let status = p.status.as_ref();
+                status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && status
+                        .and_then(|s| s.conditions.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+    })
+    .await;
+    let pods = list().await.unwrap();
+    let after: BTreeMap<String, BTreeSet<i32>> = pods
+        .iter()
+        .map(|p| (p.metadata.name.clone().unwrap(), pod_processes(p)))
+        .collect();
+    assert_eq!(after, before, "the same processes run the same pods: none restarted, none twice");
+    assert_eq!(restart_counts(&pods), 0, "no container ran twice");
     let down = run(state.path(), &["-n", &ns.name, "down", &name]);
     assert!(down.status.success(), "down cleans up after the restart");
     assert!(ns.pod_names("app=dask").await.is_empty());
+    assert!(
+        pods.iter().all(|p| pod_processes(p).is_empty()),
+        "no process of the cluster's pods is left"
+    );
     eprintln!(
-        "FIGURE fault 8 (node agent restarted under 3 running pods): agent back after {:.1}s, status \
-         converged {:.1}s later: {:?}; 0 duplicate processes; down left nothing",
-        restarted.as_secs_f64(),
+        "FIGURE fault 8 (kubelets of {} node(s) restarted under 3 running pods): kubelets back after \
+         {:.1}s, every pod Running and Ready {:.1}s later, the same {} processes before and after, \
+         0 restarts; down left nothing",
+        nodes.len(),
+        restarted_at.lock().unwrap().unwrap_or_default().as_secs_f64(),
         converged.as_secs_f64(),
-        phases.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>()
+        before.values().map(BTreeSet::len).sum::<usize>()
+    );
+    ns.delete().await;
+}
+
+/// 10. A Dask worker node is lost mid-computation (its kubelet, containerd and every process of
+/// its pods killed, its link down, as when a machine dies): the Node goes NotReady, the
+/// scheduler recomputes what the lost workers held, the result is exact, adapt replaces the
+/// workers on the other pool node, and once the node is back `down` leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-nodeloss").await;
+    let state = tempfile::tempdir().unwrap();
+    let (name, address) = up_detached(state.path(), &ns.name, "pool-worker.yml", &["--adapt", "4:4"]);
+    wait_for("4 workers Running", || async { ns.running_workers(&name).await == 4 }).await;
+    let workers = worker_pods(&ns, &name).await.unwrap();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &workers {
+        *per_node
+            .entry(p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap())
+            .or_default() += 1;
+    }
+    let nodes: Value = serde_json::to_value(
+        kube::Api::<k8s_openapi::api::core::v1::Node>::all(kube.clone())
+            .list(&ListParams::default().labels("k8s.dask.org/node-purpose=worker"))
+            .await
+            .unwrap()
+            .items,
+    )
+    .unwrap();
+    let pool: Vec<String> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(pool.len() >= 2, "a pool of two nodes at least: {pool:?}");
+    assert!(
+        per_node.keys().all(|n| pool.contains(n)),
+        "every worker on the pool: {per_node:?}"
+    );
+    let (lost, lost_workers) = per_node
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(n, c)| (n.clone(), *c))
+        .unwrap();
+    let lose = format!("{} node lose {lost}", cluster_script().display());
+    let client = Command::new(python())
+        .arg(fixture("fault_client.py"))
+        .args(["scale-down", &address, "24", "--", "sh", "-c", &lose])
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "fault_client failed: {}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&client.stdout).unwrap();
+    eprintln!("{seen:#}");
+    assert_eq!(seen["scale_rc"], 0, "cluster node lose: {}", seen["scale_stderr"]);
+    assert_eq!(seen["total"], seen["expected"], "exact result: {seen}");
+    let node_api = kube::Api::<k8s_openapi::api::core::v1::Node>::all(kube.clone());
+    let not_ready = wait_for("the lost node to be NotReady", || async {
+        node_api.get(&lost).await.is_ok_and(|n| {
+            n.status
+                .and_then(|s| s.conditions)
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status != "True")
+        })
+    })
+    .await;
+    let replaced = wait_for("adapt to run 4 workers again, off the lost node", || async {
+        let Some(pods) = worker_pods(&ns, &name).await else { return false };
+        let running: Vec<_> = pods
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(lost.as_str()))
+            .collect();
+        running.len() == 4
+    })
+    .await;
+    let restore = Command::new(cluster_script())
+        .args(["node", "restore", &lost])
+        .status()
+        .unwrap();
+    assert!(restore.success(), "cluster node restore {lost}");
+    let down = run(state.path(), &["-n", &ns.name, "down", &name]);
+    assert!(down.status.success());
+    wait_for("every pod of the cluster gone, the lost node's too", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
+    assert!(
+        workers.iter().all(|p| pod_processes(p).is_empty()),
+        "no process of the first workers is left"
+    );
+    eprintln!(
+        "FIGURE fault 10 (a pool node with {lost_workers} of 4 workers lost mid-computation): exact \
+         result, {} task(s) recomputed; once the computation ended, the node was NotReady within \
+         {:.1}s and 4 workers ran on the rest of the pool within {:.1}s; down left nothing",
+        seen["recomputed"].as_array().map_or(0, Vec::len),
+        not_ready.as_secs_f64(),
+        (not_ready + replaced).as_secs_f64()
     );
     ns.delete().await;
 }

@@ -110,10 +110,100 @@ gone_dependent() { ! kubectl -n "$ns" get configmap dependent >/dev/null 2>&1; }
 t2=$SECONDS
 if eventually "$WAIT" gone_dependent; then ok "dependent garbage-collected after owner deletion ($((SECONDS - t2))s)"; else notok "dependent still present ${WAIT}s after owner deletion (garbagecollector)"; fi
 
-# ---- workload controllers: Deployment -> ReplicaSet -> Pods (Pending: no scheduler/kubelet)
+# ---- workload controllers: Deployment -> ReplicaSet -> Pods (an image no registry has: they
+# are created and scheduled, and stay waiting for the image)
 check "create Deployment" kubectl -n "$ns" create deployment web --image=registry.invalid/none:1 --replicas=2
 pods_created() { [[ "$(kubectl -n "$ns" get pods -l app=web -o name | wc -l)" -eq 2 ]]; }
 check "Deployment -> ReplicaSet -> 2 Pods created (<=${WAIT}s)" eventually "$WAIT" pods_created
+check "delete Deployment" kubectl -n "$ns" delete deployment web --wait=false
+
+# ---- nodes: real kubelets, the Dask worker pool as dask-kubernetes documents it
+mapfile -t node_specs < <("$CLUSTER" node list)
+want_nodes="${#node_specs[@]}"
+ready_nodes() { [[ "$(kubectl get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)" -eq "$want_nodes" ]]; }
+check "$want_nodes nodes Ready" ready_nodes
+pool_ok() {
+  local idx name pool labels taints
+  for spec in "${node_specs[@]}"; do
+    read -r idx name pool <<<"$spec"
+    labels="$(kubectl get node "$name" -o jsonpath='{.metadata.labels.k8s\.dask\.org/node-purpose}')"
+    taints="$(kubectl get node "$name" -o jsonpath='{range .spec.taints[*]}{.key}={.value}:{.effect}{" "}{end}')"
+    case "$pool" in
+      general) [[ -z "$labels" && "$taints" != *k8s.dask.org* ]] || { echo "$name: $labels $taints"; return 1; } ;;
+      *) [[ "$labels" == "$pool" && "$taints" == *"k8s.dask.org/dedicated=$pool:NoSchedule"* ]] || { echo "$name: $labels $taints"; return 1; } ;;
+    esac
+    kubectl get node "$name" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion} {.status.nodeInfo.kubeletVersion}' | grep -q "^containerd://2\..* $want$" ||
+      { echo "$name runs $(kubectl get node "$name" -o jsonpath='{.status.nodeInfo}')"; return 1; }
+  done
+}
+check "pool nodes labelled k8s.dask.org/node-purpose and tainted k8s.dask.org/dedicated; containerd 2 and kubelet $want on each" pool_ok
+# Two pods on two nodes: an HTTP server on the pool (it tolerates the taint and asks for the
+# pool) behind a Service, and a client on a general node that reaches it by DNS name.
+general_node="$(awk '$3 == "general" {print $2; exit}' <<<"$(printf '%s\n' "${node_specs[@]}")")"
+server_and_service() {
+  kubectl -n "$ns" apply -f - <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: server}}
+spec:
+  nodeSelector: {k8s.dask.org/node-purpose: worker}
+  tolerations: [{key: k8s.dask.org/dedicated, operator: Equal, value: worker, effect: NoSchedule}]
+  containers:
+  - name: httpd
+    image: busybox
+    command: [sh, -c, 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && exec httpd -f -p 8080 -h /www']
+    resources: {requests: {cpu: 10m}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080}]
+EOF
+}
+check "create a server pod on the worker pool and its Service" server_and_service
+pod_running() { [[ "$(kubectl -n "$ns" get pod "$1" -o jsonpath='{.status.phase}')" == Running ]]; }
+check "server pod Running (<=${WAIT}s)" eventually "$WAIT" pod_running server
+server_node="$(kubectl -n "$ns" get pod server -o jsonpath='{.spec.nodeName}')"
+[[ "$(kubectl get node "$server_node" -o jsonpath='{.metadata.labels.k8s\.dask\.org/node-purpose}')" == worker ]] &&
+  ok "server scheduled on the pool ($server_node)" || notok "server scheduled on '$server_node', not on the pool"
+# busybox's own resolver (nslookup) asks the cluster DNS; wget then fetches from the address.
+fetch_by_name='for i in 1 2 3 4 5 6 7 8 9 10; do
+  ip=$(nslookup "$NAME" 2>/dev/null | awk "/^Address: / {a = \$2} END {print a}")
+  [ -n "$ip" ] && wget -qO- -T 3 "http://$ip" && exit 0
+  sleep 1
+done
+exit 1'
+client_fetches_by_name() {
+  kubectl -n "$ns" run client --image=busybox --restart=Never \
+    --overrides="{\"spec\": {\"nodeSelector\": {\"kubernetes.io/hostname\": \"$general_node\"}}}" \
+    --env="NAME=web.$ns.svc.cluster.local" --command -- sh -c "$fetch_by_name" || return 1
+  local phase i
+  for i in $(seq "$WAIT"); do
+    phase="$(kubectl -n "$ns" get pod client -o jsonpath='{.status.phase}')"
+    [[ "$phase" == Succeeded || "$phase" == Failed ]] && break
+    sleep 1
+  done
+  kubectl -n "$ns" logs client
+  [[ "$(kubectl -n "$ns" get pod client -o jsonpath='{.spec.nodeName}')" == "$general_node" ]] &&
+    kubectl -n "$ns" logs client | grep -q "hello from server"
+}
+check "a client pod on $general_node fetches http://web.$ns.svc.cluster.local (another node, by name)" client_fetches_by_name
+through_the_kubelet() {
+  kubectl -n "$ns" exec server -- cat /www/index.html | grep -q "hello from server" || { echo "exec failed"; return 1; }
+  kubectl -n "$ns" logs server >/dev/null || { echo "logs failed"; return 1; }
+  kubectl -n "$ns" port-forward pod/server 18099:8080 >/dev/null 2>&1 &
+  local pf=$! i
+  for i in $(seq 50); do
+    if curl -fsS --max-time 1 http://127.0.0.1:18099/ 2>/dev/null | grep -q "hello from server"; then kill "$pf"; return 0; fi
+    sleep 0.2
+  done
+  kill "$pf"
+  echo "port-forward failed"
+  return 1
+}
+check "kubectl exec, logs and port-forward reach the kubelet through the apiserver" through_the_kubelet
 
 # ---- RBAC + service-account tokens
 sa_token="$(kubectl -n "$ns" create token default 2>&1)"
