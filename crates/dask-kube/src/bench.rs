@@ -23,6 +23,9 @@ pub fn synthetic_cluster(n: usize) -> (Vec<WorkerPodState>, Vec<SchedulerWorker>
             deleting: false,
             created: i64::try_from(i).unwrap_or_default(),
             reason: None,
+            ips: vec![format!("10.0.{}.{}", i / 250, i % 250)],
+            started: i % 20 != 0,
+            resource_version: Some(i.to_string()),
         })
         .collect();
     let workers = pods
@@ -31,7 +34,8 @@ pub fn synthetic_cluster(n: usize) -> (Vec<WorkerPodState>, Vec<SchedulerWorker>
         .enumerate()
         .map(|(i, p)| SchedulerWorker {
             name: p.name.clone(),
-            address: format!("tcp://10.0.{}.{}:40000", i / 250, i % 250),
+            address: format!("tcp://{}:40000", p.ips.first().map_or("", String::as_str)),
+            nanny: None,
             managed_bytes: Some((i as u64 * 7919) % 1_000_000),
             busy: Some(i % 3 == 0),
         })
@@ -53,7 +57,7 @@ pub fn planning_costs() -> Vec<String> {
     let plan = per_call(BENCH_ITERATIONS, || {
         black_box(plan_scale_down(
             black_box(&pods),
-            black_box(&workers),
+            black_box(Some(&workers)),
             BENCH_PODS / 2,
             false,
         ));
@@ -103,7 +107,7 @@ mod tests {
             2
         );
         assert_eq!(workers.len(), 34);
-        let plan = plan_scale_down(&pods, &workers, 10, false);
+        let plan = plan_scale_down(&pods, Some(&workers), 10, false);
         assert_eq!(plan.removes(), 10);
     }
 

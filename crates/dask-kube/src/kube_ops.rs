@@ -9,9 +9,11 @@ use crate::flow::{
 };
 use crate::{Error, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ContainerState, Pod, PodStatus, Service};
+use k8s_openapi::api::core::v1::{ContainerState, Pod, PodIP, PodStatus, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::runtime::wait::{Condition, await_condition};
 use kube::{Client, Config};
 use serde::Deserialize;
@@ -667,30 +669,63 @@ impl ClusterApi {
             grace_period_seconds: grace_seconds,
             ..DeleteParams::background()
         };
+        let pods: Vec<(String, DeleteParams)> = names
+            .iter()
+            .map(|name| (name.clone(), params.clone()))
+            .collect();
+        self.delete_batch(pods).await.0
+    }
+
+    /// Deletes each pod only if it is unchanged since it was listed: the delete carries the
+    /// listed `resourceVersion` as a precondition, which the API server checks in the same
+    /// write. A pod that changed meanwhile (a container started, so a worker may be in it now)
+    /// is left alone and returned in the second list, without retrying; one already gone
+    /// counts as deleted; one listed without a version is deleted as it is.
+    pub async fn delete_pods_unchanged(
+        &self,
+        pods: &[(String, Option<String>)],
+    ) -> (BatchReport, Vec<String>) {
+        let pods: Vec<(String, DeleteParams)> = pods
+            .iter()
+            .map(|(name, version)| {
+                let params = DeleteParams {
+                    preconditions: version.as_ref().map(|v| Preconditions {
+                        resource_version: Some(v.clone()),
+                        uid: None,
+                    }),
+                    ..DeleteParams::background()
+                };
+                (name.clone(), params)
+            })
+            .collect();
+        self.delete_batch(pods).await
+    }
+
+    async fn delete_batch(&self, pods: Vec<(String, DeleteParams)>) -> (BatchReport, Vec<String>) {
         let limiter = self.limits.limiter();
         let retried = AtomicUsize::new(0);
-        let results: Vec<(String, Result<(), String>)> =
-            futures::stream::iter(names.iter().cloned())
-                .map(|name| {
-                    let params = params.clone();
-                    let limiter = limiter.clone();
-                    let retried = &retried;
-                    async move {
-                        let outcome = self.delete_one(&name, &params, &limiter, retried).await;
-                        (name, outcome)
-                    }
-                })
-                .buffer_unordered(self.limits.max_in_flight.max(1))
-                .collect()
-                .await;
+        let results: Vec<(String, Result<(), DeleteFailure>)> = futures::stream::iter(pods)
+            .map(|(name, params)| {
+                let limiter = limiter.clone();
+                let retried = &retried;
+                async move {
+                    let outcome = self.delete_one(&name, &params, &limiter, retried).await;
+                    (name, outcome)
+                }
+            })
+            .buffer_unordered(self.limits.max_in_flight.max(1))
+            .collect()
+            .await;
         let mut report = BatchReport {
             retried: retried.into_inner(),
             ..BatchReport::default()
         };
+        let mut changed = Vec::new();
         for (name, outcome) in results {
             match outcome {
                 Ok(()) => report.done.push(name),
-                Err(reason) => report.failed.push(reason),
+                Err(DeleteFailure::Changed) => changed.push(name),
+                Err(DeleteFailure::Failed(reason)) => report.failed.push(reason),
             }
         }
         if report.retried > 0 {
@@ -701,7 +736,7 @@ impl ClusterApi {
                 "the API server failed to answer or throttled some deletes; they were retried"
             );
         }
-        report
+        (report, changed)
     }
 
     async fn delete_one(
@@ -710,7 +745,7 @@ impl ClusterApi {
         params: &DeleteParams,
         limiter: &FlowLimiter,
         retried: &AtomicUsize,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeleteFailure> {
         let pods = self.pods();
         let mut retries = Retries::new(BATCH_ATTEMPTS);
         loop {
@@ -727,6 +762,14 @@ impl ClusterApi {
                     permit.finish(CallOutcome::Done { latency });
                     return Ok(());
                 }
+                // A failed precondition: the pod is not as it was listed. Sending the same
+                // precondition again cannot succeed.
+                Ok(Err(kube::Error::Api(s))) if s.code == 409 && params.preconditions.is_some() => {
+                    permit.finish(CallOutcome::Done { latency });
+                    self.answered.store(true, Ordering::Relaxed);
+                    debug!(pod = %name, message = %s.message, "not deleted: changed since listed");
+                    return Err(DeleteFailure::Changed);
+                }
                 Ok(Err(e)) => {
                     permit.finish(outcome_of(&e, latency));
                     Some(e)
@@ -740,13 +783,13 @@ impl ClusterApi {
             let retryable = error.as_ref().is_none_or(is_retryable);
             let outage = error.as_ref().is_none_or(is_outage);
             if !(retryable && retries.again(outage, self.answered.load(Ordering::Relaxed))) {
-                return Err(match error {
+                return Err(DeleteFailure::Failed(match error {
                     Some(e) => format!("{name}: {}", map_kube_error(e, &self.at("delete", "pods"))),
                     None => format!(
                         "{name}: not deleted after {} attempts (timeouts)",
                         retries.failures
                     ),
-                });
+                }));
             }
             retried.fetch_add(1, Ordering::Relaxed);
             let wait = retries.delay(error.as_ref().and_then(retry_after));
@@ -1054,6 +1097,14 @@ fn clone_request(request: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
     copy
 }
 
+/// Why one pod of a delete batch was not deleted.
+enum DeleteFailure {
+    /// Its precondition failed: it changed since it was listed.
+    Changed,
+    /// The call failed; the message names the pod.
+    Failed(String),
+}
+
 /// A pod list with only what dask-kube reads.
 #[derive(Deserialize)]
 struct LeanPodList {
@@ -1086,6 +1137,7 @@ struct LeanMeta {
     annotations: Option<BTreeMap<String, String>>,
     creation_timestamp: Option<Time>,
     deletion_timestamp: Option<Time>,
+    resource_version: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1093,6 +1145,10 @@ struct LeanMeta {
 struct LeanStatus {
     phase: Option<String>,
     reason: Option<String>,
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
+    pod_ips: Option<Vec<PodIP>>,
     container_statuses: Option<Vec<LeanContainerStatus>>,
 }
 
@@ -1112,6 +1168,7 @@ impl LeanPod {
             annotations,
             creation_timestamp,
             deletion_timestamp,
+            resource_version,
         } = self.metadata;
         Pod {
             metadata: ObjectMeta {
@@ -1122,12 +1179,15 @@ impl LeanPod {
                 annotations,
                 creation_timestamp,
                 deletion_timestamp,
+                resource_version,
                 ..ObjectMeta::default()
             },
             spec: None,
             status: self.status.map(|s| PodStatus {
                 phase: s.phase,
                 reason: s.reason,
+                pod_ip: s.pod_ip,
+                pod_ips: s.pod_ips,
                 container_statuses: s.container_statuses.map(|cs| {
                     cs.into_iter()
                         .map(|c| k8s_openapi::api::core::v1::ContainerStatus {

@@ -80,6 +80,8 @@ impl Connect for TcpConnect {
 pub struct HttpSchedulerApi<C: Connect> {
     connector: C,
     connection: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    request_timeout: Duration,
+    retire_timeout: Duration,
 }
 
 impl<C: Connect> HttpSchedulerApi<C> {
@@ -88,7 +90,18 @@ impl<C: Connect> HttpSchedulerApi<C> {
         HttpSchedulerApi {
             connector,
             connection: Mutex::new(None),
+            request_timeout: REQUEST_TIMEOUT,
+            retire_timeout: RETIRE_TIMEOUT,
         }
+    }
+
+    /// Other bounds than [`REQUEST_TIMEOUT`] and [`RETIRE_TIMEOUT`] (a test's scheduler that
+    /// never answers need not take 300 s to say so).
+    #[must_use]
+    pub fn with_timeouts(mut self, request: Duration, retire: Duration) -> Self {
+        self.request_timeout = request;
+        self.retire_timeout = retire;
+        self
     }
 
     async fn open(&self) -> Result<SendRequest<Full<Bytes>>> {
@@ -190,7 +203,7 @@ impl<C: Connect> HttpSchedulerApi<C> {
 
     async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {
         let value = self
-            .call(http::Method::GET, path, None, REQUEST_TIMEOUT)
+            .call(http::Method::GET, path, None, self.request_timeout)
             .await?;
         serde_json::from_value(value).map_err(|source| Error::SchedulerAnswer {
             path: path.to_owned(),
@@ -230,6 +243,8 @@ struct Identity {
 struct WorkerIdentity {
     #[serde(default)]
     metrics: WorkerMetrics,
+    /// The nanny's address (`null` for a worker without one).
+    nanny: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -251,9 +266,11 @@ fn merge_workers(listed: Vec<NamedWorker>, identity: &Identity) -> Vec<Scheduler
     listed
         .into_iter()
         .map(|w| {
-            let metrics = identity.workers.get(&w.address).map(|i| &i.metrics);
+            let known = identity.workers.get(&w.address);
+            let metrics = known.map(|i| &i.metrics);
             SchedulerWorker {
                 name: name_text(&w.name),
+                nanny: known.and_then(|i| i.nanny.clone()),
                 managed_bytes: metrics.and_then(|m| m.managed_bytes),
                 busy: metrics.and_then(|m| m.task_counts.as_ref()).map(|counts| {
                     ["executing", "ready", "constrained", "long-running"]
@@ -302,7 +319,7 @@ impl<C: Connect> SchedulerApi for HttpSchedulerApi<C> {
                 http::Method::POST,
                 "/api/v1/retire_workers",
                 Some(serde_json::json!({ "workers": addresses })),
-                RETIRE_TIMEOUT,
+                self.retire_timeout,
             )
             .await?;
         match answer {
@@ -410,6 +427,7 @@ mod tests {
         assert_eq!(workers[2].address, "tcp://127.0.0.1:38473");
         assert_eq!(workers[0].managed_bytes, Some(933_464));
         assert_eq!(workers[0].busy, Some(false));
+        assert_eq!(workers[0].nanny.as_deref(), Some("tcp://127.0.0.1:36115"));
         assert_eq!(
             connections.load(Ordering::SeqCst),
             1,
@@ -456,6 +474,7 @@ mod tests {
             vec![SchedulerWorker {
                 name: "0".into(),
                 address: "tcp://a:1".into(),
+                nanny: None,
                 managed_bytes: None,
                 busy: None
             }]

@@ -12,8 +12,9 @@ mod in_cluster;
 
 use common::{SERIAL, TestNamespace, client, cluster, dask_kube, fixture, json_of, run, wait_for};
 use dask_kube::{Access, KubeCluster, PodTemplate};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::rbac::v1::Role;
+use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -1026,7 +1027,17 @@ async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
     );
 
     // A computation from inside the cluster (no port-forward, no dask-kube process):
-    // 30 tasks of 2 s, far above what no worker does in the 5 s target duration.
+    // 30 tasks of 2 s, far above what no worker does in the 5 s target duration. The client
+    // script reaches the pod as a ConfigMap.
+    let script: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "load-client"},
+        "data": {"dask_client.py": std::fs::read_to_string(fixture("dask_client.py")).unwrap()},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(kube.clone(), &ns.name)
+        .create(&PostParams::default(), &script)
+        .await
+        .unwrap();
     let load: Pod = serde_json::from_value(json!({
         "metadata": {"name": "load"},
         "spec": {
@@ -1036,13 +1047,15 @@ async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
                 "image": "ghcr.io/dask/dask:latest",
                 "command": [
                     "python",
-                    fixture("dask_client.py").to_str().unwrap(),
+                    "/opt/client/dask_client.py",
                     "load",
                     format!("tcp://{name}.{}:8786", ns.name),
                     "30",
                     "2",
                 ],
+                "volumeMounts": [{"name": "client", "mountPath": "/opt/client"}],
             }],
+            "volumes": [{"name": "client", "configMap": {"name": "load-client"}}],
         },
     }))
     .unwrap();

@@ -15,7 +15,7 @@ use common::{SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, python
 use dask_kube::kube_ops::CreateLimits;
 use dask_kube::{KubeCluster, PodTemplate};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, LogParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -662,18 +662,61 @@ async fn deleting_the_scheduler_mid_computation_ends_the_cluster_and_leaves_noth
     ns.delete().await;
 }
 
+/// What the process that adapts a detached cluster logged: its controller pod when it has
+/// one, else its supervisor (`up` names the one it started).
+async fn adapt_log(ns: &TestNamespace, up: &Value) -> String {
+    match up["controller"].as_str() {
+        Some(pod) => ns.pods().logs(pod, &LogParams::default()).await.unwrap(),
+        None => std::fs::read_to_string(up["log"].as_str().expect("a supervisor log")).unwrap(),
+    }
+}
+
 /// 9. The scheduler stops answering (its process is paused) while adapt runs under load: no
 /// scale decision is taken on missing data (an adapt loop that read "no answer" as "no load"
 /// would retire the busy workers); once it answers again, adapt follows the load down.
+///
+/// It can fail: adapt runs with `--wait-count 1` (the default 15 s cooldown after the
+/// scale-up to 3 is long over when the pause starts). A paused scheduler's poll times out
+/// after `scheduler_api::REQUEST_TIMEOUT` (15 s), so the first failed poll comes back at most
+/// 1 s (the interval) + 15 s after SIGSTOP; a build that read it as "target 0" would decide
+/// "scaling down" there, 16 s into the 30 s pause, and log it. With the defaults (3 agreeing
+/// polls) its third such sample would come 1 + 3 x 15 + 2 = 48 s in, after the pause: no
+/// build could fail. The test checks the log for that decision (0 "scaling down" lines), that
+/// polls did fail during the pause (the warning a failed poll logs), and that the worker pods
+/// did not change during the pause and 20 s after it (a scale-down started in the pause would
+/// act then), the load still running throughout (12 tasks of 60 s on 3 one-thread workers:
+/// 240 s of work).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
     const PAUSE: Duration = Duration::from_secs(30);
+    const AFTER: Duration = Duration::from_secs(20);
+    const DECISION: &str = "adapt: scaling down";
+    const FAILED_POLL: &str = "cannot read the scheduler's target";
     let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-slow").await;
     let state = tempfile::tempdir().unwrap();
-    let (name, address) = up_small(state.path(), &ns.name, &["--adapt", "1:3"]);
+    let template = fixture("small-worker.yml");
+    let up = json_of(&run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            template.to_str().unwrap(),
+            "--detach",
+            "--adapt",
+            "1:3",
+            "--wait-count",
+            "1",
+        ],
+    ));
+    let name = up["name"].as_str().unwrap().to_owned();
+    let address = up["scheduler_address"].as_str().unwrap().to_owned();
     let mut load = Command::new(python())
         .arg(fixture("dask_client.py"))
         .args(["load", &address, "12", "60"])
@@ -691,11 +734,18 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
+    let decisions_before = adapt_log(&ns, &up).await.matches(DECISION).count();
+    let failed_before = adapt_log(&ns, &up).await.matches(FAILED_POLL).count();
     let scheduler = Pid::from_raw(scheduler_process(&pod_named(&ns, &name).await));
     kill(scheduler, Signal::SIGSTOP).unwrap();
     let paused = Instant::now();
     let mut changes = 0;
-    while paused.elapsed() < PAUSE {
+    let mut resumed = false;
+    while paused.elapsed() < PAUSE + AFTER {
+        if !resumed && paused.elapsed() >= PAUSE {
+            kill(scheduler, Signal::SIGCONT).unwrap();
+            resumed = true;
+        }
         let now: BTreeSet<String> = worker_pods(&ns, &name)
             .await
             .unwrap()
@@ -707,10 +757,27 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    kill(scheduler, Signal::SIGCONT).unwrap();
+    if !resumed {
+        kill(scheduler, Signal::SIGCONT).unwrap();
+    }
+    let log = adapt_log(&ns, &up).await;
+    let decisions = log.matches(DECISION).count() - decisions_before;
+    let failed_polls = log.matches(FAILED_POLL).count() - failed_before;
+    assert!(
+        failed_polls >= 1,
+        "no poll failed while the scheduler was paused: the pause tested nothing\n{log}"
+    );
+    assert_eq!(
+        decisions, 0,
+        "adapt decided to scale down while the scheduler did not answer (or right after)\n{log}"
+    );
     assert_eq!(
         changes, 0,
-        "adapt changed the workers while the scheduler did not answer"
+        "adapt changed the workers while the scheduler did not answer (or right after)"
+    );
+    assert!(
+        load.try_wait().unwrap().is_none(),
+        "the load ended before the check did: it proved nothing about a loaded cluster"
     );
     let _ = load.kill();
     let _ = load.wait();
@@ -719,9 +786,11 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
     })
     .await;
     eprintln!(
-        "FIGURE fault 9 (scheduler paused {}s while adapting 1:3 under load): 0 scale decisions during \
-         the pause (3 busy workers kept); scaled down to 1 {:.1}s after the load ended",
+        "FIGURE fault 9 (scheduler paused {}s while adapting 1:3 under load, --wait-count 1): \
+         {failed_polls} failed polls, 0 scale decisions during the pause and {}s after (3 busy \
+         workers kept); scaled down to 1 {:.1}s after the load ended",
         PAUSE.as_secs(),
+        AFTER.as_secs(),
         resumed.as_secs_f64()
     );
     let down = run(state.path(), &["-n", &ns.name, "down", &name]);
@@ -775,26 +844,32 @@ async fn kubelet_restart_under_running_pods_keeps_the_containers_and_duplicates_
     })
     .await;
     *restarted_at.lock().unwrap() = Some(started.elapsed());
-    let converged = wait_for("every pod Running and Ready, reported by the new kubelets", || async {
-        let Ok(pods) = list().await else { return false };
-        pods.len() == 3
-            && pods.iter().all(|p| {
-                let status = p.status.as_ref();
-                status.and_then(|s| s.phase.as_deref()) == Some("Running")
-                    && status
-                        .and_then(|s| s.conditions.as_ref())
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-    })
+    let converged = wait_for(
+        "every pod Running and Ready, reported by the new kubelets",
+        || async {
+            let Ok(pods) = list().await else { return false };
+            pods.len() == 3
+                && pods.iter().all(|p| {
+                    let status = p.status.as_ref();
+                    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && status
+                            .and_then(|s| s.conditions.as_ref())
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+        },
+    )
     .await;
     let pods = list().await.unwrap();
     let after: BTreeMap<String, BTreeSet<i32>> = pods
         .iter()
         .map(|p| (p.metadata.name.clone().unwrap(), pod_processes(p)))
         .collect();
-    assert_eq!(after, before, "the same processes run the same pods: none restarted, none twice");
+    assert_eq!(
+        after, before,
+        "the same processes run the same pods: none restarted, none twice"
+    );
     assert_eq!(restart_counts(&pods), 0, "no container ran twice");
     let down = run(state.path(), &["-n", &ns.name, "down", &name]);
     assert!(down.status.success(), "down cleans up after the restart");
@@ -808,7 +883,11 @@ async fn kubelet_restart_under_running_pods_keeps_the_containers_and_duplicates_
          {:.1}s, every pod Running and Ready {:.1}s later, the same {} processes before and after, \
          0 restarts; down left nothing",
         nodes.len(),
-        restarted_at.lock().unwrap().unwrap_or_default().as_secs_f64(),
+        restarted_at
+            .lock()
+            .unwrap()
+            .unwrap_or_default()
+            .as_secs_f64(),
         converged.as_secs_f64(),
         before.values().map(BTreeSet::len).sum::<usize>()
     );
@@ -826,8 +905,16 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-nodeloss").await;
     let state = tempfile::tempdir().unwrap();
-    let (name, address) = up_detached(state.path(), &ns.name, "pool-worker.yml", &["--adapt", "4:4"]);
-    wait_for("4 workers Running", || async { ns.running_workers(&name).await == 4 }).await;
+    let (name, address) = up_detached(
+        state.path(),
+        &ns.name,
+        "pool-worker.yml",
+        &["--adapt", "4:4"],
+    );
+    wait_for("4 workers Running", || async {
+        ns.running_workers(&name).await == 4
+    })
+    .await;
     let workers = worker_pods(&ns, &name).await.unwrap();
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     for p in &workers {
@@ -872,7 +959,11 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
     );
     let seen: Value = serde_json::from_slice(&client.stdout).unwrap();
     eprintln!("{seen:#}");
-    assert_eq!(seen["scale_rc"], 0, "cluster node lose: {}", seen["scale_stderr"]);
+    assert_eq!(
+        seen["scale_rc"], 0,
+        "cluster node lose: {}",
+        seen["scale_stderr"]
+    );
     assert_eq!(seen["total"], seen["expected"], "exact result: {seen}");
     let node_api = kube::Api::<k8s_openapi::api::core::v1::Node>::all(kube.clone());
     let not_ready = wait_for("the lost node to be NotReady", || async {
@@ -885,15 +976,22 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
         })
     })
     .await;
-    let replaced = wait_for("adapt to run 4 workers again, off the lost node", || async {
-        let Some(pods) = worker_pods(&ns, &name).await else { return false };
-        let running: Vec<_> = pods
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(lost.as_str()))
-            .collect();
-        running.len() == 4
-    })
+    let replaced = wait_for(
+        "adapt to run 4 workers again, off the lost node",
+        || async {
+            let Some(pods) = worker_pods(&ns, &name).await else {
+                return false;
+            };
+            let running: Vec<_> = pods
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(lost.as_str())
+                })
+                .collect();
+            running.len() == 4
+        },
+    )
     .await;
     let restore = Command::new(cluster_script())
         .args(["node", "restore", &lost])
@@ -902,9 +1000,10 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
     assert!(restore.success(), "cluster node restore {lost}");
     let down = run(state.path(), &["-n", &ns.name, "down", &name]);
     assert!(down.status.success());
-    wait_for("every pod of the cluster gone, the lost node's too", || async {
-        ns.pod_names("app=dask").await.is_empty()
-    })
+    wait_for(
+        "every pod of the cluster gone, the lost node's too",
+        || async { ns.pod_names("app=dask").await.is_empty() },
+    )
     .await;
     assert!(
         workers.iter().all(|p| pod_processes(p).is_empty()),

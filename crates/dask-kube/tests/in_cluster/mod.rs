@@ -40,12 +40,10 @@ async fn notebook_pod_runs_the_life_cycle_and_computes_through_the_service() {
     .unwrap();
     cms.create(&PostParams::default(), &notebook).await.unwrap();
 
-    // The pod's filesystem is the host's on this node: a private state dir and no user Dask
-    // config, like the host-side tests' `dask_kube()`.
-    let state = tempfile::tempdir().unwrap();
-    let state_dir = state.path().to_str().unwrap();
-    let no_config = state.path().join("no-dask-config");
-    let no_config = no_config.to_str().unwrap();
+    // A private state dir and no user Dask config inside the container, like the host-side
+    // tests' `dask_kube()`.
+    let state_dir = "/tmp/dask-kube-state";
+    let no_config = "/tmp/no-dask-config";
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "notebook"},
         "spec": {
