@@ -2,14 +2,19 @@
 //! planners' decisions turn into calls.
 
 use crate::context::Context;
-use crate::dask_kube_adapter::{CallOutcome, HttpSchedulerApi, RetireTarget, SchedulerApi};
+use crate::dask_kube_adapter::{
+    CallOutcome, HttpSchedulerApi, RetireTarget, SchedulerApi, WorkerPodState,
+    retired_pods_to_delete,
+};
+use crate::names::WORKER_GROUP_LABEL;
 use crate::reconcile::{Action, Note, Plan};
 use crate::resources::{DaskCluster, DaskWorkerGroup};
 use crate::{Error, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    PostParams, Preconditions,
 };
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -59,7 +64,10 @@ where
             Action::Create(manifest) if manifest["kind"] == "Pod" => {
                 pods_to_create.push(manifest.clone());
             }
-            Action::DeletePod(pod) => pods_to_delete.push(pod.clone()),
+            Action::DeletePod {
+                pod,
+                unchanged_since,
+            } => pods_to_delete.push((pod.clone(), unchanged_since.clone())),
             _ => {}
         }
     }
@@ -70,7 +78,7 @@ where
             Action::Create(manifest) if manifest["kind"] != "Pod" => {
                 create(ctx, &namespace, manifest).await?;
             }
-            Action::Create(_) | Action::DeletePod(_) => {}
+            Action::Create(_) | Action::DeletePod { .. } => {}
             Action::DeleteCluster(cluster) => {
                 let clusters: Api<DaskCluster> = Api::namespaced(ctx.client.clone(), &namespace);
                 match clusters.delete(cluster, &DeleteParams::default()).await {
@@ -105,8 +113,12 @@ where
                     .await
                     .map_err(|e| api_error("patch", "DaskWorkerGroup", &namespace, group, e))?;
             }
-            Action::RetireThenDelete { cluster, targets } => {
-                retire_then_delete(ctx, object, &namespace, cluster, targets).await?;
+            Action::RetireThenDelete {
+                cluster,
+                group,
+                targets,
+            } => {
+                retire_then_delete(ctx, object, &namespace, cluster, group, targets).await?;
             }
             Action::Note(note) => publish(ctx, object, note).await,
         }
@@ -287,7 +299,7 @@ async fn delete_pods<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     owner: &K,
     namespace: &str,
-    names: &[String],
+    names: &[(String, Option<String>)],
 ) -> Result<()> {
     if names.is_empty() {
         return Ok(());
@@ -295,15 +307,22 @@ async fn delete_pods<K: Resource<DynamicType = ()>>(
     let group = group_ref(owner);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     futures::stream::iter(names.iter().cloned())
-        .map(|name| {
+        .map(|(name, unchanged_since)| {
             let (pods, group) = (pods.clone(), group.clone());
+            let params = DeleteParams {
+                preconditions: unchanged_since.map(|rv| Preconditions {
+                    resource_version: Some(rv),
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            };
             async move {
                 if let Some(group) = &group {
                     ctx.with_expectations(group, |e| e.deleted(&name, Instant::now()));
                 }
                 let permit = ctx.flow.acquire().await;
                 let started = Instant::now();
-                match pods.delete(&name, &DeleteParams::default()).await {
+                match pods.delete(&name, &params).await {
                     Ok(_) => {
                         permit.finish(CallOutcome::Done {
                             latency: started.elapsed(),
@@ -314,6 +333,19 @@ async fn delete_pods<K: Resource<DynamicType = ()>>(
                         permit.finish(CallOutcome::Done {
                             latency: started.elapsed(),
                         });
+                        Ok(())
+                    }
+                    // The precondition failed: the pod changed since it was listed (a
+                    // container started and may hold a worker). Kept; the next reconcile
+                    // decides again from its new state.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        permit.finish(CallOutcome::Done {
+                            latency: started.elapsed(),
+                        });
+                        if let Some(group) = &group {
+                            ctx.with_expectations(group, |x| x.refused_delete(&name));
+                        }
+                        info!(%namespace, pod = %name, "kept: it changed since it was listed");
                         Ok(())
                     }
                     Err(e) => {
@@ -334,38 +366,50 @@ async fn delete_pods<K: Resource<DynamicType = ()>>(
         .map(|_| ())
 }
 
-/// Retires the targets' workers and deletes the pods whose every worker the scheduler
-/// confirms retired. A scheduler that cannot be reached, or refuses, deletes nothing.
+/// Retires the targets' workers, then deletes the pods dask-kube's
+/// `retired_pods_to_delete` allows: every worker asked for confirmed retired, and a fresh
+/// look (the group's pods from the API, then the scheduler's workers, both taken after the
+/// answer) finds no worker in them (a nanny that restarted its worker keeps its pod). A
+/// scheduler that cannot be reached, or refuses, deletes nothing.
 async fn retire_then_delete<K: Resource<DynamicType = ()>>(
     ctx: &Context,
-    group: &K,
+    owner: &K,
     namespace: &str,
     cluster: &str,
+    group: &str,
     targets: &[RetireTarget],
 ) -> Result<()> {
-    let cluster = cluster.to_owned();
-    let Some(connector) = ctx.scheduler_connector(namespace, &cluster) else {
-        return Err(Error::SchedulerUnreachable {
-            cluster,
-            reason: "no running scheduler pod to port-forward to".into(),
-        });
+    let unreachable = |reason: String| Error::SchedulerUnreachable {
+        cluster: cluster.to_owned(),
+        reason,
+    };
+    let Some(connector) = ctx.scheduler_connector(namespace, cluster) else {
+        return Err(unreachable(
+            "no running scheduler pod to port-forward to".into(),
+        ));
     };
     let api = HttpSchedulerApi::new(connector);
     let addresses: Vec<String> = targets.iter().flat_map(|t| t.addresses.clone()).collect();
-    let retired: BTreeSet<String> =
-        api.retire_workers(&addresses)
-            .await
-            .map_err(|e| Error::SchedulerUnreachable {
-                cluster: cluster.clone(),
-                reason: e.to_string(),
-            })?;
-    let confirmed: Vec<String> = targets
-        .iter()
-        .filter(|t| t.addresses.iter().all(|a| retired.contains(a)))
-        .map(|t| t.pod.clone())
-        .collect();
-    if confirmed.len() < targets.len() {
-        warn!(%namespace, %cluster, asked = targets.len(), retired = confirmed.len(), "the scheduler did not retire every worker; their pods stay");
+    let retired: BTreeSet<String> = api
+        .retire_workers(&addresses)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("{WORKER_GROUP_LABEL}={group}")))
+        .await;
+    let fresh_pods: Option<Vec<WorkerPodState>> = listed
+        .ok()
+        .map(|l| l.items.iter().map(WorkerPodState::from_pod).collect());
+    let fresh_workers = match &fresh_pods {
+        Some(_) => api.workers().await.ok(),
+        None => None,
+    };
+    let fresh = fresh_pods.as_deref().zip(fresh_workers.as_deref());
+    let (delete, kept) = retired_pods_to_delete(targets, &retired, fresh);
+    for pod in &kept {
+        warn!(%namespace, %cluster, "{pod}");
     }
-    delete_pods(ctx, group, namespace, &confirmed).await
+    let delete: Vec<(String, Option<String>)> = delete.into_iter().map(|p| (p, None)).collect();
+    delete_pods(ctx, owner, namespace, &delete).await
 }

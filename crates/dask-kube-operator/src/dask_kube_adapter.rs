@@ -1,9 +1,8 @@
 //! ADAPTER: every item this crate takes from the dask-kube library, in one place.
 //!
 //! dask-kube's public API is being reshaped (issue 25: private modules behind a deliberate
-//! `pub use` surface) and its scale-down is being made data-safe (issue 24: workers matched
-//! to pods by IP). This module is the only one that names dask-kube's paths, so those changes
-//! touch it alone. What it adds locally is marked `LOCAL:` with the library signature that
+//! `pub use` surface). This module is the only one that names dask-kube's paths, so that
+//! change touches it alone. What it adds locally is marked `LOCAL:` with the library signature that
 //! would replace it (listed in the crate README, "What dask-kube should export").
 
 pub(crate) use dask_kube::adapt::ScaleAction;
@@ -12,7 +11,9 @@ pub(crate) use dask_kube::flow::{
 };
 pub(crate) use dask_kube::http_client::build_client;
 pub(crate) use dask_kube::portforward::{ForwardedStream, PodPortConnect};
-pub(crate) use dask_kube::scaling::{DeleteReason, PodPhase, RetireTarget, SchedulerWorker};
+pub(crate) use dask_kube::scaling::{
+    DeleteReason, PodPhase, RetireTarget, SchedulerWorker, place_workers, retired_pods_to_delete,
+};
 pub(crate) use dask_kube::scheduler_api::{Connect, HttpSchedulerApi, TcpConnect};
 pub(crate) use dask_kube::{
     AdaptPolicy, SchedulerApi, TargetSample, WorkerPodState, decide, plan_scale_down,
@@ -21,55 +22,10 @@ pub(crate) use dask_kube::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::Pod;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Bound on one `check_idle` call.
 const IDLE_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// LOCAL: a worker whose name is not its pod's (a custom `--name`, or upstream's
-/// `DASK_WORKER_NAME: test-worker`) is attributed to the pod whose IP is the worker's host,
-/// by renaming it to the pod, so `plan_scale_down` (which matches by name) retires it
-/// instead of deleting its pod as "not connected". Replaced by dask-kube's own IP matching
-/// (issue 24); wanted signature: `plan_scale_down(pods: &[WorkerPodState],
-/// workers: &[SchedulerWorker], n: usize, force: bool)` with `WorkerPodState.ips`.
-pub(crate) fn attribute_workers_to_pods(
-    pods: &[Pod],
-    workers: &[SchedulerWorker],
-) -> Vec<SchedulerWorker> {
-    let by_ip: BTreeMap<&str, &str> = pods
-        .iter()
-        .filter_map(|p| {
-            let ip = p.status.as_ref()?.pod_ip.as_deref()?;
-            Some((ip, p.metadata.name.as_deref()?))
-        })
-        .collect();
-    let names: std::collections::BTreeSet<&str> = by_ip.values().copied().collect();
-    workers
-        .iter()
-        .map(|w| {
-            let by_name = names.contains(w.name.as_str())
-                || w.name
-                    .rsplit_once('-')
-                    .is_some_and(|(pod, i)| names.contains(pod) && i.parse::<u32>().is_ok());
-            match worker_host(&w.address).and_then(|h| by_ip.get(h)) {
-                Some(pod) if !by_name => SchedulerWorker {
-                    name: (*pod).to_owned(),
-                    ..w.clone()
-                },
-                _ => w.clone(),
-            }
-        })
-        .collect()
-}
-
-/// `10.1.2.3` of `tcp://10.1.2.3:4567` (or `tls://[::1]:4567`'s `::1`).
-fn worker_host(address: &str) -> Option<&str> {
-    let rest = address.split_once("://").map_or(address, |(_, r)| r);
-    let (host, _port) = rest.rsplit_once(':')?;
-    Some(host.trim_start_matches('[').trim_end_matches(']'))
-}
 
 /// LOCAL: when the scheduler has been idle since (`GET /api/v1/check_idle`, seconds since
 /// the epoch), `None` while it is busy. Wanted in dask-kube as
@@ -134,38 +90,6 @@ mod tests {
 
     use super::*;
     use rstest::rstest;
-    use serde_json::json;
-
-    fn pod(name: &str, ip: &str) -> Pod {
-        serde_json::from_value(json!({"metadata": {"name": name}, "status": {"podIP": ip}}))
-            .unwrap()
-    }
-
-    fn worker(name: &str, address: &str) -> SchedulerWorker {
-        SchedulerWorker {
-            name: name.into(),
-            address: address.into(),
-            managed_bytes: None,
-            busy: None,
-        }
-    }
-
-    #[rstest]
-    #[case::named_after_its_pod("w-a", "tcp://10.0.0.9:1", "w-a")]
-    #[case::nworkers_suffix("w-a-1", "tcp://10.0.0.9:1", "w-a-1")]
-    #[case::custom_name_found_by_ip("test-worker", "tcp://10.0.0.1:4000", "w-a")]
-    #[case::custom_name_ipv6("test-worker", "tcp://[fd00::2]:4000", "w-b")]
-    #[case::unknown_host_kept("test-worker", "tcp://10.9.9.9:4000", "test-worker")]
-    fn workers_are_attributed_to_pods(
-        #[case] name: &str,
-        #[case] address: &str,
-        #[case] expected: &str,
-    ) {
-        let pods = [pod("w-a", "10.0.0.1"), pod("w-b", "fd00::2")];
-        let got = attribute_workers_to_pods(&pods, &[worker(name, address)]);
-        assert_eq!(got[0].name, expected);
-        assert_eq!(got[0].address, address);
-    }
 
     #[rstest]
     #[case::idle(br#"{"idle_since": 1700000000.5}"#, Ok(Some(1_700_000_000.5)))]

@@ -413,6 +413,18 @@ pub async fn reconcile_worker_group(
         }),
         Err(_) => observed,
     };
+    let other_pods: Vec<Pod> = ctx
+        .stores
+        .pods_labelled(
+            &ns,
+            &[
+                (CLUSTER_LABEL, &group.spec.cluster),
+                (COMPONENT_LABEL, WORKER_COMPONENT),
+            ],
+        )
+        .into_iter()
+        .filter(|p| p.labels().get(WORKER_GROUP_LABEL) != Some(&name))
+        .collect();
     let workers: Option<Vec<SchedulerWorker>> = if scale_down_needed(&group, &pods) {
         scheduler_workers(&ctx, &ns, &group.spec.cluster).await
     } else {
@@ -424,6 +436,7 @@ pub async fn reconcile_worker_group(
             group: &group,
             cluster: cluster.as_deref(),
             pods: &pods,
+            other_pods: &other_pods,
             scheduler_workers: workers.as_deref(),
         },
         &mut suffix,

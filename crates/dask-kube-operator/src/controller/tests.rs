@@ -135,18 +135,18 @@ async fn expect_nothing_more(handle: &mut Handle) {
     }
 }
 
-/// A Dask scheduler's HTTP API on 127.0.0.1 answering from a table of `path -> JSON`;
-/// records what it was asked.
+/// A Dask scheduler's HTTP API on 127.0.0.1 answering from a table of `path -> answers`
+/// (given in turn, the last one repeated); records what it was asked.
 struct FakeScheduler {
     address: String,
     asked: Arc<Mutex<Vec<(String, Value)>>>,
 }
 
-async fn fake_scheduler(routes: Vec<(&'static str, Value)>) -> FakeScheduler {
+async fn fake_scheduler(routes: Vec<(&'static str, Vec<Value>)>) -> FakeScheduler {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let asked = Arc::new(Mutex::new(Vec::new()));
-    let routes = Arc::new(routes);
+    let routes = Arc::new(Mutex::new(routes));
     let log = asked.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -160,10 +160,16 @@ async fn fake_scheduler(routes: Vec<(&'static str, Value)>) -> FakeScheduler {
                             let bytes = request.into_body().collect().await?.to_bytes();
                             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                             log.lock().unwrap().push((path.clone(), body));
-                            let (status, answer) = routes
-                                .iter()
-                                .find(|(p, _)| *p == path)
-                                .map_or((404, json!("not found")), |(_, v)| (200, v.clone()));
+                            let (status, answer) = {
+                                let mut routes = routes.lock().unwrap();
+                                match routes.iter_mut().find(|(p, _)| *p == path) {
+                                    Some((_, answers)) if answers.len() > 1 => {
+                                        (200, answers.remove(0))
+                                    }
+                                    Some((_, answers)) => (200, answers[0].clone()),
+                                    None => (404, json!("not found")),
+                                }
+                            };
                             Ok::<_, hyper::Error>(
                                 Response::builder()
                                     .status(status)
@@ -294,8 +300,11 @@ async fn cluster_created_makes_its_parts_then_pending() {
 /// as upstream's 5 s timer does.
 #[tokio::test]
 async fn an_idle_cluster_is_deleted() {
-    let scheduler =
-        fake_scheduler(vec![("/api/v1/check_idle", json!({"idle_since": 1000.0}))]).await;
+    let scheduler = fake_scheduler(vec![(
+        "/api/v1/check_idle",
+        vec![json!({"idle_since": 1000.0})],
+    )])
+    .await;
     let mut c = cluster(Some("Running"));
     c.spec.idle_timeout = 60;
     let mut deployment: Deployment =
@@ -389,29 +398,43 @@ async fn a_group_creates_missing_workers_once() {
     .await;
 }
 
-/// Scaling a group down retires the connected worker through the scheduler, then deletes
-/// only the pod the scheduler confirms.
+/// Scaling a group down retires the connected worker through the scheduler, then takes a
+/// fresh look (the group's pods from the API, the scheduler's workers) and deletes the pod
+/// only when the scheduler confirmed and no worker is in it any more.
 #[rstest::rstest]
-#[case::confirmed(json!({"tcp://10.0.0.1:4000": {"name": "simple-default-worker-aaaaaaaaaa"}}), true)]
-#[case::refused(json!({}), false)]
+#[case::confirmed_and_gone(json!({"tcp://10.0.0.1:4000": {"name": "simple-default-worker-aaaaaaaaaa"}}), json!([]), true)]
+#[case::refused(json!({}), json!([]), false)]
+#[case::restarted_by_its_nanny(
+    json!({"tcp://10.0.0.1:4000": {"name": "simple-default-worker-aaaaaaaaaa"}}),
+    json!([{"name": "simple-default-worker-aaaaaaaaaa", "address": "tcp://10.0.0.1:4999"}]),
+    false
+)]
 #[tokio::test]
-async fn a_group_retires_before_deleting(#[case] retired: Value, #[case] deleted: bool) {
+async fn a_group_retires_before_deleting(
+    #[case] retired: Value,
+    #[case] workers_after: Value,
+    #[case] deleted: bool,
+) {
+    let before =
+        json!([{"name": "simple-default-worker-aaaaaaaaaa", "address": "tcp://10.0.0.1:4000"}]);
+    let listed = |workers: &Value| json!({"num_workers": workers.as_array().unwrap().len(), "workers": workers});
     let scheduler = fake_scheduler(vec![
-        ("/api/v1/get_workers", json!({"num_workers": 1, "workers": [{"name": "simple-default-worker-aaaaaaaaaa", "address": "tcp://10.0.0.1:4000"}]})),
-        ("/json/identity.json", json!({"workers": {}})),
-        ("/api/v1/retire_workers", retired),
+        (
+            "/api/v1/get_workers",
+            vec![listed(&before), listed(&workers_after)],
+        ),
+        ("/json/identity.json", vec![json!({"workers": {}})]),
+        ("/api/v1/retire_workers", vec![retired]),
     ])
     .await;
     let c = cluster(Some("Running"));
     let mut g = default_group(&c, 0);
     g.metadata.owner_references = Some(vec![manifests::owner_ref(&c).unwrap()]);
+    let pod = worker_pod("simple-default-worker-aaaaaaaaaa", "Running", "10.0.0.1");
+    let pod_list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod]});
     let observed = Observed {
         clusters: vec![c],
-        pods: vec![worker_pod(
-            "simple-default-worker-aaaaaaaaaa",
-            "Running",
-            "10.0.0.1",
-        )],
+        pods: vec![pod],
         ..Observed::default()
     };
     let (ctx, mut handle) = context(observed, Some(&scheduler));
@@ -424,6 +447,16 @@ async fn a_group_retires_before_deleting(#[case] retired: Value, #[case] deleted
             "Workers to close: [\"simple-default-worker-aaaaaaaaaa\"]",
         )
         .await;
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&Method::GET, PODS)
+        );
+        assert_eq!(
+            request.uri().query(),
+            Some("&labelSelector=dask.org%2Fworkergroup-name%3Dsimple-default")
+        );
+        send.send_response(ok_json(&pod_list));
         if deleted {
             expect(
                 &mut handle,
@@ -454,7 +487,11 @@ async fn a_group_retires_before_deleting(#[case] retired: Value, #[case] deleted
 /// An autoscaler sets its group's replicas to the scheduler's adaptive target.
 #[tokio::test]
 async fn an_autoscaler_scales_its_group_to_the_schedulers_target() {
-    let scheduler = fake_scheduler(vec![("/api/v1/adaptive_target", json!({"workers": 3}))]).await;
+    let scheduler = fake_scheduler(vec![(
+        "/api/v1/adaptive_target",
+        vec![json!({"workers": 3})],
+    )])
+    .await;
     let c = cluster(Some("Running"));
     let g = default_group(&c, 1);
     let scheduler_pod: Pod = serde_json::from_value(json!({

@@ -54,8 +54,15 @@ pub enum Action {
     /// Create this object (a Deployment, Service, Pod, DaskWorkerGroup or DaskCluster built
     /// by [`crate::manifests`]); one that already exists counts as created.
     Create(Value),
-    /// Delete this pod (gone already counts as deleted).
-    DeletePod(String),
+    /// Delete this pod (gone already counts as deleted); with a `resourceVersion`, only if
+    /// the pod is unchanged since (a delete that rests on the pod's listed state: a
+    /// container that started meanwhile may hold a worker).
+    DeletePod {
+        /// The pod.
+        pod: String,
+        /// The `resourceVersion` it must still have.
+        unchanged_since: Option<String>,
+    },
     /// Delete this DaskCluster (gone already counts as deleted).
     DeleteCluster(String),
     /// Merge-patch the reconciled object's status (an ordinary patch for DaskCluster, whose
@@ -71,10 +78,14 @@ pub enum Action {
         patch: Value,
     },
     /// Retire these workers through the scheduler, then delete the pods whose workers the
-    /// scheduler confirms retired (their data moved to other workers first).
+    /// scheduler confirms retired (their data moved to other workers first) and in which a
+    /// fresh look finds no worker (dask-kube's `retired_pods_to_delete`).
     RetireThenDelete {
         /// The cluster whose scheduler retires them.
         cluster: String,
+        /// The group whose pods they are (`dask.org/workergroup-name`), for the fresh look
+        /// at its pods after the scheduler's answer.
+        group: String,
         /// The pods and their workers' addresses.
         targets: Vec<RetireTarget>,
     },

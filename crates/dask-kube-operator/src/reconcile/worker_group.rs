@@ -11,8 +11,7 @@
 use super::{Action, Note, Plan, TIMER_PERIOD};
 use crate::Result;
 use crate::dask_kube_adapter::{
-    DeleteReason, PodPhase, SchedulerWorker, WorkerPodState, attribute_workers_to_pods,
-    plan_scale_down,
+    DeleteReason, PodPhase, SchedulerWorker, WorkerPodState, place_workers, plan_scale_down,
 };
 use crate::manifests::{self, owner_ref};
 use crate::resources::{DaskCluster, DaskWorkerGroup};
@@ -34,8 +33,37 @@ pub struct WorkerGroupView<'a> {
     pub cluster: Option<&'a DaskCluster>,
     /// Pods labelled with the group's name (only those it owns are its workers).
     pub pods: &'a [Pod],
-    /// The scheduler's connected workers; `None` when it was not asked or could not answer.
+    /// The worker pods of the cluster's other groups: a worker the scheduler places surely
+    /// in one of them is not this group's.
+    pub other_pods: &'a [Pod],
+    /// The scheduler's connected workers (of every group); `None` when it was not asked or
+    /// could not answer.
     pub scheduler_workers: Option<&'a [SchedulerWorker]>,
+}
+
+/// The scheduler's workers less those surely in another group's pod (by IP, then by name:
+/// dask-kube's `place_workers` over all the cluster's worker pods). What stays may be in
+/// this group's pods; a worker placed nowhere stays too, and then keeps this group's
+/// started pods that hold no known worker (it may be in one of them).
+fn this_groups_workers(
+    own: &[WorkerPodState],
+    other_pods: &[Pod],
+    workers: &[SchedulerWorker],
+) -> Vec<SchedulerWorker> {
+    let others: Vec<WorkerPodState> = other_pods.iter().map(WorkerPodState::from_pod).collect();
+    let all: Vec<WorkerPodState> = own.iter().cloned().chain(others.iter().cloned()).collect();
+    let placement = place_workers(&all, workers);
+    let elsewhere: std::collections::BTreeSet<&str> = others
+        .iter()
+        .filter_map(|p| placement.placed.get(&p.name))
+        .flatten()
+        .map(|w| w.address.as_str())
+        .collect();
+    workers
+        .iter()
+        .filter(|w| !elsewhere.contains(w.address.as_str()))
+        .cloned()
+        .collect()
 }
 
 fn desired(group: &DaskWorkerGroup) -> usize {
@@ -108,7 +136,10 @@ pub fn plan_worker_group(
     let pods = own_pods(group, view.pods);
     let states: Vec<WorkerPodState> = pods.iter().map(|p| WorkerPodState::from_pod(p)).collect();
     for ended in states.iter().filter(|s| s.ended()) {
-        plan.actions.push(Action::DeletePod(ended.name.clone()));
+        plan.actions.push(Action::DeletePod {
+            pod: ended.name.clone(),
+            unchanged_since: None,
+        });
     }
     let active = states.iter().filter(|s| s.active()).count();
     let want = desired(group);
@@ -130,41 +161,44 @@ pub fn plan_worker_group(
             )));
         }
     } else if active > want {
-        let owned: Vec<Pod> = pods.iter().map(|p| (*p).clone()).collect();
+        // dask-kube's plan: workers placed in pods by IP (then by name), nothing that may
+        // hold data deleted without the scheduler's word, deletes that rest on a pod's listed
+        // state sent with its resourceVersion.
         let workers = view
             .scheduler_workers
-            .map(|w| attribute_workers_to_pods(&owned, w));
-        let down = plan_scale_down(
-            &states,
-            workers.as_deref().unwrap_or(&[]),
-            active - want,
-            false,
-        );
-        for (pod, reason) in down.delete_now {
-            let allowed = match reason {
-                // Handled above with every ended pod.
-                DeleteReason::Finished => false,
-                DeleteReason::Pending => true,
-                // Only the scheduler can say a running worker is not connected.
-                DeleteReason::NotConnected => workers.is_some(),
-                DeleteReason::Forced => false,
-            };
-            if allowed {
-                plan.actions.push(Action::DeletePod(pod));
+            .map(|w| this_groups_workers(&states, view.other_pods, w));
+        let down = plan_scale_down(&states, workers.as_deref(), active - want, false);
+        let versions: std::collections::BTreeMap<&str, Option<&String>> = states
+            .iter()
+            .map(|s| (s.name.as_str(), s.resource_version.as_ref()))
+            .collect();
+        for (pod, reason) in &down.delete_now {
+            // Ended pods are removed above; a forced delete is never planned here.
+            if matches!(reason, DeleteReason::Finished | DeleteReason::Forced) {
+                continue;
             }
+            let unchanged_since = reason
+                .needs_unchanged_pod()
+                .then(|| versions.get(pod.as_str()).copied().flatten().cloned())
+                .flatten();
+            plan.actions.push(Action::DeletePod {
+                pod: pod.clone(),
+                unchanged_since,
+            });
         }
-        match workers {
-            Some(_) if !down.retire.is_empty() => {
-                let names: Vec<&str> = down.retire.iter().map(|t| t.pod.as_str()).collect();
-                plan.actions
-                    .push(Note::info(format!("Workers to close: {names:?}")));
-                plan.actions.push(Action::RetireThenDelete {
-                    cluster: group.spec.cluster.clone(),
-                    targets: down.retire.clone(),
-                });
-            }
-            Some(_) => {}
-            None => plan.requeue_after = Some(TIMER_PERIOD),
+        if !down.retire.is_empty() {
+            let names: Vec<&str> = down.retire.iter().map(|t| t.pod.as_str()).collect();
+            plan.actions
+                .push(Note::info(format!("Workers to close: {names:?}")));
+            plan.actions.push(Action::RetireThenDelete {
+                cluster: group.spec.cluster.clone(),
+                group: name.clone(),
+                targets: down.retire.clone(),
+            });
+        }
+        if !down.kept.is_empty() || workers.is_none() {
+            // Pods that may hold data and could not go now: look again.
+            plan.requeue_after = Some(TIMER_PERIOD);
         }
         plan.actions.push(Note::info(format!(
             "Scaled worker group {name} down to {want} workers."
@@ -227,6 +261,7 @@ mod tests {
         SchedulerWorker {
             name: name.into(),
             address: format!("tcp://{ip}:4000"),
+            nanny: None,
             managed_bytes: Some(bytes),
             busy: Some(false),
         }
@@ -238,7 +273,7 @@ mod tests {
             .filter(|a| !matches!(a, Action::Note(_)))
             .map(|a| match a {
                 Action::Create(v) => format!("create {}", v["metadata"]["name"].as_str().unwrap()),
-                Action::DeletePod(n) => format!("delete {n}"),
+                Action::DeletePod { pod, .. } => format!("delete {pod}"),
                 Action::RetireThenDelete { targets: t, .. } => format!(
                     "retire {}",
                     t.iter()
@@ -255,6 +290,15 @@ mod tests {
             .collect()
     }
 
+    /// A worker pod of another group of the cluster, at 10.0.0.9.
+    fn other_groups_pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "simple-highmem-worker-x", "labels": {"dask.org/workergroup-name": "simple-highmem"}},
+            "status": {"phase": "Running", "podIP": "10.0.0.9"},
+        }))
+        .unwrap()
+    }
+
     fn plan(replicas: i64, pods: &[&str], workers: Option<&[SchedulerWorker]>) -> Plan {
         let c = cluster();
         let g = group(replicas, true);
@@ -265,6 +309,7 @@ mod tests {
                 group: &g,
                 cluster: Some(&c),
                 pods: &pods,
+                other_pods: &[other_groups_pod()],
                 scheduler_workers: workers,
             },
             &mut || {
@@ -301,13 +346,38 @@ mod tests {
         #[case] pods: &[&str],
         #[case] expected: &[&str],
     ) {
-        // a holds 10 bytes, bb 1000, test-worker (pod ddd by IP) 5000; ccc never connected.
-        let workers = [
+        // a holds 10 bytes, bb 1000, test-worker (pod ddd by IP) 5000; ccc never connected;
+        // another group's worker (at 10.0.0.9) holds the most and is never this group's.
+        let all = [
             worker("a", "10.0.0.1", 10),
             worker("bb", "10.0.0.2", 1000),
             worker("test-worker", "10.0.0.4", 5000),
         ];
+        let ips: Vec<&str> = pods.iter().filter_map(|p| p.split(':').nth(2)).collect();
+        let mut workers: Vec<SchedulerWorker> = all
+            .into_iter()
+            .filter(|w| ips.iter().any(|ip| w.address.contains(&format!("//{ip}:"))))
+            .collect();
+        workers.push(worker("simple-highmem-worker-x", "10.0.0.9", 1));
         assert_eq!(summary(&plan(replicas, pods, Some(&workers))), expected);
+    }
+
+    /// A connected worker the operator cannot place in any pod (its pod's IP not in its
+    /// status yet, a custom name) may be in any started pod of the group that holds no known
+    /// worker: that pod is not deleted as empty (as it is in
+    /// `never_connected_goes_without_retiring`); a known worker is retired instead.
+    #[test]
+    fn an_unplaced_worker_keeps_the_pods_it_may_be_in() {
+        let workers = [
+            worker("a", "10.0.0.1", 10),
+            worker("mystery", "10.0.0.77", 0),
+        ];
+        let p = plan(
+            1,
+            &["a:Running:10.0.0.1", "ccc:Running:10.0.0.3"],
+            Some(&workers),
+        );
+        assert_eq!(summary(&p), ["retire a"]);
     }
 
     #[test]
@@ -346,6 +416,7 @@ mod tests {
                 group: &g,
                 cluster: None,
                 pods: &[],
+                other_pods: &[],
                 scheduler_workers: None,
             },
             &mut next,
@@ -359,6 +430,7 @@ mod tests {
                 group: &g,
                 cluster: Some(&c),
                 pods: &[],
+                other_pods: &[],
                 scheduler_workers: None,
             },
             &mut next,
