@@ -271,7 +271,8 @@ def dask_kube(binary, *args, check=True):
 
 
 def leftover_processes(name):
-    """Pod processes of this cluster still alive (the node agent sets HOSTNAME=pod name)."""
+    """Pod processes of this cluster still alive on this machine (the local cluster's nodes
+    run their containers here; the runtime sets HOSTNAME=pod name in each)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -292,6 +293,24 @@ def wait_until(description, predicate, timeout, interval=1.0):
         time.sleep(interval)
     say(f"gave up waiting {timeout:.0f}s for {description}")
     return False
+
+
+def placement(namespace, name):
+    """Where each pod of the cluster runs: its node and the node's pool
+    (k8s.dask.org/node-purpose, or "general"), printed as a table."""
+    nodes = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    pool = {n["metadata"]["name"]: n["metadata"].get("labels", {}).get("k8s.dask.org/node-purpose", "general")
+            for n in nodes}
+    placed = []
+    for pod in cluster_pods(namespace, name):
+        node = pod["spec"].get("nodeName") or "-"
+        placed.append({"pod": pod["metadata"]["name"], "node": node, "pool": pool.get(node, "-"),
+                       "component": pod["metadata"].get("labels", {}).get("dask.org/component", "?")})
+    placed.sort(key=lambda p: (p["component"] != "scheduler", p["pod"]))
+    say("where every pod of the cluster runs:")
+    for p in placed:
+        say(f"  {p['component']:<10} {p['pod']:<40} node {p['node']:<10} pool {p['pool']}")
+    return placed
 
 
 def adaptive_scenario(args, checks):
@@ -345,7 +364,15 @@ def adaptive_scenario(args, checks):
                        first_extra_worker_seconds=(round(first_extra_worker - load_began, 1)
                                                    if first_extra_worker else None),
                        tasks=tasks["tasks"])
+        placed = placement(namespace, name)
+        summary["placement"] = placed
         checks.expect(result == 1.0, f"the mean is exactly 1.0 (got {result!r})")
+        workers_on = Counter(p["pool"] for p in placed if p["component"] == "worker")
+        scheduler_on = [p["pool"] for p in placed if p["component"] == "scheduler"]
+        checks.expect(set(workers_on) == {"worker"},
+                      f"every worker pod ran on the Dask worker pool ({dict(workers_on)})")
+        checks.expect(scheduler_on and "worker" not in scheduler_on,
+                      f"the scheduler ran off the worker pool ({scheduler_on})")
         checks.expect(peak_connected > 1, f"more than one worker ran during the computation ({peak_connected})")
 
         say("idle: waiting for the cluster to shrink back to 1 worker (graceful retirement)")
@@ -416,7 +443,8 @@ def sigkill_scenario(args, checks):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="assert, and exit 1 on any failure")
-    parser.add_argument("--worker-spec", default="worker-spec.yml")
+    # The README's worker-spec.yml at the size of the local cluster's nodes (the file says why).
+    parser.add_argument("--worker-spec", default="e2e-tests/demo/demo-worker.yml")
     parser.add_argument("--adapt", default="1:8")
     parser.add_argument("--target-duration", default="500ms",
                         help="the scheduler's adaptive target duration (Dask's default: 5s)")

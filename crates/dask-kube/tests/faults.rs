@@ -498,7 +498,7 @@ async fn policy_server_killed_under_a_burst_leaves_nothing_half_made() {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains("policy-server"))
         })
         .expect("policy-server's process");
-    let mut scale = dask_kube(state.path())
+    let scale = dask_kube(state.path())
         .args(["-n", &ns.name, "scale", &name, &N.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -720,13 +720,17 @@ async fn pod_named(ns: &TestNamespace, name: &str) -> Pod {
     ns.pods().get(name).await.unwrap()
 }
 
-/// The `dask scheduler` process of scheduler pod `pod`.
+/// The `dask scheduler` process of scheduler pod `pod` (not the image's init, tini, whose
+/// command line names the scheduler too).
 fn scheduler_process(pod: &Pod) -> i32 {
     pod_processes(pod)
         .into_iter()
         .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("scheduler"))
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let argv: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                let line = String::from_utf8_lossy(&c);
+                line.contains("scheduler") && !argv[0].ends_with(b"tini")
+            })
         })
         .unwrap_or_else(|| panic!("no scheduler process for pod {:?}", pod.metadata.name))
 }
