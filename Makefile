@@ -17,6 +17,15 @@ RUNNER := $(CARGO_TARGET_DIR)/debug/policy-runner
 # What annotates (`make annotate KWCTL=kwctl` uses a real kwctl); default the stand-in.
 KWCTL ?= $(RUNNER)
 CLUSTER := e2e-tests/local-cluster/cluster
+# The policy's AdmissionReview fixtures (request.json, settings.json, expected.json).
+POLICY_FIXTURES ?= e2e-tests/policy-runner/tests/fixtures/policy
+# The request the policy benches measure: the README pod (CREATE, patched).
+BENCH_POLICY_REQUEST ?= $(POLICY_FIXTURES)/readme-worker-spec/request.json
+# Kubewarden's own kwctl for `bench-policy`: on PATH, else the build beside the checkout.
+BENCH_KWCTL ?= $(or $(shell command -v kwctl 2>/dev/null),$(abspath ../shared/bin/kwctl))
+BENCH_POLICY_RUNS ?= 3
+FLOOR_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/minimal_policy.wasm
+ANNOTATED_FLOOR_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/annotated-minimal-policy.wasm
 # The host binaries the local cluster runs are built as one set with the unit tests: cargo
 # unifies features per invocation, so `-p policy-runner` alone, `-p node-agent` alone and
 # `cargo test --workspace` would each compile wasmtime and kube again. The hooks build the
@@ -95,9 +104,18 @@ test: setup lint wasm venv unit bats integration ## everything CI runs
 bench: wasm ## figures: module size, wasm vs native evaluation, dask-kube timings
 	$(CARGO) build $(CARGO_FLAGS) --profile release-host -p policy-runner --features native
 	$(CARGO_TARGET_DIR)/release-host/policy-runner timings --native --iterations 5000 \
-	  --request-path e2e-tests/policy-runner/tests/fixtures/policy/readme-worker-spec/request.json $(WASM)
+	  --request-path $(BENCH_POLICY_REQUEST) $(WASM)
 	$(CARGO_TARGET_DIR)/release-host/policy-runner timings --native --iterations 5000 \
-	  --request-path e2e-tests/policy-runner/tests/fixtures/policy/unlabelled-pod/request.json $(WASM)
+	  --request-path $(POLICY_FIXTURES)/unlabelled-pod/request.json $(WASM)
+
+.PHONY: bench-policy
+bench-policy: wasm ## kwctl bench: the annotated policy vs a minimal mutating policy on the README pod, alternating runs, medians and ratio (BENCH_POLICY_RUNS)
+	$(CARGO) build $(CARGO_FLAGS) --release --target wasm32-wasip1 -p minimal-policy
+	$(BENCH_KWCTL) annotate -m policy-metadata.yml -u README.md -o $(ANNOTATED_WASM) $(WASM)
+	$(BENCH_KWCTL) annotate -m e2e-tests/bench-policy/minimal-policy/metadata.yml \
+	  -o $(ANNOTATED_FLOOR_WASM) $(FLOOR_WASM)
+	python3 e2e-tests/bench-policy/run.py --kwctl $(BENCH_KWCTL) --request $(BENCH_POLICY_REQUEST) \
+	  --runs $(BENCH_POLICY_RUNS) policy=$(ANNOTATED_WASM) floor=$(ANNOTATED_FLOOR_WASM)
 
 .PHONY: bench-scale
 bench-scale: setup wasm venv ## time to N Pending pods and back to 0: raw apiserver limit vs classic vs dask-kube (BENCH_N, BENCH_REPEATS)

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""make bench-policy: `kwctl bench` of the policy against the floor, side by side.
+
+Runs `kwctl bench` on each side in turn (ours, floor, ours, floor, ...) so both see the
+same machine load, reads the mean time of `validate` from each report, and prints the
+per-run means, the median per side and the ratio ours / floor. The floor is
+`minimal-policy` (this directory): the SDK's request parse, one toleration added, the
+object returned, which is the least a mutating policy does on the same request.
+
+Usage: run.py --kwctl KWCTL --request REQUEST.json [--runs 3] [--kwctl-arg=ARG ...]
+              NAME=MODULE.wasm NAME=MODULE.wasm
+The first module is the one measured, the second the floor. Only the standard library.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# tiny-bench's report, as kwctl 1.36 prints it for the `validate` label:
+#   validate [35.4 thousand iterations in 4.88s with 100.0 samples]:
+#       elapsed [min mean max]: [66.68µs 132.98µs 256.21µs] (sample data: med = ...)
+REPORT = re.compile(
+    r"^validate \[[^\]]*\]:\s*\n\s*elapsed\s*\[min mean max\]:\s*\[(\S+) (\S+) (\S+)\]",
+    re.MULTILINE,
+)
+UNITS = {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+def microseconds(text: str) -> float:
+    """`66.68µs` -> 66.68; tiny-bench picks ns, µs, ms or s."""
+    match = re.fullmatch(r"([0-9.]+)(ns|µs|us|ms|s)", text)
+    if not match:
+        raise ValueError(f"not a tiny-bench duration: {text!r}")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def validate_mean(report: str) -> float:
+    """The mean of `validate` in one `kwctl bench` report, in microseconds."""
+    match = REPORT.search(ANSI.sub("", report))
+    if not match:
+        raise ValueError("no `validate` figures in kwctl bench's output:\n" + report)
+    return microseconds(match.group(2))
+
+
+def bench(kwctl: str, module: str, request: str, extra: list[str]) -> float:
+    command = [kwctl, "bench", "--request-path", request, *extra, module]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"bench-policy: {' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return validate_mean(done.stdout)
+
+
+def load() -> str:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return f.read().split()[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kwctl", required=True)
+    parser.add_argument("--request", required=True)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--kwctl-arg", action="append", default=[], dest="extra")
+    parser.add_argument("sides", nargs=2, metavar="NAME=MODULE")
+    args = parser.parse_args()
+    sides = [tuple(side.split("=", 1)) for side in args.sides]
+    for name, module in sides:
+        print(f"{name}: {module} ({os.path.getsize(module):,} bytes)")
+    print(f"request: {args.request}; {args.runs} alternating runs; load average {load()}")
+
+    means: dict[str, list[float]] = {name: [] for name, _ in sides}
+    for run in range(1, args.runs + 1):
+        for name, module in sides:
+            mean = bench(args.kwctl, module, args.request, args.extra)
+            means[name].append(mean)
+            print(f"  run {run} {name:>8}: validate mean {mean:8.2f} us", flush=True)
+
+    (ours, _), (floor, _) = sides
+    medians = {name: statistics.median(values) for name, values in means.items()}
+    print(f"load average at the end {load()}")
+    print(f"{'':10}{'runs (validate mean, us)':>36}{'median':>10}")
+    for name, values in means.items():
+        runs = " ".join(f"{v:8.2f}" for v in values)
+        print(f"{name:10}{runs:>36}{medians[name]:10.2f}")
+    print(f"ratio {ours} / {floor}: {medians[ours] / medians[floor]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
