@@ -14,6 +14,7 @@
 //! - a `--memory-limit` below [`MIN_WORKER_MEMORY_BYTES`] is a unit mistake and refused;
 //! - what is only known at runtime is left alone with a warning, everything else defaulted.
 
+use crate::affinity::{self, DaskComponent};
 use crate::command::{self, Invocation, WorkerCommandLine};
 use crate::quantity::{
     self, MemoryLimit, QuantityError, format_dask_bytes, format_k8s_cpu, format_k8s_memory,
@@ -103,6 +104,12 @@ pub fn apply_worker_defaults(
     let mut outcome = Defaulted::default();
 
     outcome.changed |= ensure_tolerations(spec_map, path, &settings.tolerations)?;
+    outcome.changed |= affinity::apply_to_spec(
+        spec_map,
+        path,
+        DaskComponent::Worker,
+        settings.apply_default_affinity,
+    )?;
 
     if rules.restart_policy == RestartPolicyRule::Never
         && spec_map.get("restartPolicy").and_then(Value::as_str) != Some("Never")
