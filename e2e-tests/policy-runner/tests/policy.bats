@@ -78,6 +78,10 @@ check_fixture() {
 @test "\$(VAR) from a ConfigMap: warning, memory untouched" { check_fixture variable-from-configmap-warns; }
 @test "sh -c \$VAR resolved from a literal env value" { check_fixture sh-c-shell-variable; }
 @test "--memory-limit below the floor refused with the unit Dask read" { check_fixture memory-limit-bytes-too-small; }
+@test "applyDefaultAffinity required: classic's required node-purpose term" { check_fixture affinity-required; }
+@test "applyDefaultAffinity none: no affinity" { check_fixture affinity-none; }
+@test "the user's affinity kept beside the pool preference" { check_fixture affinity-user-terms-kept; }
+@test "applyDefaultAffinity required joins the user's required term" { check_fixture affinity-required-joins-user-term; }
 @test "float bytes counted as Dask's parse_bytes counts them" { check_fixture float-bytes-like-dask; }
 @test "--nprocs with --nworkers refused" { check_fixture nprocs-with-nworkers-refused; }
 @test "--nprocs warns and is read as --nworkers" { check_fixture nprocs-warns; }

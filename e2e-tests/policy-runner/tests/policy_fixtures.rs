@@ -88,6 +88,10 @@ fn decoded_patch(response: &Value) -> Value {
 #[case::nprocs_warns("nprocs-warns")]
 #[case::nthreads_zero_is_the_default("nthreads-zero-is-the-default")]
 #[case::memory_headroom_setting("memory-headroom-setting")]
+#[case::affinity_required("affinity-required")]
+#[case::affinity_none("affinity-none")]
+#[case::affinity_user_terms_kept("affinity-user-terms-kept")]
+#[case::affinity_required_joins_user_term("affinity-required-joins-user-term")]
 fn fixture(#[case] case: &str) {
     let dir = fixture_dir(case);
     let request_path = dir.join("request.json");
