@@ -8,8 +8,10 @@ per-run means, the median per side and the ratio ours / floor. The floor is
 object returned, which is the least a mutating policy does on the same request.
 
 Usage: run.py --kwctl KWCTL --request REQUEST.json [--runs 3] [--kwctl-arg=ARG ...]
-              NAME=MODULE.wasm NAME=MODULE.wasm
-The first module is the one measured, the second the floor. Only the standard library.
+              NAME=MODULE.wasm [NAME=MODULE.wasm ...] NAME=FLOOR.wasm
+The last module is the floor; each other one gets its ratio to it (more than one: an
+earlier build beside the current one, measured in the same alternation). Only the standard
+library.
 """
 
 import argparse
@@ -38,20 +40,20 @@ def microseconds(text: str) -> float:
     return float(match.group(1)) * UNITS[match.group(2)]
 
 
-def validate_mean(report: str) -> float:
-    """The mean of `validate` in one `kwctl bench` report, in microseconds."""
+def validate_figures(report: str) -> tuple[float, float]:
+    """The (min, mean) of `validate` in one `kwctl bench` report, in microseconds."""
     match = REPORT.search(ANSI.sub("", report))
     if not match:
         raise ValueError("no `validate` figures in kwctl bench's output:\n" + report)
-    return microseconds(match.group(2))
+    return microseconds(match.group(1)), microseconds(match.group(2))
 
 
-def bench(kwctl: str, module: str, request: str, extra: list[str]) -> float:
+def bench(kwctl: str, module: str, request: str, extra: list[str]) -> tuple[float, float]:
     command = [kwctl, "bench", "--request-path", request, *extra, module]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"bench-policy: {' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return validate_mean(done.stdout)
+    return validate_figures(done.stdout)
 
 
 def load() -> str:
@@ -65,28 +67,39 @@ def main() -> None:
     parser.add_argument("--request", required=True)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--kwctl-arg", action="append", default=[], dest="extra")
-    parser.add_argument("sides", nargs=2, metavar="NAME=MODULE")
+    parser.add_argument("sides", nargs="+", metavar="NAME=MODULE")
     args = parser.parse_args()
+    if len(args.sides) < 2:
+        parser.error("give the module and the floor")
     sides = [tuple(side.split("=", 1)) for side in args.sides]
     for name, module in sides:
         print(f"{name}: {module} ({os.path.getsize(module):,} bytes)")
     print(f"request: {args.request}; {args.runs} alternating runs; load average {load()}")
 
     means: dict[str, list[float]] = {name: [] for name, _ in sides}
+    mins: dict[str, list[float]] = {name: [] for name, _ in sides}
     for run in range(1, args.runs + 1):
         for name, module in sides:
-            mean = bench(args.kwctl, module, args.request, args.extra)
+            low, mean = bench(args.kwctl, module, args.request, args.extra)
             means[name].append(mean)
-            print(f"  run {run} {name:>8}: validate mean {mean:8.2f} us", flush=True)
+            mins[name].append(low)
+            print(f"  run {run} {name:>8}: validate mean {mean:8.2f} us, min {low:8.2f} us", flush=True)
 
-    (ours, _), (floor, _) = sides
+    floor = sides[-1][0]
     medians = {name: statistics.median(values) for name, values in means.items()}
+    min_medians = {name: statistics.median(values) for name, values in mins.items()}
     print(f"load average at the end {load()}")
-    print(f"{'':10}{'runs (validate mean, us)':>36}{'median':>10}")
+    width = 9 * args.runs + 2
+    print(f"{'':10}{'validate mean, us':>{width}}{'median':>10}   {'min':>10}")
     for name, values in means.items():
         runs = " ".join(f"{v:8.2f}" for v in values)
-        print(f"{name:10}{runs:>36}{medians[name]:10.2f}")
-    print(f"ratio {ours} / {floor}: {medians[ours] / medians[floor]:.2f}x")
+        print(f"{name:10}{runs:>{width}}{medians[name]:10.2f}   {min_medians[name]:10.2f}")
+    for name, _ in sides[:-1]:
+        print(
+            f"ratio {name} / {floor}: {medians[name] / medians[floor]:.2f}x "
+            f"(medians of the means; of the minimums, which load disturbs least: "
+            f"{min_medians[name] / min_medians[floor]:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

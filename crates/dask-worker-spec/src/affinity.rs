@@ -320,10 +320,7 @@ fn object_at<'a>(
 }
 
 /// A node selector term's `matchExpressions` (empty when absent or null).
-fn expressions<'a>(
-    term: &'a Map<String, Value>,
-    field: impl Fn() -> String,
-) -> Result<&'a [Value]> {
+fn expressions(term: &Map<String, Value>, field: impl Fn() -> String) -> Result<&[Value]> {
     match term.get(MATCH_EXPRESSIONS) {
         None | Some(Value::Null) => Ok(&[]),
         Some(Value::Array(expressions)) => Ok(expressions),

@@ -185,14 +185,19 @@ impl Default for WorkerDefaults {
     }
 }
 
+/// `dask.org/component=worker` (dask-kubernetes' operator and dask-kube) and the classic
+/// `app=dask,component=dask-worker`.
 fn default_selectors() -> Vec<LabelSelector> {
-    [
-        "dask.org/component=worker",
-        "app=dask,component=dask-worker",
+    vec![
+        LabelSelector::from_valid_equalities(
+            "dask.org/component=worker",
+            &[("dask.org/component", "worker")],
+        ),
+        LabelSelector::from_valid_equalities(
+            "app=dask,component=dask-worker",
+            &[("app", "dask"), ("component", "dask-worker")],
+        ),
     ]
-    .iter()
-    .filter_map(|s| s.parse().ok())
-    .collect()
 }
 
 /// An invalid setting, naming the field.
@@ -314,6 +319,18 @@ mod tests {
             WorkerDefaults::from_json(b"{}"),
             Ok(WorkerDefaults::default())
         );
+    }
+
+    #[test]
+    fn default_selectors_are_what_their_text_parses_to() {
+        let parsed: Vec<LabelSelector> = [
+            "dask.org/component=worker",
+            "app=dask,component=dask-worker",
+        ]
+        .iter()
+        .map(|s| s.parse().expect("valid"))
+        .collect();
+        assert_eq!(default_selectors(), parsed);
     }
 
     #[test]
