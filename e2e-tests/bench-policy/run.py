@@ -83,17 +83,20 @@ def main() -> None:
             low, mean = bench(args.kwctl, module, args.request, args.extra)
             means[name].append(mean)
             mins[name].append(low)
-            print(f"  run {run} {name:>8}: validate mean {mean:8.2f} us, min {low:8.2f} us", flush=True)
+            print(
+                f"  run {run} {name}: validate mean {mean:8.2f} us, min {low:8.2f} us", flush=True
+            )
 
     floor = sides[-1][0]
     medians = {name: statistics.median(values) for name, values in means.items()}
     min_medians = {name: statistics.median(values) for name, values in mins.items()}
     print(f"load average at the end {load()}")
-    width = 9 * args.runs + 2
-    print(f"{'':10}{'validate mean, us':>{width}}{'median':>10}   {'min':>10}")
+    width = max(9 * args.runs + 2, 20)
+    label = max(len(name) for name, _ in sides) + 2
+    print(f"{'':{label}}{'validate mean, us':>{width}}{'median':>10}   {'min':>10}")
     for name, values in means.items():
         runs = " ".join(f"{v:8.2f}" for v in values)
-        print(f"{name:10}{runs:>{width}}{medians[name]:10.2f}   {min_medians[name]:10.2f}")
+        print(f"{name:{label}}{runs:>{width}}{medians[name]:10.2f}   {min_medians[name]:10.2f}")
     for name, _ in sides[:-1]:
         print(
             f"ratio {name} / {floor}: {medians[name] / medians[floor]:.2f}x "
