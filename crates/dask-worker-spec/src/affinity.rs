@@ -177,6 +177,41 @@ pub fn apply_default_affinity(
     apply_to_spec(spec, path, component, mode)
 }
 
+/// Classic `clean_pod_template(pod_type=component)` on a pod spec: the component's two
+/// dedicated tolerations ([`DaskComponent::dedicated_tolerations`], each present exactly
+/// once, every other toleration kept), whatever `mode` says, and the node affinity of
+/// [`apply_default_affinity`]. For dask-kube's scheduler pod; worker pods get theirs from
+/// [`apply_worker_defaults`](crate::apply_worker_defaults), whose tolerations are a setting.
+/// Returns whether the spec changed.
+///
+/// # Example
+/// ```
+/// use dask_worker_spec::{DaskComponent, DefaultAffinity, apply_dedicated_pool};
+/// let mut spec = serde_json::json!({"containers": [{"name": "scheduler", "image": "dask"}]});
+/// apply_dedicated_pool(&mut spec, "spec", DaskComponent::Scheduler, DefaultAffinity::Preferred)
+///     .unwrap();
+/// assert_eq!(spec["tolerations"][0]["value"], "scheduler");
+/// assert_eq!(
+///     spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+///         ["preference"]["matchExpressions"][0]["values"][0],
+///     "scheduler"
+/// );
+/// ```
+pub fn apply_dedicated_pool(
+    spec: &mut Value,
+    path: &str,
+    component: DaskComponent,
+    mode: DefaultAffinity,
+) -> Result<bool> {
+    let Some(spec) = spec.as_object_mut() else {
+        return Err(Error::malformed(path, "must be an object"));
+    };
+    let tolerations =
+        crate::defaults::ensure_tolerations(spec, path, &component.dedicated_tolerations())?;
+    let affinity = apply_to_spec(spec, path, component, mode)?;
+    Ok(tolerations || affinity)
+}
+
 /// [`apply_default_affinity`] on a pod spec already known to be an object.
 pub(crate) fn apply_to_spec(
     spec: &mut Map<String, Value>,
@@ -474,6 +509,42 @@ mod tests {
         let changed = apply_default_affinity(&mut spec, "spec", DaskComponent::Scheduler, mode);
         assert_eq!(changed, Ok(true));
         assert_eq!(spec, after);
+    }
+
+    #[rstest]
+    #[case::preferred(DefaultAffinity::Preferred)]
+    #[case::required(DefaultAffinity::Required)]
+    #[case::none(DefaultAffinity::None)]
+    fn a_scheduler_pod_gets_classics_pool(#[case] mode: DefaultAffinity) {
+        let user_toleration = json!({"key": "gpu", "operator": "Exists"});
+        let mut spec = json!({"tolerations": [user_toleration.clone()]});
+        let changed = apply_dedicated_pool(&mut spec, "spec", DaskComponent::Scheduler, mode);
+        assert_eq!(changed, Ok(true));
+        let mut expected_affinity = json!({});
+        let mut affinity_spec = json!({});
+        apply_default_affinity(&mut affinity_spec, "spec", DaskComponent::Scheduler, mode)
+            .expect("affinity");
+        if let Some(affinity) = affinity_spec.get("affinity") {
+            expected_affinity = affinity.clone();
+        }
+        assert_eq!(
+            spec.get("affinity").cloned().unwrap_or(json!({})),
+            expected_affinity
+        );
+        assert_eq!(
+            spec["tolerations"],
+            json!([
+                user_toleration,
+                {"key": "k8s.dask.org/dedicated", "operator": "Equal", "value": "scheduler", "effect": "NoSchedule"},
+                {"key": "k8s.dask.org_dedicated", "operator": "Equal", "value": "scheduler", "effect": "NoSchedule"}
+            ])
+        );
+        let again = spec.clone();
+        assert_eq!(
+            apply_dedicated_pool(&mut spec, "spec", DaskComponent::Scheduler, mode),
+            Ok(false)
+        );
+        assert_eq!(spec, again);
     }
 
     #[test]

@@ -202,7 +202,7 @@ fn toleration_json(t: &Toleration) -> Value {
 }
 
 /// Makes each wanted toleration present exactly once; keeps every other toleration.
-fn ensure_tolerations(
+pub(crate) fn ensure_tolerations(
     spec: &mut Map<String, Value>,
     path: &str,
     wanted: &[Toleration],

@@ -50,7 +50,7 @@ pub(crate) mod variables;
 pub use admission::{ObjectDefaults, TEMPLATE_LOCATIONS, TemplateLocation, default_object};
 pub use affinity::{
     DaskComponent, DefaultAffinity, NODE_PURPOSE_LABEL, PREFERRED_AFFINITY_WEIGHT,
-    UnknownAffinityMode, apply_default_affinity,
+    UnknownAffinityMode, apply_dedicated_pool, apply_default_affinity,
 };
 pub use command::{CommandLineError, Invocation, WorkerCommandLine};
 pub use defaults::{
