@@ -20,6 +20,13 @@ KWCTL ?= kwctl
 # The bats suite's TAP output, read for skips.
 BATS_TAP := $(CACHE_DIR)/policy-bats.tap
 CLUSTER := e2e-tests/local-cluster/cluster
+# The policy's AdmissionReview fixtures (request.json, settings.json, expected.json).
+POLICY_FIXTURES ?= tests/fixtures
+# The request the policy benches measure: the README pod (CREATE, patched).
+BENCH_POLICY_REQUEST ?= $(POLICY_FIXTURES)/readme-worker-spec/request.json
+BENCH_POLICY_RUNS ?= 3
+FLOOR_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/minimal_policy.wasm
+ANNOTATED_FLOOR_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/annotated-minimal-policy.wasm
 # The host binaries the local cluster runs (dask-kube, in its image) are built as one set with
 # the unit tests: cargo unifies features per invocation, so `-p dask-kube` alone and `cargo
 # test --workspace` would each compile kube again. The image build uses the same set (a no-op
@@ -100,8 +107,16 @@ integration: wasm venv ## start the local control plane, run every test against 
 test: setup lint wasm venv unit bats integration ## everything CI runs
 
 bench: annotate ## policy figures: kwctl bench of the annotated module on the README pod and an unlabelled pod
-	$(KWCTL) bench --request-path tests/fixtures/readme-worker-spec/request.json $(ANNOTATED_WASM)
-	$(KWCTL) bench --request-path tests/fixtures/unlabelled-pod/request.json $(ANNOTATED_WASM)
+	$(KWCTL) bench --request-path $(BENCH_POLICY_REQUEST) $(ANNOTATED_WASM)
+	$(KWCTL) bench --request-path $(POLICY_FIXTURES)/unlabelled-pod/request.json $(ANNOTATED_WASM)
+
+.PHONY: bench-policy
+bench-policy: annotate ## kwctl bench: the annotated policy vs a minimal mutating policy on the README pod, alternating runs, medians and ratio (BENCH_POLICY_RUNS)
+	$(CARGO) build $(CARGO_FLAGS) --release --target wasm32-wasip1 -p minimal-policy
+	$(KWCTL) annotate -m e2e-tests/bench-policy/minimal-policy/metadata.yml \
+	  -o $(ANNOTATED_FLOOR_WASM) $(FLOOR_WASM)
+	python3 e2e-tests/bench-policy/run.py --kwctl $(KWCTL) --request $(BENCH_POLICY_REQUEST) \
+	  --runs $(BENCH_POLICY_RUNS) policy=$(ANNOTATED_WASM) floor=$(ANNOTATED_FLOOR_WASM)
 
 .PHONY: bench-scale
 bench-scale: setup wasm venv ## time to N Pending pods and back to 0: raw apiserver limit vs classic vs dask-kube (BENCH_N, BENCH_REPEATS)

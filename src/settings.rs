@@ -65,6 +65,13 @@ mod tests {
         false,
         Some("deathTimeout: must be between 1 and 86400 seconds, got 0")
     )]
+    #[case::affinity_required(r#"{"applyDefaultAffinity": "required"}"#, true, None)]
+    #[case::affinity_none(r#"{"applyDefaultAffinity": "none"}"#, true, None)]
+    #[case::affinity_unknown(
+        r#"{"applyDefaultAffinity": "hard"}"#,
+        false,
+        Some(r#"applyDefaultAffinity: unknown affinity mode "hard": must be "preferred", "required" or "none""#)
+    )]
     #[case::not_json("{", false, Some("EOF while parsing"))]
     fn validates(#[case] json: &str, #[case] valid: bool, #[case] message: Option<&str>) {
         let response = validate_settings_payload(json.as_bytes());

@@ -62,6 +62,14 @@ struct Word {
     location: Location,
 }
 
+impl Location {
+    fn field(&self) -> ArgvField {
+        match self {
+            Location::Element { field, .. } | Location::Script { field, .. } => *field,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum InsertionPoint {
     /// Insert new elements before `index` of `field`.
@@ -72,6 +80,14 @@ enum InsertionPoint {
         index: usize,
         offset: usize,
     },
+}
+
+impl InsertionPoint {
+    fn field(&self) -> ArgvField {
+        match self {
+            InsertionPoint::Element { field, .. } | InsertionPoint::Script { field, .. } => *field,
+        }
+    }
 }
 
 /// Why a worker command line cannot be used.
@@ -146,7 +162,7 @@ impl WorkerCommandLine {
             return found;
         }
         let (invocation, start) = find_invocation(&argv)?;
-        let (words, insertion) = worker_words(&argv, start, |last| match last.location {
+        let (words, insertion) = worker_words(argv, start, |last| match last.location {
             Location::Element { field, index } => InsertionPoint::Element {
                 field,
                 index: index + 1,
@@ -175,7 +191,6 @@ impl WorkerCommandLine {
 
     fn find_flag(&self, flag: &str) -> Result<Option<FlagMatch>, CommandLineError> {
         let mut found = None;
-        let joined_prefix = format!("{flag}=");
         let mut iter = self.words.iter().peekable();
         while let Some(word) = iter.next() {
             if word.text == flag {
@@ -188,7 +203,7 @@ impl WorkerCommandLine {
                     location: value.location.clone(),
                     joined: false,
                 });
-            } else if let Some(value) = word.text.strip_prefix(&joined_prefix) {
+            } else if let Some(value) = joined_value(&word.text, flag) {
                 found = Some(FlagMatch {
                     value: value.to_owned(),
                     expands: word.expands,
@@ -216,10 +231,9 @@ impl WorkerCommandLine {
 
     /// Whether `flag` is present at all.
     pub fn has_flag(&self, flag: &str) -> bool {
-        let joined_prefix = format!("{flag}=");
         self.words
             .iter()
-            .any(|w| w.text == flag || w.text.starts_with(&joined_prefix))
+            .any(|w| w.text == flag || joined_value(&w.text, flag).is_some())
     }
 
     /// The words of the worker's arguments, as the worker will see them (before
@@ -239,23 +253,42 @@ impl WorkerCommandLine {
         flag: &str,
         value: &str,
     ) -> Result<bool, CommandLineError> {
+        self.edit_flag(command, args, flag, value)
+            .map(|edited| edited.is_some())
+    }
+
+    /// [`set_flag`](Self::set_flag), saying which array it changed (`None`: neither).
+    pub(crate) fn edit_flag(
+        &self,
+        command: &mut Vec<String>,
+        args: &mut Vec<String>,
+        flag: &str,
+        value: &str,
+    ) -> Result<Option<ArgvField>, CommandLineError> {
         let existing = self.find_flag(flag)?;
         if self.unterminated && existing.as_ref().is_none_or(|found| found.value != value) {
             return Err(CommandLineError::UnterminatedShellScript);
         }
         match existing {
-            Some(found) if found.value == value => Ok(false),
+            Some(found) if found.value == value => Ok(None),
             Some(found) => {
                 let replacement = if found.joined {
                     format!("{flag}={value}")
                 } else {
                     value.to_owned()
                 };
-                Ok(replace_at(command, args, &found.location, &replacement))
+                Ok(replace_at(command, args, &found.location, &replacement)
+                    .then_some(found.location.field()))
             }
-            None => Ok(insert_at(command, args, &self.insertion, flag, value)),
+            None => Ok(insert_at(command, args, &self.insertion, flag, value)
+                .then_some(self.insertion.field())),
         }
     }
+}
+
+/// The value of `--flag=value` in `word`, for `flag`.
+fn joined_value<'a>(word: &'a str, flag: &str) -> Option<&'a str> {
+    word.strip_prefix(flag)?.strip_prefix('=')
 }
 
 fn field_mut<'a>(
@@ -427,15 +460,17 @@ fn python_module_start(words: &[Word], mut i: usize) -> Option<usize> {
     None
 }
 
-/// Collects the worker's arguments from `start` to the end (or a `--`).
+/// Collects the worker's arguments from `start` to the end (or a `--`), taking them out of
+/// `words` rather than copying them (this runs on every admission request).
 fn worker_words(
-    words: &[Word],
+    mut words: Vec<Word>,
     start: usize,
     after: impl Fn(&Word) -> InsertionPoint,
 ) -> Option<(Vec<Word>, InsertionPoint)> {
     let rest = words.get(start..).unwrap_or_default();
     let end = rest.iter().position(|w| w.text == "--");
-    let own: Vec<Word> = rest.get(..end.unwrap_or(rest.len()))?.to_vec();
+    let own_len = end.unwrap_or(rest.len());
+    let own = rest.get(..own_len)?;
     let insertion = match end.and_then(|e| rest.get(e)) {
         Some(double_dash) => match &double_dash.location {
             Location::Element { field, index } => InsertionPoint::Element {
@@ -455,7 +490,9 @@ fn worker_words(
             after(last)
         }
     };
-    Some((own, insertion))
+    words.truncate(start.saturating_add(own_len));
+    words.drain(..start.min(words.len()));
+    Some((words, insertion))
 }
 
 const SHELLS: [&str; 6] = ["sh", "bash", "dash", "ash", "zsh", "ksh"];
@@ -513,7 +550,7 @@ fn find_in_script(script: &str, field: ArgvField, index: usize) -> Option<Worker
             })
             .collect();
         if let Some((invocation, start)) = find_invocation(&words) {
-            let (own, insertion) = worker_words(&words, start, |last| match &last.location {
+            let (own, insertion) = worker_words(words, start, |last| match &last.location {
                 Location::Script { field, index, span } => InsertionPoint::Script {
                     field: *field,
                     index: *index,

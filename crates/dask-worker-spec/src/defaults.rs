@@ -14,7 +14,8 @@
 //! - a `--memory-limit` below [`MIN_WORKER_MEMORY_BYTES`] is a unit mistake and refused;
 //! - what is only known at runtime is left alone with a warning, everything else defaulted.
 
-use crate::command::{self, Invocation, WorkerCommandLine};
+use crate::affinity::{self, DaskComponent};
+use crate::command::{self, ArgvField, Invocation, WorkerCommandLine};
 use crate::quantity::{
     self, MemoryLimit, QuantityError, format_dask_bytes, format_k8s_cpu, format_k8s_memory,
 };
@@ -103,6 +104,12 @@ pub fn apply_worker_defaults(
     let mut outcome = Defaulted::default();
 
     outcome.changed |= ensure_tolerations(spec_map, path, &settings.tolerations)?;
+    outcome.changed |= affinity::apply_to_spec(
+        spec_map,
+        path,
+        DaskComponent::Worker,
+        settings.apply_default_affinity,
+    )?;
 
     if rules.restart_policy == RestartPolicyRule::Never
         && spec_map.get("restartPolicy").and_then(Value::as_str) != Some("Never")
@@ -153,26 +160,27 @@ pub fn apply_worker_defaults(
     Ok(outcome)
 }
 
-/// The comparable identity of a toleration, with the API's defaults filled in.
-fn toleration_identity(t: &Value) -> Option<(String, String, String, String, Option<i64>)> {
-    let map = t.as_object()?;
-    let s = |k: &str| {
-        map.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
+/// Whether `t` is the toleration `want`, with the API's default operator (`Equal`) filled
+/// in on both sides. Compares the key first: most tolerations differ there, and this runs
+/// for every toleration of every worker pod.
+fn is_toleration(t: &Value, want: &Toleration) -> bool {
+    let Some(map) = t.as_object() else {
+        return false;
     };
-    let operator = match s("operator") {
-        o if o.is_empty() => "Equal".to_owned(),
-        o => o,
-    };
-    Some((
-        s("key"),
-        operator,
-        s("value"),
-        s("effect"),
-        map.get("tolerationSeconds").and_then(Value::as_i64),
-    ))
+    let text = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or_default();
+    text("key") == want.key
+        && with_default_operator(text("operator")) == with_default_operator(&want.operator)
+        && text("value") == want.value
+        && text("effect") == want.effect
+        && map.get("tolerationSeconds").and_then(Value::as_i64) == want.toleration_seconds
+}
+
+fn with_default_operator(operator: &str) -> &str {
+    if operator.is_empty() {
+        "Equal"
+    } else {
+        operator
+    }
 }
 
 fn toleration_json(t: &Toleration) -> Value {
@@ -194,7 +202,7 @@ fn toleration_json(t: &Toleration) -> Value {
 }
 
 /// Makes each wanted toleration present exactly once; keeps every other toleration.
-fn ensure_tolerations(
+pub(crate) fn ensure_tolerations(
     spec: &mut Map<String, Value>,
     path: &str,
     wanted: &[Toleration],
@@ -214,12 +222,10 @@ fn ensure_tolerations(
     };
     let mut changed = false;
     for want in wanted {
-        let want_json = toleration_json(want);
-        let want_id = toleration_identity(&want_json);
         let mut seen = false;
         let before = tolerations.len();
         tolerations.retain(|t| {
-            if toleration_identity(t) == want_id {
+            if is_toleration(t, want) {
                 let keep = !seen;
                 seen = true;
                 keep
@@ -229,11 +235,15 @@ fn ensure_tolerations(
         });
         changed |= tolerations.len() != before;
         if !seen {
-            tolerations.push(want_json);
+            tolerations.push(toleration_json(want));
             changed = true;
         }
     }
     Ok(changed)
+}
+
+fn string_array(words: Vec<String>) -> Value {
+    Value::Array(words.into_iter().map(Value::String).collect())
 }
 
 fn read_string_array(
@@ -672,10 +682,8 @@ fn default_container(
         .and_then(Value::as_str)
         .unwrap_or("<unnamed>")
         .to_owned();
-    let original_command = read_string_array(map, "command", path)?;
-    let original_args = read_string_array(map, "args", path)?;
-    let mut command_words = original_command.clone().unwrap_or_default();
-    let mut arg_words = original_args.clone().unwrap_or_default();
+    let mut command_words = read_string_array(map, "command", path)?.unwrap_or_default();
+    let mut arg_words = read_string_array(map, "args", path)?.unwrap_or_default();
     let Some(mut line) = WorkerCommandLine::find(&command_words, &arg_words) else {
         return Ok(None);
     };
@@ -897,26 +905,30 @@ fn default_container(
     if name_after_pod {
         flag_edits.push((command::NAME, WORKER_NAME_FROM_ENV.to_owned()));
     }
-    let mut changed = false;
-    for (flag, value) in &flag_edits {
-        changed |= line
-            .set_flag(&mut command_words, &mut arg_words, flag, value)
-            .map_err(cmdline_error)?;
-        line = WorkerCommandLine::find(&command_words, &arg_words).ok_or_else(|| {
-            Error::malformed(path, "the worker command line was lost while editing")
-        })?;
+    let (mut command_edited, mut args_edited) = (false, false);
+    let mut edits = flag_edits.iter().peekable();
+    while let Some((flag, value)) = edits.next() {
+        match line
+            .edit_flag(&mut command_words, &mut arg_words, flag, value)
+            .map_err(cmdline_error)?
+        {
+            None => continue,
+            Some(ArgvField::Command) => command_edited = true,
+            Some(ArgvField::Args) => args_edited = true,
+        }
+        // An edit moves the words after it: find them again for the next edit.
+        if edits.peek().is_some() {
+            line = WorkerCommandLine::find(&command_words, &arg_words).ok_or_else(|| {
+                Error::malformed(path, "the worker command line was lost while editing")
+            })?;
+        }
     }
-    if original_command
-        .as_ref()
-        .map_or(!command_words.is_empty(), |c| *c != command_words)
-    {
-        map.insert("command".into(), json!(command_words));
+    let mut changed = command_edited || args_edited;
+    if command_edited {
+        map.insert("command".into(), string_array(command_words));
     }
-    if original_args
-        .as_ref()
-        .map_or(!arg_words.is_empty(), |a| *a != arg_words)
-    {
-        map.insert("args".into(), json!(arg_words));
+    if args_edited {
+        map.insert("args".into(), string_array(arg_words));
     }
 
     for (resource, p) in plans {

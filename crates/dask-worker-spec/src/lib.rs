@@ -39,6 +39,7 @@
 )]
 
 pub mod admission;
+mod affinity;
 pub mod command;
 pub mod defaults;
 pub mod quantity;
@@ -47,6 +48,10 @@ pub mod settings;
 pub(crate) mod variables;
 
 pub use admission::{ObjectDefaults, TEMPLATE_LOCATIONS, TemplateLocation, default_object};
+pub use affinity::{
+    DaskComponent, DefaultAffinity, NODE_PURPOSE_LABEL, PREFERRED_AFFINITY_WEIGHT,
+    UnknownAffinityMode, apply_dedicated_pool, apply_default_affinity,
+};
 pub use command::{CommandLineError, Invocation, WorkerCommandLine};
 pub use defaults::{
     Defaulted, MIN_WORKER_MEMORY_BYTES, PodSpecRules, RestartPolicyRule, WORKER_NAME_ENV,

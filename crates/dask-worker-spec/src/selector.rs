@@ -40,6 +40,19 @@ pub struct SelectorError {
 }
 
 impl LabelSelector {
+    /// The selector `text`, whose equalities are `pairs`, for built-in defaults known to be
+    /// valid: no parsing, since settings are defaulted on every admission request (a test
+    /// checks each use against the parser).
+    pub(crate) fn from_valid_equalities(text: &str, pairs: &[(&str, &str)]) -> Self {
+        LabelSelector {
+            text: text.to_owned(),
+            requirements: pairs
+                .iter()
+                .map(|(k, v)| Requirement::Equals((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
     /// Whether `labels` (a pod's `metadata.labels`, possibly absent) satisfy the selector.
     pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
         let get = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);

@@ -1,6 +1,7 @@
 //! What the defaults are: the settings of the policy, and the options dask-kube applies
 //! client-side, in one type so both give a pod exactly the same defaults.
 
+use crate::affinity::DefaultAffinity;
 use crate::quantity::{format_k8s_memory, parse_k8s_memory};
 use crate::selector::LabelSelector;
 use serde::{Deserialize, Serialize};
@@ -163,6 +164,10 @@ pub struct WorkerDefaults {
     /// container's memory is `--memory-limit x --nworkers + memoryHeadroom`, so the workers'
     /// own thresholds (spill, pause, terminate at 95%) act before the kernel's OOM killer.
     pub memory_headroom: MemoryQuantity,
+    /// The node affinity that keeps worker pods on a dedicated Dask worker pool (nodes
+    /// labelled `k8s.dask.org/node-purpose=worker`), as classic dask-kubernetes'
+    /// `apply_default_affinity`: `preferred` (its default), `required` or `none`.
+    pub apply_default_affinity: DefaultAffinity,
 }
 
 impl Default for WorkerDefaults {
@@ -175,18 +180,24 @@ impl Default for WorkerDefaults {
             on_mismatch: OnMismatch::Reject,
             worker_name_from_pod: true,
             memory_headroom: MemoryQuantity(DEFAULT_MEMORY_HEADROOM_BYTES),
+            apply_default_affinity: DefaultAffinity::Preferred,
         }
     }
 }
 
+/// `dask.org/component=worker` (dask-kubernetes' operator and dask-kube) and the classic
+/// `app=dask,component=dask-worker`.
 fn default_selectors() -> Vec<LabelSelector> {
-    [
-        "dask.org/component=worker",
-        "app=dask,component=dask-worker",
+    vec![
+        LabelSelector::from_valid_equalities(
+            "dask.org/component=worker",
+            &[("dask.org/component", "worker")],
+        ),
+        LabelSelector::from_valid_equalities(
+            "app=dask,component=dask-worker",
+            &[("app", "dask"), ("component", "dask-worker")],
+        ),
     ]
-    .iter()
-    .filter_map(|s| s.parse().ok())
-    .collect()
 }
 
 /// An invalid setting, naming the field.
@@ -311,6 +322,18 @@ mod tests {
     }
 
     #[test]
+    fn default_selectors_are_what_their_text_parses_to() {
+        let parsed: Vec<LabelSelector> = [
+            "dask.org/component=worker",
+            "app=dask,component=dask-worker",
+        ]
+        .iter()
+        .map(|s| s.parse().expect("valid"))
+        .collect();
+        assert_eq!(default_selectors(), parsed);
+    }
+
+    #[test]
     fn defaults_serialize_camel_case() {
         let json = serde_json::to_value(WorkerDefaults::default()).expect("serialize");
         assert_eq!(
@@ -325,7 +348,8 @@ mod tests {
                 "requestsEqualLimits": true,
                 "onMismatch": "reject",
                 "workerNameFromPod": true,
-                "memoryHeadroom": "256Mi"
+                "memoryHeadroom": "256Mi",
+                "applyDefaultAffinity": "preferred"
             })
         );
     }
@@ -339,6 +363,8 @@ mod tests {
     #[case::headroom_quantity(r#"{"memoryHeadroom": "512Mi"}"#)]
     #[case::headroom_zero(r#"{"memoryHeadroom": 0}"#)]
     #[case::headroom_bytes_string(r#"{"memoryHeadroom": "300000000"}"#)]
+    #[case::affinity_required(r#"{"applyDefaultAffinity": "required"}"#)]
+    #[case::affinity_none(r#"{"applyDefaultAffinity": "none"}"#)]
     #[case::no_execute_seconds(r#"{"tolerations": [{"key": "a", "value": "b", "effect": "NoExecute", "tolerationSeconds": 30}]}"#)]
     fn accepts(#[case] json: &str) {
         assert!(WorkerDefaults::from_json(json.as_bytes()).is_ok(), "{json}");
@@ -354,6 +380,21 @@ mod tests {
         r#"{"onMismatch": "bogus"}"#,
         "onMismatch",
         "unknown variant `bogus`"
+    )]
+    #[case::affinity_unknown(
+        r#"{"applyDefaultAffinity": "soft"}"#,
+        "applyDefaultAffinity",
+        "unknown affinity mode \"soft\": must be \"preferred\", \"required\" or \"none\""
+    )]
+    #[case::affinity_capitalised(
+        r#"{"applyDefaultAffinity": "Required"}"#,
+        "applyDefaultAffinity",
+        "unknown affinity mode \"Required\""
+    )]
+    #[case::affinity_bool(
+        r#"{"applyDefaultAffinity": true}"#,
+        "applyDefaultAffinity",
+        "invalid type: boolean `true`, expected a string"
     )]
     #[case::death_timeout_string(r#"{"deathTimeout": "60s"}"#, "deathTimeout", "invalid type")]
     #[case::death_timeout_zero(r#"{"deathTimeout": 0}"#, "deathTimeout", "between 1 and 86400")]

@@ -3,7 +3,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use dask_worker_spec::{OnMismatch, WorkerDefaults, default_object, format_k8s_memory};
+use dask_worker_spec::{
+    DefaultAffinity, OnMismatch, WorkerDefaults, default_object, format_k8s_memory,
+};
 use rstest::rstest;
 use serde_json::{Value, json};
 
@@ -51,6 +53,16 @@ const TOLERATIONS: fn() -> Value = || {
     ])
 };
 
+/// Classic's default (preferred) worker affinity.
+const AFFINITY: fn() -> Value = || {
+    json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "preference": {"matchExpressions": [
+            {"key": "k8s.dask.org/node-purpose", "operator": "In", "values": ["worker"]}
+        ]}
+    }]}})
+};
+
 const NAME_ENV: fn() -> Value = || json!([{"name": "DASK_WORKER_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]);
 
 #[test]
@@ -75,6 +87,7 @@ fn readme_worker_pod_gets_every_default() {
                 "env": NAME_ENV()
             }],
             "tolerations": TOLERATIONS(),
+            "affinity": AFFINITY(),
             "restartPolicy": "Never"
         })
     );
@@ -346,6 +359,7 @@ fn workload_templates(
     let out = run(kind, operation, &object, &defaults()).expect("mutated");
     let spec = spec_path.iter().fold(&out, |v, k| &v[*k]);
     assert_eq!(spec["tolerations"], TOLERATIONS());
+    assert_eq!(spec["affinity"], AFFINITY());
     assert_eq!(spec.get("restartPolicy").and_then(Value::as_str), restart);
     assert_eq!(
         spec["containers"][0]["resources"]["limits"],
@@ -384,6 +398,7 @@ fn operator_worker_group_is_a_worker_spec_without_labels() {
             "60"
         ])
     );
+    assert_eq!(spec["affinity"], AFFINITY());
     assert!(
         spec.get("restartPolicy").is_none(),
         "the operator runs workers in Deployments"
@@ -392,6 +407,49 @@ fn operator_worker_group_is_a_worker_spec_without_labels() {
         spec["containers"][0].get("env").is_none(),
         "the operator sets DASK_WORKER_NAME itself"
     );
+}
+
+#[rstest]
+#[case::required(DefaultAffinity::Required, json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+    {"key": "k8s.dask.org/node-purpose", "operator": "In", "values": ["worker"]}
+]}]}}))]
+#[case::none(DefaultAffinity::None, Value::Null)]
+fn affinity_setting(#[case] mode: DefaultAffinity, #[case] node_affinity: Value) {
+    let settings = WorkerDefaults {
+        apply_default_affinity: mode,
+        ..defaults()
+    };
+    let pod = worker_pod(worker(&["dask", "worker", "--nthreads", "1"]));
+    let out = run("Pod", "CREATE", &pod, &settings).expect("mutated");
+    assert_eq!(out["spec"]["affinity"]["nodeAffinity"], node_affinity);
+    assert_eq!(run("Pod", "CREATE", &out, &settings), None, "second pass");
+}
+
+#[test]
+fn affinity_is_added_to_a_pod_without_a_worker_container() {
+    // Like the tolerations, a pod-level default: a worker pod whose worker command line the
+    // policy cannot see (a custom entrypoint) still belongs on the pool.
+    let pod = worker_pod(json!({"name": "w", "image": "example.com/custom-worker"}));
+    let out = default_object("", "Pod", "CREATE", pod, &defaults()).expect("accepted");
+    assert_eq!(
+        out.mutated.expect("mutated")["spec"]["affinity"],
+        AFFINITY()
+    );
+}
+
+#[test]
+fn a_users_affinity_is_kept_beside_the_pools() {
+    let mut pod = worker_pod(worker(&["dask", "worker", "--nthreads", "1"]));
+    let users = json!({
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]},
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}
+    });
+    pod["spec"]["affinity"] = users.clone();
+    let out = run("Pod", "CREATE", &pod, &defaults()).expect("mutated");
+    let mut expected = users;
+    expected["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] =
+        AFFINITY()["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"].clone();
+    assert_eq!(out["spec"]["affinity"], expected);
 }
 
 #[test]
@@ -410,6 +468,7 @@ fn pods_of_replicasets_keep_their_restart_policy() {
 #[case::containers_not_array(json!({"metadata": {"labels": {"dask.org/component": "worker"}}, "spec": {"containers": {}}}), "spec.containers must be an array")]
 #[case::args_not_strings(json!({"metadata": {"labels": {"dask.org/component": "worker"}}, "spec": {"containers": [{"name": "w", "args": ["dask", 1]}]}}), "spec.containers[0].args must be an array of strings")]
 #[case::tolerations_not_array(json!({"metadata": {"labels": {"dask.org/component": "worker"}}, "spec": {"tolerations": "x"}}), "spec.tolerations must be an array")]
+#[case::affinity_not_object(json!({"metadata": {"labels": {"dask.org/component": "worker"}}, "spec": {"affinity": []}}), "spec.affinity must be an object")]
 #[case::not_an_object(json!("pod"), "object must be a JSON object")]
 fn malformed_objects_are_refused_clearly(#[case] object: Value, #[case] message: &str) {
     let error = default_object("", "Pod", "CREATE", object, &defaults()).expect_err("refused");
