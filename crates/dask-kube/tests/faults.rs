@@ -478,7 +478,16 @@ async fn policy_server_killed_under_a_burst_leaves_nothing_half_made() {
     let pending = fixture("pending-worker.yml");
     let up = json_of(&run(
         state.path(),
-        &["-n", &ns.name, "-o", "json", "up", "-f", pending.to_str().unwrap(), "--detach"],
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            pending.to_str().unwrap(),
+            "--detach",
+        ],
     ));
     let name = up["name"].as_str().unwrap().to_owned();
     let server_pods: kube::Api<Pod> = kube::Api::namespaced(kube.clone(), POLICY_SERVER_NS);
@@ -524,7 +533,10 @@ async fn policy_server_killed_under_a_burst_leaves_nothing_half_made() {
         "the kubelet restarted policy-server's container"
     );
     // Once it is back, the same request completes the burst (a no-op if the first one did).
-    let again = run(state.path(), &["-n", &ns.name, "scale", &name, &N.to_string()]);
+    let again = run(
+        state.path(),
+        &["-n", &ns.name, "scale", &name, &N.to_string()],
+    );
     assert!(
         again.status.success(),
         "scale once policy-server is back: {}",
@@ -537,12 +549,19 @@ async fn policy_server_killed_under_a_burst_leaves_nothing_half_made() {
         .filter(|p| !defaulted_by_the_policy(p))
         .filter_map(|p| p.metadata.name.clone())
         .collect();
-    assert!(undefaulted.is_empty(), "pods not defaulted by the policy: {undefaulted:?}");
+    assert!(
+        undefaulted.is_empty(),
+        "pods not defaulted by the policy: {undefaulted:?}"
+    );
     eprintln!(
         "FIGURE fault 11 (policy-server SIGKILLed under a burst of {N} worker pods): the first scale \
          {} with {made_by_first} pods made; the webhook answered again {:.1}s after the kill; a \
          second scale completed to exactly {N}, every pod defaulted by the policy",
-        if first.status.success() { "completed" } else { "stopped" },
+        if first.status.success() {
+            "completed"
+        } else {
+            "stopped"
+        },
         back.as_secs_f64()
     );
     let down = run(state.path(), &["-n", &ns.name, "down", &name]);
@@ -1024,9 +1043,33 @@ async fn kubelet_restart_under_running_pods_keeps_the_containers_and_duplicates_
     })
     .await;
     *restarted_at.lock().unwrap() = Some(started.elapsed());
+    // The pods' stored status is the old kubelets' until the new ones report: wait for each
+    // restarted node's first heartbeat after the restart, then for the pods.
+    let back_wall = k8s_openapi::jiff::Timestamp::now();
+    let node_api = kube::Api::<k8s_openapi::api::core::v1::Node>::all(kube.clone());
     let converged = wait_for(
         "every pod Running and Ready, reported by the new kubelets",
         || async {
+            for node in &nodes {
+                let Ok(n) = node_api.get(node).await else {
+                    return false;
+                };
+                let heartbeat = n
+                    .status
+                    .and_then(|s| s.conditions)
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c.type_ == "Ready")
+                    .and_then(|c| c.last_heartbeat_time)
+                    .map(|t| t.0);
+                if !heartbeat.is_some_and(|t| {
+                    t >= back_wall
+                        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(1))
+                        .unwrap()
+                }) {
+                    return false;
+                }
+            }
             let Ok(pods) = list().await else { return false };
             pods.len() == 3
                 && pods.iter().all(|p| {
