@@ -150,8 +150,21 @@ def worker_pod_problems(pod):
         if not workers <= memory <= workers + memory_headroom():
             problems.append(f"limits.memory {limits.get('memory')} is not {memory_limit} x {nworkers}"
                             f" plus at most memoryHeadroom {memory_headroom()} bytes")
-    if requests != limits:
-        problems.append(f"requests {requests} != limits {limits}")
+    # Requests the template gives are kept (here a small CPU request, so workers fit the
+    # nodes); missing ones are set equal to the limits. Either way none exceeds its limit.
+    for resource in ("cpu", "memory"):
+        if resource not in requests:
+            problems.append(f"no requests.{resource}")
+        elif k8s_quantity(requests[resource], millis=resource == "cpu") > k8s_quantity(
+                limits.get(resource, "0"), millis=resource == "cpu"):
+            problems.append(f"requests.{resource} {requests[resource]} above its limit {limits.get(resource)}")
+    # classic's dedicated-pool preference (the policy's applyDefaultAffinity: preferred).
+    preferred = (spec.get("affinity", {}).get("nodeAffinity", {})
+                 .get("preferredDuringSchedulingIgnoredDuringExecution", []))
+    if not any(term.get("weight") == 100 and {"key": "k8s.dask.org/node-purpose", "operator": "In",
+                                               "values": ["worker"]}
+               in term.get("preference", {}).get("matchExpressions", []) for term in preferred):
+        problems.append("no preferred node affinity k8s.dask.org/node-purpose In [worker]")
     return problems
 
 
