@@ -309,13 +309,18 @@ recipe_pause() {
   strip "$stage/pause"
 }
 
-# docker.io/library/busybox: Debian's busybox-static with a link per applet in /bin, and
-# the few files of upstream's image (passwd, group, /tmp, /root).
+# docker.io/library/busybox (its glibc variant, busybox:glibc): Debian's busybox linked against
+# glibc, with glibc's libraries and nsswitch.conf, a link per applet in /bin, and the few files
+# of upstream's image (passwd, group, /tmp, /root). Not Debian's busybox-static: a static glibc
+# cannot load the resolver's modules, and its wget dies (SIGSEGV) on the first lookup.
 recipe_busybox() {
   local stage="$1" deb="$RUN_DIR/busybox-deb" applet
-  mmdebstrap --mode=root --variant=extract --include=busybox-static --quiet \
+  mmdebstrap --mode=root --variant=extract --include=busybox,libc6 --quiet \
     "$DEBIAN_SUITE" "$deb" "${DEBIAN_SOURCES[@]}"
   install -D -m 0755 "$deb/bin/busybox" "$stage/bin/busybox"
+  mkdir -p "$stage/lib64" "$stage/lib/x86_64-linux-gnu"
+  cp -a "$deb"/lib64/ld-linux-x86-64.so.2 "$stage/lib64/"
+  cp -a "$deb"/lib/x86_64-linux-gnu/*.so* "$stage/lib/x86_64-linux-gnu/"
   rm -rf -- "$deb"
   for applet in $("$stage/bin/busybox" --list); do
     [[ -e "$stage/bin/$applet" ]] || ln -s busybox "$stage/bin/$applet"
@@ -325,6 +330,7 @@ recipe_busybox() {
   chmod 1777 "$stage/tmp"
   printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/home:/bin/false' >"$stage/etc/passwd"
   printf '%s\n' 'root:x:0:' 'nobody:x:65534:' >"$stage/etc/group"
+  printf '%s\n' 'passwd: files' 'group: files' 'hosts: files dns' 'services: files' >"$stage/etc/nsswitch.conf"
 }
 
 # registry.k8s.io/coredns/coredns: the static binary, with the file capability upstream's
@@ -401,7 +407,7 @@ image_args() {
         "${PYTHON_ENV[@]}" --cmd '["python3"]') ;;
     busybox)
       l="$(layer busybox "${DEBIAN_SOURCES[*]}")"
-      IMAGE_ARGS=(--layer "$l" --history "Debian busybox-static" --env "$PATH_ENV" --cmd '["sh"]') ;;
+      IMAGE_ARGS=(--layer "$l" --history "Debian busybox (glibc)" --env "$PATH_ENV" --cmd '["sh"]') ;;
     coredns)
       [[ -x "$NODEPARTS_BIN/coredns" ]] || die "no coredns in $NODEPARTS_BIN"
       l="$(layer coredns "f:$NODEPARTS_BIN/coredns")"
