@@ -13,14 +13,11 @@
 pub mod interpreter_exit;
 pub mod options;
 
-use dask_kube::adapt::AdaptPolicy;
-use dask_kube::cluster::{self, CloseReport, Progress, ProgressFn, UpOptions, UpOutcome};
-use dask_kube::kube_ops::{self, ClusterApi};
-use dask_kube::manifests;
-use dask_kube::{Error, KubeCluster, KubeClusterBuilder, ScaleReport};
+use dask_kube::{
+    AdaptPolicy, CloseReport, ClusterApi, Credentials, Error, KubeCluster, KubeClusterBuilder,
+    Progress, ProgressFn, Reconnect, ScaleReport, SchedulerClient, UpOptions, UpOutcome,
+};
 use dask_worker_spec::{WorkerDefaults, labels};
-use kube::Config;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use options::{ClusterOptions, PodSpecArgs};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -28,7 +25,7 @@ use pyo3::types::PyType;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -224,7 +221,7 @@ impl<F: Future<Output = Vec<String>> + Send + 'static> Drop for Undo<F> {
 /// Deletes whatever exists of cluster `name` (worker pods, scheduler pod, Service), with the
 /// library's one teardown; returns what is left.
 async fn delete_partial_cluster(api: ClusterApi, name: String) -> Vec<String> {
-    cluster::teardown::<cluster::SchedulerClient>(&api, None, &name, true, Some(0))
+    dask_kube::teardown::<SchedulerClient>(&api, None, &name, true, Some(0))
         .await
         .leftovers
 }
@@ -232,7 +229,7 @@ async fn delete_partial_cluster(api: ClusterApi, name: String) -> Vec<String> {
 /// Worker pod names of a cluster.
 async fn worker_pod_names(api: &ClusterApi, name: &str) -> Result<BTreeSet<String>, Error> {
     Ok(api
-        .list_pods(&manifests::selector(name, labels::WORKER))
+        .list_pods(&dask_kube::selector(name, labels::WORKER))
         .await?
         .into_iter()
         .filter_map(|p| p.metadata.name)
@@ -333,58 +330,28 @@ fn prepare(py: Python<'_>, options: String) -> PyResult<Bound<'_, PyAny>> {
     })
 }
 
-/// A client from `auth=KubeConfig(config_file=, context=)`, or `None` for the library's
-/// default chain (in-cluster service account, `$KUBECONFIG`, `~/.kube/config`). Returns
-/// what `kube_ops::connect` returns: client, default namespace, server URL.
-async fn connect_with_kubeconfig(
-    kubeconfig: Option<&Path>,
-    context: Option<&str>,
-) -> Result<Option<(kube::Client, String, String)>, Error> {
+/// The credentials of `auth=KubeConfig(config_file=, context=)`: the default chain
+/// (in-cluster service account, `$KUBECONFIG`, `~/.kube/config`) when neither is given.
+fn credentials_of(kubeconfig: Option<PathBuf>, context: Option<String>) -> Credentials {
     if kubeconfig.is_none() && context.is_none() {
-        return Ok(None);
-    }
-    kube_ops::install_crypto_provider();
-    let options = KubeConfigOptions {
-        context: context.map(str::to_owned),
-        ..KubeConfigOptions::default()
-    };
-    let in_context = context.map_or(String::new(), |c| format!(" (context {c:?})"));
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = Kubeconfig::read_from(path).map_err(|e| Error::Credentials {
-                reason: format!("kubeconfig {}: {e}", path.display()),
-            })?;
-            Config::from_custom_kubeconfig(file, &options).await
+        Credentials::Default
+    } else {
+        Credentials::Kubeconfig {
+            path: kubeconfig,
+            context,
         }
-        None => Config::from_kubeconfig(&options).await,
     }
-    .map_err(|e| Error::Credentials {
-        reason: format!(
-            "kubeconfig {}{in_context}: {e}",
-            kubeconfig.map_or("from $KUBECONFIG or ~/.kube/config".into(), |p| p
-                .display()
-                .to_string())
-        ),
-    })?;
-    let namespace = config.default_namespace.clone();
-    let url = config.cluster_url.to_string();
-    let client = dask_kube::http_client::build_client(config)?;
-    Ok(Some((client, namespace, url)))
 }
 
 async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Error> {
     let messages = Messages::default();
-    let mut builder = options.builder()?.on_progress(messages.progress_fn());
-    if options.kubeconfig.is_some() || options.context.is_some() {
-        // Template errors before credential errors, as `pin` orders them itself.
-        builder.spec(Some("default"))?.worker_pod()?;
-        if let Some((client, namespace, url)) =
-            connect_with_kubeconfig(options.kubeconfig.as_deref(), options.context.as_deref())
-                .await?
-        {
-            builder = builder.client(client, namespace, url);
-        }
-    }
+    let builder = options
+        .builder()?
+        .on_progress(messages.progress_fn())
+        .credentials(credentials_of(
+            options.kubeconfig.clone(),
+            options.context.clone(),
+        ));
     let (builder, api, name) = builder.pin().await?;
     Ok(PendingCluster {
         builder: Mutex::new(Some(builder)),
@@ -424,7 +391,7 @@ impl PendingCluster {
         let guard = self.ops.begin();
         let ops = self.ops.clone();
         let task = runtime().spawn(async move {
-            let outcome = cluster::up(builder, options, &mut interrupt).await;
+            let outcome = dask_kube::up(builder, options, &mut interrupt).await;
             match &outcome {
                 Ok(UpOutcome::Interrupted { report, .. }) => ops.record(report.leftovers.clone()),
                 Err(Error::CleanupIncomplete { leftovers, .. }) => ops.record(leftovers.clone()),
@@ -440,7 +407,10 @@ impl PendingCluster {
             // Finished: nothing is left to interrupt.
             fire_on_drop.disarm();
             let outcome = outcome
-                .map_err(|e| Error::Supervisor(format!("the start of cluster {name} failed: {e}")))
+                .map_err(|e| Error::StartTaskFailed {
+                    cluster: name.clone(),
+                    reason: e.to_string(),
+                })
                 .and_then(|o| o)
                 .map_err(to_py_err)?;
             match outcome {
@@ -551,15 +521,13 @@ fn connect(
     context: Option<String>,
 ) -> PyResult<Bound<'_, PyAny>> {
     interpreter_exit::future_into_py(py, async move {
-        let client = connect_with_kubeconfig(kubeconfig.as_deref(), context.as_deref())
-            .await
-            .map_err(to_py_err)?;
-        let cluster = KubeCluster::connect(
+        let cluster = KubeCluster::from_name(
             &name,
-            namespace.as_deref(),
-            dask_kube::Access::Auto,
-            0,
-            client,
+            Reconnect {
+                namespace,
+                credentials: credentials_of(kubeconfig, context),
+                ..Reconnect::default()
+            },
         )
         .await
         .map_err(to_py_err)?;
@@ -666,7 +634,7 @@ impl NativeCluster {
                         controller_adapts.store(true, Ordering::SeqCst);
                         return Ok(json!({
                             "capped": cap.map(|c| c.to_string()),
-                            "controller": dask_kube::controller::pod_name(&name),
+                            "controller": dask_kube::controller_pod_name(&name),
                             "controller_unavailable": null,
                         }));
                     }
@@ -867,8 +835,7 @@ fn policy_defaults(pod: &str) -> PyResult<Option<String>> {
 /// A worker template file, parsed and checked like `KubeCluster.from_yaml` does, as JSON.
 #[pyfunction]
 fn read_template(path: &str) -> PyResult<String> {
-    let template =
-        dask_kube::template::PodTemplate::from_file(path, "worker").map_err(to_py_err)?;
+    let template = dask_kube::PodTemplate::from_file(path, "worker").map_err(to_py_err)?;
     to_json(&template.pod)
 }
 
@@ -888,7 +855,7 @@ fn init_logging(filter: &str) -> PyResult<()> {
 /// The extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    kube_ops::install_crypto_provider();
+    dask_kube::install_crypto_provider();
     m.add_class::<PendingCluster>()?;
     m.add_class::<NativeCluster>()?;
     m.add_function(wrap_pyfunction!(prepare, m)?)?;

@@ -3,9 +3,10 @@
 //! JSON document ([`ClusterOptions`]); `make_pod_spec(...)`'s as [`PodSpecArgs`]. No I/O
 //! here apart from reading a template file, so every rule is tested with tables.
 
-use dask_kube::config::{ConfigDocument, ConfigSources, DaskConfig, KubeSettings};
-use dask_kube::template::PodTemplate;
-use dask_kube::{Error, KubeCluster, KubeClusterBuilder, Result};
+use dask_kube::{
+    ConfigDocument, ConfigSources, DaskConfig, Error, KubeCluster, KubeClusterBuilder,
+    KubeSettings, PodTemplate, Result,
+};
 use dask_worker_spec::{
     MemoryLimit, TEMPLATE_LOCATIONS, WorkerDefaults, apply_worker_defaults, format_k8s_memory,
     parse_k8s_cpu_millis, parse_k8s_memory,

@@ -12,6 +12,11 @@ use crate::{Error, Result};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
+/// The controller image unless `kubernetes.controller-image` says otherwise: this build's
+/// own version of dask-kube.
+pub const DEFAULT_CONTROLLER_IMAGE: &str =
+    concat!("ghcr.io/dask-on-k8s/dask-kube:", env!("CARGO_PKG_VERSION"));
+
 /// Default of `distributed.dashboard.link`.
 pub const DEFAULT_DASHBOARD_LINK: &str = "{scheme}://{host}:{port}/status";
 
@@ -149,7 +154,7 @@ impl DaskConfig {
     ///
     /// # Example
     /// ```
-    /// use dask_kube::config::{ConfigDocument, ConfigSources, DaskConfig};
+    /// use dask_kube::{ConfigDocument, ConfigSources, DaskConfig};
     /// let sources = ConfigSources {
     ///     documents: vec![ConfigDocument {
     ///         origin: "a.yaml".into(),
@@ -328,7 +333,7 @@ impl DaskConfig {
             controller_image: self
                 .get_str("kubernetes.controller-image")?
                 .filter(|i| !i.is_empty())
-                .unwrap_or_else(|| crate::controller::DEFAULT_IMAGE.to_owned()),
+                .unwrap_or_else(|| DEFAULT_CONTROLLER_IMAGE.to_owned()),
         })
     }
 }

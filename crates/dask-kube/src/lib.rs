@@ -1,14 +1,32 @@
 //! Dask clusters on Kubernetes from a worker pod template: what dask-kubernetes' classic
 //! `KubeCluster` does, as a Rust library and the `dask-kube` CLI.
 //!
-//! A cluster is a scheduler pod (the root owner), a Service named after it, and worker pods
-//! made from the user's template with the worker defaults of `dask-worker-spec` applied
-//! client-side. Every object points at the scheduler pod through `ownerReferences`, so
-//! deleting it cascades through the garbage collector even if dask-kube died.
+//! A cluster is a scheduler pod (the root owner), a Service, and worker pods made from the
+//! user's template with the worker defaults of `dask-worker-spec` applied client-side.
+//! Every object points at the scheduler pod through `ownerReferences`, so deleting it
+//! cascades through the garbage collector even if dask-kube died.
 //!
-//! Pure logic (names, config, manifests, scale-down plans, the adaptive decision) is in its
-//! own modules and tested with tables; [`kube_ops`], [`scheduler_api`] and
-//! [`portforward`] are the thin I/O edges.
+//! # One library, three shells
+//!
+//! The CLI ([`cli`]), the Python package (`crates/dask-kube-py`) and an operator that
+//! reconciles `DaskCluster` resources are shells over the items re-exported here; every
+//! module is private, so what is not in this list is not API (and dead code shows).
+//!
+//! - **Connecting**: [`Credentials`] (default chain, in-cluster, a kubeconfig file and
+//!   context, explicit) open a [`KubeConnection`] (client, default namespace, server URL);
+//!   [`ClusterApi`] is the pod and Service calls of one namespace, retried, with errors
+//!   that say what to do, and batches of creations and deletions under flow control
+//!   ([`ClusterApi::create_pods`], [`ClusterApi::delete_pods`], [`CreateLimits`],
+//!   [`BatchReport`]).
+//! - **What a cluster is made of** (pure): [`PodTemplate`], [`ClusterSpec`] (scheduler
+//!   pod, Service, worker pod manifests), [`Owner`], the labels and selectors.
+//! - **Running clusters**: [`KubeCluster`] (built by [`KubeClusterBuilder`], or reached by
+//!   [`KubeCluster::from_name`]) scales with retire-before-delete, adapts, lists its
+//!   workers, reads logs and closes; the verbs [`up`], [`delete_cluster`], [`cluster_logs`],
+//!   [`list_clusters`], [`supervise`] and [`run_controller`] return typed results.
+//! - **Scaling and adapting** (pure decisions, tested with tables): [`plan_scale_down`],
+//!   [`decide`] with [`AdaptPolicy`] (its damping: `wait_count`, `cooldown`), and
+//!   [`Scaler`], the I/O around them for one cluster's workers, over any [`SchedulerApi`].
 //!
 //! # Example
 //! ```no_run
@@ -25,37 +43,56 @@
 //! # Ok(()) }
 //! ```
 
-pub mod adapt;
-pub mod bench;
+mod adapt;
+mod apiserver;
+mod bench;
 pub mod cli;
-pub mod cluster;
-pub mod config;
-pub mod controller;
-pub mod error;
-pub mod flow;
-pub mod http_client;
-pub mod kube_ops;
-pub mod listing;
-pub mod literal;
-pub mod manifests;
-pub mod names;
-pub mod portforward;
-pub mod pyformat;
-pub mod scaler;
-pub mod scaling;
-pub mod scheduler_api;
-pub mod signals;
-pub mod supervisor;
-pub mod template;
+mod cluster;
+mod config;
+mod controller;
+mod error;
+mod flow;
+mod listing;
+mod literal;
+mod manifests;
+mod names;
+mod portforward;
+mod pyformat;
+mod scaler;
+mod scaling;
+mod scheduler_api;
+mod signals;
+mod supervisor;
+mod template;
 
-pub use adapt::{AdaptPolicy, ScaleDecision, TargetSample, decide};
-pub use cluster::{
-    Access, CloseReport, KubeCluster, KubeClusterBuilder, Progress, UpOptions, UpOutcome, UpReport,
+pub use adapt::{
+    AdaptPolicy, AdaptTuning, DEFAULT_COOLDOWN, DEFAULT_INTERVAL, DEFAULT_WAIT_COUNT, ScaleAction,
+    ScaleDecision, TargetSample, decide,
 };
-pub use error::{Error, Result};
-pub use listing::ClusterRow;
-pub use scaler::CountCap;
-pub use scaler::ScaleReport;
-pub use scaling::{ScaleDownPlan, WorkerPodState, plan_scale_down};
-pub use scheduler_api::SchedulerApi;
+pub use apiserver::{
+    BatchReport, ClusterApi, CreateLimits, Credentials, ExplicitCredentials, KubeConnection,
+    install_crypto_provider,
+};
+pub use cluster::{
+    Access, AttachOptions, CloseReport, DetachOptions, KubeCluster, KubeClusterBuilder, Progress,
+    ProgressFn, Reconnect, SchedulerClient, UpOptions, UpOutcome, UpReport, WorkerInfo,
+    cluster_logs, delete_cluster, no_progress, run_controller, supervise, teardown, up,
+};
+pub use config::{
+    ConfigDocument, ConfigSources, DEFAULT_CONTROLLER_IMAGE, DaskConfig, KubeSettings,
+};
+pub use controller::{
+    SERVICE_ACCOUNT as CONTROLLER_SERVICE_ACCOUNT, pod_name as controller_pod_name,
+};
+pub use error::{Error, Result, exit};
+pub use listing::{ClusterRow, list_clusters};
+pub use manifests::{ClusterSpec, Owner, WorkerPod, selector};
+pub use names::NameVars;
+pub use scaler::{CountCap, ScaleReport, Scaler};
+pub use scaling::{
+    DeleteReason, KeepReason, KeptPod, Placement, PodPhase, RetireTarget, ScaleDownPlan,
+    SchedulerWorker, WorkerCounts, WorkerPodState, address_host, place_workers, plan_scale_down,
+};
+pub use scheduler_api::{HttpSchedulerApi, SchedulerApi, TcpConnect};
+pub use supervisor::{StateDir, SupervisorState, is_supervisor};
 pub use template::PodTemplate;

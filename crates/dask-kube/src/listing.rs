@@ -4,7 +4,7 @@
 //! render.
 
 use crate::Result;
-use crate::kube_ops::ClusterApi;
+use crate::apiserver::ClusterApi;
 use crate::manifests::{self, ADAPT_ANNOTATION, DASHBOARD_PORT, SUPERVISOR_ANNOTATION};
 use crate::scaling::{WorkerCounts, WorkerPodState};
 use crate::supervisor::{self, StateDir};

@@ -4,12 +4,12 @@
 //! half-made cluster, optionally handing over to a detached supervisor), [`delete_cluster`]
 //! (`down`) and [`cluster_logs`].
 
-use super::connection::{LocalPorts, connect_scheduler, wait_scheduler_running};
+use super::reach::{LocalPorts, reach_scheduler, wait_scheduler_running};
 use super::spec::{KubeClusterBuilder, resolve_spec};
-use super::{KubeCluster, Progress, ProgressFn, SchedulerClient};
+use super::{KubeCluster, Progress, ProgressFn, SchedulerClient, open_connection};
 use crate::adapt::AdaptPolicy;
+use crate::apiserver::{ClusterApi, CreateLimits, Credentials};
 use crate::config::format_dashboard_link;
-use crate::kube_ops::{self, ClusterApi, CreateLimits};
 use crate::manifests::{self, DASHBOARD_PORT, Owner, WORKER_TEMPLATE_ANNOTATION};
 use crate::names;
 use crate::scaler::{CountCap, Scaler, cap_count};
@@ -202,21 +202,16 @@ impl KubeClusterBuilder {
         if probe.external_scheduler.is_none() {
             probe.scheduler_pod()?;
         }
-        let (client, default_ns, url) = match self.client.clone() {
-            Some(c) => c,
-            None => {
-                let connected = kube_ops::connect().await?;
-                self.client = Some(connected.clone());
-                connected
-            }
-        };
+        let connection = open_connection(self.connection.clone(), &self.credentials).await?;
+        self.connection = Some(connection.clone());
         if spec.namespace.is_empty() {
-            spec.namespace = default_ns;
+            spec.namespace.clone_from(&connection.namespace);
         }
         let limits = self
             .limits
             .unwrap_or_else(|| CreateLimits::from_setting(settings.max_in_flight));
-        let api = ClusterApi::new(client, spec.namespace.clone(), url).with_limits(limits);
+        let api =
+            ClusterApi::new(connection.in_namespace(spec.namespace.clone())).with_limits(limits);
         Ok((api, spec, settings, config.env().to_vec()))
     }
 
@@ -289,7 +284,7 @@ impl KubeClusterBuilder {
                 "waiting for the scheduler pod to run".into(),
             ));
             wait_scheduler_running(&api, &spec.name).await?;
-            connect_scheduler(&api, &spec.name, self.access, ports, &progress).await
+            reach_scheduler(&api, &spec.name, self.access, ports, &progress).await
         };
         let connected = match tokio::join!(setup, workers) {
             (Ok(v), Ok(())) => v,
@@ -468,6 +463,11 @@ where
         (None, None) => 0,
     };
     let mut builder = builder.initial_workers(requested);
+    // A detached supervisor connects with the same credentials, given as flags.
+    let credential_flags = match &options.detach {
+        Some(_) => credential_args(&builder.credentials)?,
+        None => Vec::new(),
+    };
     // Name and namespace are settled first, so an interrupted start knows what to delete.
     let (api, spec, settings, env) = builder.settle().await?;
     let name = spec.name.clone();
@@ -598,7 +598,8 @@ where
     let comm_port = cluster.local_address().map_or(0, |a| a.port());
     let dashboard_port = cluster.local_dashboard_address().map_or(0, |a| a.port());
     cluster.detach().await?;
-    let mut args = vec![
+    let mut args = credential_flags;
+    args.extend([
         "--namespace".to_owned(),
         report.namespace.clone(),
         "attach".into(),
@@ -608,11 +609,11 @@ where
         comm_port.to_string(),
         "--dashboard-port".into(),
         dashboard_port.to_string(),
-    ];
+    ]);
     if let Some(policy) = &options.adapt
         && report.controller.is_none()
     {
-        args.extend(supervisor::adapt_args(policy));
+        args.extend(policy.cli_args());
     }
     let log = detach.state_dir.log_file(&report.namespace, &report.name);
     let mut child = supervisor::spawn(&detach.exe, &args, &log)?;
@@ -628,6 +629,28 @@ where
     report.dashboard = state.dashboard.clone();
     report.supervisor = Some(state);
     Ok(UpOutcome::Detached(report))
+}
+
+/// The `dask-kube` flags that open a connection with `credentials` (for the detached
+/// supervisor): explicit credentials cannot be passed on a command line.
+fn credential_args(credentials: &Credentials) -> Result<Vec<String>> {
+    match credentials {
+        Credentials::Default | Credentials::InCluster => Ok(Vec::new()),
+        Credentials::Kubeconfig { path, context } => {
+            let mut args = Vec::new();
+            if let Some(path) = path {
+                args.extend(["--kubeconfig".to_owned(), path.display().to_string()]);
+            }
+            if let Some(context) = context {
+                args.extend(["--context".to_owned(), context.clone()]);
+            }
+            Ok(args)
+        }
+        Credentials::Explicit(_) => Err(Error::Usage(
+            "a detached supervisor needs a kubeconfig: explicit credentials cannot be handed to it"
+                .into(),
+        )),
+    }
 }
 
 /// `dask-kube down NAME`: stops this host's supervisor of the cluster, retires its workers

@@ -6,20 +6,24 @@
 //! reaches its scheduler, [`lifecycle`] creates and tears clusters down and runs the verbs
 //! the CLI and the Python module share (`up`, `down`, `logs`).
 
-pub mod connection;
-pub mod lifecycle;
-pub mod spec;
+mod attach;
+mod controller_loop;
+mod lifecycle;
+mod reach;
+mod spec;
 
-pub use connection::{Access, SchedulerClient};
+pub use attach::{AttachOptions, supervise};
+pub use controller_loop::run_controller;
 pub use lifecycle::{
     CloseReport, DetachOptions, UpOptions, UpOutcome, UpReport, cluster_logs, delete_cluster,
-    teardown, up,
+    no_progress, teardown, up,
 };
+pub use reach::{Access, SchedulerClient};
 pub use spec::KubeClusterBuilder;
 
 use crate::adapt::AdaptPolicy;
+use crate::apiserver::{ClusterApi, CreateLimits, Credentials, KubeConnection};
 use crate::config::{DaskConfig, format_dashboard_link};
-use crate::kube_ops::{self, ClusterApi};
 use crate::manifests::{Owner, WORKER_TEMPLATE_ANNOTATION};
 use crate::names;
 use crate::portforward::LocalForwarder;
@@ -29,8 +33,8 @@ use crate::scaling::{
 };
 use crate::scheduler_api::SchedulerApi;
 use crate::{Error, Result};
-use connection::{LocalPorts, connect_scheduler};
 use dask_worker_spec::labels;
+use reach::{LocalPorts, reach_scheduler};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -85,7 +89,7 @@ impl AdaptHandle {
         match self.task.take() {
             Some(task) => task
                 .await
-                .unwrap_or_else(|e| Err(Error::Supervisor(format!("the adapt task failed: {e}")))),
+                .unwrap_or_else(|e| Err(Error::AdaptTaskFailed(e.to_string()))),
             None => Ok(()),
         }
     }
@@ -102,15 +106,34 @@ impl Drop for AdaptHandle {
     }
 }
 
-/// An adapt range must not be empty, wherever the loop runs.
-fn check_range(policy: &AdaptPolicy) -> Result<()> {
-    if policy.minimum > policy.maximum {
-        return Err(Error::Usage(format!(
-            "adapt minimum {} is above maximum {}",
-            policy.minimum, policy.maximum
-        )));
+/// How to reach an existing cluster by name ([`KubeCluster::from_name`]).
+#[derive(Debug, Clone, Default)]
+pub struct Reconnect {
+    /// Its namespace (default: `kubernetes.namespace`, then the credentials').
+    pub namespace: Option<String>,
+    /// How its scheduler is reached.
+    pub access: Access,
+    /// The local port of the scheduler address when port-forwarding (0 picks one).
+    pub local_port: u16,
+    /// The local port of the dashboard when port-forwarding (0 picks one).
+    pub dashboard_port: u16,
+    /// A connection to use (else one is opened with `credentials`).
+    pub connection: Option<KubeConnection>,
+    /// The credentials to open a connection with.
+    pub credentials: Credentials,
+    /// Pacing of pod creations and deletions (default: `kubernetes.max-in-flight`).
+    pub limits: Option<CreateLimits>,
+}
+
+/// `connection`, or one opened with `credentials`.
+pub(crate) async fn open_connection(
+    connection: Option<KubeConnection>,
+    credentials: &Credentials,
+) -> Result<KubeConnection> {
+    match connection {
+        Some(c) => Ok(c),
+        None => KubeConnection::open(credentials).await,
     }
-    Ok(())
 }
 
 /// A worker pod and its scheduler-side state.
@@ -178,41 +201,28 @@ impl KubeCluster {
         Self::builder().start().await
     }
 
-    /// Attaches to an existing cluster by name (for `scale`, `adapt`, `down`, `logs`), with
-    /// local listeners on `local_port` / a free port when port-forwarding.
-    pub async fn connect(
-        name: &str,
-        namespace: Option<&str>,
-        access: Access,
-        local_port: u16,
-        client: Option<(kube::Client, String, String)>,
-    ) -> Result<Self> {
-        Self::connect_with_ports(name, namespace, access, local_port, 0, client).await
-    }
-
-    /// [`KubeCluster::connect`] with both local ports chosen (a detached supervisor keeps
-    /// the ports `up` printed).
-    pub async fn connect_with_ports(
-        name: &str,
-        namespace: Option<&str>,
-        access: Access,
-        local_port: u16,
-        dashboard_port: u16,
-        client: Option<(kube::Client, String, String)>,
-    ) -> Result<Self> {
+    /// Reaches an existing cluster by name (for `scale`, `adapt`, `attach`, the controller
+    /// pod, Python's `KubeCluster.from_name`): its scheduler pod must be one dask-kube made
+    /// (the worker template is read from its annotation).
+    pub async fn from_name(name: &str, reconnect: Reconnect) -> Result<Self> {
+        let Reconnect {
+            namespace,
+            access,
+            local_port,
+            dashboard_port,
+            connection,
+            credentials,
+            limits,
+        } = reconnect;
         names::validate_cluster_name(name)?;
-        let (client, default_ns, url) = match client {
-            Some(c) => c,
-            None => kube_ops::connect().await?,
-        };
+        let connection = open_connection(connection, &credentials).await?;
         let config = DaskConfig::load()?;
         let settings = config.kube_settings()?;
         let namespace = namespace
-            .map(str::to_owned)
             .or(settings.namespace.clone())
-            .unwrap_or(default_ns);
-        let limits = kube_ops::CreateLimits::from_setting(settings.max_in_flight);
-        let api = ClusterApi::new(client, namespace.clone(), url).with_limits(limits);
+            .unwrap_or_else(|| connection.namespace.clone());
+        let limits = limits.unwrap_or_else(|| CreateLimits::from_setting(settings.max_in_flight));
+        let api = ClusterApi::new(connection.in_namespace(namespace.clone())).with_limits(limits);
         let not_found = || Error::ClusterNotFound {
             name: name.to_owned(),
             namespace: namespace.clone(),
@@ -241,7 +251,7 @@ impl KubeCluster {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
         };
         let progress: ProgressFn = Arc::new(|_| {});
-        let connected = connect_scheduler(
+        let connected = reach_scheduler(
             &api,
             name,
             access,
@@ -263,22 +273,12 @@ impl KubeCluster {
         )
     }
 
-    /// Paces this handle's pod creations and deletions (default: `kubernetes.max-in-flight`).
-    /// Takes effect on a handle not yet shared with an adapt loop.
-    #[must_use]
-    pub fn with_create_limits(mut self, limits: kube_ops::CreateLimits) -> Self {
-        if let Some(scaler) = Arc::get_mut(&mut self.scaler) {
-            scaler.set_limits(limits);
-        }
-        self
-    }
-
     /// The handle on a cluster whose scheduler is reachable: the dashboard link formatted
     /// with `distributed.dashboard.link`, and a scaler creating workers owned by `owner`
     /// within `kubernetes.count.max`. Shared by a new cluster and a reconnected one.
     fn assemble(
         api: ClusterApi,
-        connected: connection::Connected,
+        connected: reach::Connected,
         name: String,
         worker_pod: Value,
         owner: Owner,
@@ -379,7 +379,7 @@ impl KubeCluster {
     /// Adapts with a full policy; returns the cap when `kubernetes.count.max` lowered the
     /// maximum.
     pub fn adapt_with(&mut self, policy: AdaptPolicy) -> Result<Option<CountCap>> {
-        check_range(&policy)?;
+        policy.check_range()?;
         let (_, capped) = self.scaler.capped_policy(policy.clone());
         // Replacing a controller: the old one stops at its next step (drop cancels it).
         self.adapt.take();
@@ -409,7 +409,7 @@ impl KubeCluster {
         })?;
         let (policy, capped) = match policy {
             Some(p) => {
-                check_range(p)?;
+                p.check_range()?;
                 let (policy, capped) = self.scaler.capped_policy(p.clone());
                 (Some(policy), capped)
             }
@@ -540,7 +540,7 @@ impl KubeCluster {
         let reason = match api.get_pod(pod).await {
             Ok(Some(full)) => {
                 let logs = api.logs(pod, None).await.unwrap_or_default();
-                connection::describe_ended_pod(&full, &logs)
+                reach::describe_ended_pod(&full, &logs)
             }
             _ => "deleted before it could be described".to_owned(),
         };

@@ -3,8 +3,8 @@
 //! Dask config and the credentials' default namespace.
 
 use super::{Access, ProgressFn};
+use crate::apiserver::{CreateLimits, Credentials, KubeConnection};
 use crate::config::{DaskConfig, KubeSettings};
-use crate::kube_ops::CreateLimits;
 use crate::manifests::ClusterSpec;
 use crate::names::{self, NameVars};
 use crate::template::PodTemplate;
@@ -29,7 +29,8 @@ pub struct KubeClusterBuilder {
     pub(crate) idle_timeout: Option<String>,
     pub(crate) defaults: WorkerDefaults,
     pub(crate) config: Option<DaskConfig>,
-    pub(crate) client: Option<(kube::Client, String, String)>,
+    pub(crate) connection: Option<KubeConnection>,
+    pub(crate) credentials: Credentials,
     pub(crate) access: Access,
     pub(crate) local_port: u16,
     pub(crate) dashboard_port: u16,
@@ -115,15 +116,14 @@ impl KubeClusterBuilder {
         self.config = Some(config);
         self
     }
-    /// A Kubernetes client, its default namespace and server URL (default:
-    /// [`crate::kube_ops::connect`]).
-    pub fn client(
-        mut self,
-        client: kube::Client,
-        default_namespace: impl Into<String>,
-        url: impl Into<String>,
-    ) -> Self {
-        self.client = Some((client, default_namespace.into(), url.into()));
+    /// A connection to the Kubernetes API (default: one opened with the credentials).
+    pub fn connection(mut self, connection: KubeConnection) -> Self {
+        self.connection = Some(connection);
+        self
+    }
+    /// Where credentials come from (default: [`Credentials::Default`]).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
         self
     }
     /// How the scheduler is reached.

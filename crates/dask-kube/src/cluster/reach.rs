@@ -2,7 +2,7 @@
 //! on 127.0.0.1 carried over port-forward streams (one for the comm port, one for the
 //! dashboard). Also waiting for the scheduler pod to run, and saying why when it does not.
 
-use crate::kube_ops::ClusterApi;
+use crate::apiserver::ClusterApi;
 use crate::manifests::{DASHBOARD_PORT, SCHEDULER_PORT};
 use crate::portforward::{LocalForwarder, PodPortConnect};
 use crate::scaling::SchedulerWorker;
@@ -138,7 +138,7 @@ async fn use_service(access: Access, service_host: &str) -> bool {
 
 /// Makes the scheduler reachable: the Service inside the cluster, else local listeners
 /// forwarding to the pod. Waits until its HTTP API answers.
-pub(crate) async fn connect_scheduler(
+pub(crate) async fn reach_scheduler(
     api: &ClusterApi,
     name: &str,
     access: Access,
