@@ -14,8 +14,9 @@ pub mod interpreter_exit;
 pub mod options;
 
 use dask_kube::{
-    AdaptPolicy, CloseReport, ClusterApi, Credentials, Error, KubeCluster, KubeClusterBuilder,
-    Progress, ProgressFn, Reconnect, ScaleReport, SchedulerClient, UpOptions, UpOutcome,
+    AdaptPlacement, AdaptPolicy, AdaptTuning, CloseReport, ClusterApi, Credentials, Error,
+    KubeCluster, KubeClusterBuilder, KubeConnection, Progress, ProgressFn, Reconnect, ScaleReport,
+    SchedulerClient, UpOptions, UpOutcome,
 };
 use dask_worker_spec::{WorkerDefaults, labels};
 use options::{ClusterOptions, PodSpecArgs};
@@ -25,9 +26,8 @@ use pyo3::types::PyType;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{RwLock, oneshot};
@@ -314,6 +314,9 @@ pub struct PendingCluster {
     name: String,
     #[pyo3(get)]
     namespace: String,
+    /// The objects `start` creates (scheduler pod, Service, a worker pod) as JSON.
+    #[pyo3(get)]
+    manifests: String,
     messages: Messages,
     ops: Arc<Ops>,
     interrupt: Interrupt,
@@ -330,32 +333,16 @@ fn prepare(py: Python<'_>, options: String) -> PyResult<Bound<'_, PyAny>> {
     })
 }
 
-/// The credentials of `auth=KubeConfig(config_file=, context=)`: the default chain
-/// (in-cluster service account, `$KUBECONFIG`, `~/.kube/config`) when neither is given.
-fn credentials_of(kubeconfig: Option<PathBuf>, context: Option<String>) -> Credentials {
-    if kubeconfig.is_none() && context.is_none() {
-        Credentials::Default
-    } else {
-        Credentials::Kubeconfig {
-            path: kubeconfig,
-            context,
-        }
-    }
-}
-
 async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Error> {
     let messages = Messages::default();
-    let builder = options
-        .builder()?
-        .on_progress(messages.progress_fn())
-        .credentials(credentials_of(
-            options.kubeconfig.clone(),
-            options.context.clone(),
-        ));
+    let builder = options.builder()?.on_progress(messages.progress_fn());
     let (builder, api, name) = builder.pin().await?;
+    // What `up` will make, for `cluster.pod_template` and `scheduler_pod_template`.
+    let manifests = builder.resolve()?.render(api.namespace())?;
     Ok(PendingCluster {
         builder: Mutex::new(Some(builder)),
         namespace: api.namespace().to_owned(),
+        manifests: to_json(&manifests).map_err(|e| Error::Usage(e.to_string()))?,
         api,
         name,
         messages,
@@ -372,8 +359,7 @@ impl PendingCluster {
     /// `up` deletes what it created.
     ///
     /// [`abort`]: PendingCluster::abort
-    #[pyo3(signature = (n_workers=0))]
-    fn start<'py>(&self, py: Python<'py>, n_workers: usize) -> PyResult<Bound<'py, PyAny>> {
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let builder = self
             .builder
             .lock()
@@ -381,10 +367,7 @@ impl PendingCluster {
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("this cluster was already started"))?;
         let messages = self.messages.clone();
-        let options = UpOptions {
-            workers: (n_workers > 0).then_some(n_workers),
-            ..UpOptions::default()
-        };
+        let options = UpOptions::default();
         let mut interrupt = self.interrupt.arm();
         // `up` runs as its own task, counted in flight until it has finished (cleanup
         // included), so dropping the awaitable interrupts it rather than abandoning it.
@@ -484,8 +467,8 @@ pub struct NativeCluster {
     start_report: Option<String>,
     messages: Messages,
     ops: Arc<Ops>,
-    /// The controller pod adapts (set by `adapt`, cleared by `stop_adapting`).
-    controller_adapts: Arc<AtomicBool>,
+    /// JSON of the worker pod manifest.
+    worker_pod: String,
 }
 
 impl NativeCluster {
@@ -497,10 +480,10 @@ impl NativeCluster {
             namespace: cluster.namespace().to_owned(),
             scheduler_address: cluster.scheduler_address().to_owned(),
             dashboard_link: cluster.dashboard_link().to_owned(),
+            worker_pod: cluster.worker_pod().to_string(),
             cluster: Arc::new(RwLock::new(Some(cluster))),
             messages,
             ops: Arc::default(),
-            controller_adapts: Arc::default(),
         }
     }
 
@@ -509,30 +492,66 @@ impl NativeCluster {
     }
 }
 
-/// Reconnects to a running cluster by name (what `dask-kube attach` does); awaitable
-/// resolving to a [`NativeCluster`].
+/// Reconnects to a running cluster by name (what `dask-kube attach` does); `options` is
+/// JSON of [`options::ReconnectOptions`]. Awaitable resolving to a [`NativeCluster`].
 #[pyfunction]
-#[pyo3(signature = (name, namespace=None, kubeconfig=None, context=None))]
-fn connect(
-    py: Python<'_>,
-    name: String,
-    namespace: Option<String>,
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
-) -> PyResult<Bound<'_, PyAny>> {
+fn connect(py: Python<'_>, name: String, options: String) -> PyResult<Bound<'_, PyAny>> {
+    let options: options::ReconnectOptions = serde_json::from_str(&options)
+        .map_err(|e| json_err("KubeCluster.from_name arguments", e))?;
     interpreter_exit::future_into_py(py, async move {
+        let reconnect = options.reconnect().map_err(to_py_err)?;
+        let connection = KubeConnection::open_first(&options.auth)
+            .await
+            .map_err(to_py_err)?;
         let cluster = KubeCluster::from_name(
             &name,
             Reconnect {
-                namespace,
-                credentials: credentials_of(kubeconfig, context),
-                ..Reconnect::default()
+                connection: Some(connection),
+                ..reconnect
             },
         )
         .await
         .map_err(to_py_err)?;
         Ok(NativeCluster::new(cluster, Messages::default(), None))
     })
+}
+
+/// Checks that one of `credentials` (JSON list of `Credentials`, tried in order) loads:
+/// classic's `await KubeConfig(...).load()`. Awaitable; raises `KubernetesUnreachable`
+/// naming what failed.
+#[pyfunction]
+fn check_credentials(py: Python<'_>, credentials: String) -> PyResult<Bound<'_, PyAny>> {
+    let credentials: Vec<Credentials> =
+        serde_json::from_str(&credentials).map_err(|e| json_err("auth=", e))?;
+    interpreter_exit::future_into_py(py, async move {
+        KubeConnection::open_first(&credentials)
+            .await
+            .map(|_| ())
+            .map_err(to_py_err)
+    })
+}
+
+/// What `KubeCluster(...)` with `options` (JSON of [`ClusterOptions`]) would create, with
+/// no cluster contacted: the resolved request's objects (scheduler pod, Service, a worker
+/// pod) as JSON, in `namespace` when the request leaves it to the credentials.
+#[pyfunction]
+#[pyo3(signature = (options, namespace="default"))]
+fn render(options: &str, namespace: &str) -> PyResult<String> {
+    let options: ClusterOptions =
+        serde_json::from_str(options).map_err(|e| json_err("KubeCluster arguments", e))?;
+    let resolved = options
+        .builder()
+        .and_then(|b| b.resolve())
+        .map_err(to_py_err)?;
+    to_json(&resolved.render(namespace).map_err(to_py_err)?)
+}
+
+/// The threads and memory (bytes) one worker pod brings, as Dask counts them, each `None`
+/// when its flags do not say: what `scale(memory=, cores=)` divides by.
+#[pyfunction]
+fn worker_capacity(pod: &str) -> PyResult<(Option<u64>, Option<u64>)> {
+    let pod: Value = serde_json::from_str(pod).map_err(|e| json_err("pod", e))?;
+    Ok(dask_kube::worker_capacity(&pod))
 }
 
 fn report_json(report: &ScaleReport) -> Value {
@@ -588,67 +607,47 @@ impl NativeCluster {
         })
     }
 
-    /// Starts adapting, replacing what adapted before: in the cluster (its controller pod,
-    /// which goes on without this process) when `in_cluster` and the namespace allows it,
-    /// else the Rust adapt loop in this process. Blocking (one or two API calls), GIL
-    /// released. Returns JSON: `capped` (the `kubernetes.count.max` message), `controller`
-    /// (its pod), `controller_unavailable` (why this process adapts instead).
-    // One argument per Python keyword of `cluster.adapt(...)`.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (minimum, maximum, interval_seconds, wait_count, cooldown_seconds, max_scale_down_step=None, in_cluster=true))]
+    /// Starts adapting with the library's one entry point ([`KubeCluster::adapt_in`]),
+    /// replacing what adapted before: in the cluster (its controller pod, which goes on
+    /// without this process) when `in_cluster` and the namespace allows it, else the Rust
+    /// adapt loop in this process. `minimum` defaults to 0, `maximum` to
+    /// `kubernetes.count.max` (else no cap); `tuning` is JSON of [`dask_kube::AdaptTuning`]
+    /// (seconds). Blocking (one or two API calls), GIL released. Returns JSON of
+    /// [`dask_kube::AdaptStarted`] with the range in effect.
+    #[pyo3(signature = (minimum=None, maximum=None, tuning="{}", in_cluster=true))]
     fn adapt(
         &self,
         py: Python<'_>,
-        minimum: u32,
-        maximum: u32,
-        interval_seconds: f64,
-        wait_count: u32,
-        cooldown_seconds: f64,
-        max_scale_down_step: Option<u32>,
+        minimum: Option<u32>,
+        maximum: Option<u32>,
+        tuning: &str,
         in_cluster: bool,
     ) -> PyResult<String> {
-        let seconds = |v: f64, what: &str| {
-            Duration::try_from_secs_f64(v).map_err(|_| {
-                to_py_err(Error::Usage(format!(
-                    "{what} must be a number of seconds >= 0, not {v}"
-                )))
-            })
-        };
-        let policy = AdaptPolicy {
-            interval: seconds(interval_seconds, "interval")?.max(Duration::from_millis(100)),
-            wait_count: wait_count.max(1),
-            cooldown: seconds(cooldown_seconds, "cooldown")?,
-            max_scale_down_step,
-            ..AdaptPolicy::new(minimum, maximum)
-        };
+        let tuning: AdaptTuning =
+            serde_json::from_str(tuning).map_err(|e| json_err("adapt arguments", e))?;
         let cluster = self.cluster.clone();
         let name = self.name.clone();
-        let controller_adapts = self.controller_adapts.clone();
+        let placement = if in_cluster {
+            AdaptPlacement::ControllerElseHere
+        } else {
+            AdaptPlacement::Here
+        };
         let started = block_on(py, async move {
             let mut lock = cluster.write().await;
             let c = lock.as_mut().ok_or_else(|| NativeCluster::closed(&name))?;
-            let mut unavailable = None;
-            if in_cluster {
-                match c.start_controller(Some(&policy)).await {
-                    Ok(cap) => {
-                        controller_adapts.store(true, Ordering::SeqCst);
-                        return Ok(json!({
-                            "capped": cap.map(|c| c.to_string()),
-                            "controller": dask_kube::controller_pod_name(&name),
-                            "controller_unavailable": null,
-                        }));
-                    }
-                    Err(e) => unavailable = Some(python_message(&e)),
-                }
-            } else if controller_adapts.load(Ordering::SeqCst) {
-                c.stop_controller().await?;
-                controller_adapts.store(false, Ordering::SeqCst);
-            }
-            let cap = c.adapt_with(policy)?;
-            Ok(json!({
-                "capped": cap.map(|c| c.to_string()),
-                "controller": null,
-                "controller_unavailable": unavailable,
+            let maximum = maximum.or(c.count_max()).unwrap_or(u32::MAX);
+            let policy = AdaptPolicy::from_tuning(minimum.unwrap_or(0), maximum, &tuning)?;
+            let (minimum, maximum) = (policy.minimum, policy.maximum);
+            let started = c.adapt_in(policy, placement).await?;
+            let maximum = started
+                .capped
+                .map_or(maximum, |cap| u32::try_from(cap.max).unwrap_or(u32::MAX));
+            Ok::<_, Error>(json!({
+                "minimum": minimum.min(maximum),
+                "maximum": maximum,
+                "capped": started.capped,
+                "controller": started.controller,
+                "controller_unavailable": started.controller_unavailable,
             }))
         })
         .map_err(to_py_err)?;
@@ -659,28 +658,30 @@ impl NativeCluster {
     /// awaitable.
     fn stop_adapting<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
-        let controller_adapts = self.controller_adapts.clone();
         interpreter_exit::future_into_py(py, async move {
             let mut lock = cluster.write().await;
-            let Some(c) = lock.as_mut() else {
-                return Ok(());
-            };
-            if controller_adapts.load(Ordering::SeqCst) {
-                c.stop_controller().await.map_err(to_py_err)?;
-                controller_adapts.store(false, Ordering::SeqCst);
+            match lock.as_mut() {
+                Some(c) => c.stop_all_adapting().await.map_err(to_py_err),
+                None => Ok(()),
             }
-            c.stop_adapting().await.map_err(to_py_err)
         })
     }
 
     /// Whether something adapts: the loop in this process, or the controller pod.
     fn is_adapting(&self) -> bool {
-        self.controller_adapts.load(Ordering::SeqCst)
-            || self
-                .cluster
-                .try_read()
-                .map(|c| c.as_ref().is_some_and(KubeCluster::is_adapting))
-                .unwrap_or(false)
+        self.cluster
+            .try_read()
+            .map(|c| {
+                c.as_ref()
+                    .is_some_and(|c| c.is_adapting() || c.controller_adapts())
+            })
+            .unwrap_or(false)
+    }
+
+    /// The worker pod manifest new workers are made from, as JSON.
+    #[getter]
+    fn worker_pod(&self) -> String {
+        self.worker_pod.clone()
     }
 
     /// Worker pods and their connection state; awaitable resolving to JSON.
@@ -832,11 +833,22 @@ fn policy_defaults(pod: &str) -> PyResult<Option<String>> {
     out.mutated.map(|p| to_json(&p)).transpose()
 }
 
-/// A worker template file, parsed and checked like `KubeCluster.from_yaml` does, as JSON.
+/// Classic's `clean_pod_template(pod, apply_default_affinity=, pod_type=)`: the pod (JSON)
+/// with the dedicated-pool affinity of `component` that `mode` asks for, as JSON.
 #[pyfunction]
-fn read_template(path: &str) -> PyResult<String> {
-    let template = dask_kube::PodTemplate::from_file(path, "worker").map_err(to_py_err)?;
-    to_json(&template.pod)
+fn apply_default_affinity(pod: &str, component: &str, mode: &str) -> PyResult<String> {
+    let mut pod: Value = serde_json::from_str(pod).map_err(|e| json_err("pod", e))?;
+    let mode: dask_kube::AffinityMode = mode.parse().map_err(to_py_err)?;
+    let component = match component {
+        "worker" | "scheduler" => component,
+        other => {
+            return Err(to_py_err(Error::Usage(format!(
+                "pod_type {other:?}: \"worker\" or \"scheduler\""
+            ))));
+        }
+    };
+    dask_kube::default_affinity(&mut pod, component, mode).map_err(to_py_err)?;
+    to_json(&pod)
 }
 
 /// Sends the library's tracing events to stderr, filtered like `RUST_LOG`
@@ -860,9 +872,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeCluster>()?;
     m.add_function(wrap_pyfunction!(prepare, m)?)?;
     m.add_function(wrap_pyfunction!(connect, m)?)?;
+    m.add_function(wrap_pyfunction!(check_credentials, m)?)?;
+    m.add_function(wrap_pyfunction!(render, m)?)?;
+    m.add_function(wrap_pyfunction!(worker_capacity, m)?)?;
     m.add_function(wrap_pyfunction!(make_pod_spec, m)?)?;
     m.add_function(wrap_pyfunction!(policy_defaults, m)?)?;
-    m.add_function(wrap_pyfunction!(read_template, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_default_affinity, m)?)?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     m.add_function(wrap_pyfunction!(
         interpreter_exit::close_at_interpreter_exit,

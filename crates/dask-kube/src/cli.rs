@@ -8,14 +8,16 @@ use crate::apiserver::{
     ClusterApi, CreateLimits, Credentials, KubeConnection, offline_default_namespace,
 };
 use crate::cluster::{
-    AttachOptions, DetachOptions, KubeCluster, Progress, ProgressFn, Reconnect, UpOptions,
-    UpOutcome, UpReport, cluster_logs, delete_cluster, run_controller, supervise,
+    AdaptPlacement, AttachOptions, DEFAULT_WAIT_TIMEOUT, DetachOptions, KubeCluster, Progress,
+    ProgressFn, Reconnect, UpOptions, UpOutcome, UpReport, cluster_logs, delete_cluster,
+    run_controller, supervise,
 };
 use crate::config::DaskConfig;
 use crate::error::exit;
 use crate::listing::{ClusterRow, list_clusters};
 use crate::manifests::ADAPT_ANNOTATION;
 use crate::names;
+use crate::request::{AdaptRequest, ClusterRequest, TemplateSource};
 use crate::scaler::CountCap;
 use crate::signals;
 use crate::supervisor::StateDir;
@@ -224,15 +226,9 @@ pub enum Command {
     },
     /// Print the manifests `up` would create; needs no cluster.
     Render {
-        /// Worker pod template.
-        #[arg(long, short = 'f')]
-        file: Option<PathBuf>,
-        /// Name template.
-        #[arg(long)]
-        name: Option<String>,
-        /// Scheduler pod template.
-        #[arg(long)]
-        scheduler_template: Option<PathBuf>,
+        /// What the cluster is made of.
+        #[command(flatten)]
+        cluster: ClusterFlags,
     },
     /// Keep the local scheduler address (and optionally adapting) alive for an existing
     /// cluster; `up --detach` runs this in the background.
@@ -273,22 +269,27 @@ pub enum Command {
     },
 }
 
-/// `up` arguments.
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    /// Worker pod template (default: kubernetes.worker-template-path / worker-template).
-    #[arg(long, short = 'f')]
+/// What a cluster is made of: the flags `up` and `render` share, mapped to a
+/// [`ClusterRequest`] and nothing more ([`ClusterFlags::request`]); the library settles the
+/// rest from the Dask config.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterFlags {
+    /// Worker pod template; `$VAR`/`${VAR}` are expanded from the environment (default:
+    /// kubernetes.worker-template-path / worker-template, else --image / kubernetes.image).
+    #[arg(long, short = 'f', conflicts_with = "image")]
     pub file: Option<PathBuf>,
-    /// Start this many workers.
-    #[arg(long, conflicts_with = "adapt")]
-    pub workers: Option<usize>,
-    /// Adapt between MIN:MAX workers.
+    /// A worker pod running this image (`dask worker`) instead of a template.
     #[arg(long)]
-    pub adapt: Option<AdaptRange>,
+    pub image: Option<String>,
+    /// Environment variable of the scheduler and the workers (repeatable), over
+    /// kubernetes.env.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
     /// Name template (default: kubernetes.name, `dask-{user}-{uuid}`).
     #[arg(long)]
     pub name: Option<String>,
-    /// Scheduler pod template (default: derived from the worker template).
+    /// Scheduler pod template (default: kubernetes.scheduler-template, else derived from
+    /// the worker template).
     #[arg(long)]
     pub scheduler_template: Option<PathBuf>,
     /// Extra `dask scheduler` option (repeatable), e.g. `--scheduler-option=--idle-timeout=3600`.
@@ -311,6 +312,79 @@ pub struct UpArgs {
     /// cluster's controller pod deletes the cluster.
     #[arg(long)]
     pub idle_timeout: Option<String>,
+    /// The Service's type: ClusterIP, NodePort or LoadBalancer (default:
+    /// kubernetes.scheduler-service-type, else ClusterIP).
+    #[arg(long)]
+    pub scheduler_service_type: Option<String>,
+    /// Classic's dedicated-pool node affinity: preferred, required or none (default:
+    /// kubernetes.apply-default-affinity, else preferred).
+    #[arg(long)]
+    pub apply_default_affinity: Option<String>,
+    /// Start Jupyter on the scheduler (`dask scheduler --jupyter`).
+    #[arg(long)]
+    pub jupyter: bool,
+}
+
+/// `NAME=VALUE`.
+fn parse_env(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
+}
+
+impl ClusterFlags {
+    /// The request these flags ask for.
+    pub fn request(&self) -> Result<ClusterRequest> {
+        let ClusterFlags {
+            file,
+            image,
+            env,
+            name,
+            scheduler_template,
+            scheduler_options,
+            scheduler_address,
+            scheduler_api_address,
+            target_duration,
+            idle_timeout,
+            scheduler_service_type,
+            apply_default_affinity,
+            jupyter,
+        } = self;
+        Ok(ClusterRequest {
+            worker_template: file.clone().map(TemplateSource::File),
+            scheduler_template: scheduler_template.clone().map(TemplateSource::File),
+            image: image.clone(),
+            env: env.iter().cloned().collect(),
+            name: name.clone(),
+            scheduler_options: scheduler_options.clone(),
+            scheduler_address: scheduler_address.clone(),
+            scheduler_api_address: scheduler_api_address.clone(),
+            target_duration: target_duration.clone(),
+            idle_timeout: idle_timeout.clone(),
+            scheduler_service_type: scheduler_service_type.clone(),
+            apply_default_affinity: apply_default_affinity
+                .as_deref()
+                .map(str::parse)
+                .transpose()?,
+            jupyter: *jupyter,
+            ..ClusterRequest::default()
+        })
+    }
+}
+
+/// `up` arguments.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// What the cluster is made of.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+    /// Start this many workers (default: kubernetes.count.start, else 0).
+    #[arg(long, conflicts_with = "adapt")]
+    pub workers: Option<usize>,
+    /// Adapt between MIN:MAX workers.
+    #[arg(long)]
+    pub adapt: Option<AdaptRange>,
     /// With `--adapt`: adapt from this process (or its detached supervisor) instead of the
     /// cluster's controller pod.
     #[arg(long, requires = "adapt")]
@@ -322,11 +396,29 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 0)]
     pub local_port: u16,
     /// Seconds to wait for the workers to connect.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = DEFAULT_WAIT_TIMEOUT.as_secs())]
     pub wait_timeout: u64,
     /// Adapt tuning.
     #[command(flatten)]
     pub tuning: AdaptFlags,
+}
+
+impl UpArgs {
+    /// The request `up` makes, in `namespace` (the global `--namespace`).
+    pub fn request(&self, namespace: Option<&str>) -> Result<ClusterRequest> {
+        Ok(ClusterRequest {
+            namespace: namespace.map(str::to_owned),
+            n_workers: self.workers,
+            adapt: self.adapt.map(|range| AdaptRequest {
+                minimum: Some(range.min),
+                maximum: Some(range.max),
+                tuning: self.tuning.tuning(),
+                here: self.adapt_here,
+            }),
+            local_port: self.local_port,
+            ..self.cluster.request()?
+        })
+    }
 }
 
 /// Text or JSON output, and a progress bar on a terminal.
@@ -431,11 +523,7 @@ pub async fn run(cli: Cli) -> i32 {
         } => controller(&name, adapt, &tuning, &target).await,
         Command::Logs { name, worker } => logs(&name, worker.as_deref(), &target).await,
         Command::Down { name } => down(&name, &target, &ui).await,
-        Command::Render {
-            file,
-            name,
-            scheduler_template,
-        } => render(file, name, scheduler_template, &target, &ui),
+        Command::Render { cluster } => render(&cluster, &target, &ui),
         Command::Attach {
             name,
             adapt,
@@ -520,65 +608,20 @@ fn up_json(report: &UpReport) -> serde_json::Value {
 }
 
 async fn up(args: UpArgs, target: &Target, ui: &Ui) -> Result<i32> {
-    let UpArgs {
-        file,
-        workers,
-        adapt,
-        name,
-        scheduler_template,
-        scheduler_options,
-        scheduler_address,
-        scheduler_api_address,
-        target_duration,
-        idle_timeout,
-        adapt_here,
-        detach,
-        local_port,
-        wait_timeout,
-        tuning,
-    } = args;
-    if detach && scheduler_address.is_some() {
+    if args.detach && args.cluster.scheduler_address.is_some() {
         return Err(Error::Usage(
             "--detach needs a scheduler pod; it cannot be used with --scheduler-address".into(),
         ));
     }
     let mut builder = KubeCluster::builder()
+        .request(args.request(target.namespace.as_deref())?)
         .on_progress(ui.progress())
-        .local_port(local_port)
         .credentials(target.credentials.clone());
     if let Some(limits) = target.limits {
         builder = builder.create_limits(limits);
     }
-    if let Some(file) = file {
-        builder = builder.worker_template(PodTemplate::from_file(file, "worker")?);
-    }
-    if let Some(path) = scheduler_template {
-        builder = builder.scheduler_template(PodTemplate::from_file(path, "scheduler")?);
-    }
-    if let Some(ns) = &target.namespace {
-        builder = builder.namespace(ns);
-    }
-    if let Some(name) = name {
-        builder = builder.name_template(name);
-    }
-    if let Some(address) = scheduler_address {
-        builder = builder.scheduler_address(address);
-    }
-    if let Some(address) = scheduler_api_address {
-        builder = builder.scheduler_api_address(address);
-    }
-    builder = builder.scheduler_options(scheduler_options);
-    if let Some(duration) = target_duration {
-        builder = builder.adaptive_target_duration(duration);
-    }
-    if let Some(timeout) = idle_timeout {
-        builder = builder.idle_timeout(timeout);
-    }
     let options = UpOptions {
-        adapt_here,
-        workers,
-        adapt: adapt.map(|r| tuning.policy(r)).transpose()?,
-        detach: if detach {
+        detach: if args.detach {
             Some(DetachOptions {
                 exe: std::env::current_exe()
                     .map_err(|e| Error::io("locating the dask-kube executable", e))?,
@@ -587,10 +630,10 @@ async fn up(args: UpArgs, target: &Target, ui: &Ui) -> Result<i32> {
         } else {
             None
         },
-        wait_timeout: Duration::from_secs(wait_timeout),
+        wait_timeout: Duration::from_secs(args.wait_timeout),
     };
     let mut signal = interruption()?;
-    let outcome = crate::cluster::up(builder, options, &mut signal).await?;
+    let outcome = crate::up(builder, options, &mut signal).await?;
     if let UpOutcome::Running(_, report) | UpOutcome::Detached(report) = &outcome {
         note_controller(report);
     }
@@ -812,18 +855,21 @@ async fn adapt(
     };
     let policy = tuning.policy(range)?;
     if !foreground {
-        let capped = cluster.start_controller(Some(&policy)).await.inspect_err(|_| {
-            eprintln!(
-                "{name}: cannot adapt in the cluster; apply crates/dask-kube/deploy/rbac.yaml in namespace {}, or adapt from here with --foreground",
-                cluster.namespace()
-            );
-        })?;
-        note_cap(capped);
-        let maximum = capped.map_or(range.max as usize, |c| c.max);
+        let started = cluster
+            .adapt_in(policy, AdaptPlacement::Controller)
+            .await
+            .inspect_err(|_| {
+                eprintln!(
+                    "{name}: cannot adapt in the cluster; apply crates/dask-kube/deploy/rbac.yaml in namespace {}, or adapt from here with --foreground",
+                    cluster.namespace()
+                );
+            })?;
+        note_cap(started.capped);
+        let maximum = started.capped.map_or(range.max as usize, |c| c.max);
         eprintln!(
             "{name} adapts between {}:{maximum} workers in the cluster (pod {}), with no client; `dask-kube adapt {name} --off` stops it",
             range.min.min(u32::try_from(maximum).unwrap_or(u32::MAX)),
-            crate::controller::pod_name(name)
+            started.controller.unwrap_or_default()
         );
         cluster.detach().await?;
         return Ok(exit::OK);
@@ -838,9 +884,9 @@ async fn adapt(
     {
         warn!(%other, "a detached supervisor also adapts this cluster; the two controllers will fight");
     }
-    let capped = cluster.adapt_with(policy.clone())?;
-    note_cap(capped);
-    let maximum = capped.map_or(range.max as usize, |c| c.max);
+    let started = cluster.adapt_in(policy, AdaptPlacement::Here).await?;
+    note_cap(started.capped);
+    let maximum = started.capped.map_or(range.max as usize, |c| c.max);
     eprintln!(
         "adapting {name} between {}:{maximum} workers; Ctrl-C stops adapting (the cluster stays)",
         range.min.min(u32::try_from(maximum).unwrap_or(u32::MAX))
@@ -893,28 +939,11 @@ async fn down(name: &str, target: &Target, ui: &Ui) -> Result<i32> {
     })
 }
 
-fn render(
-    file: Option<PathBuf>,
-    name: Option<String>,
-    scheduler_template: Option<PathBuf>,
-    target: &Target,
-    ui: &Ui,
-) -> Result<i32> {
-    let mut builder = KubeCluster::builder();
-    if let Some(file) = file {
-        builder = builder.worker_template(PodTemplate::from_file(file, "worker")?);
-    }
-    if let Some(path) = scheduler_template {
-        builder = builder.scheduler_template(PodTemplate::from_file(path, "scheduler")?);
-    }
-    if let Some(ns) = &target.namespace {
-        builder = builder.namespace(ns);
-    }
-    if let Some(name) = name {
-        builder = builder.name_template(name);
-    }
-    let spec = builder.spec(Some(&offline_default_namespace(&target.credentials)))?;
-    let objects = spec.render()?;
+fn render(cluster: &ClusterFlags, target: &Target, ui: &Ui) -> Result<i32> {
+    let mut request = cluster.request()?;
+    request.namespace.clone_from(&target.namespace);
+    let resolved = KubeCluster::builder().request(request).resolve()?;
+    let objects = resolved.render(&offline_default_namespace(&target.credentials))?;
     let mut text = String::new();
     for object in &objects {
         text.push_str("---\n");
@@ -1073,7 +1102,7 @@ mod tests {
         };
         assert_eq!(cli.namespace.as_deref(), Some("team"));
         assert_eq!(up.adapt, Some(AdaptRange { min: 1, max: 4 }));
-        assert_eq!(up.scheduler_options, vec!["--idle-timeout=60"]);
+        assert_eq!(up.cluster.scheduler_options, vec!["--idle-timeout=60"]);
         assert!(up.detach);
     }
 

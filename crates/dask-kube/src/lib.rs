@@ -58,6 +58,7 @@ mod manifests;
 mod names;
 mod portforward;
 mod pyformat;
+mod request;
 mod scaler;
 mod scaling;
 mod scheduler_api;
@@ -74,9 +75,10 @@ pub use apiserver::{
     install_crypto_provider,
 };
 pub use cluster::{
-    Access, AttachOptions, CloseReport, DetachOptions, KubeCluster, KubeClusterBuilder, Progress,
-    ProgressFn, Reconnect, SchedulerClient, UpOptions, UpOutcome, UpReport, WorkerInfo,
-    cluster_logs, delete_cluster, no_progress, run_controller, supervise, teardown, up,
+    Access, AdaptPlacement, AdaptStarted, AttachOptions, CloseReport, DEFAULT_WAIT_TIMEOUT,
+    DetachOptions, KubeCluster, KubeClusterBuilder, Progress, ProgressFn, Reconnect,
+    SchedulerClient, UpOptions, UpOutcome, UpReport, WorkerInfo, cluster_logs, delete_cluster,
+    no_progress, run_controller, supervise, teardown, up,
 };
 pub use config::{
     ConfigDocument, ConfigSources, DEFAULT_CONTROLLER_IMAGE, DaskConfig, KubeSettings,
@@ -86,8 +88,14 @@ pub use controller::{
 };
 pub use error::{Error, Result, exit};
 pub use listing::{ClusterRow, list_clusters};
-pub use manifests::{ClusterSpec, Owner, WorkerPod, selector};
+pub use manifests::{
+    ClusterSpec, Owner, ServiceType, WorkerPod, default_affinity, selector, service_name,
+};
 pub use names::NameVars;
+pub use request::{
+    AdaptRequest, AffinityMode, ClusterRequest, DEFAULT_WORKER_COMMAND, ResolvedCluster,
+    TemplateSource, WorkerCommand, expand_environment_variables, image_worker_pod, worker_capacity,
+};
 pub use scaler::{CountCap, ScaleReport, Scaler};
 pub use scaling::{
     DeleteReason, KeepReason, KeptPod, Placement, PodPhase, RetireTarget, ScaleDownPlan,

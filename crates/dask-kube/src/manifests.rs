@@ -3,6 +3,7 @@
 //! client-side by `dask-worker-spec` (so pods are right on clusters without the policy, and
 //! the policy finds nothing to change on clusters with it).
 
+use crate::request::AffinityMode;
 use crate::template::PodTemplate;
 use crate::{Error, Result};
 use dask_worker_spec::{
@@ -58,10 +59,62 @@ pub struct ClusterSpec {
     pub defaults: WorkerDefaults,
     /// A scheduler that already runs elsewhere (no scheduler pod, no Service).
     pub external_scheduler: Option<String>,
+    /// That scheduler's HTTP server (`host:port`), when not its host at port 8787.
+    pub external_scheduler_api: Option<String>,
     /// `distributed.adaptive.target-duration` for the scheduler: the scheduler's
     /// `/api/v1/adaptive_target` reads it from its own configuration, so this is where
     /// `adapt(..., target_duration=...)` of dask-kubernetes takes effect.
     pub adaptive_target_duration: Option<String>,
+    /// The Service's type.
+    pub service_type: ServiceType,
+    /// Classic's dedicated-pool node affinity for the scheduler and worker pods.
+    pub affinity: AffinityMode,
+}
+
+/// The type of the scheduler's Service (`scheduler_service_type=`): how it is reached from
+/// outside the cluster. dask-kube itself reaches it through port-forward or its DNS name,
+/// whichever the type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    /// Inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Also behind a cloud load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+impl std::str::FromStr for ServiceType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ClusterIP" => Ok(ServiceType::ClusterIP),
+            "NodePort" => Ok(ServiceType::NodePort),
+            "LoadBalancer" => Ok(ServiceType::LoadBalancer),
+            other => Err(Error::Usage(format!(
+                "scheduler service type {other:?}: ClusterIP, NodePort or LoadBalancer"
+            ))),
+        }
+    }
+}
+
+/// The scheduler's Service of cluster `cluster`: `<cluster>-scheduler`, as the
+/// dask-kubernetes operator names it (its users' code and docs reach
+/// `tcp://<cluster>-scheduler.<namespace>:8786`).
+pub fn service_name(cluster: &str) -> String {
+    format!("{cluster}-scheduler")
 }
 
 /// Env var the scheduler reads `distributed.adaptive.target-duration` from.
@@ -169,7 +222,11 @@ impl ClusterSpec {
     pub fn worker_scheduler_address(&self) -> String {
         match &self.external_scheduler {
             Some(address) => address.clone(),
-            None => format!("tcp://{}.{}:{SCHEDULER_PORT}", self.name, self.namespace),
+            None => format!(
+                "tcp://{}.{}:{SCHEDULER_PORT}",
+                service_name(&self.name),
+                self.namespace
+            ),
         }
     }
 
@@ -242,6 +299,7 @@ impl ClusterSpec {
             .and_then(Value::as_object_mut)
             .ok_or_else(|| invalid_scheduler(&origin, "spec is missing"))?;
         spec.insert("restartPolicy".into(), json!("Never"));
+        apply_default_affinity(spec, labels::SCHEDULER, self.affinity);
         let container = spec
             .get_mut("containers")
             .and_then(Value::as_array_mut)
@@ -275,62 +333,49 @@ impl ClusterSpec {
         Ok(pod)
     }
 
-    /// A scheduler pod template from the worker template: its image, pull settings, env,
-    /// service account and placement, none of its worker-only parts (args, resources,
-    /// worker tolerations, volumes).
+    /// A scheduler pod template from the worker template, as classic dask-kubernetes
+    /// derives it: the whole pod (volumes, resources, placement, service account, pull
+    /// secrets, security context, annotations) with its first container running the
+    /// scheduler. Dropped: what only a worker uses (its command and args, ports and probes,
+    /// the scheduler address and worker name variables) and other containers (a second
+    /// container would make the scheduler's log ambiguous to read).
     fn derive_scheduler_template(&self) -> Value {
-        let worker = &self.worker.pod;
-        let first = worker.pointer("/spec/containers/0");
-        let mut container = Map::new();
-        container.insert("name".into(), json!(SCHEDULER_CONTAINER));
-        for key in ["image", "imagePullPolicy", "envFrom", "securityContext"] {
-            if let Some(v) = first.and_then(|c| c.get(key)).filter(|v| !v.is_null()) {
-                container.insert(key.into(), v.clone());
+        let mut pod = self.worker.pod.clone();
+        if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
+            let first = spec
+                .get("containers")
+                .and_then(Value::as_array)
+                .and_then(|c| c.first())
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            let mut container = first.as_object().cloned().unwrap_or_default();
+            for key in [
+                "command",
+                "args",
+                "ports",
+                "readinessProbe",
+                "livenessProbe",
+                "startupProbe",
+            ] {
+                container.remove(key);
             }
-        }
-        if let Some(env) = first.and_then(|c| c.get("env")).and_then(Value::as_array) {
-            let kept: Vec<Value> = env
-                .iter()
-                .filter(|e| {
+            container.insert("name".into(), json!(SCHEDULER_CONTAINER));
+            if let Some(env) = container.get_mut("env").and_then(Value::as_array_mut) {
+                env.retain(|e| {
                     let name = e.get("name").and_then(Value::as_str).unwrap_or_default();
                     name != SCHEDULER_ADDRESS_ENV && name != dask_worker_spec::WORKER_NAME_ENV
-                })
-                .cloned()
-                .collect();
-            if !kept.is_empty() {
-                container.insert("env".into(), Value::Array(kept));
+                });
             }
+            spec.insert("containers".into(), json!([container]));
         }
-        let mut spec = Map::new();
-        spec.insert("containers".into(), json!([container]));
-        for key in [
-            "imagePullSecrets",
-            "serviceAccountName",
-            "nodeSelector",
-            "securityContext",
-            "priorityClassName",
-        ] {
-            if let Some(v) = worker
-                .pointer(&format!("/spec/{key}"))
-                .filter(|v| !v.is_null())
-            {
-                spec.insert(key.into(), v.clone());
-            }
-        }
-        let mut metadata = Map::new();
-        if let Some(a) = worker
-            .pointer("/metadata/annotations")
-            .filter(|v| v.is_object())
-        {
-            metadata.insert("annotations".into(), a.clone());
-        }
-        json!({"metadata": metadata, "spec": spec})
+        pod
     }
 
-    /// The scheduler Service: ClusterIP, 8786 `tcp-comm` and 8787 `http-dashboard`.
+    /// The scheduler Service `<name>-scheduler` ([`service_name`]): 8786 `tcp-comm` and
+    /// 8787 `http-dashboard`, of [`ClusterSpec::service_type`].
     pub fn service(&self, owner: Option<&Owner>) -> Value {
         let mut metadata = json!({
-            "name": self.name,
+            "name": service_name(&self.name),
             "namespace": self.namespace,
             "labels": self.labels(labels::SCHEDULER),
         });
@@ -342,7 +387,7 @@ impl ClusterSpec {
             "kind": "Service",
             "metadata": metadata,
             "spec": {
-                "type": "ClusterIP",
+                "type": self.service_type.as_str(),
                 "selector": {
                     labels::CLUSTER_NAME: self.name,
                     labels::COMPONENT: labels::SCHEDULER,
@@ -408,6 +453,9 @@ impl ClusterSpec {
         let spec = pod_map
             .get_mut("spec")
             .ok_or_else(|| invalid_worker(origin, "spec is missing"))?;
+        if let Some(spec) = spec.as_object_mut() {
+            apply_default_affinity(spec, labels::WORKER, self.affinity);
+        }
         let defaulted = apply_worker_defaults(spec, "spec", PodSpecRules::BARE_POD, &self.defaults)
             .map_err(|source| Error::WorkerDefaults {
                 origin: origin.clone(),
@@ -475,8 +523,43 @@ pub fn set_owner(object: &mut Value, owner: &Owner) {
     }
 }
 
+/// Classic's `clean_pod_template` for a whole pod (its `spec`): the dedicated-pool affinity
+/// of `component` (`worker` or `scheduler`) that `mode` asks for ([`apply_default_affinity`]'s
+/// seam).
+pub fn default_affinity(pod: &mut Value, component: &str, mode: AffinityMode) -> Result<()> {
+    let spec = pod
+        .get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| Error::InvalidTemplate {
+            what: if component == labels::SCHEDULER {
+                "scheduler"
+            } else {
+                "worker"
+            },
+            origin: "the pod".into(),
+            reason: "spec is missing or not a mapping".into(),
+        })?;
+    apply_default_affinity(spec, component, mode);
+    Ok(())
+}
+
+/// SEAM for classic's `apply_default_affinity` (the `k8s.dask.org/node-purpose In
+/// [component]` node affinity and the component's dedicated-node tolerations, `mode`
+/// deciding preferred, required or none): the pure function is being written in
+/// `dask-worker-spec` (issue 22, `apply_default_affinity`), and is called here once it has
+/// landed. Until then no affinity is added, whatever `mode` says; the mode is settled and
+/// carried (request, config key, CLI flag, Python argument) so only this body changes.
+fn apply_default_affinity(
+    _pod_spec: &mut Map<String, Value>,
+    _component: &str,
+    _mode: AffinityMode,
+) {
+}
+
 /// Sets an env var on a container; `replace` decides whether an existing one is overwritten.
-fn set_env(container: &mut Map<String, Value>, name: &str, value: &str, replace: bool) {
+/// The one env setter: the scheduler's own variables here, a request's env
+/// ([`crate::request`]).
+pub(crate) fn set_env(container: &mut Map<String, Value>, name: &str, value: &str, replace: bool) {
     let env = container.entry("env").or_insert_with(|| json!([]));
     if !env.is_array() {
         *env = json!([]);
@@ -544,7 +627,10 @@ mod tests {
             scheduler_options: vec!["--idle-timeout".into(), "3600".into()],
             defaults: WorkerDefaults::default(),
             external_scheduler: None,
+            external_scheduler_api: None,
             adaptive_target_duration: None,
+            service_type: ServiceType::ClusterIP,
+            affinity: AffinityMode::Preferred,
         }
     }
 
@@ -572,7 +658,7 @@ mod tests {
         let container = &pod["spec"]["containers"][0];
         assert_eq!(
             env_value(container, SCHEDULER_ADDRESS_ENV).unwrap()["value"],
-            "tcp://dask-alice-0a1b2c3d4e.team:8786"
+            "tcp://dask-alice-0a1b2c3d4e-scheduler.team:8786"
         );
     }
 
@@ -624,7 +710,7 @@ mod tests {
         let container = &pod["spec"]["containers"][0];
         assert_eq!(
             env_value(container, SCHEDULER_ADDRESS_ENV).unwrap()["value"],
-            "tcp://dask-alice-0a1b2c3d4e.team:8786"
+            "tcp://dask-alice-0a1b2c3d4e-scheduler.team:8786"
         );
         assert_eq!(env_value(container, "KEEP").unwrap()["value"], "1");
         assert_eq!(
@@ -712,13 +798,62 @@ mod tests {
             ])
         );
         assert_eq!(env_value(c, ROUTES_ENV).unwrap()["value"], ROUTES);
-        assert!(
-            c.get("resources").is_none(),
-            "worker resources are not the scheduler's"
+        assert_eq!(
+            c["resources"]["limits"]["memory"], "6G",
+            "the worker template's resources are the scheduler's too, as classic derives it"
         );
         assert!(pod["spec"].get("tolerations").is_none());
         assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], 8786);
         to_pod(pod).unwrap();
+    }
+
+    /// Classic derives the scheduler pod from the whole worker template: volumes, mounts,
+    /// placement and resources are kept; what only a worker uses is not.
+    #[test]
+    fn the_derived_scheduler_keeps_the_template_but_not_the_worker() {
+        let mut s = spec();
+        let template = &mut s.worker.pod;
+        template["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+        template["spec"]["nodeSelector"] = json!({"pool": "dask"});
+        template["spec"]["tolerations"] = json!([{"key": "team", "operator": "Exists"}]);
+        let c = &mut template["spec"]["containers"][0];
+        c["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+        c["ports"] = json!([{"name": "http-dashboard", "containerPort": 8788}]);
+        c["readinessProbe"] = json!({"httpGet": {"port": 8788, "path": "/health"}});
+        c["env"] =
+            json!([{"name": "KEEP", "value": "1"}, {"name": SCHEDULER_ADDRESS_ENV, "value": "x"}]);
+        template["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "sidecar", "image": "busybox"}));
+        let pod = s.scheduler_pod().unwrap();
+        assert_eq!(pod["spec"]["volumes"][0]["name"], "data");
+        assert_eq!(pod["spec"]["nodeSelector"]["pool"], "dask");
+        assert_eq!(pod["spec"]["tolerations"][0]["key"], "team");
+        let containers = pod["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1, "only the scheduler container");
+        let c = &containers[0];
+        assert_eq!(c["name"], SCHEDULER_CONTAINER);
+        assert_eq!(c["volumeMounts"][0]["mountPath"], "/data");
+        assert_eq!(c["args"][1], "scheduler");
+        assert_eq!(
+            c["ports"][0]["containerPort"], SCHEDULER_PORT,
+            "the worker's ports are not the scheduler's"
+        );
+        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], SCHEDULER_PORT);
+        assert!(env_value(c, "KEEP").is_some());
+        assert!(env_value(c, SCHEDULER_ADDRESS_ENV).is_none());
+    }
+
+    #[test]
+    fn the_service_is_named_as_the_operator_names_it_and_of_the_asked_type() {
+        let s = ClusterSpec {
+            service_type: ServiceType::LoadBalancer,
+            ..spec()
+        };
+        let svc = s.service(None);
+        assert_eq!(svc["metadata"]["name"], "dask-alice-0a1b2c3d4e-scheduler");
+        assert_eq!(svc["spec"]["type"], "LoadBalancer");
     }
 
     #[test]
@@ -747,7 +882,7 @@ mod tests {
             uid: "u-1".into(),
         };
         let svc = spec().service(Some(&owner));
-        assert_eq!(svc["metadata"]["name"], "dask-alice-0a1b2c3d4e");
+        assert_eq!(svc["metadata"]["name"], "dask-alice-0a1b2c3d4e-scheduler");
         assert_eq!(svc["spec"]["selector"]["dask.org/component"], "scheduler");
         assert_eq!(svc["spec"]["ports"][0]["name"], "tcp-comm");
         assert_eq!(svc["spec"]["ports"][1]["port"], 8787);

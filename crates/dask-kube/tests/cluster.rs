@@ -128,7 +128,11 @@ async fn detached_up_scale_and_down() {
     })
     .await;
     assert!(
-        ns.services().get_opt(&name).await.unwrap().is_none(),
+        ns.services()
+            .get_opt(&dask_kube::service_name(&name))
+            .await
+            .unwrap()
+            .is_none(),
         "the Service is gone"
     );
     let pid = up["supervisor_pid"].as_u64().unwrap() as u32;
@@ -343,7 +347,12 @@ async fn sigkill_then_deleting_the_scheduler_leaves_nothing() {
         "the garbage collector to remove the workers and the Service",
         || async {
             ns.pod_names("app=dask").await.is_empty()
-                && ns.services().get_opt(&name).await.unwrap().is_none()
+                && ns
+                    .services()
+                    .get_opt(&dask_kube::service_name(&name))
+                    .await
+                    .unwrap()
+                    .is_none()
         },
     )
     .await;
@@ -372,7 +381,13 @@ async fn sigterm_in_the_foreground_deletes_everything() {
         ns.pod_names("app=dask").await.is_empty(),
         "up waited until the pods were gone"
     );
-    assert!(ns.services().get_opt(&name).await.unwrap().is_none());
+    assert!(
+        ns.services()
+            .get_opt(&dask_kube::service_name(&name))
+            .await
+            .unwrap()
+            .is_none()
+    );
     eprintln!(
         "FIGURE SIGTERM shutdown: {:.1}s",
         started.elapsed().as_secs_f64()
@@ -578,7 +593,7 @@ async fn a_scheduler_that_never_logs_its_address_is_reached() {
             .scheduler_template(scheduler)
             .namespace(&ns.name)
             .access(Access::PortForward)
-            .initial_workers(1)
+            .n_workers(1)
             .start(),
     )
     .await
@@ -1052,7 +1067,7 @@ async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
                     "python",
                     "/opt/client/dask_client.py",
                     "load",
-                    format!("tcp://{name}.{}:8786", ns.name),
+                    format!("tcp://{name}-scheduler.{}:8786", ns.name),
                     "30",
                     "2",
                 ],
@@ -1127,7 +1142,7 @@ async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
     .await;
     assert!(
         ns.services()
-            .get_opt(&name)
+            .get_opt(&dask_kube::service_name(&name))
             .await
             .unwrap()
             .is_none_or(|s| s.metadata.deletion_timestamp.is_some()),

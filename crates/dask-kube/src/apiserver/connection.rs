@@ -36,7 +36,8 @@ impl std::fmt::Debug for KubeConnection {
 }
 
 /// Where credentials come from, as dask-kubernetes' `auth=` lists them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Credentials {
     /// The in-cluster service account inside a pod, else `$KUBECONFIG` / `~/.kube/config`
     /// (classic's `[InCluster(), KubeConfig()]`).
@@ -49,8 +50,10 @@ pub enum Credentials {
     /// current context.
     Kubeconfig {
         /// The file.
+        #[serde(default)]
         path: Option<PathBuf>,
         /// The context.
+        #[serde(default)]
         context: Option<String>,
     },
     /// An explicit server and credentials (`KubeAuth(host=, ...)`).

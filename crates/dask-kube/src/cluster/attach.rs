@@ -2,7 +2,7 @@
 //! existing cluster's local listeners, and adapting, until interrupted or the cluster is
 //! gone. The process and state-file mechanics are [`crate::supervisor`]'s.
 
-use super::{Access, KubeCluster, Reconnect};
+use super::{Access, AdaptPlacement, KubeCluster, Reconnect};
 use crate::Result;
 use crate::adapt::AdaptPolicy;
 use crate::manifests::{ADAPT_ANNOTATION, SUPERVISOR_ANNOTATION};
@@ -67,7 +67,7 @@ where
     let pid = std::process::id();
     let host = supervisor::hostname();
     if let Some(policy) = options.adapt.clone()
-        && let Some(cap) = cluster.adapt_with(policy)?
+        && let Some(cap) = cluster.adapt_in(policy, AdaptPlacement::Here).await?.capped
     {
         warn!(%cap, "adapt maximum capped");
     }

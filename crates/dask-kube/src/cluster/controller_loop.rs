@@ -2,7 +2,7 @@
 //! until the scheduler ends, then delete the cluster. An upper-layer verb, so the pod's
 //! manifest and start/stop stay below [`KubeCluster`], which uses them.
 
-use super::{KubeCluster, Reconnect};
+use super::{AdaptPlacement, KubeCluster, Reconnect};
 use crate::adapt::AdaptPolicy;
 use crate::{Error, Result};
 use std::future::Future;
@@ -37,7 +37,10 @@ pub async fn run_controller(
 ) -> Result<()> {
     let mut cluster = KubeCluster::from_name(name, reconnect).await?;
     if let Some(policy) = policy {
-        if let Some(cap) = cluster.adapt_with(policy.clone())? {
+        let started = cluster
+            .adapt_in(policy.clone(), AdaptPlacement::Here)
+            .await?;
+        if let Some(cap) = started.capped {
             warn!(%cap, "kubernetes.count.max caps the adapt range");
         }
         info!(cluster = %name, minimum = policy.minimum, maximum = policy.maximum, "adapting");

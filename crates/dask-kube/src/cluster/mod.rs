@@ -15,19 +15,20 @@ mod spec;
 pub use attach::{AttachOptions, supervise};
 pub use controller_loop::run_controller;
 pub use lifecycle::{
-    CloseReport, DetachOptions, UpOptions, UpOutcome, UpReport, cluster_logs, delete_cluster,
-    no_progress, teardown, up,
+    CloseReport, DEFAULT_WAIT_TIMEOUT, DetachOptions, UpOptions, UpOutcome, UpReport, cluster_logs,
+    delete_cluster, no_progress, teardown, up,
 };
 pub use reach::{Access, SchedulerClient};
 pub use spec::KubeClusterBuilder;
 
 use crate::adapt::AdaptPolicy;
 use crate::apiserver::{ClusterApi, CreateLimits, Credentials, KubeConnection};
-use crate::config::{DaskConfig, format_dashboard_link};
+use crate::config::{DaskConfig, KubeSettings, format_dashboard_link};
 use crate::manifests::{Owner, WORKER_TEMPLATE_ANNOTATION};
 use crate::names;
 use crate::portforward::LocalForwarder;
-use crate::scaler::{CountCap, ScaleReport, Scaler};
+use crate::request::{ResolvedCluster, cap_policy};
+use crate::scaler::{CountCap, ScaleReport, Scaler, cap_count};
 use crate::scaling::{
     PodPhase, WorkerPodState, describe_ended_pods, every_worker_pod_ended, workers_by_pod,
 };
@@ -123,6 +124,8 @@ pub struct Reconnect {
     pub credentials: Credentials,
     /// Pacing of pod creations and deletions (default: `kubernetes.max-in-flight`).
     pub limits: Option<CreateLimits>,
+    /// The Dask config (default: files and environment; Python's `dask.config` from Python).
+    pub config: Option<DaskConfig>,
 }
 
 /// `connection`, or one opened with `credentials`.
@@ -134,6 +137,61 @@ pub(crate) async fn open_connection(
         Some(c) => Ok(c),
         None => KubeConnection::open(credentials).await,
     }
+}
+
+/// What a running cluster's handle reads from the Dask config: the cap on worker counts,
+/// the dashboard link template, the controller image and the formatting environment.
+#[derive(Debug, Clone)]
+pub(crate) struct HandleSettings {
+    pub(crate) count_max: Option<u32>,
+    pub(crate) dashboard_link: String,
+    pub(crate) controller_image: String,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+impl HandleSettings {
+    pub(crate) fn of_resolved(resolved: &ResolvedCluster) -> Self {
+        HandleSettings {
+            count_max: resolved.count_max,
+            dashboard_link: resolved.dashboard_link.clone(),
+            controller_image: resolved.controller_image.clone(),
+            env: resolved.env.clone(),
+        }
+    }
+
+    fn of_config(settings: &KubeSettings, env: &[(String, String)]) -> Self {
+        HandleSettings {
+            count_max: settings.count_max,
+            dashboard_link: settings.dashboard_link.clone(),
+            controller_image: settings.controller_image.clone(),
+            env: env.to_vec(),
+        }
+    }
+}
+
+/// Where adapting runs ([`KubeCluster::adapt_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdaptPlacement {
+    /// The cluster's controller pod, which goes on with no client (`dask-kube adapt`):
+    /// failing when the namespace does not allow it.
+    Controller,
+    /// The controller pod where the namespace allows it, else this process, saying why
+    /// (`up --adapt`, Python's `adapt()`).
+    ControllerElseHere,
+    /// This process (`--foreground`, `--adapt-here`, Python's `in_cluster=False`, the
+    /// controller pod itself, a detached supervisor).
+    Here,
+}
+
+/// Where adapting started, and what was capped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AdaptStarted {
+    /// Set when `kubernetes.count.max` lowered the maximum.
+    pub capped: Option<CountCap>,
+    /// The controller pod that adapts, when one does.
+    pub controller: Option<String>,
+    /// Why this process adapts although the controller pod was asked for.
+    pub controller_unavailable: Option<String>,
 }
 
 /// A worker pod and its scheduler-side state.
@@ -178,9 +236,12 @@ pub struct KubeCluster {
     /// Local listeners: the scheduler's comm port first, then the dashboard.
     forwarders: Vec<LocalForwarder>,
     adapt: Option<AdaptHandle>,
+    /// The controller pod adapts (set by [`KubeCluster::adapt_in`]).
+    controller_adapts: bool,
+    /// What new worker pods are made from.
+    worker_pod: Value,
     progress: ProgressFn,
-    /// `kubernetes.controller-image`.
-    controller_image: String,
+    settings: HandleSettings,
 }
 
 impl KubeCluster {
@@ -213,10 +274,14 @@ impl KubeCluster {
             connection,
             credentials,
             limits,
+            config,
         } = reconnect;
         names::validate_cluster_name(name)?;
         let connection = open_connection(connection, &credentials).await?;
-        let config = DaskConfig::load()?;
+        let config = match config {
+            Some(c) => c,
+            None => DaskConfig::load()?,
+        };
         let settings = config.kube_settings()?;
         let namespace = namespace
             .or(settings.namespace.clone())
@@ -268,7 +333,7 @@ impl KubeCluster {
             name.to_owned(),
             worker_pod,
             owner,
-            (&settings, config.env()),
+            HandleSettings::of_config(&settings, config.env()),
             progress,
         )
     }
@@ -282,23 +347,23 @@ impl KubeCluster {
         name: String,
         worker_pod: Value,
         owner: Owner,
-        (settings, env): (&crate::config::KubeSettings, &[(String, String)]),
+        settings: HandleSettings,
         progress: ProgressFn,
     ) -> Result<Self> {
         let dashboard = format_dashboard_link(
             &settings.dashboard_link,
             &connected.dashboard.0,
             connected.dashboard.1,
-            env,
+            &settings.env,
         )?;
+        // Counts are capped here, by the setting read when each call is made.
         let scaler = Scaler::new(
             api,
             Arc::new(connected.scheduler),
             name.clone(),
-            worker_pod,
+            worker_pod.clone(),
             Some(owner.clone()),
-        )
-        .with_count_max(settings.count_max);
+        );
         Ok(KubeCluster {
             name,
             scaler: Arc::new(scaler),
@@ -307,8 +372,10 @@ impl KubeCluster {
             dashboard,
             forwarders: connected.forwarders,
             adapt: None,
+            controller_adapts: false,
+            worker_pod,
             progress,
-            controller_image: settings.controller_image.clone(),
+            settings,
         })
     }
 
@@ -355,18 +422,31 @@ impl KubeCluster {
 
     /// The cap on worker counts (`kubernetes.count.max`), if any.
     pub fn count_max(&self) -> Option<u32> {
-        self.scaler.count_max()
+        self.settings.count_max
     }
 
-    /// Scales to `n` workers; retires before deleting (see [`crate::scaling`]). The report
-    /// says when `kubernetes.count.max` lowered `n`.
+    /// The worker pod manifest new workers are made from (no owner yet).
+    pub fn worker_pod(&self) -> &Value {
+        &self.worker_pod
+    }
+
+    /// Scales to `n` workers; retires before deleting (see [`crate::plan_scale_down`]). The
+    /// report says when `kubernetes.count.max` lowered `n`.
     pub async fn scale(&self, n: usize) -> Result<ScaleReport> {
-        self.scaler.scale(n, false).await
+        self.scale_with(n, false).await
     }
 
     /// Scales to `n` workers, deleting connected workers without retiring when `force`.
     pub async fn scale_with(&self, n: usize, force: bool) -> Result<ScaleReport> {
-        self.scaler.scale(n, force).await
+        let (target, capped) = cap_count(n, self.count_max());
+        if let Some(cap) = capped {
+            warn!(requested = cap.requested, max = cap.max, "{cap}");
+        }
+        let mut report = self.scaler.scale(target, force).await;
+        if let Ok(r) = report.as_mut() {
+            r.capped = capped;
+        }
+        report
     }
 
     /// Adapts between `minimum` and `maximum` workers with `distributed.Adaptive`'s
@@ -380,7 +460,7 @@ impl KubeCluster {
     /// maximum.
     pub fn adapt_with(&mut self, policy: AdaptPolicy) -> Result<Option<CountCap>> {
         policy.check_range()?;
-        let (_, capped) = self.scaler.capped_policy(policy.clone());
+        let (policy, capped) = cap_policy(policy, self.count_max());
         // Replacing a controller: the old one stops at its next step (drop cancels it).
         self.adapt.take();
         let cancel = CancellationToken::new();
@@ -410,7 +490,7 @@ impl KubeCluster {
         let (policy, capped) = match policy {
             Some(p) => {
                 p.check_range()?;
-                let (policy, capped) = self.scaler.capped_policy(p.clone());
+                let (policy, capped) = cap_policy(p.clone(), self.count_max());
                 (Some(policy), capped)
             }
             None => (None, None),
@@ -423,7 +503,7 @@ impl KubeCluster {
                 namespace: &namespace,
                 owner: &owner,
                 adapt: policy.as_ref(),
-                image: &self.controller_image,
+                image: &self.settings.controller_image,
             },
         )
         .await?;
@@ -432,8 +512,93 @@ impl KubeCluster {
     }
 
     /// Deletes the controller pod (adapting in the cluster stops; the cluster stays).
-    pub async fn stop_controller(&self) -> Result<()> {
-        crate::controller::stop(self.scaler.api(), &self.name).await
+    pub async fn stop_controller(&mut self) -> Result<()> {
+        crate::controller::stop(self.scaler.api(), &self.name).await?;
+        self.controller_adapts = false;
+        Ok(())
+    }
+
+    /// Starts adapting with `policy` where `placement` says, replacing what adapted before
+    /// (a controller pod adapting is left to only end the cluster when adapting moves
+    /// here). The one way the shells start adapting: `up`, `dask-kube adapt`, the
+    /// controller pod's loop, a supervisor and Python's `adapt()`.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn f(cluster: &mut dask_kube::KubeCluster) -> dask_kube::Result<()> {
+    /// use dask_kube::{AdaptPlacement, AdaptPolicy};
+    /// let started = cluster
+    ///     .adapt_in(AdaptPolicy::new(1, 10), AdaptPlacement::ControllerElseHere)
+    ///     .await?;
+    /// if let Some(why) = started.controller_unavailable {
+    ///     eprintln!("adapting from this process: {why}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn adapt_in(
+        &mut self,
+        policy: AdaptPolicy,
+        placement: AdaptPlacement,
+    ) -> Result<AdaptStarted> {
+        policy.check_range()?;
+        let in_cluster = match placement {
+            AdaptPlacement::Here => None,
+            AdaptPlacement::Controller => Some(self.start_controller(Some(&policy)).await?),
+            AdaptPlacement::ControllerElseHere if self.owner.is_none() => None,
+            AdaptPlacement::ControllerElseHere => {
+                match self.start_controller(Some(&policy)).await {
+                    Ok(capped) => Some(capped),
+                    Err(e) => {
+                        warn!(reason = %e, "no controller pod; adapting from this process (it stops when this process does)");
+                        let capped = self.adapt_here(policy).await?;
+                        return Ok(AdaptStarted {
+                            capped,
+                            controller: None,
+                            controller_unavailable: Some(e.to_string()),
+                        });
+                    }
+                }
+            }
+        };
+        match in_cluster {
+            Some(capped) => {
+                self.controller_adapts = true;
+                Ok(AdaptStarted {
+                    capped,
+                    controller: Some(crate::controller::pod_name(&self.name)),
+                    controller_unavailable: None,
+                })
+            }
+            None => Ok(AdaptStarted {
+                capped: self.adapt_here(policy).await?,
+                ..AdaptStarted::default()
+            }),
+        }
+    }
+
+    /// Adapts from this process; a controller pod that adapted is replaced by one that only
+    /// ends the cluster, so the two do not fight.
+    async fn adapt_here(&mut self, policy: AdaptPolicy) -> Result<Option<CountCap>> {
+        if self.controller_adapts {
+            self.start_controller(None).await?;
+            self.controller_adapts = false;
+        }
+        self.adapt_with(policy)
+    }
+
+    /// Stops adapting, here and in the controller pod when it adapts (which then only ends
+    /// the cluster when its scheduler does).
+    pub async fn stop_all_adapting(&mut self) -> Result<()> {
+        if self.controller_adapts {
+            self.start_controller(None).await?;
+            self.controller_adapts = false;
+        }
+        self.stop_adapting().await
+    }
+
+    /// Whether the controller pod adapts (as started by this handle).
+    pub fn controller_adapts(&self) -> bool {
+        self.controller_adapts
     }
 
     /// Stops adapting, if it was.
