@@ -80,9 +80,16 @@ def test_readme_example_with_only_the_import_changed(kubectl, small_worker):
         # Defaults applied client-side; every object owned by the scheduler pod.
         assert pod["spec"]["restartPolicy"] == "Never"
         assert pod["metadata"]["ownerReferences"][0]["name"] == name
+    # Keyed as upstream: "Scheduler", and each worker by its Dask name (its pod's).
     logs = cluster.get_logs()
-    assert name in logs and "Cluster" in logs
-    assert name in cluster.logs(cluster=False) and "Cluster" not in cluster.logs(cluster=False)
+    assert "Scheduler" in logs and "Cluster" in logs, list(logs)
+    assert {p["metadata"]["name"] for p in workers} <= set(logs), list(logs)
+    assert "Scheduler" in cluster.logs() and "Cluster" not in cluster.logs()
+    # The Service is named as the operator names it.
+    assert [s["metadata"]["name"] for s in kubectl.services(name)] == [f"{name}-scheduler"]
+    # classic's attributes: the pods as they run, read the way V1Pod objects were.
+    assert cluster.pod_template.spec.containers[0].env is not None
+    assert cluster.scheduler_pod_template.metadata.name == name
     client.close()
     t2 = time.monotonic()
     cluster.close()
