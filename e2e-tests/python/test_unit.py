@@ -434,6 +434,27 @@ def _env(pod):
     return {(e["name"], e.get("value")) for e in pod["spec"]["containers"][0].get("env", [])}
 
 
+def test_dask_config_set_is_read_when_the_library_needs_it():
+    """Issue 25: `dask.config.set({"kubernetes.count.max": 1})` then `scale(10)` was not
+    capped (the Rust side read the config files once). A running cluster reads the config
+    through the function it is given, at each call; this reads through the same one."""
+    from dask_kube.cluster import _config_now
+
+    assert json.loads(_native.settings(_config_now))["count_max"] is None
+    with dask.config.set({"kubernetes.count.max": 1, "kubernetes.env": {"A": "1"}}):
+        now = json.loads(_native.settings(_config_now))
+        assert now["count_max"] == 1 and now["env"] == {"A": "1"}
+    assert json.loads(_native.settings(_config_now))["count_max"] is None
+
+
+def test_a_config_function_that_fails_is_a_config_error():
+    def broken():
+        raise RuntimeError("no config today")
+
+    with pytest.raises(dask_kube.InvalidConfig, match="no config today"):
+        _native.settings(broken)
+
+
 async def test_a_template_file_expands_environment_variables(tmp_path, monkeypatch):
     """As classic's from_yaml: ${VAR} in the file is expanded from the environment."""
     monkeypatch.setenv("DASK_KUBE_TEST_IMAGE", "registry.example/dask:1")

@@ -10,13 +10,15 @@
 //! partly made cluster, and a cancelled `scale` deletes the worker pods it created. The
 //! undo runs on the runtime; [`Ops::wait_idle`] lets a blocking caller wait for it.
 
+pub mod config_source;
 pub mod interpreter_exit;
 pub mod options;
 
+use config_source::PythonConfig;
 use dask_kube::{
-    AdaptPlacement, AdaptPolicy, AdaptTuning, CloseReport, ClusterApi, Credentials, Error,
-    KubeCluster, KubeClusterBuilder, KubeConnection, Progress, ProgressFn, Reconnect, ScaleReport,
-    SchedulerClient, UpOptions, UpOutcome,
+    AdaptPlacement, AdaptPolicy, AdaptTuning, CloseReport, ClusterApi, ConfigSource, Credentials,
+    Error, KubeCluster, KubeClusterBuilder, KubeConnection, Progress, ProgressFn, Reconnect,
+    ScaleReport, SchedulerClient, UpOptions, UpOutcome,
 };
 use dask_worker_spec::{WorkerDefaults, labels};
 use options::{ClusterOptions, PodSpecArgs};
@@ -323,19 +325,32 @@ pub struct PendingCluster {
 }
 
 /// Resolves `options` (JSON of [`ClusterOptions`]) into a [`PendingCluster`]: templates
-/// checked, credentials loaded, name and namespace settled. Nothing is created.
+/// checked, credentials loaded, name and namespace settled. Nothing is created. `config` is
+/// a function answering the process's `dask.config` (JSON of
+/// [`options::PythonConfigSnapshot`]): the cluster reads it when it needs a value, so
+/// `dask.config.set` applies to what it does next.
 #[pyfunction]
-fn prepare(py: Python<'_>, options: String) -> PyResult<Bound<'_, PyAny>> {
+#[pyo3(signature = (options, config=None))]
+fn prepare(
+    py: Python<'_>,
+    options: String,
+    config: Option<Py<PyAny>>,
+) -> PyResult<Bound<'_, PyAny>> {
     let options: ClusterOptions =
         serde_json::from_str(&options).map_err(|e| json_err("KubeCluster arguments", e))?;
+    let source =
+        config.map(|getter| -> Arc<dyn ConfigSource> { Arc::new(PythonConfig::new(getter)) });
     interpreter_exit::future_into_py(py, async move {
-        prepare_cluster(options).await.map_err(to_py_err)
+        prepare_cluster(options, source).await.map_err(to_py_err)
     })
 }
 
-async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Error> {
+async fn prepare_cluster(
+    options: ClusterOptions,
+    source: Option<Arc<dyn ConfigSource>>,
+) -> Result<PendingCluster, Error> {
     let messages = Messages::default();
-    let builder = options.builder()?.on_progress(messages.progress_fn());
+    let builder = options.builder(source)?.on_progress(messages.progress_fn());
     let (builder, api, name) = builder.pin().await?;
     // What `up` will make, for `cluster.pod_template` and `scheduler_pod_template`.
     let manifests = builder.resolve()?.render(api.namespace())?;
@@ -495,11 +510,19 @@ impl NativeCluster {
 /// Reconnects to a running cluster by name (what `dask-kube attach` does); `options` is
 /// JSON of [`options::ReconnectOptions`]. Awaitable resolving to a [`NativeCluster`].
 #[pyfunction]
-fn connect(py: Python<'_>, name: String, options: String) -> PyResult<Bound<'_, PyAny>> {
+#[pyo3(signature = (name, options, config=None))]
+fn connect(
+    py: Python<'_>,
+    name: String,
+    options: String,
+    config: Option<Py<PyAny>>,
+) -> PyResult<Bound<'_, PyAny>> {
     let options: options::ReconnectOptions = serde_json::from_str(&options)
         .map_err(|e| json_err("KubeCluster.from_name arguments", e))?;
+    let source =
+        config.map(|getter| -> Arc<dyn ConfigSource> { Arc::new(PythonConfig::new(getter)) });
     interpreter_exit::future_into_py(py, async move {
-        let reconnect = options.reconnect().map_err(to_py_err)?;
+        let reconnect = options.reconnect(source).map_err(to_py_err)?;
         let connection = KubeConnection::open_first(&options.auth)
             .await
             .map_err(to_py_err)?;
@@ -540,10 +563,30 @@ fn render(options: &str, namespace: &str) -> PyResult<String> {
     let options: ClusterOptions =
         serde_json::from_str(options).map_err(|e| json_err("KubeCluster arguments", e))?;
     let resolved = options
-        .builder()
+        .builder(None)
         .and_then(|b| b.resolve())
         .map_err(to_py_err)?;
     to_json(&resolved.render(namespace).map_err(to_py_err)?)
+}
+
+/// What the library reads through `config` (the function clusters are given: the
+/// process's `dask.config` of the moment), as JSON: the `kubernetes.*` settings a running
+/// cluster reads before each call. For `dask_kube.settings()` and tests.
+#[pyfunction]
+fn settings(config: Py<PyAny>) -> PyResult<String> {
+    let settings = PythonConfig::new(config)
+        .load()
+        .and_then(|c| c.kube_settings())
+        .map_err(to_py_err)?;
+    to_json(&json!({
+        "count_max": settings.count_max,
+        "count_start": settings.count_start,
+        "namespace": settings.namespace,
+        "max_in_flight": settings.max_in_flight,
+        "idle_timeout": settings.idle_timeout,
+        "name": settings.name_template,
+        "env": settings.env,
+    }))
 }
 
 /// The threads and memory (bytes) one worker pod brings, as Dask counts them, each `None`
@@ -875,6 +918,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(render, m)?)?;
     m.add_function(wrap_pyfunction!(worker_capacity, m)?)?;
+    m.add_function(wrap_pyfunction!(settings, m)?)?;
     m.add_function(wrap_pyfunction!(make_pod_spec, m)?)?;
     m.add_function(wrap_pyfunction!(policy_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(apply_default_affinity, m)?)?;

@@ -4,8 +4,8 @@
 //! here apart from reading a template file, so every rule is tested with tables.
 
 use dask_kube::{
-    Access, ClusterRequest, ConfigDocument, ConfigSources, Credentials, DEFAULT_WORKER_COMMAND,
-    DaskConfig, Error, KubeCluster, KubeClusterBuilder, Reconnect, Result,
+    Access, ClusterRequest, ConfigDocument, ConfigSource, ConfigSources, Credentials,
+    DEFAULT_WORKER_COMMAND, DaskConfig, Error, KubeCluster, KubeClusterBuilder, Reconnect, Result,
 };
 use dask_worker_spec::{
     MemoryLimit, TEMPLATE_LOCATIONS, WorkerDefaults, apply_worker_defaults, format_k8s_memory,
@@ -14,6 +14,7 @@ use dask_worker_spec::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Where the Python-side configuration comes from, for messages.
 pub const PYTHON_CONFIG_ORIGIN: &str = "dask.config (Python)";
@@ -90,14 +91,18 @@ impl ClusterOptions {
     }
 
     /// The library's builder for these arguments, with the Python process's Dask config
-    /// and credentials: everything `KubeCluster(...)` says, checked where the library
-    /// checks it. Progress is the caller's.
-    pub fn builder(&self) -> Result<KubeClusterBuilder> {
+    /// (read from `source` when given: the running cluster then reads it before each scale
+    /// and adapt; else the `config` sent) and credentials: everything `KubeCluster(...)`
+    /// says, checked where the library checks it. Progress is the caller's.
+    pub fn builder(&self, source: Option<Arc<dyn ConfigSource>>) -> Result<KubeClusterBuilder> {
         self.check_deploy_mode()?;
-        Ok(KubeCluster::builder()
+        let builder = KubeCluster::builder()
             .request(self.request()?)
-            .config(self.dask_config()?)
-            .credentials_first(self.auth.clone()))
+            .credentials_first(self.auth.clone());
+        Ok(match source {
+            Some(source) => builder.config_source(source),
+            None => builder.config(self.dask_config()?),
+        })
     }
 }
 
@@ -121,16 +126,38 @@ pub struct ReconnectOptions {
 }
 
 impl ReconnectOptions {
-    /// The library's [`Reconnect`], with the Python process's config; the credentials are
-    /// opened by the caller (`auth=` may list several).
-    pub fn reconnect(&self) -> Result<Reconnect> {
+    /// The library's [`Reconnect`], reading the Python process's config from `source`
+    /// (else the `config` sent); the credentials are opened by the caller (`auth=` may list
+    /// several).
+    pub fn reconnect(&self, source: Option<Arc<dyn ConfigSource>>) -> Result<Reconnect> {
+        let source = match source {
+            Some(s) => s,
+            None => Arc::new(python_dask_config(&self.config, &self.environ)?),
+        };
         Ok(Reconnect {
             namespace: self.namespace.clone(),
             access: self.access,
             dashboard_port: self.dashboard_port,
-            config: Some(python_dask_config(&self.config, &self.environ)?),
+            config: Some(source),
             ..Reconnect::default()
         })
+    }
+}
+
+/// What Python's config getter answers: its `dask.config` and `os.environ`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PythonConfigSnapshot {
+    /// As [`ClusterOptions::config`].
+    pub config: Value,
+    /// As [`ClusterOptions::environ`].
+    pub environ: Vec<(String, String)>,
+}
+
+impl PythonConfigSnapshot {
+    /// The Dask config it is.
+    pub fn dask_config(&self) -> Result<DaskConfig> {
+        python_dask_config(&self.config, &self.environ)
     }
 }
 
@@ -499,7 +526,7 @@ mod tests {
     #[case::nothing_anywhere(json!({}), "no worker template")]
     #[case::missing_file(json!({"request": {"worker_template": {"file": "/nonexistent/worker-spec.yml"}}}), "/nonexistent/worker-spec.yml")]
     fn what_python_is_told_when_there_is_no_template(#[case] given: Value, #[case] needle: &str) {
-        let e = options(given).builder().unwrap().resolve().unwrap_err();
+        let e = options(given).builder(None).unwrap().resolve().unwrap_err();
         let message = crate::python_message(&e);
         assert!(
             message.contains(needle) && !message.contains("--file"),
@@ -530,7 +557,7 @@ mod tests {
                 "spec": {"worker": {"replicas": 2, "spec": {"containers": [{"name": "w", "image": "i",
                     "args": ["dask", "worker", "--nthreads", "1", "--memory-limit", "1GB"]}]}}}},
         }));
-        let resolved = opts.builder().unwrap().resolve().unwrap();
+        let resolved = opts.builder(None).unwrap().resolve().unwrap();
         assert_eq!(
             (
                 resolved.spec.name.as_str(),

@@ -60,7 +60,7 @@ fn resolve(request: Value, config: &Value) -> ResolvedCluster {
     let options: ClusterOptions =
         serde_json::from_value(json!({"request": request, "config": config})).unwrap();
     options
-        .builder()
+        .builder(None)
         .unwrap()
         .name_vars(vars())
         .resolve()

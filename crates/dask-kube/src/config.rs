@@ -124,6 +124,33 @@ impl ConfigSources {
     }
 }
 
+/// Where the library reads the Dask config from, each time it needs a value (the cap on
+/// worker counts before each scale and adapt, as well as a cluster's resolution): so a
+/// setting changed while a cluster runs applies to its next call, as it does in Dask. The
+/// CLI and the controller pod read this process's files and `DASK_*` variables
+/// ([`ProcessConfig`]); Python feeds its process's `dask.config`, `dask.config.set`
+/// included; a fixed [`DaskConfig`] is a source too.
+pub trait ConfigSource: Send + Sync + 'static {
+    /// The configuration as it is now.
+    fn load(&self) -> Result<DaskConfig>;
+}
+
+/// This process's Dask config files and `DASK_*` variables, read at each use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessConfig;
+
+impl ConfigSource for ProcessConfig {
+    fn load(&self) -> Result<DaskConfig> {
+        DaskConfig::load()
+    }
+}
+
+impl ConfigSource for DaskConfig {
+    fn load(&self) -> Result<DaskConfig> {
+        Ok(self.clone())
+    }
+}
+
 /// A merged Dask configuration.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DaskConfig {

@@ -81,7 +81,8 @@ pub use cluster::{
     no_progress, run_controller, supervise, teardown, up,
 };
 pub use config::{
-    ConfigDocument, ConfigSources, DEFAULT_CONTROLLER_IMAGE, DaskConfig, KubeSettings,
+    ConfigDocument, ConfigSource, ConfigSources, DEFAULT_CONTROLLER_IMAGE, DaskConfig,
+    KubeSettings, ProcessConfig,
 };
 pub use controller::{
     SERVICE_ACCOUNT as CONTROLLER_SERVICE_ACCOUNT, pod_name as controller_pod_name,

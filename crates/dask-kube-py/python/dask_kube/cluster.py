@@ -63,6 +63,13 @@ def _access(port_forward_cluster_ip: bool | None) -> str:
     ]
 
 
+def _config_now() -> str:
+    """The process's Dask config and environment of this moment, as JSON: the library
+    calls this when it needs a value (the cap before each scale and adapt), so
+    ``dask.config.set`` applies to what a running cluster does next."""
+    return json.dumps({"config": _python_config(), "environ": sorted(os.environ.items())}, default=str)
+
+
 def _python_config() -> dict:
     """The parts of the Python process's Dask config the Rust side reads. ``dask.config``
     already holds the YAML files, ``DASK_*`` variables, the defaults dask_kube registers
@@ -412,12 +419,12 @@ class KubeCluster(Cluster):
             if self._native is None:
                 if self._attach is not None:
                     self._native = await _native.connect(
-                        self._attach, json.dumps(self._reconnect, default=str)
+                        self._attach, json.dumps(self._reconnect, default=str), _config_now
                     )
                 else:
                     if self._deploy_mode == "local":
                         await self._start_local_scheduler()
-                    self._pending = await _native.prepare(json.dumps(self._options, default=str))
+                    self._pending = await _native.prepare(json.dumps(self._options, default=str), _config_now)
                     self.name = self._pending.name
                     manifests = json.loads(self._pending.manifests)
                     self._scheduler_pod = next(

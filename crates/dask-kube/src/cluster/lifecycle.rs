@@ -8,7 +8,7 @@ use super::reach::{LocalPorts, reach_scheduler, wait_scheduler_running};
 use super::spec::KubeClusterBuilder;
 use super::{AdaptPlacement, HandleSettings, KubeCluster, Progress, ProgressFn, SchedulerClient};
 use crate::apiserver::{ClusterApi, Credentials, KubeConnection};
-use crate::config::format_dashboard_link;
+use crate::config::{ConfigSource, format_dashboard_link};
 use crate::manifests::{self, DASHBOARD_PORT, Owner, WORKER_TEMPLATE_ANNOTATION};
 use crate::names;
 use crate::request::ResolvedCluster;
@@ -216,7 +216,14 @@ impl KubeClusterBuilder {
             warn!(%warning, "worker template");
         }
         if let Some(address) = spec.external_scheduler.clone() {
-            return start_external(&resolved, api, worker.pod, address, progress);
+            return start_external(
+                &resolved,
+                api,
+                worker.pod,
+                address,
+                self.config_reader(),
+                progress,
+            );
         }
         progress(Progress::Step(format!(
             "creating scheduler pod {}/{}",
@@ -287,7 +294,7 @@ impl KubeClusterBuilder {
             spec.name.clone(),
             worker.pod,
             owner,
-            HandleSettings::of_resolved(&resolved),
+            HandleSettings::of_resolved(&resolved, self.config_reader()),
             progress,
         )
     }
@@ -299,11 +306,12 @@ fn start_external(
     api: ClusterApi,
     worker_pod: serde_json::Value,
     address: String,
+    config: Arc<dyn ConfigSource>,
     progress: ProgressFn,
 ) -> Result<KubeCluster> {
     let (api_host, api_port) =
         external_api_endpoint(&address, resolved.spec.external_scheduler_api.as_deref())?;
-    let settings = HandleSettings::of_resolved(resolved);
+    let settings = HandleSettings::of_resolved(resolved, config);
     let scaler = Scaler::new(
         api,
         Arc::new(SchedulerClient::tcp(format!("{api_host}:{api_port}"))),

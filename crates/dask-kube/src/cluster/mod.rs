@@ -23,7 +23,7 @@ pub use spec::KubeClusterBuilder;
 
 use crate::adapt::AdaptPolicy;
 use crate::apiserver::{ClusterApi, CreateLimits, Credentials, KubeConnection};
-use crate::config::{DaskConfig, KubeSettings, format_dashboard_link};
+use crate::config::{ConfigSource, KubeSettings, ProcessConfig, format_dashboard_link};
 use crate::manifests::{Owner, WORKER_TEMPLATE_ANNOTATION};
 use crate::names;
 use crate::portforward::LocalForwarder;
@@ -108,7 +108,7 @@ impl Drop for AdaptHandle {
 }
 
 /// How to reach an existing cluster by name ([`KubeCluster::from_name`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Reconnect {
     /// Its namespace (default: `kubernetes.namespace`, then the credentials').
     pub namespace: Option<String>,
@@ -124,8 +124,9 @@ pub struct Reconnect {
     pub credentials: Credentials,
     /// Pacing of pod creations and deletions (default: `kubernetes.max-in-flight`).
     pub limits: Option<CreateLimits>,
-    /// The Dask config (default: files and environment; Python's `dask.config` from Python).
-    pub config: Option<DaskConfig>,
+    /// Where the Dask config is read (default: files and environment; Python's
+    /// `dask.config` from Python).
+    pub config: Option<Arc<dyn ConfigSource>>,
 }
 
 /// `connection`, or one opened with `credentials`.
@@ -139,32 +140,40 @@ pub(crate) async fn open_connection(
     }
 }
 
-/// What a running cluster's handle reads from the Dask config: the cap on worker counts,
-/// the dashboard link template, the controller image and the formatting environment.
-#[derive(Debug, Clone)]
+/// What a running cluster's handle reads from the Dask config: settled at the start (the
+/// dashboard link template, the controller image, the formatting environment, the cap as
+/// it was), and where to read the config again when a call needs it.
+#[derive(Clone)]
 pub(crate) struct HandleSettings {
     pub(crate) count_max: Option<u32>,
     pub(crate) dashboard_link: String,
     pub(crate) controller_image: String,
     pub(crate) env: Vec<(String, String)>,
+    pub(crate) config: Arc<dyn ConfigSource>,
 }
 
 impl HandleSettings {
-    pub(crate) fn of_resolved(resolved: &ResolvedCluster) -> Self {
+    pub(crate) fn of_resolved(resolved: &ResolvedCluster, config: Arc<dyn ConfigSource>) -> Self {
         HandleSettings {
             count_max: resolved.count_max,
             dashboard_link: resolved.dashboard_link.clone(),
             controller_image: resolved.controller_image.clone(),
             env: resolved.env.clone(),
+            config,
         }
     }
 
-    fn of_config(settings: &KubeSettings, env: &[(String, String)]) -> Self {
+    fn of_config(
+        settings: &KubeSettings,
+        env: &[(String, String)],
+        config: Arc<dyn ConfigSource>,
+    ) -> Self {
         HandleSettings {
             count_max: settings.count_max,
             dashboard_link: settings.dashboard_link.clone(),
             controller_image: settings.controller_image.clone(),
             env: env.to_vec(),
+            config,
         }
     }
 }
@@ -241,6 +250,8 @@ pub struct KubeCluster {
     /// What new worker pods are made from.
     worker_pod: Value,
     progress: ProgressFn,
+    /// What was settled at the start, and where the Dask config is read before each scale
+    /// and adapt.
     settings: HandleSettings,
 }
 
@@ -278,10 +289,8 @@ impl KubeCluster {
         } = reconnect;
         names::validate_cluster_name(name)?;
         let connection = open_connection(connection, &credentials).await?;
-        let config = match config {
-            Some(c) => c,
-            None => DaskConfig::load()?,
-        };
+        let source: Arc<dyn ConfigSource> = config.unwrap_or_else(|| Arc::new(ProcessConfig));
+        let config = source.load()?;
         let settings = config.kube_settings()?;
         let namespace = namespace
             .or(settings.namespace.clone())
@@ -333,7 +342,7 @@ impl KubeCluster {
             name.to_owned(),
             worker_pod,
             owner,
-            HandleSettings::of_config(&settings, config.env()),
+            HandleSettings::of_config(&settings, config.env(), source),
             progress,
         )
     }
@@ -420,9 +429,17 @@ impl KubeCluster {
         self.scaler.api()
     }
 
-    /// The cap on worker counts (`kubernetes.count.max`), if any.
+    /// The cap on worker counts (`kubernetes.count.max`), if any, read from the Dask config
+    /// as it is now: `dask.config.set({"kubernetes.count.max": 1})` while the cluster runs
+    /// caps its next scale. When the config cannot be read, the start's value.
     pub fn count_max(&self) -> Option<u32> {
-        self.settings.count_max
+        match self.settings.config.load().and_then(|c| c.kube_settings()) {
+            Ok(settings) => settings.count_max,
+            Err(e) => {
+                warn!(error = %e, "cannot read the Dask config; kubernetes.count.max as at the start");
+                self.settings.count_max
+            }
+        }
     }
 
     /// The worker pod manifest new workers are made from (no owner yet).
@@ -763,5 +780,125 @@ impl KubeCluster {
             f.stop().await;
         }
         report.into_result(&self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::mock::{api, body_json, ok_json};
+    use crate::config::{ConfigDocument, ConfigSources, DaskConfig};
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// A Dask config the test changes while the cluster runs, as `dask.config.set` does.
+    struct Changing(Mutex<DaskConfig>);
+
+    impl Changing {
+        fn set_count_max(&self, max: u32) {
+            *self.0.lock().unwrap() = DaskConfig::from_sources(&ConfigSources {
+                documents: vec![ConfigDocument {
+                    origin: "test".into(),
+                    value: json!({"kubernetes": {"count": {"max": max}}}),
+                }],
+                env: vec![],
+            })
+            .unwrap();
+        }
+    }
+
+    impl ConfigSource for Changing {
+        fn load(&self) -> Result<DaskConfig> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+    }
+
+    fn cluster(api: ClusterApi, config: Arc<dyn ConfigSource>) -> KubeCluster {
+        let worker_pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "c-worker-", "namespace": "ns",
+                         "labels": {"dask.org/cluster-name": "c", "dask.org/component": "worker"}},
+            "spec": {"containers": [{"name": "w", "image": "i"}]}});
+        let owner = Owner {
+            name: "c".into(),
+            uid: "uid-1".into(),
+        };
+        KubeCluster {
+            name: "c".into(),
+            scaler: Arc::new(Scaler::new(
+                api,
+                Arc::new(SchedulerClient::tcp("127.0.0.1:1")),
+                "c",
+                worker_pod.clone(),
+                Some(owner.clone()),
+            )),
+            owner: Some(owner),
+            address: "tcp://127.0.0.1:1".into(),
+            dashboard: String::new(),
+            forwarders: Vec::new(),
+            adapt: None,
+            controller_adapts: false,
+            worker_pod,
+            progress: crate::cluster::no_progress(),
+            settings: HandleSettings {
+                count_max: None,
+                dashboard_link: String::new(),
+                controller_image: String::new(),
+                env: Vec::new(),
+                config,
+            },
+        }
+    }
+
+    /// `dask.config.set({"kubernetes.count.max": 1})` while a cluster runs caps its next
+    /// `scale(10)` (it was read once at the start before: 10 pods were made). The cap is
+    /// read at every call: raised to 3, the next `scale(10)` adds 2 to the 1 there.
+    #[tokio::test]
+    async fn the_cap_is_the_config_of_the_moment() {
+        let (api, mut handle) = api("ns");
+        let config = Arc::new(Changing(Mutex::new(DaskConfig::default())));
+        let c = cluster(api, config.clone());
+        let server = tokio::spawn(async move {
+            let mut pods: Vec<serde_json::Value> = Vec::new();
+            let mut creates_per_scale = Vec::new();
+            let mut creates = 0;
+            while let Some((request, send)) = handle.next_request().await {
+                if request.method() == http::Method::GET {
+                    creates_per_scale.push(creates);
+                    creates = 0;
+                    send.send_response(ok_json(json!({"apiVersion": "v1", "kind": "PodList",
+                        "metadata": {}, "items": pods})));
+                } else {
+                    assert_eq!(request.method(), http::Method::POST);
+                    let mut pod = body_json(request).await;
+                    pod["status"] = json!({"phase": "Pending"});
+                    pods.push(pod.clone());
+                    creates += 1;
+                    send.send_response(ok_json(pod));
+                }
+            }
+            creates_per_scale.push(creates);
+            creates_per_scale
+        });
+        config.set_count_max(1);
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), c.scale(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first.capped,
+            Some(CountCap {
+                requested: 10,
+                max: 1
+            })
+        );
+        config.set_count_max(3);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), c.scale(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((second.before, second.target), (1, 3));
+        drop(c);
+        let creates = server.await.unwrap();
+        assert_eq!(creates, [0, 1, 2], "pods created by each scale");
     }
 }

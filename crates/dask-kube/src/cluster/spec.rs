@@ -5,12 +5,13 @@
 use super::{Access, ProgressFn};
 use crate::Result;
 use crate::apiserver::{CreateLimits, Credentials, KubeConnection};
-use crate::config::DaskConfig;
+use crate::config::{ConfigSource, DaskConfig, ProcessConfig};
 use crate::names::NameVars;
 use crate::request::{AdaptRequest, ClusterRequest, ResolvedCluster, TemplateSource};
 use crate::template::PodTemplate;
 use dask_worker_spec::WorkerDefaults;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Builds a [`super::KubeCluster`] from a [`ClusterRequest`]; every setting left unset falls
 /// back to the Dask config, then defaults, when the request is resolved.
@@ -21,7 +22,7 @@ pub struct KubeClusterBuilder {
     /// An exact name, once pinned (no template formatting, no new uuid).
     pub(crate) exact_name: Option<String>,
     pub(crate) defaults: Option<WorkerDefaults>,
-    pub(crate) config: Option<DaskConfig>,
+    pub(crate) config: Option<Arc<dyn ConfigSource>>,
     pub(crate) connection: Option<KubeConnection>,
     /// Tried in order; empty is [`Credentials::Default`].
     pub(crate) credentials: Vec<Credentials>,
@@ -120,9 +121,16 @@ impl KubeClusterBuilder {
         self.defaults = Some(defaults);
         self
     }
-    /// The Dask config to read `kubernetes.*` from (default: files and environment).
+    /// A fixed Dask config to read `kubernetes.*` from (default: this process's files and
+    /// environment, read when needed).
     pub fn config(mut self, config: DaskConfig) -> Self {
-        self.config = Some(config);
+        self.config = Some(Arc::new(config));
+        self
+    }
+    /// Where the Dask config is read from when needed: at the resolution, and by the
+    /// running cluster before each scale and adapt (Python: its `dask.config`).
+    pub fn config_source(mut self, source: Arc<dyn ConfigSource>) -> Self {
+        self.config = Some(source);
         self
     }
     /// A connection to the Kubernetes API (default: one opened with the credentials).
@@ -172,12 +180,16 @@ impl KubeClusterBuilder {
         self
     }
 
-    /// The Dask config this builder reads: the one given, else files and environment.
+    /// Where this builder, and the cluster it starts, read the Dask config.
+    pub(crate) fn config_reader(&self) -> Arc<dyn ConfigSource> {
+        self.config
+            .clone()
+            .unwrap_or_else(|| Arc::new(ProcessConfig))
+    }
+
+    /// The Dask config as it is now.
     pub(crate) fn dask_config(&self) -> Result<DaskConfig> {
-        match &self.config {
-            Some(c) => Ok(c.clone()),
-            None => DaskConfig::load(),
-        }
+        self.config_reader().load()
     }
 
     /// Resolves the request without contacting a cluster: what `render` prints and what
