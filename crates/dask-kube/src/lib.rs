@@ -16,19 +16,93 @@
 //!   context, explicit) open a [`KubeConnection`] (client, default namespace, server URL);
 //!   [`ClusterApi`] is the pod and Service calls of one namespace, retried, with errors
 //!   that say what to do, and batches of creations and deletions under flow control
-//!   ([`ClusterApi::create_pods`], [`ClusterApi::delete_pods`], [`CreateLimits`],
-//!   [`BatchReport`]).
-//! - **What a cluster is made of** (pure): [`PodTemplate`], [`ClusterSpec`] (scheduler
-//!   pod, Service, worker pod manifests), [`Owner`], the labels and selectors.
+//!   ([`ClusterApi::create_pods`], [`ClusterApi::delete_pods`],
+//!   [`ClusterApi::delete_pods_unchanged`], [`CreateLimits`], [`BatchReport`]).
+//! - **What a cluster is** (pure): a [`ClusterRequest`] (filled by a shell, or
+//!   [`ClusterRequest::from_dask_cluster`]) resolved once against the Dask config
+//!   ([`ConfigSource`]) into a [`ResolvedCluster`]: its [`ClusterSpec`] makes the scheduler
+//!   pod, the Service ([`service_name`]) and the worker pods, owned by an [`Owner`].
 //! - **Running clusters**: [`KubeCluster`] (built by [`KubeClusterBuilder`], or reached by
-//!   [`KubeCluster::from_name`]) scales with retire-before-delete, adapts, lists its
+//!   [`KubeCluster::from_name`]) scales with retire-before-delete, adapts
+//!   ([`KubeCluster::adapt_in`], one entry point: the controller pod or here), lists its
 //!   workers, reads logs and closes; the verbs [`up`], [`delete_cluster`], [`cluster_logs`],
 //!   [`list_clusters`], [`supervise`] and [`run_controller`] return typed results.
-//! - **Scaling and adapting** (pure decisions, tested with tables): [`plan_scale_down`],
-//!   [`decide`] with [`AdaptPolicy`] (its damping: `wait_count`, `cooldown`), and
-//!   [`Scaler`], the I/O around them for one cluster's workers, over any [`SchedulerApi`].
+//! - **Scaling and adapting** (pure decisions, tested with tables): [`plan_scale_down`]
+//!   (workers matched to pods by [`place_workers`]), [`decide`] with [`AdaptPolicy`] (its
+//!   damping: `wait_count`, `cooldown`), and [`Scaler`], the I/O around them for one
+//!   cluster's workers, over any [`SchedulerApi`] ([`HttpSchedulerApi`] over TCP).
 //!
-//! # Example
+//! # Examples
+//!
+//! A cluster resolved with no cluster contacted (what `dask-kube render` prints):
+//! ```
+//! use dask_kube::{ClusterRequest, DaskConfig, NameVars, TemplateSource};
+//! let request = ClusterRequest {
+//!     worker_template: Some(TemplateSource::Pod(serde_json::json!({"spec": {"containers": [
+//!         {"name": "worker", "image": "ghcr.io/dask/dask:latest",
+//!          "args": ["dask", "worker", "--nthreads", "2", "--memory-limit", "4GB"]}]}}))),
+//!     name: Some("etl".into()),
+//!     n_workers: Some(3),
+//!     ..Default::default()
+//! };
+//! let resolved = request.resolve(&DaskConfig::default(), &NameVars::default()).unwrap();
+//! let objects = resolved.render("team").unwrap();
+//! assert_eq!(objects[1]["metadata"]["name"], "etl-scheduler");
+//! assert_eq!(resolved.workers, 3);
+//! ```
+//!
+//! An operator reconciling a `DaskCluster`: its objects, and its worker pods created under
+//! flow control (one call per pod, never a duplicate on a lost answer):
+//! ```no_run
+//! # async fn f(dask_cluster: serde_json::Value) -> dask_kube::Result<()> {
+//! use dask_kube::*;
+//! let resolved = ClusterRequest::from_dask_cluster(&dask_cluster)?
+//!     .resolve(&ProcessConfig.load()?, &NameVars::from_environment())?;
+//! let api = ClusterApi::new(KubeConnection::open(&Credentials::InCluster).await?
+//!     .in_namespace(resolved.spec.namespace.clone()));
+//! let worker = resolved.spec.worker_pod()?.pod;
+//! let pods = (0..resolved.workers).map(|_| serde_json::from_value(worker.clone()).unwrap());
+//! let (report, stopped) = api.create_pods(pods).await;
+//! if let Some(e) = stopped { return Err(e) }
+//! println!("created {:?}", report.done);
+//! let workers = api.list_pods(&selector(&resolved.spec.name, "worker")).await?;
+//! # let _ = workers; Ok(()) }
+//! ```
+//!
+//! Scaling a running cluster (retiring workers through the scheduler before deleting their
+//! pods) and handing adapting to its controller pod:
+//! ```no_run
+//! # async fn f() -> dask_kube::Result<()> {
+//! use dask_kube::*;
+//! let mut cluster = KubeCluster::from_name("etl", Reconnect::default()).await?;
+//! let report = cluster.scale(2).await?;
+//! println!("retired {:?}", report.retired);
+//! cluster.adapt_in(AdaptPolicy::new(1, 10), AdaptPlacement::Controller).await?;
+//! cluster.detach().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The adaptive decision, with its damping: a lower target scales down only once it held
+//! for `wait_count` polls in a row.
+//! ```
+//! use dask_kube::{AdaptPolicy, ScaleAction, TargetSample, WorkerPodState, decide};
+//! use std::time::Duration;
+//! let pods: Vec<WorkerPodState> = (0..3)
+//!     .map(|i| serde_json::from_value(serde_json::json!({
+//!         "metadata": {"name": format!("etl-worker-{i}")}, "status": {"phase": "Running"}})).unwrap())
+//!     .map(|pod| WorkerPodState::from_pod(&pod))
+//!     .collect();
+//! let policy = AdaptPolicy::new(0, 10);
+//! let poll = |s: u64| TargetSample { at: Duration::from_secs(s), target: 1 };
+//! let now = Duration::from_secs(60);
+//! assert_eq!(decide(&policy, &[poll(58)], &pods, None, now).action, ScaleAction::Hold);
+//! assert_eq!(
+//!     decide(&policy, &[poll(58), poll(59), poll(60)], &pods, None, now).action,
+//!     ScaleAction::Down { remove: 2, to: 1 }
+//! );
+//! ```
+//!
+//! A cluster from this process, the classic way:
 //! ```no_run
 //! # async fn f() -> dask_kube::Result<()> {
 //! let cluster = dask_kube::KubeCluster::builder()

@@ -9,17 +9,25 @@ use crate::adapt::{AdaptPolicy, AdaptTuning};
 use crate::apiserver::CreateLimits;
 use crate::cluster::Access;
 use crate::config::{DaskConfig, KubeSettings};
-use crate::manifests::{self, ClusterSpec, ServiceType, set_env};
+use crate::manifests::{self, ClusterSpec, ServiceType};
 use crate::names::{self, NameVars};
 use crate::scaler::{CountCap, cap_count};
 use crate::template::PodTemplate;
 use crate::{Error, Result};
 use dask_worker_spec::WorkerDefaults;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+use templates::{set_first_container_env, template_of};
+
+mod capacity;
+mod dask_cluster;
+mod templates;
+
+pub use capacity::worker_capacity;
+pub use templates::{expand_environment_variables, image_worker_pod};
 
 /// The worker command of a pod made from an image (operator-era `image=`) when none is
 /// given. The operator's default is `dask-worker`, a script `distributed` no longer ships.
@@ -432,199 +440,6 @@ impl ClusterRequest {
     }
 }
 
-impl ClusterRequest {
-    /// The request a `DaskCluster` resource of the dask-kubernetes operator makes (its
-    /// client's `custom_cluster_spec=`, or an operator reconciling one): the name, the
-    /// worker pod spec and replicas, the scheduler pod spec, the Service's type and the idle
-    /// timeout. A worker command that names itself `$(DASK_WORKER_NAME)`, as upstream's
-    /// generated specs do, gets that variable from the pod's name, as upstream's operator
-    /// gives it.
-    ///
-    /// # Example
-    /// ```
-    /// use dask_kube::ClusterRequest;
-    /// let request = ClusterRequest::from_dask_cluster(&serde_json::json!({
-    ///     "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster",
-    ///     "metadata": {"name": "demo"},
-    ///     "spec": {"worker": {"replicas": 2, "spec": {"containers": [
-    ///         {"name": "worker", "image": "ghcr.io/dask/dask", "args": ["dask", "worker"]}]}},
-    ///              "scheduler": {"spec": {"containers": [
-    ///         {"name": "scheduler", "image": "ghcr.io/dask/dask", "args": ["dask", "scheduler"]}]},
-    ///                            "service": {"type": "NodePort"}}}})).unwrap();
-    /// assert_eq!(request.name.as_deref(), Some("demo"));
-    /// assert_eq!(request.n_workers, Some(2));
-    /// assert_eq!(request.scheduler_service_type.as_deref(), Some("NodePort"));
-    /// ```
-    pub fn from_dask_cluster(cluster: &Value) -> Result<Self> {
-        let invalid = |reason: &str| Error::InvalidTemplate {
-            what: "worker",
-            origin: "the DaskCluster resource".into(),
-            reason: reason.to_owned(),
-        };
-        if cluster.get("kind").and_then(Value::as_str) != Some("DaskCluster") {
-            return Err(invalid("kind must be DaskCluster"));
-        }
-        let spec = cluster
-            .get("spec")
-            .filter(|s| s.is_object())
-            .ok_or_else(|| invalid("spec is missing"))?;
-        let worker = spec
-            .pointer("/worker/spec")
-            .filter(|s| s.is_object())
-            .ok_or_else(|| invalid("spec.worker.spec is missing"))?;
-        let mut worker_pod = json!({"spec": worker});
-        name_workers_after_their_pods(&mut worker_pod);
-        let scheduler = spec
-            .pointer("/scheduler/spec")
-            .filter(|s| s.is_object())
-            .map(|s| TemplateSource::Pod(json!({"spec": s})));
-        let replicas = match spec.pointer("/worker/replicas") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| invalid("spec.worker.replicas must be a whole number >= 0"))?,
-            ),
-        };
-        let idle_timeout = match spec.get("idleTimeout") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) if n.as_f64().is_some_and(|t| t > 0.0) => Some(format!("{n}s")),
-            // Upstream's 0 means none.
-            Some(Value::Number(_)) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(invalid("spec.idleTimeout must be a number of seconds")),
-        };
-        Ok(ClusterRequest {
-            name: cluster
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            namespace: cluster
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            worker_template: Some(TemplateSource::Pod(worker_pod)),
-            scheduler_template: scheduler,
-            n_workers: replicas,
-            idle_timeout,
-            scheduler_service_type: spec
-                .pointer("/scheduler/service/type")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            ..ClusterRequest::default()
-        })
-    }
-}
-
-/// Gives `DASK_WORKER_NAME` from the pod's name to the containers whose args use
-/// `$(DASK_WORKER_NAME)` without defining it.
-fn name_workers_after_their_pods(pod: &mut Value) {
-    let Some(containers) = pod
-        .pointer_mut("/spec/containers")
-        .and_then(Value::as_array_mut)
-    else {
-        return;
-    };
-    let reference = format!("$({})", dask_worker_spec::WORKER_NAME_ENV);
-    for container in containers {
-        let uses = ["command", "args"].iter().any(|key| {
-            container
-                .get(*key)
-                .and_then(Value::as_array)
-                .is_some_and(|words| {
-                    words
-                        .iter()
-                        .any(|w| w.as_str().is_some_and(|w| w.contains(&reference)))
-                })
-        });
-        let Some(map) = container.as_object_mut() else {
-            continue;
-        };
-        let env = map.entry("env").or_insert_with(|| json!([]));
-        if env.is_null() {
-            *env = json!([]);
-        }
-        let Some(env) = env.as_array_mut() else {
-            continue;
-        };
-        let defined = env.iter().any(|e| {
-            e.get("name").and_then(Value::as_str) == Some(dask_worker_spec::WORKER_NAME_ENV)
-        });
-        if uses && !defined {
-            env.push(json!({"name": dask_worker_spec::WORKER_NAME_ENV,
-                            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}));
-        }
-        if env.is_empty() {
-            map.remove("env");
-        }
-    }
-}
-
-/// What one worker pod brings to the cluster: its threads (`--nthreads` x `--nworkers`) and
-/// memory (`--memory-limit` x `--nworkers`) as Dask counts them, each `None` when its flags
-/// do not say (`auto`, a fraction, absent). What `scale(memory=, cores=)` divides by.
-pub fn worker_capacity(worker_pod: &Value) -> (Option<u64>, Option<u64>) {
-    let Some(container) = worker_pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .and_then(|containers| containers.iter().find(|c| command_line(c).is_some()))
-    else {
-        return (None, None);
-    };
-    let Some(line) = command_line(container) else {
-        return (None, None);
-    };
-    let flag = |name: &str| line.flag(name).ok().flatten();
-    let processes = match flag("--nworkers").or_else(|| flag("--nprocs")) {
-        None => Some(1),
-        Some(n) => n.parse::<u64>().ok().filter(|n| *n > 0),
-    };
-    let threads = flag("--nthreads")
-        .and_then(|n| n.parse::<u64>().ok())
-        .filter(|n| *n > 0)
-        .zip(processes)
-        .map(|(t, p)| t * p);
-    let memory = flag("--memory-limit")
-        .and_then(|m| dask_worker_spec::MemoryLimit::parse(&m).ok())
-        .and_then(|m| m.bytes())
-        .zip(processes)
-        .map(|(b, p)| b * p);
-    (threads, memory)
-}
-
-fn command_line(container: &Value) -> Option<dask_worker_spec::WorkerCommandLine> {
-    let words = |key: &str| -> Vec<String> {
-        container
-            .get(key)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    dask_worker_spec::WorkerCommandLine::find(&words("command"), &words("args"))
-}
-
-/// A template from its source: a file read (and `${VAR}` expanded), or a pod value.
-fn template_of(
-    source: &TemplateSource,
-    what: &'static str,
-    origin: &str,
-    env: &[(String, String)],
-) -> Result<PodTemplate> {
-    match source {
-        TemplateSource::File(path) => {
-            let mut template = PodTemplate::from_file(path, what)?;
-            expand_environment_variables(&mut template.pod, env);
-            PodTemplate::from_value(template.pod, &template.origin, what)
-        }
-        TemplateSource::Pod(pod) => PodTemplate::from_value(pod.clone(), origin, what),
-    }
-}
-
 /// `policy` with its maximum (and minimum) within `count_max`, and the cap when it lowered
 /// the maximum.
 pub(crate) fn cap_policy(
@@ -639,140 +454,12 @@ pub(crate) fn cap_policy(
     (policy, capped)
 }
 
-/// Expands `$VAR` and `${VAR}` in every string of `value` from `env`, as Python's
-/// `os.path.expandvars` does through `dask.config.expand_environment_variables` (classic
-/// dask-kubernetes applies it to template files and config templates): a name is letters,
-/// digits and `_`; an unknown variable, `$(VAR)` (Kubernetes' own syntax) and a lone `$`
-/// are left as written. Keys are not expanded.
-pub fn expand_environment_variables(value: &mut Value, env: &[(String, String)]) {
-    match value {
-        Value::String(s) if s.contains('$') => *s = expandvars(s, env),
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|v| expand_environment_variables(v, env)),
-        Value::Object(map) => map
-            .values_mut()
-            .for_each(|v| expand_environment_variables(v, env)),
-        _ => {}
-    }
-}
-
-fn expandvars(text: &str, env: &[(String, String)]) -> String {
-    let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        let (name, consumed) = if let Some(braced) = after.strip_prefix('{') {
-            match braced.find('}') {
-                Some(end) => (Some(&braced[..end]), end + 2),
-                None => (None, 0),
-            }
-        } else {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            ((end > 0).then(|| &after[..end]), end)
-        };
-        match name.and_then(lookup) {
-            Some(value) => {
-                out.push_str(value);
-                rest = &after[consumed..];
-            }
-            None => {
-                out.push('$');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Sets `env` in the pod's first container: a variable already there gets the new value.
-/// The one place dask-kube sets container env from a request ([`set_env`] underneath).
-fn set_first_container_env(
-    template: &mut PodTemplate,
-    env: &BTreeMap<String, String>,
-) -> Result<()> {
-    if env.is_empty() {
-        return Ok(());
-    }
-    let origin = template.origin.clone();
-    let container = template
-        .pod
-        .pointer_mut("/spec/containers/0")
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| Error::InvalidTemplate {
-            what: "worker",
-            origin,
-            reason: "spec.containers[0] must be a container to set env in".into(),
-        })?;
-    for (name, value) in env {
-        set_env(container, name, value, true);
-    }
-    Ok(())
-}
-
-/// The worker pod of operator-era `KubeCluster(image=..., resources=..., worker_command=...)`
-/// (and `kubernetes.image`): `resources` must be a mapping of `limits` and/or `requests`,
-/// each a mapping, as upstream checks it.
-pub fn image_worker_pod(
-    image: &str,
-    resources: Option<&Value>,
-    worker_command: Option<&WorkerCommand>,
-) -> Result<Value> {
-    let argv = worker_command.map_or_else(
-        || DEFAULT_WORKER_COMMAND.map(str::to_owned).to_vec(),
-        WorkerCommand::argv,
-    );
-    if argv.is_empty() {
-        return Err(Error::Usage("worker_command= is empty".into()));
-    }
-    let mut container = json!({"name": "worker", "image": image, "args": argv});
-    if let Some(resources) = resources.filter(|r| !r.is_null()) {
-        check_resources(resources)?;
-        if resources.as_object().is_some_and(|m| !m.is_empty()) {
-            container["resources"] = resources.clone();
-        }
-    }
-    Ok(json!({
-        "kind": "Pod",
-        "metadata": {},
-        "spec": {"restartPolicy": "Never", "containers": [container]},
-    }))
-}
-
-/// `resources=` as the operator's `KubeCluster` checks it: a mapping whose keys are
-/// `limits` and `requests`, each a mapping.
-fn check_resources(resources: &Value) -> Result<()> {
-    let Some(map) = resources.as_object() else {
-        return Err(Error::Usage(format!(
-            "resources= must be a mapping like {{\"limits\": {{\"memory\": \"2G\"}}}}, not {resources}"
-        )));
-    };
-    for (key, value) in map {
-        if key != "limits" && key != "requests" {
-            return Err(Error::Usage(format!(
-                "resources= has unknown field {key:?} (only \"limits\" and \"requests\")"
-            )));
-        }
-        if !value.is_object() {
-            return Err(Error::Usage(format!(
-                "resources= {key:?} must be a mapping, not {value}"
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{ConfigDocument, ConfigSources};
-    use crate::manifests::ServiceType;
     use rstest::rstest;
+    use serde_json::json;
 
     fn config(value: Value, env: &[(&str, &str)]) -> DaskConfig {
         DaskConfig::from_sources(&ConfigSources {
@@ -985,28 +672,6 @@ mod tests {
         assert!(err.contains(expected), "{err}");
     }
 
-    #[rstest]
-    #[case::braced("x${HOME}y", "x/home/ay")]
-    #[case::bare("$HOME/w", "/home/a/w")]
-    #[case::name_ends_at_a_symbol("$HOME.d", "/home/a.d")]
-    #[case::unknown_is_kept("$NOPE and ${NOPE}", "$NOPE and ${NOPE}")]
-    #[case::kubernetes_syntax_is_kept("$(DASK_WORKER_NAME)", "$(DASK_WORKER_NAME)")]
-    #[case::lone_dollar("costs $ 5", "costs $ 5")]
-    #[case::trailing_dollar("x$", "x$")]
-    #[case::unclosed_brace("${HOME", "${HOME")]
-    #[case::two("$A$B", "12")]
-    fn variables_expand_as_os_path_expandvars(#[case] text: &str, #[case] expected: &str) {
-        let env = [
-            ("HOME".to_owned(), "/home/a".to_owned()),
-            ("A".to_owned(), "1".to_owned()),
-            ("B".to_owned(), "2".to_owned()),
-        ];
-        let mut value = json!({"k": [text], "$HOME": text});
-        expand_environment_variables(&mut value, &env);
-        assert_eq!(value["k"][0], expected);
-        assert!(value.get("$HOME").is_some(), "keys are not expanded");
-    }
-
     #[test]
     fn a_template_file_is_expanded_but_a_pod_value_is_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -1034,78 +699,6 @@ mod tests {
         .resolve(&cfg, &vars())
         .unwrap();
         assert_eq!(from_value.spec.worker.image(), Some("${IMAGE}"));
-    }
-
-    #[rstest]
-    #[case::string(json!("dask worker --nthreads 2"), &["dask", "worker", "--nthreads", "2"])]
-    #[case::list(json!(["python", "-m", "distributed.cli.dask_worker"]), &["python", "-m", "distributed.cli.dask_worker"])]
-    fn image_worker_command(#[case] command: Value, #[case] argv: &[&str]) {
-        let command: WorkerCommand = serde_json::from_value(command).unwrap();
-        let pod = image_worker_pod("img", None, Some(&command)).unwrap();
-        assert_eq!(pod["spec"]["containers"][0]["args"], json!(argv));
-    }
-
-    #[test]
-    fn an_upstream_dask_cluster_becomes_a_request() {
-        let cluster = json!({
-            "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster",
-            "metadata": {"name": "simple", "namespace": "team"},
-            "spec": {
-                "idleTimeout": 60,
-                "worker": {"replicas": 3, "spec": {"containers": [{"name": "worker", "image": "ghcr.io/dask/dask:latest",
-                    "args": ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nthreads", "1", "--memory-limit", "1GB"]}]}},
-                "scheduler": {"spec": {"containers": [{"name": "scheduler", "image": "ghcr.io/dask/dask:latest",
-                    "args": ["dask", "scheduler", "--host", "0.0.0.0"]}]},
-                              "service": {"type": "LoadBalancer"}}
-            }
-        });
-        let request = ClusterRequest::from_dask_cluster(&cluster).unwrap();
-        let r = request.resolve(&config(json!({}), &[]), &vars()).unwrap();
-        assert_eq!(
-            (r.spec.name.as_str(), r.spec.namespace.as_str(), r.workers),
-            ("simple", "team", 3)
-        );
-        assert_eq!(r.spec.service_type, ServiceType::LoadBalancer);
-        assert_eq!(r.spec.scheduler_options, ["--idle-timeout", "60s"]);
-        let worker = r.spec.worker_pod().unwrap().pod;
-        let env = &worker["spec"]["containers"][0]["env"];
-        assert!(
-            env.as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["name"] == "DASK_WORKER_NAME"
-                    && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"),
-            "{env}"
-        );
-        assert_eq!(
-            r.spec.scheduler_pod().unwrap()["spec"]["containers"][0]["image"],
-            "ghcr.io/dask/dask:latest"
-        );
-    }
-
-    #[rstest]
-    #[case::not_a_dask_cluster(json!({"kind": "Pod"}), "kind must be DaskCluster")]
-    #[case::no_worker(json!({"kind": "DaskCluster", "spec": {"scheduler": {}}}), "spec.worker.spec is missing")]
-    #[case::bad_replicas(json!({"kind": "DaskCluster", "spec": {"worker": {"replicas": -1, "spec": {"containers": []}}}}), "replicas")]
-    fn what_is_not_a_dask_cluster_says_why(#[case] cluster: Value, #[case] needle: &str) {
-        let err = ClusterRequest::from_dask_cluster(&cluster)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(needle), "{err}");
-    }
-
-    #[rstest]
-    #[case::flags(&["dask", "worker", "--nthreads", "2", "--memory-limit", "3GB"], (Some(2), Some(3_000_000_000)))]
-    #[case::processes(&["dask", "worker", "--nworkers", "2", "--nthreads", "2", "--memory-limit", "1GiB"], (Some(4), Some(2 * 1024 * 1024 * 1024)))]
-    #[case::auto_memory(&["dask", "worker", "--nthreads", "1", "--memory-limit", "auto"], (Some(1), None))]
-    #[case::no_flags(&["dask", "worker"], (None, None))]
-    #[case::not_a_worker(&["sleep", "1"], (None, None))]
-    fn what_a_worker_pod_brings(
-        #[case] args: &[&str],
-        #[case] expected: (Option<u64>, Option<u64>),
-    ) {
-        let pod = json!({"spec": {"containers": [{"name": "w", "image": "i", "args": args}]}});
-        assert_eq!(worker_capacity(&pod), expected);
     }
 
     #[test]
