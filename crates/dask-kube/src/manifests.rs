@@ -334,11 +334,14 @@ impl ClusterSpec {
     }
 
     /// A scheduler pod template from the worker template, as classic dask-kubernetes
-    /// derives it: the whole pod (volumes, resources, placement, service account, pull
-    /// secrets, security context, annotations) with its first container running the
+    /// derives it: the whole pod (volumes and mounts, placement, service account, pull
+    /// secrets, security context, env, annotations) with its first container running the
     /// scheduler. Dropped: what only a worker uses (its command and args, ports and probes,
-    /// the scheduler address and worker name variables) and other containers (a second
-    /// container would make the scheduler's log ambiguous to read).
+    /// the scheduler address and worker name variables), other containers (a second
+    /// container would make the scheduler's log ambiguous to read), and, unlike classic,
+    /// the container's resources: they are sized for a worker (the README's 2 CPUs and
+    /// 6 GB, a GPU), which a scheduler does not use and a node may not have spare; a
+    /// scheduler template sizes the scheduler.
     fn derive_scheduler_template(&self) -> Value {
         let mut pod = self.worker.pod.clone();
         if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
@@ -356,6 +359,7 @@ impl ClusterSpec {
                 "readinessProbe",
                 "livenessProbe",
                 "startupProbe",
+                "resources",
             ] {
                 container.remove(key);
             }
@@ -798,17 +802,17 @@ mod tests {
             ])
         );
         assert_eq!(env_value(c, ROUTES_ENV).unwrap()["value"], ROUTES);
-        assert_eq!(
-            c["resources"]["limits"]["memory"], "6G",
-            "the worker template's resources are the scheduler's too, as classic derives it"
+        assert!(
+            c.get("resources").is_none(),
+            "a worker's resources are not the scheduler's"
         );
         assert!(pod["spec"].get("tolerations").is_none());
         assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], 8786);
         to_pod(pod).unwrap();
     }
 
-    /// Classic derives the scheduler pod from the whole worker template: volumes, mounts,
-    /// placement and resources are kept; what only a worker uses is not.
+    /// Classic derives the scheduler pod from the whole worker template: volumes, mounts and
+    /// placement are kept; what only a worker uses is not.
     #[test]
     fn the_derived_scheduler_keeps_the_template_but_not_the_worker() {
         let mut s = spec();

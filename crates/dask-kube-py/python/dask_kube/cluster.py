@@ -213,7 +213,8 @@ class KubeCluster(Cluster):
         Environment variables of the scheduler and the workers (over ``kubernetes.env``).
     scheduler_pod_template : dict, str path, or pod object, optional
         The scheduler pod (``kubernetes.scheduler-template``); default derived from the
-        worker template, as classic: its volumes, resources and placement kept.
+        worker template, as classic: its volumes and placement kept (not the worker's
+        resources, which a scheduler does not use).
     idle_timeout : str or number, optional
         The scheduler shuts down after this long without clients (``--idle-timeout``).
     apply_default_affinity : {"preferred", "required", "none"}
