@@ -30,7 +30,9 @@
 //! - **Scaling and adapting** (pure decisions, tested with tables): [`plan_scale_down`]
 //!   (workers matched to pods by [`place_workers`]), [`decide`] with [`AdaptPolicy`] (its
 //!   damping: `wait_count`, `cooldown`), and [`Scaler`], the I/O around them for one
-//!   cluster's workers, over any [`SchedulerApi`] ([`HttpSchedulerApi`] over TCP).
+//!   cluster's workers, over any [`SchedulerApi`] ([`HttpSchedulerApi`] over any
+//!   [`Connect`]or: [`TcpConnect`] to the Service, [`PodPortConnect`] by port-forward), and
+//!   the flow control batches run under ([`FlowLimiter`]).
 //!
 //! # Examples
 //!
@@ -162,11 +164,15 @@ pub use controller::{
     SERVICE_ACCOUNT as CONTROLLER_SERVICE_ACCOUNT, pod_name as controller_pod_name,
 };
 pub use error::{Error, Result, exit};
+pub use flow::{
+    CallOutcome, DEFAULT_INITIAL_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT, FlowControl, FlowLimiter, Permit,
+};
 pub use listing::{ClusterRow, list_clusters};
 pub use manifests::{
     ClusterSpec, Owner, ServiceType, WorkerPod, default_affinity, selector, service_name,
 };
 pub use names::NameVars;
+pub use portforward::{ForwardedStream, LocalForwarder, PodPortConnect};
 pub use request::{
     AdaptRequest, AffinityMode, ClusterRequest, DEFAULT_WORKER_COMMAND, ResolvedCluster,
     TemplateSource, WorkerCommand, expand_environment_variables, image_worker_pod, worker_capacity,
@@ -175,7 +181,8 @@ pub use scaler::{CountCap, ScaleReport, Scaler};
 pub use scaling::{
     DeleteReason, KeepReason, KeptPod, Placement, PodPhase, RetireTarget, ScaleDownPlan,
     SchedulerWorker, WorkerCounts, WorkerPodState, address_host, place_workers, plan_scale_down,
+    retired_pods_to_delete,
 };
-pub use scheduler_api::{HttpSchedulerApi, SchedulerApi, TcpConnect};
+pub use scheduler_api::{Connect, HttpSchedulerApi, SchedulerApi, TcpConnect};
 pub use supervisor::{StateDir, SupervisorState, is_supervisor};
 pub use template::PodTemplate;
