@@ -481,6 +481,19 @@ def test_make_pod_spec_takes_classic_positional_arguments():
     assert pod.spec.restart_policy == "Never"
 
 
+@pytest.mark.parametrize("mode, term", [
+    ("preferred", "preferredDuringSchedulingIgnoredDuringExecution"),
+    ("required", "requiredDuringSchedulingIgnoredDuringExecution"),
+])
+def test_clean_pod_template_applies_classic_affinity(mode, term):
+    pod = {"spec": {"containers": [{"name": "s", "image": "i"}]}}
+    cleaned = dask_kube.clean_pod_template(pod, apply_default_affinity=mode, pod_type="scheduler")
+    assert "scheduler" in json.dumps(cleaned.spec.affinity.node_affinity[term])
+    assert [t["value"] for t in cleaned.spec.tolerations] == ["scheduler", "scheduler"]
+    again = dask_kube.clean_pod_template(cleaned, apply_default_affinity=mode, pod_type="scheduler")
+    assert again == cleaned, "a second pass changes nothing"
+
+
 def test_pod_dicts_read_and_write_like_pod_objects():
     pod = dask_kube.PodDict({"spec": {"containers": [{"name": "w", "args": ["dask", "worker"]}]}})
     pod.spec.containers[0].args += ["--nthreads", "2"]
@@ -514,7 +527,7 @@ async def test_scale_by_memory_and_cores_counts_worker_pods():
         pytest.param(dict(image="i", resources={"cpu": "1"}), 'unknown field "cpu"', id="resources-unknown-field"),
         pytest.param(dict(image="i", resources={"limits": "1"}), "must be a mapping", id="resources-not-mapping"),
         pytest.param(dict(image="i", scheduler_service_type="Ingress"), "scheduler service type", id="service-type"),
-        pytest.param(dict(image="i", apply_default_affinity="sometimes"), "apply_default_affinity", id="affinity"),
+        pytest.param(dict(image="i", apply_default_affinity="sometimes"), "unknown affinity mode", id="affinity"),
     ],
 )
 def test_operator_era_arguments_are_checked_before_anything_is_made(kwargs, message):

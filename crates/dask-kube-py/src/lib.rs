@@ -881,9 +881,14 @@ fn policy_defaults(pod: &str) -> PyResult<Option<String>> {
 #[pyfunction]
 fn apply_default_affinity(pod: &str, component: &str, mode: &str) -> PyResult<String> {
     let mut pod: Value = serde_json::from_str(pod).map_err(|e| json_err("pod", e))?;
-    let mode: dask_kube::AffinityMode = mode.parse().map_err(to_py_err)?;
+    let mode: dask_kube::DefaultAffinity =
+        mode.parse()
+            .map_err(|e: dask_worker_spec::UnknownAffinityMode| {
+                to_py_err(Error::Usage(format!("apply_default_affinity: {e}")))
+            })?;
     let component = match component {
-        "worker" | "scheduler" => component,
+        "worker" => dask_kube::DaskComponent::Worker,
+        "scheduler" => dask_kube::DaskComponent::Scheduler,
         other => {
             return Err(to_py_err(Error::Usage(format!(
                 "pod_type {other:?}: \"worker\" or \"scheduler\""

@@ -24,6 +24,7 @@ use crate::supervisor::StateDir;
 use crate::template::PodTemplate;
 use crate::{Error, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dask_worker_spec::DefaultAffinity;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
@@ -319,7 +320,7 @@ pub struct ClusterFlags {
     /// Classic's dedicated-pool node affinity: preferred, required or none (default:
     /// kubernetes.apply-default-affinity, else preferred).
     #[arg(long)]
-    pub apply_default_affinity: Option<String>,
+    pub apply_default_affinity: Option<DefaultAffinity>,
     /// Start Jupyter on the scheduler (`dask scheduler --jupyter`).
     #[arg(long)]
     pub jupyter: bool,
@@ -363,10 +364,7 @@ impl ClusterFlags {
             target_duration: target_duration.clone(),
             idle_timeout: idle_timeout.clone(),
             scheduler_service_type: scheduler_service_type.clone(),
-            apply_default_affinity: apply_default_affinity
-                .as_deref()
-                .map(str::parse)
-                .transpose()?,
+            apply_default_affinity: *apply_default_affinity,
             jupyter: *jupyter,
             ..ClusterRequest::default()
         })

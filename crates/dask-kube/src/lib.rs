@@ -163,6 +163,7 @@ pub use config::{
 pub use controller::{
     SERVICE_ACCOUNT as CONTROLLER_SERVICE_ACCOUNT, pod_name as controller_pod_name,
 };
+pub use dask_worker_spec::{DaskComponent, DefaultAffinity};
 pub use error::{Error, Result, exit};
 pub use flow::{
     CallOutcome, DEFAULT_INITIAL_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT, FlowControl, FlowLimiter, Permit,
@@ -174,8 +175,8 @@ pub use manifests::{
 pub use names::NameVars;
 pub use portforward::{ForwardedStream, LocalForwarder, PodPortConnect};
 pub use request::{
-    AdaptRequest, AffinityMode, ClusterRequest, DEFAULT_WORKER_COMMAND, ResolvedCluster,
-    TemplateSource, WorkerCommand, expand_environment_variables, image_worker_pod, worker_capacity,
+    AdaptRequest, ClusterRequest, DEFAULT_WORKER_COMMAND, ResolvedCluster, TemplateSource,
+    WorkerCommand, expand_environment_variables, image_worker_pod, worker_capacity,
 };
 pub use scaler::{CountCap, ScaleReport, Scaler};
 pub use scaling::{

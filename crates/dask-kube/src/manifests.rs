@@ -3,11 +3,11 @@
 //! client-side by `dask-worker-spec` (so pods are right on clusters without the policy, and
 //! the policy finds nothing to change on clusters with it).
 
-use crate::request::AffinityMode;
 use crate::template::PodTemplate;
 use crate::{Error, Result};
 use dask_worker_spec::{
-    PodSpecRules, WorkerCommandLine, WorkerDefaults, apply_worker_defaults, labels,
+    DaskComponent, DefaultAffinity, PodSpecRules, WorkerCommandLine, WorkerDefaults,
+    apply_dedicated_pool, apply_worker_defaults, labels,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde_json::{Map, Value, json};
@@ -67,8 +67,6 @@ pub struct ClusterSpec {
     pub adaptive_target_duration: Option<String>,
     /// The Service's type.
     pub service_type: ServiceType,
-    /// Classic's dedicated-pool node affinity for the scheduler and worker pods.
-    pub affinity: AffinityMode,
 }
 
 /// The type of the scheduler's Service (`scheduler_service_type=`): how it is reached from
@@ -299,7 +297,19 @@ impl ClusterSpec {
             .and_then(Value::as_object_mut)
             .ok_or_else(|| invalid_scheduler(&origin, "spec is missing"))?;
         spec.insert("restartPolicy".into(), json!("Never"));
-        apply_default_affinity(spec, labels::SCHEDULER, self.affinity);
+        // Classic's `clean_pod_template(pod_type="scheduler")`: the scheduler pool's
+        // tolerations and, as `apply_default_affinity` says, its node affinity.
+        let mut pool = Value::Object(std::mem::take(spec));
+        apply_dedicated_pool(
+            &mut pool,
+            "spec",
+            DaskComponent::Scheduler,
+            self.defaults.apply_default_affinity,
+        )
+        .map_err(|e| invalid_scheduler(&origin, &e.to_string()))?;
+        if let Value::Object(map) = pool {
+            *spec = map;
+        }
         let container = spec
             .get_mut("containers")
             .and_then(Value::as_array_mut)
@@ -457,9 +467,6 @@ impl ClusterSpec {
         let spec = pod_map
             .get_mut("spec")
             .ok_or_else(|| invalid_worker(origin, "spec is missing"))?;
-        if let Some(spec) = spec.as_object_mut() {
-            apply_default_affinity(spec, labels::WORKER, self.affinity);
-        }
         let defaulted = apply_worker_defaults(spec, "spec", PodSpecRules::BARE_POD, &self.defaults)
             .map_err(|source| Error::WorkerDefaults {
                 origin: origin.clone(),
@@ -527,37 +534,29 @@ pub fn set_owner(object: &mut Value, owner: &Owner) {
     }
 }
 
-/// Classic's `clean_pod_template` for a whole pod (its `spec`): the dedicated-pool affinity
-/// of `component` (`worker` or `scheduler`) that `mode` asks for ([`apply_default_affinity`]'s
-/// seam).
-pub fn default_affinity(pod: &mut Value, component: &str, mode: AffinityMode) -> Result<()> {
-    let spec = pod
-        .get_mut("spec")
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| Error::InvalidTemplate {
-            what: if component == labels::SCHEDULER {
-                "scheduler"
-            } else {
-                "worker"
-            },
-            origin: "the pod".into(),
-            reason: "spec is missing or not a mapping".into(),
-        })?;
-    apply_default_affinity(spec, component, mode);
+/// Classic's `clean_pod_template(pod, apply_default_affinity=mode, pod_type=component)` on
+/// a whole pod: its `spec` gets the `component` pool's two dedicated tolerations (each once)
+/// and the node affinity `mode` asks for (`dask_worker_spec::apply_dedicated_pool`).
+pub fn default_affinity(
+    pod: &mut Value,
+    component: DaskComponent,
+    mode: DefaultAffinity,
+) -> Result<()> {
+    let what = match component {
+        DaskComponent::Scheduler => "scheduler",
+        DaskComponent::Worker => "worker",
+    };
+    let spec = pod.get_mut("spec").ok_or_else(|| Error::InvalidTemplate {
+        what,
+        origin: "the pod".into(),
+        reason: "spec is missing".into(),
+    })?;
+    apply_dedicated_pool(spec, "spec", component, mode).map_err(|e| Error::InvalidTemplate {
+        what,
+        origin: "the pod".into(),
+        reason: e.to_string(),
+    })?;
     Ok(())
-}
-
-/// SEAM for classic's `apply_default_affinity` (the `k8s.dask.org/node-purpose In
-/// [component]` node affinity and the component's dedicated-node tolerations, `mode`
-/// deciding preferred, required or none): the pure function is being written in
-/// `dask-worker-spec` (issue 22, `apply_default_affinity`), and is called here once it has
-/// landed. Until then no affinity is added, whatever `mode` says; the mode is settled and
-/// carried (request, config key, CLI flag, Python argument) so only this body changes.
-fn apply_default_affinity(
-    _pod_spec: &mut Map<String, Value>,
-    _component: &str,
-    _mode: AffinityMode,
-) {
 }
 
 /// Sets an env var on a container; `replace` decides whether an existing one is overwritten.
@@ -634,7 +633,6 @@ mod tests {
             external_scheduler_api: None,
             adaptive_target_duration: None,
             service_type: ServiceType::ClusterIP,
-            affinity: AffinityMode::Preferred,
         }
     }
 
@@ -806,9 +804,55 @@ mod tests {
             c.get("resources").is_none(),
             "a worker's resources are not the scheduler's"
         );
-        assert!(pod["spec"].get("tolerations").is_none());
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([
+                {"key": "k8s.dask.org/dedicated", "operator": "Equal", "value": "scheduler", "effect": "NoSchedule"},
+                {"key": "k8s.dask.org_dedicated", "operator": "Equal", "value": "scheduler", "effect": "NoSchedule"},
+            ]),
+            "the scheduler pool's tolerations, as classic's clean_pod_template(pod_type=\"scheduler\")"
+        );
         assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], 8786);
         to_pod(pod).unwrap();
+    }
+
+    /// Classic's `apply_default_affinity`, for both pods: `preferred` (the default) and
+    /// `required` keep each on its pool's nodes (`k8s.dask.org/node-purpose`), `none` adds
+    /// no affinity (the tolerations stay).
+    #[rstest]
+    #[case::preferred(
+        DefaultAffinity::Preferred,
+        Some("preferredDuringSchedulingIgnoredDuringExecution")
+    )]
+    #[case::required(
+        DefaultAffinity::Required,
+        Some("requiredDuringSchedulingIgnoredDuringExecution")
+    )]
+    #[case::none(DefaultAffinity::None, None)]
+    fn both_pods_get_the_affinity_mode(#[case] mode: DefaultAffinity, #[case] term: Option<&str>) {
+        let s = ClusterSpec {
+            defaults: WorkerDefaults {
+                apply_default_affinity: mode,
+                ..WorkerDefaults::default()
+            },
+            ..spec()
+        };
+        let scheduler = s.scheduler_pod().unwrap();
+        let worker = s.worker_pod().unwrap().pod;
+        for (pod, component) in [(&scheduler, "scheduler"), (&worker, "worker")] {
+            let node_affinity = &pod["spec"]["affinity"]["nodeAffinity"];
+            match term {
+                Some(term) => {
+                    let text = node_affinity[term].to_string();
+                    assert!(
+                        text.contains("k8s.dask.org/node-purpose") && text.contains(component),
+                        "{component}: {node_affinity}"
+                    );
+                }
+                None => assert!(node_affinity.is_null(), "{component}: {node_affinity}"),
+            }
+            assert_eq!(pod["spec"]["tolerations"][0]["value"], component);
+        }
     }
 
     /// Classic derives the scheduler pod from the whole worker template: volumes, mounts and

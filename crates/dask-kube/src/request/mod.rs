@@ -14,7 +14,7 @@ use crate::names::{self, NameVars};
 use crate::scaler::{CountCap, cap_count};
 use crate::template::PodTemplate;
 use crate::{Error, Result};
-use dask_worker_spec::WorkerDefaults;
+use dask_worker_spec::{DefaultAffinity, UnknownAffinityMode, WorkerDefaults};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -85,41 +85,6 @@ pub struct AdaptRequest {
     pub here: bool,
 }
 
-/// Classic dask-kubernetes' `apply_default_affinity`: the dedicated-pool node affinity
-/// (`k8s.dask.org/node-purpose In [worker|scheduler]`) given to every pod.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum AffinityMode {
-    /// Weight 100, so pods still run where no node has the label (classic's default).
-    #[default]
-    Preferred,
-    /// Only on nodes with the label.
-    Required,
-    /// No affinity added.
-    None,
-}
-
-impl TryFrom<String> for AffinityMode {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl std::str::FromStr for AffinityMode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_lowercase().as_str() {
-            "preferred" => Ok(AffinityMode::Preferred),
-            "required" => Ok(AffinityMode::Required),
-            "none" => Ok(AffinityMode::None),
-            other => Err(Error::Usage(format!(
-                "apply_default_affinity {other:?}: \"preferred\", \"required\" or \"none\""
-            ))),
-        }
-    }
-}
-
 /// A cluster as asked for. Everything unset is settled by [`ClusterRequest::resolve`] from
 /// the Dask config, then defaults; the CLI, the Python package and an operator only fill
 /// this in.
@@ -164,9 +129,9 @@ pub struct ClusterRequest {
     pub scheduler_service_type: Option<String>,
     /// Seconds the scheduler pod may take to run (`kubernetes.resource-timeout`).
     pub resource_timeout: Option<f64>,
-    /// The dedicated-pool node affinity (`kubernetes.apply-default-affinity`, else
-    /// preferred, as classic).
-    pub apply_default_affinity: Option<AffinityMode>,
+    /// The dedicated-pool node affinity of the scheduler and worker pods (classic's
+    /// `apply_default_affinity`; `kubernetes.apply-default-affinity`, else preferred).
+    pub apply_default_affinity: Option<DefaultAffinity>,
     /// Most pod creations/deletions in flight (`kubernetes.max-in-flight`).
     pub max_in_flight: Option<u32>,
     /// How the scheduler is reached from here.
@@ -295,7 +260,13 @@ impl ClusterRequest {
             .parse()?;
         let affinity = match self.apply_default_affinity {
             Some(mode) => mode,
-            None => settings.apply_default_affinity.parse()?,
+            None => settings
+                .apply_default_affinity
+                .parse()
+                .map_err(|e: UnknownAffinityMode| Error::Config {
+                    origin: "kubernetes.apply-default-affinity".into(),
+                    reason: e.to_string(),
+                })?,
         };
         if self.scheduler_address.is_none() && self.scheduler_api_address.is_some() {
             return Err(Error::Usage(
@@ -309,12 +280,14 @@ impl ClusterRequest {
             worker,
             scheduler,
             scheduler_options,
-            defaults: WorkerDefaults::default(),
+            defaults: WorkerDefaults {
+                apply_default_affinity: affinity,
+                ..WorkerDefaults::default()
+            },
             external_scheduler: self.scheduler_address.clone(),
             external_scheduler_api: self.scheduler_api_address.clone(),
             adaptive_target_duration,
             service_type,
-            affinity,
         };
         // Everything is checked before any cluster is contacted: the objects are made once
         // here (in a placeholder namespace when it is the credentials' to say).
@@ -650,7 +623,7 @@ mod tests {
     #[case::bad_name(json!({"name": "{nope}"}), "invalid name template")]
     #[case::bad_duration(json!({"target_duration": "soon"}), "adaptive target duration")]
     #[case::bad_idle_timeout(json!({"idle_timeout": "10 parsecs"}), "idle timeout")]
-    #[case::bad_affinity(json!({"apply_default_affinity": "sometimes"}), "apply_default_affinity \"sometimes\"")]
+    #[case::bad_affinity(json!({"apply_default_affinity": "sometimes"}), "unknown affinity mode \"sometimes\"")]
     #[case::bad_service_type(json!({"scheduler_service_type": "Ingress"}), "scheduler service type")]
     #[case::bad_resources(json!({"worker_template": null, "image": "i", "resources": {"cpu": "1"}}), "unknown field \"cpu\"")]
     #[case::api_without_scheduler(json!({"scheduler_api_address": "127.0.0.1:1"}), "needs a scheduler address")]
@@ -699,6 +672,31 @@ mod tests {
         .resolve(&cfg, &vars())
         .unwrap();
         assert_eq!(from_value.spec.worker.image(), Some("${IMAGE}"));
+    }
+
+    /// The affinity mode of the request, else `kubernetes.apply-default-affinity`, reaches
+    /// both pods (the worker defaults for the workers, the scheduler pool for the scheduler).
+    #[rstest]
+    #[case::request_over_config(json!({"apply_default_affinity": "required"}), json!({"kubernetes": {"apply-default-affinity": "none"}}), Some("requiredDuringSchedulingIgnoredDuringExecution"))]
+    #[case::config(json!({}), json!({"kubernetes": {"apply-default-affinity": "none"}}), None)]
+    #[case::default_preferred(json!({}), json!({}), Some("preferredDuringSchedulingIgnoredDuringExecution"))]
+    fn the_affinity_mode_reaches_both_pods(
+        #[case] extra: Value,
+        #[case] cfg: Value,
+        #[case] term: Option<&str>,
+    ) {
+        let objects = request(extra)
+            .resolve(&config(cfg, &[]), &vars())
+            .unwrap()
+            .render("team")
+            .unwrap();
+        for pod in [&objects[0], &objects[2]] {
+            let node_affinity = &pod["spec"]["affinity"]["nodeAffinity"];
+            match term {
+                Some(term) => assert!(!node_affinity[term].is_null(), "{node_affinity}"),
+                None => assert!(node_affinity.is_null(), "{node_affinity}"),
+            }
+        }
     }
 
     #[test]
