@@ -416,7 +416,7 @@ def adaptive_scenario(args, checks):
     dask_kube(args.dask_kube, "--namespace", namespace, "down", name)
     gone = wait_until("no pods, no service, no processes",
                       lambda: not cluster_pods(namespace, name) and not leftover_processes(name)
-                      and kubectl("get", "service", "-n", namespace, name, check=False).returncode != 0,
+                      and kubectl("get", "service", "-n", namespace, f"{name}-scheduler", check=False).returncode != 0,
                       WAIT_GONE)
     summary["pods_left"] = len(cluster_pods(namespace, name))
     summary["processes_left"] = len(leftover_processes(name))
@@ -449,7 +449,7 @@ def sigkill_scenario(args, checks):
                       lambda: not cluster_pods(namespace, name) and not leftover_processes(name), WAIT_GONE)
     seconds = round(time.monotonic() - deleted, 1)
     checks.expect(gone, f"garbage collector removed every pod of {name} and their processes ended ({seconds}s)")
-    kubectl("delete", "service", "-n", namespace, name, "--ignore-not-found", check=False)
+    kubectl("delete", "service", "-n", namespace, f"{name}-scheduler", "--ignore-not-found", check=False)
     return {"gc_seconds": seconds if gone else None}
 
 

@@ -80,9 +80,16 @@ def test_readme_example_with_only_the_import_changed(kubectl, small_worker):
         # Defaults applied client-side; every object owned by the scheduler pod.
         assert pod["spec"]["restartPolicy"] == "Never"
         assert pod["metadata"]["ownerReferences"][0]["name"] == name
+    # Keyed as upstream: "Scheduler", and each worker by its Dask name (its pod's).
     logs = cluster.get_logs()
-    assert name in logs and "Cluster" in logs
-    assert name in cluster.logs(cluster=False) and "Cluster" not in cluster.logs(cluster=False)
+    assert "Scheduler" in logs and "Cluster" in logs, list(logs)
+    assert {p["metadata"]["name"] for p in workers} <= set(logs), list(logs)
+    assert "Scheduler" in cluster.logs() and "Cluster" not in cluster.logs()
+    # The Service is named as the operator names it.
+    assert [s["metadata"]["name"] for s in kubectl.services(name)] == [f"{name}-scheduler"]
+    # classic's attributes: the pods as they run, read the way V1Pod objects were.
+    assert cluster.pod_template.spec.containers[0].env is not None
+    assert cluster.scheduler_pod_template.metadata.name == name
     client.close()
     t2 = time.monotonic()
     cluster.close()
@@ -511,3 +518,16 @@ def test_adapt_goes_on_in_the_cluster_after_python_exits(kubectl, small_worker):
         assert kubectl.wait_gone(name, ns, timeout=30) == []
     finally:
         kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_dask_config_set_caps_a_running_clusters_next_scale(small_worker, kubectl):
+    """Issue 25's measurement: `dask.config.set({"kubernetes.count.max": 1})` after the
+    cluster started, then `scale(10)`: 5 workers had connected half a second later. The
+    library reads `dask.config` when it scales: one worker pod, and a warning saying so."""
+    with KubeCluster(small_worker, n_workers=0, name="py-cap-{uuid}") as cluster:
+        with dask.config.set({"kubernetes.count.max": 1}):
+            with pytest.warns(UserWarning, match="capped at 1 by kubernetes.count.max"):
+                report = cluster.scale(10)
+        assert report["target"] == 1, report
+        workers = [p for p in kubectl.pods(cluster.name) if p["metadata"]["labels"]["dask.org/component"] == "worker"]
+        assert len(workers) == 1, [p["metadata"]["name"] for p in workers]

@@ -10,12 +10,20 @@ import sys
 import textwrap
 import time
 
+import asyncio
+import inspect
+import os
+from pathlib import Path
+
 import dask.config
 import pytest
 
 import dask_kube
 from dask_kube import KubeCluster, make_pod_spec
 from dask_kube import _native
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "crates/dask-kube/tests/fixtures"
 
 
 def container(pod):
@@ -141,7 +149,7 @@ def test_pod_objects_become_api_dicts():
             containers=[_Model(name="w", image="i", image_pull_policy="IfNotPresent", args=None)],
         ),
     )
-    out = dask_kube.clean_pod_template(pod)
+    out = dask_kube.objects.plain_pod(pod)
     assert out == {
         "metadata": {"labels": {"app_label": "x"}},
         "spec": {"restartPolicy": "Never", "containers": [{"name": "w", "image": "i", "imagePullPolicy": "IfNotPresent"}]},
@@ -327,7 +335,7 @@ def test_results_stop_reaching_python_once_the_interpreter_exits(tmp_path, run_a
             if {run_atexit_first}:
                 atexit._run_exitfuncs()  # what the interpreter runs before it finalizes
             fut = _native.prepare(json.dumps({{
-                "worker_template_path": {str(tmp_path / "missing.yml")!r},
+                "request": {{"worker_template": {{"file": {str(tmp_path / "missing.yml")!r}}}}},
                 "config": {{}}, "environ": [],
             }}))
             done, _ = await asyncio.wait([fut], timeout=3)
@@ -342,3 +350,359 @@ def test_results_stop_reaching_python_once_the_interpreter_exits(tmp_path, run_a
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == outcome, out.stdout + out.stderr
+
+
+# -- one request for both shells ---------------------------------------------------------
+
+
+def _shells_table() -> dict:
+    text = (REPO / "crates/dask-kube-py/tests/fixtures/shells.json").read_text()
+    return json.loads(text.replace("{fixtures}", str(FIXTURES)))
+
+
+@pytest.mark.parametrize("case", _shells_table()["cases"], ids=lambda c: c["case"])
+async def test_keyword_arguments_map_to_the_table_request(case):
+    """KubeCluster(...)'s keywords ask for the request of crates/dask-kube-py/tests/
+    fixtures/shells.json, which the CLI's flags are checked against (tests/shells.rs): both
+    shells resolve to the same manifests."""
+    with dask.config.set(case["config"]):
+        cluster = KubeCluster(asynchronous=True, **case["python"])
+        options = cluster._options
+        from_keywords = json.loads(_native.render(json.dumps(options, default=str)))
+        from_table = json.loads(
+            _native.render(json.dumps({"request": case["request"], "config": options["config"],
+                                       "environ": options["environ"]}))
+        )
+    assert from_keywords == from_table
+
+
+@pytest.mark.parametrize("case", _shells_table()["adapt"], ids=lambda c: c["case"])
+def test_adapt_keywords_are_the_table_tuning(case, monkeypatch):
+    """adapt(...)'s keywords become the tuning (seconds) the table gives the CLI's flags."""
+    seen = {}
+
+    class Native:
+        name = "c"
+
+        def adapt(self, minimum, maximum, tuning, in_cluster):
+            seen.update(minimum=minimum, maximum=maximum, tuning=json.loads(tuning))
+            return json.dumps({"minimum": minimum, "maximum": maximum, "capped": None,
+                               "controller": "c-controller", "controller_unavailable": None})
+
+        def is_closed(self):
+            return True
+
+    cluster = KubeCluster.__new__(KubeCluster)
+    cluster._native, cluster._deploy_mode, cluster._adaptive = Native(), "remote", None
+    cluster._worker_pod = None
+    monkeypatch.setattr(KubeCluster, "_log", lambda self, m: None, raising=False)
+    KubeCluster.adapt(cluster, **case["python"])
+    python = case["python"]
+    assert (seen["minimum"], seen["maximum"]) == (python["minimum"], python["maximum"])
+    assert seen["tuning"] == case["tuning"]
+
+
+# -- Dask config as Dask users set it ---------------------------------------------------------
+
+
+def test_upstream_config_defaults_are_registered_at_import():
+    """As dask-kubernetes registers its kubernetes.yaml: every key reads after import."""
+    assert dask.config.get("kubernetes.count.max") is None
+    assert dask.config.get("kubernetes.count.start") == 0
+    assert dask.config.get("kubernetes.name") == "dask-{user}-{uuid}"
+    assert dask.config.get("kubernetes.scheduler-service-type") == "ClusterIP"
+    assert dask.config.get("kubernetes.apply-default-affinity") == "preferred"
+
+
+@pytest.mark.parametrize(
+    "config, kwargs, check",
+    [
+        pytest.param({"kubernetes.env": {"TEAM": "data"}}, {}, lambda objs: ("TEAM", "data") in _env(objs[2]), id="env"),
+        pytest.param({"kubernetes.scheduler-service-type": "NodePort"}, {}, lambda objs: objs[1]["spec"]["type"] == "NodePort", id="service-type"),
+        pytest.param({"kubernetes.namespace": "team"}, {}, lambda objs: objs[0]["metadata"]["namespace"] == "team", id="namespace"),
+        pytest.param({"kubernetes.idle-timeout": "1h"}, {}, lambda objs: "--idle-timeout" in objs[0]["spec"]["containers"][0]["args"], id="idle-timeout"),
+    ],
+)
+async def test_dask_config_set_reaches_the_resolution(config, kwargs, check):
+    with dask.config.set(config):
+        cluster = KubeCluster(str(FIXTURES / "small-worker.yml"), name="demo", asynchronous=True, **kwargs)
+        objects = json.loads(_native.render(json.dumps(cluster._options, default=str)))
+    assert check(objects), objects
+
+
+def _env(pod):
+    return {(e["name"], e.get("value")) for e in pod["spec"]["containers"][0].get("env", [])}
+
+
+def test_dask_config_set_is_read_when_the_library_needs_it():
+    """Issue 25: `dask.config.set({"kubernetes.count.max": 1})` then `scale(10)` was not
+    capped (the Rust side read the config files once). A running cluster reads the config
+    through the function it is given, at each call; this reads through the same one."""
+    from dask_kube.cluster import _config_now
+
+    assert json.loads(_native.settings(_config_now))["count_max"] is None
+    with dask.config.set({"kubernetes.count.max": 1, "kubernetes.env": {"A": "1"}}):
+        now = json.loads(_native.settings(_config_now))
+        assert now["count_max"] == 1 and now["env"] == {"A": "1"}
+    assert json.loads(_native.settings(_config_now))["count_max"] is None
+
+
+def test_a_config_function_that_fails_is_a_config_error():
+    def broken():
+        raise RuntimeError("no config today")
+
+    with pytest.raises(dask_kube.InvalidConfig, match="no config today"):
+        _native.settings(broken)
+
+
+async def test_a_template_file_expands_environment_variables(tmp_path, monkeypatch):
+    """As classic's from_yaml: ${VAR} in the file is expanded from the environment."""
+    monkeypatch.setenv("DASK_KUBE_TEST_IMAGE", "registry.example/dask:1")
+    path = tmp_path / "worker.yml"
+    path.write_text((FIXTURES / "small-worker.yml").read_text().replace("ghcr.io/dask/dask:latest", "${DASK_KUBE_TEST_IMAGE}"))
+    cluster = KubeCluster(str(path), name="demo", asynchronous=True)
+    objects = json.loads(_native.render(json.dumps(cluster._options, default=str)))
+    assert objects[2]["spec"]["containers"][0]["image"] == "registry.example/dask:1"
+
+
+# -- the dask-kubernetes API users' code calls ------------------------------------------------
+
+
+def test_make_pod_spec_takes_classic_positional_arguments():
+    """Classic's order: ..., extra_pod_config, resources, memory_limit, ..., gpu_limit,
+    annotations; the result reads as classic's V1Pod did."""
+    pod = make_pod_spec("img:1", {"team": "x"}, 2, {"A": "1"}, {}, {}, "GPU=1", "2GB", "2GB", 2, 2, 1, {"note": "n"})
+    c = pod.spec.containers[0]
+    assert flag(c.args, "--resources") == "GPU=1"
+    assert flag(c.args, "--memory-limit") == "2GB"
+    assert c.resources.limits["nvidia.com/gpu"] == "1"
+    assert pod.metadata.labels == {"team": "x"} and pod.metadata.annotations == {"note": "n"}
+    assert pod["spec"]["containers"][0] is c, "attribute and item access are one object"
+    assert pod.spec.restart_policy == "Never"
+
+
+@pytest.mark.parametrize("mode, term", [
+    ("preferred", "preferredDuringSchedulingIgnoredDuringExecution"),
+    ("required", "requiredDuringSchedulingIgnoredDuringExecution"),
+])
+def test_clean_pod_template_applies_classic_affinity(mode, term):
+    pod = {"spec": {"containers": [{"name": "s", "image": "i"}]}}
+    cleaned = dask_kube.clean_pod_template(pod, apply_default_affinity=mode, pod_type="scheduler")
+    assert "scheduler" in json.dumps(cleaned.spec.affinity.node_affinity[term])
+    assert [t["value"] for t in cleaned.spec.tolerations] == ["scheduler", "scheduler"]
+    again = dask_kube.clean_pod_template(cleaned, apply_default_affinity=mode, pod_type="scheduler")
+    assert again == cleaned, "a second pass changes nothing"
+
+
+def test_pod_dicts_read_and_write_like_pod_objects():
+    pod = dask_kube.PodDict({"spec": {"containers": [{"name": "w", "args": ["dask", "worker"]}]}})
+    pod.spec.containers[0].args += ["--nthreads", "2"]
+    pod.spec.node_selector = {"disk": "ssd"}
+    pod.metadata = {"labels": {}}
+    pod.metadata.labels["x"] = "y"
+    assert pod == {
+        "spec": {"containers": [{"name": "w", "args": ["dask", "worker", "--nthreads", "2"]}], "nodeSelector": {"disk": "ssd"}},
+        "metadata": {"labels": {"x": "y"}},
+    }
+    assert pod.spec.tolerations is None, "an absent field reads as None, as on a V1Pod"
+    assert json.loads(json.dumps(pod)) == pod.to_dict()
+
+
+async def test_scale_by_memory_and_cores_counts_worker_pods():
+    """SpecCluster.scale(memory=, cores=): enough worker pods of the template's size."""
+    cluster = KubeCluster(str(FIXTURES / "small-worker.yml"), name="demo", asynchronous=True)
+    cluster._worker_pod = json.loads(_native.render(json.dumps(cluster._options, default=str)))[2]
+    # The fixture's workers: 1 thread and 1 GB each.
+    assert cluster._workers_for(0, "3GB", None) == 3
+    assert cluster._workers_for(0, None, 2) == 2
+    assert cluster._workers_for(5, "1GB", 1) == 5
+    cluster._worker_pod["spec"]["containers"][0]["args"] = ["dask", "worker"]
+    with pytest.raises(ValueError, match="--memory-limit"):
+        cluster._workers_for(0, "3GB", None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        pytest.param(dict(image="i", resources={"cpu": "1"}), 'unknown field "cpu"', id="resources-unknown-field"),
+        pytest.param(dict(image="i", resources={"limits": "1"}), "must be a mapping", id="resources-not-mapping"),
+        pytest.param(dict(image="i", scheduler_service_type="Ingress"), "scheduler service type", id="service-type"),
+        pytest.param(dict(image="i", apply_default_affinity="sometimes"), "unknown affinity mode", id="affinity"),
+    ],
+)
+def test_operator_era_arguments_are_checked_before_anything_is_made(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        KubeCluster(name="demo", **kwargs)
+
+
+async def test_custom_cluster_spec_makes_the_cluster():
+    spec = {
+        "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster", "metadata": {"name": "custom"},
+        "spec": {"worker": {"replicas": 2, "spec": {"containers": [{"name": "worker", "image": "ghcr.io/dask/dask:latest",
+                 "args": ["dask", "worker", "--nthreads", "1", "--memory-limit", "1GB"]}]}},
+                 "scheduler": {"spec": {"containers": [{"name": "scheduler", "image": "ghcr.io/dask/dask:latest"}]},
+                               "service": {"type": "NodePort"}}},
+    }
+    cluster = KubeCluster(custom_cluster_spec=spec, asynchronous=True)
+    assert cluster.name == "custom"
+    objects = json.loads(_native.render(json.dumps(cluster._options, default=str)))
+    assert objects[0]["metadata"]["name"] == "custom" and objects[1]["spec"]["type"] == "NodePort"
+    assert objects[1]["metadata"]["name"] == "custom-scheduler"
+
+
+def test_auth_classes_say_what_they_connect_with(tmp_path):
+    assert dask_kube.objects.auth_argument(dask_kube.KubeAuth("https://10.0.0.1:6443", api_key={"authorization": "Bearer t"}, verify_ssl=False)) == [
+        {"explicit": {"host": "https://10.0.0.1:6443", "token": "t", "verify_ssl": False}}
+    ]
+    assert dask_kube.objects.auth_argument(dask_kube.ClusterAuth.DEFAULT) == [
+        "in_cluster", {"kubeconfig": {"path": None, "context": None}}
+    ]
+    with pytest.raises(TypeError, match="unexpected arguments: nope"):
+        dask_kube.KubeAuth("https://h", nope=1)
+
+
+def test_kubeconfig_load_checks_the_file(tmp_path):
+    """classic's `await KubeConfig(...).load()`: raises when the credentials do not load."""
+    missing = tmp_path / "missing-kubeconfig"
+    with pytest.raises(dask_kube.KubernetesUnreachable, match="missing-kubeconfig"):
+        asyncio.run(dask_kube.KubeConfig(config_file=missing).load())
+    good = tmp_path / "kubeconfig"
+    _kubeconfig(good, "https://127.0.0.1:6443")
+    asyncio.run(dask_kube.KubeConfig(config_file=good).load())
+
+
+def test_scale_in_async_code_runs_awaited_or_not(monkeypatch):
+    """scale() returns a scheduled future in asynchronous code: awaiting it is optional."""
+    ran = []
+    monkeypatch.setattr(KubeCluster, "asynchronous", property(lambda self: True))
+
+    async def main():
+        cluster = KubeCluster.__new__(KubeCluster)
+        cluster._adaptive = None
+        cluster._worker_pod = None
+
+        async def fake_scale(n, force=False):
+            ran.append(n)
+
+        cluster._scale = fake_scale
+        cluster.scale(2)  # not awaited
+        await asyncio.sleep(0)
+        await cluster.scale(3)  # awaited
+
+    asyncio.run(main())
+    assert ran == [2, 3]
+
+
+def test_signatures_accept_the_upstream_keywords():
+    """Every keyword of classic's and the operator's KubeCluster is accepted (the README's
+    compatibility table says which ones act and which are accepted for compatibility)."""
+    parameters = inspect.signature(KubeCluster).parameters
+    for keyword in ["pod_template", "scheduler_pod_template", "apply_default_affinity", "scheduler_service_wait_timeout",
+                    "auth", "scheduler_service_type", "resource_timeout", "port_forward_cluster_ip",
+                    "scheduler_forward_port", "custom_cluster_spec", "jupyter", "idle_timeout", "resources"]:
+        assert keyword in parameters, keyword
+    assert inspect.signature(KubeCluster.adapt).parameters["minimum"].default is None
+    assert list(inspect.signature(make_pod_spec).parameters)[:13] == [
+        "image", "labels", "threads_per_worker", "env", "extra_container_config", "extra_pod_config", "resources",
+        "memory_limit", "memory_request", "cpu_limit", "cpu_request", "gpu_limit", "annotations"]
+
+
+# -- the README's compatibility table ------------------------------------------------------
+
+_ERAS = {"classic": "2024.4.2", "operator": "2026.3.0"}
+
+
+def _upstream_api() -> dict:
+    return json.loads((REPO / "crates/dask-kube-py/compat/upstream-api.json").read_text())
+
+
+def _split_api(cell: str) -> list[str]:
+    """`` `A(x, y)`, `B.c()` `` -> ["A(x, y)", "B.c()"]: the backquoted items of a cell."""
+    return [part for i, part in enumerate(cell.split("`")) if i % 2 == 1]
+
+
+def _expand(item: str) -> list[tuple[str, str | None]]:
+    """An item as (callable, parameter) pairs: `A(x, y)` -> (A, x), (A, y); `A.b()` ->
+    (A.b, None); `A.b` -> (A.b, None); a config key -> (key, None)."""
+    if "(" not in item:
+        return [(item, None)]
+    name, params = item.split("(", 1)
+    params = [p.strip() for p in params.rstrip(")").split(",") if p.strip()]
+    return [(name, None)] + [(name, p) for p in params]
+
+
+def _compat_rows() -> list[tuple[str, str, str, str]]:
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- compat-table: begin -->")[1].split("<!-- compat-table: end -->")[0]
+    rows = []
+    for line in block.strip().splitlines()[2:]:
+        era, api, status, why = [c.strip() for c in line.strip("|").split("|")]
+        rows.append((era, api, status, why))
+    return rows
+
+
+def _dask_kube_has(name: str, param: str | None) -> bool:
+    """Whether dask_kube offers `name` (a callable, method, property or config key) and, when
+    given, its keyword `param`."""
+    if name.startswith("kubernetes."):
+        return dask.config.get(name, default=KeyError) is not KeyError
+    target = dask_kube
+    for part in name.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            return False
+    if param is None:
+        return True
+    if isinstance(target, property):
+        return False
+    return param in inspect.signature(target).parameters
+
+
+def test_the_compatibility_table_covers_upstream():
+    """Every upstream parameter, method and config key is in exactly one row; have/differs
+    rows exist in dask_kube, missing rows do not; differs and missing say why."""
+    upstream = _upstream_api()
+    wanted: dict[str, set] = {}
+    for era, version in _ERAS.items():
+        api = upstream[version]
+        wanted[era] = {pair for item in api["items"] for pair in _expand(item)} | {(k, None) for k in api["config"]}
+    seen: dict[str, list] = {"classic": [], "operator": []}
+    for era, api, status, why in _compat_rows():
+        assert status in ("have", "differs", "missing"), (api, status)
+        assert status == "have" or why, f"{api}: a {status} row says why"
+        pairs = [pair for item in _split_api(api) for pair in _expand(item)]
+        if era == "both":
+            for pair in pairs:
+                eras = [e for e in ("classic", "operator") if pair in wanted[e]]
+                assert eras, f"{pair}: in neither upstream"
+                for target in eras:
+                    seen[target].append(pair)
+        else:
+            seen[era].extend(pairs)
+        for name, param in pairs:
+            has = _dask_kube_has(name, param)
+            if status == "missing":
+                if param is not None or name.startswith("kubernetes."):
+                    assert not has, f"{name}({param}) is marked missing but dask_kube has it"
+                elif not any(p for n, p in pairs if n == name):
+                    assert not has, f"{name} is marked missing but dask_kube has it"
+            else:
+                assert has, f"{name}({param or ''}) is marked {status} but dask_kube lacks it"
+    for era in ("classic", "operator"):
+        # A callable's own entry is implied by its parameters' rows.
+        listed = set(seen[era])
+        listed |= {(name, None) for name, param in listed if param is not None}
+        missing = {pair for pair in wanted[era] if pair not in listed}
+        assert not missing, f"{era}: upstream items the table does not cover: {sorted(missing, key=str)}"
+        params = [pair for pair in seen[era] if pair[1] is not None or pair[0].startswith("kubernetes.")]
+        duplicates = {pair for pair in params if params.count(pair) > 1}
+        assert not duplicates, f"{era}: in more than one row: {sorted(duplicates, key=str)}"
+        extra = {pair for pair in listed if pair not in wanted[era]}
+        assert not extra, f"{era}: rows for what upstream does not have: {sorted(extra, key=str)}"
+
+
+def test_the_registered_config_has_every_upstream_key():
+    upstream = _upstream_api()
+    for version in _ERAS.values():
+        for key in upstream[version]["config"]:
+            assert dask.config.get(key, default=KeyError) is not KeyError, key

@@ -5,19 +5,18 @@
 //! change touches it alone. What it adds locally is marked `LOCAL:` with the library signature that
 //! would replace it (listed in the crate README, "What dask-kube should export").
 
-pub(crate) use dask_kube::adapt::ScaleAction;
-pub(crate) use dask_kube::flow::{
-    CallOutcome, DEFAULT_INITIAL_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT, FlowControl, FlowLimiter,
-};
-pub(crate) use dask_kube::http_client::build_client;
-pub(crate) use dask_kube::portforward::{ForwardedStream, PodPortConnect};
-pub(crate) use dask_kube::scaling::{
-    DeleteReason, PodPhase, RetireTarget, SchedulerWorker, place_workers, retired_pods_to_delete,
-};
-pub(crate) use dask_kube::scheduler_api::{Connect, HttpSchedulerApi, TcpConnect};
 pub(crate) use dask_kube::{
-    AdaptPolicy, SchedulerApi, TargetSample, WorkerPodState, decide, plan_scale_down,
+    AdaptPolicy, CallOutcome, Connect, DEFAULT_INITIAL_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT,
+    DeleteReason, FlowControl, FlowLimiter, ForwardedStream, HttpSchedulerApi, PodPhase,
+    PodPortConnect, RetireTarget, ScaleAction, SchedulerApi, SchedulerWorker, TargetSample,
+    TcpConnect, WorkerPodState, decide, place_workers, plan_scale_down, retired_pods_to_delete,
 };
+
+/// A client for `config` over dask-kube's HTTP/2 stack (one TLS connection for the
+/// operator's concurrent calls): dask-kube's [`dask_kube::KubeConnection`] made from it.
+pub(crate) fn build_client(config: kube::Config) -> dask_kube::Result<kube::Client> {
+    Ok(dask_kube::KubeConnection::from_config(config)?.client)
+}
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};

@@ -10,9 +10,7 @@
 mod common;
 
 use common::{OPERATOR_RULES, deploy, documents, granted, listed};
-use dask_kube::SchedulerApi;
-use dask_kube::portforward::PodPortConnect;
-use dask_kube::scheduler_api::HttpSchedulerApi;
+use dask_kube::{HttpSchedulerApi, PodPortConnect, SchedulerApi};
 use dask_kube_operator::{
     DaskCluster, DaskJob, DaskWorkerGroup, OperatorOptions, SchedulerAccess, Scope, crds, run,
 };

@@ -10,17 +10,17 @@
 //! partly made cluster, and a cancelled `scale` deletes the worker pods it created. The
 //! undo runs on the runtime; [`Ops::wait_idle`] lets a blocking caller wait for it.
 
+pub mod config_source;
 pub mod interpreter_exit;
 pub mod options;
 
-use dask_kube::adapt::AdaptPolicy;
-use dask_kube::cluster::{self, CloseReport, Progress, ProgressFn, UpOptions, UpOutcome};
-use dask_kube::kube_ops::{self, ClusterApi};
-use dask_kube::manifests;
-use dask_kube::{Error, KubeCluster, KubeClusterBuilder, ScaleReport};
+use config_source::PythonConfig;
+use dask_kube::{
+    AdaptPlacement, AdaptPolicy, AdaptTuning, CloseReport, ClusterApi, ConfigSource, Credentials,
+    Error, KubeCluster, KubeClusterBuilder, KubeConnection, Progress, ProgressFn, Reconnect,
+    ScaleReport, SchedulerClient, UpOptions, UpOutcome,
+};
 use dask_worker_spec::{WorkerDefaults, labels};
-use kube::Config;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use options::{ClusterOptions, PodSpecArgs};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -28,9 +28,8 @@ use pyo3::types::PyType;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{RwLock, oneshot};
@@ -224,7 +223,7 @@ impl<F: Future<Output = Vec<String>> + Send + 'static> Drop for Undo<F> {
 /// Deletes whatever exists of cluster `name` (worker pods, scheduler pod, Service), with the
 /// library's one teardown; returns what is left.
 async fn delete_partial_cluster(api: ClusterApi, name: String) -> Vec<String> {
-    cluster::teardown::<cluster::SchedulerClient>(&api, None, &name, true, Some(0))
+    dask_kube::teardown::<SchedulerClient>(&api, None, &name, true, Some(0))
         .await
         .leftovers
 }
@@ -232,7 +231,7 @@ async fn delete_partial_cluster(api: ClusterApi, name: String) -> Vec<String> {
 /// Worker pod names of a cluster.
 async fn worker_pod_names(api: &ClusterApi, name: &str) -> Result<BTreeSet<String>, Error> {
     Ok(api
-        .list_pods(&manifests::selector(name, labels::WORKER))
+        .list_pods(&dask_kube::selector(name, labels::WORKER))
         .await?
         .into_iter()
         .filter_map(|p| p.metadata.name)
@@ -317,78 +316,48 @@ pub struct PendingCluster {
     name: String,
     #[pyo3(get)]
     namespace: String,
+    /// The objects `start` creates (scheduler pod, Service, a worker pod) as JSON.
+    #[pyo3(get)]
+    manifests: String,
     messages: Messages,
     ops: Arc<Ops>,
     interrupt: Interrupt,
 }
 
 /// Resolves `options` (JSON of [`ClusterOptions`]) into a [`PendingCluster`]: templates
-/// checked, credentials loaded, name and namespace settled. Nothing is created.
+/// checked, credentials loaded, name and namespace settled. Nothing is created. `config` is
+/// a function answering the process's `dask.config` (JSON of
+/// [`options::PythonConfigSnapshot`]): the cluster reads it when it needs a value, so
+/// `dask.config.set` applies to what it does next.
 #[pyfunction]
-fn prepare(py: Python<'_>, options: String) -> PyResult<Bound<'_, PyAny>> {
+#[pyo3(signature = (options, config=None))]
+fn prepare(
+    py: Python<'_>,
+    options: String,
+    config: Option<Py<PyAny>>,
+) -> PyResult<Bound<'_, PyAny>> {
     let options: ClusterOptions =
         serde_json::from_str(&options).map_err(|e| json_err("KubeCluster arguments", e))?;
+    let source =
+        config.map(|getter| -> Arc<dyn ConfigSource> { Arc::new(PythonConfig::new(getter)) });
     interpreter_exit::future_into_py(py, async move {
-        prepare_cluster(options).await.map_err(to_py_err)
+        prepare_cluster(options, source).await.map_err(to_py_err)
     })
 }
 
-/// A client from `auth=KubeConfig(config_file=, context=)`, or `None` for the library's
-/// default chain (in-cluster service account, `$KUBECONFIG`, `~/.kube/config`). Returns
-/// what `kube_ops::connect` returns: client, default namespace, server URL.
-async fn connect_with_kubeconfig(
-    kubeconfig: Option<&Path>,
-    context: Option<&str>,
-) -> Result<Option<(kube::Client, String, String)>, Error> {
-    if kubeconfig.is_none() && context.is_none() {
-        return Ok(None);
-    }
-    kube_ops::install_crypto_provider();
-    let options = KubeConfigOptions {
-        context: context.map(str::to_owned),
-        ..KubeConfigOptions::default()
-    };
-    let in_context = context.map_or(String::new(), |c| format!(" (context {c:?})"));
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = Kubeconfig::read_from(path).map_err(|e| Error::Credentials {
-                reason: format!("kubeconfig {}: {e}", path.display()),
-            })?;
-            Config::from_custom_kubeconfig(file, &options).await
-        }
-        None => Config::from_kubeconfig(&options).await,
-    }
-    .map_err(|e| Error::Credentials {
-        reason: format!(
-            "kubeconfig {}{in_context}: {e}",
-            kubeconfig.map_or("from $KUBECONFIG or ~/.kube/config".into(), |p| p
-                .display()
-                .to_string())
-        ),
-    })?;
-    let namespace = config.default_namespace.clone();
-    let url = config.cluster_url.to_string();
-    let client = dask_kube::http_client::build_client(config)?;
-    Ok(Some((client, namespace, url)))
-}
-
-async fn prepare_cluster(options: ClusterOptions) -> Result<PendingCluster, Error> {
+async fn prepare_cluster(
+    options: ClusterOptions,
+    source: Option<Arc<dyn ConfigSource>>,
+) -> Result<PendingCluster, Error> {
     let messages = Messages::default();
-    let mut builder = options.builder()?.on_progress(messages.progress_fn());
-    if options.kubeconfig.is_some() || options.context.is_some() {
-        // Template errors before credential errors, as `pin` orders them itself.
-        builder.spec(Some("default"))?.worker_pod()?;
-        if let Some((client, namespace, url)) =
-            connect_with_kubeconfig(options.kubeconfig.as_deref(), options.context.as_deref())
-                .await?
-        {
-            builder = builder.client(client, namespace, url);
-        }
-    }
+    let builder = options.builder(source)?.on_progress(messages.progress_fn());
     let (builder, api, name) = builder.pin().await?;
+    // What `up` will make, for `cluster.pod_template` and `scheduler_pod_template`.
+    let manifests = builder.resolve()?.render(api.namespace())?;
     Ok(PendingCluster {
         builder: Mutex::new(Some(builder)),
         namespace: api.namespace().to_owned(),
+        manifests: to_json(&manifests).map_err(|e| Error::Usage(e.to_string()))?,
         api,
         name,
         messages,
@@ -405,8 +374,7 @@ impl PendingCluster {
     /// `up` deletes what it created.
     ///
     /// [`abort`]: PendingCluster::abort
-    #[pyo3(signature = (n_workers=0))]
-    fn start<'py>(&self, py: Python<'py>, n_workers: usize) -> PyResult<Bound<'py, PyAny>> {
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let builder = self
             .builder
             .lock()
@@ -414,17 +382,14 @@ impl PendingCluster {
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("this cluster was already started"))?;
         let messages = self.messages.clone();
-        let options = UpOptions {
-            workers: (n_workers > 0).then_some(n_workers),
-            ..UpOptions::default()
-        };
+        let options = UpOptions::default();
         let mut interrupt = self.interrupt.arm();
         // `up` runs as its own task, counted in flight until it has finished (cleanup
         // included), so dropping the awaitable interrupts it rather than abandoning it.
         let guard = self.ops.begin();
         let ops = self.ops.clone();
         let task = runtime().spawn(async move {
-            let outcome = cluster::up(builder, options, &mut interrupt).await;
+            let outcome = dask_kube::up(builder, options, &mut interrupt).await;
             match &outcome {
                 Ok(UpOutcome::Interrupted { report, .. }) => ops.record(report.leftovers.clone()),
                 Err(Error::CleanupIncomplete { leftovers, .. }) => ops.record(leftovers.clone()),
@@ -440,7 +405,10 @@ impl PendingCluster {
             // Finished: nothing is left to interrupt.
             fire_on_drop.disarm();
             let outcome = outcome
-                .map_err(|e| Error::Supervisor(format!("the start of cluster {name} failed: {e}")))
+                .map_err(|e| Error::StartTaskFailed {
+                    cluster: name.clone(),
+                    reason: e.to_string(),
+                })
                 .and_then(|o| o)
                 .map_err(to_py_err)?;
             match outcome {
@@ -514,8 +482,8 @@ pub struct NativeCluster {
     start_report: Option<String>,
     messages: Messages,
     ops: Arc<Ops>,
-    /// The controller pod adapts (set by `adapt`, cleared by `stop_adapting`).
-    controller_adapts: Arc<AtomicBool>,
+    /// JSON of the worker pod manifest.
+    worker_pod: String,
 }
 
 impl NativeCluster {
@@ -527,10 +495,10 @@ impl NativeCluster {
             namespace: cluster.namespace().to_owned(),
             scheduler_address: cluster.scheduler_address().to_owned(),
             dashboard_link: cluster.dashboard_link().to_owned(),
+            worker_pod: cluster.worker_pod().to_string(),
             cluster: Arc::new(RwLock::new(Some(cluster))),
             messages,
             ops: Arc::default(),
-            controller_adapts: Arc::default(),
         }
     }
 
@@ -539,32 +507,94 @@ impl NativeCluster {
     }
 }
 
-/// Reconnects to a running cluster by name (what `dask-kube attach` does); awaitable
-/// resolving to a [`NativeCluster`].
+/// Reconnects to a running cluster by name (what `dask-kube attach` does); `options` is
+/// JSON of [`options::ReconnectOptions`]. Awaitable resolving to a [`NativeCluster`].
 #[pyfunction]
-#[pyo3(signature = (name, namespace=None, kubeconfig=None, context=None))]
+#[pyo3(signature = (name, options, config=None))]
 fn connect(
     py: Python<'_>,
     name: String,
-    namespace: Option<String>,
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
+    options: String,
+    config: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'_, PyAny>> {
+    let options: options::ReconnectOptions = serde_json::from_str(&options)
+        .map_err(|e| json_err("KubeCluster.from_name arguments", e))?;
+    let source =
+        config.map(|getter| -> Arc<dyn ConfigSource> { Arc::new(PythonConfig::new(getter)) });
     interpreter_exit::future_into_py(py, async move {
-        let client = connect_with_kubeconfig(kubeconfig.as_deref(), context.as_deref())
+        let reconnect = options.reconnect(source).map_err(to_py_err)?;
+        let connection = KubeConnection::open_first(&options.auth)
             .await
             .map_err(to_py_err)?;
-        let cluster = KubeCluster::connect(
+        let cluster = KubeCluster::from_name(
             &name,
-            namespace.as_deref(),
-            dask_kube::Access::Auto,
-            0,
-            client,
+            Reconnect {
+                connection: Some(connection),
+                ..reconnect
+            },
         )
         .await
         .map_err(to_py_err)?;
         Ok(NativeCluster::new(cluster, Messages::default(), None))
     })
+}
+
+/// Checks that one of `credentials` (JSON list of `Credentials`, tried in order) loads:
+/// classic's `await KubeConfig(...).load()`. Awaitable; raises `KubernetesUnreachable`
+/// naming what failed.
+#[pyfunction]
+fn check_credentials(py: Python<'_>, credentials: String) -> PyResult<Bound<'_, PyAny>> {
+    let credentials: Vec<Credentials> =
+        serde_json::from_str(&credentials).map_err(|e| json_err("auth=", e))?;
+    interpreter_exit::future_into_py(py, async move {
+        KubeConnection::open_first(&credentials)
+            .await
+            .map(|_| ())
+            .map_err(to_py_err)
+    })
+}
+
+/// What `KubeCluster(...)` with `options` (JSON of [`ClusterOptions`]) would create, with
+/// no cluster contacted: the resolved request's objects (scheduler pod, Service, a worker
+/// pod) as JSON, in `namespace` when the request leaves it to the credentials.
+#[pyfunction]
+#[pyo3(signature = (options, namespace="default"))]
+fn render(options: &str, namespace: &str) -> PyResult<String> {
+    let options: ClusterOptions =
+        serde_json::from_str(options).map_err(|e| json_err("KubeCluster arguments", e))?;
+    let resolved = options
+        .builder(None)
+        .and_then(|b| b.resolve())
+        .map_err(to_py_err)?;
+    to_json(&resolved.render(namespace).map_err(to_py_err)?)
+}
+
+/// What the library reads through `config` (the function clusters are given: the
+/// process's `dask.config` of the moment), as JSON: the `kubernetes.*` settings a running
+/// cluster reads before each call. For `dask_kube.settings()` and tests.
+#[pyfunction]
+fn settings(config: Py<PyAny>) -> PyResult<String> {
+    let settings = PythonConfig::new(config)
+        .load()
+        .and_then(|c| c.kube_settings())
+        .map_err(to_py_err)?;
+    to_json(&json!({
+        "count_max": settings.count_max,
+        "count_start": settings.count_start,
+        "namespace": settings.namespace,
+        "max_in_flight": settings.max_in_flight,
+        "idle_timeout": settings.idle_timeout,
+        "name": settings.name_template,
+        "env": settings.env,
+    }))
+}
+
+/// The threads and memory (bytes) one worker pod brings, as Dask counts them, each `None`
+/// when its flags do not say: what `scale(memory=, cores=)` divides by.
+#[pyfunction]
+fn worker_capacity(pod: &str) -> PyResult<(Option<u64>, Option<u64>)> {
+    let pod: Value = serde_json::from_str(pod).map_err(|e| json_err("pod", e))?;
+    Ok(dask_kube::worker_capacity(&pod))
 }
 
 fn report_json(report: &ScaleReport) -> Value {
@@ -620,67 +650,47 @@ impl NativeCluster {
         })
     }
 
-    /// Starts adapting, replacing what adapted before: in the cluster (its controller pod,
-    /// which goes on without this process) when `in_cluster` and the namespace allows it,
-    /// else the Rust adapt loop in this process. Blocking (one or two API calls), GIL
-    /// released. Returns JSON: `capped` (the `kubernetes.count.max` message), `controller`
-    /// (its pod), `controller_unavailable` (why this process adapts instead).
-    // One argument per Python keyword of `cluster.adapt(...)`.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (minimum, maximum, interval_seconds, wait_count, cooldown_seconds, max_scale_down_step=None, in_cluster=true))]
+    /// Starts adapting with the library's one entry point ([`KubeCluster::adapt_in`]),
+    /// replacing what adapted before: in the cluster (its controller pod, which goes on
+    /// without this process) when `in_cluster` and the namespace allows it, else the Rust
+    /// adapt loop in this process. `minimum` defaults to 0, `maximum` to
+    /// `kubernetes.count.max` (else no cap); `tuning` is JSON of [`dask_kube::AdaptTuning`]
+    /// (seconds). Blocking (one or two API calls), GIL released. Returns JSON of
+    /// [`dask_kube::AdaptStarted`] with the range in effect.
+    #[pyo3(signature = (minimum=None, maximum=None, tuning="{}", in_cluster=true))]
     fn adapt(
         &self,
         py: Python<'_>,
-        minimum: u32,
-        maximum: u32,
-        interval_seconds: f64,
-        wait_count: u32,
-        cooldown_seconds: f64,
-        max_scale_down_step: Option<u32>,
+        minimum: Option<u32>,
+        maximum: Option<u32>,
+        tuning: &str,
         in_cluster: bool,
     ) -> PyResult<String> {
-        let seconds = |v: f64, what: &str| {
-            Duration::try_from_secs_f64(v).map_err(|_| {
-                to_py_err(Error::Usage(format!(
-                    "{what} must be a number of seconds >= 0, not {v}"
-                )))
-            })
-        };
-        let policy = AdaptPolicy {
-            interval: seconds(interval_seconds, "interval")?.max(Duration::from_millis(100)),
-            wait_count: wait_count.max(1),
-            cooldown: seconds(cooldown_seconds, "cooldown")?,
-            max_scale_down_step,
-            ..AdaptPolicy::new(minimum, maximum)
-        };
+        let tuning: AdaptTuning =
+            serde_json::from_str(tuning).map_err(|e| json_err("adapt arguments", e))?;
         let cluster = self.cluster.clone();
         let name = self.name.clone();
-        let controller_adapts = self.controller_adapts.clone();
+        let placement = if in_cluster {
+            AdaptPlacement::ControllerElseHere
+        } else {
+            AdaptPlacement::Here
+        };
         let started = block_on(py, async move {
             let mut lock = cluster.write().await;
             let c = lock.as_mut().ok_or_else(|| NativeCluster::closed(&name))?;
-            let mut unavailable = None;
-            if in_cluster {
-                match c.start_controller(Some(&policy)).await {
-                    Ok(cap) => {
-                        controller_adapts.store(true, Ordering::SeqCst);
-                        return Ok(json!({
-                            "capped": cap.map(|c| c.to_string()),
-                            "controller": dask_kube::controller::pod_name(&name),
-                            "controller_unavailable": null,
-                        }));
-                    }
-                    Err(e) => unavailable = Some(python_message(&e)),
-                }
-            } else if controller_adapts.load(Ordering::SeqCst) {
-                c.stop_controller().await?;
-                controller_adapts.store(false, Ordering::SeqCst);
-            }
-            let cap = c.adapt_with(policy)?;
-            Ok(json!({
-                "capped": cap.map(|c| c.to_string()),
-                "controller": null,
-                "controller_unavailable": unavailable,
+            let maximum = maximum.or(c.count_max()).unwrap_or(u32::MAX);
+            let policy = AdaptPolicy::from_tuning(minimum.unwrap_or(0), maximum, &tuning)?;
+            let (minimum, maximum) = (policy.minimum, policy.maximum);
+            let started = c.adapt_in(policy, placement).await?;
+            let maximum = started
+                .capped
+                .map_or(maximum, |cap| u32::try_from(cap.max).unwrap_or(u32::MAX));
+            Ok::<_, Error>(json!({
+                "minimum": minimum.min(maximum),
+                "maximum": maximum,
+                "capped": started.capped,
+                "controller": started.controller,
+                "controller_unavailable": started.controller_unavailable,
             }))
         })
         .map_err(to_py_err)?;
@@ -691,28 +701,30 @@ impl NativeCluster {
     /// awaitable.
     fn stop_adapting<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let cluster = self.cluster.clone();
-        let controller_adapts = self.controller_adapts.clone();
         interpreter_exit::future_into_py(py, async move {
             let mut lock = cluster.write().await;
-            let Some(c) = lock.as_mut() else {
-                return Ok(());
-            };
-            if controller_adapts.load(Ordering::SeqCst) {
-                c.stop_controller().await.map_err(to_py_err)?;
-                controller_adapts.store(false, Ordering::SeqCst);
+            match lock.as_mut() {
+                Some(c) => c.stop_all_adapting().await.map_err(to_py_err),
+                None => Ok(()),
             }
-            c.stop_adapting().await.map_err(to_py_err)
         })
     }
 
     /// Whether something adapts: the loop in this process, or the controller pod.
     fn is_adapting(&self) -> bool {
-        self.controller_adapts.load(Ordering::SeqCst)
-            || self
-                .cluster
-                .try_read()
-                .map(|c| c.as_ref().is_some_and(KubeCluster::is_adapting))
-                .unwrap_or(false)
+        self.cluster
+            .try_read()
+            .map(|c| {
+                c.as_ref()
+                    .is_some_and(|c| c.is_adapting() || c.controller_adapts())
+            })
+            .unwrap_or(false)
+    }
+
+    /// The worker pod manifest new workers are made from, as JSON.
+    #[getter]
+    fn worker_pod(&self) -> String {
+        self.worker_pod.clone()
     }
 
     /// Worker pods and their connection state; awaitable resolving to JSON.
@@ -864,12 +876,27 @@ fn policy_defaults(pod: &str) -> PyResult<Option<String>> {
     out.mutated.map(|p| to_json(&p)).transpose()
 }
 
-/// A worker template file, parsed and checked like `KubeCluster.from_yaml` does, as JSON.
+/// Classic's `clean_pod_template(pod, apply_default_affinity=, pod_type=)`: the pod (JSON)
+/// with the dedicated-pool affinity of `component` that `mode` asks for, as JSON.
 #[pyfunction]
-fn read_template(path: &str) -> PyResult<String> {
-    let template =
-        dask_kube::template::PodTemplate::from_file(path, "worker").map_err(to_py_err)?;
-    to_json(&template.pod)
+fn apply_default_affinity(pod: &str, component: &str, mode: &str) -> PyResult<String> {
+    let mut pod: Value = serde_json::from_str(pod).map_err(|e| json_err("pod", e))?;
+    let mode: dask_kube::DefaultAffinity =
+        mode.parse()
+            .map_err(|e: dask_worker_spec::UnknownAffinityMode| {
+                to_py_err(Error::Usage(format!("apply_default_affinity: {e}")))
+            })?;
+    let component = match component {
+        "worker" => dask_kube::DaskComponent::Worker,
+        "scheduler" => dask_kube::DaskComponent::Scheduler,
+        other => {
+            return Err(to_py_err(Error::Usage(format!(
+                "pod_type {other:?}: \"worker\" or \"scheduler\""
+            ))));
+        }
+    };
+    dask_kube::default_affinity(&mut pod, component, mode).map_err(to_py_err)?;
+    to_json(&pod)
 }
 
 /// Sends the library's tracing events to stderr, filtered like `RUST_LOG`
@@ -888,14 +915,18 @@ fn init_logging(filter: &str) -> PyResult<()> {
 /// The extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    kube_ops::install_crypto_provider();
+    dask_kube::install_crypto_provider();
     m.add_class::<PendingCluster>()?;
     m.add_class::<NativeCluster>()?;
     m.add_function(wrap_pyfunction!(prepare, m)?)?;
     m.add_function(wrap_pyfunction!(connect, m)?)?;
+    m.add_function(wrap_pyfunction!(check_credentials, m)?)?;
+    m.add_function(wrap_pyfunction!(render, m)?)?;
+    m.add_function(wrap_pyfunction!(worker_capacity, m)?)?;
+    m.add_function(wrap_pyfunction!(settings, m)?)?;
     m.add_function(wrap_pyfunction!(make_pod_spec, m)?)?;
     m.add_function(wrap_pyfunction!(policy_defaults, m)?)?;
-    m.add_function(wrap_pyfunction!(read_template, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_default_affinity, m)?)?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     m.add_function(wrap_pyfunction!(
         interpreter_exit::close_at_interpreter_exit,

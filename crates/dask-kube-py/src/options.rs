@@ -3,9 +3,10 @@
 //! JSON document ([`ClusterOptions`]); `make_pod_spec(...)`'s as [`PodSpecArgs`]. No I/O
 //! here apart from reading a template file, so every rule is tested with tables.
 
-use dask_kube::config::{ConfigDocument, ConfigSources, DaskConfig, KubeSettings};
-use dask_kube::template::PodTemplate;
-use dask_kube::{Error, KubeCluster, KubeClusterBuilder, Result};
+use dask_kube::{
+    Access, ClusterRequest, ConfigDocument, ConfigSource, ConfigSources, Credentials,
+    DEFAULT_WORKER_COMMAND, DaskConfig, Error, KubeCluster, KubeClusterBuilder, Reconnect, Result,
+};
 use dask_worker_spec::{
     MemoryLimit, TEMPLATE_LOCATIONS, WorkerDefaults, apply_worker_defaults, format_k8s_memory,
     parse_k8s_cpu_millis, parse_k8s_memory,
@@ -13,79 +14,30 @@ use dask_worker_spec::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where the Python-side configuration comes from, for messages.
 pub const PYTHON_CONFIG_ORIGIN: &str = "dask.config (Python)";
 
-/// The worker command of operator-era `KubeCluster(image=...)` when none is given. The
-/// operator's default is `dask-worker`, a script `distributed` no longer ships.
-pub const DEFAULT_WORKER_COMMAND: [&str; 2] = ["dask", "worker"];
-
-/// A worker command as the operator's `worker_command=` takes it: a string (split on
-/// whitespace) or a list.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
-pub enum WorkerCommand {
-    /// `"dask worker"`.
-    Line(String),
-    /// `["dask", "worker"]`.
-    Argv(Vec<String>),
-}
-
-impl WorkerCommand {
-    fn argv(&self) -> Vec<String> {
-        match self {
-            WorkerCommand::Line(line) => line.split_whitespace().map(str::to_owned).collect(),
-            WorkerCommand::Argv(argv) => argv.clone(),
-        }
-    }
-}
-
-/// `KubeCluster(...)`'s arguments after the Python layer normalised them (pod objects to
-/// dicts, env values to strings, durations to strings).
+/// `KubeCluster(...)`'s arguments after the Python layer normalised them: the
+/// [`ClusterRequest`] they ask for (every field a Python keyword maps to, nothing
+/// settled), the Python process's Dask config and environment, and the credentials of
+/// `auth=`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterOptions {
-    /// The worker pod template as a mapping (a dict or a pod object's dict).
-    pub worker_template: Option<Value>,
-    /// The worker pod template file.
-    pub worker_template_path: Option<PathBuf>,
-    /// `scheduler_pod_template=`.
-    pub scheduler_template: Option<Value>,
-    /// `name=`: the cluster name or a name template (`dask-{user}-{uuid}`).
-    pub name: Option<String>,
-    /// `namespace=`.
-    pub namespace: Option<String>,
-    /// `env=`, over `kubernetes.env`.
-    pub env: BTreeMap<String, String>,
-    /// Operator-era `image=` (a template is made when no other is given).
-    pub image: Option<String>,
-    /// Operator-era `resources=` (`{"requests": {...}, "limits": {...}}`).
-    pub resources: Option<Value>,
-    /// Operator-era `worker_command=`.
-    pub worker_command: Option<WorkerCommand>,
-    /// `idle_timeout=`: the scheduler's `--idle-timeout`.
-    pub idle_timeout: Option<String>,
-    /// Extra `dask scheduler` options.
-    pub scheduler_options: Vec<String>,
-    /// `deploy_mode="local"`: the address of the scheduler running in the Python process,
-    /// which the worker pods connect to (no scheduler pod, no Service).
-    pub scheduler_address: Option<String>,
-    /// `deploy_mode="local"`: that scheduler's HTTP server as `host:port`, which scaling
-    /// and retiring use.
-    pub scheduler_api_address: Option<String>,
-    /// The scheduler's `distributed.adaptive.target-duration`.
-    pub target_duration: Option<String>,
+    /// The cluster as asked for.
+    pub request: ClusterRequest,
+    /// Operator-era `custom_cluster_spec=`: a `DaskCluster` resource whose request replaces
+    /// the fields above it describes (name, templates, replicas, Service type, idle timeout).
+    pub custom_cluster_spec: Option<Value>,
     /// The Python process's Dask config (`dask.config.config`, already merged with files
     /// and `DASK_*` variables, plus `dask.config.set` overrides).
     pub config: Value,
-    /// The Python process's environment (`os.environ`), for `{VAR}` in templates.
+    /// The Python process's environment (`os.environ`), for `{VAR}` and `${VAR}`.
     pub environ: Vec<(String, String)>,
-    /// `auth=KubeConfig(config_file=...)`: this kubeconfig instead of `$KUBECONFIG`.
-    pub kubeconfig: Option<PathBuf>,
-    /// `auth=KubeConfig(context=...)`: this context instead of the current one.
-    pub context: Option<String>,
+    /// `auth=`: credentials tried in order (empty: the default chain).
+    pub auth: Vec<Credentials>,
 }
 
 impl ClusterOptions {
@@ -93,79 +45,41 @@ impl ClusterOptions {
     /// `config` by dask, with `dask.config.set` above them: they are not applied again
     /// (that would undo `dask.config.set`), only kept out of the formatting environment.
     pub fn dask_config(&self) -> Result<DaskConfig> {
-        let documents = match &self.config {
-            Value::Null => Vec::new(),
-            value => vec![ConfigDocument {
-                origin: PYTHON_CONFIG_ORIGIN.to_owned(),
-                value: value.clone(),
-            }],
-        };
-        let env = self
-            .environ
-            .iter()
-            .filter(|(k, _)| !k.starts_with("DASK_"))
-            .cloned()
-            .collect();
-        DaskConfig::from_sources(&ConfigSources { documents, env })
+        python_dask_config(&self.config, &self.environ)
     }
 
-    /// The worker template, by precedence: the argument (dict or file), an operator-era
-    /// `image=`, `kubernetes.worker-template-path`, `kubernetes.worker-template`; then
-    /// `kubernetes.env` and `env=` set in its first container, as dask-kubernetes does.
-    pub fn worker_template(
-        &self,
-        config: &DaskConfig,
-        settings: &KubeSettings,
-    ) -> Result<PodTemplate> {
-        let mut template = if let Some(pod) = &self.worker_template {
-            PodTemplate::from_value(pod.clone(), "the pod_template argument", "worker")?
-        } else if let Some(path) = &self.worker_template_path {
-            PodTemplate::from_file(path, "worker")?
-        } else if let Some(image) = &self.image {
-            PodTemplate::from_value(
-                operator_worker_pod(image, self.resources.as_ref(), self.worker_command.as_ref())?,
-                "image=",
-                "worker",
-            )?
-        } else if let Some(path) = &settings.worker_template_path {
-            PodTemplate::from_file(path, "worker")?
-        } else if let Some(pod) = &settings.worker_template {
-            PodTemplate::from_value(pod.clone(), "kubernetes.worker-template", "worker")?
-        } else {
-            // Worded for Python by `crate::python_message`.
-            return Err(Error::NoWorkerTemplate);
+    /// The request: the arguments', or the custom `DaskCluster`'s with the arguments'
+    /// namespace, environment, access and affinity over it.
+    pub fn request(&self) -> Result<ClusterRequest> {
+        let Some(custom) = &self.custom_cluster_spec else {
+            return Ok(self.request.clone());
         };
-        let mut env = config_env(config)?;
-        env.extend(self.env.clone());
-        set_first_container_env(&mut template.pod, &env, &template.origin)?;
-        Ok(template)
-    }
-
-    /// `scheduler_pod_template=`, validated.
-    pub fn scheduler_template(&self) -> Result<Option<PodTemplate>> {
-        self.scheduler_template
-            .clone()
-            .map(|pod| {
-                PodTemplate::from_value(pod, "the scheduler_pod_template argument", "scheduler")
-            })
-            .transpose()
+        let from_spec = ClusterRequest::from_dask_cluster(custom)?;
+        let r = &self.request;
+        Ok(ClusterRequest {
+            namespace: r.namespace.clone().or(from_spec.namespace.clone()),
+            env: r.env.clone(),
+            access: r.access,
+            local_port: r.local_port,
+            dashboard_port: r.dashboard_port,
+            apply_default_affinity: r.apply_default_affinity,
+            resource_timeout: r.resource_timeout,
+            ..from_spec
+        })
     }
 
     /// Refuses what only a scheduler pod can use when the scheduler runs in the Python
     /// process (`deploy_mode="local"`): said, not silently ignored.
     pub fn check_deploy_mode(&self) -> Result<()> {
-        if self.scheduler_address.is_none() {
-            if self.scheduler_api_address.is_some() {
-                return Err(Error::Usage(
-                    "a scheduler API address needs a scheduler address (deploy_mode='local')"
-                        .into(),
-                ));
-            }
+        let r = &self.request;
+        if r.scheduler_address.is_none() {
             return Ok(());
         }
         let pod_only = [
-            ("scheduler_pod_template", self.scheduler_template.is_some()),
-            ("scheduler_options", !self.scheduler_options.is_empty()),
+            ("scheduler_pod_template", r.scheduler_template.is_some()),
+            ("scheduler_options", !r.scheduler_options.is_empty()),
+            ("custom_cluster_spec", self.custom_cluster_spec.is_some()),
+            ("jupyter", r.jupyter),
         ];
         match pod_only.iter().find(|(_, given)| *given) {
             Some((arg, _)) => Err(Error::Usage(format!(
@@ -176,135 +90,93 @@ impl ClusterOptions {
         }
     }
 
-    /// The library's builder for these arguments, the Python process's Dask config set:
-    /// everything `KubeCluster(...)` says, checked where the library checks it (the idle
-    /// timeout and target duration as durations, the templates, the deploy mode here).
-    /// Credentials, connecting and progress are the caller's.
-    pub fn builder(&self) -> Result<KubeClusterBuilder> {
+    /// The library's builder for these arguments, with the Python process's Dask config
+    /// (read from `source` when given: the running cluster then reads it before each scale
+    /// and adapt; else the `config` sent) and credentials: everything `KubeCluster(...)`
+    /// says, checked where the library checks it. Progress is the caller's.
+    pub fn builder(&self, source: Option<Arc<dyn ConfigSource>>) -> Result<KubeClusterBuilder> {
         self.check_deploy_mode()?;
-        let config = self.dask_config()?;
-        let settings = config.kube_settings()?;
-        let mut builder = KubeCluster::builder()
-            .worker_template(self.worker_template(&config, &settings)?)
-            .scheduler_options(self.scheduler_options.clone());
-        if let Some(t) = self.scheduler_template()? {
-            builder = builder.scheduler_template(t);
-        }
-        if let Some(ns) = &self.namespace {
-            builder = builder.namespace(ns);
-        }
-        if let Some(name) = &self.name {
-            builder = builder.name_template(name);
-        }
-        if let Some(d) = &self.target_duration {
-            builder = builder.adaptive_target_duration(d);
-        }
-        if let Some(timeout) = &self.idle_timeout {
-            builder = builder.idle_timeout(timeout);
-        }
-        if let Some(address) = &self.scheduler_address {
-            builder = builder.scheduler_address(address);
-        }
-        if let Some(address) = &self.scheduler_api_address {
-            builder = builder.scheduler_api_address(address);
-        }
-        Ok(builder.config(config))
+        let builder = KubeCluster::builder()
+            .request(self.request()?)
+            .credentials_first(self.auth.clone());
+        Ok(match source {
+            Some(source) => builder.config_source(source),
+            None => builder.config(self.dask_config()?),
+        })
     }
 }
 
-/// `kubernetes.env`: a mapping of variable names to values (numbers read as written).
-fn config_env(config: &DaskConfig) -> Result<BTreeMap<String, String>> {
-    match config.get("kubernetes.env") {
-        None => Ok(BTreeMap::new()),
-        Some(Value::Object(map)) => map
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                Value::Number(_) | Value::Bool(_) => Ok((k.clone(), v.to_string())),
-                other => Err(Error::Config {
-                    origin: "kubernetes.env".into(),
-                    reason: format!("the value of {k} must be a string, not {other}"),
-                }),
-            })
-            .collect(),
-        Some(other) => Err(Error::Config {
-            origin: "kubernetes.env".into(),
-            reason: format!("must be a mapping of variable names to values, not {other}"),
-        }),
+/// `KubeCluster.from_name(...)`'s arguments: where the cluster is, how to reach it, and the
+/// Python process's config and credentials.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconnectOptions {
+    /// `namespace=`.
+    pub namespace: Option<String>,
+    /// `port_forward_cluster_ip=`.
+    pub access: Access,
+    /// `scheduler_forward_port=`.
+    pub dashboard_port: u16,
+    /// As [`ClusterOptions::config`].
+    pub config: Value,
+    /// As [`ClusterOptions::environ`].
+    pub environ: Vec<(String, String)>,
+    /// As [`ClusterOptions::auth`].
+    pub auth: Vec<Credentials>,
+}
+
+impl ReconnectOptions {
+    /// The library's [`Reconnect`], reading the Python process's config from `source`
+    /// (else the `config` sent); the credentials are opened by the caller (`auth=` may list
+    /// several).
+    pub fn reconnect(&self, source: Option<Arc<dyn ConfigSource>>) -> Result<Reconnect> {
+        let source = match source {
+            Some(s) => s,
+            None => Arc::new(python_dask_config(&self.config, &self.environ)?),
+        };
+        Ok(Reconnect {
+            namespace: self.namespace.clone(),
+            access: self.access,
+            dashboard_port: self.dashboard_port,
+            config: Some(source),
+            ..Reconnect::default()
+        })
     }
 }
 
-/// Sets `env` in the pod's first container: a variable already there gets the new value.
-fn set_first_container_env(
-    pod: &mut Value,
-    env: &BTreeMap<String, String>,
-    origin: &str,
-) -> Result<()> {
-    if env.is_empty() {
-        return Ok(());
+/// What Python's config getter answers: its `dask.config` and `os.environ`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PythonConfigSnapshot {
+    /// As [`ClusterOptions::config`].
+    pub config: Value,
+    /// As [`ClusterOptions::environ`].
+    pub environ: Vec<(String, String)>,
+}
+
+impl PythonConfigSnapshot {
+    /// The Dask config it is.
+    pub fn dask_config(&self) -> Result<DaskConfig> {
+        python_dask_config(&self.config, &self.environ)
     }
-    let invalid = |reason: &str| Error::InvalidTemplate {
-        what: "worker",
-        origin: origin.to_owned(),
-        reason: reason.to_owned(),
+}
+
+/// The Dask config of the Python process from `dask.config` (as JSON) and `os.environ`.
+pub fn python_dask_config(config: &Value, environ: &[(String, String)]) -> Result<DaskConfig> {
+    let documents = match config {
+        Value::Null => Vec::new(),
+        value => vec![ConfigDocument {
+            origin: PYTHON_CONFIG_ORIGIN.to_owned(),
+            value: value.clone(),
+        }],
     };
-    let container = pod
-        .pointer_mut("/spec/containers/0")
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| invalid("spec.containers[0] must be a container to set env in"))?;
-    let list = container
-        .entry("env")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if list.is_null() {
-        *list = Value::Array(Vec::new());
-    }
-    let list = list
-        .as_array_mut()
-        .ok_or_else(|| invalid("spec.containers[0].env must be a list"))?;
-    for (name, value) in env {
-        let entry = json!({"name": name, "value": value});
-        match list
-            .iter_mut()
-            .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
-        {
-            Some(existing) => *existing = entry,
-            None => list.push(entry),
-        }
-    }
-    Ok(())
-}
-
-/// The worker pod of operator-era `KubeCluster(image=..., resources=..., worker_command=...)`.
-pub fn operator_worker_pod(
-    image: &str,
-    resources: Option<&Value>,
-    worker_command: Option<&WorkerCommand>,
-) -> Result<Value> {
-    let argv = worker_command.map_or_else(
-        || DEFAULT_WORKER_COMMAND.map(str::to_owned).to_vec(),
-        WorkerCommand::argv,
-    );
-    if argv.is_empty() {
-        return Err(Error::Usage("worker_command= is empty".into()));
-    }
-    let mut container = json!({
-        "name": "worker",
-        "image": image,
-        "args": argv,
-    });
-    if let Some(resources) = resources.filter(|r| !r.is_null()) {
-        if !resources.is_object() {
-            return Err(Error::Usage(format!(
-                "resources= must be a mapping like {{\"limits\": {{\"memory\": \"2G\"}}}}, not {resources}"
-            )));
-        }
-        container["resources"] = resources.clone();
-    }
-    Ok(json!({
-        "kind": "Pod",
-        "metadata": {},
-        "spec": {"restartPolicy": "Never", "containers": [container]},
-    }))
+    // `DASK_*` variables are in `config` already (below `dask.config.set`): applying them
+    // again would undo `dask.config.set`. They still format `{VAR}` and `${VAR}`.
+    Ok(DaskConfig::from_sources(&ConfigSources {
+        documents,
+        env: Vec::new(),
+    })?
+    .with_environment(environ.to_vec()))
 }
 
 /// `make_pod_spec(...)`'s arguments.
@@ -328,6 +200,9 @@ pub struct PodSpecArgs {
     /// Merged into the pod spec (keys in snake_case or camelCase).
     #[serde(default)]
     pub extra_pod_config: Map<String, Value>,
+    /// `dask worker --resources` (`"GPU=2 MEM=10e9"`): abstract resources for task
+    /// constraints, per worker process.
+    pub resources: Option<String>,
     /// `--memory-limit` and the memory limit.
     pub memory_limit: Option<String>,
     /// The memory request.
@@ -336,10 +211,15 @@ pub struct PodSpecArgs {
     pub cpu_limit: Option<String>,
     /// The cpu request.
     pub cpu_request: Option<String>,
+    /// The `nvidia.com/gpu` limit.
+    pub gpu_limit: Option<u32>,
     /// Pod annotations.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
 }
+
+/// The resource name of NVIDIA GPUs, as classic's `gpu_limit` sets it.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
 fn one() -> u32 {
     1
@@ -435,8 +315,14 @@ pub fn make_pod_spec(
     if let Some(memory) = &args.memory_limit {
         argv.extend(["--memory-limit".to_owned(), memory.clone()]);
     }
+    if let Some(resources) = args.resources.as_deref().filter(|r| !r.is_empty()) {
+        argv.extend(["--resources".to_owned(), resources.to_owned()]);
+    }
     let mut limits = Map::new();
     let mut requests = Map::new();
+    if let Some(gpus) = args.gpu_limit.filter(|g| *g > 0) {
+        limits.insert(GPU_RESOURCE.into(), json!(gpus.to_string()));
+    }
     if let Some(v) = &args.cpu_limit {
         limits.insert("cpu".into(), json!(k8s_cpu("cpu_limit", v)?));
     }
@@ -496,10 +382,6 @@ mod tests {
 
     fn options(value: Value) -> ClusterOptions {
         serde_json::from_value(value).unwrap()
-    }
-
-    fn settings(config: &DaskConfig) -> KubeSettings {
-        config.kube_settings().unwrap()
     }
 
     fn pod_args(extra: Value) -> PodSpecArgs {
@@ -617,76 +499,39 @@ mod tests {
     }
 
     #[test]
-    fn explicit_env_overrides_kubernetes_env_in_the_first_container() {
-        let opts = options(json!({
-            "worker_template": {"spec": {"containers": [
-                {"name": "w", "image": "i", "env": [{"name": "A", "value": "template"}]},
-                {"name": "sidecar", "image": "s"}
-            ]}},
-            "env": {"A": "argument", "B": "argument"},
-            "config": {"kubernetes": {"env": {"B": "config", "C": 3}}},
-        }));
-        let config = opts.dask_config().unwrap();
-        let t = opts.worker_template(&config, &settings(&config)).unwrap();
-        let env = &t.pod["spec"]["containers"][0]["env"];
-        assert_eq!(
-            env,
-            &json!([
-                {"name": "A", "value": "argument"},
-                {"name": "B", "value": "argument"},
-                {"name": "C", "value": "3"},
-            ])
-        );
-        assert!(t.pod["spec"]["containers"][1].get("env").is_none());
-    }
-
-    #[rstest]
-    #[case::argument_dict(json!({"worker_template": {"spec": {"containers": [{"name": "w", "image": "from-dict"}]}}}), "from-dict")]
-    #[case::operator_image(json!({"image": "from-image"}), "from-image")]
-    #[case::config_inline(json!({"config": {"kubernetes": {"worker-template": {"spec": {"containers": [{"name": "w", "image": "from-config"}]}}}}}), "from-config")]
-    #[case::argument_beats_config(json!({"image": "from-image", "config": {"kubernetes": {"worker-template": {"spec": {"containers": [{"name": "w", "image": "from-config"}]}}}}}), "from-image")]
-    fn worker_template_precedence(#[case] given: Value, #[case] image: &str) {
-        let opts = options(given);
-        let config = opts.dask_config().unwrap();
-        let t = opts.worker_template(&config, &settings(&config)).unwrap();
-        assert_eq!(t.pod["spec"]["containers"][0]["image"], image);
-    }
-
-    #[test]
-    fn no_template_anywhere_says_what_to_pass() {
-        let opts = options(json!({}));
-        let config = opts.dask_config().unwrap();
-        let e = crate::python_message(
-            &opts
-                .worker_template(&config, &settings(&config))
-                .unwrap_err(),
-        );
+    fn make_pod_spec_takes_classic_resources_and_gpu_limit() {
+        let (pod, _) = make_pod_spec(
+            &pod_args(
+                json!({"resources": "GPU=1 MEM=10e9", "gpu_limit": 1, "memory_limit": "2GB"}),
+            ),
+            &WorkerDefaults::default(),
+        )
+        .unwrap();
+        let c = &pod["spec"]["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         assert!(
-            e.contains("no worker template")
-                && e.contains("kubernetes.worker-template-path")
-                && !e.contains("--file"),
-            "{e}"
+            args.windows(2)
+                .any(|w| w == ["--resources", "GPU=1 MEM=10e9"]),
+            "{args:?}"
         );
-    }
-
-    #[test]
-    fn missing_template_file_names_the_file() {
-        let opts = options(json!({"worker_template_path": "/nonexistent/worker-spec.yml"}));
-        let config = opts.dask_config().unwrap();
-        let e = opts
-            .worker_template(&config, &settings(&config))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/nonexistent/worker-spec.yml"), "{e}");
+        assert_eq!(c["resources"]["limits"][GPU_RESOURCE], "1");
     }
 
     #[rstest]
-    #[case::string(json!("dask worker --nthreads 2"), &["dask", "worker", "--nthreads", "2"])]
-    #[case::list(json!(["python", "-m", "distributed.cli.dask_worker"]), &["python", "-m", "distributed.cli.dask_worker"])]
-    fn operator_worker_command(#[case] command: Value, #[case] argv: &[&str]) {
-        let command: WorkerCommand = serde_json::from_value(command).unwrap();
-        let pod = operator_worker_pod("img", None, Some(&command)).unwrap();
-        assert_eq!(pod["spec"]["containers"][0]["args"], json!(argv));
+    #[case::nothing_anywhere(json!({}), "no worker template")]
+    #[case::missing_file(json!({"request": {"worker_template": {"file": "/nonexistent/worker-spec.yml"}}}), "/nonexistent/worker-spec.yml")]
+    fn what_python_is_told_when_there_is_no_template(#[case] given: Value, #[case] needle: &str) {
+        let e = options(given).builder(None).unwrap().resolve().unwrap_err();
+        let message = crate::python_message(&e);
+        assert!(
+            message.contains(needle) && !message.contains("--file"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -698,68 +543,43 @@ mod tests {
         }));
         let config = opts.dask_config().unwrap();
         assert_eq!(
-            settings(&config).namespace.as_deref(),
+            config.kube_settings().unwrap().namespace.as_deref(),
             Some("from-dask-config-set")
         );
         assert!(config.env().iter().any(|(k, _)| k == "JUPYTERHUB_USER"));
     }
 
     #[test]
-    fn idle_timeout_becomes_a_checked_scheduler_flag() {
-        let template = json!({"kind": "Pod", "spec": {"containers": [
-            {"name": "w", "image": "i", "args": ["dask", "worker"]}]}});
-        let spec = |extra: Value| {
-            let mut doc = json!({"worker_template": template.clone(), "name": "c"});
-            doc.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            options(doc).builder()?.spec(Some("default"))
-        };
-        /// (case, extra options, the scheduler flags or a piece of the error)
-        type Case<'a> = (&'a str, Value, Result<&'a [&'a str], &'a str>);
-        let cases: &[Case] = &[
+    fn a_custom_cluster_spec_is_the_request_with_the_arguments_namespace_and_env() {
+        let opts = options(json!({
+            "request": {"namespace": "team", "env": {"A": "1"}, "n_workers": 9},
+            "custom_cluster_spec": {"kind": "DaskCluster", "metadata": {"name": "custom"},
+                "spec": {"worker": {"replicas": 2, "spec": {"containers": [{"name": "w", "image": "i",
+                    "args": ["dask", "worker", "--nthreads", "1", "--memory-limit", "1GB"]}]}}}},
+        }));
+        let resolved = opts.builder(None).unwrap().resolve().unwrap();
+        assert_eq!(
             (
-                "a duration becomes the flag",
-                json!({"idle_timeout": "30s"}),
-                Ok(&["--idle-timeout", "30s"]),
+                resolved.spec.name.as_str(),
+                resolved.spec.namespace.as_str(),
+                resolved.workers
             ),
-            (
-                "an explicit scheduler option wins",
-                json!({"idle_timeout": "30s", "scheduler_options": ["--idle-timeout", "5m"]}),
-                Ok(&["--idle-timeout", "5m"]),
-            ),
-            (
-                "the Python config's kubernetes.idle-timeout applies",
-                json!({"config": {"kubernetes": {"idle-timeout": "1h"}}}),
-                Ok(&["--idle-timeout", "1h"]),
-            ),
-            (
-                "not a duration is refused before any pod is made",
-                json!({"idle_timeout": "10 parsecs"}),
-                Err("idle timeout"),
-            ),
-        ];
-        for (case, extra, want) in cases {
-            match (spec(extra.clone()), want) {
-                (Ok(spec), Ok(flags)) => assert_eq!(spec.scheduler_options, *flags, "{case}"),
-                (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{case}: {e}"),
-                (got, want) => panic!(
-                    "{case}: got {:?}, want {want:?}",
-                    got.map(|s| s.scheduler_options)
-                ),
-            }
-        }
+            ("custom", "team", 2)
+        );
+        let env = &resolved.spec.worker.pod["spec"]["containers"][0]["env"];
+        assert_eq!(env, &json!([{"name": "A", "value": "1"}]));
     }
 
     #[test]
     fn deploy_mode_local_refuses_what_only_a_scheduler_pod_uses() {
         let local = |extra: Value| {
-            let mut doc = json!({"scheduler_address": "tcp://10.0.0.1:8786",
-                                 "scheduler_api_address": "127.0.0.1:8787"});
-            doc.as_object_mut()
+            let mut request = json!({"scheduler_address": "tcp://10.0.0.1:8786",
+                                     "scheduler_api_address": "127.0.0.1:8787"});
+            request
+                .as_object_mut()
                 .unwrap()
                 .extend(extra.as_object().unwrap().clone());
-            serde_json::from_value::<ClusterOptions>(doc).unwrap()
+            options(json!({"request": request}))
         };
         let cases: &[(&str, ClusterOptions, Option<&str>)] = &[
             (
@@ -775,7 +595,9 @@ mod tests {
             ),
             (
                 "local with a scheduler pod template",
-                local(json!({"scheduler_template": {"kind": "Pod", "spec": {"containers": []}}})),
+                local(
+                    json!({"scheduler_template": {"pod": {"kind": "Pod", "spec": {"containers": []}}}}),
+                ),
                 Some("scheduler_pod_template= is for the scheduler pod"),
             ),
             (
@@ -784,9 +606,9 @@ mod tests {
                 Some("scheduler_options= is for the scheduler pod"),
             ),
             (
-                "an api address without a scheduler address",
-                serde_json::from_value(json!({"scheduler_api_address": "127.0.0.1:1"})).unwrap(),
-                Some("needs a scheduler address"),
+                "local with jupyter",
+                local(json!({"jupyter": true})),
+                Some("jupyter= is for the scheduler pod"),
             ),
         ];
         for (case, options, want) in cases {
@@ -798,9 +620,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn unknown_options_are_refused() {
-        let e = serde_json::from_value::<ClusterOptions>(json!({"n_wrokers": 3})).unwrap_err();
-        assert!(e.to_string().contains("n_wrokers"), "{e}");
+    #[rstest]
+    #[case::top_level(json!({"n_wrokers": 3}), "n_wrokers")]
+    #[case::in_the_request(json!({"request": {"n_wrokers": 3}}), "n_wrokers")]
+    #[case::auth_of_another_kind(json!({"auth": ["token"]}), "token")]
+    fn unknown_options_are_refused(#[case] given: Value, #[case] needle: &str) {
+        let e = serde_json::from_value::<ClusterOptions>(given).unwrap_err();
+        assert!(e.to_string().contains(needle), "{e}");
     }
 }

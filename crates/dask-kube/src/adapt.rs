@@ -8,9 +8,12 @@
 //! (OOMKilled, evicted, failed) are cleaned up and replaced.
 
 use crate::scaling::{WorkerCounts, WorkerPodState};
-use serde::Serialize;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// Shortest poll interval: each poll is an HTTP call to the scheduler and a pod list.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Default poll interval (`distributed.adaptive.interval`).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default number of consecutive polls a lower target must hold
@@ -58,10 +61,86 @@ impl AdaptPolicy {
         }
     }
 
+    /// A policy for `[minimum, maximum]` tuned as a shell was asked (`--interval 0.5`,
+    /// Python's `adapt(interval="500ms")` read as seconds), each unset value at its
+    /// default. The one place seconds become a policy: numbers of seconds must be >= 0, the
+    /// interval is at least [`MIN_INTERVAL`], `wait_count` at least 1, and the range must
+    /// not be empty.
+    ///
+    /// # Example
+    /// ```
+    /// use dask_kube::{AdaptPolicy, AdaptTuning};
+    /// let policy = AdaptPolicy::from_tuning(1, 10, &AdaptTuning { cooldown: Some(5.0), ..Default::default() }).unwrap();
+    /// assert_eq!(policy.cooldown, std::time::Duration::from_secs(5));
+    /// assert!(AdaptPolicy::from_tuning(3, 1, &AdaptTuning::default()).is_err());
+    /// ```
+    pub fn from_tuning(minimum: u32, maximum: u32, tuning: &AdaptTuning) -> Result<Self> {
+        let seconds = |value: Option<f64>, default: Duration, what: &str| match value {
+            None => Ok(default),
+            Some(v) => Duration::try_from_secs_f64(v).map_err(|_| {
+                Error::Usage(format!("{what} must be a number of seconds >= 0, not {v}"))
+            }),
+        };
+        let policy = AdaptPolicy {
+            interval: seconds(tuning.interval, DEFAULT_INTERVAL, "interval")?.max(MIN_INTERVAL),
+            wait_count: tuning.wait_count.unwrap_or(DEFAULT_WAIT_COUNT).max(1),
+            cooldown: seconds(tuning.cooldown, DEFAULT_COOLDOWN, "cooldown")?,
+            max_scale_down_step: tuning.max_scale_down_step,
+            ..AdaptPolicy::new(minimum, maximum)
+        };
+        policy.check_range()?;
+        Ok(policy)
+    }
+
+    /// An adapt range must not be empty, wherever the loop runs.
+    pub fn check_range(&self) -> Result<()> {
+        if self.minimum > self.maximum {
+            return Err(Error::Usage(format!(
+                "adapt minimum {} is above maximum {}",
+                self.minimum, self.maximum
+            )));
+        }
+        Ok(())
+    }
+
     /// Clamps a target into the range.
     pub fn clamp(&self, target: u32) -> u32 {
         target.clamp(self.minimum, self.maximum.max(self.minimum))
     }
+
+    /// The `dask-kube` flags that give a controller pod or a supervisor this policy (the
+    /// inverse of the CLI's parsing: `--adapt MIN:MAX` and [`AdaptTuning`]'s flags).
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--adapt".to_owned(),
+            format!("{}:{}", self.minimum, self.maximum),
+            "--interval".into(),
+            self.interval.as_secs_f64().to_string(),
+            "--wait-count".into(),
+            self.wait_count.to_string(),
+            "--cooldown".into(),
+            self.cooldown.as_secs_f64().to_string(),
+        ];
+        if let Some(step) = self.max_scale_down_step {
+            args.extend(["--max-scale-down-step".into(), step.to_string()]);
+        }
+        args
+    }
+}
+
+/// How adapting is tuned, as the shells take it: seconds as numbers, `None` for the
+/// default ([`DEFAULT_INTERVAL`], [`DEFAULT_WAIT_COUNT`], [`DEFAULT_COOLDOWN`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptTuning {
+    /// Seconds between polls of the scheduler's target.
+    pub interval: Option<f64>,
+    /// Polls in a row a lower target must hold before scaling down.
+    pub wait_count: Option<u32>,
+    /// Seconds after a change before scaling down.
+    pub cooldown: Option<f64>,
+    /// Most workers removed per step.
+    pub max_scale_down_step: Option<u32>,
 }
 
 /// One poll of the scheduler's desired worker count.
@@ -114,7 +193,7 @@ pub struct ScaleDecision {
 ///
 /// # Example
 /// ```
-/// use dask_kube::adapt::*;
+/// use dask_kube::*;
 /// use std::time::Duration;
 /// let policy = AdaptPolicy::new(1, 10);
 /// let history = [TargetSample { at: Duration::from_secs(1), target: 4 }];
@@ -273,6 +352,61 @@ mod tests {
     use crate::scaling::PodPhase;
     use crate::scaling::tests::mk_pod;
     use rstest::rstest;
+
+    #[test]
+    fn cli_args_carry_the_whole_policy() {
+        let policy = AdaptPolicy {
+            interval: Duration::from_millis(500),
+            wait_count: 5,
+            cooldown: Duration::from_secs(10),
+            max_scale_down_step: Some(2),
+            ..AdaptPolicy::new(1, 4)
+        };
+        assert_eq!(
+            policy.cli_args(),
+            [
+                "--adapt",
+                "1:4",
+                "--interval",
+                "0.5",
+                "--wait-count",
+                "5",
+                "--cooldown",
+                "10",
+                "--max-scale-down-step",
+                "2"
+            ]
+        );
+    }
+
+    #[rstest]
+    #[case::defaults(AdaptTuning::default(), Ok((DEFAULT_INTERVAL, DEFAULT_WAIT_COUNT, DEFAULT_COOLDOWN)))]
+    #[case::given(AdaptTuning { interval: Some(0.5), wait_count: Some(5), cooldown: Some(2.0), max_scale_down_step: None }, Ok((Duration::from_millis(500), 5, Duration::from_secs(2))))]
+    #[case::interval_floor(AdaptTuning { interval: Some(0.0), ..Default::default() }, Ok((MIN_INTERVAL, DEFAULT_WAIT_COUNT, DEFAULT_COOLDOWN)))]
+    #[case::wait_count_floor(AdaptTuning { wait_count: Some(0), ..Default::default() }, Ok((DEFAULT_INTERVAL, 1, DEFAULT_COOLDOWN)))]
+    #[case::negative_cooldown(AdaptTuning { cooldown: Some(-1.0), ..Default::default() }, Err("cooldown must be a number of seconds >= 0"))]
+    #[case::not_a_number(AdaptTuning { interval: Some(f64::NAN), ..Default::default() }, Err("interval must be"))]
+    fn tuning_becomes_a_policy_in_one_place(
+        #[case] tuning: AdaptTuning,
+        #[case] expected: std::result::Result<(Duration, u32, Duration), &str>,
+    ) {
+        match (AdaptPolicy::from_tuning(1, 4, &tuning), expected) {
+            (Ok(p), Ok((interval, wait_count, cooldown))) => {
+                assert_eq!(
+                    (p.interval, p.wait_count, p.cooldown),
+                    (interval, wait_count, cooldown)
+                );
+            }
+            (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{e}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_range_is_refused_wherever_it_runs() {
+        let err = AdaptPolicy::from_tuning(5, 1, &AdaptTuning::default()).unwrap_err();
+        assert_eq!(err.to_string(), "adapt minimum 5 is above maximum 1");
+    }
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)

@@ -1,23 +1,30 @@
 //! The `dask-kube` command line: argument definitions (clap derive) and one `run` per
 //! subcommand, each a thin layer over the library.
 
-use crate::adapt::AdaptPolicy;
+use crate::adapt::{
+    AdaptPolicy, AdaptTuning, DEFAULT_COOLDOWN, DEFAULT_INTERVAL, DEFAULT_WAIT_COUNT,
+};
+use crate::apiserver::{
+    ClusterApi, CreateLimits, Credentials, KubeConnection, offline_default_namespace,
+};
 use crate::cluster::{
-    Access, DetachOptions, KubeCluster, Progress, ProgressFn, UpOptions, UpOutcome, UpReport,
-    cluster_logs, delete_cluster,
+    AdaptPlacement, AttachOptions, DEFAULT_WAIT_TIMEOUT, DetachOptions, KubeCluster, Progress,
+    ProgressFn, Reconnect, UpOptions, UpOutcome, UpReport, cluster_logs, delete_cluster,
+    run_controller, supervise,
 };
 use crate::config::DaskConfig;
 use crate::error::exit;
-use crate::kube_ops::{self, ClusterApi, CreateLimits};
 use crate::listing::{ClusterRow, list_clusters};
 use crate::manifests::ADAPT_ANNOTATION;
 use crate::names;
+use crate::request::{AdaptRequest, ClusterRequest, TemplateSource};
 use crate::scaler::CountCap;
 use crate::signals;
-use crate::supervisor::{self, AttachOptions, StateDir};
+use crate::supervisor::StateDir;
 use crate::template::PodTemplate;
 use crate::{Error, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dask_worker_spec::DefaultAffinity;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
@@ -40,6 +47,13 @@ pub struct Cli {
     /// context's, or `default`).
     #[arg(long, short = 'n', global = true, env = "DASK_KUBE_NAMESPACE")]
     pub namespace: Option<String>,
+    /// The kubeconfig file (default: the in-cluster service account, then $KUBECONFIG or
+    /// ~/.kube/config).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -105,37 +119,37 @@ impl std::fmt::Display for AdaptRange {
     }
 }
 
-/// Adapt tuning shared by `up --adapt`, `adapt` and `attach --adapt`.
+/// Adapt tuning shared by `up --adapt`, `adapt`, `attach --adapt` and `controller`.
 #[derive(Debug, Clone, Args)]
-pub struct AdaptTuning {
+pub struct AdaptFlags {
     /// Seconds between polls of the scheduler's target.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = DEFAULT_INTERVAL.as_secs_f64())]
     pub interval: f64,
     /// Polls in a row a lower target must hold before scaling down.
-    #[arg(long, default_value_t = crate::adapt::DEFAULT_WAIT_COUNT)]
+    #[arg(long, default_value_t = DEFAULT_WAIT_COUNT)]
     pub wait_count: u32,
     /// Seconds after a change before scaling down (gives new worker pods time to start
     /// and connect before a lower target can remove them).
-    #[arg(long, default_value_t = crate::adapt::DEFAULT_COOLDOWN.as_secs_f64())]
+    #[arg(long, default_value_t = DEFAULT_COOLDOWN.as_secs_f64())]
     pub cooldown: f64,
     /// Most workers removed per step.
     #[arg(long)]
     pub max_scale_down_step: Option<u32>,
 }
 
-impl AdaptTuning {
-    fn policy(&self, range: AdaptRange) -> Result<AdaptPolicy> {
-        let secs = |v: f64, what: &str| {
-            Duration::try_from_secs_f64(v)
-                .map_err(|_| Error::Usage(format!("--{what} must be a number of seconds >= 0")))
-        };
-        Ok(AdaptPolicy {
-            interval: secs(self.interval, "interval")?.max(Duration::from_millis(100)),
-            wait_count: self.wait_count.max(1),
-            cooldown: secs(self.cooldown, "cooldown")?,
+impl AdaptFlags {
+    /// The library's tuning (which settles seconds into a policy, once).
+    pub fn tuning(&self) -> AdaptTuning {
+        AdaptTuning {
+            interval: Some(self.interval),
+            wait_count: Some(self.wait_count),
+            cooldown: Some(self.cooldown),
             max_scale_down_step: self.max_scale_down_step,
-            ..AdaptPolicy::new(range.min, range.max)
-        })
+        }
+    }
+
+    fn policy(&self, range: AdaptRange) -> Result<AdaptPolicy> {
+        AdaptPolicy::from_tuning(range.min, range.max, &self.tuning())
     }
 }
 
@@ -185,7 +199,7 @@ pub enum Command {
         foreground: bool,
         /// Tuning.
         #[command(flatten)]
-        tuning: AdaptTuning,
+        tuning: AdaptFlags,
     },
     /// Run as a cluster's controller pod (`up` creates it): adapt (with `--adapt`) until
     /// the scheduler ends, then delete the cluster. Runs inside the cluster.
@@ -197,7 +211,7 @@ pub enum Command {
         adapt: Option<AdaptRange>,
         /// Tuning.
         #[command(flatten)]
-        tuning: AdaptTuning,
+        tuning: AdaptFlags,
     },
     /// Print the logs of a cluster's scheduler and workers, or of one worker.
     Logs {
@@ -213,15 +227,9 @@ pub enum Command {
     },
     /// Print the manifests `up` would create; needs no cluster.
     Render {
-        /// Worker pod template.
-        #[arg(long, short = 'f')]
-        file: Option<PathBuf>,
-        /// Name template.
-        #[arg(long)]
-        name: Option<String>,
-        /// Scheduler pod template.
-        #[arg(long)]
-        scheduler_template: Option<PathBuf>,
+        /// What the cluster is made of.
+        #[command(flatten)]
+        cluster: ClusterFlags,
     },
     /// Keep the local scheduler address (and optionally adapting) alive for an existing
     /// cluster; `up --detach` runs this in the background.
@@ -239,7 +247,7 @@ pub enum Command {
         dashboard_port: u16,
         /// Tuning.
         #[command(flatten)]
-        tuning: AdaptTuning,
+        tuning: AdaptFlags,
         /// Run as the detached supervisor: own session, state file.
         #[arg(long, hide = true)]
         daemon: bool,
@@ -262,22 +270,27 @@ pub enum Command {
     },
 }
 
-/// `up` arguments.
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    /// Worker pod template (default: kubernetes.worker-template-path / worker-template).
-    #[arg(long, short = 'f')]
+/// What a cluster is made of: the flags `up` and `render` share, mapped to a
+/// [`ClusterRequest`] and nothing more ([`ClusterFlags::request`]); the library settles the
+/// rest from the Dask config.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterFlags {
+    /// Worker pod template; `$VAR`/`${VAR}` are expanded from the environment (default:
+    /// kubernetes.worker-template-path / worker-template, else --image / kubernetes.image).
+    #[arg(long, short = 'f', conflicts_with = "image")]
     pub file: Option<PathBuf>,
-    /// Start this many workers.
-    #[arg(long, conflicts_with = "adapt")]
-    pub workers: Option<usize>,
-    /// Adapt between MIN:MAX workers.
+    /// A worker pod running this image (`dask worker`) instead of a template.
     #[arg(long)]
-    pub adapt: Option<AdaptRange>,
+    pub image: Option<String>,
+    /// Environment variable of the scheduler and the workers (repeatable), over
+    /// kubernetes.env.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
     /// Name template (default: kubernetes.name, `dask-{user}-{uuid}`).
     #[arg(long)]
     pub name: Option<String>,
-    /// Scheduler pod template (default: derived from the worker template).
+    /// Scheduler pod template (default: kubernetes.scheduler-template, else derived from
+    /// the worker template).
     #[arg(long)]
     pub scheduler_template: Option<PathBuf>,
     /// Extra `dask scheduler` option (repeatable), e.g. `--scheduler-option=--idle-timeout=3600`.
@@ -300,6 +313,76 @@ pub struct UpArgs {
     /// cluster's controller pod deletes the cluster.
     #[arg(long)]
     pub idle_timeout: Option<String>,
+    /// The Service's type: ClusterIP, NodePort or LoadBalancer (default:
+    /// kubernetes.scheduler-service-type, else ClusterIP).
+    #[arg(long)]
+    pub scheduler_service_type: Option<String>,
+    /// Classic's dedicated-pool node affinity: preferred, required or none (default:
+    /// kubernetes.apply-default-affinity, else preferred).
+    #[arg(long)]
+    pub apply_default_affinity: Option<DefaultAffinity>,
+    /// Start Jupyter on the scheduler (`dask scheduler --jupyter`).
+    #[arg(long)]
+    pub jupyter: bool,
+}
+
+/// `NAME=VALUE`.
+fn parse_env(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
+}
+
+impl ClusterFlags {
+    /// The request these flags ask for.
+    pub fn request(&self) -> Result<ClusterRequest> {
+        let ClusterFlags {
+            file,
+            image,
+            env,
+            name,
+            scheduler_template,
+            scheduler_options,
+            scheduler_address,
+            scheduler_api_address,
+            target_duration,
+            idle_timeout,
+            scheduler_service_type,
+            apply_default_affinity,
+            jupyter,
+        } = self;
+        Ok(ClusterRequest {
+            worker_template: file.clone().map(TemplateSource::File),
+            scheduler_template: scheduler_template.clone().map(TemplateSource::File),
+            image: image.clone(),
+            env: env.iter().cloned().collect(),
+            name: name.clone(),
+            scheduler_options: scheduler_options.clone(),
+            scheduler_address: scheduler_address.clone(),
+            scheduler_api_address: scheduler_api_address.clone(),
+            target_duration: target_duration.clone(),
+            idle_timeout: idle_timeout.clone(),
+            scheduler_service_type: scheduler_service_type.clone(),
+            apply_default_affinity: *apply_default_affinity,
+            jupyter: *jupyter,
+            ..ClusterRequest::default()
+        })
+    }
+}
+
+/// `up` arguments.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// What the cluster is made of.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+    /// Start this many workers (default: kubernetes.count.start, else 0).
+    #[arg(long, conflicts_with = "adapt")]
+    pub workers: Option<usize>,
+    /// Adapt between MIN:MAX workers.
+    #[arg(long)]
+    pub adapt: Option<AdaptRange>,
     /// With `--adapt`: adapt from this process (or its detached supervisor) instead of the
     /// cluster's controller pod.
     #[arg(long, requires = "adapt")]
@@ -311,11 +394,29 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 0)]
     pub local_port: u16,
     /// Seconds to wait for the workers to connect.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = DEFAULT_WAIT_TIMEOUT.as_secs())]
     pub wait_timeout: u64,
     /// Adapt tuning.
     #[command(flatten)]
-    pub tuning: AdaptTuning,
+    pub tuning: AdaptFlags,
+}
+
+impl UpArgs {
+    /// The request `up` makes, in `namespace` (the global `--namespace`).
+    pub fn request(&self, namespace: Option<&str>) -> Result<ClusterRequest> {
+        Ok(ClusterRequest {
+            namespace: namespace.map(str::to_owned),
+            n_workers: self.workers,
+            adapt: self.adapt.map(|range| AdaptRequest {
+                minimum: Some(range.min),
+                maximum: Some(range.max),
+                tuning: self.tuning.tuning(),
+                here: self.adapt_here,
+            }),
+            local_port: self.local_port,
+            ..self.cluster.request()?
+        })
+    }
 }
 
 /// Text or JSON output, and a progress bar on a terminal.
@@ -377,22 +478,28 @@ impl Ui {
 pub async fn run(cli: Cli) -> i32 {
     let Cli {
         namespace,
+        kubeconfig,
+        context,
         output,
         max_in_flight,
         log: _,
         command,
     } = cli;
     let ui = Ui::new(output);
-    let limits = max_in_flight.map(CreateLimits::with_max_in_flight);
+    let target = Target {
+        namespace,
+        credentials: credentials_of(kubeconfig, context),
+        limits: max_in_flight.map(CreateLimits::with_max_in_flight),
+    };
     let result = match command {
-        Command::Up(args) => up(args, namespace, limits, &ui).await,
-        Command::List { all_namespaces } => list(namespace, all_namespaces, &ui).await,
+        Command::Up(args) => up(args, &target, &ui).await,
+        Command::List { all_namespaces } => list(&target, all_namespaces, &ui).await,
         Command::Scale {
             name,
             n,
             force,
             wait,
-        } => scale(&name, n, force, wait, (namespace, limits), &ui).await,
+        } => scale(&name, n, force, wait, &target, &ui).await,
         Command::Adapt {
             name,
             min,
@@ -405,20 +512,16 @@ pub async fn run(cli: Cli) -> i32 {
                 (Some(min), Some(max), false) => Some(AdaptRange { min, max }),
                 _ => None,
             };
-            adapt(&name, range, foreground, &tuning, (namespace, limits)).await
+            adapt(&name, range, foreground, &tuning, &target).await
         }
         Command::Controller {
             name,
             adapt,
             tuning,
-        } => controller(&name, adapt, &tuning, namespace).await,
-        Command::Logs { name, worker } => logs(&name, worker.as_deref(), namespace).await,
-        Command::Down { name } => down(&name, namespace, &ui).await,
-        Command::Render {
-            file,
-            name,
-            scheduler_template,
-        } => render(file, name, scheduler_template, namespace, &ui),
+        } => controller(&name, adapt, &tuning, &target).await,
+        Command::Logs { name, worker } => logs(&name, worker.as_deref(), &target).await,
+        Command::Down { name } => down(&name, &target, &ui).await,
+        Command::Render { cluster } => render(&cluster, &target, &ui),
         Command::Attach {
             name,
             adapt,
@@ -433,7 +536,7 @@ pub async fn run(cli: Cli) -> i32 {
                 (local_port, dashboard_port),
                 &tuning,
                 daemon,
-                namespace,
+                &target,
             )
             .await
         }
@@ -442,7 +545,7 @@ pub async fn run(cli: Cli) -> i32 {
             workers,
             runs,
             planning_only,
-        } => bench(file, workers, runs, planning_only, namespace).await,
+        } => bench(file, workers, runs, planning_only, &target).await,
     };
     ui.finish();
     match result {
@@ -502,70 +605,21 @@ fn up_json(report: &UpReport) -> serde_json::Value {
            "log": report.supervisor.as_ref().map(|s| s.log.clone())})
 }
 
-async fn up(
-    args: UpArgs,
-    namespace: Option<String>,
-    limits: Option<CreateLimits>,
-    ui: &Ui,
-) -> Result<i32> {
-    let UpArgs {
-        file,
-        workers,
-        adapt,
-        name,
-        scheduler_template,
-        scheduler_options,
-        scheduler_address,
-        scheduler_api_address,
-        target_duration,
-        idle_timeout,
-        adapt_here,
-        detach,
-        local_port,
-        wait_timeout,
-        tuning,
-    } = args;
-    if detach && scheduler_address.is_some() {
+async fn up(args: UpArgs, target: &Target, ui: &Ui) -> Result<i32> {
+    if args.detach && args.cluster.scheduler_address.is_some() {
         return Err(Error::Usage(
             "--detach needs a scheduler pod; it cannot be used with --scheduler-address".into(),
         ));
     }
     let mut builder = KubeCluster::builder()
+        .request(args.request(target.namespace.as_deref())?)
         .on_progress(ui.progress())
-        .local_port(local_port);
-    if let Some(limits) = limits {
+        .credentials(target.credentials.clone());
+    if let Some(limits) = target.limits {
         builder = builder.create_limits(limits);
     }
-    if let Some(file) = file {
-        builder = builder.worker_template(PodTemplate::from_file(file, "worker")?);
-    }
-    if let Some(path) = scheduler_template {
-        builder = builder.scheduler_template(PodTemplate::from_file(path, "scheduler")?);
-    }
-    if let Some(ns) = &namespace {
-        builder = builder.namespace(ns);
-    }
-    if let Some(name) = name {
-        builder = builder.name_template(name);
-    }
-    if let Some(address) = scheduler_address {
-        builder = builder.scheduler_address(address);
-    }
-    if let Some(address) = scheduler_api_address {
-        builder = builder.scheduler_api_address(address);
-    }
-    builder = builder.scheduler_options(scheduler_options);
-    if let Some(duration) = target_duration {
-        builder = builder.adaptive_target_duration(duration);
-    }
-    if let Some(timeout) = idle_timeout {
-        builder = builder.idle_timeout(timeout);
-    }
     let options = UpOptions {
-        adapt_here,
-        workers,
-        adapt: adapt.map(|r| tuning.policy(r)).transpose()?,
-        detach: if detach {
+        detach: if args.detach {
             Some(DetachOptions {
                 exe: std::env::current_exe()
                     .map_err(|e| Error::io("locating the dask-kube executable", e))?,
@@ -574,10 +628,10 @@ async fn up(
         } else {
             None
         },
-        wait_timeout: Duration::from_secs(wait_timeout),
+        wait_timeout: Duration::from_secs(args.wait_timeout),
     };
     let mut signal = interruption()?;
-    let outcome = crate::cluster::up(builder, options, &mut signal).await?;
+    let outcome = crate::up(builder, options, &mut signal).await?;
     if let UpOutcome::Running(_, report) | UpOutcome::Detached(report) = &outcome {
         note_controller(report);
     }
@@ -628,21 +682,53 @@ async fn up(
     Ok(exit::OK)
 }
 
-fn namespace_or_default(namespace: Option<String>) -> Result<Option<String>> {
-    if namespace.is_some() {
-        return Ok(namespace);
+/// Where the verbs act: the namespace, credentials and pacing the global flags name.
+struct Target {
+    namespace: Option<String>,
+    credentials: Credentials,
+    limits: Option<CreateLimits>,
+}
+
+/// `--kubeconfig` / `--context` as credentials; neither is the default chain.
+fn credentials_of(kubeconfig: Option<PathBuf>, context: Option<String>) -> Credentials {
+    if kubeconfig.is_none() && context.is_none() {
+        Credentials::Default
+    } else {
+        Credentials::Kubeconfig {
+            path: kubeconfig,
+            context,
+        }
     }
-    Ok(DaskConfig::load()?.kube_settings()?.namespace)
 }
 
-async fn api_for(namespace: Option<String>) -> Result<ClusterApi> {
-    let (client, default_ns, url) = kube_ops::connect().await?;
-    let ns = namespace_or_default(namespace)?.unwrap_or(default_ns);
-    Ok(ClusterApi::new(client, ns, url))
+impl Target {
+    /// How to reach a cluster by name here.
+    fn reconnect(&self) -> Reconnect {
+        Reconnect {
+            namespace: self.namespace.clone(),
+            credentials: self.credentials.clone(),
+            limits: self.limits,
+            ..Reconnect::default()
+        }
+    }
+
+    /// The calls of the namespace: `--namespace`, `kubernetes.namespace`, or the
+    /// credentials'.
+    async fn api(&self) -> Result<ClusterApi> {
+        let connection = KubeConnection::open(&self.credentials).await?;
+        let namespace = match &self.namespace {
+            Some(ns) => ns.clone(),
+            None => DaskConfig::load()?
+                .kube_settings()?
+                .namespace
+                .unwrap_or_else(|| connection.namespace.clone()),
+        };
+        Ok(ClusterApi::new(connection.in_namespace(namespace)))
+    }
 }
 
-async fn list(namespace: Option<String>, all: bool, ui: &Ui) -> Result<i32> {
-    let api = api_for(namespace).await?;
+async fn list(target: &Target, all: bool, ui: &Ui) -> Result<i32> {
+    let api = target.api().await?;
     let rows = list_clusters(&api, all, &StateDir::from_env()).await?;
     let text = if rows.is_empty() {
         format!(
@@ -700,14 +786,10 @@ async fn scale(
     n: usize,
     force: bool,
     wait: u64,
-    (namespace, limits): (Option<String>, Option<CreateLimits>),
+    target: &Target,
     ui: &Ui,
 ) -> Result<i32> {
-    let mut cluster =
-        KubeCluster::connect(name, namespace.as_deref(), Access::Auto, 0, None).await?;
-    if let Some(limits) = limits {
-        cluster = cluster.with_create_limits(limits);
-    }
+    let cluster = KubeCluster::from_name(name, target.reconnect()).await?;
     let result = cluster.scale_with(n, force).await;
     let report = match result {
         Ok(r) => r,
@@ -745,12 +827,12 @@ async fn scale(
 async fn controller(
     name: &str,
     range: Option<AdaptRange>,
-    tuning: &AdaptTuning,
-    namespace: Option<String>,
+    tuning: &AdaptFlags,
+    target: &Target,
 ) -> Result<i32> {
     let policy = range.map(|r| tuning.policy(r)).transpose()?;
     let signal = interruption()?;
-    crate::controller::run(name, namespace.as_deref(), policy, signal).await?;
+    run_controller(name, target.reconnect(), policy, signal).await?;
     Ok(exit::OK)
 }
 
@@ -758,14 +840,10 @@ async fn adapt(
     name: &str,
     range: Option<AdaptRange>,
     foreground: bool,
-    tuning: &AdaptTuning,
-    (namespace, limits): (Option<String>, Option<CreateLimits>),
+    tuning: &AdaptFlags,
+    target: &Target,
 ) -> Result<i32> {
-    let mut cluster =
-        KubeCluster::connect(name, namespace.as_deref(), Access::Auto, 0, None).await?;
-    if let Some(limits) = limits {
-        cluster = cluster.with_create_limits(limits);
-    }
+    let mut cluster = KubeCluster::from_name(name, target.reconnect()).await?;
     let Some(range) = range else {
         cluster.stop_controller().await?;
         eprintln!(
@@ -775,18 +853,21 @@ async fn adapt(
     };
     let policy = tuning.policy(range)?;
     if !foreground {
-        let capped = cluster.start_controller(Some(&policy)).await.inspect_err(|_| {
-            eprintln!(
-                "{name}: cannot adapt in the cluster; apply crates/dask-kube/deploy/rbac.yaml in namespace {}, or adapt from here with --foreground",
-                cluster.namespace()
-            );
-        })?;
-        note_cap(capped);
-        let maximum = capped.map_or(range.max as usize, |c| c.max);
+        let started = cluster
+            .adapt_in(policy, AdaptPlacement::Controller)
+            .await
+            .inspect_err(|_| {
+                eprintln!(
+                    "{name}: cannot adapt in the cluster; apply crates/dask-kube/deploy/rbac.yaml in namespace {}, or adapt from here with --foreground",
+                    cluster.namespace()
+                );
+            })?;
+        note_cap(started.capped);
+        let maximum = started.capped.map_or(range.max as usize, |c| c.max);
         eprintln!(
             "{name} adapts between {}:{maximum} workers in the cluster (pod {}), with no client; `dask-kube adapt {name} --off` stops it",
             range.min.min(u32::try_from(maximum).unwrap_or(u32::MAX)),
-            crate::controller::pod_name(name)
+            started.controller.unwrap_or_default()
         );
         cluster.detach().await?;
         return Ok(exit::OK);
@@ -801,9 +882,9 @@ async fn adapt(
     {
         warn!(%other, "a detached supervisor also adapts this cluster; the two controllers will fight");
     }
-    let capped = cluster.adapt_with(policy.clone())?;
-    note_cap(capped);
-    let maximum = capped.map_or(range.max as usize, |c| c.max);
+    let started = cluster.adapt_in(policy, AdaptPlacement::Here).await?;
+    note_cap(started.capped);
+    let maximum = started.capped.map_or(range.max as usize, |c| c.max);
     eprintln!(
         "adapting {name} between {}:{maximum} workers; Ctrl-C stops adapting (the cluster stays)",
         range.min.min(u32::try_from(maximum).unwrap_or(u32::MAX))
@@ -814,8 +895,8 @@ async fn adapt(
     Ok(exit::OK)
 }
 
-async fn logs(name: &str, worker: Option<&str>, namespace: Option<String>) -> Result<i32> {
-    let api = api_for(namespace).await?;
+async fn logs(name: &str, worker: Option<&str>, target: &Target) -> Result<i32> {
+    let api = target.api().await?;
     let pods = cluster_logs(&api, name, worker).await?;
     let single = pods.len() == 1;
     for (pod, text) in pods {
@@ -830,9 +911,9 @@ async fn logs(name: &str, worker: Option<&str>, namespace: Option<String>) -> Re
     Ok(exit::OK)
 }
 
-async fn down(name: &str, namespace: Option<String>, ui: &Ui) -> Result<i32> {
+async fn down(name: &str, target: &Target, ui: &Ui) -> Result<i32> {
     names::validate_cluster_name(name)?;
-    let api = api_for(namespace).await?;
+    let api = target.api().await?;
     let ns = api.namespace().to_owned();
     let (stopped, report) = delete_cluster(&api, name, &StateDir::from_env()).await?;
     let text = format!(
@@ -856,28 +937,11 @@ async fn down(name: &str, namespace: Option<String>, ui: &Ui) -> Result<i32> {
     })
 }
 
-fn render(
-    file: Option<PathBuf>,
-    name: Option<String>,
-    scheduler_template: Option<PathBuf>,
-    namespace: Option<String>,
-    ui: &Ui,
-) -> Result<i32> {
-    let mut builder = KubeCluster::builder();
-    if let Some(file) = file {
-        builder = builder.worker_template(PodTemplate::from_file(file, "worker")?);
-    }
-    if let Some(path) = scheduler_template {
-        builder = builder.scheduler_template(PodTemplate::from_file(path, "scheduler")?);
-    }
-    if let Some(ns) = namespace {
-        builder = builder.namespace(ns);
-    }
-    if let Some(name) = name {
-        builder = builder.name_template(name);
-    }
-    let spec = builder.spec(Some(&kube_ops::offline_default_namespace()))?;
-    let objects = spec.render()?;
+fn render(cluster: &ClusterFlags, target: &Target, ui: &Ui) -> Result<i32> {
+    let mut request = cluster.request()?;
+    request.namespace.clone_from(&target.namespace);
+    let resolved = KubeCluster::builder().request(request).resolve()?;
+    let objects = resolved.render(&offline_default_namespace(&target.credentials))?;
     let mut text = String::new();
     for object in &objects {
         text.push_str("---\n");
@@ -894,9 +958,9 @@ async fn attach(
     name: &str,
     adapt: Option<AdaptRange>,
     (local_port, dashboard_port): (u16, u16),
-    tuning: &AdaptTuning,
+    tuning: &AdaptFlags,
     daemon: bool,
-    namespace: Option<String>,
+    target: &Target,
 ) -> Result<i32> {
     let options = AttachOptions {
         adapt: adapt.map(|r| tuning.policy(r)).transpose()?,
@@ -905,9 +969,9 @@ async fn attach(
         daemon,
     };
     let mut signal = interruption()?;
-    supervisor::supervise(
+    supervise(
         name,
-        namespace.as_deref(),
+        target.reconnect(),
         options,
         &StateDir::from_env(),
         &mut signal,
@@ -931,7 +995,7 @@ async fn bench(
     workers: usize,
     runs: usize,
     planning_only: bool,
-    namespace: Option<String>,
+    target: &Target,
 ) -> Result<i32> {
     let planning = crate::bench::planning_costs();
     for line in &planning {
@@ -946,8 +1010,9 @@ async fn bench(
         let started = Instant::now();
         let mut builder = KubeCluster::builder()
             .worker_template(template.clone())
-            .name_template("bench-{uuid}");
-        if let Some(ns) = &namespace {
+            .name_template("bench-{uuid}")
+            .credentials(target.credentials.clone());
+        if let Some(ns) = &target.namespace {
             builder = builder.namespace(ns);
         }
         let cluster = builder.start().await?;
@@ -1035,13 +1100,13 @@ mod tests {
         };
         assert_eq!(cli.namespace.as_deref(), Some("team"));
         assert_eq!(up.adapt, Some(AdaptRange { min: 1, max: 4 }));
-        assert_eq!(up.scheduler_options, vec!["--idle-timeout=60"]);
+        assert_eq!(up.cluster.scheduler_options, vec!["--idle-timeout=60"]);
         assert!(up.detach);
     }
 
     #[test]
     fn a_policy_round_trips_through_the_supervisors_attach_args() {
-        let policy = AdaptTuning {
+        let policy = AdaptFlags {
             interval: 0.5,
             wait_count: 5,
             cooldown: 10.0,
@@ -1050,7 +1115,7 @@ mod tests {
         .policy(AdaptRange { min: 1, max: 3 })
         .unwrap();
         let mut argv = vec!["dask-kube".to_owned(), "attach".into(), "c".into()];
-        argv.extend(supervisor::adapt_args(&policy));
+        argv.extend(policy.cli_args());
         let cli = Cli::try_parse_from(argv).unwrap();
         let Command::Attach {
             tuning: parsed,

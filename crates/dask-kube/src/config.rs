@@ -8,9 +8,21 @@
 
 use crate::literal;
 use crate::names::DEFAULT_NAME_TEMPLATE;
+use crate::request::WorkerCommand;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The controller image unless `kubernetes.controller-image` says otherwise: this build's
+/// own version of dask-kube.
+pub const DEFAULT_CONTROLLER_IMAGE: &str =
+    concat!("ghcr.io/dask-on-k8s/dask-kube:", env!("CARGO_PKG_VERSION"));
+
+/// Default of `kubernetes.scheduler-service-type`.
+pub const DEFAULT_SERVICE_TYPE: &str = "ClusterIP";
+/// Default of `kubernetes.apply-default-affinity`, as classic's `apply_default_affinity`.
+pub const DEFAULT_AFFINITY: &str = "preferred";
 
 /// Default of `distributed.dashboard.link`.
 pub const DEFAULT_DASHBOARD_LINK: &str = "{scheme}://{host}:{port}/status";
@@ -112,6 +124,33 @@ impl ConfigSources {
     }
 }
 
+/// Where the library reads the Dask config from, each time it needs a value (the cap on
+/// worker counts before each scale and adapt, as well as a cluster's resolution): so a
+/// setting changed while a cluster runs applies to its next call, as it does in Dask. The
+/// CLI and the controller pod read this process's files and `DASK_*` variables
+/// ([`ProcessConfig`]); Python feeds its process's `dask.config`, `dask.config.set`
+/// included; a fixed [`DaskConfig`] is a source too.
+pub trait ConfigSource: Send + Sync + 'static {
+    /// The configuration as it is now.
+    fn load(&self) -> Result<DaskConfig>;
+}
+
+/// This process's Dask config files and `DASK_*` variables, read at each use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessConfig;
+
+impl ConfigSource for ProcessConfig {
+    fn load(&self) -> Result<DaskConfig> {
+        DaskConfig::load()
+    }
+}
+
+impl ConfigSource for DaskConfig {
+    fn load(&self) -> Result<DaskConfig> {
+        Ok(self.clone())
+    }
+}
+
 /// A merged Dask configuration.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DaskConfig {
@@ -149,7 +188,7 @@ impl DaskConfig {
     ///
     /// # Example
     /// ```
-    /// use dask_kube::config::{ConfigDocument, ConfigSources, DaskConfig};
+    /// use dask_kube::{ConfigDocument, ConfigSources, DaskConfig};
     /// let sources = ConfigSources {
     ///     documents: vec![ConfigDocument {
     ///         origin: "a.yaml".into(),
@@ -268,9 +307,18 @@ impl DaskConfig {
         }
     }
 
-    /// The environment the configuration was read with (for `{VAR}` in templates).
+    /// The environment the configuration was read with (for `{VAR}` and `${VAR}`).
     pub fn env(&self) -> &[(String, String)] {
         &self.env
+    }
+
+    /// The same configuration formatting with `env` (`{VAR}`, `${VAR}`); `DASK_*`
+    /// variables in it are not applied as configuration (Python's `dask.config` already
+    /// holds them, below `dask.config.set`).
+    #[must_use]
+    pub fn with_environment(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
     }
 
     /// The `kubernetes.*` and dashboard settings dask-kube uses.
@@ -295,6 +343,39 @@ impl DaskConfig {
                 return Err(self.type_error(
                     "kubernetes.scheduler-template",
                     "a mapping (a pod)",
+                    other,
+                ));
+            }
+        };
+        let worker_command = match self.get("kubernetes.worker-command") {
+            None => None,
+            Some(v) => Some(serde_json::from_value(v.clone()).map_err(|_| {
+                self.type_error(
+                    "kubernetes.worker-command",
+                    "a string or a list of strings",
+                    v,
+                )
+            })?),
+        };
+        let resources = match self.get("kubernetes.resources") {
+            None => None,
+            Some(Value::Object(map)) if map.is_empty() => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(other) => {
+                return Err(self.type_error(
+                    "kubernetes.resources",
+                    "a mapping of limits and requests",
+                    other,
+                ));
+            }
+        };
+        let resource_timeout = match self.get("kubernetes.resource-timeout") {
+            None => None,
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(other) => {
+                return Err(self.type_error(
+                    "kubernetes.resource-timeout",
+                    "a number of seconds",
                     other,
                 ));
             }
@@ -328,8 +409,60 @@ impl DaskConfig {
             controller_image: self
                 .get_str("kubernetes.controller-image")?
                 .filter(|i| !i.is_empty())
-                .unwrap_or_else(|| crate::controller::DEFAULT_IMAGE.to_owned()),
+                .unwrap_or_else(|| DEFAULT_CONTROLLER_IMAGE.to_owned()),
+            env: self.env_setting()?,
+            count_start: self.get_u32("kubernetes.count.start")?.map(|n| n as usize),
+            image: self.get_str("kubernetes.image")?.filter(|i| !i.is_empty()),
+            resources,
+            worker_command,
+            scheduler_service_type: self
+                .get_str("kubernetes.scheduler-service-type")?
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| DEFAULT_SERVICE_TYPE.to_owned()),
+            resource_timeout,
+            apply_default_affinity: self
+                .get_str("kubernetes.apply-default-affinity")?
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| DEFAULT_AFFINITY.to_owned()),
         })
+    }
+
+    /// `kubernetes.env`: a mapping of variable names to values (numbers read as written).
+    fn env_setting(&self) -> Result<BTreeMap<String, String>> {
+        let invalid = |reason: String| Error::Config {
+            origin: "kubernetes.env".into(),
+            reason,
+        };
+        match self.get("kubernetes.env") {
+            None => Ok(BTreeMap::new()),
+            Some(Value::Object(map)) => map
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    Value::Number(_) | Value::Bool(_) => Ok((k.clone(), v.to_string())),
+                    other => Err(invalid(format!(
+                        "the value of {k} must be a string, not {other}"
+                    ))),
+                })
+                .collect(),
+            // The operator's list form: `[{"name": ..., "value": ...}]`.
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    let name = item.get("name").and_then(Value::as_str);
+                    let value = item.get("value").and_then(Value::as_str);
+                    match (name, value) {
+                        (Some(n), Some(v)) => Ok((n.to_owned(), v.to_owned())),
+                        _ => Err(invalid(format!(
+                            "a list entry must be {{name: ..., value: ...}}, not {item}"
+                        ))),
+                    }
+                })
+                .collect(),
+            Some(other) => Err(invalid(format!(
+                "must be a mapping of variable names to values, not {other}"
+            ))),
+        }
     }
 }
 
@@ -372,6 +505,22 @@ pub struct KubeSettings {
     pub idle_timeout: Option<String>,
     /// `kubernetes.controller-image`: the dask-kube image of the controller pod.
     pub controller_image: String,
+    /// `kubernetes.env`: variables for the scheduler and the workers.
+    pub env: BTreeMap<String, String>,
+    /// `kubernetes.count.start`: workers to start with.
+    pub count_start: Option<usize>,
+    /// `kubernetes.image`: a worker pod from this image when no template is given.
+    pub image: Option<String>,
+    /// `kubernetes.resources`: that pod's resources.
+    pub resources: Option<Value>,
+    /// `kubernetes.worker-command`: that pod's command.
+    pub worker_command: Option<WorkerCommand>,
+    /// `kubernetes.scheduler-service-type`: the Service's type.
+    pub scheduler_service_type: String,
+    /// `kubernetes.resource-timeout`: seconds the scheduler pod may take to run.
+    pub resource_timeout: Option<f64>,
+    /// `kubernetes.apply-default-affinity`: `preferred`, `required` or `none`.
+    pub apply_default_affinity: String,
 }
 
 /// Formats `distributed.dashboard.link` with `scheme`, `host`, `port` and the environment,

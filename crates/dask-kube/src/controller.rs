@@ -15,26 +15,20 @@
 //! the controller included.
 
 use crate::adapt::AdaptPolicy;
-use crate::cluster::{Access, KubeCluster};
-use crate::kube_ops::ClusterApi;
+use crate::apiserver::ClusterApi;
 use crate::manifests::{self, APP_LABEL, Owner};
 use crate::{Error, Result};
 use dask_worker_spec::labels;
 use serde_json::{Value, json};
-use std::future::Future;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::info;
 
 /// `dask.org/component` of the controller pod.
 pub const COMPONENT: &str = "controller";
 /// The ServiceAccount the controller runs as (`deploy/rbac.yaml`).
 pub const SERVICE_ACCOUNT: &str = "dask-kube-controller";
-/// The controller image unless `kubernetes.controller-image` says otherwise: this build's
-/// own version of dask-kube.
-pub const DEFAULT_IMAGE: &str =
-    concat!("ghcr.io/dask-on-k8s/dask-kube:", env!("CARGO_PKG_VERSION"));
-/// Time between looks at the scheduler pod.
-const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Bound on the controller pod going after it was deleted.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The controller pod of cluster `cluster`.
 pub fn pod_name(cluster: &str) -> String {
@@ -67,7 +61,7 @@ pub fn controller_pod(spec: &ControllerSpec<'_>) -> Value {
         spec.cluster.to_owned(),
     ];
     if let Some(policy) = spec.adapt {
-        args.extend(crate::supervisor::adapt_args(policy));
+        args.extend(policy.cli_args());
     }
     let mut pod = json!({
         "apiVersion": "v1",
@@ -143,95 +137,21 @@ pub async fn stop(api: &ClusterApi, cluster: &str) -> Result<()> {
         labels::COMPONENT
     );
     let still = api
-        .wait_pods_gone(
-            &selector,
-            std::slice::from_ref(&name),
-            Duration::from_secs(60),
-        )
+        .wait_pods_gone(&selector, std::slice::from_ref(&name), STOP_TIMEOUT)
         .await;
     if still.is_empty() {
         Ok(())
     } else {
         Err(Error::Timeout {
             what: format!("the controller pod {name} to go"),
-            seconds: 60,
+            seconds: STOP_TIMEOUT.as_secs(),
         })
-    }
-}
-
-/// Whether the scheduler pod is done: phase `Succeeded`/`Failed` (an exit, with
-/// `restartPolicy: Never`), or gone.
-fn scheduler_ended(pod: Option<&k8s_openapi::api::core::v1::Pod>) -> Option<String> {
-    let Some(pod) = pod else {
-        return Some("the scheduler pod is gone".into());
-    };
-    if pod.metadata.deletion_timestamp.is_some() {
-        return Some("the scheduler pod is being deleted".into());
-    }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    matches!(phase, Some("Succeeded" | "Failed"))
-        .then(|| format!("the scheduler pod's phase is {}", phase.unwrap_or_default()))
-}
-
-/// `dask-kube controller NAME`: adapts (with `policy`) until the scheduler ends, then
-/// deletes the cluster; stops early (the cluster stays) when `stop` resolves (SIGTERM: the
-/// pod is being replaced or deleted).
-pub async fn run(
-    name: &str,
-    namespace: Option<&str>,
-    policy: Option<AdaptPolicy>,
-    stop: impl Future<Output = String>,
-) -> Result<()> {
-    let mut cluster = KubeCluster::connect(name, namespace, Access::Auto, 0, None).await?;
-    if let Some(policy) = policy {
-        if let Some(cap) = cluster.adapt_with(policy.clone())? {
-            warn!(%cap, "kubernetes.count.max caps the adapt range");
-        }
-        info!(cluster = %name, minimum = policy.minimum, maximum = policy.maximum, "adapting");
-    }
-    let api = cluster.api().clone();
-    tokio::pin!(stop);
-    let ended = loop {
-        tokio::select! {
-            signal = &mut stop => {
-                info!(%signal, cluster = %name, "stopping; the cluster stays");
-                return cluster.detach().await;
-            }
-            () = tokio::time::sleep(CHECK_INTERVAL) => {}
-        }
-        match api.get_pod(name).await {
-            Ok(pod) => {
-                if let Some(reason) = scheduler_ended(pod.as_ref()) {
-                    break reason;
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot read the scheduler pod; trying again"),
-        }
-    };
-    info!(cluster = %name, %ended, "the scheduler ended; deleting the cluster");
-    if let Err(e) = cluster.stop_adapting().await {
-        warn!(error = %e, "the adapt loop ended with an error");
-    }
-    // No retiring: the scheduler is gone. Not `teardown`, which deletes this pod first (and
-    // needs Services): only the scheduler pod, and the garbage collector takes the rest
-    // (the Service, the workers, this pod), all owned by it.
-    let deleted = api.delete_pods(&[name.to_owned()], Some(0)).await;
-    match deleted.failed.into_iter().next() {
-        None => Ok(()),
-        Some(failure) => Err(Error::Partial {
-            action: format!("delete the scheduler pod {name}"),
-            done: 0,
-            wanted: 1,
-            failures: vec![failure],
-        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Pod, PodStatus};
-    use rstest::rstest;
 
     fn owner() -> Owner {
         Owner {
@@ -248,7 +168,7 @@ mod tests {
             namespace: "team",
             owner: &owner(),
             adapt: Some(&policy),
-            image: DEFAULT_IMAGE,
+            image: crate::config::DEFAULT_CONTROLLER_IMAGE,
         });
         assert_eq!(pod["metadata"]["name"], "dask-ada-1-controller");
         assert_eq!(pod["metadata"]["labels"][labels::COMPONENT], COMPONENT);
@@ -291,44 +211,5 @@ mod tests {
             pod["spec"]["containers"][0]["image"],
             "example.org/dask-kube:1"
         );
-    }
-
-    fn pod_in(phase: &str, deleting: bool) -> Pod {
-        let mut pod = Pod {
-            status: Some(PodStatus {
-                phase: Some(phase.into()),
-                ..PodStatus::default()
-            }),
-            ..Pod::default()
-        };
-        if deleting {
-            pod.metadata.deletion_timestamp =
-                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-                ));
-        }
-        pod
-    }
-
-    #[rstest]
-    #[case::running("Running", false, false)]
-    #[case::pending("Pending", false, false)]
-    #[case::idle_timeout_exit("Succeeded", false, true)]
-    #[case::crashed("Failed", false, true)]
-    #[case::being_deleted("Running", true, true)]
-    fn scheduler_end_is_its_pod_finishing(
-        #[case] phase: &str,
-        #[case] deleting: bool,
-        #[case] ended: bool,
-    ) {
-        assert_eq!(
-            scheduler_ended(Some(&pod_in(phase, deleting))).is_some(),
-            ended
-        );
-    }
-
-    #[test]
-    fn a_gone_scheduler_pod_has_ended() {
-        assert!(scheduler_ended(None).is_some());
     }
 }

@@ -76,9 +76,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// Kubernetes credentials could not be loaded.
-    #[error(
-        "cannot load Kubernetes credentials (in-cluster service account, then $KUBECONFIG or ~/.kube/config): {reason}"
-    )]
+    #[error("cannot load Kubernetes credentials: {reason}")]
     Credentials {
         /// What failed.
         reason: String,
@@ -232,8 +230,21 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The detached supervisor could not be started or stopped.
-    #[error("supervisor: {0}")]
-    Supervisor(String),
+    #[error("the detached supervisor failed: {0}")]
+    SupervisorFailed(String),
+    /// The task adapting the cluster in this process ended abnormally (it panicked or was
+    /// cancelled), so nothing adapts any more.
+    #[error("the adapt task failed: {0}")]
+    AdaptTaskFailed(String),
+    /// The task starting a cluster ended abnormally (it panicked or was cancelled); what it
+    /// made is deleted by the caller.
+    #[error("the start of cluster {cluster} failed: {reason}")]
+    StartTaskFailed {
+        /// The cluster.
+        cluster: String,
+        /// Why the task ended.
+        reason: String,
+    },
 }
 
 /// Result with this crate's [`Error`].

@@ -4,7 +4,7 @@
 //! render.
 
 use crate::Result;
-use crate::kube_ops::ClusterApi;
+use crate::apiserver::ClusterApi;
 use crate::manifests::{self, ADAPT_ANNOTATION, DASHBOARD_PORT, SUPERVISOR_ANNOTATION};
 use crate::scaling::{WorkerCounts, WorkerPodState};
 use crate::supervisor::{self, StateDir};
@@ -44,7 +44,12 @@ fn dashboard_here(namespace: &str, name: &str, dir: &StateDir, in_cluster: bool)
     {
         return Some(state.dashboard);
     }
-    in_cluster.then(|| format!("http://{name}.{namespace}:{DASHBOARD_PORT}/status"))
+    in_cluster.then(|| {
+        format!(
+            "http://{}.{namespace}:{DASHBOARD_PORT}/status",
+            manifests::service_name(name)
+        )
+    })
 }
 
 /// Rows from the scheduler and worker pods, sorted by namespace and name (pure).
@@ -195,7 +200,7 @@ mod tests {
         assert_eq!(dashboard_here("ns", "c", &dir, false), None);
         assert_eq!(
             dashboard_here("ns", "c", &dir, true).as_deref(),
-            Some("http://c.ns:8787/status")
+            Some("http://c-scheduler.ns:8787/status")
         );
     }
 }

@@ -8,16 +8,6 @@
 use serde_json::{Map, Number, Value};
 
 /// Interprets an environment value as dask's `interpret_value` does.
-///
-/// # Example
-/// ```
-/// use dask_kube::literal::interpret;
-/// use serde_json::json;
-/// assert_eq!(interpret("10"), json!(10));
-/// assert_eq!(interpret("['a', 1]"), json!(["a", 1]));
-/// assert_eq!(interpret("TRUE"), json!(true));
-/// assert_eq!(interpret("{scheme}://{host}"), json!("{scheme}://{host}"));
-/// ```
 pub fn interpret(value: &str) -> Value {
     if let Some(parsed) = literal_eval(value) {
         return parsed;
@@ -227,5 +217,15 @@ mod tests {
     #[case::ip_address("10.0.0.1", json!("10.0.0.1"))]
     fn interprets_like_dask(#[case] text: &str, #[case] expected: Value) {
         assert_eq!(interpret(text), expected);
+    }
+
+    /// What the item's documentation shows.
+    #[test]
+    fn interpret_example() {
+        use serde_json::json;
+        assert_eq!(interpret("10"), json!(10));
+        assert_eq!(interpret("['a', 1]"), json!(["a", 1]));
+        assert_eq!(interpret("TRUE"), json!(true));
+        assert_eq!(interpret("{scheme}://{host}"), json!("{scheme}://{host}"));
     }
 }

@@ -6,7 +6,8 @@
 use crate::template::PodTemplate;
 use crate::{Error, Result};
 use dask_worker_spec::{
-    PodSpecRules, WorkerCommandLine, WorkerDefaults, apply_worker_defaults, labels,
+    DaskComponent, DefaultAffinity, PodSpecRules, WorkerCommandLine, WorkerDefaults,
+    apply_dedicated_pool, apply_worker_defaults, labels,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde_json::{Map, Value, json};
@@ -58,10 +59,60 @@ pub struct ClusterSpec {
     pub defaults: WorkerDefaults,
     /// A scheduler that already runs elsewhere (no scheduler pod, no Service).
     pub external_scheduler: Option<String>,
+    /// That scheduler's HTTP server (`host:port`), when not its host at port 8787.
+    pub external_scheduler_api: Option<String>,
     /// `distributed.adaptive.target-duration` for the scheduler: the scheduler's
     /// `/api/v1/adaptive_target` reads it from its own configuration, so this is where
     /// `adapt(..., target_duration=...)` of dask-kubernetes takes effect.
     pub adaptive_target_duration: Option<String>,
+    /// The Service's type.
+    pub service_type: ServiceType,
+}
+
+/// The type of the scheduler's Service (`scheduler_service_type=`): how it is reached from
+/// outside the cluster. dask-kube itself reaches it through port-forward or its DNS name,
+/// whichever the type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    /// Inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Also behind a cloud load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+impl std::str::FromStr for ServiceType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ClusterIP" => Ok(ServiceType::ClusterIP),
+            "NodePort" => Ok(ServiceType::NodePort),
+            "LoadBalancer" => Ok(ServiceType::LoadBalancer),
+            other => Err(Error::Usage(format!(
+                "scheduler service type {other:?}: ClusterIP, NodePort or LoadBalancer"
+            ))),
+        }
+    }
+}
+
+/// The scheduler's Service of cluster `cluster`: `<cluster>-scheduler`, as the
+/// dask-kubernetes operator names it (its users' code and docs reach
+/// `tcp://<cluster>-scheduler.<namespace>:8786`).
+pub fn service_name(cluster: &str) -> String {
+    format!("{cluster}-scheduler")
 }
 
 /// Env var the scheduler reads `distributed.adaptive.target-duration` from.
@@ -169,7 +220,11 @@ impl ClusterSpec {
     pub fn worker_scheduler_address(&self) -> String {
         match &self.external_scheduler {
             Some(address) => address.clone(),
-            None => format!("tcp://{}.{}:{SCHEDULER_PORT}", self.name, self.namespace),
+            None => format!(
+                "tcp://{}.{}:{SCHEDULER_PORT}",
+                service_name(&self.name),
+                self.namespace
+            ),
         }
     }
 
@@ -242,6 +297,19 @@ impl ClusterSpec {
             .and_then(Value::as_object_mut)
             .ok_or_else(|| invalid_scheduler(&origin, "spec is missing"))?;
         spec.insert("restartPolicy".into(), json!("Never"));
+        // Classic's `clean_pod_template(pod_type="scheduler")`: the scheduler pool's
+        // tolerations and, as `apply_default_affinity` says, its node affinity.
+        let mut pool = Value::Object(std::mem::take(spec));
+        apply_dedicated_pool(
+            &mut pool,
+            "spec",
+            DaskComponent::Scheduler,
+            self.defaults.apply_default_affinity,
+        )
+        .map_err(|e| invalid_scheduler(&origin, &e.to_string()))?;
+        if let Value::Object(map) = pool {
+            *spec = map;
+        }
         let container = spec
             .get_mut("containers")
             .and_then(Value::as_array_mut)
@@ -275,62 +343,53 @@ impl ClusterSpec {
         Ok(pod)
     }
 
-    /// A scheduler pod template from the worker template: its image, pull settings, env,
-    /// service account and placement, none of its worker-only parts (args, resources,
-    /// worker tolerations, volumes).
+    /// A scheduler pod template from the worker template, as classic dask-kubernetes
+    /// derives it: the whole pod (volumes and mounts, placement, service account, pull
+    /// secrets, security context, env, annotations) with its first container running the
+    /// scheduler. Dropped: what only a worker uses (its command and args, ports and probes,
+    /// the scheduler address and worker name variables), other containers (a second
+    /// container would make the scheduler's log ambiguous to read), and, unlike classic,
+    /// the container's resources: they are sized for a worker (the README's 2 CPUs and
+    /// 6 GB, a GPU), which a scheduler does not use and a node may not have spare; a
+    /// scheduler template sizes the scheduler.
     fn derive_scheduler_template(&self) -> Value {
-        let worker = &self.worker.pod;
-        let first = worker.pointer("/spec/containers/0");
-        let mut container = Map::new();
-        container.insert("name".into(), json!(SCHEDULER_CONTAINER));
-        for key in ["image", "imagePullPolicy", "envFrom", "securityContext"] {
-            if let Some(v) = first.and_then(|c| c.get(key)).filter(|v| !v.is_null()) {
-                container.insert(key.into(), v.clone());
+        let mut pod = self.worker.pod.clone();
+        if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
+            let first = spec
+                .get("containers")
+                .and_then(Value::as_array)
+                .and_then(|c| c.first())
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            let mut container = first.as_object().cloned().unwrap_or_default();
+            for key in [
+                "command",
+                "args",
+                "ports",
+                "readinessProbe",
+                "livenessProbe",
+                "startupProbe",
+                "resources",
+            ] {
+                container.remove(key);
             }
-        }
-        if let Some(env) = first.and_then(|c| c.get("env")).and_then(Value::as_array) {
-            let kept: Vec<Value> = env
-                .iter()
-                .filter(|e| {
+            container.insert("name".into(), json!(SCHEDULER_CONTAINER));
+            if let Some(env) = container.get_mut("env").and_then(Value::as_array_mut) {
+                env.retain(|e| {
                     let name = e.get("name").and_then(Value::as_str).unwrap_or_default();
                     name != SCHEDULER_ADDRESS_ENV && name != dask_worker_spec::WORKER_NAME_ENV
-                })
-                .cloned()
-                .collect();
-            if !kept.is_empty() {
-                container.insert("env".into(), Value::Array(kept));
+                });
             }
+            spec.insert("containers".into(), json!([container]));
         }
-        let mut spec = Map::new();
-        spec.insert("containers".into(), json!([container]));
-        for key in [
-            "imagePullSecrets",
-            "serviceAccountName",
-            "nodeSelector",
-            "securityContext",
-            "priorityClassName",
-        ] {
-            if let Some(v) = worker
-                .pointer(&format!("/spec/{key}"))
-                .filter(|v| !v.is_null())
-            {
-                spec.insert(key.into(), v.clone());
-            }
-        }
-        let mut metadata = Map::new();
-        if let Some(a) = worker
-            .pointer("/metadata/annotations")
-            .filter(|v| v.is_object())
-        {
-            metadata.insert("annotations".into(), a.clone());
-        }
-        json!({"metadata": metadata, "spec": spec})
+        pod
     }
 
-    /// The scheduler Service: ClusterIP, 8786 `tcp-comm` and 8787 `http-dashboard`.
+    /// The scheduler Service `<name>-scheduler` ([`service_name`]): 8786 `tcp-comm` and
+    /// 8787 `http-dashboard`, of [`ClusterSpec::service_type`].
     pub fn service(&self, owner: Option<&Owner>) -> Value {
         let mut metadata = json!({
-            "name": self.name,
+            "name": service_name(&self.name),
             "namespace": self.namespace,
             "labels": self.labels(labels::SCHEDULER),
         });
@@ -342,7 +401,7 @@ impl ClusterSpec {
             "kind": "Service",
             "metadata": metadata,
             "spec": {
-                "type": "ClusterIP",
+                "type": self.service_type.as_str(),
                 "selector": {
                     labels::CLUSTER_NAME: self.name,
                     labels::COMPONENT: labels::SCHEDULER,
@@ -475,8 +534,35 @@ pub fn set_owner(object: &mut Value, owner: &Owner) {
     }
 }
 
+/// Classic's `clean_pod_template(pod, apply_default_affinity=mode, pod_type=component)` on
+/// a whole pod: its `spec` gets the `component` pool's two dedicated tolerations (each once)
+/// and the node affinity `mode` asks for (`dask_worker_spec::apply_dedicated_pool`).
+pub fn default_affinity(
+    pod: &mut Value,
+    component: DaskComponent,
+    mode: DefaultAffinity,
+) -> Result<()> {
+    let what = match component {
+        DaskComponent::Scheduler => "scheduler",
+        DaskComponent::Worker => "worker",
+    };
+    let spec = pod.get_mut("spec").ok_or_else(|| Error::InvalidTemplate {
+        what,
+        origin: "the pod".into(),
+        reason: "spec is missing".into(),
+    })?;
+    apply_dedicated_pool(spec, "spec", component, mode).map_err(|e| Error::InvalidTemplate {
+        what,
+        origin: "the pod".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
+
 /// Sets an env var on a container; `replace` decides whether an existing one is overwritten.
-fn set_env(container: &mut Map<String, Value>, name: &str, value: &str, replace: bool) {
+/// The one env setter: the scheduler's own variables here, a request's env
+/// ([`crate::request`]).
+pub(crate) fn set_env(container: &mut Map<String, Value>, name: &str, value: &str, replace: bool) {
     let env = container.entry("env").or_insert_with(|| json!([]));
     if !env.is_array() {
         *env = json!([]);
@@ -544,7 +630,9 @@ mod tests {
             scheduler_options: vec!["--idle-timeout".into(), "3600".into()],
             defaults: WorkerDefaults::default(),
             external_scheduler: None,
+            external_scheduler_api: None,
             adaptive_target_duration: None,
+            service_type: ServiceType::ClusterIP,
         }
     }
 
@@ -572,7 +660,7 @@ mod tests {
         let container = &pod["spec"]["containers"][0];
         assert_eq!(
             env_value(container, SCHEDULER_ADDRESS_ENV).unwrap()["value"],
-            "tcp://dask-alice-0a1b2c3d4e.team:8786"
+            "tcp://dask-alice-0a1b2c3d4e-scheduler.team:8786"
         );
     }
 
@@ -624,7 +712,7 @@ mod tests {
         let container = &pod["spec"]["containers"][0];
         assert_eq!(
             env_value(container, SCHEDULER_ADDRESS_ENV).unwrap()["value"],
-            "tcp://dask-alice-0a1b2c3d4e.team:8786"
+            "tcp://dask-alice-0a1b2c3d4e-scheduler.team:8786"
         );
         assert_eq!(env_value(container, "KEEP").unwrap()["value"], "1");
         assert_eq!(
@@ -714,11 +802,106 @@ mod tests {
         assert_eq!(env_value(c, ROUTES_ENV).unwrap()["value"], ROUTES);
         assert!(
             c.get("resources").is_none(),
-            "worker resources are not the scheduler's"
+            "a worker's resources are not the scheduler's"
         );
-        assert!(pod["spec"].get("tolerations").is_none());
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([
+                {"key": "k8s.dask.org/dedicated", "operator": "Equal", "value": "scheduler", "effect": "NoSchedule"},
+                {"key": "k8s.dask.org_dedicated", "operator": "Equal", "value": "scheduler", "effect": "NoSchedule"},
+            ]),
+            "the scheduler pool's tolerations, as classic's clean_pod_template(pod_type=\"scheduler\")"
+        );
         assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], 8786);
         to_pod(pod).unwrap();
+    }
+
+    /// Classic's `apply_default_affinity`, for both pods: `preferred` (the default) and
+    /// `required` keep each on its pool's nodes (`k8s.dask.org/node-purpose`), `none` adds
+    /// no affinity (the tolerations stay).
+    #[rstest]
+    #[case::preferred(
+        DefaultAffinity::Preferred,
+        Some("preferredDuringSchedulingIgnoredDuringExecution")
+    )]
+    #[case::required(
+        DefaultAffinity::Required,
+        Some("requiredDuringSchedulingIgnoredDuringExecution")
+    )]
+    #[case::none(DefaultAffinity::None, None)]
+    fn both_pods_get_the_affinity_mode(#[case] mode: DefaultAffinity, #[case] term: Option<&str>) {
+        let s = ClusterSpec {
+            defaults: WorkerDefaults {
+                apply_default_affinity: mode,
+                ..WorkerDefaults::default()
+            },
+            ..spec()
+        };
+        let scheduler = s.scheduler_pod().unwrap();
+        let worker = s.worker_pod().unwrap().pod;
+        for (pod, component) in [(&scheduler, "scheduler"), (&worker, "worker")] {
+            let node_affinity = &pod["spec"]["affinity"]["nodeAffinity"];
+            match term {
+                Some(term) => {
+                    let text = node_affinity[term].to_string();
+                    assert!(
+                        text.contains("k8s.dask.org/node-purpose") && text.contains(component),
+                        "{component}: {node_affinity}"
+                    );
+                }
+                None => assert!(node_affinity.is_null(), "{component}: {node_affinity}"),
+            }
+            assert_eq!(pod["spec"]["tolerations"][0]["value"], component);
+        }
+    }
+
+    /// Classic derives the scheduler pod from the whole worker template: volumes, mounts and
+    /// placement are kept; what only a worker uses is not.
+    #[test]
+    fn the_derived_scheduler_keeps_the_template_but_not_the_worker() {
+        let mut s = spec();
+        let template = &mut s.worker.pod;
+        template["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+        template["spec"]["nodeSelector"] = json!({"pool": "dask"});
+        template["spec"]["tolerations"] = json!([{"key": "team", "operator": "Exists"}]);
+        let c = &mut template["spec"]["containers"][0];
+        c["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+        c["ports"] = json!([{"name": "http-dashboard", "containerPort": 8788}]);
+        c["readinessProbe"] = json!({"httpGet": {"port": 8788, "path": "/health"}});
+        c["env"] =
+            json!([{"name": "KEEP", "value": "1"}, {"name": SCHEDULER_ADDRESS_ENV, "value": "x"}]);
+        template["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "sidecar", "image": "busybox"}));
+        let pod = s.scheduler_pod().unwrap();
+        assert_eq!(pod["spec"]["volumes"][0]["name"], "data");
+        assert_eq!(pod["spec"]["nodeSelector"]["pool"], "dask");
+        assert_eq!(pod["spec"]["tolerations"][0]["key"], "team");
+        let containers = pod["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1, "only the scheduler container");
+        let c = &containers[0];
+        assert_eq!(c["name"], SCHEDULER_CONTAINER);
+        assert_eq!(c["volumeMounts"][0]["mountPath"], "/data");
+        assert_eq!(c["args"][1], "scheduler");
+        assert_eq!(
+            c["ports"][0]["containerPort"], SCHEDULER_PORT,
+            "the worker's ports are not the scheduler's"
+        );
+        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], SCHEDULER_PORT);
+        assert!(env_value(c, "KEEP").is_some());
+        assert!(env_value(c, SCHEDULER_ADDRESS_ENV).is_none());
+    }
+
+    #[test]
+    fn the_service_is_named_as_the_operator_names_it_and_of_the_asked_type() {
+        let s = ClusterSpec {
+            service_type: ServiceType::LoadBalancer,
+            ..spec()
+        };
+        let svc = s.service(None);
+        assert_eq!(svc["metadata"]["name"], "dask-alice-0a1b2c3d4e-scheduler");
+        assert_eq!(svc["spec"]["type"], "LoadBalancer");
     }
 
     #[test]
@@ -747,7 +930,7 @@ mod tests {
             uid: "u-1".into(),
         };
         let svc = spec().service(Some(&owner));
-        assert_eq!(svc["metadata"]["name"], "dask-alice-0a1b2c3d4e");
+        assert_eq!(svc["metadata"]["name"], "dask-alice-0a1b2c3d4e-scheduler");
         assert_eq!(svc["spec"]["selector"]["dask.org/component"], "scheduler");
         assert_eq!(svc["spec"]["ports"][0]["name"], "tcp-comm");
         assert_eq!(svc["spec"]["ports"][1]["port"], 8787);

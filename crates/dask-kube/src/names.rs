@@ -66,11 +66,6 @@ pub fn short_uuid() -> String {
 
 /// Escapes text to `[a-z0-9-]`: lowercase, other characters become `-`, runs of `-` are
 /// collapsed and none is left at either end. Used for the `user` label and inside names.
-///
-/// # Example
-/// ```
-/// assert_eq!(dask_kube::names::escape("Jane.Doe@EXAMPLE"), "jane-doe-example");
-/// ```
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars().flat_map(char::to_lowercase) {
@@ -106,13 +101,6 @@ pub fn user_label(user: &str) -> String {
 }
 
 /// Formats a name template and escapes the result into a valid cluster name.
-///
-/// # Example
-/// ```
-/// use dask_kube::names::{cluster_name, NameVars};
-/// let vars = NameVars { user: "Alice".into(), uuid: "3f2a9c81b0".into(), ..Default::default() };
-/// assert_eq!(cluster_name("dask-{user}-{uuid}", &vars).unwrap(), "dask-alice-3f2a9c81b0");
-/// ```
 pub fn cluster_name(template: &str, vars: &NameVars) -> Result<String> {
     let invalid = |reason: String| Error::InvalidNameTemplate {
         template: template.to_owned(),
@@ -260,5 +248,25 @@ mod tests {
     #[case::all_symbols("@@@", "unknown")]
     fn user_labels(#[case] user: &str, #[case] expected: &str) {
         assert_eq!(user_label(user), expected);
+    }
+
+    /// What the item's documentation shows.
+    #[test]
+    fn escaping_example() {
+        assert_eq!(escape("Jane.Doe@EXAMPLE"), "jane-doe-example");
+    }
+
+    /// What the item's documentation shows.
+    #[test]
+    fn cluster_name_example() {
+        let vars = NameVars {
+            user: "Alice".into(),
+            uuid: "3f2a9c81b0".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            cluster_name("dask-{user}-{uuid}", &vars).unwrap(),
+            "dask-alice-3f2a9c81b0"
+        );
     }
 }

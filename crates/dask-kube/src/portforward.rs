@@ -84,10 +84,15 @@ impl Connect for PodPortConnect {
             .await
             .map_err(|e| {
                 let namespace = self.pods.namespace().unwrap_or_default();
-                match crate::kube_ops::forbidden(&e, "create", "pods/portforward", namespace) {
+                match crate::apiserver::errors::forbidden(
+                    &e,
+                    "create",
+                    "pods/portforward",
+                    namespace,
+                ) {
                     // Not worth retrying: name the missing permission at once.
                     Some(forbidden) => forbidden,
-                    None => fail(crate::kube_ops::describe_kube_error(&e)),
+                    None => fail(crate::apiserver::errors::describe_kube_error(&e)),
                 }
             })?;
         let stream = forwarder
@@ -123,18 +128,6 @@ pub struct LocalForwarder {
 
 impl LocalForwarder {
     /// Binds `bind` (port 0 picks one) and forwards every accepted connection.
-    ///
-    /// # Example
-    /// ```no_run
-    /// # async fn f(pods: kube::Api<k8s_openapi::api::core::v1::Pod>) -> dask_kube::Result<()> {
-    /// use dask_kube::portforward::{LocalForwarder, PodPortConnect};
-    /// let forwarder = LocalForwarder::start(
-    ///     "127.0.0.1:0".parse().unwrap(),
-    ///     PodPortConnect::new(pods, "dask-alice-0a1b2c3d4e", 8786),
-    /// ).await?;
-    /// println!("tcp://{}", forwarder.address());
-    /// # Ok(()) }
-    /// ```
     pub async fn start<C: Connect>(bind: SocketAddr, connector: C) -> Result<Self> {
         let listener = TcpListener::bind(bind)
             .await

@@ -112,18 +112,6 @@ pub fn parse(template: &str) -> Result<Vec<Piece>, FormatError> {
 
 /// Formats `template`, looking fields up with `lookup`; `known` names the always-available
 /// fields for the error message.
-///
-/// # Example
-/// ```
-/// use dask_kube::pyformat::format;
-/// let link = format("{scheme}://{host}:{port}/status", "scheme, host, port", |f| match f {
-///     "scheme" => Some("http".to_owned()),
-///     "host" => Some("127.0.0.1".to_owned()),
-///     "port" => Some("8787".to_owned()),
-///     _ => None,
-/// }).unwrap();
-/// assert_eq!(link, "http://127.0.0.1:8787/status");
-/// ```
 pub fn format(
     template: &str,
     known: &str,
@@ -184,5 +172,22 @@ mod tests {
     #[case::unknown("dask-{nobody}", FormatError::Unknown { field: "nobody".into(), known: "user, uuid".into() })]
     fn refuses(#[case] template: &str, #[case] expected: FormatError) {
         assert_eq!(format(template, "user, uuid", vars), Err(expected));
+    }
+
+    /// What the item's documentation shows.
+    #[test]
+    fn the_dashboard_link_example() {
+        let link = format(
+            "{scheme}://{host}:{port}/status",
+            "scheme, host, port",
+            |f| match f {
+                "scheme" => Some("http".to_owned()),
+                "host" => Some("127.0.0.1".to_owned()),
+                "port" => Some("8787".to_owned()),
+                _ => None,
+            },
+        )
+        .unwrap();
+        assert_eq!(link, "http://127.0.0.1:8787/status");
     }
 }

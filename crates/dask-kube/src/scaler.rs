@@ -3,7 +3,7 @@
 //! Kubernetes and scheduler calls are tested with a fake scheduler and a mock API server.
 
 use crate::adapt::{self, AdaptPolicy, ScaleAction, TargetSample};
-use crate::kube_ops::{BatchReport, ClusterApi, CreateLimits};
+use crate::apiserver::{BatchReport, ClusterApi, CreateLimits};
 use crate::manifests::{self, Owner};
 use crate::scaling::{
     DeleteReason, KeepReason, KeptPod, RetireTarget, ScaleDownPlan, WorkerCounts, WorkerPodState,
@@ -585,7 +585,7 @@ fn group_by_reason(items: &[(String, DeleteReason)]) -> Vec<(DeleteReason, Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube_ops::tests::{Handle, body_json, mock_client, ok_json, status};
+    use crate::apiserver::mock::{Handle, body_json, mock_client, ok_json, status};
     use crate::scaling::SchedulerWorker;
     use crate::scheduler_api::{HttpSchedulerApi, TcpConnect};
     use bytes::Bytes;
@@ -971,7 +971,11 @@ mod tests {
     fn scaler_with<S: SchedulerApi>(client: kube::Client, scheduler: Arc<S>) -> Scaler<S> {
         let worker_pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "c-worker-", "namespace": "ns"}, "spec": {"containers": [{"name": "w", "image": "i"}]}});
         Scaler::new(
-            ClusterApi::new(client, "ns", "https://127.0.0.1:6443"),
+            ClusterApi::new(crate::apiserver::KubeConnection::new(
+                client,
+                "ns",
+                "https://127.0.0.1:6443",
+            )),
             scheduler,
             "c",
             worker_pod,

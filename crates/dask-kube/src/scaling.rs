@@ -188,7 +188,7 @@ pub struct SchedulerWorker {
 ///
 /// # Example
 /// ```
-/// use dask_kube::scaling::address_host;
+/// use dask_kube::address_host;
 /// assert_eq!(address_host("tcp://10.0.0.1:8786"), "10.0.0.1");
 /// assert_eq!(address_host("tls://[fd00::1]:8786"), "fd00::1");
 /// ```
@@ -277,7 +277,7 @@ impl Placement<'_> {
 ///
 /// # Example
 /// ```
-/// use dask_kube::scaling::*;
+/// use dask_kube::*;
 /// // A template that names its workers itself: the pod's IP still finds the pod.
 /// let pod = WorkerPodState { name: "c-worker-abcde".into(), phase: PodPhase::Running,
 ///     deleting: false, created: 0, reason: None, ips: vec!["10.0.0.7".into()],
@@ -544,7 +544,7 @@ pub fn describe_ended_pods(pods: &[WorkerPodState], limit: usize) -> String {
 ///
 /// # Example
 /// ```
-/// use dask_kube::scaling::*;
+/// use dask_kube::*;
 /// let pod = |name: &str, phase, ip: &str| WorkerPodState {
 ///     name: name.into(), phase, deleting: false, created: 0, reason: None,
 ///     ips: vec![ip.into()], started: phase != PodPhase::Pending, resource_version: None };

@@ -5,19 +5,14 @@
 //! `${XDG_STATE_HOME:-~/.local/state}/dask-kube/` and in an annotation on the scheduler pod;
 //! `dask-kube down NAME` stops it.
 
-use crate::adapt::AdaptPolicy;
-use crate::cluster::{Access, KubeCluster};
-use crate::manifests::{ADAPT_ANNOTATION, SUPERVISOR_ANNOTATION};
 use crate::{Error, Result};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::{info, warn};
 
 /// Bound on the supervisor reporting its address after it was started.
 pub const SUPERVISOR_START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -84,8 +79,8 @@ impl StateDir {
             .map_err(|e| Error::io(format!("creating {}", self.0.display()), e))?;
         let path = self.state_file(&state.namespace, &state.name);
         let tmp = path.with_extension(format!("json.{}", state.pid));
-        let text =
-            serde_json::to_string_pretty(state).map_err(|e| Error::Supervisor(e.to_string()))?;
+        let text = serde_json::to_string_pretty(state)
+            .map_err(|e| Error::SupervisorFailed(e.to_string()))?;
         std::fs::write(&tmp, text)
             .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, &path)
@@ -152,7 +147,7 @@ pub fn spawn(exe: &Path, args: &[String], log: &Path) -> Result<std::process::Ch
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|e| Error::Supervisor(format!("cannot start {}: {e}", exe.display())))
+        .map_err(|e| Error::SupervisorFailed(format!("cannot start {}: {e}", exe.display())))
 }
 
 /// Waits until the supervisor `child` wrote its state; if it exits first, the error quotes
@@ -175,7 +170,7 @@ pub async fn wait_ready(
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(8).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(Error::Supervisor(format!(
+            return Err(Error::SupervisorFailed(format!(
                 "the supervisor exited ({status}) before it was ready; {}:\n{}",
                 log.display(),
                 tail.join("\n")
@@ -194,139 +189,6 @@ pub async fn wait_ready(
     }
 }
 
-/// The `attach` flags that give a supervisor `policy` (the inverse of the CLI's parsing).
-pub fn adapt_args(policy: &AdaptPolicy) -> Vec<String> {
-    let mut args = vec![
-        "--adapt".to_owned(),
-        format!("{}:{}", policy.minimum, policy.maximum),
-        "--interval".into(),
-        policy.interval.as_secs_f64().to_string(),
-        "--wait-count".into(),
-        policy.wait_count.to_string(),
-        "--cooldown".into(),
-        policy.cooldown.as_secs_f64().to_string(),
-    ];
-    if let Some(step) = policy.max_scale_down_step {
-        args.extend(["--max-scale-down-step".into(), step.to_string()]);
-    }
-    args
-}
-
-/// What a supervisor keeps alive for a cluster.
-#[derive(Debug, Clone, Default)]
-pub struct AttachOptions {
-    /// Adapt with this policy.
-    pub adapt: Option<AdaptPolicy>,
-    /// Local port of the scheduler address (0 picks one).
-    pub local_port: u16,
-    /// Local port of the dashboard (0 picks one).
-    pub dashboard_port: u16,
-    /// Run as the detached supervisor: own session, state file.
-    pub daemon: bool,
-}
-
-/// Interval of the check that the scheduler pod still exists.
-const SCHEDULER_GONE_CHECK: Duration = Duration::from_secs(5);
-
-/// `dask-kube attach NAME`: holds the local listeners of an existing cluster (and adapts it)
-/// until `interrupt` fires or the scheduler pod is gone. Records itself on the scheduler pod
-/// (annotations) and, as a daemon, in the state file `up --detach` waits for; `on_ready`
-/// gets the state once the listeners answer.
-pub async fn supervise<I>(
-    name: &str,
-    namespace: Option<&str>,
-    options: AttachOptions,
-    dir: &StateDir,
-    interrupt: &mut I,
-    on_ready: impl FnOnce(&SupervisorState),
-) -> Result<()>
-where
-    I: std::future::Future<Output = String> + Unpin,
-{
-    if options.daemon {
-        // Own session: the terminal's Ctrl-C and hangup do not reach the supervisor.
-        let _ = nix::unistd::setsid();
-    }
-    // Inside the cluster (a notebook pod) the scheduler's Service is the address to print,
-    // as for every other command there; local listeners only when asked for by port.
-    let access = if options.local_port == 0 && options.dashboard_port == 0 {
-        Access::Auto
-    } else {
-        Access::PortForward
-    };
-    let mut cluster = KubeCluster::connect_with_ports(
-        name,
-        namespace,
-        access,
-        options.local_port,
-        options.dashboard_port,
-        None,
-    )
-    .await?;
-    let ns = cluster.namespace().to_owned();
-    let pid = std::process::id();
-    let host = hostname();
-    if let Some(policy) = options.adapt.clone()
-        && let Some(cap) = cluster.adapt_with(policy)?
-    {
-        warn!(%cap, "adapt maximum capped");
-    }
-    let mut annotations =
-        BTreeMap::from([(SUPERVISOR_ANNOTATION.to_owned(), format!("{host}:{pid}"))]);
-    if let Some(p) = &options.adapt {
-        annotations.insert(
-            ADAPT_ANNOTATION.to_owned(),
-            format!("{}:{}", p.minimum, p.maximum),
-        );
-    }
-    if let Err(e) = cluster
-        .api()
-        .apply_supervisor_annotations(name, &annotations)
-        .await
-    {
-        warn!(error = %e, "cannot record the supervisor on the scheduler pod");
-    }
-    let state = SupervisorState {
-        name: name.to_owned(),
-        namespace: ns.clone(),
-        pid,
-        host,
-        address: cluster.scheduler_address().to_owned(),
-        dashboard: cluster.dashboard_link().to_owned(),
-        adapt: options.adapt.as_ref().map(|p| (p.minimum, p.maximum)),
-        log: dir.log_file(&ns, name),
-    };
-    if options.daemon {
-        dir.write(&state)?;
-    }
-    info!(cluster = %name, address = %state.address, dashboard = %state.dashboard, "attached");
-    on_ready(&state);
-    // Until interrupted, or the scheduler pod is gone (nothing left to keep alive).
-    let gone = async {
-        loop {
-            tokio::time::sleep(SCHEDULER_GONE_CHECK).await;
-            if let Ok(None) = cluster.api().get_pod(name).await {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        reason = &mut *interrupt => info!(%reason, "supervisor stopping"),
-        () = gone => info!(cluster = %name, "scheduler pod gone; supervisor exits"),
-    }
-    if let Err(e) = cluster
-        .api()
-        .apply_supervisor_annotations(name, &BTreeMap::new())
-        .await
-    {
-        warn!(error = %e, "cannot clear the supervisor annotations");
-    }
-    if options.daemon {
-        dir.remove(&ns, name, pid);
-    }
-    cluster.detach().await
-}
-
 /// Stops a supervisor on this host: SIGTERM, then SIGKILL after a bound. Returns whether
 /// one was running.
 pub async fn stop(dir: &StateDir, namespace: &str, name: &str) -> Result<bool> {
@@ -337,8 +199,9 @@ pub async fn stop(dir: &StateDir, namespace: &str, name: &str) -> Result<bool> {
         dir.remove(namespace, name, state.pid);
         return Ok(false);
     }
-    let pid =
-        Pid::from_raw(i32::try_from(state.pid).map_err(|_| Error::Supervisor("bad pid".into()))?);
+    let pid = Pid::from_raw(
+        i32::try_from(state.pid).map_err(|_| Error::SupervisorFailed("bad pid".into()))?,
+    );
     let _ = kill(pid, Signal::SIGTERM);
     let deadline = Instant::now() + SUPERVISOR_STOP_TIMEOUT;
     while is_supervisor(state.pid, name) {
@@ -382,32 +245,6 @@ mod tests {
         );
         dir.remove("ns", "dask-a-1", 42);
         assert!(dir.read("ns", "dask-a-1").is_none());
-    }
-
-    #[test]
-    fn adapt_args_carry_the_whole_policy() {
-        let policy = AdaptPolicy {
-            interval: Duration::from_millis(500),
-            wait_count: 5,
-            cooldown: Duration::from_secs(10),
-            max_scale_down_step: Some(2),
-            ..AdaptPolicy::new(1, 4)
-        };
-        assert_eq!(
-            adapt_args(&policy),
-            [
-                "--adapt",
-                "1:4",
-                "--interval",
-                "0.5",
-                "--wait-count",
-                "5",
-                "--cooldown",
-                "10",
-                "--max-scale-down-step",
-                "2"
-            ]
-        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ impl PodTemplate {
     ///
     /// # Example
     /// ```no_run
-    /// let template = dask_kube::template::PodTemplate::from_file("worker-spec.yml", "worker").unwrap();
+    /// let template = dask_kube::PodTemplate::from_file("worker-spec.yml", "worker").unwrap();
     /// ```
     pub fn from_file(path: impl AsRef<Path>, what: &'static str) -> Result<Self> {
         let path = path.as_ref();
@@ -35,7 +35,7 @@ impl PodTemplate {
     ///
     /// # Example
     /// ```
-    /// use dask_kube::template::PodTemplate;
+    /// use dask_kube::PodTemplate;
     /// let t = PodTemplate::from_yaml(
     ///     "kind: Pod\nspec:\n  containers:\n  - name: w\n    image: ghcr.io/dask/dask\n",
     ///     "inline", "worker").unwrap();

@@ -166,3 +166,86 @@ fn bench_planning_figures() {
         "{text}"
     );
 }
+
+/// `--kubeconfig` and `--context` pick the credentials, as Python's `auth=` does: a missing
+/// file or an unknown context is a usage error naming it, before any cluster is contacted.
+#[test]
+fn kubeconfig_and_context_flags_name_what_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-kubeconfig");
+    let out = run(&["--kubeconfig", missing.to_str().unwrap(), "list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-kubeconfig"), "{}", stderr(&out));
+    let config = dir.path().join("kubeconfig");
+    std::fs::write(
+        &config,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u, namespace: from-context}}]\ncurrent-context: x\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "--kubeconfig",
+        config.to_str().unwrap(),
+        "--context",
+        "nope",
+        "list",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("context \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+    // render contacts no cluster: the context's namespace is the objects'.
+    let worker = fixture("worker-spec.yml");
+    let out = run(&[
+        "--kubeconfig",
+        config.to_str().unwrap(),
+        "--context",
+        "x",
+        "-o",
+        "json",
+        "render",
+        "-f",
+        worker.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["items"][0]["metadata"]["namespace"], "from-context");
+}
+
+/// `kubernetes.env` and `kubernetes.count.start` are the CLI's too (only Python honoured
+/// them before): the env reaches both pods of `render`.
+#[test]
+fn render_honours_kubernetes_env() {
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("dask.yaml");
+    std::fs::write(&config, "kubernetes:\n  env:\n    TEAM: data\n").unwrap();
+    let worker = fixture("worker-spec.yml");
+    let out = dask_kube(state.path())
+        .env("DASK_CONFIG", &config)
+        .args([
+            "-o",
+            "json",
+            "render",
+            "-f",
+            worker.to_str().unwrap(),
+            "--env",
+            "A=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for index in [0, 2] {
+        let env = &list["items"][index]["spec"]["containers"][0]["env"];
+        for (k, v) in [("TEAM", "data"), ("A", "1")] {
+            assert!(
+                env.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["name"] == k && e["value"] == v),
+                "{k} missing in object {index}: {env}"
+            );
+        }
+    }
+}

@@ -10,7 +10,10 @@
 mod common;
 mod in_cluster;
 
-use common::{SERIAL, TestNamespace, client, cluster, dask_kube, fixture, json_of, run, wait_for};
+use common::{
+    SERIAL, TestNamespace, client, cluster, dask_kube, fixture, json_of, run, running_workers,
+    strip_ansi, wait_for,
+};
 use dask_kube::{Access, KubeCluster, PodTemplate};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::rbac::v1::Role;
@@ -125,12 +128,16 @@ async fn detached_up_scale_and_down() {
     })
     .await;
     assert!(
-        ns.services().get_opt(&name).await.unwrap().is_none(),
+        ns.services()
+            .get_opt(&dask_kube::service_name(&name))
+            .await
+            .unwrap()
+            .is_none(),
         "the Service is gone"
     );
     let pid = up["supervisor_pid"].as_u64().unwrap() as u32;
     assert!(
-        !dask_kube::supervisor::is_supervisor(pid, &name),
+        !dask_kube::is_supervisor(pid, &name),
         "the supervisor was stopped"
     );
     ns.delete().await;
@@ -179,7 +186,7 @@ async fn adapt_grows_under_load_and_shrinks_after() {
     let mut most = 0;
     let mut reached_four = None;
     loop {
-        let running = ns.running_workers(&name).await;
+        let running = running_workers(&ns, &name).await;
         if running > most {
             most = running;
             eprintln!(
@@ -204,7 +211,7 @@ async fn adapt_grows_under_load_and_shrinks_after() {
     let reached_four = reached_four.expect("adapt reached the maximum of 4 workers under load");
     // Idle again: back to the minimum, through retirement.
     let shrunk = wait_for("adapt to shrink to 1 worker", || async {
-        ns.running_workers(&name).await == 1
+        running_workers(&ns, &name).await == 1
             && ns
                 .pod_names(&format!(
                     "dask.org/cluster-name={name},dask.org/component=worker"
@@ -323,7 +330,7 @@ async fn sigkill_then_deleting_the_scheduler_leaves_nothing() {
     let ns = TestNamespace::create(&kube, "dk-gc").await;
     let state = tempfile::tempdir().unwrap();
     let (mut child, name) = foreground_up(state.path(), &ns.name, "2");
-    assert_eq!(ns.running_workers(&name).await, 2);
+    assert_eq!(running_workers(&ns, &name).await, 2);
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     child.wait().unwrap();
     assert_eq!(
@@ -340,7 +347,12 @@ async fn sigkill_then_deleting_the_scheduler_leaves_nothing() {
         "the garbage collector to remove the workers and the Service",
         || async {
             ns.pod_names("app=dask").await.is_empty()
-                && ns.services().get_opt(&name).await.unwrap().is_none()
+                && ns
+                    .services()
+                    .get_opt(&dask_kube::service_name(&name))
+                    .await
+                    .unwrap()
+                    .is_none()
         },
     )
     .await;
@@ -360,7 +372,7 @@ async fn sigterm_in_the_foreground_deletes_everything() {
     let ns = TestNamespace::create(&kube, "dk-term").await;
     let state = tempfile::tempdir().unwrap();
     let (mut child, name) = foreground_up(state.path(), &ns.name, "1");
-    assert_eq!(ns.running_workers(&name).await, 1);
+    assert_eq!(running_workers(&ns, &name).await, 1);
     let started = Instant::now();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
@@ -369,7 +381,13 @@ async fn sigterm_in_the_foreground_deletes_everything() {
         ns.pod_names("app=dask").await.is_empty(),
         "up waited until the pods were gone"
     );
-    assert!(ns.services().get_opt(&name).await.unwrap().is_none());
+    assert!(
+        ns.services()
+            .get_opt(&dask_kube::service_name(&name))
+            .await
+            .unwrap()
+            .is_none()
+    );
     eprintln!(
         "FIGURE SIGTERM shutdown: {:.1}s",
         started.elapsed().as_secs_f64()
@@ -575,7 +593,7 @@ async fn a_scheduler_that_never_logs_its_address_is_reached() {
             .scheduler_template(scheduler)
             .namespace(&ns.name)
             .access(Access::PortForward)
-            .initial_workers(1)
+            .n_workers(1)
             .start(),
     )
     .await
@@ -1049,7 +1067,7 @@ async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
                     "python",
                     "/opt/client/dask_client.py",
                     "load",
-                    format!("tcp://{name}.{}:8786", ns.name),
+                    format!("tcp://{name}-scheduler.{}:8786", ns.name),
                     "30",
                     "2",
                 ],
@@ -1066,7 +1084,7 @@ async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
         .unwrap();
     let mut most = 0;
     let load_phase = loop {
-        let running = ns.running_workers(&name).await;
+        let running = running_workers(&ns, &name).await;
         if running > most {
             most = running;
             eprintln!(
@@ -1124,7 +1142,7 @@ async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
     .await;
     assert!(
         ns.services()
-            .get_opt(&name)
+            .get_opt(&dask_kube::service_name(&name))
             .await
             .unwrap()
             .is_none_or(|s| s.metadata.deletion_timestamp.is_some()),
@@ -1221,7 +1239,7 @@ async fn adapt_from_any_client_changes_or_stops_the_controller() {
     assert!(args(pod).windows(2).any(|w| w == ["--adapt", "1:2"]));
     let grown = wait_for(
         "the controller to start the minimum of 1 worker",
-        || async { ns.running_workers(&name).await == 1 },
+        || async { running_workers(&ns, &name).await == 1 },
     )
     .await;
     // A new range replaces the pod.
@@ -1242,7 +1260,7 @@ async fn adapt_from_any_client_changes_or_stops_the_controller() {
             .success()
     );
     assert!(ns.pods().get_opt(&controller).await.unwrap().is_none());
-    assert_eq!(ns.running_workers(&name).await, 1);
+    assert_eq!(running_workers(&ns, &name).await, 1);
     eprintln!(
         "FIGURE adapt from a client: controller started the minimum worker in {:.1}s",
         grown.as_secs_f64()
@@ -1257,24 +1275,6 @@ async fn adapt_from_any_client_changes_or_stops_the_controller() {
     })
     .await;
     ns.delete().await;
-}
-
-/// `text` without terminal colour codes (`ESC [ ... m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The rules of the `dask-kube` Role in deploy/rbac.yaml, one (resource, verb) each.
@@ -1605,7 +1605,7 @@ async fn controller_scenario(
         assert!(out.status.success(), "adapt --min {min}");
     };
     adapt("1");
-    if !holds_within(wait, || async { ns.running_workers(&name).await == 1 }).await {
+    if !holds_within(wait, || async { running_workers(ns, &name).await == 1 }).await {
         return (name, Some("start the minimum worker"));
     }
     adapt("0");
@@ -1626,7 +1626,7 @@ async fn every_rule_of_the_controller_role_is_needed_and_its_absence_is_logged()
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-ctlrules").await;
     common::apply_rbac(&ns.name);
-    let sa = dask_kube::controller::SERVICE_ACCOUNT;
+    let sa = dask_kube::CONTROLLER_SERVICE_ACCOUNT;
     let roles: kube::Api<Role> = kube::Api::namespaced(kube.clone(), &ns.name);
     let full = roles.get(sa).await.unwrap();
     assert_role_grants_exactly(&full, CONTROLLER_RULES);

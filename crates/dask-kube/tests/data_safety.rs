@@ -8,9 +8,10 @@
 mod common;
 
 use common::{SERIAL, TestNamespace, cluster, fixture, json_of, python, run};
-use dask_kube::scaler::{ScaleReport, Scaler};
-use dask_kube::scaling::{SchedulerWorker, WorkerPodState};
-use dask_kube::{KubeCluster, PodTemplate, Result, SchedulerApi};
+use dask_kube::{
+    KubeCluster, PodTemplate, Result, ScaleReport, Scaler, SchedulerApi, SchedulerWorker,
+    WorkerPodState,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -235,7 +236,7 @@ async fn a_nanny_restart_during_scale_down_loses_no_data() {
         .await
         .unwrap()
         .into_iter()
-        .find(|w| dask_kube::scaling::address_host(&w.address) == keeper_ip)
+        .find(|w| dask_kube::address_host(&w.address) == keeper_ip)
         .expect("a worker at the oldest pod's IP");
     data.ask_async(&format!("scatter-to 16 {}", keeper.address));
     tokio::time::sleep(std::time::Duration::from_secs(3)).await; // metrics: heartbeats

@@ -11,9 +11,11 @@
 
 mod common;
 
-use common::{SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, python, run, wait_for};
-use dask_kube::kube_ops::CreateLimits;
-use dask_kube::{KubeCluster, PodTemplate};
+use common::{
+    SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, python, run, running_workers,
+    wait_for,
+};
+use dask_kube::{CreateLimits, KubeCluster, PodTemplate};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
@@ -271,10 +273,10 @@ async fn a_throttling_api_server_still_gets_the_exact_count() {
     common::apply_rbac(&ns.name);
     let dir = tempfile::tempdir().unwrap();
     let sa = common::service_account_kubeconfig(&kube, &ns.name, "dask-kube", dir.path()).await;
-    let (sa_client, url) = common::client_of(&sa).await;
+    let sa_connection = common::connection_of(&sa).await;
     let template = PodTemplate::from_file(fixture("pending-worker.yml"), "worker").unwrap();
     let dask = KubeCluster::builder()
-        .client(sa_client, &ns.name, url)
+        .connection(sa_connection)
         .worker_template(template)
         .namespace(&ns.name)
         .name_template("fault-429-{uuid}")
@@ -705,7 +707,7 @@ async fn scale_down_during_a_computation_loses_no_key_and_recomputes_nothing() {
     assert_eq!(seen["total"], seen["expected"], "exact result: {seen}");
     assert_eq!(seen["recomputed"], serde_json::json!([]), "{seen}");
     assert_eq!(seen["lost_keys"], serde_json::json!([]), "{seen}");
-    assert_eq!(ns.running_workers(&name).await, 1);
+    assert_eq!(running_workers(&ns, &name).await, 1);
     eprintln!(
         "FIGURE fault 7 (scale 4 -> 1 during a computation over 40 persisted parts): 0 lost keys, \
          0 recomputed of {} task runs, exact result, {:.1}s",
@@ -838,9 +840,14 @@ async fn deleting_the_scheduler_mid_computation_ends_the_cluster_and_leaves_noth
             .all(|r| r["name"] != name.as_str()),
         "{listed}"
     );
-    let connected =
-        dask_kube::KubeCluster::connect(&name, Some(&ns.name), dask_kube::Access::Auto, 0, None)
-            .await;
+    let connected = dask_kube::KubeCluster::from_name(
+        &name,
+        dask_kube::Reconnect {
+            namespace: Some(ns.name.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
     let message = connected
         .err()
         .expect("the library reports it gone")
@@ -924,7 +931,7 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
         .spawn()
         .unwrap();
     wait_for("adapt to scale up to 3 busy workers", || async {
-        ns.running_workers(&name).await == 3
+        running_workers(&ns, &name).await == 3
     })
     .await;
     let before: BTreeSet<String> = worker_pods(&ns, &name)
@@ -1135,7 +1142,7 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
         &["--adapt", "4:4"],
     );
     wait_for("4 workers Running", || async {
-        ns.running_workers(&name).await == 4
+        running_workers(&ns, &name).await == 4
     })
     .await;
     let workers = worker_pods(&ns, &name).await.unwrap();
@@ -1317,7 +1324,7 @@ async fn an_oom_killed_worker_is_recomputed_and_replaced() {
     assert_eq!(seen["total"], seen["expected"], "exact result: {seen}");
     let replaced = wait_for("adapt to replace the OOM-killed worker", || async {
         let names = ns.pod_names(&worker_selector(&name)).await;
-        ns.running_workers(&name).await == 3 && !names.contains(&victim)
+        running_workers(&ns, &name).await == 3 && !names.contains(&victim)
     })
     .await;
     eprintln!(

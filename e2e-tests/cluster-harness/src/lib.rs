@@ -6,9 +6,12 @@
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -80,10 +83,158 @@ pub async fn cluster(test: &str) -> (Client, PathBuf) {
     }
 }
 
+/// Bound on a new namespace getting its `default` service account.
+const NAMESPACE_READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// A namespace for one test, with a random suffix, deleted at the end: by
+/// [`TestNamespace::delete`], or by `Drop` when the test failed before (with `kubectl`, since
+/// `Drop` cannot await), so a failed test leaves nothing behind.
+pub struct TestNamespace {
+    /// The namespace's name (`<prefix>-<6 random hex digits>`).
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<random>` and waits for its `default` service account, which pods
+    /// need (the service account controller adds it).
+    ///
+    /// # Panics
+    /// When the namespace cannot be created or gets no service account in time: the test
+    /// cannot run.
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let suffix: String = uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .chars()
+            .take(6)
+            .collect();
+        let name = format!("{prefix}-{suffix}");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let mut namespace = Namespace::default();
+        namespace.metadata.name = Some(name.clone());
+        if let Err(e) = namespaces.create(&PostParams::default(), &namespace).await {
+            panic!("creating namespace {name}: {e}");
+        }
+        let made = TestNamespace {
+            name,
+            client: client.clone(),
+        };
+        let accounts: Api<ServiceAccount> = made.api();
+        let started = std::time::Instant::now();
+        while !matches!(accounts.get_opt("default").await, Ok(Some(_))) {
+            assert!(
+                started.elapsed() < NAMESPACE_READY_WITHIN,
+                "namespace {} got no default service account within {NAMESPACE_READY_WITHIN:?}",
+                made.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        made
+    }
+
+    /// The client the namespace was made with.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The API of `K` objects in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// The pods of this namespace.
+    pub fn pods(&self) -> Api<Pod> {
+        self.api()
+    }
+
+    /// The Services of this namespace.
+    pub fn services(&self) -> Api<Service> {
+        self.api()
+    }
+
+    /// The names of the pods matching a label selector.
+    ///
+    /// # Panics
+    /// When the list fails.
+    pub async fn pod_names(&self, selector: &str) -> Vec<String> {
+        match self
+            .pods()
+            .list(&ListParams::default().labels(selector))
+            .await
+        {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect(),
+            Err(e) => panic!("listing pods {selector} in {}: {e}", self.name),
+        }
+    }
+
+    /// Deletes the namespace (and with it anything a test left).
+    pub async fn delete(self) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces
+            .delete(&self.name, &DeleteParams::default())
+            .await;
+        // Drop runs too; it finds the namespace already going.
+    }
+}
+
+impl Drop for TestNamespace {
+    /// A failed test still removes its namespace (and with it any cluster it left).
+    fn drop(&mut self) {
+        let _ = Command::new("kubectl")
+            .env("KUBECONFIG", kubeconfig_path())
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `text` without its ANSI escape sequences (colours, cursor moves), so tests compare what
+/// a terminal would show.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[rstest]
+    #[case::colour("\u{1b}[1;32mok\u{1b}[0m done", "ok done")]
+    #[case::cursor("a\u{1b}[2Kb", "ab")]
+    #[case::plain("plain", "plain")]
+    fn ansi_sequences_are_removed(#[case] text: &str, #[case] want: &str) {
+        assert_eq!(strip_ansi(text), want);
+    }
 
     #[rstest]
     #[case::state_dir_wins(Some("/tmp/c"), Some("/k/config"), "/tmp/c/kubeconfig")]

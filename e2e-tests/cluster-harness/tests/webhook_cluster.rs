@@ -9,11 +9,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+use cluster_harness::TestNamespace;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::PostParams;
 use serde_json::{Value, json};
 
 /// A client for the local cluster (an unreachable one fails the test).
@@ -21,49 +22,22 @@ async fn cluster() -> Client {
     cluster_harness::cluster("the policy webhook tests").await.0
 }
 
-/// A namespace of its own. Names are fixed per test, so a run that failed before its
-/// cleanup is cleaned up by the next one.
-struct TestNamespace {
-    client: Client,
-    name: String,
+/// Creating objects as a client would, in a test's namespace (the shared
+/// [`TestNamespace`] of every suite).
+trait CreateAsClient {
+    /// Creates `object` as a `K` in this namespace and returns what the apiserver stored
+    /// (after its defaulting, the webhook and validation).
+    async fn create<K>(&self, object: Value) -> Result<Value, kube::Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+        <K as kube::Resource>::DynamicType: Default;
 }
 
-impl TestNamespace {
-    async fn new(client: &Client, name: &str) -> Self {
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let _ = namespaces.delete(name, &DeleteParams::background()).await;
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        let mut created = false;
-        for _ in 0..120 {
-            match namespaces.create(&PostParams::default(), &ns).await {
-                Ok(_) => {
-                    created = true;
-                    break;
-                }
-                // Still terminating from an earlier run.
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-                Err(e) => panic!("create namespace {name}: {e}"),
-            }
-        }
-        assert!(created, "namespace {name} still terminating after 60 s");
-        TestNamespace {
-            client: client.clone(),
-            name: name.to_owned(),
-        }
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.name)
-    }
-
-    /// Creates `object` as a `K` in this namespace, as a client would, and returns what
-    /// the apiserver stored (after its defaulting, the webhook and validation).
+impl CreateAsClient for TestNamespace {
     async fn create<K>(&self, object: Value) -> Result<Value, kube::Error>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -79,14 +53,6 @@ impl TestNamespace {
             .create(&PostParams::default(), &typed)
             .await?;
         Ok(as_json(&stored))
-    }
-
-    /// Deletes the namespace (the namespace controller removes what is inside).
-    async fn delete(self) {
-        let namespaces: Api<Namespace> = Api::all(self.client);
-        let _ = namespaces
-            .delete(&self.name, &DeleteParams::background())
-            .await;
     }
 }
 
@@ -158,7 +124,7 @@ fn assert_worker_defaults(spec: &Value, cpu: &str, memory: &str) {
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn bare_worker_pod_is_stored_with_every_default() {
     let client = cluster().await;
-    let ns = TestNamespace::new(&client, "webhook-pod").await;
+    let ns = TestNamespace::create(&client, "webhook-pod").await;
     let stored = ns
         .create::<Pod>(json!({
             "metadata": {"name": "bare-worker", "labels": {"dask.org/component": "worker"}},
@@ -181,7 +147,7 @@ async fn bare_worker_pod_is_stored_with_every_default() {
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn classic_labels_and_flags_from_limits() {
     let client = cluster().await;
-    let ns = TestNamespace::new(&client, "webhook-classic").await;
+    let ns = TestNamespace::create(&client, "webhook-classic").await;
     let mut container = bare_worker(&["dask-worker", "tcp://s:8786"]);
     container["resources"] = json!({"limits": {"cpu": "2", "memory": "3Gi"}});
     let stored = ns
@@ -216,7 +182,7 @@ async fn classic_labels_and_flags_from_limits() {
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn unlabelled_pod_is_stored_unchanged() {
     let client = cluster().await;
-    let ns = TestNamespace::new(&client, "webhook-plain").await;
+    let ns = TestNamespace::create(&client, "webhook-plain").await;
     let stored = ns
         .create::<Pod>(json!({
             "metadata": {"name": "web", "labels": {"app": "web"}},
@@ -239,7 +205,7 @@ async fn unlabelled_pod_is_stored_unchanged() {
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn worker_deployment_and_job_templates_are_defaulted() {
     let client = cluster().await;
-    let ns = TestNamespace::new(&client, "webhook-workloads").await;
+    let ns = TestNamespace::create(&client, "webhook-workloads").await;
     let template = json!({
         "metadata": {"labels": {"dask.org/component": "worker", "app.kubernetes.io/name": "w"}},
         "spec": pending_spec(json!([bare_worker(&["dask", "worker", "tcp://s:8786", "--nthreads", "2", "--memory-limit", "2GiB"])]))
@@ -277,7 +243,7 @@ async fn worker_deployment_and_job_templates_are_defaulted() {
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn mismatched_worker_pod_is_refused_with_the_policy_message() {
     let client = cluster().await;
-    let ns = TestNamespace::new(&client, "webhook-refuse").await;
+    let ns = TestNamespace::create(&client, "webhook-refuse").await;
     let mut container =
         bare_worker(&["dask", "worker", "--nthreads", "2", "--memory-limit", "4GB"]);
     container["resources"] = json!({"limits": {"cpu": "2", "memory": "6G"}});
@@ -324,7 +290,7 @@ async fn mismatched_worker_pod_is_refused_with_the_policy_message() {
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn variable_flags_and_the_memory_floor_through_the_apiserver() {
     let client = cluster().await;
-    let ns = TestNamespace::new(&client, "webhook-variables").await;
+    let ns = TestNamespace::create(&client, "webhook-variables").await;
 
     let mut from_limits = bare_worker(&[
         "dask",

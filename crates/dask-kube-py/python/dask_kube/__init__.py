@@ -10,6 +10,7 @@
 
 import atexit
 
+from . import config  # registers the Dask config defaults (kubernetes.yaml)
 from . import _native, exceptions
 from ._native import __version__
 from .cluster import KubeCluster
@@ -27,7 +28,15 @@ from .exceptions import (
     TemplateFileNotFound,
     WorkersFailed,
 )
-from .objects import KubeConfig, clean_pod_template, make_pod_spec
+from .objects import (
+    ClusterAuth,
+    InCluster,
+    KubeAuth,
+    KubeConfig,
+    PodDict,
+    clean_pod_template,
+    make_pod_spec,
+)
 
 # Before the interpreter finalizes, stop handing results to Python from the Rust runtime's
 # threads (waiting for the ones in progress): one that lands during finalization crashes
@@ -35,22 +44,27 @@ from .objects import KubeConfig, clean_pod_template, make_pod_spec
 atexit.register(_native.close_at_interpreter_exit)
 
 __all__ = [
+    "ClusterAuth",
     "ClusterNotFound",
     "ClusterTimeout",
     "DaskKubeError",
     "Forbidden",
+    "InCluster",
     "InvalidArgument",
     "InvalidConfig",
     "InvalidTemplate",
+    "KubeAuth",
     "KubeCluster",
     "KubeConfig",
     "KubernetesUnreachable",
     "PartialFailure",
+    "PodDict",
     "SchedulerError",
     "TemplateFileNotFound",
     "WorkersFailed",
     "__version__",
     "clean_pod_template",
+    "config",
     "exceptions",
     "make_pod_spec",
 ]

@@ -15,22 +15,15 @@ import weakref
 from typing import Any, Mapping
 
 import dask.config
-from dask.utils import parse_timedelta
+from dask.utils import parse_bytes, parse_timedelta
 from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
 from distributed.utils import Log, Logs
 
 from . import _native
 from .exceptions import DaskKubeError
-from .objects import auth_argument, scheduler_template_argument, template_argument
+from .objects import PodDict, auth_argument, plain_pod
 
-#: The image of operator-era ``KubeCluster(name=...)`` without a template.
-DEFAULT_IMAGE = "ghcr.io/dask/dask:latest"
-#: Workers of operator-era ``KubeCluster(...)`` without ``n_workers`` (the operator's default).
-OPERATOR_DEFAULT_WORKERS = 3
-#: Seconds of quiet after a change before adapt scales down (see dask_kube::adapt).
-DEFAULT_COOLDOWN = "15s"
-_U32_MAX = 2**32 - 1
 
 
 def _seconds(value: Any, what: str) -> float:
@@ -48,9 +41,39 @@ def _duration_text(value: Any) -> str | None:
     return str(value)
 
 
+def _seconds_or_none(value: Any, what: str) -> float | None:
+    return None if value is None else _seconds(value, what)
+
+
+def _template_source(template: Any) -> dict | None:
+    """A pod template argument as the library's template source: a YAML file (read, and
+    ``${VAR}`` expanded, by the library, as classic's ``from_yaml``) or a pod value."""
+    if template is None:
+        return None
+    if isinstance(template, (str, os.PathLike)):
+        return {"file": os.path.expanduser(os.fspath(template))}
+    return {"pod": plain_pod(template)}
+
+
+def _access(port_forward_cluster_ip: bool | None) -> str:
+    """Operator-era ``port_forward_cluster_ip``: True always port-forwards, False always
+    uses the Service's address, None decides (the Service inside the cluster)."""
+    return {None: "auto", True: "port_forward", False: "direct"}[
+        None if port_forward_cluster_ip is None else bool(port_forward_cluster_ip)
+    ]
+
+
+def _config_now() -> str:
+    """The process's Dask config and environment of this moment, as JSON: the library
+    calls this when it needs a value (the cap before each scale and adapt), so
+    ``dask.config.set`` applies to what a running cluster does next."""
+    return json.dumps({"config": _python_config(), "environ": sorted(os.environ.items())}, default=str)
+
+
 def _python_config() -> dict:
     """The parts of the Python process's Dask config the Rust side reads. ``dask.config``
-    already holds the YAML files, ``DASK_*`` variables and ``dask.config.set`` overrides."""
+    already holds the YAML files, ``DASK_*`` variables, the defaults dask_kube registers
+    and ``dask.config.set`` overrides."""
     return {
         "kubernetes": dask.config.get("kubernetes", default={}) or {},
         "distributed": {
@@ -176,23 +199,48 @@ class KubeCluster(Cluster):
     Parameters
     ----------
     pod_template : dict, str path, or pod object, optional
-        The worker pod (dask-kubernetes' ``worker-spec.yml``). Default:
+        The worker pod (dask-kubernetes' ``worker-spec.yml``; a file's ``$VAR``/``${VAR}``
+        are expanded from the environment, as classic). Default:
         ``kubernetes.worker-template-path`` / ``kubernetes.worker-template``; without any,
-        an operator-style worker from ``image``.
+        an operator-style worker from ``image`` (``kubernetes.image``).
     name : str, optional
         Cluster name, or a template like ``dask-{user}-{uuid}`` (``kubernetes.name``).
     namespace : str, optional
         Default ``kubernetes.namespace``, then the kubeconfig context's.
     n_workers : int, optional
-        Workers to start with (``kubernetes.count.start``; 3 for operator-style clusters).
+        Workers to start with (``kubernetes.count.start``).
     env : dict, optional
-        Environment variables for the workers (over ``kubernetes.env``).
+        Environment variables of the scheduler and the workers (over ``kubernetes.env``).
     scheduler_pod_template : dict, str path, or pod object, optional
-        The scheduler pod; default derived from the worker template.
+        The scheduler pod (``kubernetes.scheduler-template``); default derived from the
+        worker template, as classic: its volumes and placement kept (not the worker's
+        resources, which a scheduler does not use).
     idle_timeout : str or number, optional
         The scheduler shuts down after this long without clients (``--idle-timeout``).
+    apply_default_affinity : {"preferred", "required", "none"}
+        Classic's dedicated-pool node affinity (``kubernetes.apply-default-affinity``).
     image, resources, worker_command :
-        Operator-era arguments, used when there is no template.
+        Operator-era arguments, used when there is no template (``resources`` checked
+        as upstream: a mapping of ``limits`` and ``requests``).
+    scheduler_service_type : str, optional
+        The Service's type (``kubernetes.scheduler-service-type``, ``ClusterIP``).
+    resource_timeout : number, optional
+        Seconds the scheduler pod may take to run (``kubernetes.resource-timeout``).
+    port_forward_cluster_ip : bool, optional
+        True: reach the scheduler by port-forward; False: by the Service's address; None
+        (``kubernetes.port-forward-cluster-ip``): the Service inside the cluster.
+    scheduler_forward_port : int, optional
+        The local port of the forwarded dashboard (``kubernetes.scheduler-forward-port``).
+    custom_cluster_spec : dict or str path, optional
+        A ``DaskCluster`` resource (``kubernetes.custom-cluster-spec``) to make the cluster
+        from: its name, worker and scheduler specs, replicas, Service type, idle timeout.
+    jupyter : bool
+        Start Jupyter on the scheduler (``kubernetes.scheduler-jupyter``); see
+        :attr:`jupyter_link`.
+    scheduler_service_wait_timeout, scheduler_service_name_resolution_retries : optional
+        Accepted for classic code: dask-kube reaches the scheduler through port-forward or
+        the Service's name, and never waits for a LoadBalancer address or for the name to
+        resolve.
     deploy_mode : {"remote", "local"}, optional
         Where the scheduler runs (``kubernetes.deploy-mode``, default ``"remote"``):
         ``"remote"`` in a scheduler pod behind a Service, so the cluster outlives this
@@ -209,9 +257,10 @@ class KubeCluster(Cluster):
     shutdown_on_close : bool
         Delete the cluster on ``close()`` and at interpreter exit (default True; False
         for ``from_name``).
-    auth : KubeConfig or list, optional
-        ``KubeConfig(config_file=, context=)``: these credentials instead of the default
-        chain (in-cluster service account, ``$KUBECONFIG``, ``~/.kube/config``).
+    auth : ClusterAuth or list, optional
+        ``KubeConfig(config_file=, context=)``, ``InCluster()``, ``KubeAuth(host, ...)`` or
+        a list tried in order, instead of the default chain (in-cluster service account,
+        ``$KUBECONFIG``, ``~/.kube/config``).
     asynchronous, loop, quiet :
         As for every ``distributed`` cluster manager.
     """
@@ -229,6 +278,15 @@ class KubeCluster(Cluster):
         resources: Mapping[str, Any] | None = None,
         worker_command: str | list[str] | None = None,
         scheduler_options: list[str] | None = None,
+        apply_default_affinity: str | None = None,
+        scheduler_service_type: str | None = None,
+        resource_timeout: Any = None,
+        port_forward_cluster_ip: bool | None = None,
+        scheduler_forward_port: int | None = None,
+        custom_cluster_spec: Any = None,
+        jupyter: bool | None = None,
+        scheduler_service_wait_timeout: Any = None,
+        scheduler_service_name_resolution_retries: int | None = None,
         deploy_mode: str | None = None,
         host: str | None = None,
         port: int | None = None,
@@ -254,45 +312,69 @@ class KubeCluster(Cluster):
             not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 0
         ):
             raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
+        if env is not None and not isinstance(env, Mapping):
+            # The operator's list form.
+            env = {str(e["name"]): e.get("value", "") for e in env}
         self._native = None
         self._pending = None
         self._finalizer = None
         self._attach = _attach
-        self._attach_namespace = namespace
+        self._n_workers = n_workers
         self.shutdown_on_close = shutdown_on_close
-        options: dict[str, Any] = template_argument(pod_template)
-        has_config_template = bool(
-            dask.config.get("kubernetes.worker-template-path", default=None)
-            or dask.config.get("kubernetes.worker-template", default=None)
-        )
-        operator_style = not options and (image is not None or not has_config_template)
-        if operator_style:
-            options["image"] = image or DEFAULT_IMAGE
-        if n_workers is None and _attach is None:
-            n_workers = (
-                OPERATOR_DEFAULT_WORKERS
-                if operator_style
-                else int(dask.config.get("kubernetes.count.start", default=0) or 0)
-            )
-        self._n_workers = n_workers or 0
-        options.update(
-            {
-                "scheduler_template": scheduler_template_argument(scheduler_pod_template),
-                "name": name,
-                "namespace": namespace,
-                "env": {str(k): str(v) for k, v in (env or {}).items()},
-                "resources": dict(resources) if resources is not None else None,
-                "worker_command": worker_command,
-                # A local scheduler takes its idle timeout itself (_local_scheduler_options).
-                "idle_timeout": None if self._deploy_mode == "local" else _duration_text(idle_timeout),
-                "scheduler_options": [str(o) for o in (scheduler_options or [])],
-                "config": _python_config(),
-                "environ": sorted(os.environ.items()),
-            }
-        )
+        self._worker_pod = None
+        self._scheduler_pod = None
+        if jupyter is None:
+            jupyter = bool(dask.config.get("kubernetes.scheduler-jupyter", default=False))
+        self.jupyter = jupyter
+        if custom_cluster_spec is None:
+            custom_cluster_spec = dask.config.get("kubernetes.custom-cluster-spec", default=None)
+        if isinstance(custom_cluster_spec, (str, os.PathLike)):
+            import yaml
+
+            with open(os.path.expanduser(os.fspath(custom_cluster_spec))) as f:
+                custom_cluster_spec = yaml.safe_load(f)
+        if port_forward_cluster_ip is None:
+            port_forward_cluster_ip = dask.config.get("kubernetes.port-forward-cluster-ip", default=None)
+        if scheduler_forward_port is None:
+            scheduler_forward_port = dask.config.get("kubernetes.scheduler-forward-port", default=None)
+        request = {
+            "worker_template": _template_source(pod_template),
+            "scheduler_template": _template_source(scheduler_pod_template),
+            "image": image,
+            "resources": dict(resources) if isinstance(resources, Mapping) else resources,
+            "worker_command": worker_command,
+            "name": name,
+            "namespace": namespace,
+            "env": {str(k): str(v) for k, v in (env or {}).items()},
+            "n_workers": n_workers,
+            # A local scheduler takes its idle timeout itself (_local_scheduler_options).
+            "idle_timeout": None if self._deploy_mode == "local" else _duration_text(idle_timeout),
+            "scheduler_options": [str(o) for o in (scheduler_options or [])],
+            "jupyter": bool(jupyter),
+            "scheduler_service_type": scheduler_service_type,
+            "resource_timeout": _seconds_or_none(resource_timeout, "resource_timeout"),
+            "apply_default_affinity": apply_default_affinity,
+            "access": _access(port_forward_cluster_ip),
+            "dashboard_port": int(scheduler_forward_port or 0),
+        }
         self._auth = auth_argument(auth)
-        options.update(self._auth)
-        self._options = options
+        self._options = {
+            "request": {k: v for k, v in request.items() if v is not None},
+            "custom_cluster_spec": custom_cluster_spec,
+            "config": _python_config(),
+            "environ": sorted(os.environ.items()),
+            "auth": self._auth,
+        }
+        if custom_cluster_spec is not None and name is None:
+            name = custom_cluster_spec.get("metadata", {}).get("name")
+        self._reconnect = {
+            "namespace": namespace,
+            "access": request["access"],
+            "dashboard_port": request["dashboard_port"],
+            "config": self._options["config"],
+            "environ": self._options["environ"],
+            "auth": self._auth,
+        }
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=quiet, name=name or _attach)
         if not self.asynchronous:
             self._loop_runner.start()
@@ -338,21 +420,28 @@ class KubeCluster(Cluster):
             if self._native is None:
                 if self._attach is not None:
                     self._native = await _native.connect(
-                        self._attach, self._attach_namespace, **self._auth
+                        self._attach, json.dumps(self._reconnect, default=str), _config_now
                     )
                 else:
                     if self._deploy_mode == "local":
                         await self._start_local_scheduler()
-                    self._pending = await _native.prepare(json.dumps(self._options, default=str))
+                    self._pending = await _native.prepare(json.dumps(self._options, default=str), _config_now)
                     self.name = self._pending.name
+                    manifests = json.loads(self._pending.manifests)
+                    self._scheduler_pod = next(
+                        (m for m in manifests if m["metadata"]["labels"].get("dask.org/component") == "scheduler"
+                         and m["kind"] == "Pod"),
+                        None,
+                    )
                     try:
-                        # The library's `up` (the CLI's): scheduler and n_workers workers
+                        # The library's `up` (the CLI's): scheduler and the request's workers
                         # created together and awaited until connected.
-                        self._native = await self._pending.start(self._n_workers)
+                        self._native = await self._pending.start()
                     finally:
                         self._drain_messages(self._pending)
                     self._warn_if_capped(json.loads(self._native.start_report), stacklevel=5)
                     started_workers = True
+            self._worker_pod = json.loads(self._native.worker_pod)
             self.name = self._native.name
             self._finalizer = weakref.finalize(
                 self, _finalize, self._native, self.shutdown_on_close
@@ -380,8 +469,10 @@ class KubeCluster(Cluster):
         dashboard = getattr(self.scheduler, "http_server", None)
         if dashboard is None or not dashboard.port:
             raise RuntimeError("deploy_mode='local' needs the scheduler's HTTP server (dashboard_address)")
-        self._options["scheduler_address"] = self.scheduler.address
-        self._options["scheduler_api_address"] = f"{_api_host(self._local_scheduler_options)}:{dashboard.port}"
+        self._options["request"]["scheduler_address"] = self.scheduler.address
+        self._options["request"]["scheduler_api_address"] = (
+            f"{_api_host(self._local_scheduler_options)}:{dashboard.port}"
+        )
 
     async def _close_local_scheduler(self):
         scheduler, self.scheduler = self.scheduler, None
@@ -454,11 +545,33 @@ class KubeCluster(Cluster):
             return super().dashboard_link
         return self._native.dashboard_link if self._native else ""
 
+    @property
+    def pod_template(self) -> PodDict | None:
+        """The worker pod new workers are made from, as classic exposes it (cluster labels,
+        the scheduler address and the worker defaults set); ``pod_template.spec.containers[0]``
+        reads as it did. ``None`` before the cluster started."""
+        return PodDict(self._worker_pod) if self._worker_pod is not None else None
+
+    @property
+    def scheduler_pod_template(self) -> PodDict | None:
+        """The scheduler pod this cluster made; ``None`` before it started, for a cluster
+        reached by ``from_name`` and with ``deploy_mode="local"``."""
+        return PodDict(self._scheduler_pod) if self._scheduler_pod is not None else None
+
+    @property
+    def jupyter_link(self) -> str:
+        """Jupyter on the scheduler (``jupyter=True``), beside the dashboard."""
+        if not self.jupyter:
+            raise RuntimeError("KubeCluster not started with jupyter enabled")
+        return self.dashboard_link.replace("/status", "/jupyter/lab")
+
     def _interruptible(self, method, *args, **kwargs):
         """``self.sync`` for calls that create things: Ctrl-C waits (GIL released) until
-        the cancelled operation has deleted what it made, then propagates."""
+        the cancelled operation has deleted what it made, then propagates. In asynchronous
+        code the call is scheduled at once: awaiting it is optional, as with
+        ``SpecCluster.scale``."""
         if self.asynchronous:
-            return method(*args, **kwargs)
+            return asyncio.ensure_future(method(*args, **kwargs))
         try:
             return self.sync(method, *args, **kwargs)
         except KeyboardInterrupt:
@@ -466,24 +579,38 @@ class KubeCluster(Cluster):
                 self._native.wait_idle()
             raise
 
-    def scale(self, n: int = 0, *, force: bool = False, memory=None, cores=None):
-        """Scales to ``n`` workers. Scale-down deletes ended and pending pods first, then
-        retires connected workers through the scheduler (their data moves first) and
-        deletes only the pods it confirms; ``force=True`` skips retiring."""
-        if memory is not None or cores is not None:
-            raise TypeError("scale(memory=, cores=) is not supported; give a worker count")
+    def _workers_for(self, n: int, memory: Any, cores: Any) -> int:
+        """``n`` raised to what ``memory`` and ``cores`` need, as ``SpecCluster.scale``
+        computes it: each worker pod brings its ``--nthreads`` x ``--nworkers`` threads and
+        ``--memory-limit`` x ``--nworkers`` bytes."""
+        if memory is None and cores is None:
+            return n
+        threads, memory_bytes = _native.worker_capacity(json.dumps(self._worker_pod or {}))
+        if cores is not None:
+            if not threads:
+                raise ValueError("to use scale(cores=...) the worker pods' command must give --nthreads")
+            n = max(n, math.ceil(cores / threads))
+        if memory is not None:
+            if not memory_bytes:
+                raise ValueError("to use scale(memory=...) the worker pods' command must give --memory-limit in bytes")
+            n = max(n, math.ceil(parse_bytes(memory) / memory_bytes))
+        return n
+
+    def scale(self, n: int = 0, memory: Any = None, cores: Any = None, *, force: bool = False):
+        """Scales to ``n`` workers, or to enough for ``memory`` (``"100 GB"``) and ``cores``.
+        Scale-down deletes ended and pending pods first, then retires connected workers
+        through the scheduler (their data moves first) and deletes only the pods it
+        confirms; ``force=True`` skips retiring. In asynchronous code, awaiting the result
+        is optional."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"scale needs a whole number of workers >= 0, not {n!r}")
+        n = self._workers_for(n, memory, cores)
         self._stop_adaptive()
         return self._interruptible(self._scale, n, force)
 
     def scale_up(self, n: int, **kwargs):
         """Scales to ``n`` workers (dask-kubernetes' classic name)."""
         return self.scale(n, **kwargs)
-
-    def _count_max_or(self, default: int) -> int:
-        value = dask.config.get("kubernetes.count.max", default=None)
-        return int(value) if value is not None else default
 
     async def _scale(self, n: int, force: bool = False) -> dict:
         report = json.loads(await self._native.scale(n, force))
@@ -518,69 +645,83 @@ class KubeCluster(Cluster):
 
     def adapt(
         self,
-        minimum: int = 0,
-        maximum: float = math.inf,
+        minimum: int | None = None,
+        maximum: int | float | None = None,
         target_duration: Any = None,
-        wait_count: int = 3,
-        interval: Any = "1s",
-        cooldown: Any = DEFAULT_COOLDOWN,
+        wait_count: int | None = None,
+        interval: Any = None,
+        cooldown: Any = None,
         max_scale_down_step: int | None = None,
         in_cluster: bool = True,
         minimum_cores=None,
         maximum_cores=None,
         minimum_memory=None,
         maximum_memory=None,
+        Adaptive=None,
         **kwargs,
     ) -> _RustAdaptive:
-        """Adapts between ``minimum`` and ``maximum`` workers with the Rust adapt loop:
-        the scheduler's adaptive target polled every ``interval``, scale-up at once,
-        scale-down after ``wait_count`` agreeing polls and ``cooldown`` after a change,
-        retiring before deleting, lost workers replaced. ``target_duration`` sets the
-        scheduler's ``distributed.adaptive.target-duration`` (lower asks for more workers).
-        ``maximum`` defaults to ``kubernetes.count.max``. With ``in_cluster`` (the default)
-        the cluster's controller pod adapts, so adapting goes on when this process ends or
-        sleeps (``shutdown_on_close=False``); where the namespace has no
-        ``dask-kube-controller`` ServiceAccount (``deploy/rbac.yaml``) this process adapts,
-        with a warning saying why."""
-        if any(v is not None for v in (minimum_cores, maximum_cores, minimum_memory, maximum_memory)):
-            raise TypeError("adapt by cores or memory is not supported; give worker counts")
+        """Adapts between ``minimum`` (default 0) and ``maximum`` (default
+        ``kubernetes.count.max``, else no cap) workers with the Rust adapt loop: the
+        scheduler's adaptive target polled every ``interval``, scale-up at once, scale-down
+        after ``wait_count`` agreeing polls and ``cooldown`` after a change (defaults 1 s, 3,
+        15 s), retiring before deleting, lost workers replaced. ``minimum_cores`` /
+        ``maximum_cores`` / ``minimum_memory`` / ``maximum_memory`` become worker counts as
+        ``SpecCluster.adapt`` makes them. ``target_duration`` sets the scheduler's
+        ``distributed.adaptive.target-duration`` (lower asks for more workers). With
+        ``in_cluster`` (the default) the cluster's controller pod adapts, so adapting goes
+        on when this process ends or sleeps (``shutdown_on_close=False``); where the
+        namespace has no ``dask-kube-controller`` ServiceAccount (``deploy/rbac.yaml``) this
+        process adapts, with a warning saying why."""
+        if Adaptive is not None:
+            raise TypeError("adapt(Adaptive=...) is not supported: the Rust adapt loop adapts")
         if kwargs:
             raise TypeError(f"adapt() got unexpected arguments: {', '.join(sorted(kwargs))}")
-        if maximum is None or maximum == math.inf:
-            maximum = dask.config.get("kubernetes.count.max", default=None) or _U32_MAX
-        minimum, maximum = int(minimum), int(min(maximum, _U32_MAX))
-        if minimum < 0 or minimum > maximum:
-            raise ValueError(f"adapt needs 0 <= minimum <= maximum, not {minimum}..{maximum}")
+        if maximum == math.inf:
+            maximum = None
+        if minimum_cores is not None or minimum_memory is not None:
+            minimum = self._workers_for(minimum or 0, minimum_memory, minimum_cores)
+        if maximum_cores is not None or maximum_memory is not None:
+            # The most workers that stay within the cores and memory given.
+            bounds = []
+            threads, memory_bytes = _native.worker_capacity(json.dumps(self._worker_pod or {}))
+            if maximum_cores is not None and threads:
+                bounds.append(int(maximum_cores // threads))
+            if maximum_memory is not None and memory_bytes:
+                bounds.append(int(parse_bytes(maximum_memory) // memory_bytes))
+            if bounds:
+                maximum = min([*bounds] + ([int(maximum)] if maximum is not None else []))
+        for value, what in ((minimum, "minimum"), (maximum, "maximum")):
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"adapt {what} must be a whole number >= 0, not {value!r}")
         if target_duration is not None:
             seconds = _seconds(target_duration, "target_duration")
             self.sync(self._set_target_duration, seconds) if not self.asynchronous else (
                 asyncio.ensure_future(self._set_target_duration(seconds))
             )
+        tuning = {
+            "interval": _seconds_or_none(interval, "interval"),
+            "wait_count": None if wait_count is None else int(wait_count),
+            "cooldown": _seconds_or_none(cooldown, "cooldown"),
+            "max_scale_down_step": max_scale_down_step,
+        }
         started = json.loads(
             self._native.adapt(
-                minimum,
-                maximum,
-                _seconds(interval, "interval"),
-                int(wait_count),
-                _seconds(cooldown, "cooldown"),
-                max_scale_down_step,
+                None if minimum is None else int(minimum),
+                None if maximum is None else int(min(maximum, 2**32 - 1)),
+                json.dumps({k: v for k, v in tuning.items() if v is not None}),
                 # A local scheduler has no pod for a controller pod to belong to.
                 bool(in_cluster) and self._deploy_mode == "remote",
             )
         )
-        capped = started["capped"]
         if started["controller_unavailable"]:
             warnings.warn(
                 f"adapting from this process, which must stay alive: {started['controller_unavailable']}",
                 stacklevel=2,
             )
-        if capped:
-            # kubernetes.count.max lowered the maximum: say so, as the CLI does on stderr.
-            warnings.warn(capped, stacklevel=2)
-            maximum = min(maximum, self._count_max_or(maximum))
-        self._adaptive = _RustAdaptive(self, minimum, maximum)
+        self._warn_if_capped(started, stacklevel=3)
+        self._adaptive = _RustAdaptive(self, started["minimum"], started["maximum"])
         where = f"in the cluster (pod {started['controller']})" if started["controller"] else "from this process"
-        self._log(f"adapting between {minimum} and {maximum} workers {where}")
+        self._log(f"adapting between {started['minimum']} and {started['maximum']} workers {where}")
         return self._adaptive
 
     async def _set_target_duration(self, seconds: float) -> None:
@@ -618,16 +759,17 @@ class KubeCluster(Cluster):
         pod_logs = json.loads(await self._native.logs())
         for pod, text in pod_logs.items():
             is_scheduler = pod == self._native.name
-            if (is_scheduler and scheduler) or (
-                not is_scheduler
-                and (workers is True or (workers and pod in set(workers)))
-            ):
+            if is_scheduler and scheduler:
+                logs["Scheduler"] = Log(text)
+            elif not is_scheduler and (workers is True or (workers and pod in set(workers))):
+                # A worker's Dask name is its pod's (the worker defaults name it so).
                 logs[pod] = Log(text)
         return logs
 
-    def logs(self, *args, **kwargs):
-        """Pod logs of the scheduler and workers, by pod name (dask-kubernetes' ``logs``)."""
-        return self.get_logs(*args, **kwargs)
+    def logs(self, scheduler: bool = True, workers: Any = True):
+        """Pod logs keyed as classic's ``logs``: ``"Scheduler"`` and each worker by name
+        (its pod's); no ``"Cluster"`` entry, which ``get_logs`` adds."""
+        return self.get_logs(cluster=False, scheduler=scheduler, workers=workers)
 
     async def _close(self):
         if self.status == Status.closed:

@@ -4,15 +4,15 @@
 //! half-made cluster, optionally handing over to a detached supervisor), [`delete_cluster`]
 //! (`down`) and [`cluster_logs`].
 
-use super::connection::{LocalPorts, connect_scheduler, wait_scheduler_running};
-use super::spec::{KubeClusterBuilder, resolve_spec};
-use super::{KubeCluster, Progress, ProgressFn, SchedulerClient};
-use crate::adapt::AdaptPolicy;
-use crate::config::format_dashboard_link;
-use crate::kube_ops::{self, ClusterApi, CreateLimits};
+use super::reach::{LocalPorts, reach_scheduler, wait_scheduler_running};
+use super::spec::KubeClusterBuilder;
+use super::{AdaptPlacement, HandleSettings, KubeCluster, Progress, ProgressFn, SchedulerClient};
+use crate::apiserver::{ClusterApi, Credentials, KubeConnection};
+use crate::config::{ConfigSource, format_dashboard_link};
 use crate::manifests::{self, DASHBOARD_PORT, Owner, WORKER_TEMPLATE_ANNOTATION};
 use crate::names;
-use crate::scaler::{CountCap, Scaler, cap_count};
+use crate::request::ResolvedCluster;
+use crate::scaler::{CountCap, Scaler};
 use crate::scheduler_api::SchedulerApi;
 use crate::supervisor::{self, StateDir, SupervisorState};
 use crate::{Error, Result};
@@ -99,8 +99,9 @@ pub async fn teardown<S: SchedulerApi>(
     }
     let mut deleted = api.delete_pods(&workers, grace_seconds).await;
     if has_scheduler_pod {
-        if let Err(e) = api.delete_service(name).await {
-            report.leftovers.push(format!("service/{name}: {e}"));
+        let service = manifests::service_name(name);
+        if let Err(e) = api.delete_service(&service).await {
+            report.leftovers.push(format!("service/{service}: {e}"));
         }
         let scheduler_pod = api.delete_pods(&[name.to_owned()], grace_seconds).await;
         deleted.done.extend(scheduler_pod.done);
@@ -160,11 +161,12 @@ async fn cleanup_after_failure(api: &ClusterApi, name: &str, cause: Error) -> Er
 }
 
 impl KubeClusterBuilder {
-    /// Creates the scheduler pod and Service, waits for the scheduler, and makes it
-    /// reachable. Anything created is deleted again when a later step fails.
+    /// Creates the scheduler pod and Service (and the request's workers), waits for the
+    /// scheduler, and makes it reachable. Anything created is deleted again when a later
+    /// step fails.
     pub async fn start(mut self) -> Result<KubeCluster> {
-        let (api, spec, settings, env) = self.settle().await?;
-        self.start_settled(api, spec, settings, env).await
+        let (api, resolved) = self.settle().await?;
+        self.start_settled(api, resolved).await
     }
 
     /// Settles name and namespace and connects, creating nothing: the builder pinned to
@@ -173,67 +175,55 @@ impl KubeClusterBuilder {
     /// delete an interrupted start (Python's Ctrl-C in a blocking call) learns here what
     /// it would delete. Template errors come before credential errors, as in `start`.
     pub async fn pin(mut self) -> Result<(Self, ClusterApi, String)> {
-        let (api, spec, _, _) = self.settle().await?;
+        let (api, resolved) = self.settle().await?;
         self.limits = Some(api.limits());
-        let name = spec.name.clone();
-        Ok((self.name(spec.name).namespace(spec.namespace), api, name))
+        let name = resolved.spec.name.clone();
+        Ok((
+            self.name(resolved.spec.name)
+                .namespace(resolved.spec.namespace),
+            api,
+            name,
+        ))
     }
 
-    /// Settles the spec once (templates, name, namespace), checking everything that needs
-    /// no cluster before connecting to one; keeps the connection for a later settle.
-    async fn settle(
-        &mut self,
-    ) -> Result<(
-        ClusterApi,
-        manifests::ClusterSpec,
-        crate::config::KubeSettings,
-        Vec<(String, String)>,
-    )> {
-        let config = self.dask_config()?;
-        let settings = config.kube_settings()?;
-        let mut spec = resolve_spec(self, &settings)?;
-        // Template errors come before credential errors; the namespace only changes the
-        // objects' metadata, not whether they are valid.
-        let mut probe = spec.clone();
-        if probe.namespace.is_empty() {
-            probe.namespace = "default".into();
-        }
-        probe.worker_pod()?;
-        if probe.external_scheduler.is_none() {
-            probe.scheduler_pod()?;
-        }
-        let (client, default_ns, url) = match self.client.clone() {
+    /// Resolves the request once (templates, name, namespace, counts), checking everything
+    /// that needs no cluster before connecting to one; keeps the connection for a later
+    /// settle.
+    async fn settle(&mut self) -> Result<(ClusterApi, ResolvedCluster)> {
+        let mut resolved = self.resolve()?;
+        let connection = match self.connection.clone() {
             Some(c) => c,
-            None => {
-                let connected = kube_ops::connect().await?;
-                self.client = Some(connected.clone());
-                connected
-            }
+            None => KubeConnection::open_first(&self.credentials).await?,
         };
-        if spec.namespace.is_empty() {
-            spec.namespace = default_ns;
+        self.connection = Some(connection.clone());
+        if resolved.spec.namespace.is_empty() {
+            resolved.spec.namespace.clone_from(&connection.namespace);
         }
-        let limits = self
-            .limits
-            .unwrap_or_else(|| CreateLimits::from_setting(settings.max_in_flight));
-        let api = ClusterApi::new(client, spec.namespace.clone(), url).with_limits(limits);
-        Ok((api, spec, settings, config.env().to_vec()))
+        let api = ClusterApi::new(connection.in_namespace(resolved.spec.namespace.clone()))
+            .with_limits(resolved.limits);
+        Ok((api, resolved))
     }
 
     async fn start_settled(
         self,
         api: ClusterApi,
-        spec: manifests::ClusterSpec,
-        settings: crate::config::KubeSettings,
-        env: Vec<(String, String)>,
+        resolved: ResolvedCluster,
     ) -> Result<KubeCluster> {
-        let progress = self.progress.clone().unwrap_or_else(|| Arc::new(|_| {}));
+        let progress = self.progress.clone().unwrap_or_else(no_progress);
+        let spec = &resolved.spec;
         let worker = spec.worker_pod()?;
         for warning in &worker.warnings {
             warn!(%warning, "worker template");
         }
         if let Some(address) = spec.external_scheduler.clone() {
-            return start_external(&self, spec, api, worker.pod, &settings, &env, address);
+            return start_external(
+                &resolved,
+                api,
+                worker.pod,
+                address,
+                self.config_reader(),
+                progress,
+            );
         }
         progress(Progress::Step(format!(
             "creating scheduler pod {}/{}",
@@ -252,10 +242,11 @@ impl KubeClusterBuilder {
         };
         info!(cluster = %spec.name, namespace = %spec.namespace, "scheduler pod created");
         let ports = LocalPorts {
-            comm: self.local_port,
-            dashboard: self.dashboard_port,
+            comm: resolved.local_port,
+            dashboard: resolved.dashboard_port,
         };
-        let (initial, _) = cap_count(self.initial_workers, settings.count_max);
+        let initial = resolved.workers;
+        let start_timeout = resolved.scheduler_start_timeout;
         let workers = async {
             if initial == 0 {
                 return Ok(());
@@ -266,7 +257,7 @@ impl KubeClusterBuilder {
             // (30 s), so a worker that starts well before its scheduler listens loses
             // seconds or fails. The scheduler then only has to import `distributed`
             // while the worker pods start; measured no slower here (see the README).
-            wait_scheduler_running(&api, &spec.name).await?;
+            wait_scheduler_running(&api, &spec.name, start_timeout).await?;
             progress(Progress::Step(format!("creating {initial} worker pods")));
             let (report, fatal) =
                 crate::scaler::create_workers(&api, &worker.pod, Some(&owner), initial).await;
@@ -288,8 +279,8 @@ impl KubeClusterBuilder {
             progress(Progress::Step(
                 "waiting for the scheduler pod to run".into(),
             ));
-            wait_scheduler_running(&api, &spec.name).await?;
-            connect_scheduler(&api, &spec.name, self.access, ports, &progress).await
+            wait_scheduler_running(&api, &spec.name, start_timeout).await?;
+            reach_scheduler(&api, &spec.name, resolved.access, ports, &progress).await
         };
         let connected = match tokio::join!(setup, workers) {
             (Ok(v), Ok(())) => v,
@@ -300,10 +291,10 @@ impl KubeClusterBuilder {
         KubeCluster::assemble(
             api,
             connected,
-            spec.name,
+            spec.name.clone(),
             worker.pod,
             owner,
-            (&settings, &env),
+            HandleSettings::of_resolved(&resolved, self.config_reader()),
             progress,
         )
     }
@@ -311,34 +302,40 @@ impl KubeClusterBuilder {
 
 /// A cluster whose scheduler runs elsewhere: only worker pods are made, owned by nothing.
 fn start_external(
-    builder: &KubeClusterBuilder,
-    spec: manifests::ClusterSpec,
+    resolved: &ResolvedCluster,
     api: ClusterApi,
     worker_pod: serde_json::Value,
-    settings: &crate::config::KubeSettings,
-    env: &[(String, String)],
     address: String,
+    config: Arc<dyn ConfigSource>,
+    progress: ProgressFn,
 ) -> Result<KubeCluster> {
     let (api_host, api_port) =
-        external_api_endpoint(&address, builder.external_scheduler_api.as_deref())?;
+        external_api_endpoint(&address, resolved.spec.external_scheduler_api.as_deref())?;
+    let settings = HandleSettings::of_resolved(resolved, config);
     let scaler = Scaler::new(
         api,
         Arc::new(SchedulerClient::tcp(format!("{api_host}:{api_port}"))),
-        spec.name.clone(),
-        worker_pod,
+        resolved.spec.name.clone(),
+        worker_pod.clone(),
         None,
-    )
-    .with_count_max(settings.count_max);
+    );
     Ok(KubeCluster {
-        name: spec.name,
+        name: resolved.spec.name.clone(),
         scaler: Arc::new(scaler),
         owner: None,
-        dashboard: format_dashboard_link(&settings.dashboard_link, &api_host, api_port, env)?,
+        dashboard: format_dashboard_link(
+            &settings.dashboard_link,
+            &api_host,
+            api_port,
+            &settings.env,
+        )?,
         address,
         forwarders: Vec::new(),
         adapt: None,
-        progress: builder.progress.clone().unwrap_or_else(|| Arc::new(|_| {})),
-        controller_image: settings.controller_image.clone(),
+        controller_adapts: false,
+        worker_pod,
+        progress,
+        settings,
     })
 }
 
@@ -378,33 +375,27 @@ pub struct DetachOptions {
     pub state_dir: StateDir,
 }
 
-/// What `up` is asked to do once the scheduler runs.
+/// How `up` runs: what it waits for and whether it hands over. What to make (workers,
+/// adapting) is the request's.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
-    /// Start this many workers (capped by `kubernetes.count.max`).
-    pub workers: Option<usize>,
-    /// Adapt with this policy (its minimum is started and awaited).
-    pub adapt: Option<AdaptPolicy>,
     /// Hand over to a detached supervisor instead of returning the cluster.
     pub detach: Option<DetachOptions>,
     /// Bound on the awaited workers connecting.
     pub wait_timeout: Duration,
-    /// Adapt from this process (or its supervisor) even where the cluster's controller
-    /// pod could (`--adapt-here`).
-    pub adapt_here: bool,
 }
 
 impl Default for UpOptions {
     fn default() -> Self {
         UpOptions {
-            workers: None,
-            adapt: None,
             detach: None,
-            wait_timeout: Duration::from_secs(300),
-            adapt_here: false,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
         }
     }
 }
+
+/// Default bound on the awaited workers connecting.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What `up` made: everything a shell prints.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -448,11 +439,14 @@ pub enum UpOutcome {
     },
 }
 
-/// Creates a cluster and brings it to the asked state: `workers` started, or adapting from
-/// its minimum, with those workers connected. Until then `interrupt` (a signal, Python's
-/// Ctrl-C) stops it and everything made so far is deleted; a failure does the same and is
-/// returned with whatever could not be deleted. With `detach`, a supervisor process takes
-/// over the local listeners (the same ports, so the printed links stay right) and adapting.
+/// Creates a cluster and brings it to the asked state: the request's workers started, or
+/// adapting from its minimum, with those workers connected. Until then `interrupt` (a
+/// signal, Python's Ctrl-C) stops it and everything made so far is deleted; a failure does
+/// the same and is returned with whatever could not be deleted. Where adapting runs is
+/// [`KubeCluster::adapt_in`]'s to settle: the cluster's controller pod, else this process
+/// (or, with `detach`, the supervisor); with an idle timeout and no adapting the controller
+/// pod only ends the cluster. With `detach`, a supervisor process takes over the local
+/// listeners (the same ports, so the printed links stay right) and adapting.
 pub async fn up<I>(
     builder: KubeClusterBuilder,
     options: UpOptions,
@@ -462,19 +456,39 @@ where
     I: Future<Output = String> + Unpin,
 {
     let started = Instant::now();
-    let requested = match (&options.adapt, options.workers) {
-        (Some(p), _) => p.minimum as usize,
-        (None, Some(n)) => n,
-        (None, None) => 0,
+    let mut builder = builder;
+    // A detached supervisor connects with the same credentials, given as flags.
+    let credential_flags = match (&options.detach, builder.credentials.as_slice()) {
+        (None, _) => Vec::new(),
+        (Some(_), []) => Vec::new(),
+        (Some(_), [one]) => credential_args(one)?,
+        (Some(_), _) => {
+            return Err(Error::Usage(
+                "a detached supervisor needs one kubeconfig, not a list of credentials".into(),
+            ));
+        }
     };
-    let mut builder = builder.initial_workers(requested);
     // Name and namespace are settled first, so an interrupted start knows what to delete.
-    let (api, spec, settings, env) = builder.settle().await?;
-    let name = spec.name.clone();
-    let ends_when_idle =
-        spec.external_scheduler.is_none() && manifests::has_idle_timeout(&spec.scheduler_options);
+    let (api, resolved) = builder.settle().await?;
+    let name = resolved.spec.name.clone();
+    let ends_when_idle = resolved.spec.external_scheduler.is_none()
+        && manifests::has_idle_timeout(&resolved.spec.scheduler_options);
+    let wanted = resolved.workers;
+    let adapt = resolved.adapt.clone();
+    // Where adapting runs: the controller pod (with a detached supervisor to fall back
+    // on, the supervisor adapts where the pod cannot), or here.
+    let in_cluster = resolved.spec.external_scheduler.is_none() && !resolved.adapt_here;
+    let placement = match (&adapt, in_cluster, &options.detach) {
+        (Some(_), true, Some(_)) => Some(AdaptPlacement::Controller),
+        (Some(_), true, None) => Some(AdaptPlacement::ControllerElseHere),
+        // The supervisor adapts once it runs.
+        (Some(_), false, Some(_)) => None,
+        (Some(_), false, None) => Some(AdaptPlacement::Here),
+        (None, _, _) => None,
+    };
+    let mut capped = resolved.capped;
     let cluster = tokio::select! {
-        c = builder.start_settled(api.clone(), spec, settings, env) => c?,
+        c = builder.start_settled(api.clone(), resolved) => c?,
         reason = &mut *interrupt => {
             warn!(%reason, cluster = %name, "interrupted while starting; deleting what was created");
             let report = teardown::<SchedulerClient>(&api, None, &name, true, Some(0)).await;
@@ -482,67 +496,52 @@ where
         }
     };
     let mut cluster = cluster;
-    let (wanted, mut capped) = cap_count(requested, cluster.count_max());
     let mut controller = None;
     let mut controller_unavailable = None;
     let prepared = async {
-        if let Some(n) = options.workers {
-            cluster.scale(n).await?;
-        }
-        // The controller pod takes adapting over once the minimum is up (the minimum is
-        // started and awaited here, as with a supervisor); with an idle timeout and no
-        // adapting it only ends the cluster.
-        let controller_adapts = options.adapt.is_some() && !options.adapt_here;
-        let wants_controller = controller_adapts || (options.adapt.is_none() && ends_when_idle);
-        match (&options.adapt, &options.detach) {
-            (Some(p), _) if controller_adapts => {
-                cluster.scale(p.minimum as usize).await?;
-            }
-            (Some(p), None) => {
-                if let Some(cap) = cluster.adapt_with(p.clone())? {
-                    capped = Some(cap);
-                }
-            }
-            (Some(p), Some(_)) => {
-                // The supervisor adapts; start the minimum here so it is awaited.
-                cluster.scale(p.minimum as usize).await?;
-                if let (_, Some(cap)) = cap_count(p.maximum as usize, cluster.count_max()) {
-                    capped = Some(cap);
-                }
-            }
-            (None, _) => {}
+        // Adapting from here starts at once (it creates the minimum itself); elsewhere the
+        // minimum, created with the scheduler, is awaited first.
+        if let (Some(policy), Some(AdaptPlacement::Here)) = (&adapt, placement) {
+            let started = cluster
+                .adapt_in(policy.clone(), AdaptPlacement::Here)
+                .await?;
+            capped = started.capped.or(capped);
+        } else if wanted > 0 {
+            // Creates what the start could not (a creation that failed is retried here).
+            cluster.scale(wanted).await?;
         }
         if wanted > 0 {
             cluster
                 .wait_for_workers(wanted, options.wait_timeout)
                 .await?;
         }
-        if wants_controller {
-            let policy = options.adapt.as_ref().filter(|_| controller_adapts);
-            match cluster.start_controller(policy).await {
-                Ok(cap) => {
-                    capped = cap.or(capped);
-                    controller = Some(crate::controller::pod_name(cluster.name()));
-                }
-                Err(e) => {
-                    let why = e.to_string();
-                    match (policy, &options.detach) {
-                        (Some(p), None) => {
-                            warn!(reason = %why, "no controller pod; adapting from this process (it stops when this process does)");
-                            if let Some(cap) = cluster.adapt_with(p.clone())? {
-                                capped = Some(cap);
-                            }
-                        }
-                        (Some(_), Some(_)) => {
-                            warn!(reason = %why, "no controller pod; the detached supervisor adapts");
-                        }
-                        (None, _) => {
-                            warn!(reason = %why, "no controller pod: after its idle timeout the scheduler ends, but its pods stay until `dask-kube down`")
-                        }
+        match (&adapt, placement) {
+            (Some(policy), Some(place @ AdaptPlacement::ControllerElseHere)) => {
+                let started = cluster.adapt_in(policy.clone(), place).await?;
+                capped = started.capped.or(capped);
+                controller = started.controller;
+                controller_unavailable = started.controller_unavailable;
+            }
+            (Some(policy), Some(place @ AdaptPlacement::Controller)) => {
+                match cluster.adapt_in(policy.clone(), place).await {
+                    Ok(started) => {
+                        capped = started.capped.or(capped);
+                        controller = started.controller;
                     }
-                    controller_unavailable = Some(why);
+                    Err(e) => {
+                        warn!(reason = %e, "no controller pod; the detached supervisor adapts");
+                        controller_unavailable = Some(e.to_string());
+                    }
                 }
             }
+            (None, _) if ends_when_idle => match cluster.start_controller(None).await {
+                Ok(_) => controller = Some(crate::controller::pod_name(cluster.name())),
+                Err(e) => {
+                    warn!(reason = %e, "no controller pod: after its idle timeout the scheduler ends, but its pods stay until `dask-kube down`");
+                    controller_unavailable = Some(e.to_string());
+                }
+            },
+            _ => {}
         }
         Ok::<(), Error>(())
     };
@@ -598,7 +597,8 @@ where
     let comm_port = cluster.local_address().map_or(0, |a| a.port());
     let dashboard_port = cluster.local_dashboard_address().map_or(0, |a| a.port());
     cluster.detach().await?;
-    let mut args = vec![
+    let mut args = credential_flags;
+    args.extend([
         "--namespace".to_owned(),
         report.namespace.clone(),
         "attach".into(),
@@ -608,11 +608,11 @@ where
         comm_port.to_string(),
         "--dashboard-port".into(),
         dashboard_port.to_string(),
-    ];
-    if let Some(policy) = &options.adapt
+    ]);
+    if let Some(policy) = &adapt
         && report.controller.is_none()
     {
-        args.extend(supervisor::adapt_args(policy));
+        args.extend(policy.cli_args());
     }
     let log = detach.state_dir.log_file(&report.namespace, &report.name);
     let mut child = supervisor::spawn(&detach.exe, &args, &log)?;
@@ -628,6 +628,28 @@ where
     report.dashboard = state.dashboard.clone();
     report.supervisor = Some(state);
     Ok(UpOutcome::Detached(report))
+}
+
+/// The `dask-kube` flags that open a connection with `credentials` (for the detached
+/// supervisor): explicit credentials cannot be passed on a command line.
+fn credential_args(credentials: &Credentials) -> Result<Vec<String>> {
+    match credentials {
+        Credentials::Default | Credentials::InCluster => Ok(Vec::new()),
+        Credentials::Kubeconfig { path, context } => {
+            let mut args = Vec::new();
+            if let Some(path) = path {
+                args.extend(["--kubeconfig".to_owned(), path.display().to_string()]);
+            }
+            if let Some(context) = context {
+                args.extend(["--context".to_owned(), context.clone()]);
+            }
+            Ok(args)
+        }
+        Credentials::Explicit(_) => Err(Error::Usage(
+            "a detached supervisor needs a kubeconfig: explicit credentials cannot be handed to it"
+                .into(),
+        )),
+    }
 }
 
 /// `dask-kube down NAME`: stops this host's supervisor of the cluster, retires its workers

@@ -6,31 +6,36 @@
 //! reaches its scheduler, [`lifecycle`] creates and tears clusters down and runs the verbs
 //! the CLI and the Python module share (`up`, `down`, `logs`).
 
-pub mod connection;
-pub mod lifecycle;
-pub mod spec;
+mod attach;
+mod controller_loop;
+mod lifecycle;
+mod reach;
+mod spec;
 
-pub use connection::{Access, SchedulerClient};
+pub use attach::{AttachOptions, supervise};
+pub use controller_loop::run_controller;
 pub use lifecycle::{
-    CloseReport, DetachOptions, UpOptions, UpOutcome, UpReport, cluster_logs, delete_cluster,
-    teardown, up,
+    CloseReport, DEFAULT_WAIT_TIMEOUT, DetachOptions, UpOptions, UpOutcome, UpReport, cluster_logs,
+    delete_cluster, no_progress, teardown, up,
 };
+pub use reach::{Access, SchedulerClient};
 pub use spec::KubeClusterBuilder;
 
 use crate::adapt::AdaptPolicy;
-use crate::config::{DaskConfig, format_dashboard_link};
-use crate::kube_ops::{self, ClusterApi};
+use crate::apiserver::{ClusterApi, CreateLimits, Credentials, KubeConnection};
+use crate::config::{ConfigSource, KubeSettings, ProcessConfig, format_dashboard_link};
 use crate::manifests::{Owner, WORKER_TEMPLATE_ANNOTATION};
 use crate::names;
 use crate::portforward::LocalForwarder;
-use crate::scaler::{CountCap, ScaleReport, Scaler};
+use crate::request::{ResolvedCluster, cap_policy};
+use crate::scaler::{CountCap, ScaleReport, Scaler, cap_count};
 use crate::scaling::{
     PodPhase, WorkerPodState, describe_ended_pods, every_worker_pod_ended, workers_by_pod,
 };
 use crate::scheduler_api::SchedulerApi;
 use crate::{Error, Result};
-use connection::{LocalPorts, connect_scheduler};
 use dask_worker_spec::labels;
+use reach::{LocalPorts, reach_scheduler};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -85,7 +90,7 @@ impl AdaptHandle {
         match self.task.take() {
             Some(task) => task
                 .await
-                .unwrap_or_else(|e| Err(Error::Supervisor(format!("the adapt task failed: {e}")))),
+                .unwrap_or_else(|e| Err(Error::AdaptTaskFailed(e.to_string()))),
             None => Ok(()),
         }
     }
@@ -102,15 +107,100 @@ impl Drop for AdaptHandle {
     }
 }
 
-/// An adapt range must not be empty, wherever the loop runs.
-fn check_range(policy: &AdaptPolicy) -> Result<()> {
-    if policy.minimum > policy.maximum {
-        return Err(Error::Usage(format!(
-            "adapt minimum {} is above maximum {}",
-            policy.minimum, policy.maximum
-        )));
+/// How to reach an existing cluster by name ([`KubeCluster::from_name`]).
+#[derive(Clone, Default)]
+pub struct Reconnect {
+    /// Its namespace (default: `kubernetes.namespace`, then the credentials').
+    pub namespace: Option<String>,
+    /// How its scheduler is reached.
+    pub access: Access,
+    /// The local port of the scheduler address when port-forwarding (0 picks one).
+    pub local_port: u16,
+    /// The local port of the dashboard when port-forwarding (0 picks one).
+    pub dashboard_port: u16,
+    /// A connection to use (else one is opened with `credentials`).
+    pub connection: Option<KubeConnection>,
+    /// The credentials to open a connection with.
+    pub credentials: Credentials,
+    /// Pacing of pod creations and deletions (default: `kubernetes.max-in-flight`).
+    pub limits: Option<CreateLimits>,
+    /// Where the Dask config is read (default: files and environment; Python's
+    /// `dask.config` from Python).
+    pub config: Option<Arc<dyn ConfigSource>>,
+}
+
+/// `connection`, or one opened with `credentials`.
+pub(crate) async fn open_connection(
+    connection: Option<KubeConnection>,
+    credentials: &Credentials,
+) -> Result<KubeConnection> {
+    match connection {
+        Some(c) => Ok(c),
+        None => KubeConnection::open(credentials).await,
     }
-    Ok(())
+}
+
+/// What a running cluster's handle reads from the Dask config: settled at the start (the
+/// dashboard link template, the controller image, the formatting environment, the cap as
+/// it was), and where to read the config again when a call needs it.
+#[derive(Clone)]
+pub(crate) struct HandleSettings {
+    pub(crate) count_max: Option<u32>,
+    pub(crate) dashboard_link: String,
+    pub(crate) controller_image: String,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) config: Arc<dyn ConfigSource>,
+}
+
+impl HandleSettings {
+    pub(crate) fn of_resolved(resolved: &ResolvedCluster, config: Arc<dyn ConfigSource>) -> Self {
+        HandleSettings {
+            count_max: resolved.count_max,
+            dashboard_link: resolved.dashboard_link.clone(),
+            controller_image: resolved.controller_image.clone(),
+            env: resolved.env.clone(),
+            config,
+        }
+    }
+
+    fn of_config(
+        settings: &KubeSettings,
+        env: &[(String, String)],
+        config: Arc<dyn ConfigSource>,
+    ) -> Self {
+        HandleSettings {
+            count_max: settings.count_max,
+            dashboard_link: settings.dashboard_link.clone(),
+            controller_image: settings.controller_image.clone(),
+            env: env.to_vec(),
+            config,
+        }
+    }
+}
+
+/// Where adapting runs ([`KubeCluster::adapt_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdaptPlacement {
+    /// The cluster's controller pod, which goes on with no client (`dask-kube adapt`):
+    /// failing when the namespace does not allow it.
+    Controller,
+    /// The controller pod where the namespace allows it, else this process, saying why
+    /// (`up --adapt`, Python's `adapt()`).
+    ControllerElseHere,
+    /// This process (`--foreground`, `--adapt-here`, Python's `in_cluster=False`, the
+    /// controller pod itself, a detached supervisor).
+    Here,
+}
+
+/// Where adapting started, and what was capped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AdaptStarted {
+    /// Set when `kubernetes.count.max` lowered the maximum.
+    pub capped: Option<CountCap>,
+    /// The controller pod that adapts, when one does.
+    pub controller: Option<String>,
+    /// Why this process adapts although the controller pod was asked for.
+    pub controller_unavailable: Option<String>,
 }
 
 /// A worker pod and its scheduler-side state.
@@ -155,9 +245,14 @@ pub struct KubeCluster {
     /// Local listeners: the scheduler's comm port first, then the dashboard.
     forwarders: Vec<LocalForwarder>,
     adapt: Option<AdaptHandle>,
+    /// The controller pod adapts (set by [`KubeCluster::adapt_in`]).
+    controller_adapts: bool,
+    /// What new worker pods are made from.
+    worker_pod: Value,
     progress: ProgressFn,
-    /// `kubernetes.controller-image`.
-    controller_image: String,
+    /// What was settled at the start, and where the Dask config is read before each scale
+    /// and adapt.
+    settings: HandleSettings,
 }
 
 impl KubeCluster {
@@ -178,41 +273,30 @@ impl KubeCluster {
         Self::builder().start().await
     }
 
-    /// Attaches to an existing cluster by name (for `scale`, `adapt`, `down`, `logs`), with
-    /// local listeners on `local_port` / a free port when port-forwarding.
-    pub async fn connect(
-        name: &str,
-        namespace: Option<&str>,
-        access: Access,
-        local_port: u16,
-        client: Option<(kube::Client, String, String)>,
-    ) -> Result<Self> {
-        Self::connect_with_ports(name, namespace, access, local_port, 0, client).await
-    }
-
-    /// [`KubeCluster::connect`] with both local ports chosen (a detached supervisor keeps
-    /// the ports `up` printed).
-    pub async fn connect_with_ports(
-        name: &str,
-        namespace: Option<&str>,
-        access: Access,
-        local_port: u16,
-        dashboard_port: u16,
-        client: Option<(kube::Client, String, String)>,
-    ) -> Result<Self> {
+    /// Reaches an existing cluster by name (for `scale`, `adapt`, `attach`, the controller
+    /// pod, Python's `KubeCluster.from_name`): its scheduler pod must be one dask-kube made
+    /// (the worker template is read from its annotation).
+    pub async fn from_name(name: &str, reconnect: Reconnect) -> Result<Self> {
+        let Reconnect {
+            namespace,
+            access,
+            local_port,
+            dashboard_port,
+            connection,
+            credentials,
+            limits,
+            config,
+        } = reconnect;
         names::validate_cluster_name(name)?;
-        let (client, default_ns, url) = match client {
-            Some(c) => c,
-            None => kube_ops::connect().await?,
-        };
-        let config = DaskConfig::load()?;
+        let connection = open_connection(connection, &credentials).await?;
+        let source: Arc<dyn ConfigSource> = config.unwrap_or_else(|| Arc::new(ProcessConfig));
+        let config = source.load()?;
         let settings = config.kube_settings()?;
         let namespace = namespace
-            .map(str::to_owned)
             .or(settings.namespace.clone())
-            .unwrap_or(default_ns);
-        let limits = kube_ops::CreateLimits::from_setting(settings.max_in_flight);
-        let api = ClusterApi::new(client, namespace.clone(), url).with_limits(limits);
+            .unwrap_or_else(|| connection.namespace.clone());
+        let limits = limits.unwrap_or_else(|| CreateLimits::from_setting(settings.max_in_flight));
+        let api = ClusterApi::new(connection.in_namespace(namespace.clone())).with_limits(limits);
         let not_found = || Error::ClusterNotFound {
             name: name.to_owned(),
             namespace: namespace.clone(),
@@ -241,7 +325,7 @@ impl KubeCluster {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
         };
         let progress: ProgressFn = Arc::new(|_| {});
-        let connected = connect_scheduler(
+        let connected = reach_scheduler(
             &api,
             name,
             access,
@@ -258,19 +342,9 @@ impl KubeCluster {
             name.to_owned(),
             worker_pod,
             owner,
-            (&settings, config.env()),
+            HandleSettings::of_config(&settings, config.env(), source),
             progress,
         )
-    }
-
-    /// Paces this handle's pod creations and deletions (default: `kubernetes.max-in-flight`).
-    /// Takes effect on a handle not yet shared with an adapt loop.
-    #[must_use]
-    pub fn with_create_limits(mut self, limits: kube_ops::CreateLimits) -> Self {
-        if let Some(scaler) = Arc::get_mut(&mut self.scaler) {
-            scaler.set_limits(limits);
-        }
-        self
     }
 
     /// The handle on a cluster whose scheduler is reachable: the dashboard link formatted
@@ -278,27 +352,27 @@ impl KubeCluster {
     /// within `kubernetes.count.max`. Shared by a new cluster and a reconnected one.
     fn assemble(
         api: ClusterApi,
-        connected: connection::Connected,
+        connected: reach::Connected,
         name: String,
         worker_pod: Value,
         owner: Owner,
-        (settings, env): (&crate::config::KubeSettings, &[(String, String)]),
+        settings: HandleSettings,
         progress: ProgressFn,
     ) -> Result<Self> {
         let dashboard = format_dashboard_link(
             &settings.dashboard_link,
             &connected.dashboard.0,
             connected.dashboard.1,
-            env,
+            &settings.env,
         )?;
+        // Counts are capped here, by the setting read when each call is made.
         let scaler = Scaler::new(
             api,
             Arc::new(connected.scheduler),
             name.clone(),
-            worker_pod,
+            worker_pod.clone(),
             Some(owner.clone()),
-        )
-        .with_count_max(settings.count_max);
+        );
         Ok(KubeCluster {
             name,
             scaler: Arc::new(scaler),
@@ -307,8 +381,10 @@ impl KubeCluster {
             dashboard,
             forwarders: connected.forwarders,
             adapt: None,
+            controller_adapts: false,
+            worker_pod,
             progress,
-            controller_image: settings.controller_image.clone(),
+            settings,
         })
     }
 
@@ -353,20 +429,41 @@ impl KubeCluster {
         self.scaler.api()
     }
 
-    /// The cap on worker counts (`kubernetes.count.max`), if any.
+    /// The cap on worker counts (`kubernetes.count.max`), if any, read from the Dask config
+    /// as it is now: `dask.config.set({"kubernetes.count.max": 1})` while the cluster runs
+    /// caps its next scale. When the config cannot be read, the start's value.
     pub fn count_max(&self) -> Option<u32> {
-        self.scaler.count_max()
+        match self.settings.config.load().and_then(|c| c.kube_settings()) {
+            Ok(settings) => settings.count_max,
+            Err(e) => {
+                warn!(error = %e, "cannot read the Dask config; kubernetes.count.max as at the start");
+                self.settings.count_max
+            }
+        }
     }
 
-    /// Scales to `n` workers; retires before deleting (see [`crate::scaling`]). The report
-    /// says when `kubernetes.count.max` lowered `n`.
+    /// The worker pod manifest new workers are made from (no owner yet).
+    pub fn worker_pod(&self) -> &Value {
+        &self.worker_pod
+    }
+
+    /// Scales to `n` workers; retires before deleting (see [`crate::plan_scale_down`]). The
+    /// report says when `kubernetes.count.max` lowered `n`.
     pub async fn scale(&self, n: usize) -> Result<ScaleReport> {
-        self.scaler.scale(n, false).await
+        self.scale_with(n, false).await
     }
 
     /// Scales to `n` workers, deleting connected workers without retiring when `force`.
     pub async fn scale_with(&self, n: usize, force: bool) -> Result<ScaleReport> {
-        self.scaler.scale(n, force).await
+        let (target, capped) = cap_count(n, self.count_max());
+        if let Some(cap) = capped {
+            warn!(requested = cap.requested, max = cap.max, "{cap}");
+        }
+        let mut report = self.scaler.scale(target, force).await;
+        if let Ok(r) = report.as_mut() {
+            r.capped = capped;
+        }
+        report
     }
 
     /// Adapts between `minimum` and `maximum` workers with `distributed.Adaptive`'s
@@ -379,8 +476,8 @@ impl KubeCluster {
     /// Adapts with a full policy; returns the cap when `kubernetes.count.max` lowered the
     /// maximum.
     pub fn adapt_with(&mut self, policy: AdaptPolicy) -> Result<Option<CountCap>> {
-        check_range(&policy)?;
-        let (_, capped) = self.scaler.capped_policy(policy.clone());
+        policy.check_range()?;
+        let (policy, capped) = cap_policy(policy, self.count_max());
         // Replacing a controller: the old one stops at its next step (drop cancels it).
         self.adapt.take();
         let cancel = CancellationToken::new();
@@ -409,8 +506,8 @@ impl KubeCluster {
         })?;
         let (policy, capped) = match policy {
             Some(p) => {
-                check_range(p)?;
-                let (policy, capped) = self.scaler.capped_policy(p.clone());
+                p.check_range()?;
+                let (policy, capped) = cap_policy(p.clone(), self.count_max());
                 (Some(policy), capped)
             }
             None => (None, None),
@@ -423,7 +520,7 @@ impl KubeCluster {
                 namespace: &namespace,
                 owner: &owner,
                 adapt: policy.as_ref(),
-                image: &self.controller_image,
+                image: &self.settings.controller_image,
             },
         )
         .await?;
@@ -432,8 +529,93 @@ impl KubeCluster {
     }
 
     /// Deletes the controller pod (adapting in the cluster stops; the cluster stays).
-    pub async fn stop_controller(&self) -> Result<()> {
-        crate::controller::stop(self.scaler.api(), &self.name).await
+    pub async fn stop_controller(&mut self) -> Result<()> {
+        crate::controller::stop(self.scaler.api(), &self.name).await?;
+        self.controller_adapts = false;
+        Ok(())
+    }
+
+    /// Starts adapting with `policy` where `placement` says, replacing what adapted before
+    /// (a controller pod adapting is left to only end the cluster when adapting moves
+    /// here). The one way the shells start adapting: `up`, `dask-kube adapt`, the
+    /// controller pod's loop, a supervisor and Python's `adapt()`.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn f(cluster: &mut dask_kube::KubeCluster) -> dask_kube::Result<()> {
+    /// use dask_kube::{AdaptPlacement, AdaptPolicy};
+    /// let started = cluster
+    ///     .adapt_in(AdaptPolicy::new(1, 10), AdaptPlacement::ControllerElseHere)
+    ///     .await?;
+    /// if let Some(why) = started.controller_unavailable {
+    ///     eprintln!("adapting from this process: {why}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn adapt_in(
+        &mut self,
+        policy: AdaptPolicy,
+        placement: AdaptPlacement,
+    ) -> Result<AdaptStarted> {
+        policy.check_range()?;
+        let in_cluster = match placement {
+            AdaptPlacement::Here => None,
+            AdaptPlacement::Controller => Some(self.start_controller(Some(&policy)).await?),
+            AdaptPlacement::ControllerElseHere if self.owner.is_none() => None,
+            AdaptPlacement::ControllerElseHere => {
+                match self.start_controller(Some(&policy)).await {
+                    Ok(capped) => Some(capped),
+                    Err(e) => {
+                        warn!(reason = %e, "no controller pod; adapting from this process (it stops when this process does)");
+                        let capped = self.adapt_here(policy).await?;
+                        return Ok(AdaptStarted {
+                            capped,
+                            controller: None,
+                            controller_unavailable: Some(e.to_string()),
+                        });
+                    }
+                }
+            }
+        };
+        match in_cluster {
+            Some(capped) => {
+                self.controller_adapts = true;
+                Ok(AdaptStarted {
+                    capped,
+                    controller: Some(crate::controller::pod_name(&self.name)),
+                    controller_unavailable: None,
+                })
+            }
+            None => Ok(AdaptStarted {
+                capped: self.adapt_here(policy).await?,
+                ..AdaptStarted::default()
+            }),
+        }
+    }
+
+    /// Adapts from this process; a controller pod that adapted is replaced by one that only
+    /// ends the cluster, so the two do not fight.
+    async fn adapt_here(&mut self, policy: AdaptPolicy) -> Result<Option<CountCap>> {
+        if self.controller_adapts {
+            self.start_controller(None).await?;
+            self.controller_adapts = false;
+        }
+        self.adapt_with(policy)
+    }
+
+    /// Stops adapting, here and in the controller pod when it adapts (which then only ends
+    /// the cluster when its scheduler does).
+    pub async fn stop_all_adapting(&mut self) -> Result<()> {
+        if self.controller_adapts {
+            self.start_controller(None).await?;
+            self.controller_adapts = false;
+        }
+        self.stop_adapting().await
+    }
+
+    /// Whether the controller pod adapts (as started by this handle).
+    pub fn controller_adapts(&self) -> bool {
+        self.controller_adapts
     }
 
     /// Stops adapting, if it was.
@@ -540,7 +722,7 @@ impl KubeCluster {
         let reason = match api.get_pod(pod).await {
             Ok(Some(full)) => {
                 let logs = api.logs(pod, None).await.unwrap_or_default();
-                connection::describe_ended_pod(&full, &logs)
+                reach::describe_ended_pod(&full, &logs)
             }
             _ => "deleted before it could be described".to_owned(),
         };
@@ -598,5 +780,125 @@ impl KubeCluster {
             f.stop().await;
         }
         report.into_result(&self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::mock::{api, body_json, ok_json};
+    use crate::config::{ConfigDocument, ConfigSources, DaskConfig};
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// A Dask config the test changes while the cluster runs, as `dask.config.set` does.
+    struct Changing(Mutex<DaskConfig>);
+
+    impl Changing {
+        fn set_count_max(&self, max: u32) {
+            *self.0.lock().unwrap() = DaskConfig::from_sources(&ConfigSources {
+                documents: vec![ConfigDocument {
+                    origin: "test".into(),
+                    value: json!({"kubernetes": {"count": {"max": max}}}),
+                }],
+                env: vec![],
+            })
+            .unwrap();
+        }
+    }
+
+    impl ConfigSource for Changing {
+        fn load(&self) -> Result<DaskConfig> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+    }
+
+    fn cluster(api: ClusterApi, config: Arc<dyn ConfigSource>) -> KubeCluster {
+        let worker_pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "c-worker-", "namespace": "ns",
+                         "labels": {"dask.org/cluster-name": "c", "dask.org/component": "worker"}},
+            "spec": {"containers": [{"name": "w", "image": "i"}]}});
+        let owner = Owner {
+            name: "c".into(),
+            uid: "uid-1".into(),
+        };
+        KubeCluster {
+            name: "c".into(),
+            scaler: Arc::new(Scaler::new(
+                api,
+                Arc::new(SchedulerClient::tcp("127.0.0.1:1")),
+                "c",
+                worker_pod.clone(),
+                Some(owner.clone()),
+            )),
+            owner: Some(owner),
+            address: "tcp://127.0.0.1:1".into(),
+            dashboard: String::new(),
+            forwarders: Vec::new(),
+            adapt: None,
+            controller_adapts: false,
+            worker_pod,
+            progress: crate::cluster::no_progress(),
+            settings: HandleSettings {
+                count_max: None,
+                dashboard_link: String::new(),
+                controller_image: String::new(),
+                env: Vec::new(),
+                config,
+            },
+        }
+    }
+
+    /// `dask.config.set({"kubernetes.count.max": 1})` while a cluster runs caps its next
+    /// `scale(10)` (it was read once at the start before: 10 pods were made). The cap is
+    /// read at every call: raised to 3, the next `scale(10)` adds 2 to the 1 there.
+    #[tokio::test]
+    async fn the_cap_is_the_config_of_the_moment() {
+        let (api, mut handle) = api("ns");
+        let config = Arc::new(Changing(Mutex::new(DaskConfig::default())));
+        let c = cluster(api, config.clone());
+        let server = tokio::spawn(async move {
+            let mut pods: Vec<serde_json::Value> = Vec::new();
+            let mut creates_per_scale = Vec::new();
+            let mut creates = 0;
+            while let Some((request, send)) = handle.next_request().await {
+                if request.method() == http::Method::GET {
+                    creates_per_scale.push(creates);
+                    creates = 0;
+                    send.send_response(ok_json(json!({"apiVersion": "v1", "kind": "PodList",
+                        "metadata": {}, "items": pods})));
+                } else {
+                    assert_eq!(request.method(), http::Method::POST);
+                    let mut pod = body_json(request).await;
+                    pod["status"] = json!({"phase": "Pending"});
+                    pods.push(pod.clone());
+                    creates += 1;
+                    send.send_response(ok_json(pod));
+                }
+            }
+            creates_per_scale.push(creates);
+            creates_per_scale
+        });
+        config.set_count_max(1);
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), c.scale(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first.capped,
+            Some(CountCap {
+                requested: 10,
+                max: 1
+            })
+        );
+        config.set_count_max(3);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), c.scale(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((second.before, second.target), (1, 3));
+        drop(c);
+        let creates = server.await.unwrap();
+        assert_eq!(creates, [0, 1, 2], "pods created by each scale");
     }
 }

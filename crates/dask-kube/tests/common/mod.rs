@@ -3,10 +3,8 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed step fails the test
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use serde_json::json;
+use kube::api::{Api, ListParams};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -45,90 +43,23 @@ pub async fn cluster() -> Client {
     client
 }
 
-/// A namespace for one test, deleted at the end.
-pub struct TestNamespace {
-    pub name: String,
-    client: Client,
-}
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use cluster_harness::{TestNamespace, strip_ansi};
 
-impl Drop for TestNamespace {
-    /// A failed test still removes its namespace (and with it any cluster it left).
-    fn drop(&mut self) {
-        let _ = Command::new("kubectl")
-            .env("KUBECONFIG", kubeconfig())
-            .args([
-                "delete",
-                "namespace",
-                &self.name,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl TestNamespace {
-    pub async fn create(client: &Client, prefix: &str) -> Self {
-        let name = format!(
-            "{prefix}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..6]
-        );
-        let api: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        api.create(&PostParams::default(), &ns).await.unwrap();
-        // The service account controller adds `default`; pods need it.
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(client.clone(), &name);
-        wait_for("the default service account", || async {
-            sas.get_opt("default").await.ok().flatten().is_some()
-        })
-        .await;
-        TestNamespace {
-            name,
-            client: client.clone(),
-        }
-    }
-
-    pub fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), &self.name)
-    }
-
-    pub fn services(&self) -> Api<Service> {
-        Api::namespaced(self.client.clone(), &self.name)
-    }
-
-    pub async fn pod_names(&self, selector: &str) -> Vec<String> {
-        self.pods()
-            .list(&ListParams::default().labels(selector))
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter_map(|p| p.metadata.name)
-            .collect()
-    }
-
-    pub async fn running_workers(&self, cluster: &str) -> usize {
-        self.pods()
-            .list(&ListParams::default().labels(&format!(
-                "dask.org/cluster-name={cluster},dask.org/component=worker"
-            )))
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .count()
-    }
-
-    pub async fn delete(self) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let _ = api.delete(&self.name, &DeleteParams::default()).await;
-        // Drop runs too; it finds the namespace already going.
-    }
+/// Running worker pods of `cluster` (not being deleted).
+pub async fn running_workers(ns: &TestNamespace, cluster: &str) -> usize {
+    ns.pods()
+        .list(&ListParams::default().labels(&format!(
+            "dask.org/cluster-name={cluster},dask.org/component=worker"
+        )))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count()
 }
 
 /// Polls `cond` until it holds, at most [`WAIT`]; returns how long it took.
@@ -201,15 +132,15 @@ pub fn apply_rbac(ns: &str) {
     );
 }
 
-/// dask-kube's own client (HTTP/2, its flow control sees every 429) for the kubeconfig at
-/// `path`, with its server URL.
-pub async fn client_of(path: &Path) -> (Client, String) {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    let url = config.cluster_url.to_string();
-    (dask_kube::http_client::build_client(config).unwrap(), url)
+/// dask-kube's own connection (HTTP/2, its flow control sees every 429) for the kubeconfig
+/// at `path`.
+pub async fn connection_of(path: &Path) -> dask_kube::KubeConnection {
+    dask_kube::KubeConnection::open(&dask_kube::Credentials::Kubeconfig {
+        path: Some(path.to_owned()),
+        context: None,
+    })
+    .await
+    .unwrap()
 }
 
 pub fn fixture(name: &str) -> PathBuf {

@@ -118,12 +118,12 @@ async fn notebook_pod_runs_the_life_cycle_and_computes_through_the_service() {
     );
     assert_eq!(
         up["scheduler_address"],
-        format!("tcp://{name}.{}:8786", ns.name).as_str(),
+        format!("tcp://{name}-scheduler.{}:8786", ns.name).as_str(),
         "inside the cluster the scheduler is reached by its Service: {log}"
     );
     assert_eq!(
         marked(&log, "DASHBOARD"),
-        Some(format!("http://{name}.{}:8787/status 200", ns.name).as_str()),
+        Some(format!("http://{name}-scheduler.{}:8787/status 200", ns.name).as_str()),
         "the printed dashboard link is the Service's, and it answers inside the cluster: {log}"
     );
     let list: Value = serde_json::from_str(marked(&log, "LIST").expect("a LIST line")).unwrap();

@@ -2,8 +2,8 @@
 //! on 127.0.0.1 carried over port-forward streams (one for the comm port, one for the
 //! dashboard). Also waiting for the scheduler pod to run, and saying why when it does not.
 
-use crate::kube_ops::ClusterApi;
-use crate::manifests::{DASHBOARD_PORT, SCHEDULER_PORT};
+use crate::apiserver::ClusterApi;
+use crate::manifests::{DASHBOARD_PORT, SCHEDULER_PORT, service_name};
 use crate::portforward::{LocalForwarder, PodPortConnect};
 use crate::scaling::SchedulerWorker;
 use crate::scheduler_api::{HttpSchedulerApi, SchedulerApi, TcpConnect};
@@ -17,13 +17,13 @@ use tracing::debug;
 
 use super::{POLL_INTERVAL, Progress, ProgressFn};
 
-/// Bound on the scheduler pod becoming Running.
-pub const SCHEDULER_START_TIMEOUT: Duration = Duration::from_secs(180);
 /// Bound on the scheduler's HTTP API answering once the pod runs.
 pub const SCHEDULER_API_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How the scheduler is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the scheduler is reached (operator-era `port_forward_cluster_ip=`: `True` is
+/// `PortForward`, `False` `Direct`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Access {
     /// Inside the cluster when the Service resolves, else port-forward.
     #[default]
@@ -138,14 +138,14 @@ async fn use_service(access: Access, service_host: &str) -> bool {
 
 /// Makes the scheduler reachable: the Service inside the cluster, else local listeners
 /// forwarding to the pod. Waits until its HTTP API answers.
-pub(crate) async fn connect_scheduler(
+pub(crate) async fn reach_scheduler(
     api: &ClusterApi,
     name: &str,
     access: Access,
     ports: LocalPorts,
     progress: &ProgressFn,
 ) -> Result<Connected> {
-    let service_host = format!("{name}.{}", api.namespace());
+    let service_host = format!("{}.{}", service_name(name), api.namespace());
     let connected = if use_service(access, &service_host).await {
         Connected {
             scheduler: SchedulerClient::tcp(format!("{service_host}:{DASHBOARD_PORT}")),
@@ -246,17 +246,16 @@ fn pod_has_ended(pod: &Pod) -> bool {
 
 /// Waits until the scheduler pod runs; a pod that ends or never starts is an error that
 /// says why.
-pub(crate) async fn wait_scheduler_running(api: &ClusterApi, name: &str) -> Result<()> {
+pub(crate) async fn wait_scheduler_running(
+    api: &ClusterApi,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
     let cond = |pod: Option<&Pod>| {
         pod.is_none_or(|p| matches!(phase(p), Some("Running" | "Failed" | "Succeeded")))
     };
     let waited = api
-        .wait_pod(
-            name,
-            &format!("scheduler pod {name} to run"),
-            SCHEDULER_START_TIMEOUT,
-            cond,
-        )
+        .wait_pod(name, &format!("scheduler pod {name} to run"), timeout, cond)
         .await;
     let pod = match waited {
         Ok(pod) => pod,
