@@ -312,7 +312,8 @@ recipe_pause() {
 # docker.io/library/busybox (its glibc variant, busybox:glibc): Debian's busybox linked against
 # glibc, with glibc's libraries and nsswitch.conf, a link per applet in /bin, and the few files
 # of upstream's image (passwd, group, /tmp, /root). Not Debian's busybox-static: a static glibc
-# cannot load the resolver's modules, and its wget dies (SIGSEGV) on the first lookup.
+# cannot load the resolver's modules, so its wget cannot resolve a Service name ("bad address").
+# (Debian's busybox 1.35 wget crashes with -T, either variant: tests do not use it.)
 recipe_busybox() {
   local stage="$1" deb="$RUN_DIR/busybox-deb" applet
   mmdebstrap --mode=root --variant=extract --include=busybox,libc6 --quiet \

@@ -168,17 +168,21 @@ check "server pod Running (<=${WAIT}s)" eventually "$WAIT" pod_running server
 server_node="$(kubectl -n "$ns" get pod server -o jsonpath='{.spec.nodeName}')"
 [[ "$(kubectl get node "$server_node" -o jsonpath='{.metadata.labels.k8s\.dask\.org/node-purpose}')" == worker ]] &&
   ok "server scheduled on the pool ($server_node)" || notok "server scheduled on '$server_node', not on the pool"
-# busybox's own resolver (nslookup) asks the cluster DNS; wget then fetches from the address.
-fetch_by_name='for i in 1 2 3 4 5 6 7 8 9 10; do
-  ip=$(nslookup "$NAME" 2>/dev/null | awk "/^Address: / {a = \$2} END {print a}")
-  [ -n "$ip" ] && wget -qO- -T 3 "http://$ip" && exit 0
-  sleep 1
-done
-exit 1'
+# The client resolves the Service's name as any program does (glibc's resolver, the pod's
+# resolv.conf: the cluster DNS and its search path).
+fetch_by_name='import sys, time, urllib.request
+for attempt in range(10):
+    try:
+        print(urllib.request.urlopen("http://" + sys.argv[1], timeout=3).read().decode(), end="")
+        sys.exit(0)
+    except OSError as e:
+        print(e, file=sys.stderr)
+        time.sleep(1)
+sys.exit(1)'
 client_fetches_by_name() {
-  kubectl -n "$ns" run client --image=busybox --restart=Never \
+  kubectl -n "$ns" run client --image=python:3.11 --restart=Never \
     --overrides="{\"spec\": {\"nodeSelector\": {\"kubernetes.io/hostname\": \"$general_node\"}}}" \
-    --env="NAME=web.$ns.svc.cluster.local" --command -- sh -c "$fetch_by_name" || return 1
+    --command -- python3 -c "$fetch_by_name" "web.$ns.svc.cluster.local" || return 1
   local phase i
   for i in $(seq "$WAIT"); do
     phase="$(kubectl -n "$ns" get pod client -o jsonpath='{.status.phase}')"
