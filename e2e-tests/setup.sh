@@ -20,8 +20,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Debian packages the tests, the Makefile and the local cluster use, beyond Debian's
 # Essential/required set:
-#   iproute2 (ip, ss: pod network namespaces, bridge), nftables (nft: the node agent's
-#   ClusterIP DNAT inside its service proxy namespace), openssl (cluster PKI), curl (health
+#   iproute2 (ip, ss: the nodes' network namespaces, bridge, routes), nftables (nft: kube-proxy's
+#   nftables mode and the CNI portmap plugin call it), libseccomp-dev (runc is built with cgo
+#   and seccomp, local-cluster/nodeparts/build.sh), openssl (cluster PKI), curl (health
 #   checks, dashboard links), jq (bats), bats (policy.bats), procps (pgrep, ps),
 #   util-linux (setsid, flock, unshare, nsenter), psmisc (fuser), git (cluster finds the
 #   repo root), make, gcc/libc6-dev/binutils (build scripts of Rust crates, cgo),
@@ -29,7 +30,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   (the Debian root filesystems of the local cluster's images, local-cluster/images/build.sh;
 #   libc6-dev's static libc builds their pause), python3-venv is not needed: the venv is made with the
 #   machine's Python 3.11 (pyenv or Debian's python3 + python3-venv).
-DEBIAN_PACKAGES=(iproute2 nftables openssl curl jq bats procps util-linux psmisc git make gcc libc6-dev binutils ca-certificates time mmdebstrap)
+DEBIAN_PACKAGES=(iproute2 nftables libseccomp-dev openssl curl jq bats procps util-linux psmisc git make gcc libc6-dev binutils ca-certificates time mmdebstrap)
 
 # Commands the tests, the Makefile and the local cluster's scripts call by name (kubectl is
 # not here: the cluster builds its own, same-version one into its state dir). CI checks that
