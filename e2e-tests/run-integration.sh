@@ -55,4 +55,5 @@ run "Python package against the cluster (pytest)" env DASK_K8S_REQUIRE_CLUSTER=1
   e2e-tests/python/run-tests.sh cluster
 # Last: the fault-injection tier takes the cluster's parts away (the API server, the webhook, a
 # kubelet, a whole node) and starts them again as they were.
-run "faults injected on the cluster (dask-kube tests/faults.rs)" cargo test --locked --workspace --test faults -- --include-ignored --test-threads=1
+# --nocapture: each fault prints its FIGURE line (the README's Faults table), passed or not.
+run "faults injected on the cluster (dask-kube tests/faults.rs)" cargo test --locked --workspace --test faults -- --include-ignored --test-threads=1 --nocapture

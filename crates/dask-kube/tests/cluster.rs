@@ -932,8 +932,10 @@ async fn scale_to_hundreds_of_pending_pods_and_back_exactly() {
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "dk-many").await;
     let template = PodTemplate::from_file(fixture("pending-worker.yml"), "worker").unwrap();
+    let scheduler = PodTemplate::from_file(fixture("plain-scheduler.yml"), "scheduler").unwrap();
     let cluster = KubeCluster::builder()
         .worker_template(template)
+        .scheduler_template(scheduler)
         .namespace(&ns.name)
         .name_template("many-{uuid}")
         .start()

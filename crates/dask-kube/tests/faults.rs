@@ -124,10 +124,23 @@ async fn assert_exact_workers(ns: &TestNamespace, cluster: &str, n: usize) {
     );
 }
 
+/// A scheduler template for clusters of pending-worker.yml (the file says why).
+fn plain_scheduler() -> &'static str {
+    Box::leak(
+        fixture("plain-scheduler.yml")
+            .to_str()
+            .unwrap()
+            .to_owned()
+            .into_boxed_str(),
+    )
+}
+
 async fn pending_cluster(ns: &TestNamespace, prefix: &str, max_in_flight: usize) -> KubeCluster {
     let template = PodTemplate::from_file(fixture("pending-worker.yml"), "worker").unwrap();
+    let scheduler = PodTemplate::from_file(fixture("plain-scheduler.yml"), "scheduler").unwrap();
     KubeCluster::builder()
         .worker_template(template)
+        .scheduler_template(scheduler)
         .namespace(&ns.name)
         .name_template(format!("{prefix}-{{uuid}}"))
         .create_limits(CreateLimits::with_max_in_flight(max_in_flight))
@@ -275,9 +288,11 @@ async fn a_throttling_api_server_still_gets_the_exact_count() {
     let sa = common::service_account_kubeconfig(&kube, &ns.name, "dask-kube", dir.path()).await;
     let sa_connection = common::connection_of(&sa).await;
     let template = PodTemplate::from_file(fixture("pending-worker.yml"), "worker").unwrap();
+    let scheduler = PodTemplate::from_file(fixture("plain-scheduler.yml"), "scheduler").unwrap();
     let dask = KubeCluster::builder()
         .connection(sa_connection)
         .worker_template(template)
+        .scheduler_template(scheduler)
         .namespace(&ns.name)
         .name_template("fault-429-{uuid}")
         .start()
@@ -488,6 +503,8 @@ async fn policy_server_killed_under_a_burst_leaves_nothing_half_made() {
             "up",
             "-f",
             pending.to_str().unwrap(),
+            "--scheduler-template",
+            plain_scheduler(),
             "--detach",
         ],
     ));
@@ -586,7 +603,7 @@ async fn sigkill_in_the_middle_of_a_scale_up_then_scale_again_converges() {
         state.path(),
         &ns.name,
         "pending-worker.yml",
-        &["--workers", "0"],
+        &["--workers", "0", "--scheduler-template", plain_scheduler()],
     );
     let mut child = dask_kube(state.path())
         .args([
