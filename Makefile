@@ -118,6 +118,16 @@ bench-policy: annotate ## kwctl bench: the annotated policy vs a minimal mutatin
 	python3 e2e-tests/bench-policy/run.py --kwctl $(KWCTL) --request $(BENCH_POLICY_REQUEST) \
 	  --runs $(BENCH_POLICY_RUNS) policy=$(ANNOTATED_WASM) floor=$(ANNOTATED_FLOOR_WASM)
 
+.PHONY: bench-webhook
+bench-webhook: setup wasm venv ## policy-server under a burst of worker pods (BENCH_N, default 1000): burst time with and without the webhook, admission p50/p99 from the apiserver's metrics, errors
+	$(CARGO) build $(CARGO_FLAGS) $(HOST_BUILD)
+	e2e-tests/bench-pods/with-cluster.sh $(PYTHON) e2e-tests/bench-webhook/run.py --pods $${BENCH_N:-1000}
+
+.PHONY: bench-startup
+bench-startup: setup wasm venv ## pod startup latency p50/p99 of BENCH_N (100) worker pods with the image present (the SLO: p99 <= 5 s)
+	$(CARGO) build $(CARGO_FLAGS) $(HOST_BUILD)
+	e2e-tests/bench-pods/with-cluster.sh $(PYTHON) e2e-tests/bench-pods/startup.py --pods $${BENCH_N:-100}
+
 .PHONY: bench-scale
 bench-scale: setup wasm venv ## time to N Pending pods and back to 0: raw apiserver limit vs classic vs dask-kube (BENCH_N, BENCH_REPEATS)
 	e2e-tests/bench-scale/run.sh

@@ -44,6 +44,10 @@ async fn notebook_pod_runs_the_life_cycle_and_computes_through_the_service() {
     // tests' `dask_kube()`.
     let state_dir = "/tmp/dask-kube-state";
     let no_config = "/tmp/no-dask-config";
+    // This build's dask-kube image, by digest when the cluster's env names it (`cluster env`):
+    // for the notebook and for the controller pod the notebook's cluster starts.
+    let image = std::env::var("DASK_KUBERNETES__CONTROLLER_IMAGE")
+        .unwrap_or_else(|_| "ghcr.io/dask-on-k8s/dask-kube:latest".to_owned());
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "notebook"},
         "spec": {
@@ -51,9 +55,10 @@ async fn notebook_pod_runs_the_life_cycle_and_computes_through_the_service() {
             "restartPolicy": "Never",
             "containers": [{
                 "name": "notebook",
-                "image": "ghcr.io/dask-on-k8s/dask-kube:latest",
+                "image": image,
                 "command": ["sh", "/opt/notebook/notebook.sh"],
                 "env": [
+                    {"name": "DASK_KUBERNETES__CONTROLLER_IMAGE", "value": image},
                     {"name": "XDG_STATE_HOME", "value": state_dir},
                     {"name": "DASK_CONFIG", "value": no_config},
                     {"name": "DASK_ROOT_CONFIG", "value": no_config},
