@@ -537,3 +537,40 @@ nodes_leftovers() {
   ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && echo "bridge $NODE_BRIDGE"
   true
 }
+
+# services_synced: after the API server was away, the nodes' kube-proxies and CoreDNS watch
+# again with their own backoff (up to 30 s): a Service created meanwhile is neither routed nor
+# resolvable until they have. Waits until a probe Service is programmed on every node and
+# CoreDNS answers its name.
+services_synced() {
+  local timeout="${1:-120}" probe=dk-resync-probe ip idx name pool deadline
+  kc -n default delete service "$probe" --ignore-not-found --wait=true >/dev/null 2>&1 || true
+  kc -n default create service clusterip "$probe" --tcp=80:80 >/dev/null || return 1
+  ip="$(kc -n default get service "$probe" -o jsonpath='{.spec.clusterIP}')"
+  deadline=$((SECONDS + timeout))
+  while read -r idx name pool; do
+    until ip netns exec "$(node_netns "$name")" nft list ruleset 2>/dev/null | grep -qF "$ip "; do
+      ((SECONDS < deadline)) || { nodes_log "kube-proxy of $name has not programmed Service $probe ($ip)"; return 1; }
+      sleep 0.5
+    done
+  done < <(nodes_list)
+  # An A query for the probe, to the cluster DNS address from a node (kube-proxy routes it).
+  name="$(nodes_list | awk 'NR == 1 {print $2}')"
+  until ip netns exec "$(node_netns "$name")" python3 - "$probe.default.svc.$CLUSTER_DOMAIN" "$CLUSTER_DNS_IP" <<'PY' 2>/dev/null
+import socket, struct, sys
+name, server = sys.argv[1], sys.argv[2]
+query = struct.pack(">HHHHHH", 0x1d5b, 0x0100, 1, 0, 0, 0)
+query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+s.sendto(query, (server, 53))
+answer = s.recv(512)
+flags, answers = struct.unpack(">H", answer[2:4])[0], struct.unpack(">H", answer[6:8])[0]
+sys.exit(0 if flags & 0xF == 0 and answers > 0 else 1)
+PY
+  do
+    ((SECONDS < deadline)) || { nodes_log "CoreDNS does not resolve Service $probe"; return 1; }
+    sleep 0.5
+  done
+  kc -n default delete service "$probe" --wait=false >/dev/null 2>&1 || true
+}
