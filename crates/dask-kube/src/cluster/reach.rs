@@ -61,6 +61,12 @@ impl SchedulerApi for SchedulerClient {
             SchedulerClient::Tcp(a) => a.retire_workers(addresses).await,
         }
     }
+    async fn idle_since(&self) -> Result<Option<f64>> {
+        match self {
+            SchedulerClient::Forwarded(a) => a.idle_since().await,
+            SchedulerClient::Tcp(a) => a.idle_since().await,
+        }
+    }
     fn endpoint(&self) -> String {
         match self {
             SchedulerClient::Forwarded(a) => a.endpoint(),
