@@ -1,6 +1,6 @@
 //! The objects the operator creates, built as upstream's `build_*_spec` functions build
 //! them (names, labels, annotations, env), as pure functions over the resources. Pod and
-//! service specs stay raw JSON (see [`crate::resources`]); only the fields upstream adds are
+//! service specs stay raw JSON (see [`crate::operator::resources`]); only the fields upstream adds are
 //! added.
 //!
 //! Two differences from upstream, both deliberate:
@@ -13,22 +13,23 @@
 //!   adaptive_target, check_idle) unless it sets them itself: upstream falls back to Dask's
 //!   RPC protocol when they are off, this operator speaks HTTP only.
 
-use crate::names::{
+use crate::operator::names::{
     self, CLUSTER_LABEL, COMPONENT_LABEL, ISTIO_INJECT_LABEL, JOB_RUNNER_COMPONENT,
     SCHEDULER_ADDRESS_ENV, SCHEDULER_COMPONENT, UNCOPIED_ANNOTATION_PREFIXES, WORKER_COMPONENT,
     WORKER_GROUP_COMPONENT, WORKER_GROUP_LABEL, WORKER_NAME_ENV,
 };
-use crate::resources::{DaskCluster, DaskJob, DaskWorkerGroup, RawSpec, SimpleObjectMeta};
+use crate::operator::resources::{
+    DaskCluster, DaskJob, DaskWorkerGroup, RawSpec, SimpleObjectMeta,
+};
 use crate::{Error, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
-/// Env var that replaces the scheduler's HTTP routes.
-pub const ROUTES_ENV: &str = "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES";
-/// Dask's default scheduler routes plus the JSON API (`distributed.http.scheduler.api`).
-pub const ROUTES: &str = r#"["distributed.http.scheduler.prometheus","distributed.http.scheduler.info","distributed.http.scheduler.json","distributed.http.health","distributed.http.proxy","distributed.http.statics","distributed.http.scheduler.api"]"#;
+/// Dask's default scheduler routes plus the JSON API (`distributed.http.scheduler.api`), as
+/// dask-kube's scheduler pods have them.
+pub use crate::manifests::{ROUTES, ROUTES_ENV};
 
 /// Annotation on a cluster's default DaskWorkerGroup: the cluster's `spec.worker.replicas`
 /// last carried over to the group. Upstream scales the default group when that field
@@ -373,7 +374,7 @@ pub(crate) mod tests {
     /// An upstream test resource as the API returns it: namespace `ns` and a uid.
     pub(crate) fn upstream_resource<K: DeserializeOwned + Resource>(file: &str) -> K {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/upstream-2026.3.0/resources")
+            .join("tests/fixtures/operator/upstream-2026.3.0/resources")
             .join(file);
         let mut value: Value =
             serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

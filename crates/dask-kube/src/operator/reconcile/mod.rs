@@ -1,5 +1,5 @@
 //! What to do for each resource, as pure functions of the resource and what is observed of
-//! the objects it owns: a [`Plan`] of [`Action`]s that [`crate::apply`] carries out. Nothing
+//! the objects it owns: a [`Plan`] of [`Action`]s that [`crate::operator::apply`] carries out. Nothing
 //! here talks to the API, the scheduler or the clock; every planner is table-tested.
 //!
 //! Level-based where upstream is edge-triggered: kopf runs a handler when a field changes,
@@ -14,11 +14,11 @@ mod job;
 mod worker_group;
 
 pub use autoscaler::{AdaptMemory, AutoscalerView, plan_autoscaler, target_group};
-pub use cluster::{ClusterPhase, ClusterView, ServiceState, idle_expired, plan_cluster};
-pub use job::{JobStatus, JobView, plan_job};
+pub use cluster::{ClusterView, ServiceState, idle_expired, plan_cluster};
+pub use job::{JobView, plan_job};
 pub use worker_group::{WorkerGroupView, plan_worker_group, scale_down_needed};
 
-use crate::dask_kube_adapter::RetireTarget;
+use crate::RetireTarget;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -52,7 +52,7 @@ impl Note {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Create this object (a Deployment, Service, Pod, DaskWorkerGroup or DaskCluster built
-    /// by [`crate::manifests`]); one that already exists counts as created.
+    /// by [`crate::operator::manifests`]); one that already exists counts as created.
     Create(Value),
     /// Delete this pod (gone already counts as deleted); with a `resourceVersion`, only if
     /// the pod is unchanged since (a delete that rests on the pod's listed state: a

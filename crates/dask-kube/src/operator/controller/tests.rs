@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::manifests::{self, CLUSTER_REPLICAS_ANNOTATION, tests::upstream_resource};
-use crate::resources::{DaskAutoscalerSpec, DaskClusterStatus, DaskJobStatus};
+use crate::operator::manifests::{self, CLUSTER_REPLICAS_ANNOTATION, tests::upstream_resource};
+use crate::operator::resources::{DaskAutoscalerSpec, DaskClusterStatus, DaskJobStatus};
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -58,8 +58,8 @@ fn context(observed: Observed, scheduler: Option<&FakeScheduler>) -> (Arc<Contex
         services: store(observed.services),
     };
     let mut ctx = Context::new(
-        client,
-        Scope::AllNamespaces,
+        KubeConnection::new(client, "default", "https://127.0.0.1:6443"),
+        CreateLimits::default(),
         stores,
         SchedulerAccess::Service,
         "dask-kube-operator".into(),
@@ -333,7 +333,7 @@ async fn an_idle_cluster_is_deleted() {
         expect(&mut handle, Method::DELETE, &format!("{CLUSTERS}/simple")).await;
         assert_eq!(
             reconcile.await.unwrap().unwrap(),
-            Requeue::requeue(crate::reconcile::TIMER_PERIOD)
+            Requeue::requeue(crate::operator::reconcile::TIMER_PERIOD)
         );
         expect_nothing_more(&mut handle).await;
     })
@@ -384,14 +384,14 @@ async fn a_group_creates_missing_workers_once() {
         .await;
         assert_eq!(
             reconcile.await.unwrap().unwrap(),
-            Requeue::requeue(crate::reconcile::TIMER_PERIOD),
+            Requeue::requeue(crate::operator::reconcile::TIMER_PERIOD),
             "the new pod is expected: look again"
         );
 
         let again = tokio::spawn(reconcile_worker_group(g.clone(), ctx.clone()));
         assert_eq!(
             again.await.unwrap().unwrap(),
-            Requeue::requeue(crate::reconcile::TIMER_PERIOD)
+            Requeue::requeue(crate::operator::reconcile::TIMER_PERIOD)
         );
         expect_nothing_more(&mut handle).await;
     })
@@ -454,7 +454,8 @@ async fn a_group_retires_before_deleting(
         );
         assert_eq!(
             request.uri().query(),
-            Some("&labelSelector=dask.org%2Fworkergroup-name%3Dsimple-default")
+            Some("&labelSelector=dask.org%2Fworkergroup-name%3Dsimple-default&limit=250"),
+            "the library's lean list of the group's pods"
         );
         send.send_response(ok_json(&pod_list));
         if deleted {
@@ -536,7 +537,7 @@ async fn an_autoscaler_scales_its_group_to_the_schedulers_target() {
         .await;
         assert_eq!(
             reconcile.await.unwrap().unwrap(),
-            Requeue::requeue(crate::reconcile::TIMER_PERIOD)
+            Requeue::requeue(crate::operator::reconcile::TIMER_PERIOD)
         );
         expect_nothing_more(&mut handle).await;
     })
@@ -701,12 +702,13 @@ async fn a_refused_creation_is_retried_at_once() {
                 .body(Body::from(serde_json::to_vec(&refusal).unwrap()))
                 .unwrap(),
         );
-        // The failure is reported on the group, naming the API's reason.
+        // The failure is reported on the group, naming the missing permission and the
+        // API's reason (the library's batch stops at a refusal that fails every call).
         let event = expect(&mut handle, Method::POST, "/api/v1/namespaces/ns/events").await;
         assert_eq!(event["type"], "Warning");
         let message = event["message"].as_str().unwrap();
-        assert!(message.starts_with("cannot create Pod ns/simple-default-worker-"), "{message}");
-        assert!(message.ends_with(": pods is forbidden: error looking up service account ns/default"), "{message}");
+        assert!(message.contains("lacks permission to create pods in namespace ns"), "{message}");
+        assert!(message.ends_with("(pods is forbidden: error looking up service account ns/default)"), "{message}");
         assert!(first.await.unwrap().is_err());
 
         let retry = tokio::spawn(reconcile_worker_group(g.clone(), ctx.clone()));

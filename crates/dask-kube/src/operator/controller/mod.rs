@@ -1,20 +1,20 @@
 //! The controllers: kube-runtime's `Controller` over DaskCluster, DaskWorkerGroup,
 //! DaskAutoscaler and DaskJob, fed by shared reflectors of what they own. Each reconcile
-//! reads the stores, asks the pure planner of [`crate::reconcile`], and [`crate::apply`]s
+//! reads the stores, asks the pure planner of [`crate::operator::reconcile`], and [`crate::operator::apply`]s
 //! the plan.
 
-use crate::apply::{StatusWrite, apply, publish};
-use crate::context::{Context, SchedulerAccess, Scope, Stores};
-use crate::dask_kube_adapter::{HttpSchedulerApi, SchedulerApi, SchedulerWorker, WorkerPodState};
-use crate::names::{
+use crate::operator::apply::{StatusWrite, apply, publish};
+use crate::operator::context::{Context, SchedulerAccess, Scope, Stores};
+use crate::operator::names::{
     self, CLUSTER_LABEL, COMPONENT_LABEL, JOB_RUNNER_COMPONENT, SCHEDULER_COMPONENT,
     WORKER_COMPONENT, WORKER_GROUP_LABEL,
 };
-use crate::reconcile::{
+use crate::operator::reconcile::{
     AutoscalerView, ClusterView, JobView, Note, Plan, ServiceState, WorkerGroupView, idle_expired,
     plan_autoscaler, plan_cluster, plan_job, plan_worker_group, scale_down_needed, target_group,
 };
-use crate::resources::{DaskAutoscaler, DaskCluster, DaskJob, DaskWorkerGroup};
+use crate::operator::resources::{DaskAutoscaler, DaskCluster, DaskJob, DaskWorkerGroup};
+use crate::{CreateLimits, KubeConnection, SchedulerApi, SchedulerWorker, WorkerPodState};
 use crate::{Error, Result};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -33,6 +33,9 @@ use tracing::{debug, warn};
 
 /// Wait before retrying a reconcile that failed.
 pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(10);
+/// What the operator logs once every watch has listed and the controllers run (a process
+/// that starts it waits for this line).
+pub const READY_LINE: &str = "dask-kube-operator ready";
 /// Events a shared reflector buffers per subscriber.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -45,6 +48,9 @@ pub struct OperatorOptions {
     pub scheduler_access: SchedulerAccess,
     /// Its name in events (`reportingController`).
     pub reporter: String,
+    /// How many pod creations and deletions may be in flight (under one flow control for
+    /// every reconcile).
+    pub limits: CreateLimits,
 }
 
 type Shared<K> = (Store<K>, ReflectHandle<K>);
@@ -98,12 +104,14 @@ where
 ///
 /// # Errors
 /// The watches never became ready (no permission to list, CRDs not installed).
-pub async fn run(client: Client, options: OperatorOptions) -> Result<()> {
+pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result<()> {
     let OperatorOptions {
         scope,
         scheduler_access,
         reporter,
+        limits,
     } = options;
+    let client = connection.client.clone();
     let labelled = |selector: &str| watcher::Config::default().labels(selector);
     let ((clusters, cluster_events), drive_clusters) = shared(
         scope.api::<DaskCluster>(&client),
@@ -136,8 +144,8 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<()> {
         services,
     };
     let ctx = Arc::new(Context::new(
-        client.clone(),
-        scope.clone(),
+        connection,
+        limits,
         stores.clone(),
         scheduler_access,
         reporter,
@@ -156,11 +164,11 @@ pub async fn run(client: Client, options: OperatorOptions) -> Result<()> {
             )
         };
         if ready.await.is_err() {
-            return Err(Error::WatchesNotReady);
+            return Err(Error::OperatorWatchesNotReady);
         }
         tracing::info!(
             ?scope,
-            "dask-kube-operator ready: every watch listed, controllers running"
+            "{READY_LINE}: every watch listed, controllers running"
         );
         let groups_of_cluster = {
             let groups = groups.clone();
@@ -354,10 +362,10 @@ pub async fn reconcile_cluster(cluster: Arc<DaskCluster>, ctx: Arc<Context>) -> 
 async fn check_idle(ctx: &Context, cluster: &DaskCluster) {
     let ns = namespace_of(cluster);
     let name = cluster.name_any();
-    let Some(connector) = ctx.scheduler_connector(&ns, &name) else {
+    let Some(scheduler) = ctx.scheduler(&ns, &name) else {
         return;
     };
-    match crate::dask_kube_adapter::idle_since(&connector).await {
+    match scheduler.idle_since().await {
         Ok(since) => {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -407,7 +415,7 @@ pub async fn reconcile_worker_group(
     let observed = ctx
         .stores
         .pods_labelled(&ns, &[(WORKER_GROUP_LABEL, &name)]);
-    let pods = match crate::manifests::owner_ref(&*group) {
+    let pods = match crate::operator::manifests::owner_ref(&*group) {
         Ok(owner) => ctx.with_expectations(&group_ref, |e| {
             e.reconcile_view(observed, &owner, std::time::Instant::now())
         }),
@@ -451,14 +459,14 @@ pub async fn reconcile_worker_group(
     // An expectation the watch never confirms expires; look again then, even if no event
     // comes.
     if plan.requeue_after.is_none() && ctx.with_expectations(&group_ref, |e| e.outstanding()) {
-        return Ok(Requeue::requeue(crate::reconcile::TIMER_PERIOD));
+        return Ok(Requeue::requeue(crate::operator::reconcile::TIMER_PERIOD));
     }
     Ok(requeue(&plan))
 }
 
 async fn scheduler_workers(ctx: &Context, ns: &str, cluster: &str) -> Option<Vec<SchedulerWorker>> {
-    let connector = ctx.scheduler_connector(ns, cluster)?;
-    match HttpSchedulerApi::new(connector).workers().await {
+    let scheduler = ctx.scheduler(ns, cluster)?;
+    match scheduler.workers().await {
         Ok(workers) => Some(workers),
         Err(e) => {
             warn!(namespace = %ns, %cluster, error = %e, "cannot list the scheduler's workers; removing only pods that never started");
@@ -502,8 +510,8 @@ pub async fn reconcile_autoscaler(
     let scheduler_ready = stores
         .scheduler_pod(&ns, &cluster_name)
         .is_some_and(|(_, ready)| ready);
-    let target = match (scheduler_ready, ctx.scheduler_connector(&ns, &cluster_name)) {
-        (true, Some(connector)) => match HttpSchedulerApi::new(connector).adaptive_target().await {
+    let target = match (scheduler_ready, ctx.scheduler(&ns, &cluster_name)) {
+        (true, Some(scheduler)) => match scheduler.adaptive_target().await {
             Ok(t) => Some(t),
             Err(e) => {
                 warn!(namespace = %ns, cluster = %cluster_name, error = %e, "Unable to get desired number of workers from scheduler.");

@@ -2,13 +2,10 @@
 //! pods it created or deleted that the stores do not show yet, the scheduler connection
 //! and the event recorder.
 
-use crate::dask_kube_adapter::{
-    CallOutcome, Connect, DEFAULT_INITIAL_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT, FlowControl,
-    FlowLimiter, ForwardedStream, PodPortConnect, TcpConnect,
-};
-use crate::names::{CLUSTER_LABEL, COMPONENT_LABEL, DASHBOARD_PORT, SCHEDULER_COMPONENT};
-use crate::reconcile::AdaptMemory;
-use crate::resources::{DaskAutoscaler, DaskCluster, DaskWorkerGroup};
+use crate::operator::names::{CLUSTER_LABEL, COMPONENT_LABEL, SCHEDULER_COMPONENT};
+use crate::operator::reconcile::AdaptMemory;
+use crate::operator::resources::{DaskAutoscaler, DaskCluster, DaskWorkerGroup};
+use crate::{ClusterApi, CreateLimits, FlowControl, FlowLimiter, KubeConnection, SchedulerClient};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -18,7 +15,6 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use tokio_util::either::Either;
 
 /// The namespaces the operator serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,16 +128,6 @@ impl Expectations {
         !self.created.is_empty() || !self.deleted.is_empty()
     }
 
-    /// Forgets a creation the API refused (it cannot appear).
-    pub fn refused_create(&mut self, pod: &str) {
-        self.created.remove(pod);
-    }
-
-    /// Forgets a deletion the API refused (the pod stays).
-    pub fn refused_delete(&mut self, pod: &str) {
-        self.deleted.remove(pod);
-    }
-
     /// Records a pod this operator deleted.
     pub fn deleted(&mut self, pod: &str, now: Instant) {
         self.deleted.insert(pod.to_owned(), now);
@@ -194,8 +180,10 @@ impl Expectations {
 pub struct Context {
     /// The API client.
     pub client: Client,
-    /// The namespaces served.
-    pub scope: Scope,
+    /// The connection it came from (the server's URL for messages).
+    connection: KubeConnection,
+    /// How each batch of pod creations and deletions is capped (`--max-in-flight`).
+    limits: CreateLimits,
     /// The watched objects.
     pub stores: Stores,
     /// How schedulers are reached.
@@ -204,8 +192,8 @@ pub struct Context {
     pub reporter: String,
     /// This operator process in events (`reportingInstance`: its pod's name).
     pub reporter_instance: String,
-    /// Flow control of pod creations and deletions, shared by every reconcile (one API
-    /// server).
+    /// Flow control of pod creations and deletions, shared by every reconcile's batches
+    /// (one API server): [`ClusterApi::with_shared_flow`].
     pub flow: FlowLimiter,
     /// When the operator started (the autoscaler's clock).
     pub started: Instant,
@@ -223,23 +211,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Context {
     /// A context over `stores`.
     pub fn new(
-        client: Client,
-        scope: Scope,
+        connection: KubeConnection,
+        limits: CreateLimits,
         stores: Stores,
         scheduler_access: SchedulerAccess,
         reporter: String,
     ) -> Self {
         let reporter_instance = std::env::var("POD_NAME").unwrap_or_else(|_| reporter.clone());
         Context {
-            client,
-            scope,
+            client: connection.client.clone(),
+            connection,
+            limits,
             stores,
             scheduler_access,
             reporter,
             reporter_instance,
             flow: FlowLimiter::new(FlowControl::new(
-                DEFAULT_INITIAL_IN_FLIGHT,
-                DEFAULT_MAX_IN_FLIGHT,
+                limits.initial_in_flight,
+                limits.max_in_flight,
             )),
             started: Instant::now(),
             expectations: Mutex::default(),
@@ -277,74 +266,32 @@ impl Context {
         lock(&self.adapt).remove(autoscaler);
     }
 
-    /// A connector to a cluster's scheduler HTTP API; `None` when it cannot be reached
-    /// now (port-forward and no running scheduler pod).
-    pub fn scheduler_connector(&self, namespace: &str, cluster: &str) -> Option<SchedulerConnect> {
+    /// The library's pod and Service calls in `namespace`, their batches under the
+    /// operator's shared flow control.
+    pub fn api(&self, namespace: &str) -> ClusterApi {
+        ClusterApi::new(self.connection.clone().in_namespace(namespace))
+            .with_limits(self.limits)
+            .with_shared_flow(self.flow.clone())
+    }
+
+    /// A client of a cluster's scheduler HTTP API: the Service from inside the cluster, a
+    /// port-forward to the scheduler pod from outside; `None` when it cannot be reached now
+    /// (port-forward and no running scheduler pod).
+    pub fn scheduler(&self, namespace: &str, cluster: &str) -> Option<SchedulerClient> {
         #[cfg(test)]
         if let Some(address) = &self.fixed_scheduler {
-            return Some(SchedulerConnect(Either::Left(TcpConnect {
-                address: address.clone(),
-            })));
+            return Some(SchedulerClient::tcp(address.clone()));
         }
         match self.scheduler_access {
-            SchedulerAccess::Service => Some(SchedulerConnect(Either::Left(TcpConnect {
-                address: format!(
-                    "{}.{namespace}:{DASHBOARD_PORT}",
-                    crate::names::scheduler_name(cluster)
-                ),
-            }))),
+            SchedulerAccess::Service => Some(SchedulerClient::tcp(format!(
+                "{}.{namespace}:{}",
+                crate::operator::names::scheduler_name(cluster),
+                crate::operator::names::DASHBOARD_PORT,
+            ))),
             SchedulerAccess::PortForward => {
                 let (pod, _) = self.stores.scheduler_pod(namespace, cluster)?;
-                let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-                Some(SchedulerConnect(Either::Right(PodPortConnect::new(
-                    pods,
-                    pod,
-                    DASHBOARD_PORT,
-                ))))
+                Some(SchedulerClient::forwarded(&self.api(namespace), &pod))
             }
-        }
-    }
-
-    /// Whether a failed call was refused (a 4xx: nothing happened), rather than maybe done
-    /// (a 5xx or a lost answer: the server may have acted on it).
-    pub fn refused(error: &kube::Error) -> bool {
-        matches!(error, kube::Error::Api(s) if (400..500).contains(&s.code))
-    }
-
-    /// Records a call's outcome for flow control.
-    pub fn outcome_of(error: &kube::Error, latency: Duration) -> CallOutcome {
-        match error {
-            kube::Error::Api(s) if s.code == 429 => CallOutcome::Throttled {
-                retry_after: s
-                    .details
-                    .as_ref()
-                    .map(|d| Duration::from_secs(u64::from(d.retry_after_seconds)))
-                    .filter(|d| !d.is_zero()),
-            },
-            kube::Error::Api(s) if s.code >= 500 => CallOutcome::Failed,
-            kube::Error::Api(_) => CallOutcome::Done { latency },
-            _ => CallOutcome::Failed,
-        }
-    }
-}
-
-/// A scheduler connection: TCP to the Service, or a port-forward to the pod.
-pub struct SchedulerConnect(Either<TcpConnect, PodPortConnect>);
-
-impl Connect for SchedulerConnect {
-    type Io = Either<tokio::net::TcpStream, ForwardedStream>;
-
-    async fn connect(&self) -> dask_kube::Result<Self::Io> {
-        match &self.0 {
-            Either::Left(tcp) => tcp.connect().await.map(Either::Left),
-            Either::Right(forward) => forward.connect().await.map(Either::Right),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match &self.0 {
-            Either::Left(tcp) => tcp.describe(),
-            Either::Right(forward) => forward.describe(),
         }
     }
 }

@@ -9,9 +9,9 @@
 
 use super::{Action, Note, Plan};
 use crate::Result;
-use crate::manifests;
-use crate::names;
-use crate::resources::DaskJob;
+use crate::operator::manifests;
+use crate::operator::names;
+use crate::operator::resources::DaskJob;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::{Map, Value, json};
@@ -166,8 +166,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::manifests::tests::upstream_resource;
-    use crate::resources::DaskJobStatus;
+    use crate::operator::manifests::tests::upstream_resource;
+    use crate::operator::resources::DaskJobStatus;
     use rstest::rstest;
 
     const NOW: &str = "2026-05-01T10:00:00Z";

@@ -8,9 +8,9 @@
 
 use super::{Action, Note, Plan, TIMER_PERIOD};
 use crate::Result;
-use crate::manifests::{self, CLUSTER_REPLICAS_ANNOTATION};
-use crate::names;
-use crate::resources::{DaskCluster, DaskWorkerGroup};
+use crate::operator::manifests::{self, CLUSTER_REPLICAS_ANNOTATION};
+use crate::operator::names;
+use crate::operator::resources::{DaskCluster, DaskWorkerGroup};
 use kube::ResourceExt;
 use serde_json::json;
 
@@ -196,8 +196,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::manifests::tests::upstream_resource;
-    use crate::resources::DaskClusterStatus;
+    use crate::operator::manifests::tests::upstream_resource;
+    use crate::operator::resources::DaskClusterStatus;
     use rstest::rstest;
     use serde_json::Value;
 

@@ -10,11 +10,11 @@
 
 use super::{Action, Note, Plan, TIMER_PERIOD};
 use crate::Result;
-use crate::dask_kube_adapter::{
+use crate::operator::manifests::{self, owner_ref};
+use crate::operator::resources::{DaskCluster, DaskWorkerGroup};
+use crate::{
     DeleteReason, PodPhase, SchedulerWorker, WorkerPodState, place_workers, plan_scale_down,
 };
-use crate::manifests::{self, owner_ref};
-use crate::resources::{DaskCluster, DaskWorkerGroup};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::json;
@@ -212,8 +212,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::dask_kube_adapter::RetireTarget;
-    use crate::manifests::tests::upstream_resource;
+    use crate::RetireTarget;
+    use crate::operator::manifests::tests::upstream_resource;
     use rstest::rstest;
 
     fn cluster() -> DaskCluster {

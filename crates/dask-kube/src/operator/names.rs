@@ -2,10 +2,10 @@
 //! (`dask_kubernetes.operator.KubeCluster`), its tests and users' `kubectl` selectors find
 //! what this operator creates.
 
-/// Label naming the cluster an object belongs to.
-pub const CLUSTER_LABEL: &str = "dask.org/cluster-name";
+/// Label naming the cluster an object belongs to (dask-kube's own).
+pub const CLUSTER_LABEL: &str = dask_worker_spec::labels::CLUSTER_NAME;
 /// Label naming an object's role: `scheduler`, `worker`, `workergroup`, `job-runner`.
-pub const COMPONENT_LABEL: &str = "dask.org/component";
+pub const COMPONENT_LABEL: &str = dask_worker_spec::labels::COMPONENT;
 /// Label naming a worker pod's DaskWorkerGroup.
 pub const WORKER_GROUP_LABEL: &str = "dask.org/workergroup-name";
 /// Upstream keeps Istio's sidecar out of scheduler, worker and runner pods (Dask's comms
@@ -13,23 +13,19 @@ pub const WORKER_GROUP_LABEL: &str = "dask.org/workergroup-name";
 pub const ISTIO_INJECT_LABEL: &str = "sidecar.istio.io/inject";
 
 /// `dask.org/component` of the scheduler's Deployment, pod and Service.
-pub const SCHEDULER_COMPONENT: &str = "scheduler";
+pub const SCHEDULER_COMPONENT: &str = dask_worker_spec::labels::SCHEDULER;
 /// `dask.org/component` of worker pods.
-pub const WORKER_COMPONENT: &str = "worker";
+pub const WORKER_COMPONENT: &str = dask_worker_spec::labels::WORKER;
 /// `dask.org/component` of the default DaskWorkerGroup.
 pub const WORKER_GROUP_COMPONENT: &str = "workergroup";
 /// `dask.org/component` of a DaskJob's runner pod.
 pub const JOB_RUNNER_COMPONENT: &str = "job-runner";
 
-/// Env var naming a worker (upstream sets it to the worker's own object name).
-pub const WORKER_NAME_ENV: &str = "DASK_WORKER_NAME";
-/// Env var workers and job runners read the scheduler address from.
-pub const SCHEDULER_ADDRESS_ENV: &str = "DASK_SCHEDULER_ADDRESS";
-
-/// The scheduler's comm port.
-pub const SCHEDULER_PORT: u16 = 8786;
-/// The scheduler's dashboard and HTTP API port.
-pub const DASHBOARD_PORT: u16 = 8787;
+/// Env var naming a worker (upstream sets it to the worker's own object name; the
+/// policy's and dask-kube's worker name too).
+pub const WORKER_NAME_ENV: &str = dask_worker_spec::WORKER_NAME_ENV;
+/// dask-kube's ports and scheduler address variable are upstream's.
+pub use crate::manifests::{DASHBOARD_PORT, SCHEDULER_ADDRESS_ENV, SCHEDULER_PORT};
 
 /// Annotation prefixes upstream does not copy from a resource onto what it creates: kopf's
 /// bookkeeping and `kubectl apply`'s last-applied configuration.
@@ -42,9 +38,9 @@ const SCHEDULER_SUFFIX: &str = "-scheduler";
 /// Longest cluster name whose `<name>-scheduler` Service is still a DNS label (53).
 pub const MAX_CLUSTER_NAME_LEN: usize = MAX_DNS_LABEL - SCHEDULER_SUFFIX.len();
 
-/// The scheduler's Deployment and Service: `<cluster>-scheduler`.
+/// The scheduler's Deployment and Service: `<cluster>-scheduler`, dask-kube's Service name.
 pub fn scheduler_name(cluster: &str) -> String {
-    format!("{cluster}{SCHEDULER_SUFFIX}")
+    crate::manifests::service_name(cluster)
 }
 
 /// The DaskWorkerGroup a DaskCluster creates: `<cluster>-default`.

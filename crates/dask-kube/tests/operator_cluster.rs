@@ -1,18 +1,18 @@
 //! The operator against the local cluster (`e2e-tests/local-cluster/cluster up`): each test
 //! installs the CRDs, runs the operator for one namespace and checks what users rely on.
 //! All `#[ignore]`d: `cargo test` lists them as ignored, the integration tier
-//! (e2e-tests/run-integration.sh, `--test cluster -- --include-ignored`) runs them.
+//! (e2e-tests/run-integration.sh, `--test operator_cluster -- --include-ignored`) runs them.
 //!
 //! The operator runs outside the cluster here, as kopf does in upstream's tests, so it
 //! reaches schedulers by port-forward (`--scheduler-access port-forward`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod operator_common;
 
-use common::{OPERATOR_RULES, deploy, documents, granted, listed};
-use dask_kube::{HttpSchedulerApi, PodPortConnect, SchedulerApi};
-use dask_kube_operator::{
-    DaskCluster, DaskJob, DaskWorkerGroup, OperatorOptions, SchedulerAccess, Scope, crds, run,
+use dask_kube::{
+    CreateLimits, DaskAutoscaler, DaskCluster, DaskJob, DaskWorkerGroup, HttpSchedulerApi,
+    KubeConnection, OperatorOptions, OperatorScope, PodPortConnect, SchedulerAccess, SchedulerApi,
+    operator_crds, run_operator,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
@@ -21,6 +21,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
+use operator_common::{OPERATOR_RULES, deploy, documents, granted, listed};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -69,7 +70,7 @@ where
 async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply("dask-kube-operator-tests").force();
-    for crd in crds() {
+    for crd in operator_crds() {
         let name = crd.name_any();
         api.patch(&name, &params, &Patch::Apply(&crd))
             .await
@@ -87,6 +88,77 @@ async fn install_crds(client: &Client) {
         })
         .await
         .unwrap();
+    }
+}
+
+/// Where `cluster up` runs the operator for every namespace
+/// (e2e-tests/local-cluster/up.d/30-dask-operator.sh, deploy/operator/operator.yaml).
+const CLUSTER_OPERATOR: [&str; 3] = ["deployment/dask-kube-operator", "-n", "dask-kube-operator"];
+
+/// The cluster's own operator, scaled to 0 while a test runs its own for its namespace (in
+/// this process, or as a restricted ServiceAccount): two operators would both create the
+/// workers. Scaled back on drop, also when the test fails. Nothing to do on a cluster
+/// without it.
+struct ClusterOperatorPaused {
+    replicas: Option<String>,
+}
+
+impl ClusterOperatorPaused {
+    async fn pause() -> Self {
+        let [deployment, flag, namespace] = CLUSTER_OPERATOR;
+        let got = kubectl(&[
+            "get",
+            deployment,
+            flag,
+            namespace,
+            "--ignore-not-found",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ]);
+        let replicas = String::from_utf8_lossy(&got.stdout).trim().to_owned();
+        if !got.status.success() || replicas.is_empty() || replicas == "0" {
+            return ClusterOperatorPaused { replicas: None };
+        }
+        let scaled = kubectl(&["scale", deployment, flag, namespace, "--replicas=0"]);
+        assert!(
+            scaled.status.success(),
+            "{}",
+            String::from_utf8_lossy(&scaled.stderr)
+        );
+        let paused = ClusterOperatorPaused {
+            replicas: Some(replicas),
+        };
+        wait_for("the cluster's operator pod to go", WAIT, || async {
+            let left = kubectl(&[
+                "get",
+                "pods",
+                flag,
+                namespace,
+                "-l",
+                "app.kubernetes.io/name=dask-kube-operator",
+                "-o",
+                "name",
+            ]);
+            left.status.success() && left.stdout.is_empty()
+        })
+        .await
+        .unwrap();
+        paused
+    }
+}
+
+impl Drop for ClusterOperatorPaused {
+    fn drop(&mut self) {
+        if let Some(replicas) = &self.replicas {
+            let [deployment, flag, namespace] = CLUSTER_OPERATOR;
+            let _ = kubectl(&[
+                "scale",
+                deployment,
+                flag,
+                namespace,
+                &format!("--replicas={replicas}"),
+            ]);
+        }
     }
 }
 
@@ -134,7 +206,7 @@ impl Drop for TestNamespace {
 
 fn fixture(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("tests/fixtures/operator")
         .join(file)
 }
 
@@ -159,16 +231,19 @@ async fn create(client: &Client, ns: &str, file: &str) -> Value {
 }
 
 /// The operator for `ns`, in this process, as the admin.
-fn spawn_operator(
-    client: Client,
-    ns: &str,
-) -> tokio::task::JoinHandle<dask_kube_operator::Result<()>> {
-    tokio::spawn(run(
+fn spawn_operator(client: Client, ns: &str) -> tokio::task::JoinHandle<dask_kube::Result<()>> {
+    let connection = KubeConnection::new(
         client,
+        ns,
+        cluster_harness::kubeconfig_path().display().to_string(),
+    );
+    tokio::spawn(run_operator(
+        connection,
         OperatorOptions {
-            scope: Scope::Namespace(ns.to_owned()),
+            scope: OperatorScope::Namespace(ns.to_owned()),
             scheduler_access: SchedulerAccess::PortForward,
             reporter: "dask-kube-operator".into(),
+            limits: CreateLimits::default(),
         },
     ))
 }
@@ -254,6 +329,7 @@ async fn event_messages(client: &Client, ns: &str, name: &str) -> Vec<String> {
 async fn a_daskcluster_runs_heals_scales_and_goes() {
     let client = cluster().await;
     let _serial = SERIAL.lock().await;
+    let _paused = ClusterOperatorPaused::pause().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "dko-life").await;
     let operator = spawn_operator(client.clone(), &ns.name);
@@ -422,6 +498,7 @@ async fn a_daskcluster_runs_heals_scales_and_goes() {
 async fn a_daskjob_runs_and_removes_its_cluster() {
     let client = cluster().await;
     let _serial = SERIAL.lock().await;
+    let _paused = ClusterOperatorPaused::pause().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "dko-job").await;
     let operator = spawn_operator(client.clone(), &ns.name);
@@ -484,11 +561,12 @@ async fn a_daskjob_runs_and_removes_its_cluster() {
 async fn an_autoscaler_keeps_its_group_in_range() {
     let client = cluster().await;
     let _serial = SERIAL.lock().await;
+    let _paused = ClusterOperatorPaused::pause().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "dko-adapt").await;
     let operator = spawn_operator(client.clone(), &ns.name);
     create(&client, &ns.name, "cluster.yaml").await;
-    let resource = ApiResource::erase::<dask_kube_operator::DaskAutoscaler>(&());
+    let resource = ApiResource::erase::<DaskAutoscaler>(&());
     let autoscalers: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &resource);
     let autoscaler: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskAutoscaler",
@@ -515,7 +593,7 @@ async fn an_autoscaler_keeps_its_group_in_range() {
     operator.abort();
 }
 
-/// The whole life cycle as the operator's ServiceAccount (deploy/rbac-namespace.yaml; plus
+/// The whole life cycle as the operator's ServiceAccount (deploy/operator/rbac-namespace.yaml; plus
 /// pods/portforward, which only an operator outside the cluster needs) passes, and with
 /// any one rule removed some step fails and the operator's log names the missing verb and
 /// resource: every rule is needed.
@@ -524,6 +602,7 @@ async fn an_autoscaler_keeps_its_group_in_range() {
 async fn every_rule_of_the_operator_role_is_needed() {
     let client = cluster().await;
     let _serial = SERIAL.lock().await;
+    let _paused = ClusterOperatorPaused::pause().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "dko-rules").await;
     let applied = kubectl(&[
@@ -591,7 +670,7 @@ async fn every_rule_of_the_operator_role_is_needed() {
         .await;
         restore_role(&roles, &full).await;
         let (step, log) = result.err().unwrap_or_else(|| {
-            panic!("without {verb} {resource} every step passed: the rule is not needed, remove it from deploy/rbac-*.yaml")
+            panic!("without {verb} {resource} every step passed: the rule is not needed, remove it from deploy/operator/rbac-*.yaml")
         });
         let said = format!("cannot {verb} resource \"{resource}\"");
         let line = log.lines().find(|l| l.contains(&said)).unwrap_or_else(|| {
@@ -621,8 +700,9 @@ async fn life_cycle(
 ) -> Result<(), (String, String)> {
     let log_path = dir.join(format!("operator-{case}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_dask-kube-operator"))
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_dask-kube"))
         .args([
+            "operator",
             "run",
             "--namespace",
             ns,
@@ -630,7 +710,7 @@ async fn life_cycle(
             "port-forward",
         ])
         .env("KUBECONFIG", sa_config)
-        .env("RUST_LOG", "dask_kube_operator=debug,kube=warn")
+        .env("DASK_KUBE_LOG", "dask_kube=debug,kube=warn")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -687,7 +767,7 @@ async fn life_cycle(
         })
         .await
         .map_err(|e| ("scale down (retire, delete)".to_owned(), e))?;
-        let resource = ApiResource::erase::<dask_kube_operator::DaskAutoscaler>(&());
+        let resource = ApiResource::erase::<DaskAutoscaler>(&());
         let autoscalers: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
         let autoscaler: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskAutoscaler",
@@ -862,7 +942,7 @@ async fn restore_role(roles: &Api<Role>, full: &Role) {
 }
 
 /// The cluster-wide flavour grants what the namespaced one does (checked without a cluster
-/// in tests/deploy.rs); here it is applied and its ServiceAccount may list DaskClusters in
+/// in tests/operator_deploy.rs); here it is applied and its ServiceAccount may list DaskClusters in
 /// any namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster"]

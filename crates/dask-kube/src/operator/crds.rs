@@ -1,5 +1,5 @@
 //! The CustomResourceDefinitions to install: what kube's derive generates from
-//! [`crate::resources`], with the subresources and root schema set as upstream's CRDs have them.
+//! [`crate::operator::resources`], with the subresources and root schema set as upstream's CRDs have them.
 //!
 //! kube's derive ties the status subresource to having a status type, and drops the scale
 //! subresource when there is none; upstream's `DaskCluster` and `DaskWorkerGroup` have a status
@@ -8,7 +8,7 @@
 //! schema's derive-only extras (`title`, a generated `description`, `nullable` status), are
 //! set here.
 
-use crate::resources::{DaskAutoscaler, DaskCluster, DaskJob, DaskWorkerGroup};
+use crate::operator::resources::{DaskAutoscaler, DaskCluster, DaskJob, DaskWorkerGroup};
 use crate::{Error, Result};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, CustomResourceSubresourceScale, CustomResourceSubresourceStatus,
@@ -137,7 +137,7 @@ mod tests {
     fn upstream(plural: &str) -> Value {
         let file = plural.trim_end_matches('s').to_owned() + ".yaml";
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/upstream-2026.3.0/crds")
+            .join("tests/fixtures/operator/upstream-2026.3.0/crds")
             .join(file);
         let text = std::fs::read_to_string(&path).unwrap();
         serde_norway::from_str(&text).unwrap()

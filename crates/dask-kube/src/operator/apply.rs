@@ -1,20 +1,16 @@
 //! Carries out a [`Plan`] against the API server and the scheduler: the only place the
 //! planners' decisions turn into calls.
 
-use crate::context::Context;
-use crate::dask_kube_adapter::{
-    CallOutcome, HttpSchedulerApi, RetireTarget, SchedulerApi, WorkerPodState,
-    retired_pods_to_delete,
+use crate::operator::context::Context;
+use crate::operator::names::WORKER_GROUP_LABEL;
+use crate::operator::reconcile::{Action, Note, Plan};
+use crate::operator::resources::{DaskCluster, DaskWorkerGroup};
+use crate::{
+    BatchReport, Error, Result, RetireTarget, SchedulerApi, WorkerPodState, retired_pods_to_delete,
 };
-use crate::names::WORKER_GROUP_LABEL;
-use crate::reconcile::{Action, Note, Plan};
-use crate::resources::{DaskCluster, DaskWorkerGroup};
-use crate::{Error, Result};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-    PostParams, Preconditions,
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -235,6 +231,19 @@ fn group_ref<K: Resource<DynamicType = ()>>(object: &K) -> Option<ObjectRef<Dask
         .then(|| ObjectRef::new(&object.name_any()).within(&object.namespace().unwrap_or_default()))
 }
 
+/// What a batch did as this operator reports it: the API server's refusal that stopped it,
+/// else every failure.
+fn batch_result(what: String, report: BatchReport, stopped: Option<Error>) -> Result<()> {
+    match stopped {
+        Some(e) => Err(e),
+        None => report.into_result(&what).map(|_| ()),
+    }
+}
+
+/// Creates the plan's pods with the library's batch (under the shared flow control; a
+/// create whose answer was lost is looked up, never sent twice) and records the pods it
+/// made in the group's expectations, so a reconcile before the watch shows them does not
+/// make them again.
 async fn create_pods<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     owner: &K,
@@ -244,126 +253,67 @@ async fn create_pods<K: Resource<DynamicType = ()>>(
     if manifests.is_empty() {
         return Ok(());
     }
-    let group = group_ref(owner);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    futures::stream::iter(manifests)
-        .map(|manifest| {
-            let (pods, params, group) = (pods.clone(), params.clone(), group.clone());
-            async move {
-                let pod: Pod = serde_json::from_value(manifest).map_err(|e| Error::Render {
-                    what: "Pod",
-                    reason: e.to_string(),
-                })?;
-                let name = pod.name_any();
-                if let Some(group) = &group {
-                    ctx.with_expectations(group, |e| e.created(&name, Instant::now()));
-                }
-                let permit = ctx.flow.acquire().await;
-                let started = Instant::now();
-                match pods.create(&params, &pod).await {
-                    Ok(_) => {
-                        permit.finish(CallOutcome::Done {
-                            latency: started.elapsed(),
-                        });
-                        Ok(())
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 409 => {
-                        permit.finish(CallOutcome::Done {
-                            latency: started.elapsed(),
-                        });
-                        Ok(())
-                    }
-                    Err(e) => {
-                        permit.finish(Context::outcome_of(&e, started.elapsed()));
-                        if let (Some(group), true) = (&group, Context::refused(&e)) {
-                            ctx.with_expectations(group, |x| x.refused_create(&name));
-                        }
-                        Err(api_error("create", "Pod", namespace, &name, e))
-                    }
-                }
-            }
-        })
-        .buffer_unordered(crate::dask_kube_adapter::DEFAULT_MAX_IN_FLIGHT)
-        .collect::<Vec<Result<()>>>()
-        .await
+    let pods = manifests
         .into_iter()
-        .collect::<Result<Vec<()>>>()
-        .map(|_| ())
+        .map(|m| {
+            serde_json::from_value::<Pod>(m).map_err(|e| Error::Render {
+                what: "Pod",
+                reason: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<Pod>>>()?;
+    let (report, stopped) = ctx.api(namespace).create_pods(pods).await;
+    if let Some(group) = group_ref(owner) {
+        let now = Instant::now();
+        ctx.with_expectations(&group, |e| {
+            for name in &report.done {
+                e.created(name, now);
+            }
+        });
+    }
+    batch_result(
+        format!(
+            "create worker pods of {} {namespace}/{}",
+            K::kind(&()),
+            owner.name_any()
+        ),
+        report,
+        stopped,
+    )
 }
 
+/// Deletes pods with the library's batch; those listed with a `resourceVersion` only if
+/// still unchanged (one that changed is kept and planned again from its new state).
 async fn delete_pods<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     owner: &K,
     namespace: &str,
-    names: &[(String, Option<String>)],
+    pods: &[(String, Option<String>)],
 ) -> Result<()> {
-    if names.is_empty() {
+    if pods.is_empty() {
         return Ok(());
     }
-    let group = group_ref(owner);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    futures::stream::iter(names.iter().cloned())
-        .map(|(name, unchanged_since)| {
-            let (pods, group) = (pods.clone(), group.clone());
-            let params = DeleteParams {
-                preconditions: unchanged_since.map(|rv| Preconditions {
-                    resource_version: Some(rv),
-                    uid: None,
-                }),
-                ..DeleteParams::default()
-            };
-            async move {
-                if let Some(group) = &group {
-                    ctx.with_expectations(group, |e| e.deleted(&name, Instant::now()));
-                }
-                let permit = ctx.flow.acquire().await;
-                let started = Instant::now();
-                match pods.delete(&name, &params).await {
-                    Ok(_) => {
-                        permit.finish(CallOutcome::Done {
-                            latency: started.elapsed(),
-                        });
-                        Ok(())
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 404 => {
-                        permit.finish(CallOutcome::Done {
-                            latency: started.elapsed(),
-                        });
-                        Ok(())
-                    }
-                    // The precondition failed: the pod changed since it was listed (a
-                    // container started and may hold a worker). Kept; the next reconcile
-                    // decides again from its new state.
-                    Err(kube::Error::Api(s)) if s.code == 409 => {
-                        permit.finish(CallOutcome::Done {
-                            latency: started.elapsed(),
-                        });
-                        if let Some(group) = &group {
-                            ctx.with_expectations(group, |x| x.refused_delete(&name));
-                        }
-                        info!(%namespace, pod = %name, "kept: it changed since it was listed");
-                        Ok(())
-                    }
-                    Err(e) => {
-                        permit.finish(Context::outcome_of(&e, started.elapsed()));
-                        if let (Some(group), true) = (&group, Context::refused(&e)) {
-                            ctx.with_expectations(group, |x| x.refused_delete(&name));
-                        }
-                        Err(api_error("delete", "Pod", namespace, &name, e))
-                    }
-                }
+    let (report, changed) = ctx.api(namespace).delete_pods_unchanged(pods).await;
+    for pod in &changed {
+        info!(%namespace, %pod, "kept: it changed since it was listed");
+    }
+    if let Some(group) = group_ref(owner) {
+        let now = Instant::now();
+        ctx.with_expectations(&group, |e| {
+            for name in &report.done {
+                e.deleted(name, now);
             }
-        })
-        .buffer_unordered(crate::dask_kube_adapter::DEFAULT_MAX_IN_FLIGHT)
-        .collect::<Vec<Result<()>>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<()>>>()
-        .map(|_| ())
+        });
+    }
+    batch_result(
+        format!(
+            "delete worker pods of {} {namespace}/{}",
+            K::kind(&()),
+            owner.name_any()
+        ),
+        report,
+        None,
+    )
 }
 
 /// Retires the targets' workers, then deletes the pods dask-kube's
@@ -379,30 +329,23 @@ async fn retire_then_delete<K: Resource<DynamicType = ()>>(
     group: &str,
     targets: &[RetireTarget],
 ) -> Result<()> {
-    let unreachable = |reason: String| Error::SchedulerUnreachable {
-        cluster: cluster.to_owned(),
-        reason,
+    let Some(scheduler) = ctx.scheduler(namespace, cluster) else {
+        return Err(Error::SchedulerUnreachable {
+            endpoint: format!("the scheduler pod of DaskCluster {namespace}/{cluster}"),
+            reason: "no running scheduler pod to port-forward to".into(),
+        });
     };
-    let Some(connector) = ctx.scheduler_connector(namespace, cluster) else {
-        return Err(unreachable(
-            "no running scheduler pod to port-forward to".into(),
-        ));
-    };
-    let api = HttpSchedulerApi::new(connector);
     let addresses: Vec<String> = targets.iter().flat_map(|t| t.addresses.clone()).collect();
-    let retired: BTreeSet<String> = api
-        .retire_workers(&addresses)
+    let retired: BTreeSet<String> = scheduler.retire_workers(&addresses).await?;
+    // Pods first, then workers: a worker that connects in between is seen.
+    let fresh_pods: Option<Vec<WorkerPodState>> = ctx
+        .api(namespace)
+        .list_pods(&format!("{WORKER_GROUP_LABEL}={group}"))
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let listed = pods
-        .list(&ListParams::default().labels(&format!("{WORKER_GROUP_LABEL}={group}")))
-        .await;
-    let fresh_pods: Option<Vec<WorkerPodState>> = listed
         .ok()
-        .map(|l| l.items.iter().map(WorkerPodState::from_pod).collect());
+        .map(|pods| pods.iter().map(WorkerPodState::from_pod).collect());
     let fresh_workers = match &fresh_pods {
-        Some(_) => api.workers().await.ok(),
+        Some(_) => scheduler.workers().await.ok(),
         None => None,
     };
     let fresh = fresh_pods.as_deref().zip(fresh_workers.as_deref());

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Every (resource, verb) the operator's Role and ClusterRole grant, each proven needed by
-/// `every_rule_of_the_operator_role_is_needed` (tests/cluster.rs). A rule added to the
+/// `every_rule_of_the_operator_role_is_needed` (tests/operator_cluster.rs). A rule added to the
 /// manifests must be added here, and the cluster test then proves it.
 pub const OPERATOR_RULES: &[(&str, &str)] = &[
     ("daskclusters", "list"),
@@ -39,10 +39,18 @@ pub const OPERATOR_RULES: &[(&str, &str)] = &[
     ("events", "create"),
 ];
 
-/// A file of the crate's `deploy/` directory.
+/// Rules the manifests grant for what a cluster run does not meet: `get pods` looks up a
+/// pod whose creation's answer was lost (or whose name was taken) before it is sent again,
+/// so a retry never makes a second worker. Proven by dask-kube's mock tests
+/// (`src/apiserver/create.rs`: `a_lost_answer_is_looked_up_not_repeated`,
+/// `creation_retries_throttling_and_conflicts_without_duplicates`), not by removing it from
+/// a Role on the cluster (`every_rule_of_the_operator_role_is_needed` skips these).
+pub const RULES_FOR_LOST_ANSWERS: &[(&str, &str)] = &[("pods", "get")];
+
+/// A file of the operator's `deploy/operator/` directory.
 pub fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy")
+        .join("deploy/operator")
         .join(file)
 }
 
@@ -84,10 +92,11 @@ pub fn granted(role: &Value) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// [`OPERATOR_RULES`] as a set.
+/// [`OPERATOR_RULES`] and [`RULES_FOR_LOST_ANSWERS`] as a set: what the manifests grant.
 pub fn listed() -> BTreeSet<(String, String)> {
     OPERATOR_RULES
         .iter()
+        .chain(RULES_FOR_LOST_ANSWERS)
         .map(|(r, v)| ((*r).to_owned(), (*v).to_owned()))
         .collect()
 }

@@ -14,10 +14,10 @@
 
 use super::{Action, Note, Plan, TIMER_PERIOD};
 use crate::Result;
-use crate::dask_kube_adapter::{AdaptPolicy, ScaleAction, TargetSample, WorkerPodState, decide};
-use crate::manifests::owner_ref;
-use crate::names::{self, WORKER_GROUP_LABEL};
-use crate::resources::{DaskAutoscaler, DaskCluster, DaskWorkerGroup};
+use crate::operator::manifests::owner_ref;
+use crate::operator::names::{self, WORKER_GROUP_LABEL};
+use crate::operator::resources::{DaskAutoscaler, DaskCluster, DaskWorkerGroup};
+use crate::{AdaptPolicy, ScaleAction, TargetSample, WorkerPodState, decide};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::json;
@@ -161,13 +161,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::manifests::{self, tests::upstream_resource};
+    use crate::operator::manifests::{self, tests::upstream_resource};
     use rstest::rstest;
 
     fn autoscaler(min: i64, max: i64, label: Option<&str>) -> DaskAutoscaler {
         let mut a = DaskAutoscaler::new(
             "simple",
-            crate::resources::DaskAutoscalerSpec {
+            crate::operator::resources::DaskAutoscalerSpec {
                 cluster: "simple".into(),
                 minimum: min,
                 maximum: max,

@@ -1,12 +1,12 @@
-//! The manifests under deploy/ say what the code does: the CRDs are what the types
+//! The manifests under deploy/operator/ say what the code does: the CRDs are what the types
 //! generate, the two RBAC flavours grant the same rules (and exactly the rules the cluster
 //! test proves needed), and the Deployments run the operator as the ServiceAccount they
 //! bind. No cluster needed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod operator_common;
 
-use common::{deploy, documents, granted, listed};
+use operator_common::{deploy, documents, granted, listed};
 use serde_json::Value;
 
 fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
@@ -15,16 +15,34 @@ fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind}"))
 }
 
-/// deploy/crds.yaml is `dask-kube-operator crds`: regenerate it with
-/// `cargo run -p dask-kube-operator -- crds > crates/dask-kube-operator/deploy/crds.yaml`.
+/// deploy/operator/crds.yaml is `dask-kube operator crds`: regenerate it with
+/// `cargo run -p dask-kube -- operator crds > crates/dask-kube/deploy/operator/crds.yaml`.
 #[test]
 fn committed_crds_are_the_generated_ones() {
     let committed = std::fs::read_to_string(deploy("crds.yaml")).unwrap();
     assert_eq!(
         committed,
-        dask_kube_operator::crds_yaml().unwrap(),
-        "deploy/crds.yaml is stale: regenerate it with `cargo run -p dask-kube-operator -- crds`"
+        dask_kube::operator_crds_yaml().unwrap(),
+        "deploy/operator/crds.yaml is stale: regenerate it with `cargo run -p dask-kube -- operator crds`"
     );
+}
+
+/// What the cluster's hook applies (`dask-kube operator crds | kubectl apply -f -`) is the
+/// committed file: the binary's `operator` verb is wired to the same CRDs.
+#[test]
+fn the_binary_prints_the_committed_crds() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dask-kube"))
+        .args(["operator", "crds"])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = std::fs::read_to_string(deploy("crds.yaml")).unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
 }
 
 #[test]
