@@ -196,10 +196,11 @@ pub use manifests::{
 };
 pub use names::NameVars;
 pub use operator::{
-    DASK_OPERATOR_GROUP, DASK_OPERATOR_VERSION, DaskAutoscaler, DaskAutoscalerSpec, DaskCluster,
-    DaskClusterSpec, DaskClusterStatus, DaskJob, DaskJobCluster, DaskJobRunner, DaskJobSpec,
-    DaskJobStatus, DaskScheduler, DaskWorker, DaskWorkerGroup, DaskWorkerGroupSpec, OpaqueStatus,
-    OperatorOptions, OperatorScope, READY_LINE as OPERATOR_READY_LINE, RawSpec, SchedulerAccess,
+    CreateMode, DASK_OPERATOR_GROUP, DASK_OPERATOR_VERSION, DaskAutoscaler, DaskAutoscalerSpec,
+    DaskCluster, DaskClusterSpec, DaskClusterStatus, DaskJob, DaskJobCluster, DaskJobRunner,
+    DaskJobSpec, DaskJobStatus, DaskScheduler, DaskWorker, DaskWorkerGroup, DaskWorkerGroupSpec,
+    OpaqueStatus, OperatorCluster, OperatorClusterOptions, OperatorOptions, OperatorScope,
+    READY_LINE as OPERATOR_READY_LINE, RawSpec, SchedulerAccess, SchedulerPodConnect,
     SimpleObjectMeta, default_worker_group_name, operator_crds, operator_crds_yaml, run_operator,
 };
 pub use portforward::{ForwardedStream, LocalForwarder, PodPortConnect};

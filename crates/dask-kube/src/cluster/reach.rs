@@ -129,7 +129,7 @@ pub(crate) struct LocalPorts {
 
 /// Whether to use the Service directly: inside a pod (the service-account env is set) and
 /// the Service name resolves.
-async fn use_service(access: Access, service_host: &str) -> bool {
+pub(crate) async fn use_service(access: Access, service_host: &str) -> bool {
     match access {
         Access::Direct => true,
         Access::PortForward => false,

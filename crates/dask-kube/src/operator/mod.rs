@@ -20,6 +20,7 @@
 //! [`operator_crds_yaml`], and the resource types ([`DaskCluster`], ...).
 
 mod apply;
+mod client;
 mod context;
 mod controller;
 mod crds;
@@ -28,6 +29,7 @@ mod names;
 mod reconcile;
 mod resources;
 
+pub use client::{CreateMode, OperatorCluster, OperatorClusterOptions, SchedulerPodConnect};
 pub use context::{SchedulerAccess, Scope as OperatorScope};
 pub use controller::{OperatorOptions, READY_LINE, run as run_operator};
 pub use crds::{crds as operator_crds, crds_yaml as operator_crds_yaml};
