@@ -201,7 +201,8 @@ pub use operator::{
     DaskJobSpec, DaskJobStatus, DaskScheduler, DaskWorker, DaskWorkerGroup, DaskWorkerGroupSpec,
     OpaqueStatus, OperatorCluster, OperatorClusterOptions, OperatorOptions, OperatorScope,
     READY_LINE as OPERATOR_READY_LINE, RawSpec, SchedulerAccess, SchedulerPodConnect,
-    SimpleObjectMeta, default_worker_group_name, operator_crds, operator_crds_yaml, run_operator,
+    SimpleObjectMeta, default_worker_group_name, delete_dask_cluster, operator_crds,
+    operator_crds_yaml, run_operator,
 };
 pub use portforward::{ForwardedStream, LocalForwarder, PodPortConnect};
 pub use request::{

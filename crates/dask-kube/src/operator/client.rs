@@ -222,8 +222,8 @@ impl OperatorCluster {
     /// Creates `resource` (a `DaskCluster` named `name`; `None` only connects) or connects
     /// to the one that exists, as `options.create_mode` says; waits until the operator has
     /// taken it (its phase set) and its scheduler pod is ready, then reaches the scheduler
-    /// and waits for its HTTP API. A cluster this call created is deleted again when the
-    /// start fails.
+    /// and waits for its HTTP API ([`Self::create_or_connect`], then [`Self::reach`]). A
+    /// cluster this call created is deleted again when the start fails.
     ///
     /// # Errors
     /// The create mode's refusal, no operator acting within `resource_timeout` (the error
@@ -234,69 +234,87 @@ impl OperatorCluster {
         resource: Option<Value>,
         options: &OperatorClusterOptions,
     ) -> Result<Self> {
-        let namespace = api.namespace().to_owned();
-        let clusters: Api<DaskCluster> =
-            Api::namespaced(api.connection().client.clone(), &namespace);
-        let existing = clusters
-            .get_opt(name)
-            .await
-            .map_err(|e| kube_error(e, &format!("get DaskCluster {namespace}/{name}")))?;
-        let mode = if resource.is_some() {
-            options.create_mode
-        } else {
-            CreateMode::ConnectOnly
-        };
-        let create = mode.creates(existing.is_some(), name, &namespace)?;
-        let mut created = false;
-        if create && let Some(resource) = resource {
-            let object: DaskCluster =
-                serde_json::from_value(resource).map_err(|e| Error::InvalidResource {
-                    kind: "DaskCluster".into(),
-                    name: name.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            let params = PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            };
-            match clusters.create(&params, &object).await {
-                Ok(_) => created = true,
-                // Made meanwhile by another client: connect, as the mode allows.
-                Err(kube::Error::Api(s))
-                    if s.code == 409 && mode == CreateMode::CreateOrConnect => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    return Err(Error::Usage(format!(
-                        "cannot create DaskCluster {name}: the kubernetes.dask.org CRDs are not installed \
-                         (dask-kube operator crds | kubectl apply -f -; crates/dask-kube/OPERATOR.md)"
-                    )));
-                }
-                Err(e) => {
-                    return Err(kube_error(
-                        e,
-                        &format!("create DaskCluster {namespace}/{name}"),
-                    ));
-                }
-            }
-            info!(cluster = %name, %namespace, "DaskCluster created");
-        }
-        match Self::reach(api.clone(), &clusters, name, options, created).await {
+        let created = Self::create_or_connect(&api, name, resource, options.create_mode).await?;
+        match Self::reach(api.clone(), name, options, created).await {
             Ok(cluster) => Ok(cluster),
             Err(e) => {
                 if created {
-                    let _ = clusters.delete(name, &DeleteParams::foreground()).await;
+                    let _ = delete_dask_cluster(&api, name).await;
                 }
                 Err(e)
             }
         }
     }
 
-    async fn reach(
+    /// The first half of [`Self::start`]: creates `resource` or finds the `DaskCluster`
+    /// that exists, as `mode` says (`resource` `None`: connect only). Whether it created
+    /// it: the caller deletes it when what follows fails or is cancelled.
+    ///
+    /// # Errors
+    /// The create mode's refusal, CRDs not installed, API errors.
+    pub async fn create_or_connect(
+        api: &ClusterApi,
+        name: &str,
+        resource: Option<Value>,
+        mode: CreateMode,
+    ) -> Result<bool> {
+        let namespace = api.namespace().to_owned();
+        let clusters = dask_clusters(api);
+        let existing = clusters
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_error(e, &format!("get DaskCluster {namespace}/{name}")))?;
+        let Some(resource) = resource else {
+            CreateMode::ConnectOnly.creates(existing.is_some(), name, &namespace)?;
+            return Ok(false);
+        };
+        if !mode.creates(existing.is_some(), name, &namespace)? {
+            return Ok(false);
+        }
+        let object: DaskCluster =
+            serde_json::from_value(resource).map_err(|e| Error::InvalidResource {
+                kind: "DaskCluster".into(),
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match clusters.create(&params, &object).await {
+            Ok(_) => {
+                info!(cluster = %name, %namespace, "DaskCluster created");
+                Ok(true)
+            }
+            // Made meanwhile by another client: connect, as the mode allows.
+            Err(kube::Error::Api(s)) if s.code == 409 && mode == CreateMode::CreateOrConnect => {
+                Ok(false)
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::Usage(format!(
+                "cannot create DaskCluster {name}: the kubernetes.dask.org CRDs are not installed \
+                 (dask-kube operator crds | kubectl apply -f -; crates/dask-kube/OPERATOR.md)"
+            ))),
+            Err(e) => Err(kube_error(
+                e,
+                &format!("create DaskCluster {namespace}/{name}"),
+            )),
+        }
+    }
+
+    /// The second half of [`Self::start`]: waits until the operator has taken DaskCluster
+    /// `name` (its phase set) and its scheduler pod is ready, reaches the scheduler and
+    /// waits for its HTTP API. `created` is what [`Self::create_or_connect`] said.
+    ///
+    /// # Errors
+    /// No operator acting within `resource_timeout`, a scheduler that does not become
+    /// ready (its pod's state), a scheduler API that does not answer, API errors.
+    pub async fn reach(
         api: ClusterApi,
-        clusters: &Api<DaskCluster>,
         name: &str,
         options: &OperatorClusterOptions,
         created: bool,
     ) -> Result<Self> {
+        let clusters = &dask_clusters(&api);
         let namespace = api.namespace().to_owned();
         let deadline = Instant::now() + options.resource_timeout;
         // The operator takes it: upstream's client waits for the phase the same way.
@@ -637,9 +655,6 @@ impl OperatorCluster {
     /// # Errors
     /// API errors deleting it; pods left after `timeout` are reported in `leftovers`.
     pub async fn close(self, timeout: Duration) -> Result<CloseReport> {
-        let namespace = self.api.namespace().to_owned();
-        let clusters: Api<DaskCluster> =
-            Api::namespaced(self.api.connection().client.clone(), &namespace);
         let selector = format!("{CLUSTER_LABEL}={}", self.name);
         let before: Vec<String> = self
             .api
@@ -652,22 +667,36 @@ impl OperatorCluster {
         let api = self.api.clone();
         let name = self.name.clone();
         self.detach().await;
-        match clusters.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                return Err(kube_error(
-                    e,
-                    &format!("delete DaskCluster {namespace}/{name}"),
-                ));
-            }
-        }
+        delete_dask_cluster(&api, &name).await?;
         let leftovers = api.wait_pods_gone(&selector, &before, timeout).await;
         Ok(CloseReport {
             retired: 0,
             deleted_pods: before.len() - leftovers.len(),
             leftovers: leftovers.into_iter().map(|p| format!("pod/{p}")).collect(),
         })
+    }
+}
+
+fn dask_clusters(api: &ClusterApi) -> Api<DaskCluster> {
+    Api::namespaced(api.connection().client.clone(), api.namespace())
+}
+
+/// Deletes DaskCluster `name` (gone already is fine): the operator's objects go with it
+/// through the garbage collector.
+///
+/// # Errors
+/// API errors.
+pub async fn delete_dask_cluster(api: &ClusterApi, name: &str) -> Result<()> {
+    match dask_clusters(api)
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(kube_error(
+            e,
+            &format!("delete DaskCluster {}/{name}", api.namespace()),
+        )),
     }
 }
 

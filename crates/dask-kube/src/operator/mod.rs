@@ -29,7 +29,9 @@ mod names;
 mod reconcile;
 mod resources;
 
-pub use client::{CreateMode, OperatorCluster, OperatorClusterOptions, SchedulerPodConnect};
+pub use client::{
+    CreateMode, OperatorCluster, OperatorClusterOptions, SchedulerPodConnect, delete_dask_cluster,
+};
 pub use context::{SchedulerAccess, Scope as OperatorScope};
 pub use controller::{OperatorOptions, READY_LINE, run as run_operator};
 pub use crds::{crds as operator_crds, crds_yaml as operator_crds_yaml};
