@@ -6,7 +6,8 @@
 #
 # The image is the one images/build.sh makes of the workspace's debug dask-kube binary. That
 # binary is built here first (cargo's no-op when current) and the image pushed again if it
-# changed since `cluster up` built the images; the Deployment names it by digest
+# changed since `cluster up` built the images (and $STATE_DIR/images.digests, which `cluster
+# env` reads, updated); the Deployment names it by digest
 # (ghcr.io/dask-on-k8s/dask-kube:<version>@sha256:...), so the nodes run exactly what was
 # built: a tag with IfNotPresent would keep a node's older copy, and a new binary changes
 # the digest, which rolls the Deployment.
@@ -57,6 +58,12 @@ digests="$("$BUILDER" --registry "$registry" --dask-kube-bin "$BIN" dask-kube)" 
 image="$(grep -E '^ghcr\.io/dask-on-k8s/dask-kube:[^@]+@sha256:[0-9a-f]{64}$' <<<"$digests" | grep -v ':latest@' | head -n1 || true)"
 [[ -n "$image" ]] || die "$BUILDER printed no digest of ghcr.io/dask-on-k8s/dask-kube:<version>: $digests"
 log "image $image"
+# `cluster env` names the controller image from what `up` recorded: record this build.
+if [[ -f "$STATE_DIR/images.digests" ]]; then
+  { grep -v '^ghcr\.io/dask-on-k8s/dask-kube:' "$STATE_DIR/images.digests" || true
+    grep '^ghcr\.io/dask-on-k8s/dask-kube:' <<<"$digests"; } >"$STATE_DIR/images.digests.tmp"
+  mv "$STATE_DIR/images.digests.tmp" "$STATE_DIR/images.digests"
+fi
 
 # ---- CRDs, then RBAC, then the Deployment
 "$BIN" operator crds | kubectl apply -f - >/dev/null || die "applying the CRDs failed"
