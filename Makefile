@@ -87,6 +87,7 @@ unit: setup venv ## tests that need no cluster (unit, table, property, golden fi
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 	VENV=$(VENV) e2e-tests/python/run-tests.sh unit
 	$(PYTHON) -m pytest -ra e2e-tests/kubewarden
+	$(PYTHON) -m pytest -ra -p no:cacheprovider --noconftest e2e-tests/operator/test_bench.py
 	cd e2e-tests/kubewarden/matchconditions && go test ./...
 
 e2e-policy: wasm ## the golden fixtures: natively (tests/admission_fixtures.rs), then by kwctl (bats)
@@ -135,6 +136,20 @@ bench-scale: setup wasm venv ## time to N Pending pods and back to 0: raw apiser
 .PHONY: fuzz
 fuzz: ## bounded fuzz campaign of the policy (cargo-fuzz on nightly; FUZZ_RUNS per target)
 	CACHE_DIR=$(CACHE_DIR) fuzz/run.sh
+
+# dask-kubernetes 2026.3.0 (its kopf operator and client) and distributed, for the upstream
+# operator tests (e2e-tests/operator/run-upstream-tests.sh) and the operator bench.
+OPERATOR_VENV ?= $(CACHE_DIR)/venv-operator-tests
+
+.PHONY: bench-operator
+bench-operator: setup ## on the running local cluster: the dask-kube operator vs upstream's kopf (same 2026.3.0 wheel): apply to N connected / N Pending pods (raw creator as reference), a deleted pod, scale-down with data, RSS, CPU (BENCH_OPERATOR_*)
+	cd e2e-tests/bench-scale/rawcreate && go build -o $(CACHE_DIR)/bench-scale/rawcreate .
+	$(CARGO) build $(CARGO_FLAGS) --profile release-host -p dask-kube
+	[ -x $(OPERATOR_VENV)/bin/python ] || python3 -m venv $(OPERATOR_VENV)
+	$(OPERATOR_VENV)/bin/pip install --quiet --disable-pip-version-check -r e2e-tests/operator/requirements.txt
+	eval "$$($(CLUSTER) env)" && $(OPERATOR_VENV)/bin/python e2e-tests/operator/bench.py \
+	  --dask-kube $(CARGO_TARGET_DIR)/release-host/dask-kube --kopf-python $(OPERATOR_VENV)/bin/python \
+	  --rawcreate $(CACHE_DIR)/bench-scale/rawcreate
 
 .PHONY: bench-python
 bench-python: setup wasm venv ## classic dask-kubernetes KubeCluster vs dask_kube.KubeCluster, each deploy mode: constructor to N connected workers, machine CPU, peak RSS (BENCH_N, BENCH_REPEATS)

@@ -46,6 +46,9 @@ eval "$up_env"
 run "policy webhook through the apiserver" cargo test --locked --workspace --test webhook_cluster -- --include-ignored
 # dask-kube's tests/cluster.rs (#[ignore]d outside this tier).
 run "dask-kube against the cluster" cargo test --locked --workspace --test cluster -- --include-ignored --test-threads=1
+# The operator's own life cycle, job, autoscaler and RBAC tests (each pauses the operator
+# `cluster up` installed while it runs its own for its namespace).
+run "dask-kube operator against the cluster (tests/operator_cluster.rs)" cargo test --locked --workspace --test operator_cluster -- --include-ignored --test-threads=1
 run "dask-kube scale-down loses no data (tests/data_safety.rs)" cargo test --locked --workspace --test data_safety -- --include-ignored --test-threads=1
 run "README example end to end (demo.py --check)" "$VENV/bin/python" e2e-tests/demo/demo.py --check \
   --summary-json "${DEMO_SUMMARY:-$CARGO_TARGET_DIR/demo-summary.json}"

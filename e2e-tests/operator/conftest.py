@@ -1,21 +1,29 @@
-"""Fixtures that run dask-kubernetes 2026.3.0's own operator tests against dask-kube-operator
-on the local cluster, unchanged: this file replaces upstream's root conftest
+"""Fixtures that run dask-kubernetes 2026.3.0's own operator tests, unchanged, on the local
+cluster against the dask-kube operator that `cluster up` deployed
+(e2e-tests/local-cluster/up.d/30-dask-operator.sh), or against upstream's kopf operator
+for the reference counts: this file replaces upstream's root conftest
 (`dask_kubernetes/conftest.py` in the wheel), whose fixtures start kind, build a docker
 image and run kopf in-process. `run-upstream-tests.sh` copies upstream's test files next to
-this file and runs pytest on them.
+this file and runs pytest on them; `DASK_UPSTREAM_TESTS_OPERATOR` (`dask-kube`, `kopf`)
+says which operator.
 
 Same fixture names and shapes as upstream's, so the test files need no edit:
 - `k8s_cluster`: the local cluster (found by the rule of e2e-tests/cluster-harness), with
   `kubectl(*args) -> str`, `port_forward(target, port, *args)` and `kubeconfig_path`, as
   pytest-kind's `KindCluster`.
-- `kopf_runner`: `with kopf_runner as runner:` starts `dask-kube-operator run` for the test
-  namespace (outside the cluster, as kopf runs in upstream's tests: schedulers reached by
-  port-forward) and stops it at the end; `runner.output` is its log, `runner.exit_code`
-  and `runner.exception` as kopf.testing.KopfRunner's.
+- `kopf_runner`: `with kopf_runner as runner:` as kopf.testing.KopfRunner. `dask-kube`: the
+  operator already runs in the cluster for every namespace; entering checks that it is
+  ready, leaving reads its log of that span into `runner.output` and sets `exit_code` 0
+  when the same container ran throughout (no restart, no crash). `kopf`: upstream's own
+  fixture, `KopfRunner(["run", "-m", "dask_kubernetes.operator", "--verbose",
+  "--namespace", ns])` in this process (run-upstream-tests.sh scales the deployed
+  operator to 0 meanwhile).
 - `docker_image`: the image upstream's tests and fixtures run, `dask-kubernetes:dev`
-  (upstream builds it from its ci/Dockerfile; here the local registry must serve it: see
-  README.md, it needs the `dask-scheduler`/`dask-worker` scripts upstream's specs call).
-- `customresources`: our CRDs (`dask-kube-operator crds`), not upstream's.
+  (upstream builds it from its ci/Dockerfile; the local registry serves it:
+  images/build.sh's `dask-kubernetes-dev`, with the `dask-scheduler`/`dask-worker` scripts
+  upstream's specs call).
+- `customresources`: our CRDs (`dask-kube operator crds`, as the hook applies them) for
+  both operators: upstream's schema but for raw pod specs (crates/dask-kube/OPERATOR.md).
 - `namespace`, `anyio_backend`, and `install_istio`/`install_gateway` as no-ops (upstream
   runs them only with TEST_ISTIO / TEST_DASK_GATEWAY set).
 """
@@ -23,11 +31,12 @@ Same fixture names and shapes as upstream's, so the test files need no edit:
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -41,8 +50,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER_IMAGE = "dask-kubernetes:dev"
+#: Which operator the tests run against: the dask-kube one `cluster up` deployed, or kopf.
+OPERATORS = ("dask-kube", "kopf")
+OPERATOR = os.environ.get("DASK_UPSTREAM_TESTS_OPERATOR", "dask-kube")
+#: Where up.d/30-dask-operator.sh runs it (crates/dask-kube/deploy/operator/operator.yaml).
+OPERATOR_NAMESPACE = "dask-kube-operator"
+OPERATOR_SELECTOR = "app.kubernetes.io/name=dask-kube-operator"
+#: What it logs once every watch has listed (dask_kube::OPERATOR_READY_LINE).
 OPERATOR_READY_LINE = "dask-kube-operator ready"
-OPERATOR_STARTUP = 30
+OPERATOR_READY_WAIT = 60
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -57,13 +73,13 @@ def kubeconfig_path() -> Path:
     return Path.home() / ".cache/dask-on-k8s/cluster/kubeconfig"
 
 
-def operator_binary() -> str:
-    """`$DASK_KUBE_OPERATOR_BIN`, else the debug build under $CARGO_TARGET_DIR."""
-    explicit = os.environ.get("DASK_KUBE_OPERATOR_BIN")
+def dask_kube_binary() -> str:
+    """`$DASK_KUBE_BIN`, else the debug build under $CARGO_TARGET_DIR (for `operator crds`)."""
+    explicit = os.environ.get("DASK_KUBE_BIN")
     if explicit:
         return explicit
     target = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/dask-on-k8s/target"))
-    return str(target / "debug" / "dask-kube-operator")
+    return str(target / "debug" / "dask-kube")
 
 
 class LocalCluster:
@@ -111,63 +127,69 @@ class LocalCluster:
             proc.wait(timeout=10)
 
 
-class OperatorRunner:
-    """kopf.testing.KopfRunner's interface over a `dask-kube-operator run` process."""
+class DeployedOperatorRunner:
+    """kopf.testing.KopfRunner's interface over the operator deployed in the cluster."""
 
-    def __init__(self, namespace: str, kubeconfig: Path):
-        self.namespace = namespace
-        self.kubeconfig = kubeconfig
+    def __init__(self, cluster: "LocalCluster"):
+        self.cluster = cluster
         self.output = ""
         self.exit_code: int | None = None
         self.exception: BaseException | None = None
-        self._proc: subprocess.Popen | None = None
-        self._log = None
+        self._since = ""
+        self._container: tuple[str, int] | None = None
 
-    def __enter__(self) -> "OperatorRunner":
-        self._log = tempfile.NamedTemporaryFile("w+", prefix="dask-kube-operator-", suffix=".log")
-        self._proc = subprocess.Popen(
-            [operator_binary(), "run", "--namespace", self.namespace, "--scheduler-access", "port-forward"],
-            env={
-                **os.environ,
-                "KUBECONFIG": str(self.kubeconfig),
-                "RUST_LOG": os.environ.get("RUST_LOG", "dask_kube_operator=info"),
-                "NO_COLOR": "1",
-            },
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + OPERATOR_STARTUP
-        while OPERATOR_READY_LINE not in self._read():
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"dask-kube-operator exited at start ({self._proc.returncode}):\n{self._read()}")
+    def _pod(self) -> tuple[str, int, bool]:
+        """The operator pod's name, its container's restart count, and whether it runs."""
+        pods = json.loads(
+            self.cluster.kubectl("get", "pods", "-n", OPERATOR_NAMESPACE, "-l", OPERATOR_SELECTOR, "-o", "json")
+        )["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        if len(live) != 1:
+            raise RuntimeError(
+                f"{len(live)} dask-kube operator pods in namespace {OPERATOR_NAMESPACE}, not 1: "
+                "is the cluster up with up.d/30-dask-operator.sh (and not paused for kopf)?"
+            )
+        pod = live[0]
+        status = (pod.get("status", {}).get("containerStatuses") or [{}])[0]
+        return pod["metadata"]["name"], int(status.get("restartCount", 0)), "running" in status.get("state", {})
+
+    def _log(self, since: str | None = None) -> str:
+        args = ["logs", "-n", OPERATOR_NAMESPACE, f"pod/{self._container[0] if self._container else ''}"]
+        if since:
+            args.append(f"--since-time={since}")
+        return self.cluster.kubectl(*args)
+
+    def __enter__(self) -> "DeployedOperatorRunner":
+        # Whole seconds: --since-time reads RFC 3339, and a line of this second is kept.
+        self._since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        deadline = time.monotonic() + OPERATOR_READY_WAIT
+        while True:
+            name, restarts, running = self._pod()
+            self._container = (name, restarts)
+            if running and OPERATOR_READY_LINE in self._log():
+                return self
             if time.monotonic() > deadline:
-                raise RuntimeError(f"dask-kube-operator did not start within {OPERATOR_STARTUP} s:\n{self._read()}")
-            time.sleep(0.1)
-        return self
-
-    def _read(self) -> str:
-        assert self._log is not None
-        self._log.flush()
-        with open(self._log.name) as f:
-            return f.read()
+                raise RuntimeError(f"the dask-kube operator ({name}) is not ready after {OPERATOR_READY_WAIT} s")
+            time.sleep(0.5)
 
     def __exit__(self, typ, value, tb) -> None:
-        assert self._proc is not None
-        # SIGTERM: the controllers shut down gracefully (kube-runtime's shutdown_on_signal).
-        self._proc.send_signal(signal.SIGTERM)
         try:
-            self.exit_code = self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self.exit_code = self._proc.wait()
-        self.output = self._read()
-        if self.exit_code != 0:
-            self.exception = RuntimeError(f"dask-kube-operator exited with {self.exit_code}")
-        if self._log is not None:
-            self._log.close()
+            name, restarts, running = self._pod()
+            self.output = self._log(self._since)
+            same = self._container == (name, restarts) and running
+        except (RuntimeError, subprocess.CalledProcessError) as e:
+            self.exception, same = e, False
+        self.exit_code = 0 if same else 1
+        if not same and self.exception is None:
+            self.exception = RuntimeError(
+                f"the dask-kube operator restarted or stopped during the test: {self._container} -> {name}, "
+                f"{restarts} restarts, running={running}"
+            )
 
 
 def pytest_configure() -> None:
+    if OPERATOR not in OPERATORS:
+        raise pytest.UsageError(f"DASK_UPSTREAM_TESTS_OPERATOR={OPERATOR!r}: one of {', '.join(OPERATORS)}")
     for name in ["httpcore", "httpx"]:
         logging.getLogger(name).disabled = True
 
@@ -190,8 +212,12 @@ def k8s_cluster() -> Iterator[LocalCluster]:
 
 
 @pytest.fixture()
-def kopf_runner(k8s_cluster: LocalCluster, namespace: str) -> OperatorRunner:
-    return OperatorRunner(namespace, k8s_cluster.kubeconfig_path)
+def kopf_runner(k8s_cluster: LocalCluster, namespace: str):
+    if OPERATOR == "kopf":
+        from kopf.testing import KopfRunner
+
+        return KopfRunner(["run", "-m", "dask_kubernetes.operator", "--verbose", "--namespace", namespace])
+    return DeployedOperatorRunner(k8s_cluster)
 
 
 @pytest.fixture(scope="session")
@@ -222,7 +248,7 @@ def namespace(k8s_cluster: LocalCluster) -> Iterator[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def customresources(k8s_cluster: LocalCluster) -> Iterator[None]:
-    crds = subprocess.run([operator_binary(), "crds"], capture_output=True, text=True, check=True).stdout
+    crds = subprocess.run([dask_kube_binary(), "operator", "crds"], capture_output=True, text=True, check=True).stdout
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         f.write(crds)
         f.flush()

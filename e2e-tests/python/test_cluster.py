@@ -266,6 +266,61 @@ def test_operator_style_cluster_and_from_name(kubectl):
         KubeCluster.from_name(name)
 
 
+def _dask_cluster(kubectl, name: str) -> dict | None:
+    out = kubectl("get", "daskclusters.kubernetes.dask.org", name, "-o", "json", "--ignore-not-found")
+    return json.loads(out) if out.strip() else None
+
+
+def test_operator_mode_one_client_both_ways(kubectl, small_worker):
+    """deploy_mode="operator" with the operator `cluster up` installed
+    (up.d/30-dask-operator.sh): the same KubeCluster creates a DaskCluster that the operator
+    makes into a scheduler and workers; scale, a second worker group, create_mode and
+    from_name act on the resources; close deletes it and the operator's objects go."""
+    t0 = time.monotonic()
+    with KubeCluster(small_worker, name="py-op-{uuid}", n_workers=1, deploy_mode="operator") as cluster:
+        figure("deploy_mode='operator': constructor to a scheduler that answers", f"{time.monotonic() - t0:.1f}s")
+        name = cluster.name
+        resource = _dask_cluster(kubectl, name)
+        assert resource is not None and resource["status"]["phase"] == "Running", resource
+        assert resource["spec"]["worker"]["replicas"] == 1
+        with distributed.Client(cluster) as client:
+            client.wait_for_workers(1, timeout=180)
+            figure("deploy_mode='operator': constructor to 1 connected worker", f"{time.monotonic() - t0:.1f}s")
+            assert client.submit(lambda: 41 + 1).result() == 42
+            futures = client.map(lambda i: i * 10, range(20), pure=False)
+            client.gather(futures)
+            report = cluster.scale(2)
+            assert (report["before"], report["target"]) == (1, 2), report
+            client.wait_for_workers(2, timeout=180)
+            cluster.add_worker_group("extra", n_workers=1)
+            client.wait_for_workers(3, timeout=180)
+            groups = {p["metadata"]["labels"].get("dask.org/workergroup-name") for p in kubectl.pods(name)
+                      if p["metadata"]["labels"]["dask.org/component"] == "worker"}
+            assert groups == {f"{name}-default", f"{name}-extra"}, groups
+            cluster.delete_worker_group("extra")
+            cluster.scale(1)
+            deadline = time.monotonic() + 180
+            while len(client.scheduler_info()["workers"]) > 1 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert len(client.scheduler_info()["workers"]) == 1
+            # Retired before deleted: the data moved to the worker that stays.
+            assert sum(client.gather(futures)) == sum(i * 10 for i in range(20))
+        with pytest.raises(dask_kube.InvalidArgument, match="already exists"):
+            KubeCluster(small_worker, name=name, deploy_mode="operator", create_mode="CREATE_ONLY")
+        connected = KubeCluster(small_worker, name=name, deploy_mode="operator")  # CREATE_OR_CONNECT
+        assert connected.shutdown_on_close is False
+        connected.close()
+        attached = KubeCluster.from_name(name, deploy_mode="operator")
+        with distributed.Client(attached) as client:
+            assert client.submit(lambda: 1 + 1).result() == 2
+        attached.close()
+        assert _dask_cluster(kubectl, name) is not None, "closing what was reached must not delete it"
+    assert _dask_cluster(kubectl, name) is None
+    assert kubectl.wait_gone(name, timeout=120) == []
+    with pytest.raises(LookupError, match=name):
+        KubeCluster.from_name(name, deploy_mode="operator")
+
+
 def test_auth_kubeconfig_reaches_the_cluster_without_kubeconfig_env(kubectl, local_cluster, small_worker, monkeypatch):
     """auth=KubeConfig(config_file=) for a new cluster and for from_name, with $KUBECONFIG
     pointing nowhere."""

@@ -465,6 +465,70 @@ async def test_a_template_file_expands_environment_variables(tmp_path, monkeypat
     assert objects[2]["spec"]["containers"][0]["image"] == "registry.example/dask:1"
 
 
+# -- deploy_mode="operator": a DaskCluster for the cluster's operator ------------------------
+
+
+async def test_operator_mode_creates_the_dask_cluster_of_the_arguments():
+    """The DaskCluster `deploy_mode="operator"` creates: the pods "remote" would run (worker
+    defaults applied), replicas, Service type, and the idle timeout the operator acts on."""
+    cluster = KubeCluster(
+        str(FIXTURES / "small-worker.yml"), name="demo", namespace="team", n_workers=3, idle_timeout="2m",
+        scheduler_service_type="NodePort", env={"TEAM": "data"}, deploy_mode="operator", asynchronous=True,
+    )
+    resource = json.loads(_native.render_dask_cluster(json.dumps(cluster._options, default=str)))
+    remote = json.loads(_native.render(json.dumps(cluster._options, default=str)))
+    assert resource["apiVersion"] == "kubernetes.dask.org/v1" and resource["kind"] == "DaskCluster"
+    assert resource["metadata"]["name"] == "demo" and resource["metadata"]["namespace"] == "team"
+    spec = resource["spec"]
+    assert spec["worker"]["replicas"] == 3
+    assert spec["idleTimeout"] == 120
+    assert spec["scheduler"]["service"]["type"] == "NodePort"
+    assert spec["worker"]["spec"]["containers"] == remote[2]["spec"]["containers"]
+    assert ("TEAM", "data") in _env({"spec": spec["scheduler"]["spec"]})
+    assert "restartPolicy" not in spec["scheduler"]["spec"]
+    assert "--idle-timeout" not in spec["scheduler"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize(
+    "create_mode, config, expected",
+    [
+        pytest.param(None, {}, "CREATE_OR_CONNECT", id="upstream-default"),
+        pytest.param(None, {"kubernetes.create-mode": "CONNECT_ONLY"}, "CONNECT_ONLY", id="config"),
+        pytest.param("create-only", {}, "CREATE_ONLY", id="spelled-loosely"),
+        pytest.param(type("CreateMode", (), {"value": "CREATE_ONLY"})(), {}, "CREATE_ONLY", id="upstream-enum"),
+    ],
+)
+async def test_operator_mode_reads_create_mode_as_upstream(create_mode, config, expected):
+    with dask.config.set(config):
+        cluster = KubeCluster(image="ghcr.io/dask/dask:latest", name="demo", deploy_mode="operator",
+                              create_mode=create_mode, asynchronous=True)
+    assert cluster._create_mode == expected
+    reached = KubeCluster.from_name("demo", deploy_mode="operator", asynchronous=True)
+    assert reached._create_mode == "CONNECT_ONLY" and reached.shutdown_on_close is False
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        pytest.param({"create_mode": "CREATE_ONLY"}, "create_mode= is for a DaskCluster", id="create-mode-without-operator"),
+        pytest.param({"deploy_mode": "operator", "create_mode": "SOMETIMES"}, "CREATE_ONLY, CREATE_OR_CONNECT", id="bad-create-mode"),
+        pytest.param({"deploy_mode": "operator", "host": "0.0.0.0"}, "where a local scheduler listens", id="listen-args"),
+        pytest.param({"deploy_mode": "kopf"}, "'operator'", id="unknown-deploy-mode"),
+    ],
+)
+async def test_operator_mode_refuses_what_does_not_apply(kwargs, needle):
+    with pytest.raises(dask_kube.InvalidArgument, match=needle):
+        KubeCluster(image="ghcr.io/dask/dask:latest", name="demo", asynchronous=True, **kwargs)
+
+
+async def test_worker_groups_need_the_operator():
+    cluster = KubeCluster(image="ghcr.io/dask/dask:latest", name="demo", asynchronous=True)
+    with pytest.raises(dask_kube.InvalidArgument, match="DaskWorkerGroup"):
+        cluster.add_worker_group("highmem")
+    with pytest.raises(dask_kube.InvalidArgument, match="DaskWorkerGroup"):
+        cluster.scale(2, worker_group="highmem")
+
+
 # -- the dask-kubernetes API users' code calls ------------------------------------------------
 
 

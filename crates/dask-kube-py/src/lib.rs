@@ -12,6 +12,7 @@
 
 pub mod config_source;
 pub mod interpreter_exit;
+pub mod operator_mode;
 pub mod options;
 
 use config_source::PythonConfig;
@@ -918,6 +919,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     dask_kube::install_crypto_provider();
     m.add_class::<PendingCluster>()?;
     m.add_class::<NativeCluster>()?;
+    m.add_class::<operator_mode::OperatorNativeCluster>()?;
+    m.add_function(wrap_pyfunction!(operator_mode::operator_start, m)?)?;
+    m.add_function(wrap_pyfunction!(operator_mode::render_dask_cluster, m)?)?;
     m.add_function(wrap_pyfunction!(prepare, m)?)?;
     m.add_function(wrap_pyfunction!(connect, m)?)?;
     m.add_function(wrap_pyfunction!(check_credentials, m)?)?;

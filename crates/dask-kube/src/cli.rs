@@ -17,6 +17,9 @@ use crate::error::exit;
 use crate::listing::{ClusterRow, list_clusters};
 use crate::manifests::ADAPT_ANNOTATION;
 use crate::names;
+use crate::operator::{
+    OperatorOptions, OperatorScope, SchedulerAccess, operator_crds_yaml, run_operator,
+};
 use crate::request::{AdaptRequest, ClusterRequest, TemplateSource};
 use crate::scaler::CountCap;
 use crate::signals;
@@ -252,6 +255,14 @@ pub enum Command {
         #[arg(long, hide = true)]
         daemon: bool,
     },
+    /// The operator for dask-kubernetes' resources (DaskCluster, DaskWorkerGroup,
+    /// DaskAutoscaler, DaskJob): `crds` prints their CustomResourceDefinitions, `run` runs
+    /// it (in every namespace, or only in `--namespace`).
+    Operator {
+        /// What to do.
+        #[command(subcommand)]
+        action: OperatorAction,
+    },
     /// Measure the time from `up` to N connected workers, and the planning functions' cost.
     #[command(hide = true)]
     Bench {
@@ -267,6 +278,28 @@ pub enum Command {
         /// Skip the cluster runs; only the planning functions.
         #[arg(long)]
         planning_only: bool,
+    },
+}
+
+/// `dask-kube operator` verbs.
+#[derive(Debug, Subcommand)]
+pub enum OperatorAction {
+    /// Print the CustomResourceDefinitions to apply: `dask-kube operator crds | kubectl
+    /// apply -f -`.
+    Crds,
+    /// Run the operator until SIGTERM / Ctrl-C: every namespace (the ClusterRole of
+    /// deploy/operator/rbac-cluster.yaml), or only the global `--namespace` (the Role of
+    /// deploy/operator/rbac-namespace.yaml). Logs `dask-kube-operator ready` once every
+    /// watch has listed.
+    Run {
+        /// How to reach schedulers' HTTP API: `service` (cluster DNS, from a pod) or
+        /// `port-forward` (from outside the cluster). Default: `service` in a pod, else
+        /// `port-forward`.
+        #[arg(long, value_enum)]
+        scheduler_access: Option<SchedulerAccess>,
+        /// Name in the events' `reportingController`.
+        #[arg(long, default_value = "dask-kube-operator")]
+        reporter: String,
     },
 }
 
@@ -540,6 +573,7 @@ pub async fn run(cli: Cli) -> i32 {
             )
             .await
         }
+        Command::Operator { action } => operator(action, &target).await,
         Command::Bench {
             file,
             workers,
@@ -822,6 +856,45 @@ async fn scale(
         serde_json::to_value(&report).unwrap_or_default(),
     );
     Ok(exit::OK)
+}
+
+/// `operator crds` and `operator run`: the namespace given is the operator's whole scope
+/// (none: every namespace), not a default.
+async fn operator(action: OperatorAction, target: &Target) -> Result<i32> {
+    match action {
+        OperatorAction::Crds => {
+            print!("{}", operator_crds_yaml()?);
+            Ok(exit::OK)
+        }
+        OperatorAction::Run {
+            scheduler_access,
+            reporter,
+        } => {
+            let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+            let scheduler_access = scheduler_access.unwrap_or(if in_cluster {
+                SchedulerAccess::Service
+            } else {
+                SchedulerAccess::PortForward
+            });
+            let scope = match &target.namespace {
+                Some(ns) => OperatorScope::Namespace(ns.clone()),
+                None => OperatorScope::AllNamespaces,
+            };
+            let connection = KubeConnection::open(&target.credentials).await?;
+            info!(?scope, ?scheduler_access, server = %connection.server_url, "dask-kube-operator starting");
+            run_operator(
+                connection,
+                OperatorOptions {
+                    scope,
+                    scheduler_access,
+                    reporter,
+                    limits: target.limits.unwrap_or_default(),
+                },
+            )
+            .await?;
+            Ok(exit::OK)
+        }
+    }
 }
 
 async fn controller(

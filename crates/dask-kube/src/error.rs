@@ -95,7 +95,7 @@ pub enum Error {
     /// RBAC refused a call.
     #[error(
         "the service account/user lacks permission to {verb} {resource} in namespace {namespace}; \
-         apply crates/dask-kube/deploy/rbac.yaml ({message})"
+         apply crates/dask-kube/deploy/rbac.yaml (the operator: deploy/operator/rbac-*.yaml) ({message})"
     )]
     Forbidden {
         /// The verb (`create`, `list`, ...).
@@ -236,6 +236,40 @@ pub enum Error {
     /// cancelled), so nothing adapts any more.
     #[error("the adapt task failed: {0}")]
     AdaptTaskFailed(String),
+    /// A manifest could not be rendered (a bug in the types, not in user input).
+    #[error("cannot render {what}: {reason}")]
+    Render {
+        /// What was being rendered.
+        what: &'static str,
+        /// The serialiser's complaint.
+        reason: String,
+    },
+    /// A resource the operator cannot act on as it is.
+    #[error("{kind} {name}: {reason}")]
+    InvalidResource {
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// What is wrong, naming the field.
+        reason: String,
+    },
+    /// An API call of the operator on one of its objects failed.
+    #[error("cannot {action}: {reason}")]
+    Api {
+        /// What was being done, naming the object (`create Deployment ns/simple-scheduler`).
+        action: String,
+        /// The API server's own sentence (`... cannot create resource "deployments" ...`).
+        reason: String,
+        /// The client's error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The operator's watches never listed their objects.
+    #[error(
+        "the operator's watches did not start: are the CRDs installed (`dask-kube operator crds | kubectl apply -f -`) and may it list daskclusters, daskworkergroups, pods, deployments and services?"
+    )]
+    OperatorWatchesNotReady,
     /// The task starting a cluster ended abnormally (it panicked or was cancelled); what it
     /// made is deleted by the caller.
     #[error("the start of cluster {cluster} failed: {reason}")]

@@ -8,8 +8,9 @@
 //!
 //! # One library, three shells
 //!
-//! The CLI ([`cli`]), the Python package (`crates/dask-kube-py`) and an operator that
-//! reconciles `DaskCluster` resources are shells over the items re-exported here; every
+//! The CLI ([`cli`]), the Python package (`crates/dask-kube-py`) and the operator that
+//! reconciles dask-kubernetes' `DaskCluster` resources (`dask-kube operator run`,
+//! [`run_operator`]; `OPERATOR.md`) are shells over the items re-exported here; every
 //! module is private, so what is not in this list is not API (and dead code shows).
 //!
 //! - **Connecting**: [`Credentials`] (default chain, in-cluster, a kubeconfig file and
@@ -33,6 +34,10 @@
 //!   cluster's workers, over any [`SchedulerApi`] ([`HttpSchedulerApi`] over any
 //!   [`Connect`]or: [`TcpConnect`] to the Service, [`PodPortConnect`] by port-forward), and
 //!   the flow control batches run under ([`FlowLimiter`]).
+//! - **The operator** for dask-kubernetes' resources: [`run_operator`] with
+//!   [`OperatorOptions`] (one namespace or all, how schedulers are reached, pacing), its
+//!   CRDs ([`operator_crds`]) and the resource types ([`DaskCluster`], [`DaskWorkerGroup`],
+//!   [`DaskAutoscaler`], [`DaskJob`]) a client creates.
 //!
 //! # Examples
 //!
@@ -104,6 +109,22 @@
 //! );
 //! ```
 //!
+//! The operator for one namespace, reaching schedulers through their Services (it runs in
+//! the cluster); what `dask-kube operator run -n dask` does:
+//! ```no_run
+//! # async fn f() -> dask_kube::Result<()> {
+//! use dask_kube::*;
+//! let connection = KubeConnection::open(&Credentials::InCluster).await?;
+//! run_operator(connection, OperatorOptions {
+//!     scope: OperatorScope::Namespace("dask".into()),
+//!     scheduler_access: SchedulerAccess::Service,
+//!     reporter: "dask-kube-operator".into(),
+//!     limits: CreateLimits::default(),
+//! })
+//! .await
+//! # }
+//! ```
+//!
 //! A cluster from this process, the classic way:
 //! ```no_run
 //! # async fn f() -> dask_kube::Result<()> {
@@ -132,6 +153,7 @@ mod listing;
 mod literal;
 mod manifests;
 mod names;
+mod operator;
 mod portforward;
 mod pyformat;
 mod request;
@@ -173,6 +195,15 @@ pub use manifests::{
     ClusterSpec, Owner, ServiceType, WorkerPod, default_affinity, selector, service_name,
 };
 pub use names::NameVars;
+pub use operator::{
+    CreateMode, DASK_OPERATOR_GROUP, DASK_OPERATOR_VERSION, DaskAutoscaler, DaskAutoscalerSpec,
+    DaskCluster, DaskClusterSpec, DaskClusterStatus, DaskJob, DaskJobCluster, DaskJobRunner,
+    DaskJobSpec, DaskJobStatus, DaskScheduler, DaskWorker, DaskWorkerGroup, DaskWorkerGroupSpec,
+    OpaqueStatus, OperatorCluster, OperatorClusterOptions, OperatorOptions, OperatorScope,
+    READY_LINE as OPERATOR_READY_LINE, RawSpec, SchedulerAccess, SchedulerPodConnect,
+    SimpleObjectMeta, default_worker_group_name, delete_dask_cluster, operator_crds,
+    operator_crds_yaml, run_operator,
+};
 pub use portforward::{ForwardedStream, LocalForwarder, PodPortConnect};
 pub use request::{
     AdaptRequest, ClusterRequest, DEFAULT_WORKER_COMMAND, ResolvedCluster, TemplateSource,

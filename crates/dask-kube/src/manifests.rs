@@ -121,41 +121,33 @@ pub const TARGET_DURATION_ENV: &str = "DASK_DISTRIBUTED__ADAPTIVE__TARGET_DURATI
 /// Checks a Dask time delta (`500ms`, `0.5s`, `2`, `1m`) as `dask.utils.parse_timedelta`
 /// reads it, so a typo fails here rather than in the scheduler pod.
 pub fn validate_timedelta(text: &str) -> std::result::Result<(), String> {
+    timedelta_seconds(text).map(|_| ())
+}
+
+/// A Dask time delta in seconds (`500ms` is 0.5, a bare number is seconds), as
+/// `dask.utils.parse_timedelta` reads the units dask-kube accepts; a positive duration.
+pub fn timedelta_seconds(text: &str) -> std::result::Result<f64, String> {
     let t = text.trim();
     let unit_at = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (number, unit) = t.split_at(unit_at);
-    let number_ok = !number.trim().is_empty()
-        && number
-            .trim()
-            .parse::<f64>()
-            .is_ok_and(|n| n.is_finite() && n > 0.0);
-    let unit_ok = matches!(
-        unit.trim(),
-        "" | "s"
-            | "sec"
-            | "secs"
-            | "second"
-            | "seconds"
-            | "ms"
-            | "millisecond"
-            | "milliseconds"
-            | "us"
-            | "microsecond"
-            | "microseconds"
-            | "m"
-            | "min"
-            | "minute"
-            | "minutes"
-            | "h"
-            | "hour"
-            | "hours"
-    );
-    if number_ok && unit_ok {
-        Ok(())
-    } else {
-        Err(format!(
+    let number = number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0);
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => Some(1.0),
+        "ms" | "millisecond" | "milliseconds" => Some(1e-3),
+        "us" | "microsecond" | "microseconds" => Some(1e-6),
+        "m" | "min" | "minute" | "minutes" => Some(60.0),
+        "h" | "hour" | "hours" => Some(3600.0),
+        _ => None,
+    };
+    match (number, scale) {
+        (Some(n), Some(scale)) => Ok(n * scale),
+        _ => Err(format!(
             "{text:?} is not a positive duration like 500ms, 0.5s, 2s or 1m"
-        ))
+        )),
     }
 }
 
@@ -776,6 +768,17 @@ mod tests {
     #[case::empty("", false)]
     fn timedeltas(#[case] text: &str, #[case] valid: bool) {
         assert_eq!(validate_timedelta(text).is_ok(), valid, "{text}");
+    }
+
+    #[rstest::rstest]
+    #[case::milliseconds("500ms", 0.5)]
+    #[case::bare_seconds("90", 90.0)]
+    #[case::minutes("30m", 1800.0)]
+    #[case::hours_spelled_out(" 2 hours ", 7200.0)]
+    #[case::microseconds("250us", 0.000_25)]
+    fn timedelta_seconds_read_as_dask_does(#[case] text: &str, #[case] seconds: f64) {
+        let read = timedelta_seconds(text).unwrap();
+        assert!((read - seconds).abs() < 1e-9, "{text}: {read}");
     }
 
     #[test]

@@ -642,6 +642,9 @@ mod tests {
                 .retain(|w| !retired.contains(&w.address));
             Ok(retired)
         }
+        async fn idle_since(&self) -> Result<Option<f64>> {
+            Ok(None)
+        }
         fn endpoint(&self) -> String {
             "fake".into()
         }

@@ -36,6 +36,11 @@ pub trait SchedulerApi: Send + Sync {
         &self,
         addresses: &[String],
     ) -> impl Future<Output = Result<BTreeSet<String>>> + Send;
+    /// Since when the scheduler has been idle (seconds since the epoch, `GET
+    /// /api/v1/check_idle`), `None` while it has work or clients: what an idle timeout
+    /// that the scheduler does not enforce itself (the operator's `spec.idleTimeout`)
+    /// is measured with.
+    fn idle_since(&self) -> impl Future<Output = Result<Option<f64>>> + Send;
     /// Where the scheduler is reached, for messages.
     fn endpoint(&self) -> String;
 }
@@ -212,6 +217,24 @@ impl<C: Connect> HttpSchedulerApi<C> {
     }
 }
 
+/// `check_idle`'s answer: `{"idle_since": 1700000000.5}` is `Some`, `{"idle_since": null}`
+/// `None`; anything else is not the scheduler's answer.
+fn parse_idle_since(path: &str, answer: &Value) -> Result<Option<f64>> {
+    let refused = |body: String| Error::SchedulerHttp {
+        path: path.to_owned(),
+        status: 200,
+        body,
+    };
+    match answer.get("idle_since") {
+        Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| refused(format!("idle_since {v} is not a number"))),
+        None => Err(refused(format!("{answer} has no idle_since"))),
+    }
+}
+
 #[derive(Deserialize)]
 struct AdaptiveTarget {
     workers: u32,
@@ -332,6 +355,14 @@ impl<C: Connect> SchedulerApi for HttpSchedulerApi<C> {
         }
     }
 
+    async fn idle_since(&self) -> Result<Option<f64>> {
+        const PATH: &str = "/api/v1/check_idle";
+        let answer = self
+            .call(http::Method::GET, PATH, None, self.request_timeout)
+            .await?;
+        parse_idle_since(PATH, &answer)
+    }
+
     fn endpoint(&self) -> String {
         self.connector.describe()
     }
@@ -432,6 +463,40 @@ mod tests {
             connections.load(Ordering::SeqCst),
             1,
             "the connection is kept alive"
+        );
+    }
+
+    /// `check_idle` as distributed's HTTP API answers it: a timestamp while idle, `null`
+    /// while busy; anything else is refused, never read as "idle since 0".
+    #[rstest::rstest]
+    #[case::idle(r#"{"idle_since": 1700000000.5}"#, Some(Some(1_700_000_000.5)))]
+    #[case::busy(r#"{"idle_since": null}"#, Some(None))]
+    #[case::integer(r#"{"idle_since": 17}"#, Some(Some(17.0)))]
+    #[case::no_field(r#"{"x": 1}"#, None)]
+    #[case::a_string(r#"{"idle_since": "soon"}"#, None)]
+    #[case::not_an_object("[]", None)]
+    fn idle_since_is_read(#[case] answer: &str, #[case] expected: Option<Option<f64>>) {
+        let answer: Value = serde_json::from_str(answer).unwrap();
+        let read = parse_idle_since("/api/v1/check_idle", &answer);
+        match expected {
+            Some(since) => assert_eq!(read.unwrap(), since),
+            None => assert!(
+                matches!(read, Err(Error::SchedulerHttp { status: 200, .. })),
+                "{read:?}"
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_since_asks_check_idle() {
+        let (addr, _) = serve(Arc::new(|method, path, _| match (method, path) {
+            ("GET", "/api/v1/check_idle") => (200, r#"{"idle_since": 1700000000.25}"#.into()),
+            _ => (404, "404: Not Found".into()),
+        }))
+        .await;
+        assert_eq!(
+            api(addr).idle_since().await.unwrap(),
+            Some(1_700_000_000.25)
         );
     }
 

@@ -185,6 +185,10 @@ impl<S: SchedulerApi> SchedulerApi for RestartBeforeRetiring<'_, S> {
         self.inner.retire_workers(addresses).await
     }
 
+    async fn idle_since(&self) -> Result<Option<f64>> {
+        self.inner.idle_since().await
+    }
+
     fn endpoint(&self) -> String {
         self.inner.endpoint()
     }

@@ -11,7 +11,8 @@
 #   images/build.sh --list     print `NAME REF...` per image
 #   images/build.sh --relock   re-resolve dask/constraints.txt from PyPI
 #
-# NAMEs (default: all): pause dask dask-kube python busybox coredns policy-server.
+# NAMEs (default: all): pause dask dask-kube dask-kubernetes-dev python busybox coredns
+# policy-server.
 # Needs root (mmdebstrap, chroot, a private mount namespace), mmdebstrap, gcc with a static
 # libc (libc6-dev), Go (the pause source comes from the k8s.io/kubernetes module), python3.
 # Cache: ${XDG_CACHE_HOME:-~/.cache}/dask-on-k8s/images/<layer>/<input-hash>/.
@@ -70,6 +71,9 @@ image_refs() {
     pause) echo "registry.k8s.io/pause:$PAUSE_TAG" ;;
     dask) echo "ghcr.io/dask/dask:latest ghcr.io/dask/dask:$DASK_VERSION" ;;
     dask-kube) echo "ghcr.io/dask-on-k8s/dask-kube:$DASK_KUBE_VERSION ghcr.io/dask-on-k8s/dask-kube:latest" ;;
+    # What dask-kubernetes' own operator tests and test resources run (`image:
+    # "dask-kubernetes:dev"`, which upstream builds from its ci/Dockerfile).
+    dask-kubernetes-dev) echo "docker.io/library/dask-kubernetes:dev" ;;
     python) echo "docker.io/library/python:$PYTHON_VERSION" ;;
     busybox) echo "docker.io/library/busybox:latest" ;;
     coredns) echo "registry.k8s.io/coredns/coredns:$COREDNS_TAG" ;;
@@ -77,7 +81,7 @@ image_refs() {
     *) return 1 ;;
   esac
 }
-ALL_IMAGES=(pause dask dask-kube python busybox coredns policy-server)
+ALL_IMAGES=(pause dask dask-kube dask-kubernetes-dev python busybox coredns policy-server)
 
 # The repository path a mirror request uses: the reference without its registry host
 # (ghcr.io/dask/dask:latest is asked of the mirror as /v2/dask/dask/manifests/latest).
@@ -294,6 +298,18 @@ recipe_dask_files() {
   mkdir -p "$stage/opt/app"
 }
 
+# The scripts dask-kubernetes' operator specs call (`dask-scheduler`, `dask-worker`: its
+# client's defaults and its test resources), which distributed removed in 2026.6: each
+# runs the `dask` subcommand with the same arguments.
+recipe_dask_scripts() {
+  local stage="$1" name
+  mkdir -p "$stage/usr/local/bin"
+  for name in scheduler worker; do
+    printf '#!/bin/sh\nexec dask %s "$@"\n' "$name" >"$stage/usr/local/bin/dask-$name"
+    chmod 0755 "$stage/usr/local/bin/dask-$name"
+  done
+}
+
 recipe_dask_kube_bin() {
   install -D -m 0755 "${2#f:}" "$1/usr/local/bin/dask-kube"
 }
@@ -402,6 +418,11 @@ image_args() {
       l="$(layer dask-kube-bin "f:$DASK_KUBE_BIN")"
       IMAGE_ARGS=("${DASK_IMAGE[@]}" --layer "$l" --history "/usr/local/bin/dask-kube"
         --entrypoint '["dask-kube"]' --cmd '["--help"]') ;;
+    dask-kubernetes-dev)
+      dask_layers
+      l="$(layer dask-scripts)"
+      IMAGE_ARGS=("${DASK_IMAGE[@]}" --layer "$l" --history "/usr/local/bin/dask-scheduler, dask-worker"
+        --entrypoint '["tini","-g","--","/usr/bin/prepare.sh"]') ;;
     python)
       BASE="$(base_layer)"
       IMAGE_ARGS=(--layer "$BASE" --history "Debian $DEBIAN_SUITE minbase + ${BASE_PACKAGES[*]}"

@@ -180,6 +180,22 @@ v="$(in_root "$root" python -c 'import distributed; print(distributed.__version_
 rm -rf -- "$root"
 ok "dask-kube: the dask image's layers + /usr/local/bin/dask-kube, ENTRYPOINT dask-kube, CMD --help"
 
+# dask-kubernetes:dev (upstream's operator tests): the dask image + the two scripts
+check_config docker.io/library/dask-kubernetes:dev 'cfg["Entrypoint"] == ["tini", "-g", "--", "/usr/bin/prepare.sh"] and "Cmd" not in cfg'
+"$CRANE" manifest --insecure "$REG/library/dask-kubernetes:dev" >"$TMP/dask-kubernetes-dev.manifest"
+python3 - "$TMP/dask.manifest" "$TMP/dask-kubernetes-dev.manifest" <<'EOF2' || fail "dask-kubernetes:dev is not the dask image's layers plus one"
+import json, sys
+dask, dev = (json.load(open(p))["layers"] for p in sys.argv[1:])
+sys.exit(0 if dev[:-1] == dask and len(dev) == len(dask) + 1 else 1)
+EOF2
+root="$(rootfs docker.io/library/dask-kubernetes:dev)"
+v="$(in_root "$root" tini -g -- /usr/bin/prepare.sh dask-worker --help 2>/dev/null | head -n1)"
+[[ "$v" == "Usage: dask worker"* ]] || fail "ENTRYPOINT + args [dask-worker, --help]: $v"
+v="$(in_root "$root" dask-scheduler --help 2>/dev/null | head -n1)"
+[[ "$v" == "Usage: dask scheduler"* ]] || fail "dask-scheduler --help: $v"
+rm -rf -- "$root"
+ok "dask-kubernetes:dev: the dask image's layers + /usr/local/bin/dask-scheduler and dask-worker (exec dask scheduler/worker)"
+
 # python
 check_config docker.io/library/python:3.11 'cfg["Cmd"] == ["python3"] and "Entrypoint" not in cfg'
 root="$(rootfs docker.io/library/python:3.11)"

@@ -91,6 +91,34 @@ def _python_config() -> dict:
 #: scheduler pod gets through DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES.
 _API_ROUTE = "distributed.http.scheduler.api"
 
+#: Where the scheduler runs: a pod dask-kube makes, this process, or a pod the operator of
+#: the cluster makes from a ``DaskCluster``.
+_DEPLOY_MODES = ("remote", "local", "operator")
+
+
+def _create_mode(create_mode: Any, deploy_mode: str, attach: str | None) -> str | None:
+    """Operator-era ``create_mode=`` (dask-kubernetes' ``CreateMode`` or its name), else
+    ``kubernetes.create-mode`` (default ``CREATE_OR_CONNECT``), for a ``DaskCluster``;
+    ``None`` where there is none (the scheduler pod is created, or reached by ``from_name``)."""
+    from .exceptions import InvalidArgument
+
+    if deploy_mode != "operator":
+        if create_mode is not None:
+            raise InvalidArgument(
+                "create_mode= is for a DaskCluster resource (deploy_mode='operator'); with "
+                f"deploy_mode={deploy_mode!r} a cluster is created, or reached with KubeCluster.from_name"
+            )
+        return None
+    if attach is not None:
+        return "CONNECT_ONLY"
+    if create_mode is None:
+        create_mode = dask.config.get("kubernetes.create-mode", default=None) or "CREATE_OR_CONNECT"
+    mode = str(getattr(create_mode, "value", create_mode)).upper().replace("-", "_")
+    if mode not in ("CREATE_ONLY", "CREATE_OR_CONNECT", "CONNECT_ONLY"):
+        raise InvalidArgument(f"create_mode={create_mode!r}: CREATE_ONLY, CREATE_OR_CONNECT or CONNECT_ONLY")
+    return mode
+
+
 #: ``deploy_mode="local"`` listen settings: argument, Dask config key, classic's default.
 _LOCAL_LISTEN = {
     "host": ("kubernetes.host", "0.0.0.0"),
@@ -101,7 +129,9 @@ _LOCAL_LISTEN = {
 }
 
 
-def _deploy_mode(deploy_mode: str | None, attach: str | None, listen: dict, shutdown_on_close: bool) -> str:
+def _deploy_mode(
+    deploy_mode: str | None, attach: str | None, listen: dict, shutdown_on_close: bool | None
+) -> str:
     """``deploy_mode=``, else ``kubernetes.deploy-mode``, else ``"remote"``; what only
     the other mode uses is refused rather than ignored."""
     from .exceptions import InvalidArgument
@@ -109,21 +139,22 @@ def _deploy_mode(deploy_mode: str | None, attach: str | None, listen: dict, shut
     if attach is not None:
         if deploy_mode == "local":
             raise InvalidArgument("from_name reconnects to a scheduler pod: deploy_mode='local' cannot apply")
-        return "remote"
+        return "operator" if deploy_mode == "operator" else "remote"
     mode = deploy_mode if deploy_mode is not None else dask.config.get("kubernetes.deploy-mode", default=None)
     mode = mode or "remote"
-    if mode not in ("remote", "local"):
+    if mode not in _DEPLOY_MODES:
         raise InvalidArgument(
-            f"deploy_mode={mode!r}: 'remote' (the scheduler in a pod, the default) or "
-            "'local' (the scheduler in this Python process)"
+            f"deploy_mode={mode!r}: 'remote' (the scheduler in a pod, the default), "
+            "'local' (the scheduler in this Python process) or 'operator' (a DaskCluster "
+            "resource the cluster's operator makes)"
         )
     given = sorted(k for k, v in listen.items() if v is not None)
-    if mode == "remote" and given:
+    if mode != "local" and given:
         raise InvalidArgument(
             f"{', '.join(given)}: where a local scheduler listens; the scheduler runs in a pod "
-            "(deploy_mode='remote'): pass deploy_mode='local' to run it in this process"
+            f"(deploy_mode={mode!r}): pass deploy_mode='local' to run it in this process"
         )
-    if mode == "local" and not shutdown_on_close:
+    if mode == "local" and shutdown_on_close is False:
         raise InvalidArgument(
             "shutdown_on_close=False keeps the cluster after this process; with deploy_mode='local' "
             "its scheduler is this process"
@@ -241,13 +272,23 @@ class KubeCluster(Cluster):
         Accepted for classic code: dask-kube reaches the scheduler through port-forward or
         the Service's name, and never waits for a LoadBalancer address or for the name to
         resolve.
-    deploy_mode : {"remote", "local"}, optional
+    deploy_mode : {"remote", "local", "operator"}, optional
         Where the scheduler runs (``kubernetes.deploy-mode``, default ``"remote"``):
         ``"remote"`` in a scheduler pod behind a Service, so the cluster outlives this
         process and a controller pod can adapt it; ``"local"`` in this Python process,
         as dask-kubernetes classic's ``deploy_mode="local"``: one Python process fewer
         to start (faster to the first connected worker where cores are few), but the
-        worker pods must reach this process, and the cluster ends with it.
+        worker pods must reach this process, and the cluster ends with it;
+        ``"operator"`` as dask-kubernetes' operator-era client: a ``DaskCluster``
+        resource (the same pods as ``"remote"``) that the cluster's operator
+        (``dask-kube operator``, or upstream's) makes into a scheduler Deployment, its
+        Service and worker groups; ``scale`` sets a group's replicas, ``adapt`` is a
+        ``DaskAutoscaler``, ``close`` deletes the resource.
+    create_mode : CreateMode or str, optional
+        ``deploy_mode="operator"`` only, as dask-kubernetes' operator-era client
+        (``kubernetes.create-mode``): ``CREATE_OR_CONNECT`` (the default) connects to the
+        ``DaskCluster`` of that name when it exists, ``CREATE_ONLY`` refuses it,
+        ``CONNECT_ONLY`` refuses to create one.
     host, port, interface, protocol, dashboard_address :
         ``deploy_mode="local"`` only: where the scheduler in this process listens
         (``kubernetes.host`` ``"0.0.0.0"``, ``kubernetes.port`` 0,
@@ -256,7 +297,7 @@ class KubeCluster(Cluster):
         one the worker pods can connect to.
     shutdown_on_close : bool
         Delete the cluster on ``close()`` and at interpreter exit (default True; False
-        for ``from_name``).
+        for ``from_name`` and for a ``DaskCluster`` this client connected to).
     auth : ClusterAuth or list, optional
         ``KubeConfig(config_file=, context=)``, ``InCluster()``, ``KubeAuth(host, ...)`` or
         a list tried in order, instead of the default chain (in-cluster service account,
@@ -284,6 +325,7 @@ class KubeCluster(Cluster):
         port_forward_cluster_ip: bool | None = None,
         scheduler_forward_port: int | None = None,
         custom_cluster_spec: Any = None,
+        create_mode: Any = None,
         jupyter: bool | None = None,
         scheduler_service_wait_timeout: Any = None,
         scheduler_service_name_resolution_retries: int | None = None,
@@ -293,7 +335,7 @@ class KubeCluster(Cluster):
         interface: str | None = None,
         protocol: str | None = None,
         dashboard_address: str | None = None,
-        shutdown_on_close: bool = True,
+        shutdown_on_close: bool | None = None,
         auth: Any = None,
         asynchronous: bool = False,
         loop=None,
@@ -304,6 +346,7 @@ class KubeCluster(Cluster):
             host=host, port=port, interface=interface, protocol=protocol, dashboard_address=dashboard_address
         )
         self._deploy_mode = _deploy_mode(deploy_mode, _attach, local_listen, shutdown_on_close)
+        self._create_mode = _create_mode(create_mode, self._deploy_mode, _attach)
         self._local_scheduler_options = (
             _local_scheduler_options(local_listen, idle_timeout) if self._deploy_mode == "local" else None
         )
@@ -320,6 +363,7 @@ class KubeCluster(Cluster):
         self._finalizer = None
         self._attach = _attach
         self._n_workers = n_workers
+        # None: decided at start (True, but False for a DaskCluster this client connected to).
         self.shutdown_on_close = shutdown_on_close
         self._worker_pod = None
         self._scheduler_pod = None
@@ -418,7 +462,10 @@ class KubeCluster(Cluster):
         started_workers = False
         try:
             if self._native is None:
-                if self._attach is not None:
+                if self._deploy_mode == "operator":
+                    await self._start_dask_cluster()
+                    started_workers = True
+                elif self._attach is not None:
                     self._native = await _native.connect(
                         self._attach, json.dumps(self._reconnect, default=str), _config_now
                     )
@@ -443,6 +490,8 @@ class KubeCluster(Cluster):
                     started_workers = True
             self._worker_pod = json.loads(self._native.worker_pod)
             self.name = self._native.name
+            if self.shutdown_on_close is None:
+                self.shutdown_on_close = True
             self._finalizer = weakref.finalize(
                 self, _finalize, self._native, self.shutdown_on_close
             )
@@ -453,6 +502,25 @@ class KubeCluster(Cluster):
         except BaseException as e:
             await self._abort_start(e)
             raise
+
+    async def _start_dask_cluster(self):
+        """``deploy_mode="operator"``: the ``DaskCluster`` of these arguments created (or
+        the one of that name reached, as ``create_mode`` says) and made by the cluster's
+        operator; returns once its scheduler answers. Its workers are not awaited, as
+        upstream's client does not await them."""
+        options = self._options
+        if self._attach is not None:
+            options = {**options, "request": {**options["request"], "name": self._attach}}
+        self._native = await _native.operator_start(
+            json.dumps(options, default=str), self._create_mode, _config_now
+        )
+        if self.shutdown_on_close is None:
+            # Upstream's default: delete what this client created, not what it reached.
+            self.shutdown_on_close = self._native.created
+        self._log(
+            f"{'created' if self._native.created else 'connected to'} DaskCluster {self._native.name} "
+            f"in namespace {self._native.namespace}"
+        )
 
     async def _start_local_scheduler(self):
         """``deploy_mode="local"``: the scheduler in this process, with the HTTP API
@@ -485,6 +553,10 @@ class KubeCluster(Cluster):
         failure once the cluster existed."""
         if self._attach is not None:
             return False
+        if self._deploy_mode == "operator":
+            # The start deletes a DaskCluster it created and then failed with; one that was
+            # reached (create_mode) is not this client's to delete.
+            return self._native is not None and self._native.created and not self._native.is_closed()
         if self._native is not None:
             return not self._native.is_closed()
         return self._pending is not None and not isinstance(error, DaskKubeError)
@@ -596,23 +668,87 @@ class KubeCluster(Cluster):
             n = max(n, math.ceil(parse_bytes(memory) / memory_bytes))
         return n
 
-    def scale(self, n: int = 0, memory: Any = None, cores: Any = None, *, force: bool = False):
+    def scale(
+        self,
+        n: int = 0,
+        memory: Any = None,
+        cores: Any = None,
+        *,
+        force: bool = False,
+        worker_group: str | None = None,
+    ):
         """Scales to ``n`` workers, or to enough for ``memory`` (``"100 GB"``) and ``cores``.
         Scale-down deletes ended and pending pods first, then retires connected workers
         through the scheduler (their data moves first) and deletes only the pods it
-        confirms; ``force=True`` skips retiring. In asynchronous code, awaiting the result
-        is optional."""
+        confirms; ``force=True`` skips retiring. With ``deploy_mode="operator"`` it sets
+        the replicas of ``worker_group`` (``"default"``, or one added with
+        ``add_worker_group``) and the operator does the rest, retiring as well. In
+        asynchronous code, awaiting the result is optional."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"scale needs a whole number of workers >= 0, not {n!r}")
+        if worker_group not in (None, "default") and self._deploy_mode != "operator":
+            from .exceptions import InvalidArgument
+
+            raise InvalidArgument(
+                f"scale(worker_group={worker_group!r}): worker groups are DaskWorkerGroup resources "
+                "(deploy_mode='operator'); this cluster has one group of workers"
+            )
         n = self._workers_for(n, memory, cores)
         self._stop_adaptive()
-        return self._interruptible(self._scale, n, force)
+        group = {} if worker_group is None else {"worker_group": worker_group}
+        return self._interruptible(self._scale, n, force, **group)
 
     def scale_up(self, n: int, **kwargs):
         """Scales to ``n`` workers (dask-kubernetes' classic name)."""
         return self.scale(n, **kwargs)
 
-    async def _scale(self, n: int, force: bool = False) -> dict:
+    def _operator_only(self, what: str) -> None:
+        if self._deploy_mode != "operator":
+            from .exceptions import InvalidArgument
+
+            raise InvalidArgument(
+                f"{what}: worker groups are DaskWorkerGroup resources (deploy_mode='operator'); "
+                "this cluster has one group of workers"
+            )
+
+    def add_worker_group(
+        self,
+        name: str,
+        n_workers: int = 3,
+        image: str | None = None,
+        resources: Mapping[str, Any] | None = None,
+        worker_command: Any = None,
+        env: Any = None,
+        custom_spec: Mapping[str, Any] | None = None,
+    ):
+        """``deploy_mode="operator"``: adds worker group ``<cluster>-<name>`` of ``n_workers``
+        workers, a ``DaskWorkerGroup`` with ``custom_spec`` (its ``spec.worker``) or the
+        default group's worker spec; ``scale(n, worker_group=name)`` scales it. ``image``,
+        ``resources``, ``worker_command`` and ``env`` are refused: pass them in
+        ``custom_spec`` (the default group's spec is ``cluster.pod_template``)."""
+        self._operator_only("add_worker_group")
+        given = [k for k, v in (("image", image), ("resources", resources),
+                                ("worker_command", worker_command), ("env", env)) if v is not None]
+        if given:
+            from .exceptions import InvalidArgument
+
+            raise InvalidArgument(
+                f"add_worker_group({', '.join(given)}=...): give the group's worker spec as custom_spec "
+                "(a DaskWorkerGroup's spec.worker); without it the default group's spec is used"
+            )
+        worker = json.dumps(dict(custom_spec)) if custom_spec is not None else None
+        return self.sync(self._native.add_worker_group, name, int(n_workers), worker)
+
+    def delete_worker_group(self, name: str):
+        """``deploy_mode="operator"``: deletes worker group ``<cluster>-<name>`` and its workers."""
+        self._operator_only("delete_worker_group")
+        return self.sync(self._native.delete_worker_group, name)
+
+    async def _scale(self, n: int, force: bool = False, worker_group: str | None = None) -> dict:
+        if self._deploy_mode == "operator":
+            report = json.loads(await self._native.scale(n, force, worker_group or "default"))
+            self._log(f"worker group {report['worker_group']}: {report['before']} -> {report['target']} workers")
+            return report
         report = json.loads(await self._native.scale(n, force))
         self._warn_if_capped(report, stacklevel=4)
         if report.get("created") or report.get("retired") or report.get("deleted"):
@@ -710,7 +846,7 @@ class KubeCluster(Cluster):
                 None if maximum is None else int(min(maximum, 2**32 - 1)),
                 json.dumps({k: v for k, v in tuning.items() if v is not None}),
                 # A local scheduler has no pod for a controller pod to belong to.
-                bool(in_cluster) and self._deploy_mode == "remote",
+                bool(in_cluster) and self._deploy_mode != "local",
             )
         )
         if started["controller_unavailable"]:
@@ -720,7 +856,10 @@ class KubeCluster(Cluster):
             )
         self._warn_if_capped(started, stacklevel=3)
         self._adaptive = _RustAdaptive(self, started["minimum"], started["maximum"])
-        where = f"in the cluster (pod {started['controller']})" if started["controller"] else "from this process"
+        controller = started["controller"]
+        if self._deploy_mode != "operator" and controller:
+            controller = f"pod {controller}"
+        where = f"in the cluster ({controller})" if controller else "from this process"
         self._log(f"adapting between {started['minimum']} and {started['maximum']} workers {where}")
         return self._adaptive
 

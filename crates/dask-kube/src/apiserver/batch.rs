@@ -108,8 +108,9 @@ pub(crate) struct BatchCall {
     pub(crate) retried: Arc<AtomicUsize>,
 }
 
-/// Runs `one` for every item, at most `limits.max_in_flight` at a time under flow control,
-/// and collects what was done and what failed. `items` is consumed as calls start, so a
+/// Runs `one` for every item, at most `limits.max_in_flight` at a time under the flow
+/// control of `limiter` (a batch's own, or one shared by every batch to the same API
+/// server), and collects what was done and what failed. `items` is consumed as calls start, so a
 /// lazy iterator keeps only the items in flight in memory. After a failure that fails
 /// every call (no permission, no namespace, no server) the rest are reported as not
 /// attempted and that error is returned beside the report. `verb` names the calls in logs
@@ -117,6 +118,7 @@ pub(crate) struct BatchCall {
 pub(crate) async fn run_batch<T, I, F, Fut>(
     verb: &str,
     limits: CreateLimits,
+    limiter: FlowLimiter,
     items: I,
     one: F,
 ) -> BatchOutcome
@@ -125,7 +127,6 @@ where
     F: Fn(T, BatchCall) -> Fut,
     Fut: Future<Output = std::result::Result<String, ItemFailure>>,
 {
-    let limiter = limits.limiter();
     let retried = Arc::new(AtomicUsize::new(0));
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
     let started = Instant::now();

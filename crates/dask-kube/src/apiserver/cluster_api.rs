@@ -7,6 +7,7 @@ use super::connection::KubeConnection;
 use super::errors::{CallSite, at, map_wait_error};
 use super::lean::list_lean;
 use super::retry::with_retry;
+use crate::flow::FlowLimiter;
 use crate::{Error, Result};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams};
@@ -42,6 +43,9 @@ const GONE_POLL: Duration = Duration::from_millis(250);
 pub struct ClusterApi {
     pub(super) connection: KubeConnection,
     pub(super) limits: CreateLimits,
+    /// Flow control shared with other APIs' batches (one API server, many namespaces);
+    /// `None`: each batch starts its own at `limits`.
+    pub(super) shared_flow: Option<FlowLimiter>,
     /// Whether the server has answered a call of this API (then an outage is waited out).
     pub(super) answered: Arc<AtomicBool>,
 }
@@ -52,6 +56,7 @@ impl ClusterApi {
         ClusterApi {
             connection,
             limits: CreateLimits::default(),
+            shared_flow: None,
             answered: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -66,6 +71,34 @@ impl ClusterApi {
     /// How batches are paced.
     pub fn limits(&self) -> CreateLimits {
         self.limits
+    }
+
+    /// Runs this API's batches under `flow`, shared with every other API given it: a
+    /// process that acts in many namespaces at once (an operator) keeps one picture of
+    /// the API server's load instead of one per batch, so concurrent batches back off
+    /// together on its 429s and slow answers. `limits` still caps each batch.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn f() -> dask_kube::Result<()> {
+    /// use dask_kube::*;
+    /// let connection = KubeConnection::open(&Credentials::Default).await?;
+    /// let flow = FlowLimiter::new(FlowControl::new(DEFAULT_INITIAL_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT));
+    /// let team_a = ClusterApi::new(connection.clone().in_namespace("a")).with_shared_flow(flow.clone());
+    /// let team_b = ClusterApi::new(connection.in_namespace("b")).with_shared_flow(flow);
+    /// # let _ = (team_a, team_b); Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_shared_flow(mut self, flow: FlowLimiter) -> Self {
+        self.shared_flow = Some(flow);
+        self
+    }
+
+    /// The flow control of the next batch: the shared one, else a new one at `limits`.
+    pub(super) fn batch_flow(&self) -> FlowLimiter {
+        self.shared_flow
+            .clone()
+            .unwrap_or_else(|| self.limits.limiter())
     }
 
     /// The namespace.

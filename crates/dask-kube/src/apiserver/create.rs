@@ -48,14 +48,20 @@ impl ClusterApi {
     where
         I: IntoIterator<Item = Pod>,
     {
-        let outcome = run_batch("create", self.limits, pods, |pod, call| async move {
-            self.create_one(pod, call)
-                .await
-                .map_err(|e| ItemFailure::Failed {
-                    line: e.to_string(),
-                    stops_batch: fails_every_call(&e).then_some(e),
-                })
-        })
+        let outcome = run_batch(
+            "create",
+            self.limits,
+            self.batch_flow(),
+            pods,
+            |pod, call| async move {
+                self.create_one(pod, call)
+                    .await
+                    .map_err(|e| ItemFailure::Failed {
+                        line: e.to_string(),
+                        stops_batch: fails_every_call(&e).then_some(e),
+                    })
+            },
+        )
         .await;
         (outcome.report, outcome.fatal)
     }
@@ -301,6 +307,51 @@ mod tests {
                 failed: vec![],
                 retried: 2,
             }
+        );
+    }
+
+    /// Batches of two namespaces' APIs given one flow limiter share it: the 429 one batch
+    /// met halves the limit the other batch starts with (the operator's many groups back off
+    /// together), where each batch alone starts afresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_flow_carries_throttling_from_one_batch_to_the_next() {
+        use crate::flow::{FlowControl, FlowLimiter};
+        let flow = FlowLimiter::new(FlowControl::new(16, 16));
+        let (team_a, mut handle_a) = api("a");
+        let team_a = team_a.with_shared_flow(flow.clone());
+        let server = tokio::spawn(async move {
+            let (request, send) = handle_a.next_request().await.unwrap();
+            body_json(request).await;
+            send.send_response(status(
+                429,
+                "TooManyRequests",
+                "slow down",
+                json!({"retryAfterSeconds": 1}),
+            ));
+            let (request, send) = handle_a.next_request().await.unwrap();
+            let body = body_json(request).await;
+            let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+            send.send_response(created(&body, &name));
+        });
+        let (report, fatal) = team_a.create_pods(vec![worker(0)]).await;
+        tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(fatal.is_none());
+        assert_eq!(report.done.len(), 1);
+        let (limit, in_flight) = flow.snapshot();
+        assert_eq!(in_flight, 0);
+        assert!(
+            limit < 16,
+            "the throttled batch lowered the shared limit: {limit}"
+        );
+        let (team_b, _handle_b) = api("b");
+        let team_b = team_b.with_shared_flow(flow.clone());
+        assert_eq!(
+            team_b.batch_flow().snapshot().0,
+            limit,
+            "the next batch starts there"
         );
     }
 

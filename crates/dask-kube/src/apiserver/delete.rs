@@ -69,6 +69,7 @@ impl ClusterApi {
         let outcome = run_batch(
             "delete",
             self.limits,
+            self.batch_flow(),
             pods,
             |(name, params), call| async move {
                 match self.delete_one(&name, &params, call).await {

@@ -19,6 +19,7 @@ pub use lifecycle::{
     delete_cluster, no_progress, teardown, up,
 };
 pub use reach::{Access, SchedulerClient};
+pub(crate) use reach::{SCHEDULER_API_TIMEOUT, describe_pod_status, use_service};
 pub use spec::KubeClusterBuilder;
 
 use crate::adapt::AdaptPolicy;

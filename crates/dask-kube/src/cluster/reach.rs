@@ -61,6 +61,12 @@ impl SchedulerApi for SchedulerClient {
             SchedulerClient::Tcp(a) => a.retire_workers(addresses).await,
         }
     }
+    async fn idle_since(&self) -> Result<Option<f64>> {
+        match self {
+            SchedulerClient::Forwarded(a) => a.idle_since().await,
+            SchedulerClient::Tcp(a) => a.idle_since().await,
+        }
+    }
     fn endpoint(&self) -> String {
         match self {
             SchedulerClient::Forwarded(a) => a.endpoint(),
@@ -123,7 +129,7 @@ pub(crate) struct LocalPorts {
 
 /// Whether to use the Service directly: inside a pod (the service-account env is set) and
 /// the Service name resolves.
-async fn use_service(access: Access, service_host: &str) -> bool {
+pub(crate) async fn use_service(access: Access, service_host: &str) -> bool {
     match access {
         Access::Direct => true,
         Access::PortForward => false,

@@ -2,7 +2,7 @@
 //! its client's `custom_cluster_spec=` sends, and what an operator reconciling one asks the
 //! library for.
 
-use super::{ClusterRequest, TemplateSource};
+use super::{ClusterRequest, ResolvedCluster, TemplateSource};
 use crate::{Error, Result};
 use serde_json::{Value, json};
 
@@ -88,6 +88,100 @@ impl ClusterRequest {
             ..ClusterRequest::default()
         })
     }
+}
+
+impl ResolvedCluster {
+    /// The `DaskCluster` resource of this cluster, for a dask-kubernetes operator (dask-kube's
+    /// or upstream's) to make: what a client creates when the operator is installed
+    /// (Python's `deploy_mode="operator"`), the inverse of
+    /// [`ClusterRequest::from_dask_cluster`]. The worker and scheduler pod specs are the ones
+    /// dask-kube would run (the worker defaults applied, the scheduler's HTTP API routes,
+    /// `--jupyter`, the env), except what only a bare pod may have or what the operator does
+    /// itself: the scheduler's `restartPolicy: Never` (its Deployment restarts it) and its
+    /// `--idle-timeout`, which becomes `spec.idleTimeout` (the operator deletes the whole
+    /// cluster; a scheduler that exited would only be started again). `namespace` is used
+    /// when the request left it to the credentials.
+    ///
+    /// # Errors
+    /// A worker template the defaults refuse, or an idle timeout that is not a duration.
+    ///
+    /// # Example
+    /// ```
+    /// use dask_kube::{ClusterRequest, DaskConfig, NameVars};
+    /// let request = ClusterRequest {
+    ///     image: Some("ghcr.io/dask/dask:latest".into()),
+    ///     name: Some("etl".into()),
+    ///     n_workers: Some(2),
+    ///     idle_timeout: Some("10m".into()),
+    ///     ..Default::default()
+    /// };
+    /// let resolved = request.resolve(&DaskConfig::default(), &NameVars::default()).unwrap();
+    /// let cluster = resolved.dask_cluster("team").unwrap();
+    /// assert_eq!(cluster["metadata"]["namespace"], "team");
+    /// assert_eq!(cluster["spec"]["worker"]["replicas"], 2);
+    /// assert_eq!(cluster["spec"]["idleTimeout"], 600);
+    /// ```
+    pub fn dask_cluster(&self, namespace: &str) -> Result<Value> {
+        let mut spec = self.spec.clone();
+        if spec.namespace.is_empty() {
+            namespace.clone_into(&mut spec.namespace);
+        }
+        let idle_timeout = take_idle_timeout(&mut spec.scheduler_options)?;
+        let worker = spec.worker_pod()?.pod;
+        let mut scheduler = spec.scheduler_pod()?;
+        if let Some(pod_spec) = scheduler.get_mut("spec").and_then(Value::as_object_mut) {
+            pod_spec.remove("restartPolicy");
+        }
+        let service = spec.service(None);
+        // The cluster's labels (app, cluster name, user) pass on to what the operator makes;
+        // each object's component is the operator's to set.
+        let mut labels = worker["metadata"]["labels"].clone();
+        if let Some(map) = labels.as_object_mut() {
+            map.remove(dask_worker_spec::labels::COMPONENT);
+        }
+        let mut cluster_spec = json!({
+            "worker": {"replicas": self.workers, "spec": worker["spec"]},
+            "scheduler": {"spec": scheduler["spec"], "service": service["spec"]},
+        });
+        if let Some(seconds) = idle_timeout {
+            cluster_spec["idleTimeout"] = json!(seconds);
+        }
+        Ok(json!({
+            "apiVersion": format!("{}/{}", crate::DASK_OPERATOR_GROUP, crate::DASK_OPERATOR_VERSION),
+            "kind": "DaskCluster",
+            "metadata": {
+                "name": spec.name,
+                "namespace": spec.namespace,
+                "labels": labels,
+            },
+            "spec": cluster_spec,
+        }))
+    }
+}
+
+/// Removes `--idle-timeout T` (or `--idle-timeout=T`) from `dask scheduler` options; the
+/// whole seconds of the last one (at least 1), for `DaskCluster.spec.idleTimeout`.
+fn take_idle_timeout(options: &mut Vec<String>) -> Result<Option<u64>> {
+    let mut value = None;
+    let mut kept = Vec::with_capacity(options.len());
+    let mut words = std::mem::take(options).into_iter();
+    while let Some(word) = words.next() {
+        if word == "--idle-timeout" {
+            value = words.next();
+        } else if let Some(v) = word.strip_prefix("--idle-timeout=") {
+            value = Some(v.to_owned());
+        } else {
+            kept.push(word);
+        }
+    }
+    *options = kept;
+    value
+        .map(|text| {
+            crate::manifests::timedelta_seconds(&text)
+                .map(|s| (s.ceil() as u64).max(1))
+                .map_err(|reason| Error::Usage(format!("idle timeout: {reason}")))
+        })
+        .transpose()
 }
 
 /// Gives `DASK_WORKER_NAME` from the pod's name to the containers whose args use
@@ -186,6 +280,110 @@ mod tests {
             r.spec.scheduler_pod().unwrap()["spec"]["containers"][0]["image"],
             "ghcr.io/dask/dask:latest"
         );
+    }
+
+    fn resolved(request: Value) -> ResolvedCluster {
+        let request: ClusterRequest = serde_json::from_value(request).unwrap();
+        request.resolve(&DaskConfig::default(), &vars()).unwrap()
+    }
+
+    /// What a client creates for the operator: dask-kube's pods as the specs (worker defaults
+    /// applied, the scheduler's API routes), minus what a Deployment's pod may not have or
+    /// the operator does itself; read back by `from_dask_cluster`, it is the same cluster.
+    #[test]
+    fn a_resolved_cluster_becomes_the_dask_cluster_the_operator_makes() {
+        let r = resolved(
+            json!({"image": "ghcr.io/dask/dask:latest", "name": "etl", "n_workers": 3,
+                                "idle_timeout": "90s", "jupyter": true,
+                                "scheduler_service_type": "NodePort", "env": {"A": "1"}}),
+        );
+        let c = r.dask_cluster("team").unwrap();
+        assert_eq!(c["apiVersion"], "kubernetes.dask.org/v1");
+        assert_eq!(c["kind"], "DaskCluster");
+        assert_eq!(c["metadata"]["name"], "etl");
+        assert_eq!(c["metadata"]["namespace"], "team");
+        assert_eq!(c["metadata"]["labels"]["dask.org/cluster-name"], "etl");
+        assert!(
+            c["metadata"]["labels"].get("dask.org/component").is_none(),
+            "{c}"
+        );
+        assert_eq!(c["spec"]["worker"]["replicas"], 3);
+        assert_eq!(c["spec"]["idleTimeout"], 90);
+        let scheduler = &c["spec"]["scheduler"]["spec"];
+        assert!(
+            scheduler.get("restartPolicy").is_none(),
+            "a Deployment's pod restarts: {scheduler}"
+        );
+        let args = scheduler["containers"][0]["args"].to_string();
+        assert!(
+            !args.contains("--idle-timeout"),
+            "the operator deletes an idle cluster: {args}"
+        );
+        assert!(args.contains("--jupyter"), "{args}");
+        assert!(
+            scheduler["containers"][0]["env"]
+                .to_string()
+                .contains("distributed.http.scheduler.api")
+        );
+        let worker = &c["spec"]["worker"]["spec"];
+        assert_eq!(worker["restartPolicy"], "Never");
+        assert!(
+            worker["tolerations"]
+                .to_string()
+                .contains("k8s.dask.org/dedicated"),
+            "{worker}"
+        );
+        assert!(
+            worker["containers"][0]["env"]
+                .to_string()
+                .contains(r#""name":"A""#),
+            "{worker}"
+        );
+        let service = &c["spec"]["scheduler"]["service"];
+        assert_eq!(service["type"], "NodePort");
+        assert_eq!(
+            service["selector"],
+            json!({"dask.org/cluster-name": "etl", "dask.org/component": "scheduler"})
+        );
+        assert_eq!(service["ports"][0]["name"], "tcp-comm");
+        assert_eq!(service["ports"][1]["name"], "http-dashboard");
+
+        let back = ClusterRequest::from_dask_cluster(&c)
+            .unwrap()
+            .resolve(&DaskConfig::default(), &vars())
+            .unwrap();
+        assert_eq!(
+            (
+                back.spec.name.as_str(),
+                back.spec.namespace.as_str(),
+                back.workers
+            ),
+            ("etl", "team", 3)
+        );
+        assert_eq!(back.spec.service_type, ServiceType::NodePort);
+        assert_eq!(back.spec.scheduler_options, ["--idle-timeout", "90s"]);
+    }
+
+    #[rstest]
+    #[case::none(&[], Some(None), &[])]
+    #[case::spaced(&["--idle-timeout", "30m", "--jupyter"], Some(Some(1800)), &["--jupyter"])]
+    #[case::joined(&["--idle-timeout=1.5"], Some(Some(2)), &[])]
+    #[case::under_a_second(&["--idle-timeout", "100ms"], Some(Some(1)), &[])]
+    #[case::not_a_duration(&["--idle-timeout", "soon"], None, &[])]
+    fn the_idle_timeout_moves_from_the_scheduler_to_the_resource(
+        #[case] options: &[&str],
+        #[case] seconds: Option<Option<u64>>,
+        #[case] left: &[&str],
+    ) {
+        let mut options: Vec<String> = options.iter().map(|s| (*s).to_owned()).collect();
+        let taken = take_idle_timeout(&mut options);
+        match seconds {
+            Some(expected) => {
+                assert_eq!(taken.unwrap(), expected);
+                assert_eq!(options, left);
+            }
+            None => assert!(taken.is_err()),
+        }
     }
 
     #[rstest]

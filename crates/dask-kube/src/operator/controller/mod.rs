@@ -1,0 +1,585 @@
+//! The controllers: kube-runtime's `Controller` over DaskCluster, DaskWorkerGroup,
+//! DaskAutoscaler and DaskJob, fed by shared reflectors of what they own. Each reconcile
+//! reads the stores, asks the pure planner of [`crate::operator::reconcile`], and [`crate::operator::apply`]s
+//! the plan.
+
+use crate::operator::apply::{StatusWrite, apply, publish};
+use crate::operator::context::{Context, SchedulerAccess, Scope, Stores};
+use crate::operator::names::{
+    self, CLUSTER_LABEL, COMPONENT_LABEL, JOB_RUNNER_COMPONENT, SCHEDULER_COMPONENT,
+    WORKER_COMPONENT, WORKER_GROUP_LABEL,
+};
+use crate::operator::reconcile::{
+    AutoscalerView, ClusterView, JobView, Note, Plan, ServiceState, WorkerGroupView, idle_expired,
+    plan_autoscaler, plan_cluster, plan_job, plan_worker_group, scale_down_needed, target_group,
+};
+use crate::operator::resources::{DaskAutoscaler, DaskCluster, DaskJob, DaskWorkerGroup};
+use crate::{CreateLimits, KubeConnection, SchedulerApi, SchedulerWorker, WorkerPodState};
+use crate::{Error, Result};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{debug, warn};
+
+/// Wait before retrying a reconcile that failed.
+pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(10);
+/// What the operator logs once every watch has listed and the controllers run (a process
+/// that starts it waits for this line).
+pub const READY_LINE: &str = "dask-kube-operator ready";
+/// Events a shared reflector buffers per subscriber.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct OperatorOptions {
+    /// The namespaces it serves.
+    pub scope: Scope,
+    /// How it reaches schedulers.
+    pub scheduler_access: SchedulerAccess,
+    /// Its name in events (`reportingController`).
+    pub reporter: String,
+    /// How many pod creations and deletions may be in flight (under one flow control for
+    /// every reconcile).
+    pub limits: CreateLimits,
+}
+
+type Shared<K> = (Store<K>, ReflectHandle<K>);
+
+/// Starts a shared reflector of `api`; returns its store and a subscription, and the
+/// future that drives it.
+fn shared<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Shared<K>, impl std::future::Future<Output = ()> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let subscriber = writer
+        .subscribe()
+        .unwrap_or_else(|| unreachable!("a shared store always subscribes"));
+    let drive = watcher(api, config)
+        .default_backoff()
+        .reflect_shared(writer)
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+            }
+        });
+    ((reader, subscriber), drive)
+}
+
+/// Starts a reflector of `api` (a store only, no subscribers); returns its store and the
+/// future that drives it.
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl std::future::Future<Output = ()> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let drive = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+            }
+        });
+    (reader, drive)
+}
+
+/// Runs the operator until the process is asked to stop.
+///
+/// # Errors
+/// The watches never became ready (no permission to list, CRDs not installed).
+pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result<()> {
+    let OperatorOptions {
+        scope,
+        scheduler_access,
+        reporter,
+        limits,
+    } = options;
+    let client = connection.client.clone();
+    let labelled = |selector: &str| watcher::Config::default().labels(selector);
+    let ((clusters, cluster_events), drive_clusters) = shared(
+        scope.api::<DaskCluster>(&client),
+        watcher::Config::default(),
+    );
+    let ((groups, group_events), drive_groups) = shared(
+        scope.api::<DaskWorkerGroup>(&client),
+        watcher::Config::default(),
+    );
+    let (pods, drive_pods) = reflected(scope.api::<Pod>(&client), labelled(CLUSTER_LABEL));
+    let scheduler_selector = format!("{COMPONENT_LABEL}={SCHEDULER_COMPONENT}");
+    let (deployments, drive_deployments) = reflected(
+        scope.api::<Deployment>(&client),
+        labelled(&scheduler_selector),
+    );
+    let (services, drive_services) =
+        reflected(scope.api::<Service>(&client), labelled(&scheduler_selector));
+    let drive = futures::future::join5(
+        drive_clusters,
+        drive_groups,
+        drive_pods,
+        drive_deployments,
+        drive_services,
+    );
+    let stores = Stores {
+        clusters: clusters.clone(),
+        groups: groups.clone(),
+        pods: pods.clone(),
+        deployments,
+        services,
+    };
+    let ctx = Arc::new(Context::new(
+        connection,
+        limits,
+        stores.clone(),
+        scheduler_access,
+        reporter,
+    ));
+
+    let controllers = async {
+        // A reconcile that reads an empty store would create what exists (duplicate
+        // workers): start once every store has listed.
+        let ready = async {
+            tokio::try_join!(
+                stores.clusters.wait_until_ready(),
+                stores.groups.wait_until_ready(),
+                stores.pods.wait_until_ready(),
+                stores.deployments.wait_until_ready(),
+                stores.services.wait_until_ready(),
+            )
+        };
+        if ready.await.is_err() {
+            return Err(Error::OperatorWatchesNotReady);
+        }
+        tracing::info!(
+            ?scope,
+            "{READY_LINE}: every watch listed, controllers running"
+        );
+        let groups_of_cluster = {
+            let groups = groups.clone();
+            move |cluster: Arc<DaskCluster>| {
+                let (name, ns) = (cluster.name_any(), cluster.namespace());
+                groups
+                    .state()
+                    .into_iter()
+                    .filter(|g| g.spec.cluster == name && g.namespace() == ns)
+                    .map(|g| ObjectRef::from_obj(&*g))
+                    .collect::<Vec<_>>()
+            }
+        };
+        // Owned objects trigger their owner through metadata watches, which report deletions
+        // too: kube-runtime's shared streams broadcast only changes, so a worker pod, a
+        // scheduler Deployment or a job's cluster deleted by anyone would go unnoticed
+        // (upstream's kopf operator misses them the same way, dask-kubernetes #603).
+        let worker_selector = format!("{COMPONENT_LABEL}={WORKER_COMPONENT}");
+        let runner_selector = format!("{COMPONENT_LABEL}={JOB_RUNNER_COMPONENT}");
+        let cluster_controller =
+            Controller::for_shared_stream(cluster_events.clone(), clusters.clone())
+                .owns_stream(touched::<Deployment>(
+                    &scope,
+                    &client,
+                    labelled(&scheduler_selector),
+                ))
+                .owns_stream(touched::<Service>(
+                    &scope,
+                    &client,
+                    labelled(&scheduler_selector),
+                ))
+                .owns_stream(touched::<DaskWorkerGroup>(
+                    &scope,
+                    &client,
+                    watcher::Config::default(),
+                ))
+                .shutdown_on_signal()
+                .run(reconcile_cluster, retry, ctx.clone());
+        let group_controller = Controller::for_shared_stream(group_events.clone(), groups.clone())
+            .owns_stream(touched::<Pod>(&scope, &client, labelled(&worker_selector)))
+            .watches_shared_stream(cluster_events.clone(), groups_of_cluster)
+            .shutdown_on_signal()
+            .run(reconcile_worker_group, retry, ctx.clone());
+        let autoscaler_controller = Controller::new(
+            scope.api::<DaskAutoscaler>(&client),
+            watcher::Config::default(),
+        )
+        .shutdown_on_signal()
+        .run(reconcile_autoscaler, retry, ctx.clone());
+        let job_controller =
+            Controller::new(scope.api::<DaskJob>(&client), watcher::Config::default())
+                .owns_stream(touched::<Pod>(&scope, &client, labelled(&runner_selector)))
+                .owns_stream(touched::<DaskCluster>(
+                    &scope,
+                    &client,
+                    watcher::Config::default(),
+                ))
+                .shutdown_on_signal()
+                .run(reconcile_job, retry, ctx.clone());
+        futures::future::join4(
+            log_results(cluster_controller),
+            log_results(group_controller),
+            log_results(autoscaler_controller),
+            log_results(job_controller),
+        )
+        .await;
+        Ok(())
+    };
+    tokio::select! {
+        result = controllers => result,
+        _ = drive => Ok(()),
+    }
+}
+
+/// Every change and deletion of `K`s in `scope`, metadata only (owner references are all
+/// a trigger needs).
+fn touched<K>(
+    scope: &Scope,
+    client: &Client,
+    config: watcher::Config,
+) -> impl Stream<Item = std::result::Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<PartialObjectMeta<K>> = scope.api(client);
+    watcher(api, config).default_backoff().touched_objects()
+}
+
+async fn log_results<K: Resource, E: std::fmt::Display, S>(results: S)
+where
+    S: Stream<Item = std::result::Result<(ObjectRef<K>, Requeue), E>>,
+    K::DynamicType: Debug + Eq + Hash + Clone,
+{
+    results
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                debug!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn retry<K>(_object: Arc<K>, _error: &Error, _ctx: Arc<Context>) -> Requeue {
+    Requeue::requeue(RETRY_AFTER_ERROR)
+}
+
+fn requeue(plan: &Plan) -> Requeue {
+    match plan.requeue_after {
+        Some(after) => Requeue::requeue(after),
+        None => Requeue::await_change(),
+    }
+}
+
+/// Reports a failed reconcile as a Warning event on the object (what kopf's "Handler ...
+/// failed" events tell), then returns the error for the retry.
+async fn reported<K: Resource<DynamicType = ()>, T>(
+    ctx: &Context,
+    object: &K,
+    result: Result<T>,
+) -> Result<T> {
+    if let Err(e) = &result {
+        publish(
+            ctx,
+            object,
+            &Note {
+                warning: true,
+                message: e.to_string(),
+            },
+        )
+        .await;
+    }
+    result
+}
+
+fn namespace_of<K: Resource>(object: &K) -> String {
+    object.meta().namespace.clone().unwrap_or_default()
+}
+
+/// Reconciles a DaskCluster: its parts and phase, and the idle timeout.
+pub async fn reconcile_cluster(cluster: Arc<DaskCluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    let ns = namespace_of(&*cluster);
+    let name = cluster.name_any();
+    let scheduler = names::scheduler_name(&name);
+    let stores = &ctx.stores;
+    let scheduler_deployment = stores
+        .deployments
+        .get(&ObjectRef::new(&scheduler).within(&ns))
+        .is_some();
+    let service = stores
+        .services
+        .get(&ObjectRef::new(&scheduler).within(&ns))
+        .map(|s| ServiceState {
+            load_balancer: s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"),
+            has_ingress: s
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+                .is_some_and(|i| !i.is_empty()),
+        });
+    let default_group = stores
+        .groups
+        .get(&ObjectRef::new(&names::default_worker_group_name(&name)).within(&ns));
+    let plan = plan_cluster(ClusterView {
+        cluster: &cluster,
+        scheduler_deployment,
+        service,
+        default_group: default_group.as_deref(),
+    });
+    let plan = reported(&ctx, &*cluster, plan).await?;
+    reported(
+        &ctx,
+        &*cluster,
+        apply(&ctx, &*cluster, &plan, StatusWrite::Object).await,
+    )
+    .await?;
+
+    let running = cluster.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    if cluster.spec.idle_timeout > 0 && running {
+        check_idle(&ctx, &cluster).await;
+    }
+    Ok(requeue(&plan))
+}
+
+async fn check_idle(ctx: &Context, cluster: &DaskCluster) {
+    let ns = namespace_of(cluster);
+    let name = cluster.name_any();
+    let Some(scheduler) = ctx.scheduler(&ns, &name) else {
+        return;
+    };
+    match scheduler.idle_since().await {
+        Ok(since) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            if idle_expired(cluster.spec.idle_timeout, since, now) {
+                let note = format!(
+                    "Scheduler idle for longer than {} seconds, deleting DaskCluster {name}.",
+                    cluster.spec.idle_timeout
+                );
+                publish(
+                    ctx,
+                    cluster,
+                    &Note {
+                        warning: false,
+                        message: note,
+                    },
+                )
+                .await;
+                let clusters: Api<DaskCluster> = Api::namespaced(ctx.client.clone(), &ns);
+                if let Err(e) = clusters.delete(&name, &Default::default()).await {
+                    warn!(namespace = %ns, cluster = %name, error = %e, "cannot delete the idle cluster");
+                }
+            }
+        }
+        // Upstream: "Unable to connect to scheduler, skipping autoshutdown check."
+        Err(e) => debug!(namespace = %ns, cluster = %name, error = %e, "skipping the idle check"),
+    }
+}
+
+/// Reconciles a DaskWorkerGroup: its worker pods.
+pub async fn reconcile_worker_group(
+    group: Arc<DaskWorkerGroup>,
+    ctx: Arc<Context>,
+) -> Result<Requeue> {
+    let ns = namespace_of(&*group);
+    let name = group.name_any();
+    let group_ref = ObjectRef::from_obj(&*group);
+    if group.meta().deletion_timestamp.is_some() {
+        ctx.forget_group(&group_ref);
+        return Ok(Requeue::await_change());
+    }
+    let cluster = ctx
+        .stores
+        .clusters
+        .get(&ObjectRef::new(&group.spec.cluster).within(&ns));
+    let observed = ctx
+        .stores
+        .pods_labelled(&ns, &[(WORKER_GROUP_LABEL, &name)]);
+    let pods = match crate::operator::manifests::owner_ref(&*group) {
+        Ok(owner) => ctx.with_expectations(&group_ref, |e| {
+            e.reconcile_view(observed, &owner, std::time::Instant::now())
+        }),
+        Err(_) => observed,
+    };
+    let other_pods: Vec<Pod> = ctx
+        .stores
+        .pods_labelled(
+            &ns,
+            &[
+                (CLUSTER_LABEL, &group.spec.cluster),
+                (COMPONENT_LABEL, WORKER_COMPONENT),
+            ],
+        )
+        .into_iter()
+        .filter(|p| p.labels().get(WORKER_GROUP_LABEL) != Some(&name))
+        .collect();
+    let workers: Option<Vec<SchedulerWorker>> = if scale_down_needed(&group, &pods) {
+        scheduler_workers(&ctx, &ns, &group.spec.cluster).await
+    } else {
+        None
+    };
+    let mut suffix = || uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let plan = plan_worker_group(
+        WorkerGroupView {
+            group: &group,
+            cluster: cluster.as_deref(),
+            pods: &pods,
+            other_pods: &other_pods,
+            scheduler_workers: workers.as_deref(),
+        },
+        &mut suffix,
+    );
+    let plan = reported(&ctx, &*group, plan).await?;
+    reported(
+        &ctx,
+        &*group,
+        apply(&ctx, &*group, &plan, StatusWrite::Object).await,
+    )
+    .await?;
+    // An expectation the watch never confirms expires; look again then, even if no event
+    // comes.
+    if plan.requeue_after.is_none() && ctx.with_expectations(&group_ref, |e| e.outstanding()) {
+        return Ok(Requeue::requeue(crate::operator::reconcile::TIMER_PERIOD));
+    }
+    Ok(requeue(&plan))
+}
+
+async fn scheduler_workers(ctx: &Context, ns: &str, cluster: &str) -> Option<Vec<SchedulerWorker>> {
+    let scheduler = ctx.scheduler(ns, cluster)?;
+    match scheduler.workers().await {
+        Ok(workers) => Some(workers),
+        Err(e) => {
+            warn!(namespace = %ns, %cluster, error = %e, "cannot list the scheduler's workers; removing only pods that never started");
+            None
+        }
+    }
+}
+
+/// Reconciles a DaskAutoscaler: one poll of the scheduler's target.
+pub async fn reconcile_autoscaler(
+    autoscaler: Arc<DaskAutoscaler>,
+    ctx: Arc<Context>,
+) -> Result<Requeue> {
+    let ns = namespace_of(&*autoscaler);
+    let cluster_name = autoscaler.spec.cluster.clone();
+    let autoscaler_ref = ObjectRef::from_obj(&*autoscaler);
+    if autoscaler.meta().deletion_timestamp.is_some() {
+        ctx.forget_autoscaler(&autoscaler_ref);
+        return Ok(Requeue::await_change());
+    }
+    let stores = &ctx.stores;
+    let cluster = stores
+        .clusters
+        .get(&ObjectRef::new(&cluster_name).within(&ns));
+    let group_name = target_group(&autoscaler);
+    let group = stores.groups.get(&ObjectRef::new(&group_name).within(&ns));
+    let workers = stores.pods_labelled(
+        &ns,
+        &[
+            (CLUSTER_LABEL, &cluster_name),
+            (COMPONENT_LABEL, WORKER_COMPONENT),
+        ],
+    );
+    let (group_pods, others): (Vec<Pod>, Vec<Pod>) = workers
+        .into_iter()
+        .partition(|p| p.labels().get(WORKER_GROUP_LABEL) == Some(&group_name));
+    let other_workers = others
+        .iter()
+        .filter(|p| WorkerPodState::from_pod(p).active())
+        .count();
+    let scheduler_ready = stores
+        .scheduler_pod(&ns, &cluster_name)
+        .is_some_and(|(_, ready)| ready);
+    let target = match (scheduler_ready, ctx.scheduler(&ns, &cluster_name)) {
+        (true, Some(scheduler)) => match scheduler.adaptive_target().await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!(namespace = %ns, cluster = %cluster_name, error = %e, "Unable to get desired number of workers from scheduler.");
+                None
+            }
+        },
+        _ => None,
+    };
+    let now = ctx.started.elapsed();
+    let plan = ctx.with_adapt_memory(&autoscaler_ref, |memory| {
+        plan_autoscaler(
+            AutoscalerView {
+                autoscaler: &autoscaler,
+                cluster: cluster.as_deref(),
+                group: group.as_deref(),
+                group_pods: &group_pods,
+                other_workers: u32::try_from(other_workers).unwrap_or(u32::MAX),
+                scheduler_ready,
+                target,
+            },
+            memory,
+            now,
+        )
+    });
+    let plan = reported(&ctx, &*autoscaler, plan).await?;
+    reported(
+        &ctx,
+        &*autoscaler,
+        apply(&ctx, &*autoscaler, &plan, StatusWrite::Object).await,
+    )
+    .await?;
+    Ok(requeue(&plan))
+}
+
+/// Reconciles a DaskJob: its cluster, runner pod and status.
+pub async fn reconcile_job(job: Arc<DaskJob>, ctx: Arc<Context>) -> Result<Requeue> {
+    let ns = namespace_of(&*job);
+    let name = job.name_any();
+    let cluster_exists = ctx
+        .stores
+        .clusters
+        .get(&ObjectRef::new(&name).within(&ns))
+        .is_some();
+    let runner_name = names::job_runner_pod_name(&name);
+    let runner = ctx
+        .stores
+        .pods
+        .get(&ObjectRef::new(&runner_name).within(&ns));
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let plan = plan_job(
+        JobView {
+            job: &job,
+            cluster_exists,
+            runner: runner.as_deref(),
+        },
+        &now,
+    );
+    let plan = reported(&ctx, &*job, plan).await?;
+    reported(
+        &ctx,
+        &*job,
+        apply(&ctx, &*job, &plan, StatusWrite::Subresource).await,
+    )
+    .await?;
+    Ok(requeue(&plan))
+}
+
+#[cfg(test)]
+mod tests;
