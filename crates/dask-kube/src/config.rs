@@ -9,6 +9,7 @@
 use crate::literal;
 use crate::names::DEFAULT_NAME_TEMPLATE;
 use crate::request::WorkerCommand;
+use crate::tls::TlsMode;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -386,7 +387,24 @@ impl DaskConfig {
             Some(n) => Some(n),
             None => self.get_str("kubernetes.worker-name")?,
         };
+        let tls = match self.get("kubernetes.tls") {
+            None | Some(Value::Null) => TlsMode::default(),
+            Some(Value::Bool(true)) => TlsMode::ClusterCa,
+            Some(Value::Bool(false)) => TlsMode::Off,
+            Some(Value::String(mode)) => mode.parse().map_err(|e: Error| Error::Config {
+                origin: "kubernetes.tls".into(),
+                reason: e.to_string(),
+            })?,
+            Some(other) => {
+                return Err(self.type_error(
+                    "kubernetes.tls",
+                    "cluster-ca, provided or off",
+                    other,
+                ));
+            }
+        };
         Ok(KubeSettings {
+            tls,
             worker_template_path: self
                 .get_str("kubernetes.worker-template-path")?
                 .filter(|p| !p.is_empty())
@@ -481,6 +499,9 @@ fn expand_home(path: &str, env: &[(String, String)]) -> PathBuf {
 /// The settings dask-kube reads from the Dask configuration; CLI flags override them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KubeSettings {
+    /// `kubernetes.tls`: how the client, scheduler and workers talk (`cluster-ca`, the
+    /// default; `provided`; `off`; or a boolean).
+    pub tls: TlsMode,
     /// `kubernetes.worker-template-path`.
     pub worker_template_path: Option<PathBuf>,
     /// `kubernetes.worker-template` (an inline pod).

@@ -139,8 +139,10 @@ mod scaler;
 mod scaling;
 mod scheduler_api;
 mod signals;
+mod stored_template;
 mod supervisor;
 mod template;
+mod tls;
 
 pub use adapt::{
     AdaptPolicy, AdaptTuning, DEFAULT_COOLDOWN, DEFAULT_INTERVAL, DEFAULT_WAIT_COUNT, ScaleAction,
@@ -187,3 +189,4 @@ pub use scaling::{
 pub use scheduler_api::{Connect, HttpSchedulerApi, SchedulerApi, TcpConnect};
 pub use supervisor::{StateDir, SupervisorState, is_supervisor};
 pub use template::PodTemplate;
+pub use tls::{ClientTlsFiles, ClusterTls, TlsMode};
