@@ -159,8 +159,8 @@ pub use cluster::{
     no_progress, run_controller, supervise, teardown, up,
 };
 pub use config::{
-    ConfigDocument, ConfigSource, ConfigSources, DEFAULT_CONTROLLER_IMAGE, DaskConfig,
-    KubeSettings, ProcessConfig,
+    CONTROLLER_IMAGE_DIGEST, ConfigDocument, ConfigSource, ConfigSources, DEFAULT_CONTROLLER_IMAGE,
+    DaskConfig, KubeSettings, ProcessConfig, default_controller_image,
 };
 pub use controller::{
     SERVICE_ACCOUNT as CONTROLLER_SERVICE_ACCOUNT, pod_name as controller_pod_name,
