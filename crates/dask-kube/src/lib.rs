@@ -153,10 +153,10 @@ pub use apiserver::{
     install_crypto_provider,
 };
 pub use cluster::{
-    Access, AdaptPlacement, AdaptStarted, AttachOptions, CloseReport, DEFAULT_WAIT_TIMEOUT,
-    DetachOptions, KubeCluster, KubeClusterBuilder, Progress, ProgressFn, Reconnect,
-    SchedulerClient, UpOptions, UpOutcome, UpReport, WorkerInfo, cluster_logs, delete_cluster,
-    no_progress, run_controller, supervise, teardown, up,
+    Access, AdaptPlacement, AdaptStarted, AttachOptions, ClientSecurity, CloseReport,
+    DEFAULT_WAIT_TIMEOUT, DetachOptions, KubeCluster, KubeClusterBuilder, Progress, ProgressFn,
+    Reconnect, SchedulerClient, UpOptions, UpOutcome, UpReport, WorkerInfo, cluster_logs,
+    delete_cluster, no_progress, read_client_tls, run_controller, supervise, teardown, up,
 };
 pub use config::{
     CONTROLLER_IMAGE_DIGEST, ConfigDocument, ConfigSource, ConfigSources, DEFAULT_CONTROLLER_IMAGE,

@@ -58,7 +58,10 @@ async fn detached_up_scale_and_down() {
     let up_seconds = started.elapsed().as_secs_f64();
     let name = up["name"].as_str().unwrap().to_owned();
     let address = up["scheduler_address"].as_str().unwrap().to_owned();
-    assert!(address.starts_with("tcp://127.0.0.1:"), "{address}");
+    assert!(
+        address.starts_with("tls://127.0.0.1:"),
+        "TLS by default: {address}"
+    );
 
     // A real Client on this machine, after `up` exited: 3 workers named after their pods.
     let seen = client(&["workers", &address]);
@@ -172,7 +175,7 @@ async fn adapt_grows_under_load_and_shrinks_after() {
 
     // 60 tasks of 2 s: 120 task-seconds, far above one worker's 5 s target duration.
     let started = Instant::now();
-    let mut load = std::process::Command::new(common::python())
+    let mut load = common::python_for(&address)
         .args([
             fixture("dask_client.py").to_str().unwrap(),
             "load",
@@ -732,7 +735,7 @@ async fn the_printed_dashboard_link_answers_in_every_mode() {
         up["dashboard_env"]["DASK_DISTRIBUTED__DASHBOARD__LINK"], up["dashboard"],
         "{up}"
     );
-    let seen = std::process::Command::new(common::python())
+    let seen = common::python_for(&address)
         .arg(fixture("dask_client.py"))
         .args(["dashboard", &address])
         .env("DASK_DISTRIBUTED__DASHBOARD__LINK", &dashboard)
@@ -791,8 +794,10 @@ async fn the_printed_dashboard_link_answers_in_every_mode() {
     let link = printed(&lines, "dashboard").to_owned();
     assert_eq!(http_status(&link), "200", "foreground up: {link}");
     assert!(
-        lines.contains(&format!("export DASK_DISTRIBUTED__DASHBOARD__LINK={link}")),
-        "the export for a plain Client: {lines:?}"
+        lines.iter().any(|l| l
+            .starts_with(&format!("export DASK_DISTRIBUTED__DASHBOARD__LINK={link} "))
+            && l.contains(" DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=")),
+        "the export for a plain Client (its dashboard link and its certificate): {lines:?}"
     );
     kill(Pid::from_raw(up.id() as i32), Signal::SIGTERM).unwrap();
     assert!(up.wait().unwrap().success());
@@ -1069,13 +1074,22 @@ async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
                     "python",
                     "/opt/client/dask_client.py",
                     "load",
-                    format!("tcp://{name}-scheduler.{}:8786", ns.name),
+                    format!("tls://{name}-scheduler.{}:8786", ns.name),
                     "30",
                     "2",
                 ],
-                "volumeMounts": [{"name": "client", "mountPath": "/opt/client"}],
+                // A client inside the cluster presents the cluster's certificate too: its
+                // Secret, mounted as the scheduler and workers have it.
+                "env": common::tls_client_env("/etc/dask-kube/tls"),
+                "volumeMounts": [
+                    {"name": "client", "mountPath": "/opt/client"},
+                    {"name": "tls", "mountPath": "/etc/dask-kube/tls", "readOnly": true},
+                ],
             }],
-            "volumes": [{"name": "client", "configMap": {"name": "load-client"}}],
+            "volumes": [
+                {"name": "client", "configMap": {"name": "load-client"}},
+                {"name": "tls", "secret": {"secretName": format!("{name}-tls")}},
+            ],
         },
     }))
     .unwrap();

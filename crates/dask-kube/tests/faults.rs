@@ -12,8 +12,8 @@
 mod common;
 
 use common::{
-    SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, python, run, running_workers,
-    wait_for,
+    SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, pod_processes, python_for, run,
+    running_workers, wait_for,
 };
 use dask_kube::{CreateLimits, KubeCluster, PodTemplate};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -699,7 +699,7 @@ async fn scale_down_during_a_computation_loses_no_key_and_recomputes_nothing() {
     let state = tempfile::tempdir().unwrap();
     let (name, address) = up_small(state.path(), &ns.name, &["--workers", "4"]);
     let started = Instant::now();
-    let out = Command::new(python())
+    let out = python_for(&address)
         .arg(fixture("fault_client.py"))
         .args(["scale-down", &address, "40", "--"])
         .arg(env!("CARGO_BIN_EXE_dask-kube"))
@@ -734,23 +734,6 @@ async fn scale_down_during_a_computation_loses_no_key_and_recomputes_nothing() {
     let down = run(state.path(), &["-n", &ns.name, "down", &name]);
     assert!(down.status.success());
     ns.delete().await;
-}
-
-/// The pids of a pod's processes on this machine: the processes in the pod's cgroup (the
-/// kubelet's cgroupfs driver names it `pod<uid>`), its sandbox's pause process included.
-fn pod_processes(pod: &Pod) -> BTreeSet<i32> {
-    let Some(uid) = pod.metadata.uid.as_deref() else {
-        return BTreeSet::new();
-    };
-    let marker = format!("/pod{uid}/");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|cg| cg.lines().any(|l| l.contains(&marker)))
-        })
-        .collect()
 }
 
 /// The pod named `name` in `ns`.
@@ -799,7 +782,7 @@ async fn deleting_the_scheduler_mid_computation_ends_the_cluster_and_leaves_noth
         .path()
         .join(format!("dask-kube/{}_{name}.json", ns.name));
     assert!(supervisor_state.exists(), "{}", supervisor_state.display());
-    let mut load = Command::new(python())
+    let mut load = python_for(&address)
         .arg(fixture("dask_client.py"))
         .args(["load", &address, "8", "30"])
         .stdout(Stdio::null())
@@ -940,7 +923,7 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
     ));
     let name = up["name"].as_str().unwrap().to_owned();
     let address = up["scheduler_address"].as_str().unwrap().to_owned();
-    let mut load = Command::new(python())
+    let mut load = python_for(&address)
         .arg(fixture("dask_client.py"))
         .args(["load", &address, "12", "60"])
         .stdout(Stdio::null())
@@ -1194,7 +1177,7 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
         .map(|(n, c)| (n.clone(), *c))
         .unwrap();
     let lose = format!("{} node lose {lost}", cluster_script().display());
-    let client = Command::new(python())
+    let client = python_for(&address)
         .arg(fixture("fault_client.py"))
         .args(["scale-down", &address, "24", "--", "sh", "-c", &lose])
         .output()
@@ -1284,7 +1267,7 @@ async fn an_oom_killed_worker_is_recomputed_and_replaced() {
     );
     let workers: Vec<String> = ns.pod_names(&worker_selector(&name)).await;
     let victim = workers[0].clone();
-    let mut client = Command::new(python())
+    let mut client = python_for(&address)
         .arg(fixture("fault_client.py"))
         .args(["oom", &address, &victim, "12"])
         .stdout(Stdio::piped())
