@@ -3,6 +3,11 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed step fails the test
 
+mod lossy_proxy;
+
+#[allow(unused_imports)]
+pub use lossy_proxy::LossyProxy;
+
 use kube::Client;
 use kube::api::{Api, ListParams};
 use std::path::{Path, PathBuf};
