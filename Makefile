@@ -136,6 +136,10 @@ bench-scale: setup wasm venv ## time to N Pending pods and back to 0: raw apiser
 fuzz: ## bounded fuzz campaign of the policy (cargo-fuzz on nightly; FUZZ_RUNS per target)
 	CACHE_DIR=$(CACHE_DIR) fuzz/run.sh
 
+.PHONY: bench-tls
+bench-tls: setup venv ## the README example on a dask-kube cluster with TLS (the default) and without, side by side: medians and ratio (BENCH_REPEATS, BENCH_WORKERS)
+	VENV=$(VENV) e2e-tests/bench-tls/run.sh
+
 .PHONY: bench-python
 bench-python: setup wasm venv ## classic dask-kubernetes KubeCluster vs dask_kube.KubeCluster, each deploy mode: constructor to N connected workers, machine CPU, peak RSS (BENCH_N, BENCH_REPEATS)
 	VENV=$(VENV) e2e-tests/bench-python/run.sh
