@@ -1307,11 +1307,16 @@ const DASK_KUBE_RULES: &[(&str, &str)] = &[
     ("services", "create"),
     ("services", "patch"),
     ("services", "delete"),
+    ("podtemplates", "create"),
+    ("podtemplates", "get"),
+    ("secrets", "create"),
+    ("secrets", "get"),
 ];
 
 /// Issue 9 §4, least privilege proven: for each rule of the `dask-kube` Role, the whole
-/// life cycle from outside the cluster (up --detach, scale up, list, logs, scale down
-/// retiring, down) runs as the ServiceAccount with that one verb removed. Some step must
+/// life cycle from outside the cluster (up --detach, list, the client's certificate, scale
+/// up, logs, scale down retiring, down) runs as the ServiceAccount with that one verb
+/// removed. Some step must
 /// fail (else the rule is not needed and must go), and its error must name the verb and the
 /// resource. Nothing here has cluster scope: the ServiceAccount has only the namespaced Role.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1374,7 +1379,8 @@ async fn every_rule_of_rbac_yaml_is_needed_and_its_absence_is_named() {
                 Some(("list shows the supervisor".to_owned(), log)),
             );
         }
-        let steps: [(&str, Vec<&str>); 4] = [
+        let steps: [(&str, Vec<&str>); 5] = [
+            ("tls (the client's certificate)", vec!["tls", &name]),
             ("scale 1 (up)", vec!["scale", &name, "1", "--wait", "120"]),
             ("logs", vec!["logs", &name]),
             ("scale 0 (retire, delete)", vec!["scale", &name, "0"]),
@@ -1402,7 +1408,7 @@ async fn every_rule_of_rbac_yaml_is_needed_and_its_absence_is_named() {
             .env("KUBECONFIG", common::kubeconfig())
             .args([
                 "delete",
-                "pods,services",
+                "pods,services,podtemplates,secrets",
                 "-l",
                 "app=dask",
                 "-n",
@@ -1467,6 +1473,9 @@ const CONTROLLER_RULES: &[(&str, &str)] = &[
     ("pods", "delete"),
     ("pods", "get"),
     ("pods", "list"),
+    ("pods/portforward", "get"),
+    ("pods/portforward", "create"),
+    ("podtemplates", "get"),
 ];
 
 /// `kubectl auth can-i VERB RESOURCE[/SUBRESOURCE]` as ServiceAccount `sa` of `ns`.
@@ -1632,7 +1641,8 @@ async fn controller_scenario(
     (name, None)
 }
 
-/// Issue 9 §4 for the controller's own Role (pods only): with each rule removed in turn,
+/// Issue 9 §4 for the controller's own Role (pods, port-forward to its scheduler's HTTP API,
+/// its worker template): with each rule removed in turn,
 /// the controller pod fails to do one step of adapting, and its log names the verb and the
 /// resource it lacks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1689,7 +1699,7 @@ async fn every_rule_of_the_controller_role_is_needed_and_its_absence_is_logged()
             said.contains(&format!("{verb} {resource}")),
             "without {verb} {resource} the controller's log must name them: {said}"
         );
-        table.push(format!("{verb:>6} {resource:<5} -> cannot {step}: {said}"));
+        table.push(format!("{verb:>6} {resource:<16} -> cannot {step}: {said}"));
     }
     restore_role(&roles, &full).await;
     eprintln!(
