@@ -317,7 +317,7 @@ async fn lost_answers_to_pod_creations_make_no_duplicate_and_no_leak() {
         state.path(),
         &ns.name,
         "pending-worker.yml",
-        &["--workers", "0"],
+        &["--workers", "0", "--scheduler-template", plain_scheduler()],
     );
     let proxy = common::LossyProxy::start(&common::kubeconfig(), LOSSES, state.path()).await;
     let started = Instant::now();
