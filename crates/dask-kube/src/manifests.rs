@@ -575,12 +575,13 @@ impl ClusterSpec {
 pub const SECRET_PLACEHOLDER: &str = "<made when the cluster starts>";
 
 /// The `startupProbe` of a scheduler whose HTTP server listens on its pod's loopback: its
-/// `/health`, asked from inside the container (Python is in every Dask image).
+/// `/health`, asked from inside the container by the image's Python (`python3`, else
+/// `python`: every Dask image has one of them).
 fn scheduler_health_probe() -> Value {
     json!({
         "exec": {"command": [
-            "python", "-c",
-            format!("import urllib.request; urllib.request.urlopen('http://127.0.0.1:{DASHBOARD_PORT}/health', timeout=1)"),
+            "sh", "-c",
+            format!("exec \"$(command -v python3 || command -v python)\" -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{DASHBOARD_PORT}/health', timeout=1)\""),
         ]},
         "periodSeconds": 2,
         "timeoutSeconds": 2,
