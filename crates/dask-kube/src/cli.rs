@@ -656,7 +656,8 @@ fn tls_text(tls: TlsMode, files: Option<&ClientTlsFiles>) -> String {
     match (tls, files) {
         (_, Some(files)) => format!(
             "TLS: this cluster's own CA; a client presents the certificate in {dir}: \
-             Client(address, security=Security(tls_ca_file=\"{ca}\", tls_client_cert=\"{cert}\", tls_client_key=\"{key}\", require_encryption=True)) or the export below",
+             Client(address, security=Security(tls_ca_file=\"{ca}\", tls_client_cert=\"{cert}\", tls_client_key=\"{key}\", require_encryption=True)), \
+             the export below, or the Dask config {config}",
             dir = files
                 .ca_file
                 .parent()
@@ -665,6 +666,7 @@ fn tls_text(tls: TlsMode, files: Option<&ClientTlsFiles>) -> String {
             ca = files.ca_file.display(),
             cert = files.cert_file.display(),
             key = files.key_file.display(),
+            config = files.dask_config_file.display(),
         ),
         (TlsMode::Provided, None) => {
             "TLS: the templates' own certificates; the client needs its own Security".to_owned()
@@ -683,6 +685,7 @@ fn up_json(report: &UpReport, tls_files: Option<&ClientTlsFiles>) -> serde_json:
            "dashboard_env": {DASHBOARD_LINK_ENV: report.dashboard},
            "tls": report.tls,
            "security": tls_files.map(ClientTlsFiles::security_kwargs),
+           "dask_config_file": tls_files.map(|f| f.dask_config_file.clone()),
            "client_env": env,
            "workers": report.workers, "capped": report.capped,
            "ready_seconds": report.ready_seconds,
@@ -716,7 +719,8 @@ async fn tls(name: &str, dir: Option<PathBuf>, target: &Target, ui: &Ui) -> Resu
             tls_text(TlsMode::ClusterCa, Some(&files)),
             export_line(&files.client_env())
         ),
-        json!({"name": name, "namespace": api.namespace(), "security": files.security_kwargs(), "client_env": env}),
+        json!({"name": name, "namespace": api.namespace(), "security": files.security_kwargs(),
+               "dask_config_file": files.dask_config_file, "client_env": env}),
     );
     Ok(exit::OK)
 }

@@ -269,6 +269,9 @@ impl ClusterTls {
         write_private(&files.ca_file, &self.ca_pem)?;
         write_private(&files.cert_file, &self.cert_pem)?;
         write_private(&files.key_file, &self.key_pem)?;
+        let config = serde_norway::to_string(&files.dask_config())
+            .map_err(|e| Error::io("writing the Dask config", std::io::Error::other(e)))?;
+        write_private(&files.dask_config_file, &config)?;
         Ok(files)
     }
 }
@@ -310,6 +313,10 @@ pub struct ClientTlsFiles {
     pub cert_file: PathBuf,
     /// Its key (`tls_client_key`).
     pub key_file: PathBuf,
+    /// The same settings as a Dask config file (`dask.yaml`): what
+    /// `dask.config.update(dask.config.config, yaml.safe_load(open(path)))` or a copy in
+    /// `~/.config/dask/` loads.
+    pub dask_config_file: PathBuf,
 }
 
 impl ClientTlsFiles {
@@ -319,7 +326,19 @@ impl ClientTlsFiles {
             ca_file: dir.join(CA_KEY),
             cert_file: dir.join(CERT_KEY),
             key_file: dir.join(KEY_KEY),
+            dask_config_file: dir.join("dask.yaml"),
         }
+    }
+
+    /// The client's settings as Dask config (`distributed.comm.*`).
+    pub fn dask_config(&self) -> Value {
+        json!({"distributed": {"comm": {
+            "require-encryption": true,
+            "tls": {
+                "ca-file": self.ca_file,
+                "client": {"cert": self.cert_file, "key": self.key_file},
+            },
+        }}})
     }
 
     /// The keyword arguments of `distributed.security.Security(**kwargs)` for a client.
@@ -760,6 +779,14 @@ mod tests {
             files.key_file.display().to_string()
         );
         assert_eq!(files.security_kwargs()["require_encryption"], true);
+        let config: Value =
+            serde_norway::from_str(&std::fs::read_to_string(&files.dask_config_file).unwrap())
+                .unwrap();
+        assert_eq!(
+            config["distributed"]["comm"]["tls"]["client"]["key"],
+            files.key_file.display().to_string()
+        );
+        assert_eq!(config["distributed"]["comm"]["require-encryption"], true);
     }
 
     #[rstest]
