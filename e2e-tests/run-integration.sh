@@ -47,6 +47,7 @@ run "policy webhook through the apiserver" cargo test --locked --workspace --tes
 # dask-kube's tests/cluster.rs (#[ignore]d outside this tier).
 run "dask-kube against the cluster" cargo test --locked --workspace --test cluster -- --include-ignored --test-threads=1
 run "dask-kube scale-down loses no data (tests/data_safety.rs)" cargo test --locked --workspace --test data_safety -- --include-ignored --test-threads=1
+run "dask-kube's security (tests/security.rs: TLS, the controller's policies and securityContext)" cargo test --locked --workspace --test security -- --include-ignored --test-threads=1 --nocapture
 run "README example end to end (demo.py --check)" "$VENV/bin/python" e2e-tests/demo/demo.py --check \
   --summary-json "${DEMO_SUMMARY:-$CARGO_TARGET_DIR/demo-summary.json}"
 # The Python package (built into the venv by `make venv`) against the same cluster; a
