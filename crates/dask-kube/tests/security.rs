@@ -221,8 +221,9 @@ async fn client_of(kubeconfig: &Path) -> kube::Client {
 /// a thief of it holds), `pods create` makes only that cluster's worker pods as its worker
 /// template says: a pod running as the `dask-kube` ServiceAccount and one with another image
 /// are refused, the message naming the ValidatingAdmissionPolicy; the template itself is
-/// accepted (the policy refuses what differs, not everything); a pod of another cluster, a
-/// token bound to no pod and a port-forward to another pod are refused too.
+/// accepted (the policy refuses what differs, not everything), and the controller replaces a
+/// lost worker under the policies; a pod of another cluster, a token bound to no pod and a
+/// port-forward to another pod are refused too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn the_controllers_service_account_cannot_create_other_pods() {
@@ -249,9 +250,31 @@ async fn the_controllers_service_account_cannot_create_other_pods() {
             == Some("Running")
     })
     .await;
-    // The controller itself creates workers under the policies: its minimum is there.
-    wait_for("the controller's worker", || async {
-        common::running_workers(&ns, &name).await >= 1
+    // The controller itself creates workers under the policies: the minimum `up` made is
+    // deleted, and the controller's adapt loop replaces it (a lost worker).
+    let selector = format!("dask.org/cluster-name={name},dask.org/component=worker");
+    wait_for("up's worker", || async {
+        !ns.pod_names(&selector).await.is_empty()
+    })
+    .await;
+    let first = ns.pod_names(&selector).await;
+    for pod in &first {
+        ns.pods()
+            .delete(pod, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    wait_for("a worker the controller made", || async {
+        ns.pods()
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|p| {
+                !first.contains(p.metadata.name.as_ref().unwrap())
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
     })
     .await;
     let controller_pod = ns.pods().get(&controller).await.unwrap();
