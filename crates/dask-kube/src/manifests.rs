@@ -66,7 +66,7 @@ pub struct ClusterSpec {
     /// The Service's type.
     pub service_type: ServiceType,
     /// How the client, scheduler and workers talk: [`TlsMode::ClusterCa`] mounts the
-    /// cluster's certificates ([`tls::secret_name`]) and sets Dask's TLS settings in both
+    /// cluster's certificates (the Secret `<name>-tls`) and sets Dask's TLS settings in both
     /// pods; with any TLS the addresses are `tls://` and the scheduler's HTTP server
     /// listens on its pod's loopback only ([`TlsMode::private_http`]).
     pub tls: TlsMode,
@@ -373,7 +373,7 @@ impl ClusterSpec {
             container.insert("startupProbe".into(), scheduler_health_probe());
         }
         if self.mounts_cluster_tls() {
-            mount_cluster_tls(container);
+            tls::mount(container);
             add_volume(spec, tls::pod_volume(&self.name));
         }
         no_token_unless_asked(spec);
@@ -510,7 +510,7 @@ impl ClusterSpec {
             if wanted && let Some(map) = container.as_object_mut() {
                 set_env(map, SCHEDULER_ADDRESS_ENV, &address, true);
                 if cluster_tls {
-                    mount_cluster_tls(map);
+                    tls::mount(map);
                 }
             }
         }
@@ -589,22 +589,6 @@ fn scheduler_health_probe() -> Value {
         // restartPolicy Never, the cluster's start fails saying so).
         "failureThreshold": 900,
     })
-}
-
-/// The container side of the cluster's certificates: the read-only mount and Dask's TLS
-/// settings (replacing the template's own values of those variables).
-fn mount_cluster_tls(container: &mut Map<String, Value>) {
-    for (name, value) in tls::pod_env() {
-        set_env(container, &name, &value, true);
-    }
-    let mounts = container.entry("volumeMounts").or_insert_with(|| json!([]));
-    if !mounts.is_array() {
-        *mounts = json!([]);
-    }
-    if let Some(mounts) = mounts.as_array_mut() {
-        mounts.retain(|m| m.get("name").and_then(Value::as_str) != Some(tls::VOLUME_NAME));
-        mounts.push(tls::volume_mount());
-    }
 }
 
 /// Adds (or replaces, by name) a pod volume.

@@ -1,17 +1,5 @@
-//! TLS between a cluster's client, scheduler and workers, as Dask does it
-//! (`distributed.security.Security`): a certificate authority made for one cluster, whose
-//! key is thrown away once it signed the cluster's one certificate, so nothing else can ever
-//! join that cluster. The scheduler, the workers and the client all present that certificate
-//! (Dask's TLS does not tell roles apart: any certificate its CA signed may take any role),
-//! and each side requires the other's (`ssl.CERT_REQUIRED`), so a peer without it is refused
-//! during the handshake, before a single Dask message.
-//!
-//! The certificate set is a pure function of the cluster's name and namespace and the time
-//! ([`ClusterTls::issue`]); where it lives is the rest of this module: a Secret owned by the
-//! scheduler pod (so the garbage collector deletes it with the cluster), mounted into the
-//! scheduler and worker pods at [`MOUNT_PATH`] and named to Dask by its
-//! `distributed.comm.tls.*` settings ([`pod_env`]); and files on the client's machine with
-//! the same settings as `DASK_*` variables ([`ClientTlsFiles`]).
+//! A cluster's certificate set ([`ClusterTls::issue`], pure but for its random keys) and the
+//! Secret that carries it into the scheduler and worker pods.
 
 use crate::manifests::{APP_LABEL, Owner, USER_LABEL, service_name};
 use crate::{Error, Result};
@@ -21,84 +9,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How a cluster's client, scheduler and workers talk (`--tls`, `kubernetes.tls`, Python's
-/// `security=`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    /// TLS with a certificate authority made for this cluster (the default): `tls://`
-    /// addresses, certificates in a Secret mounted into the scheduler and worker pods, the
-    /// client's copy handed to whoever started the cluster.
-    #[default]
-    ClusterCa,
-    /// TLS that the pod templates configure themselves (their own certificates and
-    /// `distributed.comm.tls.*`, as with classic dask-kubernetes' `security=`): dask-kube
-    /// only uses `tls://` addresses and keeps the scheduler's HTTP port private.
-    Provided,
-    /// Plain `tcp://`, as classic dask-kubernetes without `security=`: anyone who reaches
-    /// the scheduler's port can run code on every worker.
-    Off,
-}
-
-impl TlsMode {
-    /// The comm scheme of the cluster's addresses (`tls` or `tcp`).
-    pub fn scheme(self) -> &'static str {
-        match self {
-            TlsMode::ClusterCa | TlsMode::Provided => "tls",
-            TlsMode::Off => "tcp",
-        }
-    }
-
-    /// Whether the scheduler's HTTP server (dashboard and `/api/v1`, which Dask serves
-    /// without authentication) listens on the scheduler pod's loopback only, reached
-    /// through port-forward, which the API server authorizes. With TLS: a closed comm port
-    /// next to an open HTTP port that retires workers (and with `--jupyter` runs code)
-    /// would close nothing.
-    pub fn private_http(self) -> bool {
-        self != TlsMode::Off
-    }
-
-    /// The spelling of `--tls`, `kubernetes.tls` and the template's annotation.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsMode::ClusterCa => "cluster-ca",
-            TlsMode::Provided => "provided",
-            TlsMode::Off => "off",
-        }
-    }
-}
-
-impl std::str::FromStr for TlsMode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim() {
-            "cluster-ca" | "cluster_ca" | "true" | "True" | "on" => Ok(TlsMode::ClusterCa),
-            "provided" => Ok(TlsMode::Provided),
-            "off" | "false" | "False" => Ok(TlsMode::Off),
-            other => Err(Error::Usage(format!(
-                "tls {other:?}: cluster-ca (a certificate authority per cluster, the default), \
-                 provided (the pod templates configure TLS) or off"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for TlsMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where the Secret is mounted in the scheduler and worker containers.
-pub const MOUNT_PATH: &str = "/etc/dask-kube/tls";
-/// The pod volume of the Secret.
-pub const VOLUME_NAME: &str = "dask-kube-tls";
 /// The Secret's keys, as a `kubernetes.io/tls` Secret names them.
 pub const CA_KEY: &str = "ca.crt";
 /// The certificate's key in the Secret.
@@ -258,22 +172,6 @@ impl ClusterTls {
             key_pem: field(KEY_KEY)?,
         })
     }
-
-    /// Writes the client's copy into `dir` (created `0700`; the key `0600`): what a
-    /// `distributed.Client` on this machine needs, as files (see [`ClientTlsFiles`]).
-    pub fn write_client_files(&self, dir: &Path) -> Result<ClientTlsFiles> {
-        let io = |what: &str, e: std::io::Error| Error::io(format!("{what} {}", dir.display()), e);
-        std::fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
-        set_mode(dir, 0o700).map_err(|e| io("restricting", e))?;
-        let files = ClientTlsFiles::in_dir(dir);
-        write_private(&files.ca_file, &self.ca_pem)?;
-        write_private(&files.cert_file, &self.cert_pem)?;
-        write_private(&files.key_file, &self.key_pem)?;
-        let config = serde_norway::to_string(&files.dask_config())
-            .map_err(|e| Error::io("writing the Dask config", std::io::Error::other(e)))?;
-        write_private(&files.dask_config_file, &config)?;
-        Ok(files)
-    }
 }
 
 /// The Secret manifest around `data`: named [`secret_name`], the cluster's labels,
@@ -302,111 +200,6 @@ pub(crate) fn secret_manifest(
         },
         "data": data,
     })
-}
-
-/// A client's copy of a cluster's certificates as files, and how Dask is told about them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ClientTlsFiles {
-    /// The CA certificate (`tls_ca_file`).
-    pub ca_file: PathBuf,
-    /// The client certificate (`tls_client_cert`).
-    pub cert_file: PathBuf,
-    /// Its key (`tls_client_key`).
-    pub key_file: PathBuf,
-    /// The same settings as a Dask config file (`dask.yaml`): what
-    /// `dask.config.update(dask.config.config, yaml.safe_load(open(path)))` or a copy in
-    /// `~/.config/dask/` loads.
-    pub dask_config_file: PathBuf,
-}
-
-impl ClientTlsFiles {
-    /// The files' paths in `dir`.
-    pub fn in_dir(dir: &Path) -> Self {
-        ClientTlsFiles {
-            ca_file: dir.join(CA_KEY),
-            cert_file: dir.join(CERT_KEY),
-            key_file: dir.join(KEY_KEY),
-            dask_config_file: dir.join("dask.yaml"),
-        }
-    }
-
-    /// The client's settings as Dask config (`distributed.comm.*`).
-    pub fn dask_config(&self) -> Value {
-        json!({"distributed": {"comm": {
-            "require-encryption": true,
-            "tls": {
-                "ca-file": self.ca_file,
-                "client": {"cert": self.cert_file, "key": self.key_file},
-            },
-        }}})
-    }
-
-    /// The keyword arguments of `distributed.security.Security(**kwargs)` for a client.
-    pub fn security_kwargs(&self) -> Value {
-        json!({
-            "require_encryption": true,
-            "tls_ca_file": self.ca_file,
-            "tls_client_cert": self.cert_file,
-            "tls_client_key": self.key_file,
-        })
-    }
-
-    /// The same as `DASK_*` variables, which a plain `distributed.Client(address)` reads
-    /// through `dask.config` (`export` them, or `dask.config.set` the keys).
-    pub fn client_env(&self) -> Vec<(String, String)> {
-        let path = |p: &Path| p.display().to_string();
-        vec![
-            (REQUIRE_ENCRYPTION_ENV.to_owned(), "True".to_owned()),
-            (CA_FILE_ENV.to_owned(), path(&self.ca_file)),
-            (
-                format!("{TLS_ENV_PREFIX}CLIENT__CERT"),
-                path(&self.cert_file),
-            ),
-            (format!("{TLS_ENV_PREFIX}CLIENT__KEY"), path(&self.key_file)),
-        ]
-    }
-}
-
-/// `distributed.comm.require-encryption` as a variable.
-pub const REQUIRE_ENCRYPTION_ENV: &str = "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION";
-/// `distributed.comm.default-scheme` as a variable.
-pub const DEFAULT_SCHEME_ENV: &str = "DASK_DISTRIBUTED__COMM__DEFAULT_SCHEME";
-/// `distributed.comm.tls.ca-file` as a variable.
-pub const CA_FILE_ENV: &str = "DASK_DISTRIBUTED__COMM__TLS__CA_FILE";
-/// The prefix of `distributed.comm.tls.<role>.{cert,key}` as variables.
-const TLS_ENV_PREFIX: &str = "DASK_DISTRIBUTED__COMM__TLS__";
-
-/// The environment that makes a scheduler or worker container use the mounted
-/// certificates for every role it takes (a scheduler connects to workers, a worker to the
-/// scheduler and to other workers, code on a worker may start a client), and refuse
-/// plain `tcp://`: Dask's own configuration, so `dask scheduler` and `dask worker` need
-/// no flag and the template's command line stays the user's.
-pub fn pod_env() -> Vec<(String, String)> {
-    let file = |key: &str| format!("{MOUNT_PATH}/{key}");
-    let mut env = vec![
-        (REQUIRE_ENCRYPTION_ENV.to_owned(), "True".to_owned()),
-        // `dask scheduler` picks its listener's scheme from its flags only: without
-        // `--protocol tls` (or a `--tls-*` flag) it would listen on `tcp://` and then
-        // refuse itself ("encryption required"). The default scheme is the same setting
-        // as configuration, so a template's own command line still works.
-        (DEFAULT_SCHEME_ENV.to_owned(), "tls".to_owned()),
-        (CA_FILE_ENV.to_owned(), file(CA_KEY)),
-    ];
-    for role in ["SCHEDULER", "WORKER", "CLIENT"] {
-        env.push((format!("{TLS_ENV_PREFIX}{role}__CERT"), file(CERT_KEY)));
-        env.push((format!("{TLS_ENV_PREFIX}{role}__KEY"), file(KEY_KEY)));
-    }
-    env
-}
-
-/// The pod volume of cluster `cluster`'s Secret.
-pub fn pod_volume(cluster: &str) -> Value {
-    json!({"name": VOLUME_NAME, "secret": {"secretName": secret_name(cluster)}})
-}
-
-/// The container's mount of [`pod_volume`].
-pub fn volume_mount() -> Value {
-    json!({"name": VOLUME_NAME, "mountPath": MOUNT_PATH, "readOnly": true})
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {
@@ -438,32 +231,6 @@ fn validity(now: SystemTime) -> Result<(time::OffsetDateTime, time::OffsetDateTi
     Ok((at(start)?, at(end)?))
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let io = |e| Error::io(format!("writing {}", path.display()), e);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io)?;
-    set_mode(path, 0o600).map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +239,7 @@ mod tests {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
     use std::sync::Arc;
+    use std::time::Duration;
     use x509_parser::prelude::*;
 
     const NOW: Duration = Duration::from_secs(1_800_000_000);
@@ -733,75 +501,5 @@ mod tests {
         let tls = issued();
         let shown = format!("{tls:?}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
-    }
-
-    #[test]
-    fn the_pods_use_the_mounted_files_for_every_role_and_require_tls() {
-        let env: std::collections::BTreeMap<_, _> = pod_env().into_iter().collect();
-        assert_eq!(env[REQUIRE_ENCRYPTION_ENV], "True");
-        assert_eq!(
-            env[DEFAULT_SCHEME_ENV], "tls",
-            "dask scheduler listens on tls://"
-        );
-        assert_eq!(env[CA_FILE_ENV], "/etc/dask-kube/tls/ca.crt");
-        for role in ["SCHEDULER", "WORKER", "CLIENT"] {
-            assert_eq!(
-                env[&format!("DASK_DISTRIBUTED__COMM__TLS__{role}__CERT")],
-                "/etc/dask-kube/tls/tls.crt"
-            );
-            assert_eq!(
-                env[&format!("DASK_DISTRIBUTED__COMM__TLS__{role}__KEY")],
-                "/etc/dask-kube/tls/tls.key"
-            );
-        }
-    }
-
-    #[test]
-    fn client_files_are_private_and_named_to_dask() {
-        let dir = tempfile::tempdir().unwrap();
-        let tls = issued();
-        let files = tls.write_client_files(&dir.path().join("tls")).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&files.key_file).unwrap(),
-            tls.key_pem
-        );
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode(&dir.path().join("tls")), 0o700);
-            assert_eq!(mode(&files.key_file), 0o600);
-        }
-        let env: std::collections::BTreeMap<_, _> = files.client_env().into_iter().collect();
-        assert_eq!(env[REQUIRE_ENCRYPTION_ENV], "True");
-        assert_eq!(
-            env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"],
-            files.key_file.display().to_string()
-        );
-        assert_eq!(files.security_kwargs()["require_encryption"], true);
-        let config: Value =
-            serde_norway::from_str(&std::fs::read_to_string(&files.dask_config_file).unwrap())
-                .unwrap();
-        assert_eq!(
-            config["distributed"]["comm"]["tls"]["client"]["key"],
-            files.key_file.display().to_string()
-        );
-        assert_eq!(config["distributed"]["comm"]["require-encryption"], true);
-    }
-
-    #[rstest]
-    #[case::default_spelling("cluster-ca", TlsMode::ClusterCa)]
-    #[case::python_true("True", TlsMode::ClusterCa)]
-    #[case::provided("provided", TlsMode::Provided)]
-    #[case::off("off", TlsMode::Off)]
-    #[case::yaml_false("false", TlsMode::Off)]
-    fn tls_modes_parse(#[case] text: &str, #[case] mode: TlsMode) {
-        assert_eq!(text.parse::<TlsMode>().unwrap(), mode);
-    }
-
-    #[test]
-    fn an_unknown_tls_mode_says_the_choices() {
-        let err = "maybe".parse::<TlsMode>().unwrap_err().to_string();
-        assert!(err.contains("cluster-ca") && err.contains("off"), "{err}");
     }
 }
