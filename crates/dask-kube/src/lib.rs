@@ -27,6 +27,11 @@
 //!   ([`KubeCluster::adapt_in`], one entry point: the controller pod or here), lists its
 //!   workers, reads logs and closes; the verbs [`up`], [`delete_cluster`], [`cluster_logs`],
 //!   [`list_clusters`], [`supervise`] and [`run_controller`] return typed results.
+//! - **Security**: a request's [`TlsMode`] (TLS with a certificate authority made for the
+//!   cluster by default), the cluster's certificate set ([`ClusterTls::issue`], in a Secret
+//!   owned by the scheduler pod), the client's copy ([`ClientTlsFiles`]; a running cluster's
+//!   [`KubeCluster::security`], [`read_client_tls`] by name); what the controller pod may do
+//!   is `deploy/rbac.yaml`'s, its image [`default_controller_image`].
 //! - **Scaling and adapting** (pure decisions, tested with tables): [`plan_scale_down`]
 //!   (workers matched to pods by [`place_workers`]), [`decide`] with [`AdaptPolicy`] (its
 //!   damping: `wait_count`, `cooldown`), and [`Scaler`], the I/O around them for one
