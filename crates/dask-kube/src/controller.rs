@@ -1,7 +1,9 @@
 //! The cluster's own controller: a pod per cluster that adapts it and ends it, so neither
 //! needs a client process. `dask-kube controller NAME` runs in it, under the
-//! `dask-kube-controller` ServiceAccount of `deploy/rbac.yaml` (pods only: no Services, no
-//! port-forward, since it reaches the scheduler through the Service from inside).
+//! `dask-kube-controller` ServiceAccount of `deploy/rbac.yaml`: pods, port-forward (the
+//! scheduler's HTTP API is private to the scheduler pod with TLS, so the controller reaches
+//! it as every client does) and reading its worker template; no Services, no Secrets. Its
+//! ValidatingAdmissionPolicies there hold the account to its own cluster's workers.
 //!
 //! Why a pod of its own and not a container in the scheduler pod: a ServiceAccount is per
 //! pod, so a sidecar would hand the controller's token to the scheduler (or the scheduler's
