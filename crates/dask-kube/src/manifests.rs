@@ -113,7 +113,7 @@ impl std::str::FromStr for ServiceType {
 
 /// The scheduler's Service of cluster `cluster`: `<cluster>-scheduler`, as the
 /// dask-kubernetes operator names it (its users' code and docs reach
-/// `tcp://<cluster>-scheduler.<namespace>:8786`).
+/// `tls://<cluster>-scheduler.<namespace>:8786`, `tcp://` without TLS).
 pub fn service_name(cluster: &str) -> String {
     format!("{cluster}-scheduler")
 }

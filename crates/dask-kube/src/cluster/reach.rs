@@ -1,6 +1,8 @@
 //! Reaching a cluster's scheduler: the Service from inside the cluster, else local listeners
 //! on 127.0.0.1 carried over port-forward streams (one for the comm port, one for the
-//! dashboard). Also waiting for the scheduler pod to run, and saying why when it does not.
+//! dashboard). With TLS the scheduler's HTTP server answers on its pod's loopback only, so
+//! its API and dashboard go through port-forward from inside the cluster too. Also waiting
+//! for the scheduler pod to run, and saying why when it does not.
 
 use crate::apiserver::ClusterApi;
 use crate::manifests::{DASHBOARD_PORT, SCHEDULER_PORT, service_name};
