@@ -151,6 +151,10 @@ bench-operator: setup ## on the running local cluster: the dask-kube operator vs
 	  --dask-kube $(CARGO_TARGET_DIR)/release-host/dask-kube --kopf-python $(OPERATOR_VENV)/bin/python \
 	  --rawcreate $(CACHE_DIR)/bench-scale/rawcreate
 
+.PHONY: bench-tls
+bench-tls: setup venv ## the README example on a dask-kube cluster with TLS (the default) and without, side by side: medians and ratio (BENCH_REPEATS, BENCH_WORKERS)
+	VENV=$(VENV) e2e-tests/bench-tls/run.sh
+
 .PHONY: bench-python
 bench-python: setup wasm venv ## classic dask-kubernetes KubeCluster vs dask_kube.KubeCluster, each deploy mode: constructor to N connected workers, machine CPU, peak RSS (BENCH_N, BENCH_REPEATS)
 	VENV=$(VENV) e2e-tests/bench-python/run.sh

@@ -50,6 +50,7 @@ run "dask-kube against the cluster" cargo test --locked --workspace --test clust
 # `cluster up` installed while it runs its own for its namespace).
 run "dask-kube operator against the cluster (tests/operator_cluster.rs)" cargo test --locked --workspace --test operator_cluster -- --include-ignored --test-threads=1
 run "dask-kube scale-down loses no data (tests/data_safety.rs)" cargo test --locked --workspace --test data_safety -- --include-ignored --test-threads=1
+run "dask-kube's security (tests/security.rs: TLS, the controller's policies and securityContext)" cargo test --locked --workspace --test security -- --include-ignored --test-threads=1 --nocapture
 run "README example end to end (demo.py --check)" "$VENV/bin/python" e2e-tests/demo/demo.py --check \
   --summary-json "${DEMO_SUMMARY:-$CARGO_TARGET_DIR/demo-summary.json}"
 # The Python package (built into the venv by `make venv`) against the same cluster; a

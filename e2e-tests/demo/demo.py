@@ -345,7 +345,12 @@ def adaptive_scenario(args, checks):
         decisions.start()
     summary = {"cluster": name}
     try:
-        client = Client(address, timeout="60s")
+        # TLS by default: the client presents the certificate `up` wrote (its "security").
+        from distributed.security import Security
+
+        security = Security(**up["security"]) if up.get("security") else None
+        say(f"TLS: {up.get('tls')}; client certificate from {up['security']['tls_client_cert'] if up.get('security') else '-'}")
+        client = Client(address, timeout="60s", security=security)
         client.register_plugin(transition_counter_plugin())
         workers_before = scheduler_worker_count(client)
         say(f"client connected; {workers_before} worker(s); computing "

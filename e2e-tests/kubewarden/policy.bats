@@ -95,6 +95,10 @@ check_fixture() {
 @test "--nprocs warns and is read as --nworkers" { check_fixture nprocs-warns; }
 @test "--nthreads 0 is Dask's default: derived from the limits" { check_fixture nthreads-zero-is-the-default; }
 @test "memoryHeadroom setting" { check_fixture memory-headroom-setting; }
+@test "applyDefaultAffinity none: no node affinity added" { check_fixture affinity-none; }
+@test "applyDefaultAffinity required: the Dask pool is required" { check_fixture affinity-required; }
+@test "applyDefaultAffinity required joins the user's own required term" { check_fixture affinity-required-joins-user-term; }
+@test "the user's own affinity terms are kept beside the preferred pool" { check_fixture affinity-user-terms-kept; }
 
 @test "every fixture folder is checked by this file" {
   local folders listed

@@ -68,7 +68,8 @@ def test_readme_example_with_only_the_import_changed(kubectl, small_worker):
     # --- what every Dask cluster manager has ---
     name = cluster.name
     assert name.startswith("dask-")
-    assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    assert cluster.scheduler_address.startswith("tls://127.0.0.1:"), "TLS by default"
+    assert cluster.security.require_encryption
     assert cluster.dashboard_link.startswith("http://127.0.0.1:") and cluster.dashboard_link.endswith("/status")
     assert f"KubeCluster({name}, '{cluster.scheduler_address}'" in repr(cluster)
     assert name in cluster._repr_html_()
@@ -94,6 +95,34 @@ def test_readme_example_with_only_the_import_changed(kubectl, small_worker):
     t2 = time.monotonic()
     cluster.close()
     figure("close()", f"{time.monotonic() - t2:.1f}s")
+    assert kubectl.wait_gone(name, timeout=10) == []
+
+
+def test_a_client_needs_the_clusters_certificate(kubectl, small_worker):
+    """TLS by default (a certificate authority made for the cluster): Client(cluster) presents
+    cluster.security and computes; a plain tcp:// client at the same port is refused. With
+    security=False the cluster is classic's open tcp://."""
+    from distributed.security import Security
+
+    with KubeCluster(small_worker, n_workers=1, name="py-tls-{uuid}") as cluster:
+        cluster.wait_for_workers(1, timeout=180)
+        assert cluster.scheduler_address.startswith("tls://")
+        with distributed.Client(cluster) as client:
+            assert client.submit(lambda: 20 + 22).result() == 42
+        host_port = cluster.scheduler_address.split("://", 1)[1]
+        with pytest.raises((OSError, TimeoutError)):
+            distributed.Client(f"tcp://{host_port}", security=Security(), timeout="5s")
+        secret = json.loads(kubectl("get", "secret", "-n", "default", f"{cluster.name}-tls", "-o", "json"))
+        assert secret["metadata"]["ownerReferences"][0]["name"] == cluster.name
+        name = cluster.name
+    assert kubectl.wait_gone(name, timeout=10) == []
+    with KubeCluster(small_worker, n_workers=1, name="py-open-{uuid}", security=False) as cluster:
+        cluster.wait_for_workers(1, timeout=180)
+        assert cluster.scheduler_address.startswith("tcp://")
+        assert not cluster.security.require_encryption
+        with distributed.Client(cluster) as client:
+            assert client.submit(lambda: 20 + 22).result() == 42
+        name = cluster.name
     assert kubectl.wait_gone(name, timeout=10) == []
 
 

@@ -165,6 +165,8 @@ def test_pod_objects_become_api_dicts():
         pytest.param(dict(port=8786, dashboard_address=":0"), ValueError, "dashboard_address, port", id="listen-settings-with-remote-scheduler"),
         pytest.param(dict(deploy_mode="local", shutdown_on_close=False), ValueError, "its scheduler is this process", id="local-scheduler-cannot-outlive-this-process"),
         pytest.param(dict(pod_template=42), TypeError, "pod template", id="template-of-wrong-type"),
+        pytest.param(dict(security="yes"), TypeError, "security must be", id="security-of-wrong-type"),
+        pytest.param(dict(deploy_mode="local", security=True), ValueError, "pass the local scheduler's Security", id="cluster-ca-needs-a-scheduler-pod"),
     ],
 )
 def test_bad_arguments_fail_before_anything_is_made(kwargs, error, message):
@@ -179,6 +181,62 @@ def test_deploy_mode_comes_from_dask_config_and_is_checked_there_too():
     with dask.config.set({"kubernetes.deploy-mode": "local"}):
         with pytest.raises(ValueError, match="from_name reconnects to a scheduler pod"):
             KubeCluster.from_name("some-cluster", deploy_mode="local")
+
+
+@pytest.mark.parametrize(
+    "security, mode",
+    [
+        pytest.param(None, None, id="default-is-the-librarys-cluster-ca"),
+        pytest.param(True, "cluster-ca", id="true"),
+        pytest.param(False, "off", id="false"),
+        pytest.param("Security", "provided", id="classic-security-object"),
+    ],
+)
+def test_classic_security_is_the_clusters_tls_mode(security, mode):
+    from distributed.security import Security
+
+    from dask_kube.cluster import _tls_mode
+
+    given = Security() if security == "Security" else security
+    assert _tls_mode(given, "remote") == mode
+    assert _tls_mode(given, "local") is None, "a local scheduler takes security itself"
+
+
+def test_the_client_security_is_the_clusters_certificate_in_memory():
+    from distributed.security import Security
+
+    from dask_kube.cluster import _client_security
+
+    pem = {"mode": "cluster-ca", "ca": "-----BEGIN CERTIFICATE-----\nCA\n", "cert": "-----BEGIN CERTIFICATE-----\nC\n", "key": "-----BEGIN PRIVATE KEY-----\nK\n"}
+    security = _client_security(json.dumps(pem), None)
+    assert security.require_encryption
+    assert (security.tls_ca_file, security.tls_client_cert, security.tls_client_key) == (pem["ca"], pem["cert"], pem["key"])
+    assert "In-memory" in repr(security), "the PEM text is not shown"
+    mine = Security(require_encryption=True)
+    assert _client_security(json.dumps({"mode": "provided"}), mine) is mine
+    with pytest.raises(ValueError, match="pass security=Security"):
+        _client_security(json.dumps({"mode": "provided"}), None)
+    assert not _client_security(json.dumps({"mode": "off"}), None).require_encryption
+
+
+def test_the_default_cluster_has_tls_and_no_token_in_its_pods():
+    """What KubeCluster(template) makes, rendered with no cluster: the workers reach the
+    scheduler at tls://, both pods mount the cluster's certificates and no token."""
+    options = {"request": {"worker_template": {"file": str(FIXTURES / "small-worker.yml")}, "name": "tlsdemo"},
+               "config": {}, "environ": []}
+    objects = json.loads(_native.render(json.dumps(options), "team"))
+    kinds = [o["kind"] for o in objects]
+    assert kinds == ["Pod", "Service", "Pod", "PodTemplate", "Secret"], kinds
+    scheduler, service, worker = objects[:3]
+    env = {e["name"]: e.get("value") for e in container(worker)["env"]}
+    assert env["DASK_SCHEDULER_ADDRESS"] == "tls://tlsdemo-scheduler.team:8786"
+    assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
+    for pod in (scheduler, worker):
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert {"name": "dask-kube-tls", "secret": {"secretName": "tlsdemo-tls"}} in pod["spec"]["volumes"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [8786]
+    off = json.loads(_native.render(json.dumps({**options, "request": {**options["request"], "tls": "off"}}), "team"))
+    assert [o["kind"] for o in off] == ["Pod", "Service", "Pod", "PodTemplate"]
 
 
 def test_unknown_keyword_is_a_type_error():

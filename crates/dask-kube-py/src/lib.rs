@@ -17,9 +17,9 @@ pub mod options;
 
 use config_source::PythonConfig;
 use dask_kube::{
-    AdaptPlacement, AdaptPolicy, AdaptTuning, CloseReport, ClusterApi, ConfigSource, Credentials,
-    Error, KubeCluster, KubeClusterBuilder, KubeConnection, Progress, ProgressFn, Reconnect,
-    ScaleReport, SchedulerClient, UpOptions, UpOutcome,
+    AdaptPlacement, AdaptPolicy, AdaptTuning, ClientSecurity, CloseReport, ClusterApi,
+    ConfigSource, Credentials, Error, KubeCluster, KubeClusterBuilder, KubeConnection, Progress,
+    ProgressFn, Reconnect, ScaleReport, SchedulerClient, UpOptions, UpOutcome,
 };
 use dask_worker_spec::{WorkerDefaults, labels};
 use options::{ClusterOptions, PodSpecArgs};
@@ -485,6 +485,11 @@ pub struct NativeCluster {
     ops: Arc<Ops>,
     /// JSON of the worker pod manifest.
     worker_pod: String,
+    /// JSON of how a client talks to the scheduler: `{"mode": "cluster-ca" | "provided" |
+    /// "off", "ca": PEM, "cert": PEM, "key": PEM}` (the PEMs with the cluster's own CA),
+    /// what `KubeCluster.security` is made of.
+    #[pyo3(get)]
+    tls: String,
 }
 
 impl NativeCluster {
@@ -497,6 +502,7 @@ impl NativeCluster {
             scheduler_address: cluster.scheduler_address().to_owned(),
             dashboard_link: cluster.dashboard_link().to_owned(),
             worker_pod: cluster.worker_pod().to_string(),
+            tls: tls_json(cluster.security()).to_string(),
             cluster: Arc::new(RwLock::new(Some(cluster))),
             messages,
             ops: Arc::default(),
@@ -505,6 +511,20 @@ impl NativeCluster {
 
     fn closed(name: &str) -> Error {
         Error::Usage(format!("cluster {name} is closed"))
+    }
+}
+
+/// [`NativeCluster::tls`]: the mode and, with the cluster's own CA, the client's PEMs
+/// (which `distributed.security.Security` takes as they are, in memory).
+fn tls_json(security: &ClientSecurity) -> Value {
+    match &security.client {
+        Some(tls) => serde_json::json!({
+            "mode": security.tls,
+            "ca": tls.ca_pem,
+            "cert": tls.cert_pem,
+            "key": tls.key_pem,
+        }),
+        None => serde_json::json!({"mode": security.tls}),
     }
 }
 

@@ -25,6 +25,7 @@ use crate::scaler::CountCap;
 use crate::signals;
 use crate::supervisor::StateDir;
 use crate::template::PodTemplate;
+use crate::tls::{ClientTlsFiles, TlsMode};
 use crate::{Error, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dask_worker_spec::DefaultAffinity;
@@ -228,6 +229,15 @@ pub enum Command {
         /// Cluster name.
         name: String,
     },
+    /// Write the client's copy of a cluster's TLS certificates (from its Secret) and print
+    /// how a `distributed.Client` uses them: for a cluster started elsewhere, or again.
+    Tls {
+        /// Cluster name.
+        name: String,
+        /// Write the files here (default: dask-kube's state directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print the manifests `up` would create; needs no cluster.
     Render {
         /// What the cluster is made of.
@@ -357,6 +367,16 @@ pub struct ClusterFlags {
     /// Start Jupyter on the scheduler (`dask scheduler --jupyter`).
     #[arg(long)]
     pub jupyter: bool,
+    /// TLS between client, scheduler and workers: cluster-ca (a certificate authority made
+    /// for this cluster; `up` writes the client's copy and prints how to use it), provided
+    /// (the templates configure Dask's TLS themselves), or off (plain tcp://, open to
+    /// anyone who reaches the scheduler). Default: kubernetes.tls, else cluster-ca.
+    #[arg(long, value_parser = parse_tls)]
+    pub tls: Option<TlsMode>,
+}
+
+fn parse_tls(text: &str) -> std::result::Result<TlsMode, String> {
+    text.parse().map_err(|e: Error| e.to_string())
 }
 
 /// `NAME=VALUE`.
@@ -384,6 +404,7 @@ impl ClusterFlags {
             scheduler_service_type,
             apply_default_affinity,
             jupyter,
+            tls,
         } = self;
         Ok(ClusterRequest {
             worker_template: file.clone().map(TemplateSource::File),
@@ -399,6 +420,7 @@ impl ClusterFlags {
             scheduler_service_type: scheduler_service_type.clone(),
             apply_default_affinity: *apply_default_affinity,
             jupyter: *jupyter,
+            tls: *tls,
             ..ClusterRequest::default()
         })
     }
@@ -554,6 +576,7 @@ pub async fn run(cli: Cli) -> i32 {
         } => controller(&name, adapt, &tuning, &target).await,
         Command::Logs { name, worker } => logs(&name, worker.as_deref(), &target).await,
         Command::Down { name } => down(&name, &target, &ui).await,
+        Command::Tls { name, dir } => tls(&name, dir, &target, &ui).await,
         Command::Render { cluster } => render(&cluster, &target, &ui),
         Command::Attach {
             name,
@@ -612,10 +635,33 @@ fn note_controller(report: &UpReport) {
     }
 }
 
-/// The export that makes a plain `distributed.Client(address)` report the dashboard link
-/// that answers here (its own guess is the scheduler's port on the forward's host).
-fn dashboard_export(link: &str) -> String {
-    format!("export {DASHBOARD_LINK_ENV}={link}")
+/// What a plain `distributed.Client(address)` here needs, as environment: the dashboard
+/// link that answers here (its own guess is the scheduler's port on the forward's host)
+/// and, with the cluster's own TLS, the client's certificates.
+fn client_env(dashboard: &str, tls: Option<&ClientTlsFiles>) -> Vec<(String, String)> {
+    let mut env = vec![(DASHBOARD_LINK_ENV.to_owned(), dashboard.to_owned())];
+    if let Some(files) = tls {
+        env.extend(files.client_env());
+    }
+    env
+}
+
+/// `export A=1 B=2` (values shell-quoted when they need it).
+fn export_line(env: &[(String, String)]) -> String {
+    let quoted = |v: &str| {
+        if v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:{}@%+=,".contains(c))
+        {
+            v.to_owned()
+        } else {
+            format!("'{}'", v.replace('\'', "'\\''"))
+        }
+    };
+    let pairs: Vec<String> = env
+        .iter()
+        .map(|(k, v)| format!("{k}={}", quoted(v)))
+        .collect();
+    format!("export {}", pairs.join(" "))
 }
 
 /// Env var Dask reads `distributed.dashboard.link` from.
@@ -627,16 +673,90 @@ fn note_cap(cap: Option<CountCap>) {
     }
 }
 
-fn up_json(report: &UpReport) -> serde_json::Value {
+/// Writes the client's copy of the certificates `up` made into the state directory.
+fn write_client_tls(report: &UpReport) -> Result<Option<ClientTlsFiles>> {
+    report
+        .client_tls
+        .as_ref()
+        .map(|tls| {
+            tls.write_client_files(&StateDir::from_env().tls_dir(&report.namespace, &report.name))
+        })
+        .transpose()
+}
+
+/// The lines `up` and `tls` print about TLS: where the files are, and the Python that
+/// uses them (the export line covers a plain `Client(address)`).
+fn tls_text(tls: TlsMode, files: Option<&ClientTlsFiles>) -> String {
+    match (tls, files) {
+        (_, Some(files)) => format!(
+            "TLS: this cluster's own CA; a client presents the certificate in {dir}: \
+             Client(address, security=Security(tls_ca_file=\"{ca}\", tls_client_cert=\"{cert}\", tls_client_key=\"{key}\", require_encryption=True)), \
+             the export below, or the Dask config {config}",
+            dir = files
+                .ca_file
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            ca = files.ca_file.display(),
+            cert = files.cert_file.display(),
+            key = files.key_file.display(),
+            config = files.dask_config_file.display(),
+        ),
+        (TlsMode::Provided, None) => {
+            "TLS: the templates' own certificates; the client needs its own Security".to_owned()
+        }
+        (_, None) => "TLS: off (tcp://: anyone who reaches the scheduler can use it)".to_owned(),
+    }
+}
+
+fn up_json(report: &UpReport, tls_files: Option<&ClientTlsFiles>) -> serde_json::Value {
+    let env: serde_json::Map<String, serde_json::Value> = client_env(&report.dashboard, tls_files)
+        .into_iter()
+        .map(|(k, v)| (k, json!(v)))
+        .collect();
     json!({"name": report.name, "namespace": report.namespace,
            "scheduler_address": report.scheduler_address, "dashboard": report.dashboard,
            "dashboard_env": {DASHBOARD_LINK_ENV: report.dashboard},
+           "tls": report.tls,
+           "security": tls_files.map(ClientTlsFiles::security_kwargs),
+           "dask_config_file": tls_files.map(|f| f.dask_config_file.clone()),
+           "client_env": env,
            "workers": report.workers, "capped": report.capped,
            "ready_seconds": report.ready_seconds,
            "supervisor_pid": report.supervisor.as_ref().map(|s| s.pid),
            "controller": report.controller,
            "controller_unavailable": report.controller_unavailable,
            "log": report.supervisor.as_ref().map(|s| s.log.clone())})
+}
+
+/// `dask-kube tls NAME`: the client's copy of a running cluster's certificates.
+async fn tls(name: &str, dir: Option<PathBuf>, target: &Target, ui: &Ui) -> Result<i32> {
+    names::validate_cluster_name(name)?;
+    let api = target.api().await?;
+    if api.get_pod(name).await?.is_none() {
+        return Err(Error::ClusterNotFound {
+            name: name.to_owned(),
+            namespace: api.namespace().to_owned(),
+        });
+    }
+    let cluster_tls = crate::cluster::read_client_tls(&api, name).await?;
+    let dir = dir.unwrap_or_else(|| StateDir::from_env().tls_dir(api.namespace(), name));
+    let files = cluster_tls.write_client_files(&dir)?;
+    let env: serde_json::Map<String, serde_json::Value> = files
+        .client_env()
+        .into_iter()
+        .map(|(k, v)| (k, json!(v)))
+        .collect();
+    ui.print(
+        &format!(
+            "{}\n{}",
+            tls_text(TlsMode::ClusterCa, Some(&files)),
+            export_line(&files.client_env())
+        ),
+        json!({"name": name, "namespace": api.namespace(), "security": files.security_kwargs(),
+               "dask_config_file": files.dask_config_file, "client_env": env}),
+    );
+    Ok(exit::OK)
 }
 
 async fn up(args: UpArgs, target: &Target, ui: &Ui) -> Result<i32> {
@@ -677,37 +797,42 @@ async fn up(args: UpArgs, target: &Target, ui: &Ui) -> Result<i32> {
         }
         UpOutcome::Detached(report) => {
             note_cap(report.capped);
+            let tls_files = write_client_tls(&report)?;
             let pid = report.supervisor.as_ref().map_or(0, |s| s.pid);
             ui.print(
                 &format!(
-                    "cluster {name} in namespace {ns} (detached, supervisor pid {pid})\nscheduler address: {address}\ndashboard: {dashboard}\n{export}\nstop it with: dask-kube down {name} -n {ns}",
+                    "cluster {name} in namespace {ns} (detached, supervisor pid {pid})\nscheduler address: {address}\ndashboard: {dashboard}\n{tls}\n{export}\nstop it with: dask-kube down {name} -n {ns}",
                     name = report.name,
                     ns = report.namespace,
                     address = report.scheduler_address,
                     dashboard = report.dashboard,
-                    export = dashboard_export(&report.dashboard),
+                    tls = tls_text(report.tls, tls_files.as_ref()),
+                    export = export_line(&client_env(&report.dashboard, tls_files.as_ref())),
                 ),
-                up_json(&report),
+                up_json(&report, tls_files.as_ref()),
             );
             return Ok(exit::OK);
         }
         UpOutcome::Running(cluster, report) => (cluster, report),
     };
     note_cap(report.capped);
+    let tls_files = write_client_tls(&report)?;
     ui.print(
         &format!(
-            "cluster {} in namespace {}\nscheduler address: {}\ndashboard: {}\n{}\nready in {:.1}s; Ctrl-C retires and deletes the cluster",
+            "cluster {} in namespace {}\nscheduler address: {}\ndashboard: {}\n{}\n{}\nready in {:.1}s; Ctrl-C retires and deletes the cluster",
             report.name,
             report.namespace,
             report.scheduler_address,
             report.dashboard,
-            dashboard_export(&report.dashboard),
+            tls_text(report.tls, tls_files.as_ref()),
+            export_line(&client_env(&report.dashboard, tls_files.as_ref())),
             report.ready_seconds
         ),
-        up_json(&report),
+        up_json(&report, tls_files.as_ref()),
     );
     let s = (&mut signal).await;
     info!(signal = %s, cluster = %report.name, "shutting down");
+    StateDir::from_env().remove_tls(&report.namespace, &report.name);
     let closed = cluster.close().await?;
     eprintln!(
         "deleted cluster {}: {} pods, {} workers retired first",
@@ -736,12 +861,15 @@ fn credentials_of(kubeconfig: Option<PathBuf>, context: Option<String>) -> Crede
 }
 
 impl Target {
-    /// How to reach a cluster by name here.
+    /// How to reach a cluster by name here. No verb but `tls` needs the client's
+    /// certificates (scaling, adapting and the supervisor use the scheduler's HTTP API), so
+    /// they are not read: a user who may not read Secrets can still scale.
     fn reconnect(&self) -> Reconnect {
         Reconnect {
             namespace: self.namespace.clone(),
             credentials: self.credentials.clone(),
             limits: self.limits,
+            skip_client_tls: true,
             ..Reconnect::default()
         }
     }
@@ -1054,8 +1182,13 @@ async fn attach(
                     "scheduler address: {}\ndashboard: {}\n{}",
                     state.address,
                     state.dashboard,
-                    dashboard_export(&state.dashboard)
+                    export_line(&client_env(&state.dashboard, None))
                 );
+                if state.address.starts_with("tls://") {
+                    println!(
+                        "TLS: `dask-kube tls {name}` writes the certificate a client presents"
+                    );
+                }
             }
         },
     )
@@ -1121,6 +1254,40 @@ mod tests {
     #[test]
     fn cli_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    /// What `up` prints for a shell: one `export` with the dashboard link and, with the
+    /// cluster's own TLS, Dask's client settings pointing at the written files.
+    #[rstest]
+    #[case::no_tls(
+        None,
+        "export DASK_DISTRIBUTED__DASHBOARD__LINK=http://127.0.0.1:8787/status"
+    )]
+    #[case::cluster_ca(
+        Some("/st/team_etl.tls"),
+        "export DASK_DISTRIBUTED__DASHBOARD__LINK=http://127.0.0.1:8787/status \
+         DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True \
+         DASK_DISTRIBUTED__COMM__TLS__CA_FILE=/st/team_etl.tls/ca.crt \
+         DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=/st/team_etl.tls/tls.crt \
+         DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=/st/team_etl.tls/tls.key"
+    )]
+    #[case::a_path_with_a_space(
+        Some("/my state/x"),
+        "export DASK_DISTRIBUTED__DASHBOARD__LINK=http://127.0.0.1:8787/status \
+         DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True \
+         DASK_DISTRIBUTED__COMM__TLS__CA_FILE='/my state/x/ca.crt' \
+         DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT='/my state/x/tls.crt' \
+         DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY='/my state/x/tls.key'"
+    )]
+    fn the_export_line_sets_what_a_plain_client_needs(
+        #[case] tls_dir: Option<&str>,
+        #[case] expected: &str,
+    ) {
+        let files = tls_dir.map(|d| ClientTlsFiles::in_dir(std::path::Path::new(d)));
+        assert_eq!(
+            export_line(&client_env("http://127.0.0.1:8787/status", files.as_ref())),
+            expected
+        );
     }
 
     #[test]

@@ -9,15 +9,74 @@
 use crate::literal;
 use crate::names::DEFAULT_NAME_TEMPLATE;
 use crate::request::WorkerCommand;
+use crate::tls::TlsMode;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The controller image unless `kubernetes.controller-image` says otherwise: this build's
-/// own version of dask-kube.
+/// own version of dask-kube (pinned by [`CONTROLLER_IMAGE_DIGEST`] when the build knew it:
+/// [`default_controller_image`]).
 pub const DEFAULT_CONTROLLER_IMAGE: &str =
     concat!("ghcr.io/dask-on-k8s/dask-kube:", env!("CARGO_PKG_VERSION"));
+
+/// The digest of [`DEFAULT_CONTROLLER_IMAGE`], given to the build as
+/// `DASK_KUBE_CONTROLLER_IMAGE_DIGEST=sha256:...` (cargo rebuilds when it changes). A binary
+/// cannot carry the digest of an image that contains it, so a release builds and pushes the
+/// controller image first (its binary never starts a controller pod), then builds the
+/// clients (CLI, Python wheels) with that image's digest: a tag moved later (or a registry
+/// that serves another image under it) cannot change what the controller pod runs. Unset in
+/// development builds, whose image is pushed after the binary is built
+/// (`e2e-tests/local-cluster/images/build.sh` prints the digests it pushed).
+pub const CONTROLLER_IMAGE_DIGEST: Option<&str> = option_env!("DASK_KUBE_CONTROLLER_IMAGE_DIGEST");
+
+const _: () = assert!(
+    digest_is_valid(CONTROLLER_IMAGE_DIGEST),
+    "DASK_KUBE_CONTROLLER_IMAGE_DIGEST must be sha256:<64 lowercase hex digits>"
+);
+
+/// Whether a build-time digest is `sha256:` and 64 lowercase hex digits (empty: none).
+const fn digest_is_valid(digest: Option<&str>) -> bool {
+    let Some(digest) = digest else {
+        return true;
+    };
+    let bytes = digest.as_bytes();
+    if bytes.is_empty() {
+        return true;
+    }
+    let prefix = b"sha256:";
+    if bytes.len() != prefix.len() + 64 {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let ok = if i < prefix.len() {
+            bytes[i] == prefix[i]
+        } else {
+            matches!(bytes[i], b'0'..=b'9' | b'a'..=b'f')
+        };
+        if !ok {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `image@digest`, or `image` without a digest.
+pub fn image_reference(image: &str, digest: Option<&str>) -> String {
+    match digest.filter(|d| !d.is_empty()) {
+        Some(d) => format!("{image}@{d}"),
+        None => image.to_owned(),
+    }
+}
+
+/// The controller image dask-kube chooses: [`DEFAULT_CONTROLLER_IMAGE`], by digest when the
+/// build had one.
+pub fn default_controller_image() -> String {
+    image_reference(DEFAULT_CONTROLLER_IMAGE, CONTROLLER_IMAGE_DIGEST)
+}
 
 /// Default of `kubernetes.scheduler-service-type`.
 pub const DEFAULT_SERVICE_TYPE: &str = "ClusterIP";
@@ -386,7 +445,24 @@ impl DaskConfig {
             Some(n) => Some(n),
             None => self.get_str("kubernetes.worker-name")?,
         };
+        let tls = match self.get("kubernetes.tls") {
+            None | Some(Value::Null) => TlsMode::default(),
+            Some(Value::Bool(true)) => TlsMode::ClusterCa,
+            Some(Value::Bool(false)) => TlsMode::Off,
+            Some(Value::String(mode)) => mode.parse().map_err(|e: Error| Error::Config {
+                origin: "kubernetes.tls".into(),
+                reason: e.to_string(),
+            })?,
+            Some(other) => {
+                return Err(self.type_error(
+                    "kubernetes.tls",
+                    "cluster-ca, provided or off",
+                    other,
+                ));
+            }
+        };
         Ok(KubeSettings {
+            tls,
             worker_template_path: self
                 .get_str("kubernetes.worker-template-path")?
                 .filter(|p| !p.is_empty())
@@ -409,7 +485,7 @@ impl DaskConfig {
             controller_image: self
                 .get_str("kubernetes.controller-image")?
                 .filter(|i| !i.is_empty())
-                .unwrap_or_else(|| DEFAULT_CONTROLLER_IMAGE.to_owned()),
+                .unwrap_or_else(default_controller_image),
             env: self.env_setting()?,
             count_start: self.get_u32("kubernetes.count.start")?.map(|n| n as usize),
             image: self.get_str("kubernetes.image")?.filter(|i| !i.is_empty()),
@@ -481,6 +557,9 @@ fn expand_home(path: &str, env: &[(String, String)]) -> PathBuf {
 /// The settings dask-kube reads from the Dask configuration; CLI flags override them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KubeSettings {
+    /// `kubernetes.tls`: how the client, scheduler and workers talk (`cluster-ca`, the
+    /// default; `provided`; `off`; or a boolean).
+    pub tls: TlsMode,
     /// `kubernetes.worker-template-path`.
     pub worker_template_path: Option<PathBuf>,
     /// `kubernetes.worker-template` (an inline pod).
@@ -841,5 +920,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("distributed.dashboard.link"), "{err}");
+    }
+
+    #[rstest::rstest]
+    #[case::none(None, true)]
+    #[case::empty(Some(""), true)]
+    #[case::a_digest(
+        Some("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+        true
+    )]
+    #[case::upper_case(
+        Some("sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"),
+        false
+    )]
+    #[case::short(Some("sha256:0123"), false)]
+    #[case::another_algorithm(
+        Some("sha512:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+        false
+    )]
+    #[case::a_tag(Some("latest"), false)]
+    fn build_time_digests_are_checked(#[case] digest: Option<&str>, #[case] valid: bool) {
+        assert_eq!(digest_is_valid(digest), valid);
+    }
+
+    #[rstest::rstest]
+    #[case::pinned(Some("sha256:ab"), "ghcr.io/dask-on-k8s/dask-kube:0.1.0@sha256:ab")]
+    #[case::unpinned(None, "ghcr.io/dask-on-k8s/dask-kube:0.1.0")]
+    #[case::empty(Some(""), "ghcr.io/dask-on-k8s/dask-kube:0.1.0")]
+    fn the_controller_image_is_pinned_by_the_build_digest(
+        #[case] digest: Option<&str>,
+        #[case] reference: &str,
+    ) {
+        assert_eq!(
+            image_reference("ghcr.io/dask-on-k8s/dask-kube:0.1.0", digest),
+            reference
+        );
     }
 }

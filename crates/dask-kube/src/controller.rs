@@ -1,7 +1,9 @@
 //! The cluster's own controller: a pod per cluster that adapts it and ends it, so neither
 //! needs a client process. `dask-kube controller NAME` runs in it, under the
-//! `dask-kube-controller` ServiceAccount of `deploy/rbac.yaml` (pods only: no Services, no
-//! port-forward, since it reaches the scheduler through the Service from inside).
+//! `dask-kube-controller` ServiceAccount of `deploy/rbac.yaml`: pods, port-forward (the
+//! scheduler's HTTP API is private to the scheduler pod with TLS, so the controller reaches
+//! it as every client does) and reading its worker template; no Services, no Secrets. Its
+//! ValidatingAdmissionPolicies there hold the account to its own cluster's workers.
 //!
 //! Why a pod of its own and not a container in the scheduler pod: a ServiceAccount is per
 //! pod, so a sidecar would hand the controller's token to the scheduler (or the scheduler's
@@ -50,9 +52,17 @@ pub struct ControllerSpec<'a> {
     pub image: &'a str,
 }
 
+/// The uid and gid the controller runs as: not root, and no user of the image (65532 is the
+/// `nonroot` of distroless images).
+pub const RUN_AS: i64 = 65532;
+
 /// The controller pod manifest (pure): `dask-kube controller NAME [--adapt MIN:MAX ...]`,
 /// small requests, `restartPolicy: OnFailure` (a crash restarts it; it exits 0 once the
-/// cluster is gone), owned by the scheduler pod.
+/// cluster is gone), owned by the scheduler pod. It holds a token that may create pods, so
+/// it gets only what it needs: a non-root user, no capabilities, no privilege escalation,
+/// a read-only root filesystem (it writes nothing) and the runtime's default seccomp
+/// profile; its token is mounted explicitly (it talks to the API server), whatever the
+/// ServiceAccount says.
 pub fn controller_pod(spec: &ControllerSpec<'_>) -> Value {
     let mut args = vec![
         "--namespace".to_owned(),
@@ -77,7 +87,14 @@ pub fn controller_pod(spec: &ControllerSpec<'_>) -> Value {
         },
         "spec": {
             "serviceAccountName": SERVICE_ACCOUNT,
+            "automountServiceAccountToken": true,
             "restartPolicy": "OnFailure",
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": RUN_AS,
+                "runAsGroup": RUN_AS,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "containers": [{
                 "name": COMPONENT,
                 "image": spec.image,
@@ -86,6 +103,12 @@ pub fn controller_pod(spec: &ControllerSpec<'_>) -> Value {
                 "resources": {
                     "requests": {"cpu": "10m", "memory": "16Mi"},
                     "limits": {"memory": "128Mi"},
+                },
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "privileged": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"]},
                 },
             }],
         },
@@ -192,6 +215,38 @@ mod tests {
         assert_eq!(args[4..6], ["--adapt", "1:5"]);
         // The pod parses as a Pod (what create_pod sends).
         manifests::to_pod(pod).unwrap();
+    }
+
+    /// What the kubelet is asked to enforce (the cluster test reads it back from the
+    /// running process): a non-root uid, no capabilities, no privilege escalation, a
+    /// read-only root filesystem, seccomp RuntimeDefault; and a token, which it needs.
+    #[test]
+    fn the_controller_pod_runs_with_the_least_it_needs() {
+        let pod = controller_pod(&ControllerSpec {
+            cluster: "c",
+            namespace: "ns",
+            owner: &owner(),
+            adapt: None,
+            image: "example.org/dask-kube:1",
+        });
+        let spec = &pod["spec"];
+        assert_eq!(spec["automountServiceAccountToken"], true);
+        assert_eq!(
+            spec["securityContext"],
+            json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                   "seccompProfile": {"type": "RuntimeDefault"}})
+        );
+        assert_eq!(
+            spec["containers"][0]["securityContext"],
+            json!({"allowPrivilegeEscalation": false, "privileged": false,
+                   "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}})
+        );
+        let typed = manifests::to_pod(pod).unwrap();
+        let context = typed.spec.unwrap().containers[0]
+            .security_context
+            .clone()
+            .unwrap();
+        assert_eq!(context.read_only_root_filesystem, Some(true));
     }
 
     #[test]

@@ -190,6 +190,14 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A cluster's certificates could not be made or read.
+    #[error("cannot {what}: {reason}")]
+    Tls {
+        /// What dask-kube was doing.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// A port-forward could not be opened.
     #[error("port-forward to pod {pod} port {port} failed: {reason}")]
     PortForward {

@@ -28,6 +28,11 @@
 //!   ([`KubeCluster::adapt_in`], one entry point: the controller pod or here), lists its
 //!   workers, reads logs and closes; the verbs [`up`], [`delete_cluster`], [`cluster_logs`],
 //!   [`list_clusters`], [`supervise`] and [`run_controller`] return typed results.
+//! - **Security**: a request's [`TlsMode`] (TLS with a certificate authority made for the
+//!   cluster by default), the cluster's certificate set ([`ClusterTls::issue`], in a Secret
+//!   owned by the scheduler pod), the client's copy ([`ClientTlsFiles`]; a running cluster's
+//!   [`KubeCluster::security`], [`read_client_tls`] by name); what the controller pod may do
+//!   is `deploy/rbac.yaml`'s, its image [`default_controller_image`].
 //! - **Scaling and adapting** (pure decisions, tested with tables): [`plan_scale_down`]
 //!   (workers matched to pods by [`place_workers`]), [`decide`] with [`AdaptPolicy`] (its
 //!   damping: `wait_count`, `cooldown`), and [`Scaler`], the I/O around them for one
@@ -161,8 +166,10 @@ mod scaler;
 mod scaling;
 mod scheduler_api;
 mod signals;
+mod stored_template;
 mod supervisor;
 mod template;
+mod tls;
 
 pub use adapt::{
     AdaptPolicy, AdaptTuning, DEFAULT_COOLDOWN, DEFAULT_INTERVAL, DEFAULT_WAIT_COUNT, ScaleAction,
@@ -173,14 +180,14 @@ pub use apiserver::{
     install_crypto_provider,
 };
 pub use cluster::{
-    Access, AdaptPlacement, AdaptStarted, AttachOptions, CloseReport, DEFAULT_WAIT_TIMEOUT,
-    DetachOptions, KubeCluster, KubeClusterBuilder, Progress, ProgressFn, Reconnect,
-    SchedulerClient, UpOptions, UpOutcome, UpReport, WorkerInfo, cluster_logs, delete_cluster,
-    no_progress, run_controller, supervise, teardown, up,
+    Access, AdaptPlacement, AdaptStarted, AttachOptions, ClientSecurity, CloseReport,
+    DEFAULT_WAIT_TIMEOUT, DetachOptions, KubeCluster, KubeClusterBuilder, Progress, ProgressFn,
+    Reconnect, SchedulerClient, UpOptions, UpOutcome, UpReport, WorkerInfo, cluster_logs,
+    delete_cluster, no_progress, read_client_tls, run_controller, supervise, teardown, up,
 };
 pub use config::{
-    ConfigDocument, ConfigSource, ConfigSources, DEFAULT_CONTROLLER_IMAGE, DaskConfig,
-    KubeSettings, ProcessConfig,
+    CONTROLLER_IMAGE_DIGEST, ConfigDocument, ConfigSource, ConfigSources, DEFAULT_CONTROLLER_IMAGE,
+    DaskConfig, KubeSettings, ProcessConfig, default_controller_image,
 };
 pub use controller::{
     SERVICE_ACCOUNT as CONTROLLER_SERVICE_ACCOUNT, pod_name as controller_pod_name,
@@ -218,3 +225,4 @@ pub use scaling::{
 pub use scheduler_api::{Connect, HttpSchedulerApi, SchedulerApi, TcpConnect};
 pub use supervisor::{StateDir, SupervisorState, is_supervisor};
 pub use template::PodTemplate;
+pub use tls::{ClientTlsFiles, ClusterTls, TlsMode};

@@ -4,6 +4,7 @@
 //! the policy finds nothing to change on clusters with it).
 
 use crate::template::PodTemplate;
+use crate::tls::{self, TlsMode};
 use crate::{Error, Result};
 use dask_worker_spec::{
     DaskComponent, DefaultAffinity, PodSpecRules, WorkerCommandLine, WorkerDefaults,
@@ -27,9 +28,6 @@ pub const ROUTES: &str = r#"["distributed.http.scheduler.prometheus","distribute
 pub const APP_LABEL: (&str, &str) = ("app", "dask");
 /// The `user` label.
 pub const USER_LABEL: &str = "user";
-/// Annotation on the scheduler pod with the worker pod manifest, so `dask-kube scale NAME`
-/// run later (or elsewhere) creates workers identical to the first ones.
-pub const WORKER_TEMPLATE_ANNOTATION: &str = "dask.org/worker-pod-template";
 /// Annotation on the scheduler pod naming the process that keeps the port-forward (and
 /// adapt controller) alive: `<host>:<pid>`.
 pub const SUPERVISOR_ANNOTATION: &str = "dask.org/supervisor";
@@ -67,6 +65,11 @@ pub struct ClusterSpec {
     pub adaptive_target_duration: Option<String>,
     /// The Service's type.
     pub service_type: ServiceType,
+    /// How the client, scheduler and workers talk: [`TlsMode::ClusterCa`] mounts the
+    /// cluster's certificates (the Secret `<name>-tls`) and sets Dask's TLS settings in both
+    /// pods; with any TLS the addresses are `tls://` and the scheduler's HTTP server
+    /// listens on its pod's loopback only ([`TlsMode::private_http`]).
+    pub tls: TlsMode,
 }
 
 /// The type of the scheduler's Service (`scheduler_service_type=`): how it is reached from
@@ -110,7 +113,7 @@ impl std::str::FromStr for ServiceType {
 
 /// The scheduler's Service of cluster `cluster`: `<cluster>-scheduler`, as the
 /// dask-kubernetes operator names it (its users' code and docs reach
-/// `tcp://<cluster>-scheduler.<namespace>:8786`).
+/// `tls://<cluster>-scheduler.<namespace>:8786`, `tcp://` without TLS).
 pub fn service_name(cluster: &str) -> String {
     format!("{cluster}-scheduler")
 }
@@ -208,15 +211,32 @@ impl ClusterSpec {
         selector(&self.name, component)
     }
 
-    /// The address workers connect to: the Service's DNS name, or the external scheduler.
+    /// The address workers connect to: the Service's DNS name (`tls://` with TLS), or the
+    /// external scheduler.
     pub fn worker_scheduler_address(&self) -> String {
         match &self.external_scheduler {
             Some(address) => address.clone(),
             None => format!(
-                "tcp://{}.{}:{SCHEDULER_PORT}",
+                "{}://{}.{}:{SCHEDULER_PORT}",
+                self.tls.scheme(),
                 service_name(&self.name),
                 self.namespace
             ),
+        }
+    }
+
+    /// Whether the pods mount the cluster's own certificates.
+    fn mounts_cluster_tls(&self) -> bool {
+        self.tls == TlsMode::ClusterCa && self.external_scheduler.is_none()
+    }
+
+    /// Where the scheduler's HTTP server listens: every address, or (with TLS) only the
+    /// pod's loopback, where port-forward reaches it and nothing else in the cluster does.
+    fn dashboard_address(&self) -> String {
+        if self.tls.private_http() {
+            format!("127.0.0.1:{DASHBOARD_PORT}")
+        } else {
+            format!(":{DASHBOARD_PORT}")
         }
     }
 
@@ -262,7 +282,7 @@ impl ClusterSpec {
                 "--port",
                 &SCHEDULER_PORT.to_string(),
                 "--dashboard-address",
-                &format!(":{DASHBOARD_PORT}"),
+                &self.dashboard_address(),
             ]
             .iter()
             .map(|s| (*s).to_owned())
@@ -318,20 +338,37 @@ impl ClusterSpec {
             set_env(container, TARGET_DURATION_ENV, duration, true);
         }
         if container.get("ports").is_none_or(Value::is_null) {
-            container.insert(
-                "ports".into(),
-                json!([
-                    {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
-                    {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
-                ]),
-            );
+            let mut ports = vec![
+                json!({"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"}),
+            ];
+            if !self.tls.private_http() {
+                ports.push(json!({"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"}));
+            }
+            container.insert("ports".into(), json!(ports));
         }
-        if container.get("readinessProbe").is_none_or(Value::is_null) {
-            container.insert(
-                "readinessProbe".into(),
-                json!({"tcpSocket": {"port": SCHEDULER_PORT}, "periodSeconds": 2, "failureThreshold": 3}),
-            );
+        let absent = |c: &Map<String, Value>, key: &str| c.get(key).is_none_or(Value::is_null);
+        if !self.tls.private_http() {
+            if absent(container, "readinessProbe") {
+                container.insert(
+                    "readinessProbe".into(),
+                    json!({"tcpSocket": {"port": SCHEDULER_PORT}, "periodSeconds": 2, "failureThreshold": 3}),
+                );
+            }
+        } else if !has_command
+            && absent(container, "readinessProbe")
+            && absent(container, "startupProbe")
+        {
+            // With TLS a TCP probe of 8786 would log a failed handshake every period, and
+            // 8787 answers on the pod's loopback only: the scheduler's own `/health`,
+            // asked from inside the container until it answers once. Only on the command
+            // dask-kube writes, which listens there.
+            container.insert("startupProbe".into(), scheduler_health_probe());
         }
+        if self.mounts_cluster_tls() {
+            tls::mount(container);
+            add_volume(spec, tls::pod_volume(&self.name));
+        }
+        no_token_unless_asked(spec);
         Ok(pod)
     }
 
@@ -377,8 +414,8 @@ impl ClusterSpec {
         pod
     }
 
-    /// The scheduler Service `<name>-scheduler` ([`service_name`]): 8786 `tcp-comm` and
-    /// 8787 `http-dashboard`, of [`ClusterSpec::service_type`].
+    /// The scheduler Service `<name>-scheduler` ([`service_name`]): 8786 `tcp-comm` (and
+    /// 8787 `http-dashboard` without TLS), of [`ClusterSpec::service_type`].
     pub fn service(&self, owner: Option<&Owner>) -> Value {
         let mut metadata = json!({
             "name": service_name(&self.name),
@@ -398,12 +435,20 @@ impl ClusterSpec {
                     labels::CLUSTER_NAME: self.name,
                     labels::COMPONENT: labels::SCHEDULER,
                 },
-                "ports": [
-                    {"name": "tcp-comm", "port": SCHEDULER_PORT, "targetPort": SCHEDULER_PORT, "protocol": "TCP"},
-                    {"name": "http-dashboard", "port": DASHBOARD_PORT, "targetPort": DASHBOARD_PORT, "protocol": "TCP"},
-                ],
+                "ports": self.service_ports(),
             },
         })
+    }
+
+    /// 8786 `tcp-comm`, and 8787 `http-dashboard` unless the HTTP server is private.
+    fn service_ports(&self) -> Value {
+        let mut ports = vec![
+            json!({"name": "tcp-comm", "port": SCHEDULER_PORT, "targetPort": SCHEDULER_PORT, "protocol": "TCP"}),
+        ];
+        if !self.tls.private_http() {
+            ports.push(json!({"name": "http-dashboard", "port": DASHBOARD_PORT, "targetPort": DASHBOARD_PORT, "protocol": "TCP"}));
+        }
+        json!(ports)
     }
 
     /// A worker pod: the template with this cluster's metadata, `generateName`, the
@@ -444,9 +489,11 @@ impl ClusterSpec {
             WorkerCommandLine::find(&words("command"), &words("args")).is_some()
         };
         let any_worker = containers.iter().any(runs_worker);
+        let cluster_tls = self.mounts_cluster_tls();
         for (i, container) in containers.iter_mut().enumerate() {
-            // The worker containers get the address; with none recognisable (a custom
-            // entrypoint), the first container, as dask-kubernetes does.
+            // The worker containers get the address (and the certificates); with none
+            // recognisable (a custom entrypoint), the first container, as dask-kubernetes
+            // does.
             let wanted = if any_worker {
                 runs_worker(container)
             } else {
@@ -454,11 +501,20 @@ impl ClusterSpec {
             };
             if wanted && let Some(map) = container.as_object_mut() {
                 set_env(map, SCHEDULER_ADDRESS_ENV, &address, true);
+                if cluster_tls {
+                    tls::mount(map);
+                }
             }
         }
         let spec = pod_map
             .get_mut("spec")
             .ok_or_else(|| invalid_worker(origin, "spec is missing"))?;
+        if let Some(spec_map) = spec.as_object_mut() {
+            if cluster_tls {
+                add_volume(spec_map, tls::pod_volume(&self.name));
+            }
+            no_token_unless_asked(spec_map);
+        }
         let defaulted = apply_worker_defaults(spec, "spec", PodSpecRules::BARE_POD, &self.defaults)
             .map_err(|source| Error::WorkerDefaults {
                 origin: origin.clone(),
@@ -470,25 +526,86 @@ impl ClusterSpec {
         })
     }
 
-    /// The manifests `dask-kube render` prints: scheduler pod, Service and one worker pod,
-    /// owner uids shown as a placeholder.
+    /// The manifests `dask-kube render` prints: scheduler pod, Service, one worker pod, the
+    /// stored worker template and (with the cluster's own TLS) its Secret, whose keys exist
+    /// only once the cluster starts; owner uids shown as a placeholder.
     pub fn render(&self) -> Result<Vec<Value>> {
         let owner = Owner {
             name: self.name.clone(),
             uid: UID_PLACEHOLDER.to_owned(),
         };
-        let mut worker = self.worker_pod()?.pod;
+        let worker = self.worker_pod()?.pod;
         if self.external_scheduler.is_some() {
             return Ok(vec![worker]);
         }
-        set_owner(&mut worker, &owner);
-        let mut scheduler = self.scheduler_pod()?;
-        annotate(
-            &mut scheduler,
-            WORKER_TEMPLATE_ANNOTATION,
-            &worker_template_annotation(&self.worker_pod()?.pod),
-        );
-        Ok(vec![scheduler, self.service(Some(&owner)), worker])
+        let mut owned_worker = worker.clone();
+        set_owner(&mut owned_worker, &owner);
+        let mut objects = vec![
+            self.scheduler_pod()?,
+            self.service(Some(&owner)),
+            owned_worker,
+            crate::stored_template::pod_template(self, &worker, &owner)?,
+        ];
+        if self.mounts_cluster_tls() {
+            objects.push(tls::secret_manifest(
+                &self.name,
+                &self.namespace,
+                &self.user,
+                &owner,
+                json!({
+                    tls::CA_KEY: SECRET_PLACEHOLDER,
+                    tls::CERT_KEY: SECRET_PLACEHOLDER,
+                    tls::KEY_KEY: SECRET_PLACEHOLDER,
+                }),
+            ));
+        }
+        Ok(objects)
+    }
+}
+
+/// What `render` shows for the certificates, which are made when the cluster starts.
+pub const SECRET_PLACEHOLDER: &str = "<made when the cluster starts>";
+
+/// The `startupProbe` of a scheduler whose HTTP server listens on its pod's loopback: its
+/// `/health`, asked from inside the container by the image's Python (`python3`, else
+/// `python`: every Dask image has one of them).
+fn scheduler_health_probe() -> Value {
+    json!({
+        "exec": {"command": [
+            "sh", "-c",
+            format!("exec \"$(command -v python3 || command -v python)\" -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{DASHBOARD_PORT}/health', timeout=1)\""),
+        ]},
+        "periodSeconds": 2,
+        "timeoutSeconds": 2,
+        // A scheduler that does not listen within 30 minutes is killed (and, with
+        // restartPolicy Never, the cluster's start fails saying so).
+        "failureThreshold": 900,
+    })
+}
+
+/// Adds (or replaces, by name) a pod volume.
+fn add_volume(spec: &mut Map<String, Value>, volume: Value) {
+    let name = volume.get("name").cloned();
+    let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
+    if !volumes.is_array() {
+        *volumes = json!([]);
+    }
+    if let Some(volumes) = volumes.as_array_mut() {
+        volumes.retain(|v| v.get("name") != name.as_ref());
+        volumes.push(volume);
+    }
+}
+
+/// `automountServiceAccountToken: false` unless the template says otherwise: a scheduler
+/// or worker does not talk to the API server, and a mounted token is what code sent to
+/// the cluster (`client.run_on_scheduler`, any task) would take. A template whose code
+/// needs the token says `automountServiceAccountToken: true`.
+fn no_token_unless_asked(spec: &mut Map<String, Value>) {
+    if spec
+        .get("automountServiceAccountToken")
+        .is_none_or(Value::is_null)
+    {
+        spec.insert("automountServiceAccountToken".into(), json!(false));
     }
 }
 
@@ -499,24 +616,6 @@ pub fn selector(cluster: &str, component: &str) -> String {
         labels::CLUSTER_NAME,
         labels::COMPONENT
     )
-}
-
-/// The worker pod manifest as stored in [`WORKER_TEMPLATE_ANNOTATION`].
-pub fn worker_template_annotation(worker_pod: &Value) -> String {
-    worker_pod.to_string()
-}
-
-/// Sets (or replaces) an annotation.
-pub fn annotate(pod: &mut Value, key: &str, value: &str) {
-    if let Some(meta) = pod.get_mut("metadata").and_then(Value::as_object_mut) {
-        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
-        if !annotations.is_object() {
-            *annotations = json!({});
-        }
-        if let Some(a) = annotations.as_object_mut() {
-            a.insert(key.to_owned(), json!(value));
-        }
-    }
 }
 
 /// Points a pod or Service at its owner.
@@ -625,7 +724,22 @@ mod tests {
             external_scheduler_api: None,
             adaptive_target_duration: None,
             service_type: ServiceType::ClusterIP,
+            tls: TlsMode::Off,
         }
+    }
+
+    fn secure() -> ClusterSpec {
+        ClusterSpec {
+            tls: TlsMode::ClusterCa,
+            ..spec()
+        }
+    }
+
+    fn mounts(container: &Value) -> Vec<&Value> {
+        container["volumeMounts"]
+            .as_array()
+            .map(|m| m.iter().collect())
+            .unwrap_or_default()
     }
 
     fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
@@ -948,9 +1062,11 @@ mod tests {
     #[case::scheduler(0, "Pod")]
     #[case::service(1, "Service")]
     #[case::worker(2, "Pod")]
+    #[case::stored_template(3, "PodTemplate")]
+    #[case::certificates(4, "Secret")]
     fn render_lists_every_object(#[case] index: usize, #[case] kind: &str) {
-        let objects = spec().render().unwrap();
-        assert_eq!(objects.len(), 3);
+        let objects = secure().render().unwrap();
+        assert_eq!(objects.len(), 5);
         assert_eq!(objects[index]["kind"], kind);
         if index > 0 {
             assert_eq!(
@@ -961,12 +1077,168 @@ mod tests {
     }
 
     #[test]
-    fn stored_worker_template_round_trips() {
-        let objects = spec().render().unwrap();
-        let stored = objects[0]["metadata"]["annotations"][WORKER_TEMPLATE_ANNOTATION]
-            .as_str()
-            .unwrap();
-        let parsed: Value = serde_json::from_str(stored).unwrap();
-        assert_eq!(parsed, spec().worker_pod().unwrap().pod);
+    fn without_tls_there_is_no_secret_to_render() {
+        let kinds: Vec<Value> = spec()
+            .render()
+            .unwrap()
+            .iter()
+            .map(|o| o["kind"].clone())
+            .collect();
+        assert_eq!(kinds, ["Pod", "Service", "Pod", "PodTemplate"]);
+    }
+
+    #[test]
+    fn the_stored_template_is_the_worker_pod() {
+        let objects = secure().render().unwrap();
+        let stored =
+            crate::stored_template::read("dask-alice-0a1b2c3d4e", "team", &objects[3]).unwrap();
+        assert_eq!(stored.worker_pod, secure().worker_pod().unwrap().pod);
+        assert_eq!(stored.tls, TlsMode::ClusterCa);
+    }
+
+    /// With the cluster's own TLS both pods mount its Secret read-only and carry Dask's TLS
+    /// settings for every role; the workers reach the scheduler at a `tls://` address.
+    #[test]
+    fn with_cluster_tls_both_pods_mount_the_certificates() {
+        let s = secure();
+        let scheduler = s.scheduler_pod().unwrap();
+        let worker = s.worker_pod().unwrap().pod;
+        for pod in [&scheduler, &worker] {
+            assert_eq!(
+                pod["spec"]["volumes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|v| v["name"] == tls::VOLUME_NAME)
+                    .collect::<Vec<_>>(),
+                [
+                    &json!({"name": "dask-kube-tls", "secret": {"secretName": "dask-alice-0a1b2c3d4e-tls"}})
+                ]
+            );
+            let c = &pod["spec"]["containers"][0];
+            assert!(
+                mounts(c).contains(&&json!({"name": "dask-kube-tls", "mountPath": "/etc/dask-kube/tls", "readOnly": true})),
+                "{c}"
+            );
+            for (name, value) in tls::pod_env() {
+                assert_eq!(
+                    env_value(c, &name).unwrap()["value"],
+                    value.as_str(),
+                    "{name}"
+                );
+            }
+        }
+        assert_eq!(
+            env_value(&worker["spec"]["containers"][0], SCHEDULER_ADDRESS_ENV).unwrap()["value"],
+            "tls://dask-alice-0a1b2c3d4e-scheduler.team:8786"
+        );
+        to_pod(scheduler).unwrap();
+        to_pod(worker).unwrap();
+    }
+
+    /// A sidecar that does not run the worker gets neither the address nor the keys.
+    #[test]
+    fn a_sidecar_gets_no_certificates() {
+        let mut s = secure();
+        s.worker.pod["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "sidecar", "image": "busybox", "args": ["sleep", "1d"]}));
+        let worker = s.worker_pod().unwrap().pod;
+        let sidecar = &worker["spec"]["containers"][1];
+        assert!(mounts(sidecar).is_empty(), "{sidecar}");
+        assert!(env_value(sidecar, tls::CA_FILE_ENV).is_none());
+    }
+
+    /// With any TLS the scheduler's HTTP server (unauthenticated in Dask: it retires workers
+    /// and, with --jupyter, runs code) listens on its pod's loopback only: no Service port,
+    /// no container port, and its startup is probed from inside the container (a TCP probe
+    /// of the TLS port would log a failed handshake every two seconds).
+    #[rstest]
+    #[case::cluster_ca(TlsMode::ClusterCa, true)]
+    #[case::provided(TlsMode::Provided, true)]
+    #[case::off(TlsMode::Off, false)]
+    fn the_http_port_is_private_with_tls(#[case] tls: TlsMode, #[case] private: bool) {
+        let s = ClusterSpec { tls, ..spec() };
+        let scheduler = s.scheduler_pod().unwrap();
+        let c = &scheduler["spec"]["containers"][0];
+        let dashboard = if private { "127.0.0.1:8787" } else { ":8787" };
+        assert_eq!(c["args"][5], dashboard, "{}", c["args"]);
+        let service_ports: Vec<Value> = s.service(None)["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].clone())
+            .collect();
+        assert_eq!(service_ports.contains(&json!(8787)), !private);
+        let container_ports: Vec<Value> = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["containerPort"].clone())
+            .collect();
+        assert_eq!(container_ports.contains(&json!(8787)), !private);
+        assert_eq!(c["readinessProbe"].is_null(), private);
+        assert_eq!(!c["startupProbe"].is_null(), private);
+        if private {
+            let probe = c["startupProbe"]["exec"]["command"].to_string();
+            assert!(probe.contains("http://127.0.0.1:8787/health"), "{probe}");
+        }
+        let scheme = if private { "tls" } else { "tcp" };
+        assert!(s.worker_scheduler_address().starts_with(scheme));
+    }
+
+    /// A scheduler template with its own command decides where it listens: no probe is
+    /// guessed for it (a wrong startup probe would kill it).
+    #[test]
+    fn a_scheduler_template_with_its_own_command_gets_no_startup_probe() {
+        let mut s = secure();
+        s.scheduler = Some(
+            PodTemplate::from_yaml(
+                "kind: Pod\nspec:\n  containers:\n  - name: s\n    image: custom/sched:1\n    args: [dask, scheduler, --dashboard-address, ':9999']\n",
+                "sched.yml",
+                "scheduler",
+            )
+            .unwrap(),
+        );
+        let c = &s.scheduler_pod().unwrap()["spec"]["containers"][0];
+        assert!(
+            c["startupProbe"].is_null() && c["readinessProbe"].is_null(),
+            "{c}"
+        );
+    }
+
+    /// Neither pod mounts a ServiceAccount token unless the template asks for one.
+    #[rstest]
+    #[case::absent(None, false)]
+    #[case::asked_for(Some(true), true)]
+    #[case::refused(Some(false), false)]
+    fn no_token_is_mounted_unless_the_template_asks(
+        #[case] template: Option<bool>,
+        #[case] mounted: bool,
+    ) {
+        let mut s = secure();
+        if let Some(asked) = template {
+            s.worker.pod["spec"]["automountServiceAccountToken"] = json!(asked);
+        }
+        let scheduler = s.scheduler_pod().unwrap();
+        let worker = s.worker_pod().unwrap().pod;
+        for pod in [&scheduler, &worker] {
+            assert_eq!(pod["spec"]["automountServiceAccountToken"], mounted);
+        }
+    }
+
+    #[test]
+    fn the_defaults_stay_a_fixed_point_with_tls() {
+        let pod = secure().worker_pod().unwrap().pod;
+        let mut again = pod["spec"].clone();
+        let outcome = apply_worker_defaults(
+            &mut again,
+            "spec",
+            PodSpecRules::BARE_POD,
+            &WorkerDefaults::default(),
+        )
+        .unwrap();
+        assert!(!outcome.changed);
     }
 }

@@ -1,7 +1,8 @@
 //! The Dask scheduler's HTTP API (port 8787): the adaptive target, the connected workers and
 //! retiring them. Behind the [`SchedulerApi`] trait so scaling logic is tested with a fake;
-//! [`HttpSchedulerApi`] speaks HTTP/1 over any [`Connect`]or: a port-forward stream from
-//! outside the cluster, plain TCP to the Service from inside.
+//! [`HttpSchedulerApi`] speaks HTTP/1 over any [`Connect`]or: a port-forward stream (from
+//! outside the cluster, and from inside when TLS keeps the HTTP port on the scheduler pod's
+//! loopback), plain TCP to the Service from inside a cluster without TLS.
 
 use crate::scaling::SchedulerWorker;
 use crate::{Error, Result};

@@ -73,6 +73,16 @@ impl StateDir {
         self.file(namespace, name, "log")
     }
 
+    /// Where the client's copy of a cluster's certificates is written.
+    pub fn tls_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.file(namespace, name, "tls")
+    }
+
+    /// Removes the client's copy of a cluster's certificates (the cluster is gone).
+    pub fn remove_tls(&self, namespace: &str, name: &str) {
+        let _ = std::fs::remove_dir_all(self.tls_dir(namespace, name));
+    }
+
     /// Writes the state atomically (readers never see half a file).
     pub fn write(&self, state: &SupervisorState) -> Result<()> {
         std::fs::create_dir_all(&self.0)

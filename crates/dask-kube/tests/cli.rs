@@ -34,7 +34,7 @@ fn render_prints_every_object_without_a_cluster() {
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let items = list["items"].as_array().unwrap();
     let kinds: Vec<&str> = items.iter().map(|i| i["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["Pod", "Service", "Pod"]);
+    assert_eq!(kinds, ["Pod", "Service", "Pod", "PodTemplate", "Secret"]);
     let name = items[0]["metadata"]["name"].as_str().unwrap();
     assert!(
         name.starts_with("demo-") && name.len() == "demo-".len() + 10,
@@ -46,16 +46,31 @@ fn render_prints_every_object_without_a_cluster() {
     );
     assert_eq!(items[2]["metadata"]["namespace"], "team");
     assert_eq!(items[2]["spec"]["tolerations"].as_array().unwrap().len(), 2);
+    // TLS by default: the workers' address, and no key in what is printed.
+    let address = items[2]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "DASK_SCHEDULER_ADDRESS")
+        .unwrap()["value"]
+        .clone();
+    assert_eq!(address, format!("tls://{name}-scheduler.team:8786"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE KEY"));
 }
 
 #[test]
-fn render_yaml_is_three_documents() {
+fn render_yaml_is_one_document_per_object() {
     let worker = fixture("worker-spec.yml");
     let out = run(&["render", "-f", worker.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.matches("---\n").count(), 3, "{text}");
+    assert_eq!(text.matches("---\n").count(), 5, "{text}");
     assert!(text.contains("DASK_SCHEDULER_ADDRESS"));
+    let out = run(&["render", "--tls", "off", "-f", worker.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.matches("---\n").count(), 4, "no Secret: {text}");
+    assert!(text.contains("tcp://"), "{text}");
 }
 
 #[test]

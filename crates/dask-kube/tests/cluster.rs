@@ -58,7 +58,10 @@ async fn detached_up_scale_and_down() {
     let up_seconds = started.elapsed().as_secs_f64();
     let name = up["name"].as_str().unwrap().to_owned();
     let address = up["scheduler_address"].as_str().unwrap().to_owned();
-    assert!(address.starts_with("tcp://127.0.0.1:"), "{address}");
+    assert!(
+        address.starts_with("tls://127.0.0.1:"),
+        "TLS by default: {address}"
+    );
 
     // A real Client on this machine, after `up` exited: 3 workers named after their pods.
     let seen = client(&["workers", &address]);
@@ -172,7 +175,7 @@ async fn adapt_grows_under_load_and_shrinks_after() {
 
     // 60 tasks of 2 s: 120 task-seconds, far above one worker's 5 s target duration.
     let started = Instant::now();
-    let mut load = std::process::Command::new(common::python())
+    let mut load = common::python_for(&address)
         .args([
             fixture("dask_client.py").to_str().unwrap(),
             "load",
@@ -732,7 +735,7 @@ async fn the_printed_dashboard_link_answers_in_every_mode() {
         up["dashboard_env"]["DASK_DISTRIBUTED__DASHBOARD__LINK"], up["dashboard"],
         "{up}"
     );
-    let seen = std::process::Command::new(common::python())
+    let seen = common::python_for(&address)
         .arg(fixture("dask_client.py"))
         .args(["dashboard", &address])
         .env("DASK_DISTRIBUTED__DASHBOARD__LINK", &dashboard)
@@ -791,8 +794,10 @@ async fn the_printed_dashboard_link_answers_in_every_mode() {
     let link = printed(&lines, "dashboard").to_owned();
     assert_eq!(http_status(&link), "200", "foreground up: {link}");
     assert!(
-        lines.contains(&format!("export DASK_DISTRIBUTED__DASHBOARD__LINK={link}")),
-        "the export for a plain Client: {lines:?}"
+        lines.iter().any(|l| l
+            .starts_with(&format!("export DASK_DISTRIBUTED__DASHBOARD__LINK={link} "))
+            && l.contains(" DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=")),
+        "the export for a plain Client (its dashboard link and its certificate): {lines:?}"
     );
     kill(Pid::from_raw(up.id() as i32), Signal::SIGTERM).unwrap();
     assert!(up.wait().unwrap().success());
@@ -1069,13 +1074,22 @@ async fn the_cluster_adapts_and_ends_itself_after_its_client_is_killed() {
                     "python",
                     "/opt/client/dask_client.py",
                     "load",
-                    format!("tcp://{name}-scheduler.{}:8786", ns.name),
+                    format!("tls://{name}-scheduler.{}:8786", ns.name),
                     "30",
                     "2",
                 ],
-                "volumeMounts": [{"name": "client", "mountPath": "/opt/client"}],
+                // A client inside the cluster presents the cluster's certificate too: its
+                // Secret, mounted as the scheduler and workers have it.
+                "env": common::tls_client_env("/etc/dask-kube/tls"),
+                "volumeMounts": [
+                    {"name": "client", "mountPath": "/opt/client"},
+                    {"name": "tls", "mountPath": "/etc/dask-kube/tls", "readOnly": true},
+                ],
             }],
-            "volumes": [{"name": "client", "configMap": {"name": "load-client"}}],
+            "volumes": [
+                {"name": "client", "configMap": {"name": "load-client"}},
+                {"name": "tls", "secret": {"secretName": format!("{name}-tls")}},
+            ],
         },
     }))
     .unwrap();
@@ -1293,11 +1307,16 @@ const DASK_KUBE_RULES: &[(&str, &str)] = &[
     ("services", "create"),
     ("services", "patch"),
     ("services", "delete"),
+    ("podtemplates", "create"),
+    ("podtemplates", "get"),
+    ("secrets", "create"),
+    ("secrets", "get"),
 ];
 
 /// Issue 9 §4, least privilege proven: for each rule of the `dask-kube` Role, the whole
-/// life cycle from outside the cluster (up --detach, scale up, list, logs, scale down
-/// retiring, down) runs as the ServiceAccount with that one verb removed. Some step must
+/// life cycle from outside the cluster (up --detach, list, the client's certificate, scale
+/// up, logs, scale down retiring, down) runs as the ServiceAccount with that one verb
+/// removed. Some step must
 /// fail (else the rule is not needed and must go), and its error must name the verb and the
 /// resource. Nothing here has cluster scope: the ServiceAccount has only the namespaced Role.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1360,7 +1379,8 @@ async fn every_rule_of_rbac_yaml_is_needed_and_its_absence_is_named() {
                 Some(("list shows the supervisor".to_owned(), log)),
             );
         }
-        let steps: [(&str, Vec<&str>); 4] = [
+        let steps: [(&str, Vec<&str>); 5] = [
+            ("tls (the client's certificate)", vec!["tls", &name]),
             ("scale 1 (up)", vec!["scale", &name, "1", "--wait", "120"]),
             ("logs", vec!["logs", &name]),
             ("scale 0 (retire, delete)", vec!["scale", &name, "0"]),
@@ -1388,7 +1408,7 @@ async fn every_rule_of_rbac_yaml_is_needed_and_its_absence_is_named() {
             .env("KUBECONFIG", common::kubeconfig())
             .args([
                 "delete",
-                "pods,services",
+                "pods,services,podtemplates,secrets",
                 "-l",
                 "app=dask",
                 "-n",
@@ -1453,6 +1473,9 @@ const CONTROLLER_RULES: &[(&str, &str)] = &[
     ("pods", "delete"),
     ("pods", "get"),
     ("pods", "list"),
+    ("pods/portforward", "get"),
+    ("pods/portforward", "create"),
+    ("podtemplates", "get"),
 ];
 
 /// `kubectl auth can-i VERB RESOURCE[/SUBRESOURCE]` as ServiceAccount `sa` of `ns`.
@@ -1618,7 +1641,8 @@ async fn controller_scenario(
     (name, None)
 }
 
-/// Issue 9 §4 for the controller's own Role (pods only): with each rule removed in turn,
+/// Issue 9 §4 for the controller's own Role (pods, port-forward to its scheduler's HTTP API,
+/// its worker template): with each rule removed in turn,
 /// the controller pod fails to do one step of adapting, and its log names the verb and the
 /// resource it lacks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1675,7 +1699,7 @@ async fn every_rule_of_the_controller_role_is_needed_and_its_absence_is_logged()
             said.contains(&format!("{verb} {resource}")),
             "without {verb} {resource} the controller's log must name them: {said}"
         );
-        table.push(format!("{verb:>6} {resource:<5} -> cannot {step}: {said}"));
+        table.push(format!("{verb:>6} {resource:<16} -> cannot {step}: {said}"));
     }
     restore_role(&roles, &full).await;
     eprintln!(

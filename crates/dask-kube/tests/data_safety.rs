@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{SERIAL, TestNamespace, cluster, fixture, json_of, python, run};
+use common::{SERIAL, TestNamespace, cluster, fixture, json_of, python_for, run};
 use dask_kube::{
     KubeCluster, PodTemplate, Result, ScaleReport, Scaler, SchedulerApi, SchedulerWorker,
     WorkerPodState,
@@ -15,7 +15,7 @@ use dask_kube::{
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::Mutex;
 
 /// `tests/fixtures/data_client.py`: a Client that keeps its scattered parts (their futures)
@@ -27,7 +27,7 @@ struct DataClient {
 
 impl DataClient {
     fn start(address: &str) -> Self {
-        let mut child = Command::new(python())
+        let mut child = python_for(address)
             .arg(fixture("data_client.py"))
             .arg(address)
             .stdin(Stdio::piped())
@@ -216,6 +216,8 @@ async fn a_nanny_restart_during_scale_down_loses_no_data() {
         .unwrap();
     cluster.scale(2).await.unwrap();
     cluster.wait_for_workers(2, common::WAIT).await.unwrap();
+    let tls = tempfile::tempdir().unwrap();
+    common::trust(&cluster, tls.path());
     let data = DataClient::start(cluster.scheduler_address());
 
     // Scale-down ranks by data, then newest first: the parts go to the worker of the pod it

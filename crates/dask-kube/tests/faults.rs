@@ -12,8 +12,8 @@
 mod common;
 
 use common::{
-    SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, python, run, running_workers,
-    wait_for,
+    SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, pod_processes, python_for, run,
+    running_workers, wait_for,
 };
 use dask_kube::{CreateLimits, KubeCluster, PodTemplate};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -31,22 +31,29 @@ fn cluster_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../e2e-tests/local-cluster/cluster")
 }
 
-/// `cluster component ACTION NAME` (the same state dir as the tests' kubeconfig).
+/// `cluster component ACTION NAME [--kill]` (the same state dir as the tests' kubeconfig).
 fn component(action: &str, name: &str) {
+    component_with(&[action, name]);
+}
+
+fn component_with(args: &[&str]) {
     // SIGKILL after 5 s: a part that takes longer to stop has crashed, as far as clients see.
     let out = Command::new(cluster_script())
         .env("DASK_K8S_STOP_TIMEOUT", "5")
-        .args(["component", action, name])
+        .arg("component")
+        .args(args)
         .output()
         .unwrap();
     eprintln!(
-        "$ cluster component {action} {name} -> {}\n{}",
+        "$ cluster component {} -> {}\n{}",
+        args.join(" "),
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         out.status.success(),
-        "cluster component {action} {name} failed"
+        "cluster component {} failed",
+        args.join(" ")
     );
 }
 
@@ -60,6 +67,15 @@ struct Stopped {
 impl Stopped {
     fn stop(name: &'static str) -> Self {
         component("stop", name);
+        Stopped {
+            name,
+            running: false,
+        }
+    }
+
+    /// SIGKILL: no graceful shutdown, connections cut and requests in flight lost.
+    fn kill(name: &'static str) -> Self {
+        component_with(&["stop", name, "--kill"]);
         Stopped {
             name,
             running: false,
@@ -203,6 +219,163 @@ async fn api_server_restart_in_the_middle_of_a_scale_up_leaves_the_exact_count()
         took.as_secs_f64()
     );
     dask.close().await.unwrap();
+    ns.delete().await;
+}
+
+/// Every worker pod of `cluster` is one `report` created, and each of them exists: no pod
+/// dask-kube does not know of (leaked), none it reported that is not there.
+async fn assert_none_leaked(ns: &TestNamespace, cluster: &str, created: &[String]) {
+    let pods: BTreeSet<String> = worker_pods(ns, cluster)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let reported: BTreeSet<String> = created.iter().cloned().collect();
+    assert_eq!(reported.len(), created.len(), "a pod reported twice");
+    assert_eq!(
+        pods, reported,
+        "the pods are exactly those reported created"
+    );
+}
+
+/// 12. The API server is SIGKILLed in the middle of `scale 0 -> N`: no graceful shutdown, its
+/// connections cut with requests in flight, some of them after their pod was stored. dask-kube
+/// waits the outage out and looks up every create whose answer was lost before sending it
+/// again (by its name and create token): exactly N pods, 0 duplicates, 0 leaked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn api_server_sigkill_in_the_middle_of_a_scale_up_leaves_the_exact_count() {
+    const N: usize = 120;
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-kill9").await;
+    // Eight calls in flight: some are cut mid-way when the process dies.
+    let dask = pending_cluster(&ns, "fault-kill9", 8).await;
+    let name = dask.name().to_owned();
+    let started = Instant::now();
+    let fault = async {
+        wait_for("the first 10 worker pods", || async {
+            worker_pods(&ns, &name).await.is_some_and(|p| p.len() >= 10)
+        })
+        .await;
+        let at = worker_pods(&ns, &name).await.unwrap().len();
+        let down = Instant::now();
+        let mut apiserver = blocking(|| Stopped::kill("kube-apiserver")).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let apiserver = blocking(move || {
+            apiserver.start();
+            apiserver
+        })
+        .await;
+        drop(apiserver);
+        (at, down.elapsed())
+    };
+    let (report, (pods_at_kill, outage)) = tokio::join!(dask.scale(N), fault);
+    let took = started.elapsed();
+    let report = report.unwrap();
+    assert!(
+        pods_at_kill < N,
+        "the kill came after the scale-up ({pods_at_kill} pods): nothing was tested"
+    );
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.created.len(), N, "{report:?}");
+    assert!(report.retried > 0, "the outage was retried: {report:?}");
+    assert_exact_workers(&ns, &name, N).await;
+    assert_none_leaked(&ns, &name, &report.created).await;
+    let again = dask.scale(N).await.unwrap();
+    assert!(
+        again.created.is_empty() && again.deleted.is_empty(),
+        "{again:?}"
+    );
+    eprintln!(
+        "FIGURE fault 12 (API server SIGKILLed mid scale 0 -> {N}): killed at {pods_at_kill} pods, \
+         API server away {:.1}s, {} calls retried, {N}/{N} pods exact (0 duplicate, 0 leaked) in {:.1}s",
+        outage.as_secs_f64(),
+        report.retried,
+        took.as_secs_f64()
+    );
+    dask.close().await.unwrap();
+    ns.delete().await;
+}
+
+/// 13. Creates whose answers are lost after the pods were stored: `dask-kube scale` pointed (by
+/// a copy of the kubeconfig) at a proxy that forwards everything but cuts the streams of the
+/// first answers to `POST .../pods` once the API server has given them. dask-kube names each
+/// pod itself and marks it with a create token, so a lost answer is looked up (the pod is
+/// there, with its token: done) instead of sent again: exactly N pods, 0 duplicates, 0 leaked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn lost_answers_to_pod_creations_make_no_duplicate_and_no_leak() {
+    const N: usize = 40;
+    const LOSSES: usize = 5;
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "fault-lost").await;
+    let state = tempfile::tempdir().unwrap();
+    let (name, _) = up_detached(
+        state.path(),
+        &ns.name,
+        "pending-worker.yml",
+        &["--workers", "0", "--scheduler-template", plain_scheduler()],
+    );
+    let proxy = common::LossyProxy::start(&common::kubeconfig(), LOSSES, state.path()).await;
+    let started = Instant::now();
+    let proxied = proxy.kubeconfig.clone();
+    let namespace = ns.name.clone();
+    let cluster_name = name.clone();
+    let scale_state = state.path().to_owned();
+    let scaled = tokio::task::spawn_blocking(move || {
+        common::dask_kube(&scale_state)
+            .env("KUBECONFIG", &proxied)
+            .args([
+                "--kubeconfig",
+                proxied.to_str().unwrap(),
+                "-n",
+                &namespace,
+                "-o",
+                "json",
+                "--max-in-flight",
+                "4",
+                "scale",
+                &cluster_name,
+                &N.to_string(),
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    eprintln!(
+        "$ dask-kube scale {name} {N} (through the proxy) -> {}\n{}",
+        scaled.status,
+        String::from_utf8_lossy(&scaled.stderr)
+    );
+    let report = json_of(&scaled);
+    assert_eq!(
+        proxy.lost(),
+        LOSSES,
+        "the proxy lost {LOSSES} answers: the fault happened"
+    );
+    let created: Vec<String> = report["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(created.len(), N, "{report}");
+    assert!(report["failed"].as_array().unwrap().is_empty(), "{report}");
+    assert_exact_workers(&ns, &name, N).await;
+    assert_none_leaked(&ns, &name, &created).await;
+    eprintln!(
+        "FIGURE fault 13 (the answers of {LOSSES} pod creations lost after the pods were stored, \
+         scale 0 -> {N} through a proxy): {N}/{N} pods exact (0 duplicate, 0 leaked) in {:.1}s",
+        took.as_secs_f64()
+    );
+    drop(proxy);
+    let down = run(state.path(), &["-n", &ns.name, "down", &name]);
+    assert!(down.status.success());
     ns.delete().await;
 }
 
@@ -699,7 +872,7 @@ async fn scale_down_during_a_computation_loses_no_key_and_recomputes_nothing() {
     let state = tempfile::tempdir().unwrap();
     let (name, address) = up_small(state.path(), &ns.name, &["--workers", "4"]);
     let started = Instant::now();
-    let out = Command::new(python())
+    let out = python_for(&address)
         .arg(fixture("fault_client.py"))
         .args(["scale-down", &address, "40", "--"])
         .arg(env!("CARGO_BIN_EXE_dask-kube"))
@@ -734,23 +907,6 @@ async fn scale_down_during_a_computation_loses_no_key_and_recomputes_nothing() {
     let down = run(state.path(), &["-n", &ns.name, "down", &name]);
     assert!(down.status.success());
     ns.delete().await;
-}
-
-/// The pids of a pod's processes on this machine: the processes in the pod's cgroup (the
-/// kubelet's cgroupfs driver names it `pod<uid>`), its sandbox's pause process included.
-fn pod_processes(pod: &Pod) -> BTreeSet<i32> {
-    let Some(uid) = pod.metadata.uid.as_deref() else {
-        return BTreeSet::new();
-    };
-    let marker = format!("/pod{uid}/");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|cg| cg.lines().any(|l| l.contains(&marker)))
-        })
-        .collect()
 }
 
 /// The pod named `name` in `ns`.
@@ -799,7 +955,7 @@ async fn deleting_the_scheduler_mid_computation_ends_the_cluster_and_leaves_noth
         .path()
         .join(format!("dask-kube/{}_{name}.json", ns.name));
     assert!(supervisor_state.exists(), "{}", supervisor_state.display());
-    let mut load = Command::new(python())
+    let mut load = python_for(&address)
         .arg(fixture("dask_client.py"))
         .args(["load", &address, "8", "30"])
         .stdout(Stdio::null())
@@ -940,7 +1096,7 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
     ));
     let name = up["name"].as_str().unwrap().to_owned();
     let address = up["scheduler_address"].as_str().unwrap().to_owned();
-    let mut load = Command::new(python())
+    let mut load = python_for(&address)
         .arg(fixture("dask_client.py"))
         .args(["load", &address, "12", "60"])
         .stdout(Stdio::null())
@@ -1194,7 +1350,7 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
         .map(|(n, c)| (n.clone(), *c))
         .unwrap();
     let lose = format!("{} node lose {lost}", cluster_script().display());
-    let client = Command::new(python())
+    let client = python_for(&address)
         .arg(fixture("fault_client.py"))
         .args(["scale-down", &address, "24", "--", "sh", "-c", &lose])
         .output()
@@ -1284,7 +1440,7 @@ async fn an_oom_killed_worker_is_recomputed_and_replaced() {
     );
     let workers: Vec<String> = ns.pod_names(&worker_selector(&name)).await;
     let victim = workers[0].clone();
-    let mut client = Command::new(python())
+    let mut client = python_for(&address)
         .arg(fixture("fault_client.py"))
         .args(["oom", &address, &victim, "12"])
         .stdout(Stdio::piped())

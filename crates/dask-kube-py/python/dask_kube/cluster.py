@@ -63,6 +63,53 @@ def _access(port_forward_cluster_ip: bool | None) -> str:
     ]
 
 
+def _tls_mode(security: Any, deploy_mode: str) -> str | None:
+    """Classic's ``security=`` as the library's TLS mode of a scheduler pod: ``None`` (the
+    default, ``kubernetes.tls``, else a certificate authority per cluster) or ``True`` give
+    the cluster its own CA; a ``Security`` is the user's own TLS, which the pod templates
+    configure as with classic; ``False`` is plain ``tcp://``. A local scheduler
+    (``deploy_mode="local"``) takes ``security`` itself, as classic's."""
+    from distributed.security import Security
+
+    if security is not None and not isinstance(security, (bool, Security)):
+        raise TypeError(
+            f"security must be a distributed.security.Security, True or False, not {type(security).__name__}"
+        )
+    if deploy_mode == "local":
+        return None
+    if security is None:
+        return None
+    if security is True:
+        return "cluster-ca"
+    if security is False:
+        return "off"
+    return "provided"
+
+
+def _client_security(tls_json: str, given: Any):
+    """``KubeCluster.security``: the client's side of the cluster's TLS. With the cluster's
+    own CA, its certificate in memory (``Security`` takes PEM text as well as paths); with
+    the templates' own TLS, the ``Security`` given; without TLS, Dask's default."""
+    from distributed.security import Security
+
+    tls = json.loads(tls_json)
+    if "cert" in tls:
+        return Security(
+            require_encryption=True,
+            tls_ca_file=tls["ca"],
+            tls_client_cert=tls["cert"],
+            tls_client_key=tls["key"],
+        )
+    if isinstance(given, Security):
+        return given
+    if tls["mode"] == "provided":
+        raise ValueError(
+            "the cluster's TLS is the pod templates' own (provided): pass security=Security(...) "
+            "with the client's certificate"
+        )
+    return Security()
+
+
 def _config_now() -> str:
     """The process's Dask config and environment of this moment, as JSON: the library
     calls this when it needs a value (the cap before each scale and adapt), so
@@ -295,6 +342,15 @@ class KubeCluster(Cluster):
         ``kubernetes.interface``, ``kubernetes.protocol`` ``"tcp://"``,
         ``kubernetes.dashboard_address`` ``":8787"``, as classic). Its address must be
         one the worker pods can connect to.
+    security : distributed.security.Security or bool, optional
+        TLS between this client, the scheduler and the workers. Default (``None``, or
+        ``True``; ``kubernetes.tls``): a certificate authority made for this cluster, its
+        certificate in a Secret owned by the scheduler pod and mounted into the scheduler
+        and worker pods; ``cluster.security`` is the client's copy, which ``Client(cluster)``
+        uses. A ``Security``: the pod templates configure Dask's TLS with their own
+        certificates (classic's way) and this is the client's. ``False``: plain ``tcp://``,
+        open to anyone who reaches the scheduler. With ``deploy_mode="local"`` it is the
+        local scheduler's, as classic.
     shutdown_on_close : bool
         Delete the cluster on ``close()`` and at interpreter exit (default True; False
         for ``from_name`` and for a ``DaskCluster`` this client connected to).
@@ -335,6 +391,7 @@ class KubeCluster(Cluster):
         interface: str | None = None,
         protocol: str | None = None,
         dashboard_address: str | None = None,
+        security: Any = None,
         shutdown_on_close: bool | None = None,
         auth: Any = None,
         asynchronous: bool = False,
@@ -350,6 +407,18 @@ class KubeCluster(Cluster):
         self._local_scheduler_options = (
             _local_scheduler_options(local_listen, idle_timeout) if self._deploy_mode == "local" else None
         )
+        tls_mode = _tls_mode(security, self._deploy_mode)
+        self._security_arg = security
+        if self._local_scheduler_options is not None and security is True:
+            from .exceptions import InvalidArgument
+
+            raise InvalidArgument(
+                "security=True makes a certificate authority for a scheduler pod; with "
+                "deploy_mode='local' pass the local scheduler's Security(...)"
+            )
+        if self._local_scheduler_options is not None and security not in (None, False):
+            self._local_scheduler_options["security"] = security
+        self.security = None
         self.scheduler = None
         if n_workers is not None and (
             not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 0
@@ -400,6 +469,7 @@ class KubeCluster(Cluster):
             "apply_default_affinity": apply_default_affinity,
             "access": _access(port_forward_cluster_ip),
             "dashboard_port": int(scheduler_forward_port or 0),
+            "tls": tls_mode,
         }
         self._auth = auth_argument(auth)
         self._options = {
@@ -495,7 +565,16 @@ class KubeCluster(Cluster):
             self._finalizer = weakref.finalize(
                 self, _finalize, self._native, self.shutdown_on_close
             )
-            self.scheduler_comm = rpc(self._native.scheduler_address)
+            if self._deploy_mode == "local":
+                from distributed.security import Security
+
+                self.security = self.scheduler.security if self.scheduler is not None else Security()
+            else:
+                self.security = _client_security(self._native.tls, self._security_arg)
+            self.scheduler_comm = rpc(
+                self._native.scheduler_address,
+                connection_args=self.security.get_connection_args("client"),
+            )
             await super()._start()
             if self._n_workers and not started_workers:
                 await self._scale(self._n_workers)

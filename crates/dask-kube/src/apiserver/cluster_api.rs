@@ -164,6 +164,60 @@ impl ClusterApi {
         at(got, &self.at("get", "pods"))
     }
 
+    /// Creates an object the scheduler pod owns (the cluster's TLS Secret, its stored
+    /// worker template). One already there with the same owner is this one, from an
+    /// attempt whose answer was lost: the retry's 409 is not a failure.
+    pub async fn create_owned<K>(&self, object: &K, owner_uid: &str) -> Result<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize,
+    {
+        let plural = K::plural(&());
+        let name = object.meta().name.clone().unwrap_or_default();
+        let objects: Api<K> = Api::namespaced(self.connection.client.clone(), self.namespace());
+        let params = kube::api::PostParams::default();
+        let created =
+            with_retry("create", &self.answered, || objects.create(&params, object)).await;
+        match created {
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let found = with_retry("get", &self.answered, || objects.get_opt(&name)).await;
+                let found = at(found, &self.at("get", &plural))?;
+                let ours = found.as_ref().is_some_and(|o| {
+                    o.meta()
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|r| r.uid == owner_uid)
+                });
+                match found {
+                    Some(o) if ours => Ok(o),
+                    _ => Err(Error::Usage(format!(
+                        "{plural} {name} already exists in namespace {} and belongs to another cluster",
+                        self.namespace()
+                    ))),
+                }
+            }
+            other => at(other, &self.at("create", &plural)),
+        }
+    }
+
+    /// Gets a namespaced object by name; `None` when it does not exist.
+    pub async fn get_object<K>(&self, name: &str) -> Result<Option<K>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+    {
+        let plural = K::plural(&());
+        let objects: Api<K> = Api::namespaced(self.connection.client.clone(), self.namespace());
+        let got = with_retry("get", &self.answered, || objects.get_opt(name)).await;
+        at(got, &self.at("get", &plural))
+    }
+
     /// Creates or updates the Service by server-side apply.
     pub async fn apply_service(&self, service: &Service) -> Result<Service> {
         let name = service.metadata.name.clone().unwrap_or_default();

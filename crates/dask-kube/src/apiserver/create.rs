@@ -28,12 +28,29 @@ pub(crate) const CREATE_TOKEN_ANNOTATION: &str = "dask.org/create-token";
 const SUFFIX_LEN: usize = 5;
 
 impl ClusterApi {
-    /// Creates one pod (with retries).
+    /// Creates one pod (with retries): the scheduler pod, the controller pod. It carries a
+    /// [`CREATE_TOKEN_ANNOTATION`] as a batch's pods do, so when an answer is lost after the
+    /// pod was stored, the retry's 409 is recognised as this very pod (same name, same token)
+    /// instead of failing the start: a fixed name cannot make a second pod, and now a lost
+    /// answer does not make a failure either.
     pub async fn create_pod(&self, pod: &Pod) -> Result<Pod> {
+        let mut pod = pod.clone();
+        let token = assign_name(&mut pod);
+        let name = pod.metadata.name.clone().unwrap_or_default();
         let pods = self.pods();
         let params = PostParams::default();
-        let created = with_retry("create pod", &self.answered, || pods.create(&params, pod)).await;
-        at(created, &self.at("create", "pods"))
+        let created = with_retry("create pod", &self.answered, || pods.create(&params, &pod)).await;
+        match created {
+            Err(kube::Error::Api(s))
+                if s.code == 409 && self.created_by_us(&name, &token).await? =>
+            {
+                debug!(pod = %name, "create answer lost; the pod is ours");
+                self.get_pod(&name)
+                    .await?
+                    .ok_or_else(|| map_kube_error(kube::Error::Api(s), &self.at("create", "pods")))
+            }
+            other => at(other, &self.at("create", "pods")),
+        }
     }
 
     /// Creates pods under flow control; each failure is reported, and each pod that exists
@@ -353,6 +370,100 @@ mod tests {
             limit,
             "the next batch starts there"
         );
+    }
+
+    /// The scheduler pod's create answer lost after it was stored: the retry's 409 is found
+    /// to be this very pod (its create token), and the start goes on with it.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_to_the_scheduler_pods_create_is_this_pod() {
+        let (api, mut handle) = api("team");
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            let body = body_json(request).await;
+            assert_eq!(body["metadata"]["name"], "etl");
+            let token = body["metadata"]["annotations"][CREATE_TOKEN_ANNOTATION]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            send.send_response(status(
+                503,
+                "ServiceUnavailable",
+                "stored, answer lost",
+                json!({}),
+            ));
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::POST);
+            send.send_response(status(
+                409,
+                "AlreadyExists",
+                "exists",
+                json!({"name": "etl", "kind": "pods"}),
+            ));
+            // 409 is retried as a batch retries it, then looked up.
+            loop {
+                let (request, send) = handle.next_request().await.unwrap();
+                if request.method() == http::Method::POST {
+                    send.send_response(status(
+                        409,
+                        "AlreadyExists",
+                        "exists",
+                        json!({"name": "etl", "kind": "pods"}),
+                    ));
+                    continue;
+                }
+                assert!(request.uri().path().ends_with("/pods/etl"));
+                send.send_response(metadata_of("etl", Some(&token)));
+                break;
+            }
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::GET);
+            send.send_response(ok_json(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "etl", "uid": "uid-1"}})));
+        });
+        let scheduler: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "etl"},
+            "spec": {"containers": [{"name": "s", "image": "i"}]}
+        }))
+        .unwrap();
+        let created = tokio::time::timeout(Duration::from_secs(300), api.create_pod(&scheduler))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(created.metadata.uid.as_deref(), Some("uid-1"));
+        server.await.unwrap();
+    }
+
+    /// A fixed name another pod already has is still an error (not ours: another token).
+    #[tokio::test(start_paused = true)]
+    async fn a_fixed_name_taken_by_another_pod_is_an_error() {
+        let (api, mut handle) = api("team");
+        let server = tokio::spawn(async move {
+            loop {
+                let (request, send) = handle.next_request().await.unwrap();
+                if request.method() == http::Method::POST {
+                    send.send_response(status(
+                        409,
+                        "AlreadyExists",
+                        "exists",
+                        json!({"name": "etl", "kind": "pods"}),
+                    ));
+                    continue;
+                }
+                send.send_response(metadata_of("etl", Some("someone-else")));
+                break;
+            }
+        });
+        let scheduler: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "etl"},
+            "spec": {"containers": [{"name": "s", "image": "i"}]}
+        }))
+        .unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(300), api.create_pod(&scheduler))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("exists"), "{err}");
+        server.await.unwrap();
     }
 
     /// A create whose answer is lost (the connection broke after the server stored it) is

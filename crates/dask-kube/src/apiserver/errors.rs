@@ -33,10 +33,18 @@ pub(crate) fn describe_kube_error(error: &kube::Error) -> String {
 /// `generateName` collision), and transport errors.
 pub(crate) fn is_retryable(error: &kube::Error) -> bool {
     match error {
-        kube::Error::Api(status) => matches!(status.code, 409 | 429 | 500 | 502 | 503 | 504),
+        kube::Error::Api(status) => {
+            matches!(status.code, 409 | 429 | 500 | 502 | 503 | 504)
+                || status.message.contains(PARAMS_NOT_SYNCED)
+        }
         other => is_transport(other),
     }
 }
+
+/// How an API server that just started refuses a request while a ValidatingAdmissionPolicy
+/// still loads its parameters (`deploy/rbac.yaml`'s worker-template policy): a refusal that
+/// passes within about a second, not an answer about the pod.
+const PARAMS_NOT_SYNCED: &str = "not yet synced to use for admission";
 
 fn is_transport(error: &kube::Error) -> bool {
     matches!(error, kube::Error::HyperError(_) | kube::Error::Service(_))
@@ -276,5 +284,26 @@ mod tests {
     #[case::invalid(422, false)]
     fn retryable_errors(#[case] code: u16, #[case] retryable: bool) {
         assert_eq!(is_retryable(&api_error(code, "x")), retryable, "{code}");
+    }
+
+    /// The worker-template policy's parameters still loading after an API server start is
+    /// retried; the policy's real refusals are not.
+    #[rstest]
+    #[case::params_loading(
+        422,
+        "ValidatingAdmissionPolicy 'dask-kube-controller-template' with binding 'dask-kube-controller-template' denied request: failed to configure binding: paramKind kind `/v1, Kind=PodTemplate` not yet synced to use for admission",
+        true
+    )]
+    #[case::a_refusal(
+        403,
+        "ValidatingAdmissionPolicy 'dask-kube-controller-template' with binding 'dask-kube-controller-template' denied request: the pod runs as ServiceAccount dask-kube",
+        false
+    )]
+    fn an_admission_policy_still_loading_is_retried(
+        #[case] code: u16,
+        #[case] message: &str,
+        #[case] retryable: bool,
+    ) {
+        assert_eq!(is_retryable(&api_error(code, message)), retryable);
     }
 }

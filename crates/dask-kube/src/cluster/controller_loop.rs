@@ -35,6 +35,12 @@ pub async fn run_controller(
     policy: Option<AdaptPolicy>,
     stop: impl Future<Output = String>,
 ) -> Result<()> {
+    // Only the scheduler's HTTP API is used here: the certificates are not read (and the
+    // controller's role may not read Secrets).
+    let reconnect = Reconnect {
+        skip_client_tls: true,
+        ..reconnect
+    };
     let mut cluster = KubeCluster::from_name(name, reconnect).await?;
     if let Some(policy) = policy {
         let started = cluster

@@ -6,22 +6,30 @@
 
 use super::reach::{LocalPorts, reach_scheduler, wait_scheduler_running};
 use super::spec::KubeClusterBuilder;
-use super::{AdaptPlacement, HandleSettings, KubeCluster, Progress, ProgressFn, SchedulerClient};
+use super::{
+    AdaptPlacement, ClientSecurity, HandleSettings, KubeCluster, Progress, ProgressFn,
+    SchedulerClient,
+};
 use crate::apiserver::{ClusterApi, Credentials, KubeConnection};
 use crate::config::{ConfigSource, format_dashboard_link};
-use crate::manifests::{self, DASHBOARD_PORT, Owner, WORKER_TEMPLATE_ANNOTATION};
+use crate::manifests::ClusterSpec;
+use crate::manifests::{self, DASHBOARD_PORT, Owner};
 use crate::names;
 use crate::request::ResolvedCluster;
 use crate::scaler::{CountCap, Scaler};
 use crate::scheduler_api::SchedulerApi;
+use crate::stored_template;
 use crate::supervisor::{self, StateDir, SupervisorState};
+use crate::tls::{ClusterTls, TlsMode};
 use crate::{Error, Result};
 use dask_worker_spec::labels;
+use k8s_openapi::api::core::v1::{PodTemplate, Secret};
 use serde::Serialize;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -225,21 +233,31 @@ impl KubeClusterBuilder {
                 progress,
             );
         }
+        // Issued before anything exists, so a failure leaves nothing to delete.
+        let cluster_tls = match spec.tls {
+            TlsMode::ClusterCa => Some(ClusterTls::issue(
+                &spec.name,
+                &spec.namespace,
+                SystemTime::now(),
+            )?),
+            TlsMode::Provided | TlsMode::Off => None,
+        };
         progress(Progress::Step(format!(
             "creating scheduler pod {}/{}",
             spec.namespace, spec.name
         )));
-        let mut scheduler_pod = spec.scheduler_pod()?;
-        manifests::annotate(
-            &mut scheduler_pod,
-            WORKER_TEMPLATE_ANNOTATION,
-            &manifests::worker_template_annotation(&worker.pod),
-        );
+        let scheduler_pod = spec.scheduler_pod()?;
         let created = api.create_pod(&manifests::to_pod(scheduler_pod)?).await?;
         let owner = Owner {
             name: spec.name.clone(),
             uid: created.metadata.uid.clone().unwrap_or_default(),
         };
+        // The certificates first: the scheduler pod's volume waits for them.
+        if let Err(cause) =
+            create_owned_objects(&api, spec, &worker.pod, &owner, cluster_tls.as_ref()).await
+        {
+            return Err(cleanup_after_failure(&api, &spec.name, cause).await);
+        }
         info!(cluster = %spec.name, namespace = %spec.namespace, "scheduler pod created");
         let ports = LocalPorts {
             comm: resolved.local_port,
@@ -280,7 +298,15 @@ impl KubeClusterBuilder {
                 "waiting for the scheduler pod to run".into(),
             ));
             wait_scheduler_running(&api, &spec.name, start_timeout).await?;
-            reach_scheduler(&api, &spec.name, resolved.access, ports, &progress).await
+            reach_scheduler(
+                &api,
+                &spec.name,
+                resolved.access,
+                spec.tls,
+                ports,
+                &progress,
+            )
+            .await
         };
         let connected = match tokio::join!(setup, workers) {
             (Ok(v), Ok(())) => v,
@@ -292,12 +318,51 @@ impl KubeClusterBuilder {
             api,
             connected,
             spec.name.clone(),
+            ClientSecurity {
+                tls: spec.tls,
+                client: cluster_tls,
+            },
             worker.pod,
             owner,
             HandleSettings::of_resolved(&resolved, self.config_reader()),
             progress,
         )
     }
+}
+
+/// What the scheduler pod owns besides the Service and the pods: the stored worker
+/// template (what `scale NAME` and the controller pod make workers from) and, with the
+/// cluster's own TLS, the Secret with its certificates.
+async fn create_owned_objects(
+    api: &ClusterApi,
+    spec: &ClusterSpec,
+    worker_pod: &serde_json::Value,
+    owner: &Owner,
+    cluster_tls: Option<&ClusterTls>,
+) -> Result<()> {
+    fn typed<K: serde::de::DeserializeOwned>(
+        value: serde_json::Value,
+        what: &'static str,
+    ) -> Result<K> {
+        serde_json::from_value(value).map_err(|e| Error::InvalidTemplate {
+            what,
+            origin: "generated object".into(),
+            reason: e.to_string(),
+        })
+    }
+    if let Some(tls) = cluster_tls {
+        let secret: Secret = typed(
+            tls.secret(&spec.name, &spec.namespace, &spec.user, owner),
+            "scheduler",
+        )?;
+        api.create_owned(&secret, &owner.uid).await?;
+    }
+    let template: PodTemplate = typed(
+        stored_template::pod_template(spec, worker_pod, owner)?,
+        "worker",
+    )?;
+    api.create_owned(&template, &owner.uid).await?;
+    Ok(())
 }
 
 /// A cluster whose scheduler runs elsewhere: only worker pods are made, owned by nothing.
@@ -329,8 +394,17 @@ fn start_external(
             api_port,
             &settings.env,
         )?,
+        security: ClientSecurity {
+            tls: if address.starts_with("tls://") {
+                TlsMode::Provided
+            } else {
+                TlsMode::Off
+            },
+            client: None,
+        },
         address,
         forwarders: Vec::new(),
+        forwards_comm: false,
         adapt: None,
         controller_adapts: false,
         worker_pod,
@@ -422,6 +496,11 @@ pub struct UpReport {
     /// Why the cluster has no controller pod although adapting or an idle timeout wanted
     /// one (this process or its supervisor adapts instead).
     pub controller_unavailable: Option<String>,
+    /// The cluster's TLS mode.
+    pub tls: TlsMode,
+    /// The client's copy of the cluster's certificates (its own CA); never serialized.
+    #[serde(skip)]
+    pub client_tls: Option<ClusterTls>,
 }
 
 /// How `up` ended.
@@ -590,6 +669,8 @@ where
         supervisor: None,
         controller,
         controller_unavailable,
+        tls: cluster.security().tls,
+        client_tls: cluster.security().client.clone(),
     };
     let Some(detach) = options.detach else {
         return Ok(UpOutcome::Running(Box::new(cluster), report));
@@ -662,6 +743,7 @@ pub async fn delete_cluster(
 ) -> Result<(bool, CloseReport)> {
     names::validate_cluster_name(name)?;
     let stopped = supervisor::stop(state_dir, api.namespace(), name).await?;
+    state_dir.remove_tls(api.namespace(), name);
     let scheduler = api.get_pod(name).await?;
     let workers = api
         .list_pods(&manifests::selector(name, labels::WORKER))

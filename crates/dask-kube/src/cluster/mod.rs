@@ -25,7 +25,7 @@ pub use spec::KubeClusterBuilder;
 use crate::adapt::AdaptPolicy;
 use crate::apiserver::{ClusterApi, CreateLimits, Credentials, KubeConnection};
 use crate::config::{ConfigSource, KubeSettings, ProcessConfig, format_dashboard_link};
-use crate::manifests::{Owner, WORKER_TEMPLATE_ANNOTATION};
+use crate::manifests::Owner;
 use crate::names;
 use crate::portforward::LocalForwarder;
 use crate::request::{ResolvedCluster, cap_policy};
@@ -34,6 +34,8 @@ use crate::scaling::{
     PodPhase, WorkerPodState, describe_ended_pods, every_worker_pod_ended, workers_by_pod,
 };
 use crate::scheduler_api::SchedulerApi;
+use crate::stored_template;
+use crate::tls::{ClusterTls, TlsMode};
 use crate::{Error, Result};
 use dask_worker_spec::labels;
 use reach::{LocalPorts, reach_scheduler};
@@ -128,6 +130,22 @@ pub struct Reconnect {
     /// Where the Dask config is read (default: files and environment; Python's
     /// `dask.config` from Python).
     pub config: Option<Arc<dyn ConfigSource>>,
+    /// Do not read the cluster's certificates (a client of the scheduler's HTTP API only,
+    /// such as the controller pod, which has no permission to).
+    pub skip_client_tls: bool,
+}
+
+/// The client's copy of cluster `name`'s certificates, from its Secret.
+pub async fn read_client_tls(api: &ClusterApi, name: &str) -> Result<ClusterTls> {
+    let secret_name = crate::tls::secret_name(name);
+    let secret = api
+        .get_object::<k8s_openapi::api::core::v1::Secret>(&secret_name)
+        .await?
+        .ok_or_else(|| Error::Tls {
+            what: format!("read the certificates of cluster {name}"),
+            reason: format!("Secret {secret_name} does not exist"),
+        })?;
+    ClusterTls::from_secret_data(name, &secret.data.unwrap_or_default())
 }
 
 /// `connection`, or one opened with `credentials`.
@@ -177,6 +195,17 @@ impl HandleSettings {
             config,
         }
     }
+}
+
+/// How this side talks to a cluster's scheduler: the cluster's TLS mode, and the client's
+/// copy of its certificates when the cluster has its own CA (and they were read: the
+/// controller pod does not read them, since it uses only the scheduler's HTTP API).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientSecurity {
+    /// The cluster's TLS mode.
+    pub tls: TlsMode,
+    /// The certificates a `distributed.Client` presents.
+    pub client: Option<ClusterTls>,
 }
 
 /// Where adapting runs ([`KubeCluster::adapt_in`]).
@@ -243,8 +272,13 @@ pub struct KubeCluster {
     owner: Option<Owner>,
     address: String,
     dashboard: String,
-    /// Local listeners: the scheduler's comm port first, then the dashboard.
+    /// The cluster's TLS mode and the client's certificates.
+    security: ClientSecurity,
+    /// Local listeners: the scheduler's comm port first (when `forwards_comm`), then the
+    /// dashboard.
     forwarders: Vec<LocalForwarder>,
+    /// Whether the first listener carries the comm port.
+    forwards_comm: bool,
     adapt: Option<AdaptHandle>,
     /// The controller pod adapts (set by [`KubeCluster::adapt_in`]).
     controller_adapts: bool,
@@ -287,6 +321,7 @@ impl KubeCluster {
             credentials,
             limits,
             config,
+            skip_client_tls,
         } = reconnect;
         names::validate_cluster_name(name)?;
         let connection = open_connection(connection, &credentials).await?;
@@ -310,17 +345,30 @@ impl KubeCluster {
         if !is_scheduler {
             return Err(not_found());
         }
-        let worker_pod: Value = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(WORKER_TEMPLATE_ANNOTATION))
-            .and_then(|text| serde_json::from_str(text).ok())
+        let template_name = stored_template::name(name);
+        let stored = api
+            .get_object::<k8s_openapi::api::core::v1::PodTemplate>(&template_name)
+            .await?
             .ok_or_else(|| Error::InvalidTemplate {
                 what: "worker",
-                origin: format!("annotation {WORKER_TEMPLATE_ANNOTATION} of pod {name}"),
-                reason: "missing or not JSON; was this cluster made by dask-kube?".into(),
+                origin: format!("PodTemplate {template_name}"),
+                reason: "it does not exist; was this cluster made by this version of dask-kube?"
+                    .into(),
             })?;
+        let stored = stored_template::read(
+            name,
+            &namespace,
+            &serde_json::to_value(&stored).map_err(|e| Error::InvalidTemplate {
+                what: "worker",
+                origin: format!("PodTemplate {template_name}"),
+                reason: e.to_string(),
+            })?,
+        )?;
+        let client_tls = match stored.tls {
+            TlsMode::ClusterCa if !skip_client_tls => Some(read_client_tls(&api, name).await?),
+            _ => None,
+        };
+        let worker_pod = stored.worker_pod;
         let owner = Owner {
             name: name.to_owned(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
@@ -330,6 +378,7 @@ impl KubeCluster {
             &api,
             name,
             access,
+            stored.tls,
             LocalPorts {
                 comm: local_port,
                 dashboard: dashboard_port,
@@ -341,6 +390,10 @@ impl KubeCluster {
             api,
             connected,
             name.to_owned(),
+            ClientSecurity {
+                tls: stored.tls,
+                client: client_tls,
+            },
             worker_pod,
             owner,
             HandleSettings::of_config(&settings, config.env(), source),
@@ -351,10 +404,12 @@ impl KubeCluster {
     /// The handle on a cluster whose scheduler is reachable: the dashboard link formatted
     /// with `distributed.dashboard.link`, and a scaler creating workers owned by `owner`
     /// within `kubernetes.count.max`. Shared by a new cluster and a reconnected one.
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         api: ClusterApi,
         connected: reach::Connected,
         name: String,
+        security: ClientSecurity,
         worker_pod: Value,
         owner: Owner,
         settings: HandleSettings,
@@ -380,7 +435,9 @@ impl KubeCluster {
             owner: Some(owner),
             address: connected.address,
             dashboard,
+            security,
             forwarders: connected.forwarders,
+            forwards_comm: connected.forwards_comm,
             adapt: None,
             controller_adapts: false,
             worker_pod,
@@ -399,9 +456,14 @@ impl KubeCluster {
         self.scaler.api().namespace()
     }
 
-    /// The address a `distributed.Client` on this machine connects to.
+    /// The address a `distributed.Client` on this machine connects to (`tls://` with TLS).
     pub fn scheduler_address(&self) -> &str {
         &self.address
+    }
+
+    /// The cluster's TLS mode and, with its own CA, the certificates a client presents.
+    pub fn security(&self) -> &ClientSecurity {
+        &self.security
     }
 
     /// The dashboard link (`distributed.dashboard.link`): from outside the cluster a second
@@ -412,12 +474,17 @@ impl KubeCluster {
 
     /// The local port-forward address of the scheduler, when there is one.
     pub fn local_address(&self) -> Option<SocketAddr> {
-        self.forwarders.first().map(LocalForwarder::address)
+        self.forwarders
+            .first()
+            .filter(|_| self.forwards_comm)
+            .map(LocalForwarder::address)
     }
 
     /// The local port-forward address of the dashboard, when there is one.
     pub fn local_dashboard_address(&self) -> Option<SocketAddr> {
-        self.forwarders.get(1).map(LocalForwarder::address)
+        self.forwarders
+            .get(usize::from(self.forwards_comm))
+            .map(LocalForwarder::address)
     }
 
     /// The scheduler's HTTP API client.
@@ -835,7 +902,9 @@ mod tests {
             owner: Some(owner),
             address: "tcp://127.0.0.1:1".into(),
             dashboard: String::new(),
+            security: ClientSecurity::default(),
             forwarders: Vec::new(),
+            forwards_comm: false,
             adapt: None,
             controller_adapts: false,
             worker_pod,

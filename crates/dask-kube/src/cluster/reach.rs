@@ -1,12 +1,15 @@
 //! Reaching a cluster's scheduler: the Service from inside the cluster, else local listeners
 //! on 127.0.0.1 carried over port-forward streams (one for the comm port, one for the
-//! dashboard). Also waiting for the scheduler pod to run, and saying why when it does not.
+//! dashboard). With TLS the scheduler's HTTP server answers on its pod's loopback only, so
+//! its API and dashboard go through port-forward from inside the cluster too. Also waiting
+//! for the scheduler pod to run, and saying why when it does not.
 
 use crate::apiserver::ClusterApi;
 use crate::manifests::{DASHBOARD_PORT, SCHEDULER_PORT, service_name};
 use crate::portforward::{LocalForwarder, PodPortConnect};
 use crate::scaling::SchedulerWorker;
 use crate::scheduler_api::{HttpSchedulerApi, SchedulerApi, TcpConnect};
+use crate::tls::TlsMode;
 use crate::{Error, Result};
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeSet;
@@ -100,8 +103,13 @@ impl SchedulerClient {
 pub(crate) struct Connected {
     pub(crate) scheduler: SchedulerClient,
     pub(crate) address: String,
+    /// The local listeners: the comm port's first when `forwards_comm`, then the
+    /// dashboard's.
     pub(crate) forwarders: Vec<LocalForwarder>,
     pub(crate) dashboard: (String, u16),
+    /// Whether the first listener carries the comm port (not inside the cluster, where the
+    /// Service does).
+    pub(crate) forwards_comm: bool,
 }
 
 /// How often the wait for the scheduler's HTTP API asks whether the scheduler pod ended.
@@ -143,21 +151,47 @@ pub(crate) async fn use_service(access: Access, service_host: &str) -> bool {
 }
 
 /// Makes the scheduler reachable: the Service inside the cluster, else local listeners
-/// forwarding to the pod. Waits until its HTTP API answers.
+/// forwarding to the pod. Waits until its HTTP API answers. With TLS the addresses are
+/// `tls://` and the scheduler's HTTP server (on its pod's loopback only) is reached through
+/// port-forward from inside the cluster too, with a local listener for the dashboard link.
 pub(crate) async fn reach_scheduler(
     api: &ClusterApi,
     name: &str,
     access: Access,
+    tls: TlsMode,
     ports: LocalPorts,
     progress: &ProgressFn,
 ) -> Result<Connected> {
     let service_host = format!("{}.{}", service_name(name), api.namespace());
+    let scheme = tls.scheme();
+    let dashboard_forwarder = || async {
+        // The dashboard gets its own local listener, so the printed link works from a
+        // browser here; a detached supervisor takes over both ports.
+        LocalForwarder::start(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, ports.dashboard)),
+            PodPortConnect::new(api.pods(), name, DASHBOARD_PORT),
+        )
+        .await
+    };
     let connected = if use_service(access, &service_host).await {
-        Connected {
-            scheduler: SchedulerClient::tcp(format!("{service_host}:{DASHBOARD_PORT}")),
-            address: format!("tcp://{service_host}:{SCHEDULER_PORT}"),
-            forwarders: Vec::new(),
-            dashboard: (service_host, DASHBOARD_PORT),
+        if tls.private_http() {
+            let dashboard = dashboard_forwarder().await?;
+            let dashboard_port = dashboard.address().port();
+            Connected {
+                scheduler: SchedulerClient::forwarded(api, name),
+                address: format!("{scheme}://{service_host}:{SCHEDULER_PORT}"),
+                forwarders: vec![dashboard],
+                dashboard: (Ipv4Addr::LOCALHOST.to_string(), dashboard_port),
+                forwards_comm: false,
+            }
+        } else {
+            Connected {
+                scheduler: SchedulerClient::tcp(format!("{service_host}:{DASHBOARD_PORT}")),
+                address: format!("{scheme}://{service_host}:{SCHEDULER_PORT}"),
+                forwarders: Vec::new(),
+                dashboard: (service_host, DASHBOARD_PORT),
+                forwards_comm: false,
+            }
         }
     } else {
         let comm = LocalForwarder::start(
@@ -165,20 +199,15 @@ pub(crate) async fn reach_scheduler(
             PodPortConnect::new(api.pods(), name, SCHEDULER_PORT),
         )
         .await?;
-        let address = format!("tcp://{}", comm.address());
-        // The dashboard gets its own local listener, so the printed link works from a
-        // browser here; a detached supervisor takes over both ports.
-        let dashboard = LocalForwarder::start(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, ports.dashboard)),
-            PodPortConnect::new(api.pods(), name, DASHBOARD_PORT),
-        )
-        .await?;
+        let address = format!("{scheme}://{}", comm.address());
+        let dashboard = dashboard_forwarder().await?;
         let dashboard_port = dashboard.address().port();
         Connected {
             scheduler: SchedulerClient::forwarded(api, name),
             address,
             forwarders: vec![comm, dashboard],
             dashboard: (Ipv4Addr::LOCALHOST.to_string(), dashboard_port),
+            forwards_comm: true,
         }
     };
     progress(Progress::Step(format!(

@@ -13,6 +13,7 @@ use crate::manifests::{self, ClusterSpec, ServiceType};
 use crate::names::{self, NameVars};
 use crate::scaler::{CountCap, cap_count};
 use crate::template::PodTemplate;
+use crate::tls::TlsMode;
 use crate::{Error, Result};
 use dask_worker_spec::{DefaultAffinity, UnknownAffinityMode, WorkerDefaults};
 use serde::Deserialize;
@@ -134,6 +135,9 @@ pub struct ClusterRequest {
     pub apply_default_affinity: Option<DefaultAffinity>,
     /// Most pod creations/deletions in flight (`kubernetes.max-in-flight`).
     pub max_in_flight: Option<u32>,
+    /// How the client, scheduler and workers talk (`kubernetes.tls`, else a certificate
+    /// authority per cluster).
+    pub tls: Option<TlsMode>,
     /// How the scheduler is reached from here.
     pub access: Access,
     /// Local port of the scheduler address when port-forwarding (0 picks one).
@@ -288,6 +292,7 @@ impl ClusterRequest {
             external_scheduler_api: self.scheduler_api_address.clone(),
             adaptive_target_duration,
             service_type,
+            tls: self.tls.unwrap_or(settings.tls),
         };
         // Everything is checked before any cluster is contacted: the objects are made once
         // here (in a placeholder namespace when it is the credentials' to say).

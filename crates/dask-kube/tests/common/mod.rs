@@ -3,6 +3,11 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed step fails the test
 
+mod lossy_proxy;
+
+#[allow(unused_imports)]
+pub use lossy_proxy::LossyProxy;
+
 use kube::Client;
 use kube::api::{Api, ListParams};
 use std::path::{Path, PathBuf};
@@ -149,6 +154,23 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The pids of a pod's processes on this machine: the processes in the pod's cgroup (the
+/// kubelet's cgroupfs driver names it `pod<uid>`), its sandbox's pause process included.
+pub fn pod_processes(pod: &k8s_openapi::api::core::v1::Pod) -> std::collections::BTreeSet<i32> {
+    let Some(uid) = pod.metadata.uid.as_deref() else {
+        return std::collections::BTreeSet::new();
+    };
+    let marker = format!("/pod{uid}/");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|cg| cg.lines().any(|l| l.contains(&marker)))
+        })
+        .collect()
+}
+
 /// The `dask-kube` binary with a private state dir.
 pub fn dask_kube(state: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dask-kube"));
@@ -161,14 +183,73 @@ pub fn dask_kube(state: &Path) -> Command {
     cmd
 }
 
-/// The JSON a successful `dask-kube -o json ...` printed.
+/// The JSON a successful `dask-kube -o json ...` printed. An `up`'s `client_env` (the
+/// cluster's TLS settings for a client, and its dashboard link) is kept for its scheduler
+/// address, so [`python_for`] can start a client of it.
 pub fn json_of(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
         "dask-kube failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    if let (Some(address), Some(env)) = (
+        value["scheduler_address"].as_str(),
+        value["client_env"].as_object(),
+    ) {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+        CLIENT_ENV.lock().unwrap().insert(address.to_owned(), env);
+    }
+    value
+}
+
+/// What a client of each scheduler address `up` printed needs in its environment.
+static CLIENT_ENV: std::sync::Mutex<std::collections::BTreeMap<String, Vec<(String, String)>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Writes the client's copy of a library-made cluster's certificates into `dir` and keeps
+/// its client environment for the cluster's address (as [`json_of`] does for `up`).
+pub fn trust(cluster: &dask_kube::KubeCluster, dir: &Path) {
+    if let Some(tls) = &cluster.security().client {
+        let files = tls.write_client_files(dir).unwrap();
+        CLIENT_ENV
+            .lock()
+            .unwrap()
+            .insert(cluster.scheduler_address().to_owned(), files.client_env());
+    }
+}
+
+/// The environment of a client inside the cluster whose pod mounts the cluster's TLS Secret
+/// at `dir` (as the scheduler and worker pods do): Dask's client settings, as JSON `env`.
+pub fn tls_client_env(dir: &str) -> serde_json::Value {
+    serde_json::json!([
+        {"name": "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION", "value": "True"},
+        {"name": "DASK_DISTRIBUTED__COMM__TLS__CA_FILE", "value": format!("{dir}/ca.crt")},
+        {"name": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT", "value": format!("{dir}/tls.crt")},
+        {"name": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY", "value": format!("{dir}/tls.key")},
+    ])
+}
+
+/// The client environment `up` printed for `address` (its TLS certificate files); empty
+/// for an address no `up` of this test process printed.
+pub fn client_env(address: &str) -> Vec<(String, String)> {
+    CLIENT_ENV
+        .lock()
+        .unwrap()
+        .get(address)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The venv's Python with the client environment of `address` (see [`client_env`]): a
+/// plain `distributed.Client(address)` in it presents the cluster's certificate.
+pub fn python_for(address: &str) -> Command {
+    let mut command = Command::new(python());
+    command.envs(client_env(address));
+    command
 }
 
 /// Runs `dask-kube args...` to completion.
@@ -193,9 +274,10 @@ pub fn python() -> PathBuf {
         .join("bin/python")
 }
 
-/// A real `distributed.Client` call through the address dask-kube printed.
+/// A real `distributed.Client` call through the address dask-kube printed (`args[1]`),
+/// with the certificate `up` wrote for it.
 pub fn client(args: &[&str]) -> serde_json::Value {
-    let output = Command::new(python())
+    let output = python_for(args.get(1).copied().unwrap_or_default())
         .arg(fixture("dask_client.py"))
         .args(args)
         .output()
