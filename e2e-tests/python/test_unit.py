@@ -534,7 +534,11 @@ async def test_operator_mode_creates_the_dask_cluster_of_the_arguments():
         scheduler_service_type="NodePort", env={"TEAM": "data"}, deploy_mode="operator", asynchronous=True,
     )
     resource = json.loads(_native.render_dask_cluster(json.dumps(cluster._options, default=str)))
-    remote = json.loads(_native.render(json.dumps(cluster._options, default=str)))
+    # A DaskCluster carries no CA of its own (the operators' schedulers speak tcp://): the
+    # pods "remote" runs with security=False.
+    plain = {**cluster._options, "request": {**cluster._options["request"], "tls": "off"}}
+    remote = json.loads(_native.render(json.dumps(plain, default=str)))
+    assert "tls://" not in json.dumps(resource) and "dask-kube-tls" not in json.dumps(resource)
     assert resource["apiVersion"] == "kubernetes.dask.org/v1" and resource["kind"] == "DaskCluster"
     assert resource["metadata"]["name"] == "demo" and resource["metadata"]["namespace"] == "team"
     spec = resource["spec"]

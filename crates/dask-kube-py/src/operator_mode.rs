@@ -118,6 +118,10 @@ pub struct OperatorNativeCluster {
     /// JSON: `{"created": ..}`; no worker count is awaited (as upstream's client).
     #[pyo3(get)]
     start_report: String,
+    /// JSON `{"mode": ..}`, as `NativeCluster.tls`: a DaskCluster carries no CA of its own
+    /// (`ResolvedCluster::dask_cluster`), so a `tls://` scheduler is the templates' TLS.
+    #[pyo3(get)]
+    tls: String,
     worker_pod: String,
     adapting: Arc<AtomicBool>,
 }
@@ -131,6 +135,8 @@ impl OperatorNativeCluster {
             dashboard_link: cluster.dashboard_link().to_owned(),
             created: cluster.created(),
             start_report: json!({"created": cluster.created()}).to_string(),
+            tls: json!({"mode": if cluster.scheduler_address().starts_with("tls://") { "provided" } else { "off" }})
+                .to_string(),
             worker_pod: cluster.worker_pod().to_string(),
             cluster: Arc::new(RwLock::new(Some(cluster))),
             adapting: Arc::default(),

@@ -3,6 +3,7 @@
 //! library for.
 
 use super::{ClusterRequest, ResolvedCluster, TemplateSource};
+use crate::tls::TlsMode;
 use crate::{Error, Result};
 use serde_json::{Value, json};
 
@@ -100,7 +101,9 @@ impl ResolvedCluster {
     /// itself: the scheduler's `restartPolicy: Never` (its Deployment restarts it) and its
     /// `--idle-timeout`, which becomes `spec.idleTimeout` (the operator deletes the whole
     /// cluster; a scheduler that exited would only be started again). `namespace` is used
-    /// when the request left it to the credentials.
+    /// when the request left it to the credentials. The default TLS (a CA made for the
+    /// cluster) is not carried: its Secret is made by dask-kube's pod path only, and the
+    /// operators' schedulers speak `tcp://`; pods that bring their own TLS keep it.
     ///
     /// # Errors
     /// A worker template the defaults refuse, or an idle timeout that is not a duration.
@@ -125,6 +128,17 @@ impl ResolvedCluster {
         let mut spec = self.spec.clone();
         if spec.namespace.is_empty() {
             namespace.clone_into(&mut spec.namespace);
+        }
+        // The cluster's own CA lives in a Secret owned by the scheduler pod, which only
+        // dask-kube's pod path creates; a DaskCluster's scheduler is the operator's, and
+        // upstream's operator (and its client) speak plain `tcp://`. Pod templates that bring
+        // their own certificates (`Provided`) keep them.
+        if spec.tls == TlsMode::ClusterCa {
+            tracing::info!(
+                cluster = %spec.name,
+                "a DaskCluster carries no cluster CA: its scheduler and workers talk tcp:// as the operator's do"
+            );
+            spec.tls = TlsMode::Off;
         }
         let idle_timeout = take_idle_timeout(&mut spec.scheduler_options)?;
         let worker = spec.worker_pod()?.pod;
@@ -347,6 +361,10 @@ mod tests {
         );
         assert_eq!(service["ports"][0]["name"], "tcp-comm");
         assert_eq!(service["ports"][1]["name"], "http-dashboard");
+        assert!(
+            !c.to_string().contains("dask-kube-tls") && !c.to_string().contains("tls://"),
+            "no Secret the operator would never make is mounted: {c}"
+        );
 
         let back = ClusterRequest::from_dask_cluster(&c)
             .unwrap()
