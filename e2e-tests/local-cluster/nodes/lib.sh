@@ -512,7 +512,9 @@ addons_up() {
 # nodes_down_all: every node recorded by `up`, then the host network. Safe to run twice.
 nodes_down_all() {
   local idx name pool
-  [[ -s "$STATE_DIR/nodes.list" ]] || { net_down; return 0; }
+  # No nodes.list: this state dir never started nodes (`nodes_up` writes it before net_up), so
+  # the bridge, if any, is another cluster's: `down` of an idle state dir must not cut it.
+  [[ -s "$STATE_DIR/nodes.list" ]] || return 0
   NODEPARTS_BIN="${NODEPARTS_BIN:-$("$SCRIPT_DIR/nodeparts/build.sh" 2>/dev/null)}"
   while read -r idx name pool; do
     node_down "$name" "$idx"
