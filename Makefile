@@ -65,8 +65,16 @@ build: wasm ## build every crate and binary
 
 venv: $(VENV)/.installed ## Python venv: distributed, dask[array], numpy, pytest (PyPI) and the dask_kube package
 	VENV=$(VENV) e2e-tests/python/install.sh
+# The venv links the interpreter by its real path: made under CI's temporary toolbox PATH
+# (.ci/run), `python3` is a link in a directory that is gone by the next run. A venv whose
+# interpreter is gone all the same is made again.
+ifneq ($(wildcard $(VENV)/.installed),)
+ifeq ($(shell test -x $(VENV)/bin/python && echo ok),)
+$(shell rm -f $(VENV)/.installed)
+endif
+endif
 $(VENV)/.installed: e2e-tests/requirements.txt e2e-tests/python/requirements.txt | setup
-	python3 -m venv $(VENV)
+	"$$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')" -m venv --clear $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
 	  -r e2e-tests/requirements.txt -r e2e-tests/python/requirements.txt
 	touch $@

@@ -13,7 +13,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dask-on-k8s/target}"
 export MATURIN_PEP517_ARGS="${MATURIN_PEP517_ARGS:---locked}"
 PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
 
-[[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+# By the interpreter's real path: a venv made through a link (CI's toolbox PATH) breaks
+# when the link's directory goes.
+[[ -x "$VENV/bin/python" ]] || "$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')" -m venv --clear "$VENV"
 "${PIP[@]}" -r "$REPO/e2e-tests/requirements.txt" -r "$REPO/e2e-tests/python/requirements.txt"
 t0=$SECONDS
 # maturin's build backend runs `maturin` by name; never let it fetch a Rust toolchain of its
