@@ -135,6 +135,12 @@ pub(crate) struct LocalPorts {
     pub(crate) dashboard: u16,
 }
 
+/// Lookups of the Service name inside a pod before port-forward is chosen instead, and the
+/// pause between them: the Service was created a moment ago, and cluster DNS learns of it
+/// through its own watch.
+const SERVICE_LOOKUP_ATTEMPTS: u32 = 6;
+const SERVICE_LOOKUP_PAUSE: Duration = Duration::from_millis(500);
+
 /// Whether to use the Service directly: inside a pod (the service-account env is set) and
 /// the Service name resolves.
 pub(crate) async fn use_service(access: Access, service_host: &str) -> bool {
@@ -142,10 +148,21 @@ pub(crate) async fn use_service(access: Access, service_host: &str) -> bool {
         Access::Direct => true,
         Access::PortForward => false,
         Access::Auto => {
-            std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
-                && tokio::net::lookup_host(format!("{service_host}:{SCHEDULER_PORT}"))
-                    .await
-                    .is_ok()
+            if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+                return false;
+            }
+            for attempt in 1..=SERVICE_LOOKUP_ATTEMPTS {
+                match tokio::net::lookup_host(format!("{service_host}:{SCHEDULER_PORT}")).await {
+                    Ok(_) => return true,
+                    Err(e) => {
+                        debug!(service = %service_host, attempt, error = %e, "the Service name does not resolve (yet)")
+                    }
+                }
+                if attempt < SERVICE_LOOKUP_ATTEMPTS {
+                    tokio::time::sleep(SERVICE_LOOKUP_PAUSE).await;
+                }
+            }
+            false
         }
     }
 }
