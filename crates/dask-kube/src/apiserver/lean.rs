@@ -103,6 +103,15 @@ struct LeanStatus {
     #[serde(rename = "podIPs")]
     pod_ips: Option<Vec<k8s_openapi::api::core::v1::PodIP>>,
     container_statuses: Option<Vec<LeanContainerStatus>>,
+    /// `Ready` says a scheduler an operator's Deployment made answers its readiness probe.
+    conditions: Option<Vec<LeanCondition>>,
+}
+
+#[derive(Deserialize)]
+struct LeanCondition {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
 }
 
 #[derive(Deserialize)]
@@ -150,8 +159,54 @@ impl LeanPod {
                         })
                         .collect()
                 }),
+                conditions: s.conditions.map(|cs| {
+                    cs.into_iter()
+                        .map(|c| k8s_openapi::api::core::v1::PodCondition {
+                            type_: c.type_,
+                            status: c.status,
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
                 ..PodStatus::default()
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeanPodList;
+
+    /// What a lean list keeps of a pod's status: the operator client waits for `Ready` of the
+    /// scheduler pod its Deployment made, so a list without conditions never sees it ready.
+    #[test]
+    fn a_lean_pod_keeps_phase_containers_and_the_ready_condition() {
+        let list: LeanPodList = serde_json::from_value(serde_json::json!({
+            "metadata": {},
+            "items": [{
+                "metadata": {"name": "s", "labels": {"dask.org/component": "scheduler"}},
+                "spec": {"containers": [{"name": "scheduler", "image": "i"}]},
+                "status": {
+                    "phase": "Running",
+                    "conditions": [
+                        {"type": "PodScheduled", "status": "True"},
+                        {"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-06T20:00:00Z"}
+                    ],
+                    "containerStatuses": [{"name": "scheduler", "state": {"running": {}}}]
+                }
+            }]
+        }))
+        .unwrap();
+        let pod = list.items.into_iter().next().unwrap().into_pod();
+        let status = pod.status.unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        let conditions = status.conditions.unwrap();
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        );
+        assert!(pod.spec.is_none(), "no spec is kept");
     }
 }
