@@ -89,6 +89,23 @@ impl Stopped {
     }
 }
 
+/// A node `cluster node lose` may have taken away: restored on drop unless the test did
+/// (`node restore` refuses a node whose kubelet runs, so a node never lost stays as it is).
+struct LostNode {
+    name: String,
+    restored: bool,
+}
+
+impl Drop for LostNode {
+    fn drop(&mut self) {
+        if !self.restored {
+            let _ = Command::new(cluster_script())
+                .args(["node", "restore", &self.name])
+                .status();
+        }
+    }
+}
+
 impl Drop for Stopped {
     fn drop(&mut self) {
         if !self.running {
@@ -1350,6 +1367,12 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
         .map(|(n, c)| (n.clone(), *c))
         .unwrap();
     let lose = format!("{} node lose {lost}", cluster_script().display());
+    // Whatever fails from here, the node comes back for the tests after this one (their
+    // cluster needs every kube-proxy: `component start kube-apiserver` waits for each).
+    let mut lost_node = LostNode {
+        name: lost.clone(),
+        restored: false,
+    };
     let client = python_for(&address)
         .arg(fixture("fault_client.py"))
         .args(["scale-down", &address, "24", "--", "sh", "-c", &lose])
@@ -1400,6 +1423,7 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
         .args(["node", "restore", &lost])
         .status()
         .unwrap();
+    lost_node.restored = true;
     assert!(restore.success(), "cluster node restore {lost}");
     let down = run(state.path(), &["-n", &ns.name, "down", &name]);
     assert!(down.status.success());
