@@ -47,8 +47,10 @@ where
         let _ = nix::unistd::setsid();
     }
     // Inside the cluster (a notebook pod) the scheduler's Service is the address to print,
-    // as for every other command there; local listeners only when asked for by port.
-    let access = if options.local_port == 0 && options.dashboard_port == 0 {
+    // as for every other command there; a local comm listener only when asked for by port.
+    // The dashboard's port alone does not decide: with TLS the scheduler's HTTP server is
+    // private, so `up` hands over a dashboard listener even when it used the Service.
+    let access = if options.local_port == 0 {
         Access::Auto
     } else {
         Access::PortForward
