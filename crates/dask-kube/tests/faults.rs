@@ -182,6 +182,26 @@ async fn pending_cluster(ns: &TestNamespace, prefix: &str, max_in_flight: usize)
         .unwrap()
 }
 
+/// Faults 1 and 12: once 10 worker pods exist, the API server is taken away (`stop`: SIGTERM,
+/// `kill`: SIGKILL) and started again 2 s later. The pods there were then, and how long it was
+/// away.
+async fn api_server_away_after_10_pods(
+    ns: &TestNamespace,
+    name: &str,
+    take_away: fn(&'static str) -> Stopped,
+) -> (usize, Duration) {
+    wait_for("the first 10 worker pods", || async {
+        worker_pods(ns, name).await.is_some_and(|p| p.len() >= 10)
+    })
+    .await;
+    let at = worker_pods(ns, name).await.unwrap().len();
+    let down = Instant::now();
+    let mut apiserver = blocking(move || take_away("kube-apiserver")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    blocking(move || apiserver.start()).await;
+    (at, down.elapsed())
+}
+
 /// 1. The API server is restarted in the middle of `scale 0 -> N`: dask-kube waits the outage
 /// out and retries; no pod is duplicated or leaked and the count is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,23 +215,7 @@ async fn api_server_restart_in_the_middle_of_a_scale_up_leaves_the_exact_count()
     let dask = pending_cluster(&ns, "fault-api", 2).await;
     let name = dask.name().to_owned();
     let started = Instant::now();
-    let fault = async {
-        wait_for("the first 10 worker pods", || async {
-            worker_pods(&ns, &name).await.is_some_and(|p| p.len() >= 10)
-        })
-        .await;
-        let at = worker_pods(&ns, &name).await.unwrap().len();
-        let down = Instant::now();
-        let mut apiserver = blocking(|| Stopped::stop("kube-apiserver")).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let apiserver = blocking(move || {
-            apiserver.start();
-            apiserver
-        })
-        .await;
-        drop(apiserver);
-        (at, down.elapsed())
-    };
+    let fault = api_server_away_after_10_pods(&ns, &name, Stopped::stop);
     let (report, (pods_at_restart, outage)) = tokio::join!(dask.scale(N), fault);
     let took = started.elapsed();
     let report = report.unwrap();
@@ -271,23 +275,7 @@ async fn api_server_sigkill_in_the_middle_of_a_scale_up_leaves_the_exact_count()
     let dask = pending_cluster(&ns, "fault-kill9", 8).await;
     let name = dask.name().to_owned();
     let started = Instant::now();
-    let fault = async {
-        wait_for("the first 10 worker pods", || async {
-            worker_pods(&ns, &name).await.is_some_and(|p| p.len() >= 10)
-        })
-        .await;
-        let at = worker_pods(&ns, &name).await.unwrap().len();
-        let down = Instant::now();
-        let mut apiserver = blocking(|| Stopped::kill("kube-apiserver")).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let apiserver = blocking(move || {
-            apiserver.start();
-            apiserver
-        })
-        .await;
-        drop(apiserver);
-        (at, down.elapsed())
-    };
+    let fault = api_server_away_after_10_pods(&ns, &name, Stopped::kill);
     let (report, (pods_at_kill, outage)) = tokio::join!(dask.scale(N), fault);
     let took = started.elapsed();
     let report = report.unwrap();
