@@ -12,9 +12,8 @@
 //! for a total): the group gets `target - other workers`. Two autoscalers on one cluster
 //! would each see the other's workers as fixed; use one per cluster.
 
-use super::{Action, Note, Plan, TIMER_PERIOD};
+use super::{Action, Note, Plan, TIMER_PERIOD, adoption};
 use crate::Result;
-use crate::operator::manifests::owner_ref;
 use crate::operator::names::{self, WORKER_GROUP_LABEL};
 use crate::operator::resources::{DaskAutoscaler, DaskCluster, DaskWorkerGroup};
 use crate::{AdaptPolicy, ScaleAction, TargetSample, WorkerPodState, decide};
@@ -88,18 +87,8 @@ pub fn plan_autoscaler(
     let Some(cluster) = view.cluster else {
         return Ok(plan);
     };
-    let adopted = autoscaler
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == cluster.uid().as_ref());
-    if !adopted {
-        let mut refs = autoscaler.owner_references().to_vec();
-        let mut owner = owner_ref(cluster)?;
-        owner.controller = Some(!refs.iter().any(|r| r.controller == Some(true)));
-        refs.push(owner);
-        plan.actions.push(Action::PatchSelf(
-            json!({"metadata": {"ownerReferences": refs}}),
-        ));
+    if let Some(adopt) = adoption(autoscaler, cluster)? {
+        plan.actions.push(adopt);
         plan.actions.push(Note::info(format!(
             "Autoscaler {} adopted by cluster {}",
             autoscaler.name_any(),
@@ -161,7 +150,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::operator::manifests::{self, tests::upstream_resource};
+    use crate::operator::manifests::{self, owner_ref, tests::upstream_resource};
     use rstest::rstest;
 
     fn autoscaler(min: i64, max: i64, label: Option<&str>) -> DaskAutoscaler {

@@ -105,3 +105,24 @@ pub struct Plan {
 
 /// The period of upstream's kopf timers (the autoscaler and the idle check).
 pub const TIMER_PERIOD: Duration = Duration::from_secs(5);
+
+/// The patch that makes `cluster` an owner of `object` (an autoscaler or a worker group it
+/// names), as upstream adopts them, so the garbage collector deletes them with the cluster;
+/// `None` when it already is. The cluster is the controller only if no one else is.
+pub(crate) fn adoption<K: kube::Resource>(
+    object: &K,
+    cluster: &crate::operator::resources::DaskCluster,
+) -> crate::Result<Option<Action>> {
+    use kube::ResourceExt;
+    let refs = object.owner_references();
+    if refs.iter().any(|o| Some(&o.uid) == cluster.uid().as_ref()) {
+        return Ok(None);
+    }
+    let mut refs = refs.to_vec();
+    let mut owner = crate::operator::manifests::owner_ref(cluster)?;
+    owner.controller = Some(!refs.iter().any(|r| r.controller == Some(true)));
+    refs.push(owner);
+    Ok(Some(Action::PatchSelf(
+        serde_json::json!({"metadata": {"ownerReferences": refs}}),
+    )))
+}

@@ -8,16 +8,15 @@
 //! be asked, only pods that never started are removed: never a worker that may hold data
 //! (upstream falls back to deleting the newest Deployments, "can lose data").
 
-use super::{Action, Note, Plan, TIMER_PERIOD};
+use super::{Action, Note, Plan, TIMER_PERIOD, adoption};
 use crate::Result;
-use crate::operator::manifests::{self, owner_ref};
+use crate::operator::manifests;
 use crate::operator::resources::{DaskCluster, DaskWorkerGroup};
 use crate::{
     DeleteReason, PodPhase, SchedulerWorker, WorkerPodState, place_workers, plan_scale_down,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use serde_json::json;
 use std::time::Duration;
 
 /// Most pods one reconcile creates; a larger scale-up continues in the next reconcile, so a
@@ -115,18 +114,8 @@ pub fn plan_worker_group(
         plan.requeue_after = Some(TIMER_PERIOD);
         return Ok(plan);
     };
-    let adopted = group
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == cluster.uid().as_ref());
-    if !adopted {
-        let mut refs = group.owner_references().to_vec();
-        let mut owner = owner_ref(cluster)?;
-        owner.controller = Some(!refs.iter().any(|r| r.controller == Some(true)));
-        refs.push(owner);
-        plan.actions.push(Action::PatchSelf(
-            json!({"metadata": {"ownerReferences": refs}}),
-        ));
+    if let Some(adopt) = adoption(group, cluster)? {
+        plan.actions.push(adopt);
         plan.actions.push(Note::info(format!(
             "Successfully adopted by {}",
             cluster.name_any()
@@ -215,6 +204,7 @@ mod tests {
     use crate::RetireTarget;
     use crate::operator::manifests::tests::upstream_resource;
     use rstest::rstest;
+    use serde_json::json;
 
     fn cluster() -> DaskCluster {
         upstream_resource("simplecluster.yaml")
