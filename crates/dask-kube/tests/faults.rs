@@ -1313,11 +1313,20 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-nodeloss").await;
     let state = tempfile::tempdir().unwrap();
+    // The scheduler from its own template: derived from pool-worker.yml (as classic derives
+    // it) it would keep the pool's required affinity and could share the lost node, and a
+    // lost scheduler is another fault (the client's connection goes with it).
+    let scheduler_template = fixture("plain-scheduler.yml");
     let (name, address) = up_detached(
         state.path(),
         &ns.name,
         "pool-worker.yml",
-        &["--adapt", "4:4"],
+        &[
+            "--adapt",
+            "4:4",
+            "--scheduler-template",
+            scheduler_template.to_str().unwrap(),
+        ],
     );
     wait_for("4 workers Running", || async {
         running_workers(&ns, &name).await == 4
@@ -1348,6 +1357,18 @@ async fn a_lost_worker_node_is_replaced_and_the_result_is_exact() {
     assert!(
         per_node.keys().all(|n| pool.contains(n)),
         "every worker on the pool: {per_node:?}"
+    );
+    let scheduler_node =
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(kube.clone(), &ns.name)
+            .get(&name)
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.node_name)
+            .unwrap_or_default();
+    assert!(
+        !pool.contains(&scheduler_node),
+        "the scheduler off the pool (on {scheduler_node:?}), so losing a pool node loses workers only"
     );
     let (lost, lost_workers) = per_node
         .iter()
