@@ -719,3 +719,34 @@ async fn a_refused_creation_is_retried_at_once() {
     })
     .await;
 }
+
+/// A stored pod keeps what reconciles read (labels, owner, phase, conditions, IP) and loses
+/// only `managedFields`.
+#[test]
+fn a_stored_pod_keeps_all_but_its_managed_fields() {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "c-default-worker-abc12", "namespace": "ns",
+            "labels": {"dask.org/cluster-name": "c", "dask.org/component": "worker"},
+            "ownerReferences": [{"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskWorkerGroup",
+                                 "name": "c-default", "uid": "u1"}],
+            "managedFields": [
+                {"manager": "dask-kube", "operation": "Update", "apiVersion": "v1",
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {".": {}}}}},
+                {"manager": "kubelet", "operation": "Update", "apiVersion": "v1",
+                 "subresource": "status", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:status": {"f:phase": {}}}},
+            ],
+        },
+        "spec": {"containers": [{"name": "worker", "image": "ghcr.io/dask/dask:latest"}]},
+        "status": {"phase": "Running", "podIP": "10.244.1.7",
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+    .unwrap();
+    let mut stored = pod.clone();
+    prune(&mut stored);
+    assert_eq!(stored.metadata.managed_fields, None);
+    let mut expected = pod;
+    expected.metadata.managed_fields = None;
+    assert_eq!(stored, expected, "nothing but managedFields is dropped");
+}
