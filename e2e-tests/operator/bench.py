@@ -17,7 +17,9 @@ side on the local cluster, in one run (issue 26):
 
 Both operators run on this machine as processes of their own, for the bench namespace only
 (`dask-kube operator run -n NS --scheduler-access port-forward`; `kopf run -m
-dask_kubernetes.operator --namespace NS`, as upstream's tests start it), one at a time, with
+dask_kubernetes.operator.controller --namespace NS`, the module upstream's image runs: `-m
+dask_kubernetes.operator`, as upstream's in-process test fixture says it, registers no handler
+in a process of its own, since there the test files import the controller), one at a time, with
 the operator `cluster up` deployed in the cluster scaled to 0 meanwhile (and back at the end).
 Both get the same DaskCluster resources (upstream's shape, `dask scheduler` / `dask worker`
 of the project's image). An operator is "ready" once a probe DaskCluster got its phase.
@@ -433,7 +435,7 @@ class Bench:
             cmd = [self.a.dask_kube, "operator", "run", "-n", self.ns, "--scheduler-access", "port-forward",
                    "--log", "dask_kube=info"]
         else:
-            cmd = [self.a.kopf_python, "-m", "kopf", "run", "-m", "dask_kubernetes.operator", "--namespace", self.ns]
+            cmd = [self.a.kopf_python, "-m", "kopf", "run", "-m", "dask_kubernetes.operator.controller", "--namespace", self.ns]
         op = Operator(side, cmd, env, self.out_dir / f"{side}-{repeat}.log")
         t0 = time.time()
         # Ready: it acts on a DaskCluster (the same test for both).
