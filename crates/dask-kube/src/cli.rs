@@ -523,8 +523,8 @@ impl Ui {
     fn print(&self, text: &str, value: serde_json::Value) {
         self.finish();
         match self.output {
-            Output::Text => println!("{text}"),
-            Output::Json => println!("{value}"),
+            Output::Text => say(&mut std::io::stdout().lock(), text),
+            Output::Json => say(&mut std::io::stdout().lock(), value),
         }
     }
 }
@@ -682,6 +682,32 @@ fn write_client_tls(report: &UpReport) -> Result<Option<ClientTlsFiles>> {
             tls.write_client_files(&StateDir::from_env().tls_dir(&report.namespace, &report.name))
         })
         .transpose()
+}
+
+/// What `attach` prints once its listeners are up: one block, the export line last, since
+/// whoever reads up to it (a script, a test, `head`) may stop reading there.
+fn attached_text(name: &str, address: &str, dashboard: &str) -> String {
+    let tls = if address.starts_with("tls://") {
+        format!("TLS: `dask-kube tls {name}` writes the certificate a client presents\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "scheduler address: {address}\ndashboard: {dashboard}\n{tls}{}",
+        export_line(&client_env(dashboard, None))
+    )
+}
+
+/// Writes `text` and a newline to `out` (stdout). A reader that went away (`dask-kube attach
+/// | head -3`, a script that read the address and closed the pipe) is no error: the command's
+/// real work, the port-forward a client uses or the cluster in the foreground, goes on.
+/// `println!` would panic on the broken pipe and end it.
+fn say(out: &mut impl std::io::Write, text: impl std::fmt::Display) {
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        warn!(error = %e, "cannot write to stdout");
+    }
 }
 
 /// The lines `up` and `tls` print about TLS: where the files are, and the Python that
@@ -1178,17 +1204,10 @@ async fn attach(
         &mut signal,
         |state| {
             if !daemon {
-                println!(
-                    "scheduler address: {}\ndashboard: {}\n{}",
-                    state.address,
-                    state.dashboard,
-                    export_line(&client_env(&state.dashboard, None))
+                say(
+                    &mut std::io::stdout().lock(),
+                    attached_text(name, &state.address, &state.dashboard),
                 );
-                if state.address.starts_with("tls://") {
-                    println!(
-                        "TLS: `dask-kube tls {name}` writes the certificate a client presents"
-                    );
-                }
             }
         },
     )
@@ -1248,6 +1267,37 @@ async fn bench(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stdout whose reader went away.
+    struct ClosedPipe;
+
+    impl std::io::Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn a_closed_stdout_does_not_end_the_command() {
+        say(&mut ClosedPipe, "scheduler address: tls://127.0.0.1:8786");
+        let mut out = Vec::new();
+        say(&mut out, "dashboard: http://127.0.0.1:8787/status");
+        assert_eq!(out, b"dashboard: http://127.0.0.1:8787/status\n");
+    }
+
+    #[rstest]
+    #[case::tls("tls://127.0.0.1:8786", true)]
+    #[case::plain("tcp://127.0.0.1:8786", false)]
+    fn attach_prints_the_export_line_last(#[case] address: &str, #[case] tls_hint: bool) {
+        let text = attached_text("c", address, "http://127.0.0.1:8787/status");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], format!("scheduler address: {address}"));
+        assert!(lines.last().unwrap().starts_with("export "), "{text}");
+        assert_eq!(text.contains("dask-kube tls c"), tls_hint, "{text}");
+    }
     use clap::CommandFactory;
     use rstest::rstest;
 
