@@ -19,7 +19,8 @@ use crate::{Error, Result};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::core::PartialObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -88,26 +89,96 @@ where
     ((reader, subscriber), drive)
 }
 
-/// Starts a reflector of `api` (a store only, no subscribers); returns its store and the
-/// future that drives it.
+/// Every change and deletion a reflector applied, as metadata, sent after its store has it.
+type Touches<K> = tokio::sync::broadcast::Sender<PartialObjectMeta<K>>;
+
+/// Starts a reflector of `api`; returns its store, what it touched (sent once the store has
+/// applied it), and the future that drives it.
+///
+/// A controller must be triggered from here, not from a watch of its own: a second watch can
+/// deliver a change before the store has it, and the reconcile then reads the old state,
+/// plans nothing and waits for a change that already happened (a worker pod that failed,
+/// seen as still running, was never replaced).
 fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
-) -> (Store<K>, impl std::future::Future<Output = ()> + Send)
+) -> (
+    Store<K>,
+    Touches<K>,
+    impl std::future::Future<Output = ()> + Send,
+)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
+    let (touches, _) = tokio::sync::broadcast::channel(SUBSCRIBER_BUFFER);
+    let sender = touches.clone();
     let drive = watcher(api, config)
         .default_backoff()
         .modify(prune::<K>)
         .reflect(writer)
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+        .touched_objects()
+        .for_each(move |object| {
+            match object {
+                // No subscriber yet (the controllers start once every store listed): nothing
+                // to trigger, the start reconciles everything.
+                Ok(object) => drop(sender.send(object.meta().clone().into_request_partial::<K>())),
+                Err(e) => warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
             }
+            futures::future::ready(())
         });
-    (reader, drive)
+    (reader, touches, drive)
+}
+
+/// A Dask worker pod (`dask.org/component=worker`).
+fn is_worker(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(COMPONENT_LABEL))
+        .is_some_and(|c| c == WORKER_COMPONENT)
+}
+
+/// A controller's trigger stream: the objects of `touches` that `keep` selects. A subscriber
+/// that fell behind by more than the buffer gets every object of `store` instead of the
+/// changes it missed, so no change goes unreconciled.
+fn touches_of<K>(
+    touches: &Touches<K>,
+    store: Store<K>,
+    keep: fn(&ObjectMeta) -> bool,
+) -> impl Stream<Item = std::result::Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    let receiver = touches.subscribe();
+    let pending: std::collections::VecDeque<PartialObjectMeta<K>> = Default::default();
+    futures::stream::unfold(
+        (receiver, store, pending),
+        move |(mut receiver, store, mut pending)| async move {
+            loop {
+                if let Some(object) = pending.pop_front() {
+                    return Some((Ok(object), (receiver, store, pending)));
+                }
+                match receiver.recv().await {
+                    Ok(object) if keep(&object.metadata) => {
+                        return Some((Ok(object), (receiver, store, pending)));
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        warn!(kind = %K::kind(&()), missed, "trigger stream fell behind; reconciling every owner");
+                        pending.extend(
+                            store
+                                .state()
+                                .iter()
+                                .filter(|o| keep(o.meta()))
+                                .map(|o| o.meta().clone().into_request_partial::<K>()),
+                        );
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    )
 }
 
 /// Runs the operator until the process is asked to stop.
@@ -131,13 +202,14 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
         scope.api::<DaskWorkerGroup>(&client),
         watcher::Config::default(),
     );
-    let (pods, drive_pods) = reflected(scope.api::<Pod>(&client), labelled(CLUSTER_LABEL));
+    let (pods, pod_touches, drive_pods) =
+        reflected(scope.api::<Pod>(&client), labelled(CLUSTER_LABEL));
     let scheduler_selector = format!("{COMPONENT_LABEL}={SCHEDULER_COMPONENT}");
-    let (deployments, drive_deployments) = reflected(
+    let (deployments, deployment_touches, drive_deployments) = reflected(
         scope.api::<Deployment>(&client),
         labelled(&scheduler_selector),
     );
-    let (services, drive_services) =
+    let (services, service_touches, drive_services) =
         reflected(scope.api::<Service>(&client), labelled(&scheduler_selector));
     let drive = futures::future::join5(
         drive_clusters,
@@ -192,23 +264,23 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
                     .collect::<Vec<_>>()
             }
         };
-        // Owned objects trigger their owner through metadata watches, which report deletions
-        // too: kube-runtime's shared streams broadcast only changes, so a worker pod, a
-        // scheduler Deployment or a job's cluster deleted by anyone would go unnoticed
-        // (upstream's kopf operator misses them the same way, dask-kubernetes #603).
-        let worker_selector = format!("{COMPONENT_LABEL}={WORKER_COMPONENT}");
+        // Owned objects trigger their owner with deletions too: kube-runtime's shared
+        // streams broadcast only changes, so a worker pod, a scheduler Deployment or a job's
+        // cluster deleted by anyone would go unnoticed (upstream's kopf operator misses them
+        // the same way, dask-kubernetes #603). What a store reflects triggers from that
+        // store's own reflector (`touches_of`), the rest through metadata watches.
         let runner_selector = format!("{COMPONENT_LABEL}={JOB_RUNNER_COMPONENT}");
         let cluster_controller =
             Controller::for_shared_stream(cluster_events.clone(), clusters.clone())
-                .owns_stream(touched::<Deployment>(
-                    &scope,
-                    &client,
-                    labelled(&scheduler_selector),
+                .owns_stream(touches_of(
+                    &deployment_touches,
+                    stores.deployments.clone(),
+                    |_| true,
                 ))
-                .owns_stream(touched::<Service>(
-                    &scope,
-                    &client,
-                    labelled(&scheduler_selector),
+                .owns_stream(touches_of(
+                    &service_touches,
+                    stores.services.clone(),
+                    |_| true,
                 ))
                 .owns_stream(touched::<DaskWorkerGroup>(
                     &scope,
@@ -218,7 +290,7 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
                 .shutdown_on_signal()
                 .run(reconcile_cluster, retry, ctx.clone());
         let group_controller = Controller::for_shared_stream(group_events.clone(), groups.clone())
-            .owns_stream(touched::<Pod>(&scope, &client, labelled(&worker_selector)))
+            .owns_stream(touches_of(&pod_touches, stores.pods.clone(), is_worker))
             .watches_shared_stream(cluster_events.clone(), groups_of_cluster)
             .shutdown_on_signal()
             .run(reconcile_worker_group, retry, ctx.clone());

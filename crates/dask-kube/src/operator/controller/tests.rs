@@ -750,3 +750,58 @@ fn a_stored_pod_keeps_all_but_its_managed_fields() {
     expected.metadata.managed_fields = None;
     assert_eq!(stored, expected, "nothing but managedFields is dropped");
 }
+
+fn worker_meta(name: &str, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("ns".into()),
+        labels: Some([(COMPONENT_LABEL.to_owned(), component.to_owned())].into()),
+        ..Default::default()
+    }
+}
+
+/// A trigger stream passes the changes its filter keeps, in order; one that fell behind the
+/// buffer gets every kept object of the store instead of losing the changes it missed.
+#[tokio::test]
+async fn touches_keep_their_order_and_a_lagging_subscriber_gets_the_whole_store() {
+    let (touches, _) = tokio::sync::broadcast::channel::<PartialObjectMeta<Pod>>(2);
+    let pods: Vec<Pod> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|n| Pod {
+            metadata: worker_meta(n, WORKER_COMPONENT),
+            ..Default::default()
+        })
+        .chain([Pod {
+            metadata: worker_meta("s", SCHEDULER_COMPONENT),
+            ..Default::default()
+        }])
+        .collect();
+    let mut stream = Box::pin(touches_of(&touches, store(pods), is_worker));
+    let send = |m: ObjectMeta| touches.send(m.into_request_partial::<Pod>()).unwrap();
+    send(worker_meta("s", SCHEDULER_COMPONENT));
+    send(worker_meta("w1", WORKER_COMPONENT));
+    let next = within(stream.next()).await.unwrap().unwrap();
+    assert_eq!(
+        next.metadata.name.as_deref(),
+        Some("w1"),
+        "the scheduler pod is not a worker"
+    );
+    for n in ["a", "b", "c"] {
+        send(worker_meta(n, WORKER_COMPONENT));
+    }
+    // Three sent into a buffer of two: the subscriber lagged, so the store's workers come.
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(
+            within(stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .metadata
+                .name
+                .unwrap(),
+        );
+    }
+    names.sort();
+    assert_eq!(names, ["w1", "w2", "w3"]);
+}
