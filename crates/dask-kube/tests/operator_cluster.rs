@@ -289,6 +289,65 @@ async fn scheduler_pod(pods: &Api<Pod>, cluster: &str) -> Option<Pod> {
     })
 }
 
+/// What a step that timed out saw: the DaskCluster's phase, and each pod of the namespace
+/// with its phase, readiness, node and restarts (a slow node and a stuck operator look
+/// alike in the operator's log alone).
+async fn what_runs(clusters: &Api<DaskCluster>, pods: &Api<Pod>) -> String {
+    let phase = clusters
+        .get("simple")
+        .await
+        .ok()
+        .and_then(|c| c.status)
+        .and_then(|s| s.phase);
+    let mut out = format!("DaskCluster simple: phase {phase:?}\n");
+    for p in pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let status = p.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let restarts: i32 = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .map(|c| c.restart_count)
+            .sum();
+        let ended: Vec<String> = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+            .map(|t| format!("exit {} {:?} {:?}", t.exit_code, t.reason, t.message))
+            .collect();
+        out.push_str(&format!(
+            "pod {}: phase {:?}, ready {ready}, node {:?}, restarts {restarts}, ended {ended:?}\n",
+            p.name_any(),
+            status.phase,
+            p.spec.as_ref().and_then(|s| s.node_name.clone()),
+        ));
+        if !ended.is_empty() {
+            let logs = pods
+                .logs(
+                    &p.name_any(),
+                    &kube::api::LogParams {
+                        tail_lines: Some(15),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| format!("(no log: {e})"));
+            out.push_str(&logs);
+        }
+    }
+    out
+}
+
 /// The names of the workers connected to a cluster's scheduler.
 async fn connected_workers(pods: &Api<Pod>, cluster: &str) -> Vec<String> {
     let Some(scheduler) = scheduler_pod(pods, cluster).await else {
@@ -736,7 +795,7 @@ async fn life_cycle(
             .create(&PostParams::default(), &serde_json::from_value(c).unwrap())
             .await
             .map_err(|e| ("create DaskCluster".to_owned(), e.to_string()))?;
-        wait_for(
+        let up = wait_for(
             "phase Running and 1 connected worker",
             step_wait,
             || async {
@@ -751,8 +810,11 @@ async fn life_cycle(
                     && connected_workers(&pods, "simple").await.len() == 1
             },
         )
-        .await
-        .map_err(|e| ("cluster up".to_owned(), e))?;
+        .await;
+        if let Err(e) = up {
+            let seen = what_runs(&clusters, &pods).await;
+            return Err(("cluster up".to_owned(), format!("{e}\n{seen}")));
+        }
         wait_for("the cluster's events", step_wait, || async {
             event_messages(client, ns, "simple")
                 .await
