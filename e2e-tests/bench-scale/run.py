@@ -57,7 +57,7 @@ WATCH_SELECTOR = "dask.org/component=worker"
 RAW_CLUSTER = "bench-raw"
 CLASSIC_CLUSTER = "bench-classic"
 DASK_KUBE_CLUSTER = "bench-dk"
-WEBHOOK = "worker-pods.dask-worker-defaults.dask.org"
+WEBHOOK = "clusterwide-dask-worker-defaults.kubewarden.admission"
 GNU_TIME = "/usr/bin/time"
 
 
