@@ -24,7 +24,7 @@ use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -64,12 +64,16 @@ fn prune<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// Starts a shared reflector of `api`; returns its store and a subscription, and the
-/// future that drives it.
+/// Starts a shared reflector of `api`; returns its store and a subscription, what it
+/// touched ([`announced`]), and the future that drives it.
 fn shared<K>(
     api: Api<K>,
     config: watcher::Config,
-) -> (Shared<K>, impl std::future::Future<Output = ()> + Send)
+) -> (
+    Shared<K>,
+    Touches<K>,
+    impl std::future::Future<Output = ()> + Send,
+)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
@@ -77,28 +81,20 @@ where
     let subscriber = writer
         .subscribe()
         .unwrap_or_else(|| unreachable!("a shared store always subscribes"));
-    let drive = watcher(api, config)
-        .default_backoff()
-        .modify(prune::<K>)
-        .reflect_shared(writer)
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
-            }
-        });
-    ((reader, subscriber), drive)
+    let (touches, drive) = announced(
+        watcher(api, config)
+            .default_backoff()
+            .modify(prune::<K>)
+            .reflect_shared(writer),
+    );
+    ((reader, subscriber), touches, drive)
 }
 
 /// Every change and deletion a reflector applied, as metadata, sent after its store has it.
 type Touches<K> = tokio::sync::broadcast::Sender<PartialObjectMeta<K>>;
 
-/// Starts a reflector of `api`; returns its store, what it touched (sent once the store has
-/// applied it), and the future that drives it.
-///
-/// A controller must be triggered from here, not from a watch of its own: a second watch can
-/// deliver a change before the store has it, and the reconcile then reads the old state,
-/// plans nothing and waits for a change that already happened (a worker pod that failed,
-/// seen as still running, was never replaced).
+/// Starts a reflector of `api`; returns its store, what it touched ([`announced`]), and the
+/// future that drives it.
 fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -111,31 +107,58 @@ where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
+    let (touches, drive) = announced(
+        watcher(api, config)
+            .default_backoff()
+            .modify(prune::<K>)
+            .reflect(writer),
+    );
+    (reader, touches, drive)
+}
+
+/// The objects a reflector's stream touched (changed or deleted), sent once its store has
+/// applied them, and the future that drives the stream.
+///
+/// Controllers are triggered from here, never from a watch of their own: a second watch can
+/// deliver a change before the store has it, and the reconcile then reads the old state,
+/// plans nothing and waits for a change that already happened (a worker pod that failed,
+/// seen as still running, was never replaced). kube-runtime's shared subscriptions would
+/// not do either: they carry changes but no deletions.
+fn announced<K, S>(reflector: S) -> (Touches<K>, impl std::future::Future<Output = ()> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    S: Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>> + Send,
+{
     let (touches, _) = tokio::sync::broadcast::channel(SUBSCRIBER_BUFFER);
     let sender = touches.clone();
-    let drive = watcher(api, config)
-        .default_backoff()
-        .modify(prune::<K>)
-        .reflect(writer)
-        .touched_objects()
-        .for_each(move |object| {
-            match object {
-                // No subscriber yet (the controllers start once every store listed): nothing
-                // to trigger, the start reconciles everything.
-                Ok(object) => drop(sender.send(object.meta().clone().into_request_partial::<K>())),
-                Err(e) => warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
-            }
-            futures::future::ready(())
-        });
-    (reader, touches, drive)
+    let drive = reflector.touched_objects().for_each(move |object| {
+        match object {
+            // No subscriber yet (the controllers start once every store listed): nothing
+            // to trigger, the start reconciles everything.
+            Ok(object) => drop(sender.send(object.meta().clone().into_request_partial::<K>())),
+            Err(e) => warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
+        }
+        futures::future::ready(())
+    });
+    (touches, drive)
+}
+
+/// Whether an object's `dask.org/component` is `component`.
+fn component_is(meta: &ObjectMeta, component: &str) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(COMPONENT_LABEL))
+        .is_some_and(|c| c == component)
 }
 
 /// A Dask worker pod (`dask.org/component=worker`).
 fn is_worker(meta: &ObjectMeta) -> bool {
-    meta.labels
-        .as_ref()
-        .and_then(|l| l.get(COMPONENT_LABEL))
-        .is_some_and(|c| c == WORKER_COMPONENT)
+    component_is(meta, WORKER_COMPONENT)
+}
+
+/// A DaskJob's runner pod (`dask.org/component=job-runner`).
+fn is_job_runner(meta: &ObjectMeta) -> bool {
+    component_is(meta, JOB_RUNNER_COMPONENT)
 }
 
 /// A controller's trigger stream: the objects of `touches` that `keep` selects. A subscriber
@@ -194,11 +217,11 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
     } = options;
     let client = connection.client.clone();
     let labelled = |selector: &str| watcher::Config::default().labels(selector);
-    let ((clusters, cluster_events), drive_clusters) = shared(
+    let ((clusters, cluster_events), cluster_touches, drive_clusters) = shared(
         scope.api::<DaskCluster>(&client),
         watcher::Config::default(),
     );
-    let ((groups, group_events), drive_groups) = shared(
+    let ((groups, group_events), group_touches, drive_groups) = shared(
         scope.api::<DaskWorkerGroup>(&client),
         watcher::Config::default(),
     );
@@ -264,12 +287,10 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
                     .collect::<Vec<_>>()
             }
         };
-        // Owned objects trigger their owner with deletions too: kube-runtime's shared
-        // streams broadcast only changes, so a worker pod, a scheduler Deployment or a job's
-        // cluster deleted by anyone would go unnoticed (upstream's kopf operator misses them
-        // the same way, dask-kubernetes #603). What a store reflects triggers from that
-        // store's own reflector (`touches_of`), the rest through metadata watches.
-        let runner_selector = format!("{COMPONENT_LABEL}={JOB_RUNNER_COMPONENT}");
+        // Owned objects trigger their owner, deletions too, from the reflector that fills
+        // the store the owner's reconcile reads (`announced`): a worker pod, a scheduler
+        // Deployment or a job's cluster deleted by anyone is noticed (upstream's kopf
+        // operator misses them, dask-kubernetes #603).
         let cluster_controller =
             Controller::for_shared_stream(cluster_events.clone(), clusters.clone())
                 .owns_stream(touches_of(
@@ -282,11 +303,7 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
                     stores.services.clone(),
                     |_| true,
                 ))
-                .owns_stream(touched::<DaskWorkerGroup>(
-                    &scope,
-                    &client,
-                    watcher::Config::default(),
-                ))
+                .owns_stream(touches_of(&group_touches, groups.clone(), |_| true))
                 .shutdown_on_signal()
                 .run(reconcile_cluster, retry, ctx.clone());
         let group_controller = Controller::for_shared_stream(group_events.clone(), groups.clone())
@@ -302,12 +319,8 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
         .run(reconcile_autoscaler, retry, ctx.clone());
         let job_controller =
             Controller::new(scope.api::<DaskJob>(&client), watcher::Config::default())
-                .owns_stream(touched::<Pod>(&scope, &client, labelled(&runner_selector)))
-                .owns_stream(touched::<DaskCluster>(
-                    &scope,
-                    &client,
-                    watcher::Config::default(),
-                ))
+                .owns_stream(touches_of(&pod_touches, stores.pods.clone(), is_job_runner))
+                .owns_stream(touches_of(&cluster_touches, clusters.clone(), |_| true))
                 .shutdown_on_signal()
                 .run(reconcile_job, retry, ctx.clone());
         futures::future::join4(
@@ -323,26 +336,6 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
         result = controllers => result,
         _ = drive => Ok(()),
     }
-}
-
-/// Every change and deletion of `K`s in `scope`, metadata only (owner references are all
-/// a trigger needs).
-fn touched<K>(
-    scope: &Scope,
-    client: &Client,
-    config: watcher::Config,
-) -> impl Stream<Item = std::result::Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let api: Api<PartialObjectMeta<K>> = scope.api(client);
-    watcher(api, config).default_backoff().touched_objects()
 }
 
 async fn log_results<K: Resource, E: std::fmt::Display, S>(results: S)

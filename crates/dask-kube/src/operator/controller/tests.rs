@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use kube::Client;
 use kube::client::Body;
 use kube::runtime::reflector::store::Writer;
 use serde_json::{Value, json};
