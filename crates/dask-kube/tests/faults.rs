@@ -15,7 +15,9 @@ use common::{
     SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, pod_processes, python_for, run,
     running_workers, wait_for,
 };
-use dask_kube::{CreateLimits, KubeCluster, PodTemplate};
+use dask_kube::{
+    CreateLimits, HttpSchedulerApi, KubeCluster, PodPortConnect, PodTemplate, SchedulerApi,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
@@ -190,11 +192,22 @@ async fn api_server_away_after_10_pods(
     name: &str,
     take_away: fn(&'static str) -> Stopped,
 ) -> (usize, Duration) {
-    wait_for("the first 10 worker pods", || async {
-        worker_pods(ns, name).await.is_some_and(|p| p.len() >= 10)
-    })
-    .await;
-    let at = worker_pods(ns, name).await.unwrap().len();
+    // Polled every 50 ms, not at `wait_for`'s 500 ms: with 8 calls in flight the API server
+    // makes about 200 pods a second here, and a slow look let a whole scale-up finish before
+    // the fault (CI: the kill came after the last create, nothing was retried).
+    let started = Instant::now();
+    let at = loop {
+        if let Some(pods) = worker_pods(ns, name).await
+            && pods.len() >= 10
+        {
+            break pods.len();
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "timed out waiting for the first 10 worker pods"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let down = Instant::now();
     let mut apiserver = blocking(move || take_away("kube-apiserver")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -267,7 +280,9 @@ async fn assert_none_leaked(ns: &TestNamespace, cluster: &str, created: &[String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
 async fn api_server_sigkill_in_the_middle_of_a_scale_up_leaves_the_exact_count() {
-    const N: usize = 120;
+    // 400, not 120: eight calls in flight make 120 pods in well under a second here, about the
+    // time `cluster component stop --kill` takes to start; 400 leave the kill seconds to land.
+    const N: usize = 400;
     let kube = cluster().await;
     let _serial = SERIAL.lock().await;
     let ns = TestNamespace::create(&kube, "fault-kill9").await;
@@ -915,6 +930,43 @@ async fn scale_down_during_a_computation_loses_no_key_and_recomputes_nothing() {
 }
 
 /// The pod named `name` in `ns`.
+/// A pod's phase, readiness and each container's state, on one line.
+fn pod_state(pod: &Pod) -> String {
+    let status = pod.status.clone().unwrap_or_default();
+    let containers: Vec<String> = status
+        .container_statuses
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let state = c.state.clone().unwrap_or_default();
+            let now = match (state.running, state.terminated, state.waiting) {
+                (_, Some(t), _) => format!(
+                    "terminated {} exit {} ({})",
+                    t.reason.unwrap_or_default(),
+                    t.exit_code,
+                    t.message.unwrap_or_default()
+                ),
+                (Some(_), _, _) => "running".to_owned(),
+                (_, _, Some(w)) => format!("waiting {}", w.reason.unwrap_or_default()),
+                _ => "unknown".to_owned(),
+            };
+            format!(
+                "{}: {now}, ready {}, restarts {}",
+                c.name, c.ready, c.restart_count
+            )
+        })
+        .collect();
+    format!(
+        "{} on {} [{}]",
+        status.phase.unwrap_or_default(),
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        containers.join("; ")
+    )
+}
+
 async fn pod_named(ns: &TestNamespace, name: &str) -> Pod {
     ns.pods().get(name).await.unwrap()
 }
@@ -1108,10 +1160,20 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("adapt to scale up to 3 busy workers", || async {
-        running_workers(&ns, &name).await == 3
-    })
+    // Connected to the scheduler, not just Running: a worker still in its TLS handshake when
+    // the scheduler is paused times out connecting (30 s, Dask's `comm.timeouts.connect`) and
+    // exits, and its replacement is a change no adapt decision made (CI: a worker started a
+    // second before the pause, "failure-to-start", replaced 32 s in).
+    let scheduler_api = HttpSchedulerApi::new(PodPortConnect::new(ns.pods(), name.clone(), 8787));
+    wait_for(
+        "adapt to scale up to 3 busy workers, all connected",
+        || async {
+            running_workers(&ns, &name).await == 3
+                && scheduler_api.workers().await.is_ok_and(|w| w.len() == 3)
+        },
+    )
     .await;
+    drop(scheduler_api);
     let before: BTreeSet<String> = worker_pods(&ns, &name)
         .await
         .unwrap()
@@ -1125,18 +1187,47 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
     let paused = Instant::now();
     let mut changes = 0;
     let mut resumed = false;
+    // What changed and when, with the last state seen of each worker that went (and the logs
+    // of one that ended while it was still there): a change without a decision is a worker
+    // that ended, and why it ended is the finding.
+    let mut seen: Vec<String> = Vec::new();
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
     while paused.elapsed() < PAUSE + AFTER {
         if !resumed && paused.elapsed() >= PAUSE {
             kill(scheduler, Signal::SIGCONT).unwrap();
             resumed = true;
         }
-        let now: BTreeSet<String> = worker_pods(&ns, &name)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|p| p.metadata.name)
+        let pods = worker_pods(&ns, &name).await.unwrap();
+        let now: BTreeSet<String> = pods
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
             .collect();
+        for pod in &pods {
+            let pod_name = pod.metadata.name.clone().unwrap_or_default();
+            let state = pod_state(pod);
+            let ended = state.starts_with("Failed") || state.starts_with("Succeeded");
+            if ended && last.get(&pod_name).is_none_or(|s| s != &state) {
+                let logs = ns.pods().logs(&pod_name, &LogParams::default()).await;
+                seen.push(format!(
+                    "{:.1}s: {pod_name} ended: {state}\n{}",
+                    paused.elapsed().as_secs_f64(),
+                    logs.unwrap_or_else(|e| format!("(no logs: {e})"))
+                ));
+            }
+            last.insert(pod_name, state);
+        }
         if now != before {
+            if changes == 0 {
+                let gone: Vec<String> = before
+                    .difference(&now)
+                    .map(|p| format!("{p} (last seen {})", last.get(p).map_or("-", |s| s)))
+                    .collect();
+                let new: Vec<&String> = now.difference(&before).collect();
+                seen.push(format!(
+                    "{:.1}s: workers changed: gone {gone:?}, new {new:?}",
+                    paused.elapsed().as_secs_f64()
+                ));
+            }
             changes += 1;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1156,8 +1247,10 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
         "adapt decided to scale down while the scheduler did not answer (or right after)\n{log}"
     );
     assert_eq!(
-        changes, 0,
-        "adapt changed the workers while the scheduler did not answer (or right after)"
+        changes,
+        0,
+        "adapt changed the workers while the scheduler did not answer (or right after)\n{}\n{log}",
+        seen.join("\n")
     );
     assert!(
         load.try_wait().unwrap().is_none(),
