@@ -27,6 +27,8 @@ BENCH_POLICY_REQUEST ?= $(POLICY_FIXTURES)/readme-worker-spec/request.json
 BENCH_POLICY_RUNS ?= 3
 FLOOR_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/minimal_policy.wasm
 ANNOTATED_FLOOR_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/annotated-minimal-policy.wasm
+# The floor built with `policy-output`: the policy's whole mutation of the README pod, no decisions.
+ANNOTATED_SAME_OUTPUT_WASM := $(CARGO_TARGET_DIR)/wasm32-wasip1/release/annotated-minimal-policy-same-output.wasm
 # The host binaries the local cluster runs (dask-kube, in its image) are built as one set with
 # the unit tests: cargo unifies features per invocation, so `-p dask-kube` alone and `cargo
 # test --workspace` would each compile kube again. The image build uses the same set (a no-op
@@ -93,6 +95,7 @@ lint: fmt clippy
 
 unit: setup venv ## tests that need no cluster (unit, table, property, golden fixtures natively, Python unit, cap-translate, the README CAP's matchConditions)
 	$(CARGO) test $(CARGO_FLAGS) --workspace
+	$(CARGO) test $(CARGO_FLAGS) -p minimal-policy --features policy-output
 	VENV=$(VENV) e2e-tests/python/run-tests.sh unit
 	$(PYTHON) -m pytest -ra e2e-tests/kubewarden
 	$(PYTHON) -m pytest -ra -p no:cacheprovider --noconftest e2e-tests/operator/test_bench.py
@@ -120,12 +123,16 @@ bench: annotate ## policy figures: kwctl bench of the annotated module on the RE
 	$(KWCTL) bench --request-path $(POLICY_FIXTURES)/unlabelled-pod/request.json $(ANNOTATED_WASM)
 
 .PHONY: bench-policy
-bench-policy: annotate ## kwctl bench: the annotated policy vs a minimal mutating policy on the README pod, alternating runs, medians and ratio (BENCH_POLICY_RUNS)
+bench-policy: annotate ## kwctl bench: the annotated policy vs a minimal mutating policy (one toleration, and one making the policy's whole mutation) on the README pod, alternating runs, medians and ratios (BENCH_POLICY_RUNS)
+	$(CARGO) build $(CARGO_FLAGS) --release --target wasm32-wasip1 -p minimal-policy --features policy-output
+	$(KWCTL) annotate -m e2e-tests/bench-policy/minimal-policy/metadata.yml \
+	  -o $(ANNOTATED_SAME_OUTPUT_WASM) $(FLOOR_WASM)
 	$(CARGO) build $(CARGO_FLAGS) --release --target wasm32-wasip1 -p minimal-policy
 	$(KWCTL) annotate -m e2e-tests/bench-policy/minimal-policy/metadata.yml \
 	  -o $(ANNOTATED_FLOOR_WASM) $(FLOOR_WASM)
 	python3 e2e-tests/bench-policy/run.py --kwctl $(KWCTL) --request $(BENCH_POLICY_REQUEST) \
-	  --runs $(BENCH_POLICY_RUNS) policy=$(ANNOTATED_WASM) floor=$(ANNOTATED_FLOOR_WASM)
+	  --runs $(BENCH_POLICY_RUNS) policy=$(ANNOTATED_WASM) same-output=$(ANNOTATED_SAME_OUTPUT_WASM) \
+	  floor=$(ANNOTATED_FLOOR_WASM)
 
 .PHONY: bench-webhook
 bench-webhook: setup wasm venv ## policy-server under a burst of worker pods (BENCH_N, default 1000): burst time with and without the webhook, admission p50/p99 from the apiserver's metrics, errors

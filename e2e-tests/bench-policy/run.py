@@ -9,9 +9,9 @@ object returned, which is the least a mutating policy does on the same request.
 
 Usage: run.py --kwctl KWCTL --request REQUEST.json [--runs 3] [--kwctl-arg=ARG ...]
               NAME=MODULE.wasm [NAME=MODULE.wasm ...] NAME=FLOOR.wasm
-The last module is the floor; each other one gets its ratio to it (more than one: an
-earlier build beside the current one, measured in the same alternation). Only the standard
-library.
+The last module is the floor; each other one gets its ratio to it, and the first one its
+ratio to each one between (a second floor, or an earlier build, measured in the same
+alternation). Only the standard library.
 """
 
 import argparse
@@ -97,11 +97,14 @@ def main() -> None:
     for name, values in means.items():
         runs = " ".join(f"{v:8.2f}" for v in values)
         print(f"{name:{label}}{runs:>{width}}{medians[name]:10.2f}   {min_medians[name]:10.2f}")
-    for name, _ in sides[:-1]:
+    first = sides[0][0]
+    pairs = [(name, floor) for name, _ in sides[:-1]]
+    pairs += [(first, name) for name, _ in sides[1:-1]]
+    for name, base in pairs:
         print(
-            f"ratio {name} / {floor}: {medians[name] / medians[floor]:.2f}x "
+            f"ratio {name} / {base}: {medians[name] / medians[base]:.2f}x "
             f"(medians of the means; of the minimums, which load disturbs least: "
-            f"{min_medians[name] / min_medians[floor]:.2f}x)"
+            f"{min_medians[name] / min_medians[base]:.2f}x)"
         )
 
 
