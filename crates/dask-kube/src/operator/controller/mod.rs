@@ -64,6 +64,16 @@ fn prune<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
+/// What the pod store keeps of a pod: [`prune`], and no `spec` either. Reconciles read a
+/// pod's metadata and status only (its phase, containers' states, IPs, readiness: what
+/// `WorkerPodState` and the scheduler's readiness are made of); the spec, the worker
+/// template with its containers, args, env, resources, tolerations and affinity, is the
+/// larger part of what is left, and 1,000 Pending pods are 1,000 copies of it.
+fn prune_pod(pod: &mut Pod) {
+    prune(pod);
+    pod.spec = None;
+}
+
 /// Starts a shared reflector of `api`; returns its store and a subscription, what it
 /// touched ([`announced`]), and the future that drives it.
 fn shared<K>(
@@ -98,6 +108,7 @@ type Touches<K> = tokio::sync::broadcast::Sender<PartialObjectMeta<K>>;
 fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
+    prune: fn(&mut K),
 ) -> (
     Store<K>,
     Touches<K>,
@@ -110,7 +121,7 @@ where
     let (touches, drive) = announced(
         watcher(api, config)
             .default_backoff()
-            .modify(prune::<K>)
+            .modify(prune)
             .reflect(writer),
     );
     (reader, touches, drive)
@@ -225,15 +236,22 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
         scope.api::<DaskWorkerGroup>(&client),
         watcher::Config::default(),
     );
-    let (pods, pod_touches, drive_pods) =
-        reflected(scope.api::<Pod>(&client), labelled(CLUSTER_LABEL));
+    let (pods, pod_touches, drive_pods) = reflected(
+        scope.api::<Pod>(&client),
+        labelled(CLUSTER_LABEL),
+        prune_pod,
+    );
     let scheduler_selector = format!("{COMPONENT_LABEL}={SCHEDULER_COMPONENT}");
     let (deployments, deployment_touches, drive_deployments) = reflected(
         scope.api::<Deployment>(&client),
         labelled(&scheduler_selector),
+        prune,
     );
-    let (services, service_touches, drive_services) =
-        reflected(scope.api::<Service>(&client), labelled(&scheduler_selector));
+    let (services, service_touches, drive_services) = reflected(
+        scope.api::<Service>(&client),
+        labelled(&scheduler_selector),
+        prune,
+    );
     let drive = futures::future::join5(
         drive_clusters,
         drive_groups,

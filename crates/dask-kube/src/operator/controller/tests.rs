@@ -722,9 +722,10 @@ async fn a_refused_creation_is_retried_at_once() {
 }
 
 /// A stored pod keeps what reconciles read (labels, owner, phase, conditions, IP) and loses
-/// only `managedFields`.
+/// its `managedFields` and, in the pod store, its spec: the worker state and the scheduler's
+/// readiness read from it are those of the whole pod.
 #[test]
-fn a_stored_pod_keeps_all_but_its_managed_fields() {
+fn a_stored_pod_keeps_what_reconciles_read() {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {
             "name": "c-default-worker-abc12", "namespace": "ns",
@@ -739,17 +740,40 @@ fn a_stored_pod_keeps_all_but_its_managed_fields() {
                  "fieldsV1": {"f:status": {"f:phase": {}}}},
             ],
         },
-        "spec": {"containers": [{"name": "worker", "image": "ghcr.io/dask/dask:latest"}]},
+        "spec": {"containers": [{"name": "worker", "image": "ghcr.io/dask/dask:latest",
+                                 "args": ["dask", "worker", "--nthreads", "2"]}],
+                 "tolerations": [{"key": "k8s.dask.org/dedicated", "operator": "Equal",
+                                  "value": "worker", "effect": "NoSchedule"}]},
         "status": {"phase": "Running", "podIP": "10.244.1.7",
-                   "conditions": [{"type": "Ready", "status": "True"}]},
+                   "podIPs": [{"ip": "10.244.1.7"}],
+                   "conditions": [{"type": "Ready", "status": "True"}],
+                   "containerStatuses": [{"name": "worker", "image": "i", "imageID": "",
+                                          "ready": true, "restartCount": 0,
+                                          "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]},
     }))
     .unwrap();
     let mut stored = pod.clone();
     prune(&mut stored);
     assert_eq!(stored.metadata.managed_fields, None);
-    let mut expected = pod;
+    let mut expected = pod.clone();
     expected.metadata.managed_fields = None;
     assert_eq!(stored, expected, "nothing but managedFields is dropped");
+
+    let mut stored = pod.clone();
+    prune_pod(&mut stored);
+    assert_eq!(
+        (
+            stored.metadata.managed_fields.as_ref(),
+            stored.spec.as_ref()
+        ),
+        (None, None)
+    );
+    assert_eq!(stored.metadata, expected.metadata);
+    assert_eq!(stored.status, pod.status);
+    assert_eq!(
+        WorkerPodState::from_pod(&stored),
+        WorkerPodState::from_pod(&pod)
+    );
 }
 
 fn worker_meta(name: &str, component: &str) -> ObjectMeta {
