@@ -514,7 +514,7 @@ pub async fn reconcile_worker_group(
         }),
         Err(_) => observed,
     };
-    let other_pods: Vec<Pod> = ctx
+    let other_pods: Vec<Arc<Pod>> = ctx
         .stores
         .pods_labelled(
             &ns,
@@ -593,7 +593,7 @@ pub async fn reconcile_autoscaler(
             (COMPONENT_LABEL, WORKER_COMPONENT),
         ],
     );
-    let (group_pods, others): (Vec<Pod>, Vec<Pod>) = workers
+    let (group_pods, others): (Vec<Arc<Pod>>, Vec<Arc<Pod>>) = workers
         .into_iter()
         .partition(|p| p.labels().get(WORKER_GROUP_LABEL) == Some(&group_name));
     let other_workers = others

@@ -20,6 +20,7 @@ use crate::{AdaptPolicy, ScaleAction, TargetSample, WorkerPodState, decide};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Polls a lower target must hold before a scale-down (`distributed.adaptive.wait-count`).
@@ -57,7 +58,7 @@ pub struct AutoscalerView<'a> {
     /// The group it adapts ([`target_group`]), if it exists.
     pub group: Option<&'a DaskWorkerGroup>,
     /// That group's worker pods.
-    pub group_pods: &'a [Pod],
+    pub group_pods: &'a [Arc<Pod>],
     /// Active worker pods of the cluster's other groups.
     pub other_workers: u32,
     /// Whether the scheduler pod is ready (upstream skips the poll otherwise).
@@ -124,7 +125,7 @@ pub fn plan_autoscaler(
     let pods: Vec<WorkerPodState> = view
         .group_pods
         .iter()
-        .map(WorkerPodState::from_pod)
+        .map(|p| WorkerPodState::from_pod(p))
         .collect();
     let decision = decide(&policy, &memory.history, &pods, memory.last_change, now);
     let to = match decision.action {
@@ -180,12 +181,13 @@ mod tests {
         g
     }
 
-    fn running(n: usize) -> Vec<Pod> {
+    fn running(n: usize) -> Vec<Arc<Pod>> {
         (0..n)
             .map(|i| {
                 serde_json::from_value(
                     json!({"metadata": {"name": format!("w{i}")}, "status": {"phase": "Running"}}),
                 )
+                .map(Arc::new)
                 .unwrap()
             })
             .collect()

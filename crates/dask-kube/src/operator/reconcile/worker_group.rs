@@ -17,6 +17,7 @@ use crate::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Most pods one reconcile creates; a larger scale-up continues in the next reconcile, so a
@@ -31,10 +32,10 @@ pub struct WorkerGroupView<'a> {
     /// Its cluster (`spec.cluster`), if it exists.
     pub cluster: Option<&'a DaskCluster>,
     /// Pods labelled with the group's name (only those it owns are its workers).
-    pub pods: &'a [Pod],
+    pub pods: &'a [Arc<Pod>],
     /// The worker pods of the cluster's other groups: a worker the scheduler places surely
     /// in one of them is not this group's.
-    pub other_pods: &'a [Pod],
+    pub other_pods: &'a [Arc<Pod>],
     /// The scheduler's connected workers (of every group); `None` when it was not asked or
     /// could not answer.
     pub scheduler_workers: Option<&'a [SchedulerWorker]>,
@@ -46,10 +47,13 @@ pub struct WorkerGroupView<'a> {
 /// started pods that hold no known worker (it may be in one of them).
 fn this_groups_workers(
     own: &[WorkerPodState],
-    other_pods: &[Pod],
+    other_pods: &[Arc<Pod>],
     workers: &[SchedulerWorker],
 ) -> Vec<SchedulerWorker> {
-    let others: Vec<WorkerPodState> = other_pods.iter().map(WorkerPodState::from_pod).collect();
+    let others: Vec<WorkerPodState> = other_pods
+        .iter()
+        .map(|p| WorkerPodState::from_pod(p))
+        .collect();
     let all: Vec<WorkerPodState> = own.iter().cloned().chain(others.iter().cloned()).collect();
     let placement = place_workers(&all, workers);
     let elsewhere: std::collections::BTreeSet<&str> = others
@@ -71,7 +75,7 @@ fn desired(group: &DaskWorkerGroup) -> usize {
 
 /// The group's own pods (owned by this group object, not by a Deployment of upstream's
 /// operator or a group of the same name deleted earlier).
-fn own_pods<'a>(group: &DaskWorkerGroup, pods: &'a [Pod]) -> Vec<&'a Pod> {
+fn own_pods<'a>(group: &DaskWorkerGroup, pods: &'a [Arc<Pod>]) -> Vec<&'a Pod> {
     let uid = group.uid();
     pods.iter()
         .filter(|p| {
@@ -79,12 +83,13 @@ fn own_pods<'a>(group: &DaskWorkerGroup, pods: &'a [Pod]) -> Vec<&'a Pod> {
                 .iter()
                 .any(|o| Some(&o.uid) == uid.as_ref())
         })
+        .map(|p| &**p)
         .collect()
 }
 
 /// Whether a reconcile will have to remove started workers, so the scheduler must be asked
 /// which ones hold no data.
-pub fn scale_down_needed(group: &DaskWorkerGroup, pods: &[Pod]) -> bool {
+pub fn scale_down_needed(group: &DaskWorkerGroup, pods: &[Arc<Pod>]) -> bool {
     let states: Vec<WorkerPodState> = own_pods(group, pods)
         .into_iter()
         .map(WorkerPodState::from_pod)
@@ -292,14 +297,14 @@ mod tests {
     fn plan(replicas: i64, pods: &[&str], workers: Option<&[SchedulerWorker]>) -> Plan {
         let c = cluster();
         let g = group(replicas, true);
-        let pods: Vec<Pod> = pods.iter().map(|p| pod(p)).collect();
+        let pods: Vec<Arc<Pod>> = pods.iter().map(|p| Arc::new(pod(p))).collect();
         let mut n = 0;
         plan_worker_group(
             WorkerGroupView {
                 group: &g,
                 cluster: Some(&c),
                 pods: &pods,
-                other_pods: &[other_groups_pod()],
+                other_pods: &[Arc::new(other_groups_pod())],
                 scheduler_workers: workers,
             },
             &mut || {
@@ -384,7 +389,7 @@ mod tests {
     #[test]
     fn scale_down_needs_the_scheduler_only_for_started_workers() {
         let g = group(1, true);
-        let pods = |specs: &[&str]| specs.iter().map(|s| pod(s)).collect::<Vec<_>>();
+        let pods = |specs: &[&str]| specs.iter().map(|s| Arc::new(pod(s))).collect::<Vec<_>>();
         assert!(!scale_down_needed(&g, &pods(&["a:Running", "b:Pending"])));
         assert!(scale_down_needed(&g, &pods(&["a:Running", "b:Running"])));
         assert!(!scale_down_needed(&g, &pods(&["a:Running", "b:Failed"])));
