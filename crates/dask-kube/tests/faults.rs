@@ -13,7 +13,7 @@ mod common;
 
 use common::{
     SERIAL, TestNamespace, cluster, dask_kube, fixture, json_of, pod_processes, python_for, run,
-    running_workers, wait_for,
+    running_workers, wait_for, wait_for_every,
 };
 use dask_kube::{
     CreateLimits, HttpSchedulerApi, KubeCluster, PodPortConnect, PodTemplate, SchedulerApi,
@@ -192,22 +192,21 @@ async fn api_server_away_after_10_pods(
     name: &str,
     take_away: fn(&'static str) -> Stopped,
 ) -> (usize, Duration) {
-    // Polled every 50 ms, not at `wait_for`'s 500 ms: with 8 calls in flight the API server
-    // makes about 200 pods a second here, and a slow look let a whole scale-up finish before
-    // the fault (CI: the kill came after the last create, nothing was retried).
-    let started = Instant::now();
-    let at = loop {
-        if let Some(pods) = worker_pods(ns, name).await
-            && pods.len() >= 10
-        {
-            break pods.len();
-        }
-        assert!(
-            started.elapsed() < common::WAIT,
-            "timed out waiting for the first 10 worker pods"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Looked at every 50 ms, not at `wait_for`'s 500 ms: with 8 calls in flight the API
+    // server makes about 200 pods a second here, and a slow look let a whole scale-up finish
+    // before the fault (CI: the kill came after the last create, nothing was retried).
+    let at = std::cell::Cell::new(0);
+    wait_for_every(
+        "the first 10 worker pods",
+        Duration::from_millis(50),
+        || async {
+            let seen = worker_pods(ns, name).await.map_or(0, |p| p.len());
+            at.set(seen);
+            seen >= 10
+        },
+    )
+    .await;
+    let at = at.get();
     let down = Instant::now();
     let mut apiserver = blocking(move || take_away("kube-apiserver")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -930,43 +929,6 @@ async fn scale_down_during_a_computation_loses_no_key_and_recomputes_nothing() {
 }
 
 /// The pod named `name` in `ns`.
-/// A pod's phase, readiness and each container's state, on one line.
-fn pod_state(pod: &Pod) -> String {
-    let status = pod.status.clone().unwrap_or_default();
-    let containers: Vec<String> = status
-        .container_statuses
-        .unwrap_or_default()
-        .iter()
-        .map(|c| {
-            let state = c.state.clone().unwrap_or_default();
-            let now = match (state.running, state.terminated, state.waiting) {
-                (_, Some(t), _) => format!(
-                    "terminated {} exit {} ({})",
-                    t.reason.unwrap_or_default(),
-                    t.exit_code,
-                    t.message.unwrap_or_default()
-                ),
-                (Some(_), _, _) => "running".to_owned(),
-                (_, _, Some(w)) => format!("waiting {}", w.reason.unwrap_or_default()),
-                _ => "unknown".to_owned(),
-            };
-            format!(
-                "{}: {now}, ready {}, restarts {}",
-                c.name, c.ready, c.restart_count
-            )
-        })
-        .collect();
-    format!(
-        "{} on {} [{}]",
-        status.phase.unwrap_or_default(),
-        pod.spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default(),
-        containers.join("; ")
-    )
-}
-
 async fn pod_named(ns: &TestNamespace, name: &str) -> Pod {
     ns.pods().get(name).await.unwrap()
 }
@@ -1204,7 +1166,7 @@ async fn adapt_takes_no_decision_while_the_scheduler_does_not_answer() {
             .collect();
         for pod in &pods {
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
-            let state = pod_state(pod);
+            let state = common::pod_summary(pod);
             let ended = state.starts_with("Failed") || state.starts_with("Succeeded");
             if ended && last.get(&pod_name).is_none_or(|s| s != &state) {
                 let logs = ns.pods().logs(&pod_name, &LogParams::default()).await;

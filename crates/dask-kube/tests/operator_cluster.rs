@@ -7,6 +7,7 @@
 //! reaches schedulers by port-forward (`--scheduler-access port-forward`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod operator_common;
 
 use dask_kube::{
@@ -306,32 +307,12 @@ async fn what_runs(clusters: &Api<DaskCluster>, pods: &Api<Pod>) -> String {
         .map(|l| l.items)
         .unwrap_or_default()
     {
-        let status = p.status.clone().unwrap_or_default();
-        let ready = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        let restarts: i32 = status
-            .container_statuses
-            .iter()
-            .flatten()
-            .map(|c| c.restart_count)
-            .sum();
-        let ended: Vec<String> = status
-            .container_statuses
-            .iter()
-            .flatten()
-            .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
-            .map(|t| format!("exit {} {:?} {:?}", t.exit_code, t.reason, t.message))
-            .collect();
         out.push_str(&format!(
-            "pod {}: phase {:?}, ready {ready}, node {:?}, restarts {restarts}, ended {ended:?}\n",
+            "pod {}: {}\n",
             p.name_any(),
-            status.phase,
-            p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            common::pod_summary(&p)
         ));
-        if !ended.is_empty() {
+        if common::has_exited(&p) {
             let logs = pods
                 .logs(
                     &p.name_any(),

@@ -8,6 +8,7 @@ mod lossy_proxy;
 #[allow(unused_imports)]
 pub use lossy_proxy::LossyProxy;
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use std::path::{Path, PathBuf};
@@ -68,7 +69,17 @@ pub async fn running_workers(ns: &TestNamespace, cluster: &str) -> usize {
 }
 
 /// Polls `cond` until it holds, at most [`WAIT`]; returns how long it took.
-pub async fn wait_for<F, Fut>(what: &str, mut cond: F) -> Duration
+pub async fn wait_for<F, Fut>(what: &str, cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for_every(what, POLL, cond).await
+}
+
+/// [`wait_for`], looking every `interval` (a fault that must land in the middle of something
+/// fast cannot wait [`POLL`] to see it start).
+pub async fn wait_for_every<F, Fut>(what: &str, interval: Duration, mut cond: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -82,8 +93,58 @@ where
             started.elapsed() < WAIT,
             "timed out after {WAIT:?} waiting for {what}"
         );
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(interval).await;
     }
+}
+
+/// A pod on one line, for a test's failure message: phase, readiness, node, and each
+/// container's state (an exit with its code, reason and message) and restarts.
+pub fn pod_summary(pod: &Pod) -> String {
+    let status = pod.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let containers: Vec<String> = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let state = c.state.unwrap_or_default();
+            let now = match (state.running, state.terminated, state.waiting) {
+                (_, Some(t), _) => format!(
+                    "terminated {} exit {} ({})",
+                    t.reason.unwrap_or_default(),
+                    t.exit_code,
+                    t.message.unwrap_or_default()
+                ),
+                (Some(_), _, _) => "running".to_owned(),
+                (_, _, Some(w)) => format!("waiting {}", w.reason.unwrap_or_default()),
+                _ => "unknown".to_owned(),
+            };
+            format!("{}: {now}, restarts {}", c.name, c.restart_count)
+        })
+        .collect();
+    format!(
+        "{} ready {ready} on {} [{}]",
+        status.phase.unwrap_or_default(),
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        containers.join("; ")
+    )
+}
+
+/// Whether any container of `pod` has exited (its logs then say why).
+pub fn has_exited(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
 }
 
 /// A kubeconfig for a service account of `ns` (token from the TokenRequest API).
