@@ -310,6 +310,13 @@ pub enum OperatorAction {
         /// Name in the events' `reportingController`.
         #[arg(long, default_value = "dask-kube-operator")]
         reporter: String,
+        /// Pods that replace ended workers start only while fewer than this many workers of
+        /// the group are starting (or half the connected ones, when more); the others are
+        /// created holding the scheduling gate `k8s.dask.org/start-window` until there is
+        /// room, so workers that cannot connect are not replaced all at once by pods that
+        /// fail the same way. A scale-up is not held.
+        #[arg(long, default_value_t = crate::DEFAULT_START_WINDOW, value_parser = parse_start_window)]
+        start_window: usize,
     },
 }
 
@@ -377,6 +384,15 @@ pub struct ClusterFlags {
 
 fn parse_tls(text: &str) -> std::result::Result<TlsMode, String> {
     text.parse().map_err(|e: Error| e.to_string())
+}
+
+/// `--start-window`: at least one pod must be let start, or no worker ever would.
+fn parse_start_window(value: &str) -> std::result::Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1: with 0 no worker pod would ever start".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count of pods: {e}")),
+    }
 }
 
 /// `NAME=VALUE`.
@@ -1023,6 +1039,7 @@ async fn operator(action: OperatorAction, target: &Target) -> Result<i32> {
         OperatorAction::Run {
             scheduler_access,
             reporter,
+            start_window,
         } => {
             let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
             let scheduler_access = scheduler_access.unwrap_or(if in_cluster {
@@ -1043,6 +1060,7 @@ async fn operator(action: OperatorAction, target: &Target) -> Result<i32> {
                     scheduler_access,
                     reporter,
                     limits: target.limits.unwrap_or_default(),
+                    start_window,
                 },
             )
             .await?;

@@ -125,6 +125,7 @@
 //!     scheduler_access: SchedulerAccess::Service,
 //!     reporter: "dask-kube-operator".into(),
 //!     limits: CreateLimits::default(),
+//!     start_window: DEFAULT_START_WINDOW,
 //! })
 //! .await
 //! # }
@@ -166,6 +167,7 @@ mod scaler;
 mod scaling;
 mod scheduler_api;
 mod signals;
+mod start_window;
 mod stored_template;
 mod supervisor;
 mod template;
@@ -223,6 +225,10 @@ pub use scaling::{
     retired_pods_to_delete,
 };
 pub use scheduler_api::{Connect, HttpSchedulerApi, SchedulerApi, TcpConnect};
+pub use start_window::{
+    DEFAULT_START_WINDOW, START_GATE, hold_start, holds_start_gate, release_start_patch,
+    start_room, unschedulable,
+};
 pub use supervisor::{StateDir, SupervisorState, is_supervisor};
 pub use template::PodTemplate;
 pub use tls::{ClientTlsFiles, ClusterTls, TlsMode};

@@ -233,6 +233,15 @@ async fn create(client: &Client, ns: &str, file: &str) -> Value {
 
 /// The operator for `ns`, in this process, as the admin.
 fn spawn_operator(client: Client, ns: &str) -> tokio::task::JoinHandle<dask_kube::Result<()>> {
+    spawn_operator_with_window(client, ns, dask_kube::DEFAULT_START_WINDOW)
+}
+
+/// [`spawn_operator`] with a start window of `start_window`.
+fn spawn_operator_with_window(
+    client: Client,
+    ns: &str,
+    start_window: usize,
+) -> tokio::task::JoinHandle<dask_kube::Result<()>> {
     let connection = KubeConnection::new(
         client,
         ns,
@@ -245,6 +254,7 @@ fn spawn_operator(client: Client, ns: &str) -> tokio::task::JoinHandle<dask_kube
             scheduler_access: SchedulerAccess::PortForward,
             reporter: "dask-kube-operator".into(),
             limits: CreateLimits::default(),
+            start_window,
         },
     ))
 }
@@ -346,6 +356,29 @@ async fn connected_workers(pods: &Api<Pod>, cluster: &str) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// Retires every worker of `cluster` through its scheduler (their pods end).
+async fn retire_all(pods: &Api<Pod>, cluster: &str) -> Result<(), String> {
+    let scheduler = scheduler_pod(pods, cluster)
+        .await
+        .ok_or("no scheduler pod")?;
+    let api = HttpSchedulerApi::new(PodPortConnect::new(
+        pods.clone(),
+        scheduler.name_any(),
+        8787,
+    ));
+    let addresses: Vec<String> = api
+        .workers()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|w| w.address)
+        .collect();
+    api.retire_workers(&addresses)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn event_messages(client: &Client, ns: &str, name: &str) -> Vec<String> {
@@ -633,6 +666,94 @@ async fn an_autoscaler_keeps_its_group_in_range() {
     operator.abort();
 }
 
+/// Workers that cannot reach their scheduler exit at their `--death-timeout` and are
+/// replaced; with a start window of 2 the replacements take turns: at most 2 of them run
+/// without the scheduling gate at any time, the rest wait holding it (before the window, the
+/// operator replaced every ended pod at once, so all 6 restarted together, and failed
+/// together, again and again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster"]
+async fn workers_that_cannot_connect_are_replaced_a_window_at_a_time() {
+    let client = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let _paused = ClusterOperatorPaused::pause().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "dko-window").await;
+    let operator = spawn_operator_with_window(client.clone(), &ns.name, 2);
+    let mut c: Value =
+        serde_norway::from_str(&std::fs::read_to_string(fixture("cluster.yaml")).unwrap()).unwrap();
+    c["spec"]["worker"]["replicas"] = json!(6);
+    // An address no DNS answers (`.invalid`, RFC 6761): the worker retries until its
+    // death-timeout, then exits.
+    c["spec"]["worker"]["spec"]["containers"][0]["args"] = json!([
+        "dask",
+        "worker",
+        "tcp://no-scheduler.invalid:8786",
+        "--death-timeout",
+        "5",
+        "--nthreads",
+        "1",
+        "--memory-limit",
+        "512MiB",
+        "--no-dashboard",
+    ]);
+    let clusters: Api<DaskCluster> = Api::namespaced(client.clone(), &ns.name);
+    clusters
+        .create(&PostParams::default(), &serde_json::from_value(c).unwrap())
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let workers = labels("dask.org/cluster-name=simple,dask.org/component=worker");
+    let mut first_wave: Option<std::collections::BTreeSet<String>> = None;
+    let mut replacements = std::collections::BTreeSet::new();
+    let (mut most_running, mut most_held) = (0, 0);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(90) && replacements.len() < 10 {
+        let listed = pods.list(&workers).await.unwrap().items;
+        let first = first_wave.get_or_insert_with(Default::default);
+        if first.len() < 6 {
+            first.extend(listed.iter().map(ResourceExt::name_any));
+        }
+        let later: Vec<&Pod> = listed
+            .iter()
+            .filter(|p| first.len() == 6 && !first.contains(&p.name_any()))
+            .collect();
+        replacements.extend(later.iter().map(|p| p.name_any()));
+        let active = |p: &&&Pod| {
+            p.metadata.deletion_timestamp.is_none()
+                && !matches!(phase(p).as_str(), "Succeeded" | "Failed")
+        };
+        let held = later
+            .iter()
+            .filter(active)
+            .filter(|p| dask_kube::holds_start_gate(p))
+            .count();
+        let running = later.iter().filter(active).count() - held;
+        most_running = most_running.max(running);
+        most_held = most_held.max(held);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let seen = what_runs(&clusters, &pods).await;
+    operator.abort();
+    println!(
+        "{} replacements in {:.0?}; at most {most_running} let start at once, at most {most_held} held",
+        replacements.len(),
+        started.elapsed()
+    );
+    assert!(
+        replacements.len() >= 4,
+        "workers that cannot connect end and are replaced: {replacements:?}\n{seen}"
+    );
+    assert!(
+        most_held > 0,
+        "replacements beyond the window hold the start gate\n{seen}"
+    );
+    assert!(
+        most_running <= 2,
+        "at most the window (2) of the replacements start at once, saw {most_running}\n{seen}"
+    );
+}
+
 /// The whole life cycle as the operator's ServiceAccount (deploy/operator/rbac-namespace.yaml; plus
 /// pods/portforward, which only an operator outside the cluster needs) passes, and with
 /// any one rule removed some step fails and the operator's log names the missing verb and
@@ -753,6 +874,10 @@ async fn life_cycle(
             ns,
             "--scheduler-access",
             "port-forward",
+            // Two workers, one let start at a time: the second waits for the first to
+            // connect, and its release needs `patch pods`.
+            "--start-window",
+            "1",
         ])
         .env("KUBECONFIG", sa_config)
         .env("DASK_KUBE_LOG", "dask_kube=debug,kube=warn")
@@ -771,13 +896,13 @@ async fn life_cycle(
         let mut c: Value =
             serde_norway::from_str(&std::fs::read_to_string(fixture("cluster.yaml")).unwrap())
                 .unwrap();
-        c["spec"]["worker"]["replicas"] = json!(1);
+        c["spec"]["worker"]["replicas"] = json!(2);
         clusters
             .create(&PostParams::default(), &serde_json::from_value(c).unwrap())
             .await
             .map_err(|e| ("create DaskCluster".to_owned(), e.to_string()))?;
         let up = wait_for(
-            "phase Running and 1 connected worker",
+            "phase Running and 2 connected workers",
             step_wait,
             || async {
                 clusters
@@ -788,7 +913,7 @@ async fn life_cycle(
                     .and_then(|s| s.phase)
                     .as_deref()
                     == Some("Running")
-                    && connected_workers(&pods, "simple").await.len() == 1
+                    && connected_workers(&pods, "simple").await.len() == 2
             },
         )
         .await;
@@ -804,6 +929,25 @@ async fn life_cycle(
         })
         .await
         .map_err(|e| ("events".to_owned(), e))?;
+        // Both workers retired at once, so both pods end: their replacements take turns in
+        // the start window of 1, the second held by the scheduling gate until the first
+        // connected, then released (`patch pods`).
+        let first = connected_workers(&pods, "simple").await;
+        retire_all(&pods, "simple")
+            .await
+            .map_err(|e| ("retire both workers".to_owned(), e))?;
+        let replaced = wait_for("2 replacements connected", step_wait, || async {
+            let now = connected_workers(&pods, "simple").await;
+            now.len() == 2 && now.iter().all(|w| !first.contains(w))
+        })
+        .await;
+        if let Err(e) = replaced {
+            let seen = what_runs(&clusters, &pods).await;
+            return Err((
+                "replacements in the start window".to_owned(),
+                format!("{e}\n{seen}"),
+            ));
+        }
         groups
             .patch(
                 "simple-default",

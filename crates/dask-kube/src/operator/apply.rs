@@ -55,8 +55,10 @@ where
     let own: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut pods_to_create = Vec::new();
     let mut pods_to_delete = Vec::new();
+    let mut pods_to_release = Vec::new();
     for action in &plan.actions {
         match action {
+            Action::ReleasePod { pod, patch } => pods_to_release.push((pod.as_str(), patch)),
             Action::Create(manifest) if manifest["kind"] == "Pod" => {
                 pods_to_create.push(manifest.clone());
             }
@@ -67,6 +69,7 @@ where
             _ => {}
         }
     }
+    release_pods(ctx, object, &namespace, &pods_to_release).await?;
     create_pods(ctx, object, &namespace, pods_to_create).await?;
     delete_pods(ctx, object, &namespace, &pods_to_delete).await?;
     for action in &plan.actions {
@@ -74,7 +77,7 @@ where
             Action::Create(manifest) if manifest["kind"] != "Pod" => {
                 create(ctx, &namespace, manifest).await?;
             }
-            Action::Create(_) | Action::DeletePod { .. } => {}
+            Action::Create(_) | Action::DeletePod { .. } | Action::ReleasePod { .. } => {}
             Action::DeleteCluster(cluster) => {
                 let clusters: Api<DaskCluster> = Api::namespaced(ctx.client.clone(), &namespace);
                 match clusters.delete(cluster, &DeleteParams::default()).await {
@@ -120,6 +123,72 @@ where
         }
     }
     Ok(())
+}
+
+/// Calls in flight while releasing gated pods.
+const RELEASES_IN_FLIGHT: usize = 16;
+
+/// Removes the start gate from these pods, a few calls at a time. A pod gone (404) or whose
+/// gates changed since it was listed (the patch's test fails: 422) is left for the next look.
+async fn release_pods<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    owner: &K,
+    namespace: &str,
+    pods: &[(&str, &Value)],
+) -> Result<()> {
+    use futures::StreamExt;
+    if pods.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let calls: Vec<_> = pods
+        .iter()
+        .map(|&(pod, patch)| release_pod(api.clone(), pod.to_owned(), patch.clone()))
+        .collect();
+    let results: Vec<Result<Option<String>>> = futures::stream::iter(calls)
+        .buffer_unordered(RELEASES_IN_FLIGHT)
+        .collect()
+        .await;
+    let released: Vec<&String> = results.iter().flatten().flatten().collect();
+    if let Some(group) = group_ref(owner) {
+        let now = Instant::now();
+        ctx.with_expectations(&group, |e| {
+            for name in &released {
+                e.released(name, now);
+            }
+        });
+    }
+    info!(%namespace, pods = released.len(), "released start gates");
+    results
+        .into_iter()
+        .find_map(Result::err)
+        .map_or(Ok(()), Err)
+}
+
+/// Removes the start gate from one pod: its name when done, `None` when left for later.
+async fn release_pod(api: Api<Pod>, pod: String, patch: Value) -> Result<Option<String>> {
+    let namespace = api.namespace().unwrap_or_default().to_owned();
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Render {
+        what: "start gate patch",
+        reason: e.to_string(),
+    })?;
+    match api
+        .patch(&pod, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => Ok(Some(pod)),
+        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => {
+            info!(%namespace, %pod, reason = %s.message, "start gate not released: the pod is gone or changed");
+            Ok(None)
+        }
+        Err(e) => Err(api_error(
+            "release the start gate of",
+            "Pod",
+            &namespace,
+            &pod,
+            e,
+        )),
+    }
 }
 
 fn api_error(action: &str, kind: &str, namespace: &str, name: &str, source: kube::Error) -> Error {

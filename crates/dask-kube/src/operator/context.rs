@@ -103,14 +103,16 @@ impl Stores {
     }
 }
 
-/// Worker pods a group's reconcile created or deleted that the pod store does not reflect
-/// yet. Without them a reconcile triggered before the watch delivers its own creations
-/// would create the workers again (Kubernetes' ReplicaSet controller keeps the same
-/// "expectations").
+/// Worker pods a group's reconcile created, deleted or released from the start gate that
+/// the pod store does not reflect yet. Without them a reconcile triggered before the watch
+/// delivers its own creations would create the workers again (Kubernetes' ReplicaSet
+/// controller keeps the same "expectations"), and one before it delivers a release would
+/// count the pod as still held and let another start in its place.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expectations {
     created: BTreeMap<String, Instant>,
     deleted: BTreeMap<String, Instant>,
+    released: BTreeMap<String, Instant>,
 }
 
 /// How long an expectation holds when the watch never confirms it (a create that failed
@@ -133,9 +135,15 @@ impl Expectations {
         self.deleted.insert(pod.to_owned(), now);
     }
 
+    /// Records a pod whose start gate this operator removed.
+    pub fn released(&mut self, pod: &str, now: Instant) {
+        self.released.insert(pod.to_owned(), now);
+    }
+
     /// The observed pods as they will be: a pod created but not seen yet is added (owned by
-    /// `owner`, Pending), a pod deleted but still seen is marked deleting. Confirmed and
-    /// expired expectations are dropped.
+    /// `owner`, Pending), a pod deleted but still seen is marked deleting, a pod released
+    /// but still seen holding the start gate is shown without it. Confirmed and expired
+    /// expectations are dropped.
     pub fn reconcile_view(
         &mut self,
         observed: Vec<Arc<Pod>>,
@@ -153,13 +161,28 @@ impl Expectations {
         self.deleted.retain(|name, at| {
             gone_or_going.contains(name) && now.duration_since(*at) < EXPECTATION_TTL
         });
+        let held: BTreeSet<String> = observed
+            .iter()
+            .filter(|p| crate::holds_start_gate(p))
+            .map(|p| p.name_any())
+            .collect();
+        self.released
+            .retain(|name, at| held.contains(name) && now.duration_since(*at) < EXPECTATION_TTL);
         let mut pods: Vec<Arc<Pod>> = observed
             .into_iter()
             .map(|mut p| {
+                // Copied only here: the store's pod stays as the watch saw it.
                 if self.deleted.contains_key(&p.name_any()) {
-                    // Copied only here: the store's pod stays as the watch saw it.
                     Arc::make_mut(&mut p).metadata.deletion_timestamp =
                         Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+                }
+                if self.released.contains_key(&p.name_any())
+                    && let Some(gates) = Arc::make_mut(&mut p)
+                        .spec
+                        .as_mut()
+                        .and_then(|s| s.scheduling_gates.as_mut())
+                {
+                    gates.retain(|g| g.name != crate::START_GATE);
                 }
                 p
             })
@@ -198,6 +221,8 @@ pub struct Context {
     pub flow: FlowLimiter,
     /// When the operator started (the autoscaler's clock).
     pub started: Instant,
+    /// The start window of pods that replace ended workers (`--start-window`).
+    pub start_window: usize,
     expectations: Mutex<HashMap<ObjectRef<DaskWorkerGroup>, Expectations>>,
     adapt: Mutex<HashMap<ObjectRef<DaskAutoscaler>, AdaptMemory>>,
     /// Tests: every scheduler's HTTP API is at this `host:port` (a fake on loopback).
@@ -232,6 +257,7 @@ impl Context {
                 limits.max_in_flight,
             )),
             started: Instant::now(),
+            start_window: crate::DEFAULT_START_WINDOW,
             expectations: Mutex::default(),
             adapt: Mutex::default(),
             #[cfg(test)]
@@ -376,6 +402,43 @@ mod tests {
             names(&view),
             ["a Running", "old Running deleting", "new Running"]
         );
+        assert_eq!(e, Expectations::default());
+    }
+
+    /// A released pod the watch still shows holding the gate is seen without it (else the
+    /// next reconcile counts it as held and lets another pod start in its place), on a copy;
+    /// once the watch shows it released, or the expectation expires, the pod is as listed.
+    #[test]
+    fn a_release_is_seen_before_the_watch_shows_it() {
+        let owner = OwnerReference::default();
+        let gated = |name: &str| {
+            let mut p = pod(name, false);
+            p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+                scheduling_gates: Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
+                    name: crate::START_GATE.into(),
+                }]),
+                ..Default::default()
+            });
+            Arc::new(p)
+        };
+        let t0 = Instant::now();
+        let mut e = Expectations::default();
+        e.released("r", t0);
+        let stored = gated("r");
+        let view = e.reconcile_view(vec![Arc::clone(&stored), gated("held")], &owner, t0);
+        let still_held: Vec<bool> = view.iter().map(|p| crate::holds_start_gate(p)).collect();
+        assert_eq!(still_held, [false, true]);
+        assert!(
+            crate::holds_start_gate(&stored),
+            "the store's pod is unchanged"
+        );
+        // Expired: the pod is as the watch shows it.
+        let view = e.reconcile_view(vec![gated("r")], &owner, t0 + EXPECTATION_TTL);
+        assert!(crate::holds_start_gate(&view[0]));
+        // Confirmed by the watch: forgotten.
+        let mut e = Expectations::default();
+        e.released("r", t0);
+        e.reconcile_view(vec![Arc::new(pod("r", false))], &owner, t0);
         assert_eq!(e, Expectations::default());
     }
 

@@ -30,6 +30,7 @@ pub const OPERATOR_RULES: &[(&str, &str)] = &[
     ("pods", "watch"),
     ("pods", "create"),
     ("pods", "delete"),
+    ("pods", "patch"),
     ("deployments", "list"),
     ("deployments", "watch"),
     ("deployments", "create"),

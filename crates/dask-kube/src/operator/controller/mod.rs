@@ -11,7 +11,7 @@ use crate::operator::names::{
 };
 use crate::operator::reconcile::{
     AutoscalerView, ClusterView, JobView, Note, Plan, ServiceState, WorkerGroupView, idle_expired,
-    plan_autoscaler, plan_cluster, plan_job, plan_worker_group, scale_down_needed, target_group,
+    plan_autoscaler, plan_cluster, plan_job, plan_worker_group, scheduler_needed, target_group,
 };
 use crate::operator::resources::{DaskAutoscaler, DaskCluster, DaskJob, DaskWorkerGroup};
 use crate::{CreateLimits, KubeConnection, SchedulerApi, SchedulerWorker, WorkerPodState};
@@ -52,6 +52,10 @@ pub struct OperatorOptions {
     /// How many pod creations and deletions may be in flight (under one flow control for
     /// every reconcile).
     pub limits: CreateLimits,
+    /// Worker pods of a group starting at once (or half its connected workers, if more)
+    /// beyond which pods that replace ended workers are created holding a scheduling gate
+    /// ([`crate::start_room`], default [`crate::DEFAULT_START_WINDOW`]).
+    pub start_window: usize,
 }
 
 type Shared<K> = (Store<K>, ReflectHandle<K>);
@@ -64,14 +68,22 @@ fn prune<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// What the pod store keeps of a pod: [`prune`], and no `spec` either. Reconciles read a
-/// pod's metadata and status only (its phase, containers' states, IPs, readiness: what
-/// `WorkerPodState` and the scheduler's readiness are made of); the spec, the worker
-/// template with its containers, args, env, resources, tolerations and affinity, is the
-/// larger part of what is left, and 1,000 Pending pods are 1,000 copies of it.
+/// What the pod store keeps of a pod: [`prune`], and of its `spec` only the scheduling
+/// gates (the start window reads them). Reconciles read a pod's metadata and status
+/// otherwise (its phase, containers' states, IPs, readiness: what `WorkerPodState` and the
+/// scheduler's readiness are made of); the rest of the spec, the worker template with its
+/// containers, args, env, resources, tolerations and affinity, is the larger part of what
+/// is left, and 1,000 Pending pods are 1,000 copies of it.
 fn prune_pod(pod: &mut Pod) {
     prune(pod);
-    pod.spec = None;
+    pod.spec = pod
+        .spec
+        .take()
+        .and_then(|s| s.scheduling_gates)
+        .map(|gates| k8s_openapi::api::core::v1::PodSpec {
+            scheduling_gates: Some(gates),
+            ..Default::default()
+        });
 }
 
 /// Starts a shared reflector of `api`; returns its store and a subscription, what it
@@ -225,6 +237,7 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
         scheduler_access,
         reporter,
         limits,
+        start_window,
     } = options;
     let client = connection.client.clone();
     let labelled = |selector: &str| watcher::Config::default().labels(selector);
@@ -266,13 +279,15 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
         deployments,
         services,
     };
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         connection,
         limits,
         stores.clone(),
         scheduler_access,
         reporter,
-    ));
+    );
+    ctx.start_window = start_window;
+    let ctx = Arc::new(ctx);
 
     let controllers = async {
         // A reconcile that reads an empty store would create what exists (duplicate
@@ -526,7 +541,12 @@ pub async fn reconcile_worker_group(
         .into_iter()
         .filter(|p| p.labels().get(WORKER_GROUP_LABEL) != Some(&name))
         .collect();
-    let workers: Option<Vec<SchedulerWorker>> = if scale_down_needed(&group, &pods) {
+    let scheduler_ready = ctx
+        .stores
+        .scheduler_pod(&ns, &group.spec.cluster)
+        .is_some_and(|(_, ready)| ready);
+    let workers: Option<Vec<SchedulerWorker>> = if scheduler_needed(&group, &pods, scheduler_ready)
+    {
         scheduler_workers(&ctx, &ns, &group.spec.cluster).await
     } else {
         None
@@ -539,6 +559,8 @@ pub async fn reconcile_worker_group(
             pods: &pods,
             other_pods: &other_pods,
             scheduler_workers: workers.as_deref(),
+            scheduler_ready,
+            start_window: ctx.start_window,
         },
         &mut suffix,
     );

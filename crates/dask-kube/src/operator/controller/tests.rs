@@ -774,6 +774,20 @@ fn a_stored_pod_keeps_what_reconciles_read() {
         WorkerPodState::from_pod(&stored),
         WorkerPodState::from_pod(&pod)
     );
+
+    // A pod held by the start window keeps its gates, and nothing else of its spec.
+    let mut gated = pod.clone();
+    gated.spec.as_mut().unwrap().scheduling_gates =
+        Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
+            name: crate::START_GATE.into(),
+        }]);
+    let mut stored = gated.clone();
+    prune_pod(&mut stored);
+    assert!(crate::holds_start_gate(&stored));
+    assert_eq!(
+        stored.spec.map(|s| (s.containers.len(), s.tolerations)),
+        Some((0, None))
+    );
 }
 
 fn worker_meta(name: &str, component: &str) -> ObjectMeta {

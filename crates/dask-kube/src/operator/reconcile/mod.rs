@@ -16,7 +16,7 @@ mod worker_group;
 pub use autoscaler::{AdaptMemory, AutoscalerView, plan_autoscaler, target_group};
 pub use cluster::{ClusterView, ServiceState, idle_expired, plan_cluster};
 pub use job::{JobView, plan_job};
-pub use worker_group::{WorkerGroupView, plan_worker_group, scale_down_needed};
+pub use worker_group::{WorkerGroupView, plan_worker_group, scheduler_needed};
 
 use crate::RetireTarget;
 use serde_json::Value;
@@ -62,6 +62,15 @@ pub enum Action {
         pod: String,
         /// The `resourceVersion` it must still have.
         unchanged_since: Option<String>,
+    },
+    /// Remove dask-kube's scheduling gate from this worker pod so it may start (a JSON patch
+    /// that first tests the pod's gates are still those listed; a pod gone or changed since
+    /// is left for the next look).
+    ReleasePod {
+        /// The pod.
+        pod: String,
+        /// The JSON patch ([`crate::release_start_patch`]).
+        patch: Value,
     },
     /// Delete this DaskCluster (gone already counts as deleted).
     DeleteCluster(String),

@@ -7,13 +7,21 @@
 //! the scheduler pick workers of any group, dask-kubernetes #914). When the scheduler cannot
 //! be asked, only pods that never started are removed: never a worker that may hold data
 //! (upstream falls back to deleting the newest Deployments, "can lose data").
+//!
+//! Scale-up creates every pod at once. Pods that replace workers that ended go through the
+//! start window ([`crate::start_room`]): while too many workers are starting and none
+//! connect (a lost scheduler, nodes too busy for all to make `--death-timeout`), the
+//! replacements hold dask-kube's scheduling gate and start as workers connect, instead of
+//! replacing every failed pod at once with one that fails the same way (upstream restarts an
+//! exited worker in place, under the kubelet's crash-loop back-off).
 
 use super::{Action, Note, Plan, TIMER_PERIOD, adoption};
 use crate::Result;
 use crate::operator::manifests;
 use crate::operator::resources::{DaskCluster, DaskWorkerGroup};
 use crate::{
-    DeleteReason, PodPhase, SchedulerWorker, WorkerPodState, place_workers, plan_scale_down,
+    DeleteReason, PodPhase, SchedulerWorker, WorkerPodState, hold_start, holds_start_gate,
+    place_workers, plan_scale_down, release_start_patch, start_room, unschedulable,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -23,6 +31,10 @@ use std::time::Duration;
 /// Most pods one reconcile creates; a larger scale-up continues in the next reconcile, so a
 /// plan (and the operator's memory) stays small whatever `replicas` says.
 pub const MAX_CREATES_PER_RECONCILE: usize = 500;
+
+/// How often a group with gated pods looks again: a worker connecting changes no pod, so no
+/// watch event says the window has room.
+pub const START_WINDOW_PERIOD: Duration = Duration::from_secs(1);
 
 /// What is observed of a group.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +51,11 @@ pub struct WorkerGroupView<'a> {
     /// The scheduler's connected workers (of every group); `None` when it was not asked or
     /// could not answer.
     pub scheduler_workers: Option<&'a [SchedulerWorker]>,
+    /// Whether the cluster's scheduler pod is ready: no worker is connected to one that is
+    /// not.
+    pub scheduler_ready: bool,
+    /// The start window of pods that replace ended workers (`operator run --start-window`).
+    pub start_window: usize,
 }
 
 /// The scheduler's workers less those surely in another group's pod (by IP, then by name:
@@ -102,6 +119,49 @@ pub fn scale_down_needed(group: &DaskWorkerGroup, pods: &[Arc<Pod>]) -> bool {
     active.saturating_sub(pending) > desired(group)
 }
 
+/// Whether a reconcile needs the scheduler's workers: to remove started workers
+/// ([`scale_down_needed`]), or, with a ready scheduler, to know which started pods connected
+/// while some hold the start gate or ended pods are to be replaced.
+pub fn scheduler_needed(group: &DaskWorkerGroup, pods: &[Arc<Pod>], scheduler_ready: bool) -> bool {
+    scale_down_needed(group, pods)
+        || (scheduler_ready
+            && own_pods(group, pods)
+                .into_iter()
+                .any(|p| holds_start_gate(p) || WorkerPodState::from_pod(p).ended()))
+}
+
+/// The start window of a group's pods: how many may start now, and the gated pods to
+/// release first (oldest first).
+fn start_window(
+    pods: &[&Pod],
+    states: &[WorkerPodState],
+    connected: Option<&std::collections::BTreeSet<&str>>,
+    initial: usize,
+) -> (usize, Vec<usize>) {
+    let mut starting = 0;
+    let mut up = 0;
+    let mut gated = Vec::new();
+    for (i, (pod, state)) in pods.iter().zip(states).enumerate() {
+        if !state.active() {
+            continue;
+        }
+        let is_connected = match connected {
+            Some(names) => names.contains(state.name.as_str()),
+            // The scheduler is ready but did not answer: a started pod counts as up.
+            None => state.started,
+        };
+        if holds_start_gate(pod) {
+            gated.push(i);
+        } else if is_connected {
+            up += 1;
+        } else if !unschedulable(pod) {
+            starting += 1;
+        }
+    }
+    gated.sort_by_key(|&i| (states[i].created, states[i].name.clone()));
+    (start_room(initial, starting, up), gated)
+}
+
 /// Plans one reconcile of a DaskWorkerGroup. `new_suffix` names new workers (upstream: the
 /// first 10 hex digits of a uuid4).
 ///
@@ -138,23 +198,63 @@ pub fn plan_worker_group(
     let active = states.iter().filter(|s| s.active()).count();
     let want = desired(group);
 
-    if active < want {
+    if active <= want {
+        // Connected: the pods the scheduler's workers are placed in; none while the
+        // scheduler is not ready; by the pods' state when it could not be asked.
+        let workers = view
+            .scheduler_workers
+            .map(|w| this_groups_workers(&states, view.other_pods, w));
+        let placement = workers.as_deref().map(|w| place_workers(&states, w));
+        let connected: Option<std::collections::BTreeSet<&str>> = if view.scheduler_ready {
+            placement.as_ref().map(|p| {
+                p.placed
+                    .iter()
+                    .filter(|(_, w)| !w.is_empty())
+                    .map(|(pod, _)| pod.as_str())
+                    .collect()
+            })
+        } else {
+            Some(std::collections::BTreeSet::new())
+        };
+        let (mut room, gated) = start_window(&pods, &states, connected.as_ref(), view.start_window);
+        let release = room.min(gated.len());
+        for &i in &gated[..release] {
+            if let Some(patch) = release_start_patch(pods[i]) {
+                plan.actions.push(Action::ReleasePod {
+                    pod: states[i].name.clone(),
+                    patch,
+                });
+            }
+        }
+        room -= release;
+        let mut held = gated.len() - release;
         let create = (want - active).min(MAX_CREATES_PER_RECONCILE);
-        for _ in 0..create {
-            plan.actions.push(Action::Create(manifests::worker_pod(
-                group,
-                cluster.labels(),
-                &new_suffix(),
-            )?));
+        // Pods that replace workers that ended take their turn in the window; a scale-up
+        // (or a pod deleted by anyone) starts at once.
+        let replacing = states.iter().filter(|s| s.ended()).count().min(create);
+        for i in 0..create {
+            let mut pod = manifests::worker_pod(group, cluster.labels(), &new_suffix())?;
+            if i < replacing {
+                if room == 0 {
+                    hold_start(&mut pod);
+                    held += 1;
+                } else {
+                    room -= 1;
+                }
+            }
+            plan.actions.push(Action::Create(pod));
         }
         if active + create < want {
             plan.requeue_after = Some(Duration::ZERO);
-        } else {
+        } else if held > 0 {
+            plan.requeue_after = Some(START_WINDOW_PERIOD);
+        }
+        if create > 0 && active + create >= want {
             plan.actions.push(Note::info(format!(
                 "Scaled worker group {name} up to {want} workers."
             )));
         }
-    } else if active > want {
+    } else {
         // dask-kube's plan: workers placed in pods by IP (then by name), nothing that may
         // hold data deleted without the scheduler's word, deletes that rest on a pod's listed
         // state sent with its resourceVersion.
@@ -228,7 +328,8 @@ mod tests {
         g
     }
 
-    /// `name:Phase[:ip][:deleting]`, owned by the group (`other:` prefix: owned by another).
+    /// `name:Phase[:ip][:flag,...]`, owned by the group (`other:` prefix: owned by another);
+    /// flags: `deleting`, `gated` (holds the start gate), `unschedulable`.
     fn pod(spec: &str) -> Pod {
         let (owner, spec) = match spec.strip_prefix("other:") {
             Some(rest) => ("someone-else", rest),
@@ -246,8 +347,16 @@ mod tests {
         if let Some(ip) = parts.get(2).filter(|s| !s.is_empty()) {
             p["status"]["podIP"] = json!(ip);
         }
-        if parts.get(3) == Some(&"deleting") {
+        let flags: Vec<&str> = parts.get(3).map_or(vec![], |f| f.split(',').collect());
+        if flags.contains(&"deleting") {
             p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:01:00Z");
+        }
+        if flags.contains(&"gated") {
+            p["spec"] = json!({"containers": [], "schedulingGates": [{"name": crate::START_GATE}]});
+        }
+        if flags.contains(&"unschedulable") {
+            p["status"]["conditions"] =
+                json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]);
         }
         serde_json::from_value(p).unwrap()
     }
@@ -267,8 +376,12 @@ mod tests {
             .iter()
             .filter(|a| !matches!(a, Action::Note(_)))
             .map(|a| match a {
+                Action::Create(v) if v["spec"]["schedulingGates"].is_array() => {
+                    format!("create {} gated", v["metadata"]["name"].as_str().unwrap())
+                }
                 Action::Create(v) => format!("create {}", v["metadata"]["name"].as_str().unwrap()),
                 Action::DeletePod { pod, .. } => format!("delete {pod}"),
+                Action::ReleasePod { pod, .. } => format!("release {pod}"),
                 Action::RetireThenDelete { targets: t, .. } => format!(
                     "retire {}",
                     t.iter()
@@ -295,6 +408,16 @@ mod tests {
     }
 
     fn plan(replicas: i64, pods: &[&str], workers: Option<&[SchedulerWorker]>) -> Plan {
+        plan_window(replicas, pods, workers, workers.is_some(), 10)
+    }
+
+    fn plan_window(
+        replicas: i64,
+        pods: &[&str],
+        workers: Option<&[SchedulerWorker]>,
+        scheduler_ready: bool,
+        start_window: usize,
+    ) -> Plan {
         let c = cluster();
         let g = group(replicas, true);
         let pods: Vec<Arc<Pod>> = pods.iter().map(|p| Arc::new(pod(p))).collect();
@@ -306,6 +429,8 @@ mod tests {
                 pods: &pods,
                 other_pods: &[Arc::new(other_groups_pod())],
                 scheduler_workers: workers,
+                scheduler_ready,
+                start_window,
             },
             &mut || {
                 n += 1;
@@ -329,6 +454,87 @@ mod tests {
         #[case] expected: &[&str],
     ) {
         assert_eq!(summary(&plan(replicas, pods, None)), expected);
+    }
+
+    /// The start window (2 here): replacements of ended pods beyond it are created holding
+    /// the gate (a scale-up starts at once), and gated pods are released oldest first as
+    /// workers connect (pods `a`..`f` at 10.0.0.1.., connected when listed in
+    /// `connected`); a pod no node can take does not count as starting.
+    #[rstest]
+    #[case::a_scale_up_starts_at_once(4, &[], None, false, &["create simple-default-worker-new1", "create simple-default-worker-new2", "create simple-default-worker-new3", "create simple-default-worker-new4"])]
+    #[case::replacements_beyond_the_window_are_gated(4, &["a:Running:10.0.0.1", "b:Failed", "c:Failed", "d:Failed"], Some(vec![]), true, &["delete b", "delete c", "delete d", "create simple-default-worker-new1", "create simple-default-worker-new2 gated", "create simple-default-worker-new3 gated"])]
+    #[case::a_replacement_with_room_starts(2, &["a:Running:10.0.0.1", "b:Failed"], Some(vec!["a"]), true, &["delete b", "create simple-default-worker-new1"])]
+    #[case::replacements_wait_for_a_scheduler_not_ready(3, &["a:Running:10.0.0.1", "b:Running:10.0.0.2", "c:Failed"], None, false, &["delete c", "create simple-default-worker-new1 gated"])]
+    #[case::a_replacement_and_a_scale_up(4, &["a:Running:10.0.0.1", "b:Running:10.0.0.2", "c:Failed"], Some(vec![]), true, &["delete c", "create simple-default-worker-new1 gated", "create simple-default-worker-new2"])]
+    #[case::none_released_while_none_connected(3, &["a:Running:10.0.0.1", "b:Running:10.0.0.2", "cc:Pending::gated"], Some(vec![]), true, &[])]
+    #[case::released_as_workers_connect(4, &["a:Running:10.0.0.1", "b:Running:10.0.0.2", "dd:Pending::gated", "cc:Pending::gated"], Some(vec!["a"]), true, &["release cc"])]
+    #[case::unschedulable_pods_leave_the_window(3, &["a:Pending::unschedulable", "b:Pending::unschedulable", "cc:Pending::gated"], Some(vec![]), true, &["release cc"])]
+    #[case::half_the_connected_when_more(8, &["a:Running:10.0.0.1", "b:Running:10.0.0.2", "c:Running:10.0.0.3", "d:Running:10.0.0.4", "e:Running:10.0.0.5", "f:Running:10.0.0.6", "gg:Pending::gated", "hh:Pending::gated"], Some(vec!["a", "b", "c", "d", "e", "f"]), true, &["release gg", "release hh"])]
+    #[case::started_counts_as_up_when_the_scheduler_cannot_be_asked(3, &["a:Running:10.0.0.1", "b:Running:10.0.0.2", "cc:Pending::gated"], None, true, &["release cc"])]
+    #[case::nothing_is_connected_to_a_scheduler_not_ready(3, &["a:Running:10.0.0.1", "b:Running:10.0.0.2", "cc:Pending::gated"], None, false, &[])]
+    #[case::replacements_wait_their_turn(3, &["a:Running:10.0.0.1", "b:Running:10.0.0.2", "c:Failed"], Some(vec![]), true, &["delete c", "create simple-default-worker-new1 gated"])]
+    #[case::released_before_new_ones_start(4, &["a:Running:10.0.0.1", "b:Running:10.0.0.2", "cc:Pending::gated"], Some(vec!["a", "b"]), true, &["release cc", "create simple-default-worker-new1"])]
+    fn the_start_window(
+        #[case] replicas: i64,
+        #[case] pods: &[&str],
+        #[case] connected: Option<Vec<&str>>,
+        #[case] scheduler_ready: bool,
+        #[case] expected: &[&str],
+    ) {
+        let workers: Option<Vec<SchedulerWorker>> = connected.map(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    let i = n.as_bytes()[0] - b'a' + 1;
+                    worker(n, &format!("10.0.0.{i}"), 0)
+                })
+                .collect()
+        });
+        let planned = plan_window(replicas, pods, workers.as_deref(), scheduler_ready, 2);
+        assert_eq!(summary(&planned), expected);
+        let held = pods.iter().filter(|p| p.contains("gated")).count()
+            + expected.iter().filter(|a| a.ends_with("gated")).count()
+            - expected.iter().filter(|a| a.starts_with("release")).count();
+        assert_eq!(
+            planned.requeue_after,
+            (held > 0).then_some(START_WINDOW_PERIOD),
+            "a group with gated pods looks again soon: a connecting worker changes no pod"
+        );
+    }
+
+    #[test]
+    fn the_scheduler_is_asked_only_when_the_window_needs_it() {
+        let pods =
+            |specs: &[&str]| -> Vec<Arc<Pod>> { specs.iter().map(|p| Arc::new(pod(p))).collect() };
+        // A scale-up starts at once: nothing to ask.
+        let g = group(20, true);
+        assert!(!scheduler_needed(&g, &pods(&[]), true));
+        // A gated pod, or an ended one to replace, waits for connected workers, once the
+        // scheduler is ready (none is connected to one that is not).
+        let g = group(2, true);
+        assert!(scheduler_needed(
+            &g,
+            &pods(&["a:Running", "b:Pending::gated"]),
+            true
+        ));
+        assert!(scheduler_needed(
+            &g,
+            &pods(&["a:Running", "b:Failed"]),
+            true
+        ));
+        assert!(!scheduler_needed(
+            &g,
+            &pods(&["a:Running", "b:Failed"]),
+            false
+        ));
+        assert!(!scheduler_needed(
+            &g,
+            &pods(&["a:Running", "b:Running"]),
+            true
+        ));
+        // Scale-down always asks (which workers hold data).
+        let g = group(0, true);
+        assert!(scheduler_needed(&g, &pods(&["a:Running"]), false));
     }
 
     #[rstest]
@@ -413,6 +619,8 @@ mod tests {
                 pods: &[],
                 other_pods: &[],
                 scheduler_workers: None,
+                scheduler_ready: false,
+                start_window: 10,
             },
             &mut next,
         )
@@ -427,6 +635,8 @@ mod tests {
                 pods: &[],
                 other_pods: &[],
                 scheduler_workers: None,
+                scheduler_ready: false,
+                start_window: 10,
             },
             &mut next,
         )
