@@ -159,11 +159,11 @@ OPERATOR_VENV ?= $(CACHE_DIR)/venv-operator-tests
 .PHONY: bench-operator
 bench-operator: setup ## on the running local cluster: the dask-kube operator vs upstream's kopf (same 2026.3.0 wheel): apply to N connected / N Pending pods (raw creator as reference), a deleted pod, scale-down with data, RSS, CPU (BENCH_OPERATOR_*)
 	cd e2e-tests/bench-scale/rawcreate && go build -o $(CACHE_DIR)/bench-scale/rawcreate .
-	$(CARGO) build $(CARGO_FLAGS) --profile release-host -p dask-kube
+	$(CARGO) build $(CARGO_FLAGS) --release -p dask-kube --bin dask-kube
 	[ -x $(OPERATOR_VENV)/bin/python ] || python3 -m venv $(OPERATOR_VENV)
 	$(OPERATOR_VENV)/bin/pip install --quiet --disable-pip-version-check -r e2e-tests/operator/requirements.txt
 	eval "$$($(CLUSTER) env)" && $(OPERATOR_VENV)/bin/python e2e-tests/operator/bench.py \
-	  --dask-kube $(CARGO_TARGET_DIR)/release-host/dask-kube --kopf-python $(OPERATOR_VENV)/bin/python \
+	  --dask-kube $(CARGO_TARGET_DIR)/release/dask-kube --kopf-python $(OPERATOR_VENV)/bin/python \
 	  --rawcreate $(CACHE_DIR)/bench-scale/rawcreate
 
 .PHONY: bench-tls

@@ -653,7 +653,7 @@ def main() -> int:
                     help="rawcreate's requests in flight")
     ap.add_argument("--phase-timeout", type=float, default=0, help="seconds (default 120 + 0.5 N)")
     ap.add_argument("--namespace", default=NAMESPACE)
-    ap.add_argument("--dask-kube", required=True, help="the dask-kube binary (release-host build)")
+    ap.add_argument("--dask-kube", required=True, help="the dask-kube binary (`cargo build --release`, as users build it)")
     ap.add_argument("--kopf-python", required=True, help="python of the venv with dask-kubernetes 2026.3.0 (kopf)")
     ap.add_argument("--rawcreate", required=True, help="bench-scale's rawcreate")
     ap.add_argument("--kubectl", default="kubectl")

@@ -130,8 +130,8 @@ where
     let retried = Arc::new(AtomicUsize::new(0));
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
     let started = Instant::now();
+    // Items are taken as calls have room: a lazy iterator renders no more at once.
     let items = items.into_iter();
-    let wanted = items.size_hint().0;
     let results: Vec<std::result::Result<String, ItemFailure>> = futures::stream::iter(items)
         .map(|item| {
             let (limiter, retried, fatal, one) = (&limiter, &retried, &fatal, &one);
@@ -164,6 +164,7 @@ where
         .buffer_unordered(limits.max_in_flight.max(1))
         .collect()
         .await;
+    let wanted = results.len();
     let mut report = BatchReport {
         retried: retried.load(Ordering::Relaxed),
         ..BatchReport::default()

@@ -327,6 +327,49 @@ mod tests {
         );
     }
 
+    /// The batch takes its pods as calls have room, so a caller that renders each pod as it
+    /// is taken (the operator's worker pods) holds no more pods than calls in flight.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_takes_its_pods_only_as_calls_have_room() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        let limits = CreateLimits {
+            initial_in_flight: 4,
+            max_in_flight: 4,
+        };
+        let (api, mut handle) = api("team");
+        let api = api.with_limits(limits);
+        let taken = Arc::new(AtomicUsize::new(0));
+        let server = {
+            let taken = taken.clone();
+            tokio::spawn(async move {
+                let mut most_taken_ahead = 0;
+                for answered in 0..100 {
+                    let (request, send) = handle.next_request().await.unwrap();
+                    let ahead = taken.load(Ordering::SeqCst) - answered;
+                    most_taken_ahead = most_taken_ahead.max(ahead);
+                    let body = body_json(request).await;
+                    let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+                    send.send_response(created(&body, &name));
+                }
+                most_taken_ahead
+            })
+        };
+        let pods = (0..100).map(|n| {
+            taken.fetch_add(1, Ordering::SeqCst);
+            worker(n)
+        });
+        let (report, fatal) = api.create_pods(pods).await;
+        let most_taken_ahead = server.await.unwrap();
+        assert!(fatal.is_none());
+        assert_eq!(report.done.len(), 100);
+        assert!(
+            most_taken_ahead <= limits.max_in_flight,
+            "{most_taken_ahead} pods taken before their calls had room (max {} in flight)",
+            limits.max_in_flight
+        );
+    }
+
     /// Batches of two namespaces' APIs given one flow limiter share it: the 429 one batch
     /// met halves the limit the other batch starts with (the operator's many groups back off
     /// together), where each batch alone starts afresh.

@@ -2,6 +2,7 @@
 //! planners' decisions turn into calls.
 
 use crate::operator::context::Context;
+use crate::operator::manifests;
 use crate::operator::names::WORKER_GROUP_LABEL;
 use crate::operator::reconcile::{Action, Note, Plan};
 use crate::operator::resources::{DaskCluster, DaskWorkerGroup};
@@ -54,14 +55,16 @@ where
     let name = object.name_any();
     let own: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut pods_to_create = Vec::new();
+    let mut worker_pods = Vec::new();
     let mut pods_to_delete = Vec::new();
     let mut pods_to_release = Vec::new();
     for action in &plan.actions {
         match action {
             Action::ReleasePod { pod, patch } => pods_to_release.push((pod.as_str(), patch)),
             Action::Create(manifest) if manifest["kind"] == "Pod" => {
-                pods_to_create.push(manifest.clone());
+                pods_to_create.push(manifests::typed(manifest.clone())?);
             }
+            Action::CreateWorkerPods(pods) => worker_pods.push(pods.as_ref()),
             Action::DeletePod {
                 pod,
                 unchanged_since,
@@ -70,14 +73,25 @@ where
         }
     }
     release_pods(ctx, object, &namespace, &pods_to_release).await?;
-    create_pods(ctx, object, &namespace, pods_to_create).await?;
+    // Worker pods are rendered one at a time as the batch takes them.
+    let rendered = manifests::RenderedPods::new(worker_pods);
+    create_pods(
+        ctx,
+        object,
+        &namespace,
+        pods_to_create.into_iter().chain(rendered),
+    )
+    .await?;
     delete_pods(ctx, object, &namespace, &pods_to_delete).await?;
     for action in &plan.actions {
         match action {
             Action::Create(manifest) if manifest["kind"] != "Pod" => {
                 create(ctx, &namespace, manifest).await?;
             }
-            Action::Create(_) | Action::DeletePod { .. } | Action::ReleasePod { .. } => {}
+            Action::Create(_)
+            | Action::CreateWorkerPods(_)
+            | Action::DeletePod { .. }
+            | Action::ReleasePod { .. } => {}
             Action::DeleteCluster(cluster) => {
                 let clusters: Api<DaskCluster> = Api::namespaced(ctx.client.clone(), &namespace);
                 match clusters.delete(cluster, &DeleteParams::default()).await {
@@ -317,20 +331,12 @@ async fn create_pods<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     owner: &K,
     namespace: &str,
-    manifests: Vec<Value>,
+    pods: impl Iterator<Item = Pod>,
 ) -> Result<()> {
-    if manifests.is_empty() {
+    let mut pods = pods.peekable();
+    if pods.peek().is_none() {
         return Ok(());
     }
-    let pods = manifests
-        .into_iter()
-        .map(|m| {
-            serde_json::from_value::<Pod>(m).map_err(|e| Error::Render {
-                what: "Pod",
-                reason: e.to_string(),
-            })
-        })
-        .collect::<Result<Vec<Pod>>>()?;
     let (report, stopped) = ctx.api(namespace).create_pods(pods).await;
     if let Some(group) = group_ref(owner) {
         let now = Instant::now();

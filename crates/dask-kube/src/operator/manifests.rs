@@ -22,6 +22,7 @@ use crate::operator::resources::{
     DaskCluster, DaskJob, DaskWorkerGroup, RawSpec, SimpleObjectMeta,
 };
 use crate::{Error, Result};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value, json};
@@ -310,6 +311,152 @@ pub fn worker_pod(
     }))
 }
 
+/// The worker pods one reconcile creates: the group they are made from and, per pod, its
+/// name suffix and whether it starts holding the start gate. The batch renders each pod as
+/// it sends it, so no more pods exist at once than calls are in flight: the reconcile's
+/// rendered pods held at once (500 pods as JSON maps and again as typed pods) were the
+/// largest part of the operator's peak heap at 1,000 Pending pods (heaptrack: 6.0 of
+/// 20.5 MB, plus 2.4 MB of typed copies).
+#[derive(Debug, Clone)]
+pub struct WorkerPods {
+    group: DaskWorkerGroup,
+    cluster_labels: BTreeMap<String, String>,
+    pods: Vec<NewWorkerPod>,
+}
+
+/// Equal when they render the same pods (the group's status plays no part).
+impl PartialEq for WorkerPods {
+    fn eq(&self, other: &Self) -> bool {
+        self.group.metadata == other.group.metadata
+            && self.group.spec == other.group.spec
+            && self.cluster_labels == other.cluster_labels
+            && self.pods == other.pods
+    }
+}
+
+/// One pod of [`WorkerPods`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWorkerPod {
+    /// The suffix of its name (`<group>-worker-<suffix>`).
+    pub suffix: String,
+    /// Created holding the start gate ([`crate::hold_start`]).
+    pub held: bool,
+}
+
+impl WorkerPods {
+    /// No pods yet, for `group` in a cluster labelled `cluster_labels`. The pod is rendered
+    /// once here, as a typed pod too, so a worker spec that cannot make one is refused now,
+    /// before any pod of the reconcile is sent (the pods differ only in their names).
+    ///
+    /// # Errors
+    /// A group not read from the API (no uid), or a worker pod spec that is not a pod spec.
+    pub fn new(group: &DaskWorkerGroup, cluster_labels: &BTreeMap<String, String>) -> Result<Self> {
+        typed(worker_pod(group, cluster_labels, "0")?)?;
+        Ok(Self {
+            group: group.clone(),
+            cluster_labels: cluster_labels.clone(),
+            pods: Vec::new(),
+        })
+    }
+
+    /// Adds a pod.
+    pub fn push(&mut self, suffix: String, held: bool) {
+        self.pods.push(NewWorkerPod { suffix, held });
+    }
+
+    /// The pods, in order.
+    pub fn pods(&self) -> &[NewWorkerPod] {
+        &self.pods
+    }
+
+    /// `pod` as [`worker_pod`] makes it, holding the start gate if it is to.
+    ///
+    /// # Errors
+    /// As [`worker_pod`] (not after [`WorkerPods::new`] succeeded).
+    pub fn render(&self, pod: &NewWorkerPod) -> Result<Value> {
+        let mut manifest = worker_pod(&self.group, &self.cluster_labels, &pod.suffix)?;
+        if pod.held {
+            crate::hold_start(&mut manifest);
+        }
+        Ok(manifest)
+    }
+
+    /// `pod` rendered as the typed pod the batch sends.
+    ///
+    /// # Errors
+    /// As [`WorkerPods::render`], or a spec that is not a pod spec (neither after
+    /// [`WorkerPods::new`] succeeded).
+    pub fn render_typed(&self, pod: &NewWorkerPod) -> Result<Pod> {
+        typed(self.render(pod)?)
+    }
+}
+
+/// The typed pods of some [`WorkerPods`], rendered as they are taken. A pod that cannot be
+/// rendered (not after [`WorkerPods::new`] rendered the same spec) is logged and skipped:
+/// the next reconcile creates it if it is still wanted. A named type, not a chain of
+/// closures, so the reconcile future that holds it stays `Send` for every lifetime.
+#[derive(Debug)]
+pub struct RenderedPods<'a> {
+    batches: Vec<&'a WorkerPods>,
+    batch: usize,
+    pod: usize,
+}
+
+impl<'a> RenderedPods<'a> {
+    /// The pods of `batches`, in order.
+    pub fn new(batches: Vec<&'a WorkerPods>) -> Self {
+        Self {
+            batches,
+            batch: 0,
+            pod: 0,
+        }
+    }
+}
+
+impl Iterator for RenderedPods<'_> {
+    type Item = Pod;
+
+    fn next(&mut self) -> Option<Pod> {
+        loop {
+            let pods = self.batches.get(self.batch)?;
+            let Some(pod) = pods.pods().get(self.pod) else {
+                self.batch += 1;
+                self.pod = 0;
+                continue;
+            };
+            self.pod += 1;
+            match pods.render_typed(pod) {
+                Ok(rendered) => return Some(rendered),
+                Err(e) => {
+                    tracing::warn!(suffix = %pod.suffix, error = %e, "worker pod not rendered")
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left: usize = self
+            .batches
+            .iter()
+            .skip(self.batch)
+            .map(|b| b.pods.len())
+            .sum::<usize>()
+            .saturating_sub(self.pod);
+        (0, Some(left))
+    }
+}
+
+/// A rendered pod as the typed pod the API client sends.
+///
+/// # Errors
+/// A manifest that is not a pod.
+pub fn typed(manifest: Value) -> Result<Pod> {
+    serde_json::from_value(manifest).map_err(|e| Error::Render {
+        what: "Pod",
+        reason: e.to_string(),
+    })
+}
+
 /// Upstream's `build_cluster_spec` for a DaskJob: DaskCluster `<job>` with the job's labels
 /// and annotations, owned by the job. Ours keeps the job cluster's `idleTimeout`, which
 /// upstream drops.
@@ -560,6 +707,56 @@ pub(crate) mod tests {
             (owner["kind"].as_str(), owner["uid"].as_str()),
             (Some("DaskWorkerGroup"), Some("group-uid"))
         );
+    }
+
+    #[test]
+    fn worker_pods_render_one_at_a_time_in_order_with_their_gates() {
+        let group: DaskWorkerGroup = upstream_resource("simpleworkergroup.yaml");
+        let mut first = WorkerPods::new(&group, &BTreeMap::new()).unwrap();
+        first.push("a".into(), false);
+        first.push("b".into(), true);
+        let mut second = WorkerPods::new(&group, &BTreeMap::new()).unwrap();
+        second.push("c".into(), false);
+        let empty = WorkerPods::new(&group, &BTreeMap::new()).unwrap();
+        let mut rendered = RenderedPods::new(vec![&first, &empty, &second]);
+        assert_eq!(rendered.size_hint(), (0, Some(3)));
+        let mut seen = Vec::new();
+        while let Some(pod) = rendered.next() {
+            let spec = pod.spec.unwrap_or_default();
+            let gates: Vec<String> = spec
+                .scheduling_gates
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| g.name)
+                .collect();
+            seen.push((pod.metadata.name.unwrap_or_default(), gates));
+            assert_eq!(rendered.size_hint().1, Some(3 - seen.len()));
+        }
+        let name = |s: &str| format!("{}-worker-{s}", group.name_any());
+        assert_eq!(
+            seen,
+            [
+                (name("a"), vec![]),
+                (name("b"), vec![crate::START_GATE.to_owned()]),
+                (name("c"), vec![]),
+            ]
+        );
+        // Each pod as worker_pod makes it.
+        assert_eq!(
+            first.render(&first.pods()[0]).unwrap(),
+            worker_pod(&group, &BTreeMap::new(), "a").unwrap()
+        );
+    }
+
+    #[rstest]
+    #[case::containers_not_a_list(json!({"containers": "worker"}), "containers")]
+    #[case::no_containers(json!({"restartPolicy": "Never"}), "containers")]
+    #[case::not_a_pod_spec(json!({"containers": [{"name": "worker", "image": 5}]}), "Pod")]
+    fn worker_pods_refuse_a_spec_that_makes_no_pod(#[case] spec: Value, #[case] named: &str) {
+        let mut group: DaskWorkerGroup = upstream_resource("simpleworkergroup.yaml");
+        group.spec.worker.spec = serde_json::from_value(spec).unwrap();
+        let e = WorkerPods::new(&group, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains(named), "{e}");
     }
 
     #[test]

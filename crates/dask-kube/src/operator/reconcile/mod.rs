@@ -19,6 +19,7 @@ pub use job::{JobView, plan_job};
 pub use worker_group::{WorkerGroupView, plan_worker_group, scheduler_needed};
 
 use crate::RetireTarget;
+use crate::operator::manifests::WorkerPods;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ pub enum Action {
     /// Create this object (a Deployment, Service, Pod, DaskWorkerGroup or DaskCluster built
     /// by [`crate::operator::manifests`]); one that already exists counts as created.
     Create(Value),
+    /// Create these worker pods, each rendered as the batch sends it (one that already
+    /// exists counts as created).
+    CreateWorkerPods(Box<WorkerPods>),
     /// Delete this pod (gone already counts as deleted); with a `resourceVersion`, only if
     /// the pod is unchanged since (a delete that rests on the pod's listed state: a
     /// container that started meanwhile may hold a worker).

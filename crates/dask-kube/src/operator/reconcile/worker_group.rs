@@ -20,8 +20,8 @@ use crate::Result;
 use crate::operator::manifests;
 use crate::operator::resources::{DaskCluster, DaskWorkerGroup};
 use crate::{
-    DeleteReason, PodPhase, SchedulerWorker, WorkerPodState, hold_start, holds_start_gate,
-    place_workers, plan_scale_down, release_start_patch, start_room, unschedulable,
+    DeleteReason, PodPhase, SchedulerWorker, WorkerPodState, holds_start_gate, place_workers,
+    plan_scale_down, release_start_patch, start_room, unschedulable,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -232,17 +232,22 @@ pub fn plan_worker_group(
         // Pods that replace workers that ended take their turn in the window; a scale-up
         // (or a pod deleted by anyone) starts at once.
         let replacing = states.iter().filter(|s| s.ended()).count().min(create);
-        for i in 0..create {
-            let mut pod = manifests::worker_pod(group, cluster.labels(), &new_suffix())?;
-            if i < replacing {
-                if room == 0 {
-                    hold_start(&mut pod);
-                    held += 1;
-                } else {
-                    room -= 1;
+        if create > 0 {
+            let mut new_pods = manifests::WorkerPods::new(group, cluster.labels())?;
+            for i in 0..create {
+                let mut hold = false;
+                if i < replacing {
+                    if room == 0 {
+                        hold = true;
+                        held += 1;
+                    } else {
+                        room -= 1;
+                    }
                 }
+                new_pods.push(new_suffix(), hold);
             }
-            plan.actions.push(Action::Create(pod));
+            plan.actions
+                .push(Action::CreateWorkerPods(Box::new(new_pods)));
         }
         if active + create < want {
             plan.requeue_after = Some(Duration::ZERO);
@@ -375,27 +380,42 @@ mod tests {
         plan.actions
             .iter()
             .filter(|a| !matches!(a, Action::Note(_)))
-            .map(|a| match a {
-                Action::Create(v) if v["spec"]["schedulingGates"].is_array() => {
-                    format!("create {} gated", v["metadata"]["name"].as_str().unwrap())
-                }
-                Action::Create(v) => format!("create {}", v["metadata"]["name"].as_str().unwrap()),
-                Action::DeletePod { pod, .. } => format!("delete {pod}"),
-                Action::ReleasePod { pod, .. } => format!("release {pod}"),
-                Action::RetireThenDelete { targets: t, .. } => format!(
-                    "retire {}",
-                    t.iter()
-                        .map(|t: &RetireTarget| t.pod.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-                Action::PatchSelf(v) => format!(
-                    "adopt {}",
-                    v["metadata"]["ownerReferences"].as_array().unwrap().len()
-                ),
-                other => format!("{other:?}"),
+            .flat_map(|a| match a {
+                Action::CreateWorkerPods(pods) => pods
+                    .pods()
+                    .iter()
+                    .map(|p| {
+                        let v = pods.render(p).unwrap();
+                        let name = v["metadata"]["name"].as_str().unwrap();
+                        if v["spec"]["schedulingGates"].is_array() {
+                            format!("create {name} gated")
+                        } else {
+                            format!("create {name}")
+                        }
+                    })
+                    .collect(),
+                other => vec![one_line(other)],
             })
             .collect()
+    }
+
+    fn one_line(action: &Action) -> String {
+        match action {
+            Action::DeletePod { pod, .. } => format!("delete {pod}"),
+            Action::ReleasePod { pod, .. } => format!("release {pod}"),
+            Action::RetireThenDelete { targets: t, .. } => format!(
+                "retire {}",
+                t.iter()
+                    .map(|t: &RetireTarget| t.pod.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Action::PatchSelf(v) => format!(
+                "adopt {}",
+                v["metadata"]["ownerReferences"].as_array().unwrap().len()
+            ),
+            other => format!("{other:?}"),
+        }
     }
 
     /// A worker pod of another group of the cluster, at 10.0.0.9.
@@ -658,6 +678,9 @@ mod tests {
             )
         );
         assert_eq!(p.actions[1], Note::info("Successfully adopted by simple"));
-        assert!(matches!(&p.actions[2], Action::Create(v) if v["kind"] == "Pod"));
+        let Action::CreateWorkerPods(pods) = &p.actions[2] else {
+            panic!("{:?}", p.actions)
+        };
+        assert_eq!(pods.render(&pods.pods()[0]).unwrap()["kind"], "Pod");
     }
 }
