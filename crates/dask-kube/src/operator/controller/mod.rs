@@ -38,7 +38,7 @@ pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(10);
 /// that starts it waits for this line).
 pub const READY_LINE: &str = "dask-kube-operator ready";
 /// Events a shared reflector buffers per subscriber. Each trigger channel allocates its
-/// slots up front (about 430 bytes each: 442 KB per channel at 1,024, 2.2 MB of an idle
+/// slots up front (about 440 bytes each: 442 KB per channel at 1,024, 2.2 MB of an idle
 /// operator's heap for five); a subscriber that falls further behind loses nothing, it
 /// reconciles every owner instead ([`touches_of`]).
 const SUBSCRIBER_BUFFER: usize = 256;
