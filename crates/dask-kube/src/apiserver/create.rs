@@ -12,6 +12,7 @@ use super::retry::{BATCH_ATTEMPTS, Retries, WEBHOOK_ATTEMPTS, with_retry};
 use crate::flow::CallOutcome;
 use crate::{Error, Result};
 use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
 use kube::api::PostParams;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -83,18 +84,31 @@ impl ClusterApi {
         (outcome.report, outcome.fatal)
     }
 
+    /// POSTs `pod` and reads of the answer only the name the pod got. The answer is the
+    /// whole pod as stored (the worker template, the defaults the API server added, its
+    /// managedFields), and a batch only needs the name: reading it as a `Pod` was a fair
+    /// part of the operator's CPU while it created 1,000 pods on the API server's cores.
+    async fn post_pod(&self, params: &PostParams, pod: &Pod) -> kube::Result<CreatedPod> {
+        let body = serde_json::to_vec(pod).map_err(kube::Error::SerdeError)?;
+        let mut request = kube::core::Request::new(Pod::url_path(&(), Some(self.namespace())))
+            .create(params, body)
+            .map_err(kube::Error::BuildRequest)?;
+        request.extensions_mut().insert("create");
+        self.connection.client.request::<CreatedPod>(request).await
+    }
+
     /// One pod of a batch, retried under flow control ([`Retries`]) without ever creating it
     /// twice: a create whose answer is lost is looked up by name and token before it is sent
     /// again, and when the lookup fails too the same name is sent (a 409 then tells).
     async fn create_one(&self, mut pod: Pod, call: BatchCall) -> Result<String> {
         let mut token = assign_name(&mut pod);
-        let pods = self.pods();
         let params = PostParams::default();
         let mut retries = Retries::new(BATCH_ATTEMPTS);
         let last_error = loop {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let permit = call.limiter.acquire().await;
-            let result = tokio::time::timeout(BATCH_CALL_TIMEOUT, pods.create(&params, &pod)).await;
+            let result =
+                tokio::time::timeout(BATCH_CALL_TIMEOUT, self.post_pod(&params, &pod)).await;
             let latency = permit.started().elapsed();
             let error = match result {
                 Ok(Ok(created)) => {
@@ -216,6 +230,19 @@ fn random_suffix() -> String {
         .take(SUFFIX_LEN)
         .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
         .collect()
+}
+
+/// What a batch reads of a create's answer ([`ClusterApi::post_pod`]); serde skips the rest
+/// without building it.
+#[derive(serde::Deserialize)]
+struct CreatedPod {
+    #[serde(default)]
+    metadata: CreatedMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct CreatedMeta {
+    name: Option<String>,
 }
 
 #[cfg(test)]

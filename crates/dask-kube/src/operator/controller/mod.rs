@@ -76,7 +76,9 @@ fn prune<K: Resource>(object: &mut K) {
 /// otherwise (its phase, containers' states, IPs, readiness: what `WorkerPodState` and the
 /// scheduler's readiness are made of); the rest of the spec, the worker template with its
 /// containers, args, env, resources, tolerations and affinity, is the larger part of what
-/// is left, and 1,000 Pending pods are 1,000 copies of it.
+/// is left, and 1,000 Pending pods are 1,000 copies of it. The pod watch parses only this
+/// ([`watched_pod::WatchedPod`]); this function is what its tests compare it with.
+#[cfg(test)]
 fn prune_pod(pod: &mut Pod) {
     prune(pod);
     pod.spec = pod
@@ -123,7 +125,6 @@ type Touches<K> = tokio::sync::broadcast::Sender<PartialObjectMeta<K>>;
 fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
-    prune: fn(&mut K),
 ) -> (
     Store<K>,
     Touches<K>,
@@ -136,7 +137,27 @@ where
     let (touches, drive) = announced(
         watcher(api, config)
             .default_backoff()
-            .modify(prune)
+            .modify(prune::<K>)
+            .reflect(writer),
+    );
+    (reader, touches, drive)
+}
+
+/// [`reflected`] for pods, each read as only what the store keeps ([`watched_pod`]).
+fn reflected_pods(
+    api: Api<watched_pod::WatchedPod>,
+    config: watcher::Config,
+) -> (
+    Store<Pod>,
+    Touches<Pod>,
+    impl std::future::Future<Output = ()> + Send,
+) {
+    use futures::TryStreamExt;
+    let (reader, writer) = reflector::store();
+    let (touches, drive) = announced(
+        watcher(api, config)
+            .default_backoff()
+            .map_ok(watched_pod::WatchedPod::into_pod_event)
             .reflect(writer),
     );
     (reader, touches, drive)
@@ -252,22 +273,15 @@ pub async fn run(connection: KubeConnection, options: OperatorOptions) -> Result
         scope.api::<DaskWorkerGroup>(&client),
         watcher::Config::default(),
     );
-    let (pods, pod_touches, drive_pods) = reflected(
-        scope.api::<Pod>(&client),
-        labelled(CLUSTER_LABEL),
-        prune_pod,
-    );
+    let (pods, pod_touches, drive_pods) =
+        reflected_pods(scope.api(&client), labelled(CLUSTER_LABEL));
     let scheduler_selector = format!("{COMPONENT_LABEL}={SCHEDULER_COMPONENT}");
     let (deployments, deployment_touches, drive_deployments) = reflected(
         scope.api::<Deployment>(&client),
         labelled(&scheduler_selector),
-        prune,
     );
-    let (services, service_touches, drive_services) = reflected(
-        scope.api::<Service>(&client),
-        labelled(&scheduler_selector),
-        prune,
-    );
+    let (services, service_touches, drive_services) =
+        reflected(scope.api::<Service>(&client), labelled(&scheduler_selector));
     let drive = futures::future::join5(
         drive_clusters,
         drive_groups,
@@ -698,6 +712,8 @@ pub async fn reconcile_job(job: Arc<DaskJob>, ctx: Arc<Context>) -> Result<Reque
     .await?;
     Ok(requeue(&plan))
 }
+
+mod watched_pod;
 
 #[cfg(test)]
 mod tests;
