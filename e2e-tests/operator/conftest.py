@@ -17,7 +17,8 @@ Same fixture names and shapes as upstream's, so the test files need no edit:
   when the same container ran throughout (no restart, no crash). `kopf`: upstream's own
   fixture, `KopfRunner(["run", "-m", "dask_kubernetes.operator", "--verbose",
   "--namespace", ns])` in this process (run-upstream-tests.sh scales the deployed
-  operator to 0 meanwhile).
+  operator to 0 meanwhile). A test that does not ask for `kopf_runner` runs with no
+  operator, as upstream's does: the deployed one is scaled to 0 for its span.
 - `docker_image`: the image upstream's tests and fixtures run, `dask-kubernetes:dev`
   (upstream builds it from its ci/Dockerfile; the local registry serves it:
   images/build.sh's `dask-kubernetes-dev`, with the `dask-scheduler`/`dask-worker` scripts
@@ -218,6 +219,31 @@ def kopf_runner(k8s_cluster: LocalCluster, namespace: str):
 
         return KopfRunner(["run", "-m", "dask_kubernetes.operator", "--verbose", "--namespace", namespace])
     return DeployedOperatorRunner(k8s_cluster)
+
+
+@pytest.fixture(autouse=True)
+def operator_only_with_runner(request: pytest.FixtureRequest, k8s_cluster: LocalCluster) -> Iterator[None]:
+    """Upstream's tests assume an operator runs only while a test holds `kopf_runner`
+    (kopf runs in the test's process, started by that fixture): a test that does not ask
+    for it, `test_cluster_without_operator`, expects no operator to answer. The deployed
+    operator serves every namespace all the time, so for such a test it is scaled to 0 for
+    the test's span, as run-upstream-tests.sh does for the whole kopf pass, and brought
+    back, ready, after it."""
+    if OPERATOR != "dask-kube" or "kopf_runner" in request.fixturenames:
+        yield
+        return
+    deployment = ["-n", OPERATOR_NAMESPACE, "deployment/dask-kube-operator"]
+    k8s_cluster.kubectl("scale", *deployment, "--replicas=0")
+    deadline = time.monotonic() + OPERATOR_READY_WAIT
+    while k8s_cluster.kubectl("get", "pods", "-n", OPERATOR_NAMESPACE, "-l", OPERATOR_SELECTOR, "-o", "name").strip():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the dask-kube operator's pod is still there {OPERATOR_READY_WAIT} s after scaling it to 0")
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        k8s_cluster.kubectl("scale", *deployment, "--replicas=1")
+        k8s_cluster.kubectl("rollout", "status", *deployment, f"--timeout={OPERATOR_READY_WAIT}s")
 
 
 @pytest.fixture(scope="session")
