@@ -1,14 +1,15 @@
-//! Pods as the operator's pod watch reads them: only what the pod store keeps
-//! ([`super::prune_pod`]), parsed as such instead of parsed whole and then pruned.
+//! Pods as the operator's pod watch reads them: only what the pod store keeps (what
+//! `prune_pod` keeps of a whole pod), parsed as such instead of parsed whole and pruned.
 //!
 //! Each worker pod reaches the operator two or three times while a cluster starts (the list
 //! or the watch's ADDED, then MODIFIED as the scheduler and kubelet write its status), and
 //! each time as the whole pod: the worker template with its containers, args, env,
 //! resources, tolerations and affinity, and the managedFields of every writer. Parsing all
-//! of that into a `Pod` only to drop it was the larger part of the operator's CPU (perf:
-//! whole-`Pod` deserialization at least 14.5% of samples, managedFields 5.7%, malloc and
-//! free 19%) while it created 1,000 pods on the same two cores as the API server. Serde
-//! skips what a type does not name without building it.
+//! of that into a `Pod` only to drop it cost the operator CPU the API server needed while
+//! 1,000 pods were created on the same two cores (perf: whole-`Pod` deserialization at
+//! least 14.5% of samples, managedFields 5.7%, besides the allocations); serde skips what a
+//! type does not name without building it. Reading only this cut the operator's CPU for
+//! that scenario by about a quarter (e2e-tests/operator/README.md).
 
 use k8s_openapi::api::core::v1::{Pod, PodSchedulingGate, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 
 /// A pod read from the watch as the store keeps it: its metadata but managedFields, its
 /// status, and of its spec only the scheduling gates (the start window reads them); the
-/// spec is `None` when there are none. Equal to a whole pod after [`super::prune_pod`].
+/// spec is `None` when there are none. Equal to a whole pod after `prune_pod`.
 #[derive(Clone, Debug)]
 pub(super) struct WatchedPod(pub(super) Pod);
 
