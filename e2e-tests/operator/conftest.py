@@ -8,9 +8,9 @@ this file and runs pytest on them; `DASK_UPSTREAM_TESTS_OPERATOR` (`dask-kube`, 
 says which operator.
 
 Same fixture names and shapes as upstream's, so the test files need no edit:
-- `k8s_cluster`: the local cluster (found by the rule of e2e-tests/cluster-harness), with
-  `kubectl(*args) -> str`, `port_forward(target, port, *args)` and `kubeconfig_path`, as
-  pytest-kind's `KindCluster`.
+- `k8s_cluster`: the local cluster (found by the rule of e2e-tests/cluster-harness) as
+  pytest-kind's own `KindCluster` (its `kubectl(*args) -> str`, `port_forward(target,
+  port, *args)` and `kubeconfig_path`), which upstream's root conftest creates with kind.
 - `kopf_runner`: `with kopf_runner as runner:` as kopf.testing.KopfRunner. `dask-kube`: the
   operator already runs in the cluster for every namespace; entering checks that it is
   ready, leaving reads its log of that span into `runner.output` and sets `exit_code` 0
@@ -31,12 +31,10 @@ Same fixture names and shapes as upstream's, so the test files need no edit:
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -48,6 +46,7 @@ from typing import Iterator
 
 import pytest
 import yaml
+from pytest_kind.cluster import KindCluster
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER_IMAGE = "dask-kubernetes:dev"
@@ -83,49 +82,19 @@ def dask_kube_binary() -> str:
     return str(target / "debug" / "dask-kube")
 
 
-class LocalCluster:
-    """pytest-kind's KindCluster, as upstream's tests use it, over the local cluster."""
+class LocalCluster(KindCluster):
+    """pytest-kind's KindCluster, the class upstream's tests use, over the local cluster.
 
-    def __init__(self, kubeconfig: Path):
-        self.kubeconfig_path = kubeconfig
+    Only what kind does is not used (`create`, `delete`, `load_docker_image`: the cluster
+    is already up and its registry serves the image); `kubectl()` and `port_forward()` are
+    pytest-kind's own. That matters for port_forward: pytest-kind's runs all of its 10
+    attempts (each a fresh `kubectl port-forward` held 1 s, a pod not yet running retried),
+    so it yields after about 10 s, which upstream's tests that port-forward to the
+    scheduler Service the moment a worker pod exists rely on.
+    """
 
-    def kubectl(self, *args: str) -> str:
-        out = subprocess.run(
-            ["kubectl", *args],
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig_path)},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout
-
-    @contextlib.contextmanager
-    def port_forward(self, target: str, remote_port: int, *args: str) -> Iterator[int]:
-        """`kubectl port-forward TARGET :REMOTE_PORT ARGS`; yields the local port."""
-        proc = subprocess.Popen(
-            ["kubectl", "port-forward", target, f":{remote_port}", *args],
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig_path)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            deadline = time.monotonic() + 60
-            port = None
-            while port is None and time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line and proc.poll() is not None:
-                    raise RuntimeError(f"kubectl port-forward {target} exited: {proc.returncode}")
-                match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line)
-                if match:
-                    port = int(match.group(1))
-            if port is None:
-                raise RuntimeError(f"kubectl port-forward {target} printed no local port within 60 s")
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    def __init__(self, kubeconfig: Path, kubectl: Path):
+        super().__init__(name="local-cluster", kubeconfig=kubeconfig, kubectl_path=kubectl)
 
 
 class DeployedOperatorRunner:
@@ -201,11 +170,12 @@ def k8s_cluster() -> Iterator[LocalCluster]:
     server = yaml.safe_load(path.read_text())["clusters"][0]["cluster"]["server"]
     if urllib.parse.urlparse(server).hostname not in LOOPBACK:
         pytest.fail(f"{path} points at {server}, not loopback: tests talk to loopback only")
-    if shutil.which("kubectl") is None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
         pytest.fail("kubectl is not on PATH")
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(path)
-    yield LocalCluster(path)
+    yield LocalCluster(path, Path(kubectl))
     if previous is None:
         os.environ.pop("KUBECONFIG", None)
     else:
