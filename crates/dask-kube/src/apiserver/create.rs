@@ -84,15 +84,20 @@ impl ClusterApi {
         (outcome.report, outcome.fatal)
     }
 
-    /// POSTs `pod` and reads of the answer only the name the pod got. The answer is the
-    /// whole pod as stored (the worker template, the defaults the API server added, its
-    /// managedFields), and a batch only needs the name: reading it as a `Pod` was a fair
-    /// part of the operator's CPU while it created 1,000 pods on the API server's cores.
+    /// POSTs `pod` and reads of the answer only the name the pod got. A batch needs
+    /// nothing else, so it asks for the answer as `PartialObjectMetadata` (as a
+    /// metadata-only get does) rather than the whole pod as stored (the worker template,
+    /// the defaults the API server added): the API server encodes, and the client decrypts
+    /// and reads, about a third of the bytes, on the same cores that create the pods.
     async fn post_pod(&self, params: &PostParams, pod: &Pod) -> kube::Result<CreatedPod> {
         let body = serde_json::to_vec(pod).map_err(kube::Error::SerdeError)?;
         let mut request = kube::core::Request::new(Pod::url_path(&(), Some(self.namespace())))
             .create(params, body)
             .map_err(kube::Error::BuildRequest)?;
+        request.headers_mut().insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static(METADATA_ONLY),
+        );
         request.extensions_mut().insert("create");
         self.connection.client.request::<CreatedPod>(request).await
     }
@@ -232,6 +237,10 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// The answer of a create as its metadata only (the media type kube's `get_metadata` asks
+/// for); errors still come as a `Status`.
+const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
 /// What a batch reads of a create's answer ([`ClusterApi::post_pod`]); serde skips the rest
 /// without building it.
 #[derive(serde::Deserialize)]
@@ -298,6 +307,11 @@ mod tests {
             let (request, send) = handle.next_request().await.unwrap();
             assert_eq!(request.method(), http::Method::POST);
             assert_eq!(request.uri().path(), "/api/v1/namespaces/team/pods");
+            assert_eq!(
+                request.headers()[http::header::ACCEPT],
+                METADATA_ONLY,
+                "a create asks only for the pod's metadata back"
+            );
             post(&mut names, body_json(request).await);
             send.send_response(status(
                 429,
