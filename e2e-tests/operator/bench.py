@@ -5,9 +5,9 @@ side on the local cluster, in one run (issue 26):
   connected  time from `kubectl apply` of a DaskCluster of N workers (N = 10, 100) to N
              workers connected to its scheduler
   pending    time from `kubectl apply` of a DaskCluster of N workers no node can take
-             (N = 1,000, 10,000: the worker pod template of bench-scale, a nodeSelector no
-             node has) to N worker pods, and back to 0 after deleting it; the raw creator of
-             bench-scale (`rawcreate`, N concurrent POSTs of the same pod) is the reference
+             (N = 1,000, 10,000: a nodeSelector no node has) to N worker pods, and back to
+             0 after deleting it; the raw creator of bench-scale (`rawcreate`, N concurrent
+             POSTs of the pod the dask-kube operator creates, raw_worker_pod) is the reference
   reaction   a worker pod of the N = 10 cluster deleted: time until N workers are connected
              again, none in the deleted pod
   scale-down the N = 10 cluster with scattered data on every worker, scaled to 5 with
@@ -139,6 +139,62 @@ def dask_cluster(name: str, namespace: str, replicas: int, pending: bool = False
     }
 
 
+def raw_worker_pod(cluster: dict) -> dict:
+    """The pod the raw creator posts N times for `cluster`: its worker pod as the dask-kube
+    operator creates it (upstream's worker Deployment template as a bare pod: the group's
+    labels, DASK_WORKER_NAME and DASK_SCHEDULER_ADDRESS, restartPolicy Never), so the
+    reference does the same work per pod as the operators. Two differences, both because
+    the raw creator has neither a name per pod nor an owner: no ownerReferences (the garbage
+    collector would delete a pod whose owner does not exist), and DASK_WORKER_NAME a name of
+    the same length (the pod's own name comes from generateName)."""
+    name = cluster["metadata"]["name"]
+    namespace = cluster["metadata"]["namespace"]
+    group = f"{name}-default"
+    spec = json.loads(json.dumps(cluster["spec"]["worker"]["spec"]))
+    env = {
+        "DASK_WORKER_NAME": f"{group}-worker-{'0' * 10}",
+        "DASK_SCHEDULER_ADDRESS": f"tcp://{name}-scheduler.{namespace}.svc.cluster.local:8786",
+    }
+    for container in spec["containers"]:
+        have = {e["name"] for e in container.get("env", [])}
+        container.setdefault("env", []).extend(
+            {"name": k, "value": v} for k, v in env.items() if k not in have)
+    spec.setdefault("restartPolicy", "Never")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"labels": {
+            "dask.org/cluster-name": name,
+            "dask.org/workergroup-name": group,
+            "dask.org/component": "worker",
+            "sidecar.istio.io/inject": "false",
+        }},
+        "spec": spec,
+    }
+
+
+def raw_pod_differences(raw: dict, created: dict) -> list[str]:
+    """Where the raw creator's pod differs from a worker pod an operator created, in what
+    the operator sets (labels, each container's args and env, restartPolicy), apart from the
+    two differences raw_worker_pod names: empty when the reference posts the same pod."""
+    unnamed = ("DASK_WORKER_NAME",)
+
+    def shape(pod: dict) -> dict:
+        spec = pod.get("spec", {})
+        return {
+            "labels": pod.get("metadata", {}).get("labels", {}),
+            "restartPolicy": spec.get("restartPolicy"),
+            "containers": [{
+                "name": c.get("name"),
+                "args": c.get("args"),
+                "env": [e for e in c.get("env", []) if e.get("name") not in unnamed],
+            } for c in spec.get("containers", [])],
+        }
+
+    want, got = shape(raw), shape(created)
+    return [f"{k}: raw {want[k]!r}, created {got[k]!r}" for k in want if want[k] != got[k]]
+
+
 def proc_usage(status_text: str, stat_text: str, ticks_per_second: int) -> tuple[int, float]:
     """Peak RSS (KiB, `VmHWM` of /proc/PID/status) and CPU seconds (utime + stime of
     /proc/PID/stat, fields 14 and 15, counted after the command name's closing paren)."""
@@ -243,6 +299,17 @@ def report(results: list[Result], sessions: list[dict], meta: dict) -> str:
                 f"| {_cell(pick('kopf', 'pending', n))} | {bs.ratio(dk, raw)} "
                 f"| {bs.ratio(dk, med('kopf', 'pending', n))} | {f} | {_cell(pick('raw', 'to-zero', n))} "
                 f"| {_cell(pick('dask-kube', 'to-zero', n))} | {_cell(pick('kopf', 'to-zero', n))} |")
+        lines.append("")
+        checked = [r.extra["raw_pod_differences"] for r in results
+                   if r.what == "pending" and "raw_pod_differences" in r.extra]
+        differences = sorted({d for ds in checked for d in ds})
+        if not checked:
+            lines.append("The raw creator's pod was not compared with an operator's (no dask-kube run reached N).")
+        elif differences:
+            lines.append("The raw creator's pod differs from the dask-kube operator's: " + "; ".join(differences) + ".")
+        else:
+            lines.append("The raw creator posts the dask-kube operator's worker pod (labels, args, env, "
+                         "restartPolicy compared with a created one; no owner, a worker name of the same length).")
         lines.append("")
     for what, title in (("reaction", "A deleted worker pod: delete to N workers connected again"),
                         ("scale-down", "Scale-down with data on every worker (kubectl scale daskcluster)")):
@@ -579,15 +646,28 @@ class Bench:
         except BenchError as e:
             log(f"{side}: {e}")
             t, reached = None, self.watcher.count()
-        self.results.append(Result(side, "pending", n, repeat, t, reached))
+        extra = {}
+        if side == "dask-kube" and reached:
+            extra["raw_pod_differences"] = self.raw_pod_check(name, n)
+        self.results.append(Result(side, "pending", n, repeat, t, reached, extra))
         log(f"{side}: {n} worker pods in {'-' if t is None else f'{t:.2f}s'}")
         to_zero = self.delete_cluster(name, n)
         self.results.append(Result(side, "to-zero", n, repeat, to_zero,
                                    None if to_zero is not None else self.watcher.count()))
         self.sessions_cpu[f"pending:{n}"] = op.usage()[1] - cpu0
 
+    def raw_pod_check(self, name: str, n: int) -> list[str]:
+        """One of `name`'s worker pods, as the operator created it, against the raw creator's."""
+        query = f"labelSelector=dask.org/cluster-name%3D{name},dask.org/component%3Dworker&limit=1"
+        created = json.loads(self.k("get", "--raw", f"/api/v1/namespaces/{self.ns}/pods?{query}"))["items"][0]
+        differences = raw_pod_differences(raw_worker_pod(dask_cluster(name, self.ns, n, pending=True)), created)
+        for d in differences:
+            log(f"the raw creator's pod differs from the operator's: {d}")
+        return differences
+
     def raw(self, n: int, repeat: int) -> None:
-        pod = REPO / "e2e-tests/bench-scale/worker-pending.json"
+        pod = self.out_dir / f"raw-worker-{n}.json"
+        pod.write_text(json.dumps(raw_worker_pod(dask_cluster(f"bop-p{n}", self.ns, n, pending=True))))
         t0 = time.time()
         subprocess.run([self.a.rawcreate, "create", "-n", self.ns, "--pod", str(pod), "--count", str(n),
                         "--concurrency", str(self.a.concurrency), "--generate-name", "raw-worker-"],

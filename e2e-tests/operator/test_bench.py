@@ -6,6 +6,7 @@ cluster): `pytest --noconftest e2e-tests/operator/test_bench.py` (`make unit` do
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,57 @@ def test_the_command_line_says_what_it_needs():
     out = subprocess.run([sys.executable, str(HERE / "bench.py"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "--kopf-python" in out.stdout and "--rawcreate" in out.stdout
+
+
+def _operator_pod(cluster: dict) -> dict:
+    """A worker pod as the dask-kube operator's worker_pod makes it (operator/manifests.rs):
+    the group's labels, the two env vars, restartPolicy Never, an owner and its own name."""
+    name, ns = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
+    spec = json.loads(json.dumps(cluster["spec"]["worker"]["spec"]))
+    pod_name = f"{name}-default-worker-3f9a0c2b1d"
+    for c in spec["containers"]:
+        c["env"] = [{"name": "DASK_WORKER_NAME", "value": pod_name},
+                    {"name": "DASK_SCHEDULER_ADDRESS",
+                     "value": f"tcp://{name}-scheduler.{ns}.svc.cluster.local:8786"}]
+    spec["restartPolicy"] = "Never"
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name, "labels": {
+                "dask.org/cluster-name": name, "dask.org/workergroup-name": f"{name}-default",
+                "dask.org/component": "worker", "sidecar.istio.io/inject": "false"},
+                "ownerReferences": [{"kind": "DaskWorkerGroup", "name": f"{name}-default", "uid": "u"}]},
+            "spec": spec}
+
+
+def test_the_raw_creator_posts_the_operators_worker_pod():
+    cluster = bench.dask_cluster("bop-p1000", "bench-operator", 1000, pending=True)
+    raw = bench.raw_worker_pod(cluster)
+    created = _operator_pod(cluster)
+    assert bench.raw_pod_differences(raw, created) == []
+    assert "ownerReferences" not in raw["metadata"] and "name" not in raw["metadata"]
+    worker_name = next(e["value"] for e in raw["spec"]["containers"][0]["env"] if e["name"] == "DASK_WORKER_NAME")
+    assert len(worker_name) == len(created["metadata"]["name"])
+    assert raw["spec"]["nodeSelector"] == cluster["spec"]["worker"]["spec"]["nodeSelector"]
+    assert "env" not in cluster["spec"]["worker"]["spec"]["containers"][0], "the DaskCluster is left as it was"
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda p: p["metadata"]["labels"].pop("sidecar.istio.io/inject"), "labels"),
+    (lambda p: p["spec"]["containers"][0]["args"].append("--nworkers"), "containers"),
+    (lambda p: p["spec"]["containers"][0]["env"].pop(), "containers"),
+    (lambda p: p["spec"].update(restartPolicy="Always"), "restartPolicy"),
+])
+def test_a_raw_pod_unlike_the_operators_is_named(change, named):
+    cluster = bench.dask_cluster("bop-p10", "ns", 10, pending=True)
+    created = _operator_pod(cluster)
+    change(created)
+    differences = bench.raw_pod_differences(bench.raw_worker_pod(cluster), created)
+    assert len(differences) == 1 and differences[0].startswith(f"{named}: ")
+
+
+def test_the_report_says_whether_the_raw_pod_was_the_operators():
+    ok = [Result("raw", "pending", 10, 0, 1.0, 10),
+          Result("dask-kube", "pending", 10, 0, 1.2, 10, {"raw_pod_differences": []})]
+    assert "The raw creator posts the dask-kube operator's worker pod" in bench.report(ok, [], {})
+    differs = ok[:1] + [Result("dask-kube", "pending", 10, 0, 1.2, 10, {"raw_pod_differences": ["labels: x"]})]
+    assert "differs from the dask-kube operator's: labels: x." in bench.report(differs, [], {})
+    assert "was not compared" in bench.report(ok[:1], [], {})
