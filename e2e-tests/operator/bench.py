@@ -35,6 +35,7 @@ Only the local cluster is contacted (the apiserver of $KUBECONFIG, refused unles
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -150,7 +151,7 @@ def raw_worker_pod(cluster: dict) -> dict:
     name = cluster["metadata"]["name"]
     namespace = cluster["metadata"]["namespace"]
     group = f"{name}-default"
-    spec = json.loads(json.dumps(cluster["spec"]["worker"]["spec"]))
+    spec = copy.deepcopy(cluster["spec"]["worker"]["spec"])
     env = {
         "DASK_WORKER_NAME": f"{group}-worker-{'0' * 10}",
         "DASK_SCHEDULER_ADDRESS": f"tcp://{name}-scheduler.{namespace}.svc.cluster.local:8786",
@@ -635,11 +636,16 @@ class Bench:
                                    {"lost": lost, "keys": len(keys)}))
         log(f"{side}: scaled {n} -> {target} in {'-' if t is None else f'{t - t0:.2f}s'}, {lost} of {len(keys)} keys lost")
 
+    def pending_cluster(self, n: int) -> dict:
+        """The DaskCluster of the N Pending pods scenario, whose worker pod the raw creator posts."""
+        return dask_cluster(f"bop-p{n}", self.ns, n, pending=True)
+
     def pending(self, side: str, op: Operator, n: int, repeat: int) -> None:
-        name = f"bop-p{n}"
+        cluster = self.pending_cluster(n)
+        name = cluster["metadata"]["name"]
         cpu0 = op.usage()[1]
         t0 = time.time()
-        self.k.apply(dask_cluster(name, self.ns, n, pending=True))
+        self.k.apply(cluster)
         try:
             t = self.watcher.wait_for(n, t0, self.timeout(n)) - t0
             reached = n
@@ -648,7 +654,7 @@ class Bench:
             t, reached = None, self.watcher.count()
         extra = {}
         if side == "dask-kube" and reached:
-            extra["raw_pod_differences"] = self.raw_pod_check(name, n)
+            extra["raw_pod_differences"] = self.raw_pod_check(cluster)
         self.results.append(Result(side, "pending", n, repeat, t, reached, extra))
         log(f"{side}: {n} worker pods in {'-' if t is None else f'{t:.2f}s'}")
         to_zero = self.delete_cluster(name, n)
@@ -656,18 +662,19 @@ class Bench:
                                    None if to_zero is not None else self.watcher.count()))
         self.sessions_cpu[f"pending:{n}"] = op.usage()[1] - cpu0
 
-    def raw_pod_check(self, name: str, n: int) -> list[str]:
-        """One of `name`'s worker pods, as the operator created it, against the raw creator's."""
+    def raw_pod_check(self, cluster: dict) -> list[str]:
+        """One of `cluster`'s worker pods, as the operator created it, against the raw creator's."""
+        name = cluster["metadata"]["name"]
         query = f"labelSelector=dask.org/cluster-name%3D{name},dask.org/component%3Dworker&limit=1"
         created = json.loads(self.k("get", "--raw", f"/api/v1/namespaces/{self.ns}/pods?{query}"))["items"][0]
-        differences = raw_pod_differences(raw_worker_pod(dask_cluster(name, self.ns, n, pending=True)), created)
+        differences = raw_pod_differences(raw_worker_pod(cluster), created)
         for d in differences:
             log(f"the raw creator's pod differs from the operator's: {d}")
         return differences
 
     def raw(self, n: int, repeat: int) -> None:
         pod = self.out_dir / f"raw-worker-{n}.json"
-        pod.write_text(json.dumps(raw_worker_pod(dask_cluster(f"bop-p{n}", self.ns, n, pending=True))))
+        pod.write_text(json.dumps(raw_worker_pod(self.pending_cluster(n))))
         t0 = time.time()
         subprocess.run([self.a.rawcreate, "create", "-n", self.ns, "--pod", str(pod), "--count", str(n),
                         "--concurrency", str(self.a.concurrency), "--generate-name", "raw-worker-"],

@@ -107,9 +107,10 @@ type outcome struct {
 	err     error
 }
 
-// metadataOnly asks for an object's metadata only (a pod's name is all any answer is read
-// for): the API server then encodes, and this client reads, well under half of a small
-// pod's bytes, as dask-kube's own creates ask (crates/dask-kube/src/apiserver/create.rs).
+// metadataOnly asks for an object's metadata only (the watch reads a pod's name, and a
+// create's or delete's answer only its status): the API server then encodes, and this client
+// receives, well under half of a small pod's bytes, as dask-kube's own creates ask
+// (crates/dask-kube/src/apiserver/create.rs).
 const metadataOnly = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 // send retries 429 (honouring Retry-After) and 5xx; a transport error is not retried,
