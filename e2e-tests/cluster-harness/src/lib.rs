@@ -186,9 +186,78 @@ impl TestNamespace {
     }
 }
 
+impl TestNamespace {
+    /// Prints to stderr (which the test runner shows for a failed test) the namespace's
+    /// pods, its events and the last lines of every container's log, the previous
+    /// container's too when one restarted: deleting the namespace deletes them, and a
+    /// failure seen once in CI cannot be explained afterwards without them. Each call has
+    /// a deadline, so a test that failed because the API server is away still ends.
+    fn print_evidence(&self) {
+        let kubectl = |args: &[&str]| {
+            Command::new("kubectl")
+                .env("KUBECONFIG", kubeconfig_path())
+                .args(["--request-timeout=10s", "--namespace", &self.name])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .map(|out| {
+                    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                    text.push_str(&String::from_utf8_lossy(&out.stderr));
+                    if !text.ends_with('\n') {
+                        text.push('\n');
+                    }
+                    text
+                })
+                .unwrap_or_else(|e| format!("kubectl: {e}\n"))
+        };
+        eprintln!(
+            "==== namespace {} after the failure: pods, events, logs",
+            self.name
+        );
+        eprint!("{}", kubectl(&["get", "pods", "-o", "wide"]));
+        eprint!(
+            "{}",
+            kubectl(&["get", "events", "--sort-by=.lastTimestamp"])
+        );
+        for pod in kubectl(&["get", "pods", "-o", "name"]).lines() {
+            let Some(pod) = pod.strip_prefix("pod/") else {
+                continue;
+            };
+            for previous in [false, true] {
+                let mut args = vec![
+                    "logs",
+                    pod,
+                    "--all-containers",
+                    "--prefix",
+                    "--timestamps",
+                    "--tail=100",
+                ];
+                if previous {
+                    args.push("--previous");
+                }
+                let log = kubectl(&args);
+                if !(previous && log.contains("not found")) {
+                    let which = if previous {
+                        " (previous containers)"
+                    } else {
+                        ""
+                    };
+                    eprintln!("---- {pod}{which}");
+                    eprint!("{log}");
+                }
+            }
+        }
+        eprintln!("==== end of namespace {}", self.name);
+    }
+}
+
 impl Drop for TestNamespace {
-    /// A failed test still removes its namespace (and with it any cluster it left).
+    /// A failed test still removes its namespace (and with it any cluster it left), once
+    /// what it held is printed.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_evidence();
+        }
         let _ = Command::new("kubectl")
             .env("KUBECONFIG", kubeconfig_path())
             .args([

@@ -540,25 +540,39 @@ nodes_leftovers() {
   true
 }
 
-# services_synced: after the API server was away, the nodes' kube-proxies and CoreDNS watch
-# again with their own backoff (up to 30 s): a Service created meanwhile is neither routed nor
-# resolvable until they have. Waits until a probe Service is programmed on every node and
-# CoreDNS answers its name.
+# services_synced: after the API server was away, the nodes' kube-proxies, CoreDNS and
+# kube-controller-manager watch again, each informer with its own backoff (client-go: up to
+# 30 s, doubled by jitter, again on each refusal): a Service created meanwhile is neither
+# resolvable, nor given endpoints, nor routed until they have. kube-proxy watches Services and
+# EndpointSlices apart: a node that follows the first but not yet the second rejects
+# connections to a new Service as if it had no endpoints. (A CI run once lost a worker that
+# way, it seems: on one node it exited 31 s after it started, its nanny's 30 s connect to
+# the scheduler, while the other node's worker connected.) So the probe is a Service with
+# endpoints (CoreDNS's pods, by kube-dns's selector), and this waits until every node routes
+# it (kube-proxy's nftables `service-ips` map sends its address to the probe's service chain;
+# with no endpoints known it is in `no-endpoint-services`) and CoreDNS answers its name.
 services_synced() {
-  local timeout="${1:-120}" probe=dk-resync-probe ip idx name pool deadline
-  kc -n default delete service "$probe" --ignore-not-found --wait=true >/dev/null 2>&1 || true
-  kc -n default create service clusterip "$probe" --tcp=80:80 >/dev/null || return 1
-  ip="$(kc -n default get service "$probe" -o jsonpath='{.spec.clusterIP}')"
+  local timeout="${1:-120}" probe=dk-resync-probe ns=kube-system ip idx name pool deadline
+  kc -n "$ns" delete service "$probe" --ignore-not-found --wait=true >/dev/null 2>&1 || true
+  kc -n "$ns" apply -f - >/dev/null <<EOF || return 1
+apiVersion: v1
+kind: Service
+metadata: {name: $probe, namespace: $ns}
+spec:
+  selector: {k8s-app: kube-dns}
+  ports: [{name: probe, port: 80, protocol: TCP, targetPort: 53}]
+EOF
+  ip="$(kc -n "$ns" get service "$probe" -o jsonpath='{.spec.clusterIP}')"
   deadline=$((SECONDS + timeout))
   while read -r idx name pool; do
-    until ip netns exec "$(node_netns "$name")" nft list ruleset 2>/dev/null | grep -qF "$ip "; do
-      ((SECONDS < deadline)) || { nodes_log "kube-proxy of $name has not programmed Service $probe ($ip)"; return 1; }
+    until ip netns exec "$(node_netns "$name")" nft list ruleset 2>/dev/null | grep -qF "$ip . tcp . 80 : goto service-"; do
+      ((SECONDS < deadline)) || { nodes_log "kube-proxy of $name does not route Service $ns/$probe ($ip) to endpoints"; return 1; }
       sleep 0.5
     done
   done < <(nodes_list)
   # An A query for the probe, to the cluster DNS address from a node (kube-proxy routes it).
   name="$(nodes_list | awk 'NR == 1 {print $2}')"
-  until ip netns exec "$(node_netns "$name")" python3 - "$probe.default.svc.$CLUSTER_DOMAIN" "$CLUSTER_DNS_IP" <<'PY' 2>/dev/null
+  until ip netns exec "$(node_netns "$name")" python3 - "$probe.$ns.svc.$CLUSTER_DOMAIN" "$CLUSTER_DNS_IP" <<'PY' 2>/dev/null
 import socket, struct, sys
 name, server = sys.argv[1], sys.argv[2]
 query = struct.pack(">HHHHHH", 0x1d5b, 0x0100, 1, 0, 0, 0)
@@ -571,8 +585,8 @@ flags, answers = struct.unpack(">H", answer[2:4])[0], struct.unpack(">H", answer
 sys.exit(0 if flags & 0xF == 0 and answers > 0 else 1)
 PY
   do
-    ((SECONDS < deadline)) || { nodes_log "CoreDNS does not resolve Service $probe"; return 1; }
+    ((SECONDS < deadline)) || { nodes_log "CoreDNS does not resolve Service $ns/$probe"; return 1; }
     sleep 0.5
   done
-  kc -n default delete service "$probe" --wait=false >/dev/null 2>&1 || true
+  kc -n "$ns" delete service "$probe" --wait=false >/dev/null 2>&1 || true
 }
