@@ -760,16 +760,18 @@ impl KubeCluster {
                 }
             }
             if Instant::now() >= deadline {
-                let ended = match self.scaler.worker_pods().await {
-                    Ok(pods) => describe_ended_pods(&pods, ENDED_PODS_NAMED),
-                    Err(_) => String::new(),
+                let pods = self.scaler.worker_pods().await.unwrap_or_default();
+                let ended = describe_ended_pods(&pods, ENDED_PODS_NAMED);
+                // The first pod that ended, described as when every pod ended: a worker that
+                // exited while others connected (a Service not routed on its node yet, a node
+                // short of memory) says why in its log, which goes with the pod once the
+                // failed start is cleaned up.
+                let first = match pods.iter().find(|p| p.ended()) {
+                    Some(pod) => Some((pod.name.clone(), self.describe_ended_pod(&pod.name).await)),
+                    None => None,
                 };
                 return Err(Error::Timeout {
-                    what: if ended.is_empty() {
-                        format!("{n} workers to connect ({connected} connected)")
-                    } else {
-                        format!("{n} workers to connect ({connected} connected; ended: {ended})")
-                    },
+                    what: workers_awaited(n, connected, &ended, first.as_ref()),
                     seconds: timeout.as_secs(),
                 });
             }
@@ -786,20 +788,25 @@ impl KubeCluster {
         pods: &[WorkerPodState],
         pod: &str,
     ) -> Error {
-        let api = self.scaler.api();
-        let reason = match api.get_pod(pod).await {
-            Ok(Some(full)) => {
-                let logs = api.logs(pod, None).await.unwrap_or_default();
-                reach::describe_ended_pod(&full, &logs)
-            }
-            _ => "deleted before it could be described".to_owned(),
-        };
+        let reason = self.describe_ended_pod(pod).await;
         Error::WorkersFailed {
             wanted,
             connected,
             ended: describe_ended_pods(pods, ENDED_PODS_NAMED),
             pod: pod.to_owned(),
             reason,
+        }
+    }
+
+    /// An ended worker pod's phase, container state and last log lines.
+    async fn describe_ended_pod(&self, pod: &str) -> String {
+        let api = self.scaler.api();
+        match api.get_pod(pod).await {
+            Ok(Some(full)) => {
+                let logs = api.logs(pod, None).await.unwrap_or_default();
+                reach::describe_ended_pod(&full, &logs)
+            }
+            _ => "deleted before it could be described".to_owned(),
         }
     }
 
@@ -848,6 +855,24 @@ impl KubeCluster {
             f.stop().await;
         }
         report.into_result(&self.name)
+    }
+}
+
+/// What a wait for workers that timed out awaited: `n` workers, with how many connected,
+/// the pods that ended (`ended`, as [`describe_ended_pods`] names them) and the first of them
+/// described (`first`: its name and its state and last log lines).
+fn workers_awaited(
+    n: usize,
+    connected: usize,
+    ended: &str,
+    first: Option<&(String, String)>,
+) -> String {
+    match (ended.is_empty(), first) {
+        (true, _) => format!("{n} workers to connect ({connected} connected)"),
+        (false, None) => format!("{n} workers to connect ({connected} connected; ended: {ended})"),
+        (false, Some((pod, reason))) => format!(
+            "{n} workers to connect ({connected} connected; ended: {ended}); worker pod {pod}: {reason}"
+        ),
     }
 }
 
@@ -970,5 +995,27 @@ mod tests {
         drop(c);
         let creates = server.await.unwrap();
         assert_eq!(creates, [0, 1, 2], "pods created by each scale");
+    }
+
+    #[rstest::rstest]
+    #[case::none_ended(2, 1, "", None, "2 workers to connect (1 connected)")]
+    #[case::ended_not_described(
+        2,
+        1,
+        "w-b (Failed, Error)",
+        None,
+        "2 workers to connect (1 connected; ended: w-b (Failed, Error))"
+    )]
+    #[case::ended_and_described(2, 1, "w-b (Failed, Error)", Some(("w-b", "Failed; exit code 1; last log lines: OSError")),
+        "2 workers to connect (1 connected; ended: w-b (Failed, Error)); worker pod w-b: Failed; exit code 1; last log lines: OSError")]
+    fn a_timed_out_wait_describes_the_first_ended_pod(
+        #[case] n: usize,
+        #[case] connected: usize,
+        #[case] ended: &str,
+        #[case] first: Option<(&str, &str)>,
+        #[case] want: &str,
+    ) {
+        let first = first.map(|(pod, reason)| (pod.to_owned(), reason.to_owned()));
+        assert_eq!(workers_awaited(n, connected, ended, first.as_ref()), want);
     }
 }
