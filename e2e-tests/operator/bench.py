@@ -557,20 +557,26 @@ class Bench:
                 raise BenchError(f"the scheduler of {name} is not ready")
             time.sleep(0.25)
 
-    def worker_addresses(self, dashboard: PortForward) -> list[str]:
+    def worker_addresses(self, dashboard: PortForward) -> list[str] | None:
+        """The scheduler's workers; None when they could not be read (with 100 workers
+        starting on 2 cores, the read through the port-forward times out: no reading, not
+        0 workers)."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{dashboard.port}/json/identity.json", timeout=5) as r:
                 return list(json.load(r).get("workers", {}))
-        except OSError:
-            return []
+        except (OSError, ValueError):
+            return None
 
     def wait_connected(self, dashboard: PortForward, cond, deadline: float) -> tuple[float | None, int]:
+        """When `cond` held of the workers, and the last count read (what a timed-out phase
+        reached; a failed read does not count as 0)."""
         n = 0
         while time.time() < deadline:
             addresses = self.worker_addresses(dashboard)
-            n = len(addresses)
-            if cond(addresses):
-                return time.time(), n
+            if addresses is not None:
+                n = len(addresses)
+                if cond(addresses):
+                    return time.time(), n
             time.sleep(0.25)
         return None, n
 
@@ -766,6 +772,9 @@ def main() -> int:
     log(f"apiserver {server}, namespace {a.namespace}, connected N={a.connected}, pending N={a.pending}, "
         f"repeats {a.repeats}; logs in {out_dir}")
     bench = Bench(a, out_dir)
+    # `kill` (SIGTERM; a background run ignores SIGINT) ends the run through its cleanup:
+    # the bench's operator stopped, the deployed one scaled back.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     started = time.time()
     try:
         bench.run()
