@@ -176,17 +176,6 @@ impl TestNamespace {
         }
     }
 
-    /// Deletes the namespace (and with it anything a test left).
-    pub async fn delete(self) {
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces
-            .delete(&self.name, &DeleteParams::default())
-            .await;
-        // Drop runs too; it finds the namespace already going.
-    }
-}
-
-impl TestNamespace {
     /// Prints to stderr (which the test runner shows for a failed test) the namespace's
     /// pods, its events and the last lines of every container's log, the previous
     /// container's too when one restarted: deleting the namespace deletes them, and a
@@ -248,6 +237,15 @@ impl TestNamespace {
             }
         }
         eprintln!("==== end of namespace {}", self.name);
+    }
+
+    /// Deletes the namespace (and with it anything a test left).
+    pub async fn delete(self) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces
+            .delete(&self.name, &DeleteParams::default())
+            .await;
+        // Drop runs too; it finds the namespace already going.
     }
 }
 
