@@ -44,6 +44,9 @@ pub struct AdaptPolicy {
     pub max_scale_down_step: Option<u32>,
     /// Most workers added in one step (`None`: no cap).
     pub max_scale_up_step: Option<u32>,
+    /// The start window of pods that replace ended workers ([`crate::start_room`]): so many
+    /// start at once, or half the connected workers when more. Growth is not held.
+    pub start_window: usize,
 }
 
 impl AdaptPolicy {
@@ -58,14 +61,15 @@ impl AdaptPolicy {
             cooldown: DEFAULT_COOLDOWN,
             max_scale_down_step: None,
             max_scale_up_step: None,
+            start_window: crate::DEFAULT_START_WINDOW,
         }
     }
 
     /// A policy for `[minimum, maximum]` tuned as a shell was asked (`--interval 0.5`,
     /// Python's `adapt(interval="500ms")` read as seconds), each unset value at its
     /// default. The one place seconds become a policy: numbers of seconds must be >= 0, the
-    /// interval is at least [`MIN_INTERVAL`], `wait_count` at least 1, and the range must
-    /// not be empty.
+    /// interval is at least [`MIN_INTERVAL`], `wait_count` at least 1, the start window
+    /// must be at least 1, and the range must not be empty.
     ///
     /// # Example
     /// ```
@@ -86,6 +90,16 @@ impl AdaptPolicy {
             wait_count: tuning.wait_count.unwrap_or(DEFAULT_WAIT_COUNT).max(1),
             cooldown: seconds(tuning.cooldown, DEFAULT_COOLDOWN, "cooldown")?,
             max_scale_down_step: tuning.max_scale_down_step,
+            start_window: match tuning.start_window {
+                None => crate::DEFAULT_START_WINDOW,
+                Some(0) => {
+                    return Err(Error::Usage(
+                        "start_window must be at least 1: with 0 no lost worker would be replaced"
+                            .into(),
+                    ));
+                }
+                Some(n) => n,
+            },
             ..AdaptPolicy::new(minimum, maximum)
         };
         policy.check_range()?;
@@ -120,6 +134,8 @@ impl AdaptPolicy {
             self.wait_count.to_string(),
             "--cooldown".into(),
             self.cooldown.as_secs_f64().to_string(),
+            "--start-window".into(),
+            self.start_window.to_string(),
         ];
         if let Some(step) = self.max_scale_down_step {
             args.extend(["--max-scale-down-step".into(), step.to_string()]);
@@ -141,6 +157,8 @@ pub struct AdaptTuning {
     pub cooldown: Option<f64>,
     /// Most workers removed per step.
     pub max_scale_down_step: Option<u32>,
+    /// Replacements of ended workers that may start at once ([`AdaptPolicy::start_window`]).
+    pub start_window: Option<usize>,
 }
 
 /// One poll of the scheduler's desired worker count.
@@ -360,6 +378,7 @@ mod tests {
             wait_count: 5,
             cooldown: Duration::from_secs(10),
             max_scale_down_step: Some(2),
+            start_window: 3,
             ..AdaptPolicy::new(1, 4)
         };
         assert_eq!(
@@ -373,6 +392,8 @@ mod tests {
                 "5",
                 "--cooldown",
                 "10",
+                "--start-window",
+                "3",
                 "--max-scale-down-step",
                 "2"
             ]
@@ -381,11 +402,12 @@ mod tests {
 
     #[rstest]
     #[case::defaults(AdaptTuning::default(), Ok((DEFAULT_INTERVAL, DEFAULT_WAIT_COUNT, DEFAULT_COOLDOWN)))]
-    #[case::given(AdaptTuning { interval: Some(0.5), wait_count: Some(5), cooldown: Some(2.0), max_scale_down_step: None }, Ok((Duration::from_millis(500), 5, Duration::from_secs(2))))]
+    #[case::given(AdaptTuning { interval: Some(0.5), wait_count: Some(5), cooldown: Some(2.0), max_scale_down_step: None, start_window: None }, Ok((Duration::from_millis(500), 5, Duration::from_secs(2))))]
     #[case::interval_floor(AdaptTuning { interval: Some(0.0), ..Default::default() }, Ok((MIN_INTERVAL, DEFAULT_WAIT_COUNT, DEFAULT_COOLDOWN)))]
     #[case::wait_count_floor(AdaptTuning { wait_count: Some(0), ..Default::default() }, Ok((DEFAULT_INTERVAL, 1, DEFAULT_COOLDOWN)))]
     #[case::negative_cooldown(AdaptTuning { cooldown: Some(-1.0), ..Default::default() }, Err("cooldown must be a number of seconds >= 0"))]
     #[case::not_a_number(AdaptTuning { interval: Some(f64::NAN), ..Default::default() }, Err("interval must be"))]
+    #[case::no_start_window(AdaptTuning { start_window: Some(0), ..Default::default() }, Err("start_window must be at least 1"))]
     fn tuning_becomes_a_policy_in_one_place(
         #[case] tuning: AdaptTuning,
         #[case] expected: std::result::Result<(Duration, u32, Duration), &str>,

@@ -26,6 +26,8 @@ pub fn synthetic_cluster(n: usize) -> (Vec<WorkerPodState>, Vec<SchedulerWorker>
             ips: vec![format!("10.0.{}.{}", i / 250, i % 250)],
             started: i % 20 != 0,
             resource_version: Some(i.to_string()),
+            unschedulable: false,
+            start_gate: false,
         })
         .collect();
     let workers = pods

@@ -139,6 +139,10 @@ pub struct AdaptFlags {
     /// Most workers removed per step.
     #[arg(long)]
     pub max_scale_down_step: Option<u32>,
+    /// Replacements of ended workers that may start at once (or half the connected workers
+    /// when more); the rest wait, their ended pods kept until replaced. Growth is not held.
+    #[arg(long, default_value_t = crate::DEFAULT_START_WINDOW, value_parser = parse_start_window)]
+    pub start_window: usize,
 }
 
 impl AdaptFlags {
@@ -149,6 +153,7 @@ impl AdaptFlags {
             wait_count: Some(self.wait_count),
             cooldown: Some(self.cooldown),
             max_scale_down_step: self.max_scale_down_step,
+            start_window: Some(self.start_window),
         }
     }
 
@@ -1419,6 +1424,7 @@ mod tests {
             wait_count: 5,
             cooldown: 10.0,
             max_scale_down_step: Some(2),
+            start_window: 4,
         }
         .policy(AdaptRange { min: 1, max: 3 })
         .unwrap();

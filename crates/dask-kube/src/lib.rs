@@ -226,8 +226,8 @@ pub use scaling::{
 };
 pub use scheduler_api::{Connect, HttpSchedulerApi, SchedulerApi, TcpConnect};
 pub use start_window::{
-    DEFAULT_START_WINDOW, START_GATE, hold_start, holds_start_gate, release_start_patch,
-    start_room, unschedulable,
+    DEFAULT_START_WINDOW, PacedScaleUp, START_GATE, hold_start, holds_start_gate,
+    pace_replacements, release_start_patch, start_room, start_window, unschedulable,
 };
 pub use supervisor::{StateDir, SupervisorState, is_supervisor};
 pub use template::PodTemplate;

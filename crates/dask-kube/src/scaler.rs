@@ -6,10 +6,11 @@ use crate::adapt::{self, AdaptPolicy, ScaleAction, TargetSample};
 use crate::apiserver::{BatchReport, ClusterApi, CreateLimits};
 use crate::manifests::{self, Owner};
 use crate::scaling::{
-    DeleteReason, KeepReason, KeptPod, RetireTarget, ScaleDownPlan, WorkerCounts, WorkerPodState,
-    plan_scale_down, retired_pods_to_delete,
+    DeleteReason, KeepReason, KeptPod, Placement, RetireTarget, ScaleDownPlan, WorkerCounts,
+    WorkerPodState, place_workers, plan_scale_down, retired_pods_to_delete,
 };
 use crate::scheduler_api::SchedulerApi;
+use crate::start_window::{PacedScaleUp, pace_replacements, start_window};
 use crate::{Error, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -401,6 +402,25 @@ impl<S: SchedulerApi> Scaler<S> {
         }));
     }
 
+    /// Paces a scale-up of `create` pods over `pods` ([`pace_replacements`]). The scheduler is
+    /// asked which pods its workers are in only when some pod ended: growth needs no window.
+    async fn pace(&self, pods: &[WorkerPodState], create: usize, window: usize) -> PacedScaleUp {
+        if !pods.iter().any(WorkerPodState::ended) {
+            return pace_replacements(create, pods, 0);
+        }
+        let workers = match self.scheduler.workers().await {
+            Ok(workers) => Some(workers),
+            Err(e) => {
+                debug!(error = %e, "no workers from the scheduler: started pods count as connected");
+                None
+            }
+        };
+        let placement = workers.as_deref().map(|w| place_workers(pods, w));
+        let connected = placement.as_ref().map(Placement::connected_pods);
+        let (room, _) = start_window(pods, connected.as_ref(), window);
+        pace_replacements(create, pods, room)
+    }
+
     /// `policy` with its maximum (and minimum) within `kubernetes.count.max`, and the cap
     /// when it lowered the maximum.
     pub fn capped_policy(&self, policy: AdaptPolicy) -> (AdaptPolicy, Option<CountCap>) {
@@ -469,8 +489,19 @@ impl<S: SchedulerApi> Scaler<S> {
             };
             let samples: Vec<TargetSample> = history.iter().copied().collect();
             let decision = adapt::decide(&policy, &samples, &pods, last_change, now);
-            if !decision.cleanup.is_empty() {
-                let result = self.api.delete_pods(&decision.cleanup, None).await;
+            // Replacements of ended workers take their turn in the start window; an ended
+            // pod stays until its replacement is created.
+            let paced = match decision.action {
+                ScaleAction::Up { create, .. } => {
+                    self.pace(&pods, create as usize, policy.start_window).await
+                }
+                _ => PacedScaleUp {
+                    cleanup: decision.cleanup.clone(),
+                    ..PacedScaleUp::default()
+                },
+            };
+            if !paced.cleanup.is_empty() {
+                let result = self.api.delete_pods(&paced.cleanup, None).await;
                 info!(cluster = %self.cluster, deleted = ?result.done, failed = ?result.failed, "cleaned up ended worker pods");
             }
             match decision.action {
@@ -480,16 +511,21 @@ impl<S: SchedulerApi> Scaler<S> {
                         info!(cluster = %self.cluster, reason = %decision.reason, "adapt: hold");
                     }
                 }
-                ScaleAction::Up { create, to } => {
-                    info!(cluster = %self.cluster, create, to, reason = %decision.reason, "adapt: scaling up");
-                    let (report, fatal) = self.create_workers(create as usize).await;
-                    if !report.failed.is_empty() {
-                        warn!(failed = ?report.failed, "some worker pods were not created");
+                ScaleAction::Up { to, .. } => {
+                    if paced.create > 0 {
+                        info!(cluster = %self.cluster, create = paced.create, held = paced.held, to, reason = %decision.reason, "adapt: scaling up");
+                        let (report, fatal) = self.create_workers(paced.create).await;
+                        if !report.failed.is_empty() {
+                            warn!(failed = ?report.failed, "some worker pods were not created");
+                        }
+                        if let Some(e) = fatal {
+                            warn!(error = %e, "adapt cannot create workers");
+                        }
+                        last_change = Some(now);
+                    } else if decision.reason != last_reason {
+                        info!(cluster = %self.cluster, held = paced.held, to, reason = %decision.reason,
+                              "adapt: replacements of ended workers wait for the start window");
                     }
-                    if let Some(e) = fatal {
-                        warn!(error = %e, "adapt cannot create workers");
-                    }
-                    last_change = Some(now);
                 }
                 ScaleAction::Down { remove, to } => {
                     info!(cluster = %self.cluster, remove, to, reason = %decision.reason, "adapt: scaling down");
@@ -776,6 +812,19 @@ mod tests {
                             send.send_response(ok_json(gone));
                         }
                     }
+                } else if method == http::Method::POST && path == "/api/v1/namespaces/ns/pods" {
+                    // A created pod is stored Pending, named in order of creation.
+                    let mut created = body;
+                    let made = api.calls.iter().filter(|c| c.starts_with("create")).count();
+                    let name = format!("c-worker-new{made}");
+                    created["metadata"]["name"] = json!(name);
+                    created["metadata"]["namespace"] = json!("ns");
+                    created["metadata"]["resourceVersion"] = json!("1");
+                    created["metadata"]["creationTimestamp"] = json!("2026-01-01T00:01:00Z");
+                    created["status"] = json!({"phase": "Pending"});
+                    api.calls.push(format!("create {name}"));
+                    api.pods.insert(name, created.clone());
+                    send.send_response(ok_json(created));
                 } else {
                     panic!("unexpected call {method} {path}");
                 }
@@ -1592,5 +1641,80 @@ mod tests {
             "no scale-down began"
         );
         assert!(fake.retire_calls.lock().unwrap().is_empty());
+    }
+    /// Workers that ended are replaced within the start window, as the operator's are: two
+    /// workers connected, five ended, the target 7 and a window of 2. The first poll deletes
+    /// the two oldest ended pods and creates their two replacements; the three others stay
+    /// until there is room, and the next polls (two replacements starting) create nothing.
+    /// Before, the first poll deleted all five and created five.
+    #[tokio::test(start_paused = true)]
+    async fn adapt_replaces_ended_workers_within_the_start_window() {
+        let (client, handle) = mock_client();
+        let ended = |name: &str, created: u32| pod(name, "Failed", None, true, created, "1");
+        let api = ApiServer::with(vec![
+            running("c-worker-aaaaa", "10.0.0.1", 1),
+            running("c-worker-bbbbb", "10.0.0.2", 2),
+            ended("c-worker-f3", 13),
+            ended("c-worker-f1", 11),
+            ended("c-worker-f5", 15),
+            ended("c-worker-f2", 12),
+            ended("c-worker-f4", 14),
+        ]);
+        let server = serve_api(handle, api.clone());
+        let fake = Arc::new(FakeScheduler::default());
+        fake.target.lock().unwrap().push_back(7);
+        *fake.workers.lock().unwrap() = vec![
+            listening("c-worker-aaaaa", "10.0.0.1:4"),
+            listening("c-worker-bbbbb", "10.0.0.2:4"),
+        ];
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let polls = api.clone();
+        tokio::spawn(async move {
+            while polls.lock().unwrap().lists < 3 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            stop.cancel();
+        });
+        let policy = AdaptPolicy {
+            start_window: 2,
+            ..AdaptPolicy::new(0, 10)
+        };
+        let s = scaler(client, fake.clone());
+        within(s.run_adapt(policy, cancel)).await.unwrap();
+        drop(s);
+        server.await.unwrap();
+        let api = api.lock().unwrap();
+        let mut first_poll: Vec<String> = api.calls[1..5].to_vec();
+        first_poll.sort();
+        assert_eq!(
+            first_poll,
+            [
+                "create c-worker-new0",
+                "create c-worker-new1",
+                "delete c-worker-f1",
+                "delete c-worker-f2"
+            ],
+            "{:?}",
+            api.calls
+        );
+        assert!(
+            api.calls[5..].iter().all(|c| c == "list"),
+            "later polls wait for room: {:?}",
+            api.calls
+        );
+        let left: Vec<&String> = api.pods.keys().collect();
+        assert_eq!(
+            left,
+            [
+                "c-worker-aaaaa",
+                "c-worker-bbbbb",
+                "c-worker-f3",
+                "c-worker-f4",
+                "c-worker-f5",
+                "c-worker-new0",
+                "c-worker-new1"
+            ]
+        );
     }
 }

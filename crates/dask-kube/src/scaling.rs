@@ -89,6 +89,12 @@ pub struct WorkerPodState {
     /// `metadata.resourceVersion` as listed: a delete justified by this state is sent with it
     /// as a precondition, so a pod that changed since is not deleted.
     pub resource_version: Option<String>,
+    /// No node can take it (`PodScheduled=False`, reason `Unschedulable`): it starts nothing
+    /// while it waits, so it takes no place in the start window ([`crate::start_room`]).
+    pub unschedulable: bool,
+    /// It holds dask-kube's start gate ([`crate::START_GATE`]): the operator created it to
+    /// replace an ended worker while the start window was full.
+    pub start_gate: bool,
 }
 
 impl WorkerPodState {
@@ -147,6 +153,8 @@ impl WorkerPodState {
             // container statuses.
             started: started || matches!(phase, PodPhase::Running | PodPhase::Unknown),
             resource_version: pod.metadata.resource_version.clone(),
+            unschedulable: crate::unschedulable(pod),
+            start_gate: crate::holds_start_gate(pod),
         }
     }
 
@@ -260,6 +268,15 @@ impl Placement<'_> {
         self.placed.contains_key(pod) || self.unsure.contains_key(pod)
     }
 
+    /// The pods a worker is surely in: the connected ones, as the start window counts them.
+    pub fn connected_pods(&self) -> BTreeSet<&str> {
+        self.placed
+            .iter()
+            .filter(|(_, workers)| !workers.is_empty())
+            .map(|(pod, _)| pod.as_str())
+            .collect()
+    }
+
     /// The addresses of the workers that are or may be in `pod`.
     pub fn addresses_in(&self, pod: &str) -> Vec<String> {
         self.placed
@@ -281,7 +298,7 @@ impl Placement<'_> {
 /// // A template that names its workers itself: the pod's IP still finds the pod.
 /// let pod = WorkerPodState { name: "c-worker-abcde".into(), phase: PodPhase::Running,
 ///     deleting: false, created: 0, reason: None, ips: vec!["10.0.0.7".into()],
-///     started: true, resource_version: None };
+///     started: true, resource_version: None, unschedulable: false, start_gate: false };
 /// let worker = SchedulerWorker { name: "alice".into(), address: "tcp://10.0.0.7:40123".into(),
 ///     nanny: None, managed_bytes: None, busy: None };
 /// let placement = place_workers(&[pod], std::slice::from_ref(&worker));
@@ -547,7 +564,8 @@ pub fn describe_ended_pods(pods: &[WorkerPodState], limit: usize) -> String {
 /// use dask_kube::*;
 /// let pod = |name: &str, phase, ip: &str| WorkerPodState {
 ///     name: name.into(), phase, deleting: false, created: 0, reason: None,
-///     ips: vec![ip.into()], started: phase != PodPhase::Pending, resource_version: None };
+///     ips: vec![ip.into()], started: phase != PodPhase::Pending, resource_version: None,
+///     unschedulable: false, start_gate: false };
 /// let pods = [pod("w-a", PodPhase::Running, "10.0.0.1"), pod("w-b", PodPhase::Pending, ""),
 ///             pod("w-c", PodPhase::Failed, "10.0.0.3")];
 /// let workers = [SchedulerWorker { name: "a".into(), address: "tcp://10.0.0.1:1".into(),
@@ -818,6 +836,8 @@ pub(crate) mod tests {
             ips: Vec::new(),
             started: phase != PodPhase::Pending,
             resource_version: None,
+            unschedulable: false,
+            start_gate: false,
         }
     }
 

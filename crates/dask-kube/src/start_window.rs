@@ -16,9 +16,17 @@
 //! let start 10 or 40 at a time they take 157 s (bench-operator, 2026-12-07). A pod no node
 //! can take (`Unschedulable`) leaves the window: it starts nothing, and the cluster autoscaler
 //! acts only on ungated pods.
+//!
+//! dask-kube's own adapt loop ([`crate::Scaler::run_adapt`]) paces replacements the same
+//! way without a gate ([`pace_replacements`]): a replacement beyond the window is not
+//! created yet, and the ended pod it replaces is kept until it is, so the next look still
+//! counts it as a replacement owed rather than as growth (which starts at once). The
+//! controller pod's Role needs no `patch pods` for it.
 
+use crate::scaling::WorkerPodState;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 
 /// The scheduling gate held by worker pods beyond the start window.
 pub const START_GATE: &str = "k8s.dask.org/start-window";
@@ -38,6 +46,94 @@ pub const DEFAULT_START_WINDOW: usize = 10;
 /// ```
 pub fn start_room(initial: usize, starting: usize, connected: usize) -> usize {
     initial.max(1).max(connected / 2).saturating_sub(starting)
+}
+
+/// The start window over a group's worker pods: how many more may start now, and the active
+/// pods that hold the start gate, oldest first (to release first). `connected` names the pods
+/// the scheduler's workers are in; `None` when the scheduler is ready but did not answer,
+/// and then a started pod counts as connected. A pod is starting when it is active, neither
+/// gated nor connected nor unschedulable.
+///
+/// # Example
+/// ```
+/// use dask_kube::*;
+/// let pod = |name: &str, phase| WorkerPodState { name: name.into(), phase, deleting: false,
+///     created: 0, reason: None, ips: vec![], started: phase != PodPhase::Pending,
+///     resource_version: None, unschedulable: false, start_gate: false };
+/// let pods = [pod("a", PodPhase::Running), pod("b", PodPhase::Pending), pod("c", PodPhase::Failed)];
+/// let connected = ["a"].into_iter().collect();
+/// assert_eq!(start_window(&pods, Some(&connected), 2), (1, vec![]));
+/// ```
+pub fn start_window(
+    pods: &[WorkerPodState],
+    connected: Option<&BTreeSet<&str>>,
+    initial: usize,
+) -> (usize, Vec<usize>) {
+    let mut starting = 0;
+    let mut up = 0;
+    let mut gated = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        if !pod.active() {
+            continue;
+        }
+        let is_connected = match connected {
+            Some(names) => names.contains(pod.name.as_str()),
+            None => pod.started,
+        };
+        if pod.start_gate {
+            gated.push(i);
+        } else if is_connected {
+            up += 1;
+        } else if !pod.unschedulable {
+            starting += 1;
+        }
+    }
+    gated.sort_by_key(|&i| (pods[i].created, pods[i].name.clone()));
+    (start_room(initial, starting, up), gated)
+}
+
+/// A scale-up paced by the start window ([`pace_replacements`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PacedScaleUp {
+    /// Pods to create now: all the growth, and the replacements the window has room for.
+    pub create: usize,
+    /// Ended pods to delete now (oldest first): those replaced now, and those no new pod
+    /// replaces (the target fell meanwhile).
+    pub cleanup: Vec<String>,
+    /// Replacements held back; their ended pods stay until they are created.
+    pub held: usize,
+}
+
+/// Paces a scale-up of `create` pods over `pods`: of the new pods, as many as there are
+/// ended pods replace them and wait their turn in the window (`room` from
+/// [`start_window`]); the rest is growth and starts at once.
+///
+/// # Example
+/// ```
+/// use dask_kube::*;
+/// let pod = |name: &str, phase| WorkerPodState { name: name.into(), phase, deleting: false,
+///     created: 0, reason: None, ips: vec![], started: true, resource_version: None,
+///     unschedulable: false, start_gate: false };
+/// let pods = [pod("x", PodPhase::Failed), pod("y", PodPhase::Failed), pod("z", PodPhase::Running)];
+/// // 3 to create: 2 replace x and y, 1 is growth; room for 1 replacement.
+/// let paced = pace_replacements(3, &pods, 1);
+/// assert_eq!((paced.create, paced.cleanup, paced.held), (2, vec!["x".to_owned()], 1));
+/// ```
+pub fn pace_replacements(create: usize, pods: &[WorkerPodState], room: usize) -> PacedScaleUp {
+    let mut ended: Vec<&WorkerPodState> = pods.iter().filter(|p| p.ended()).collect();
+    ended.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    let replacing = ended.len().min(create);
+    let now = replacing.min(room);
+    let cleanup = ended[..now]
+        .iter()
+        .chain(&ended[replacing..])
+        .map(|p| p.name.clone())
+        .collect();
+    PacedScaleUp {
+        create: create - replacing + now,
+        cleanup,
+        held: replacing - now,
+    }
 }
 
 /// Whether the pod still holds the start gate.
@@ -129,6 +225,97 @@ mod tests {
         #[case] expected: usize,
     ) {
         assert_eq!(start_room(initial, starting, connected), expected);
+    }
+
+    /// A pod for the window: `name:Phase[:flags]`, flags `started`, `gated`,
+    /// `unschedulable`, `deleting`; created in list order.
+    fn state(spec: &str, created: i64) -> WorkerPodState {
+        use crate::scaling::PodPhase;
+        let mut parts = spec.split(':');
+        let name = parts.next().unwrap();
+        let phase = match parts.next().unwrap() {
+            "Running" => PodPhase::Running,
+            "Failed" => PodPhase::Failed,
+            "Succeeded" => PodPhase::Succeeded,
+            _ => PodPhase::Pending,
+        };
+        let flags: Vec<&str> = parts.collect();
+        WorkerPodState {
+            name: name.into(),
+            phase,
+            deleting: flags.contains(&"deleting"),
+            created,
+            reason: None,
+            ips: Vec::new(),
+            started: phase != PodPhase::Pending || flags.contains(&"started"),
+            resource_version: None,
+            unschedulable: flags.contains(&"unschedulable"),
+            start_gate: flags.contains(&"gated"),
+        }
+    }
+
+    fn states(specs: &[&str]) -> Vec<WorkerPodState> {
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| state(s, i64::try_from(i).unwrap()))
+            .collect()
+    }
+
+    #[rstest]
+    #[case::empty(&[], Some(&[][..]), 2, 2, &[])]
+    #[case::starting_fill_it(&["a:Pending", "b:Running"], Some(&[][..]), 2, 0, &[])]
+    #[case::connected_do_not(&["a:Running", "b:Running"], Some(&["a", "b"][..]), 2, 2, &[])]
+    #[case::half_the_connected(&["a:Running", "b:Running", "c:Running", "d:Running", "e:Running", "f:Running", "g:Pending"], Some(&["a", "b", "c", "d", "e", "f"][..]), 2, 2, &[])]
+    #[case::unschedulable_leave_it(&["a:Pending:unschedulable", "b:Pending"], Some(&[][..]), 2, 1, &[])]
+    #[case::ended_and_deleting_leave_it(&["a:Failed", "b:Running:deleting"], Some(&[][..]), 1, 1, &[])]
+    #[case::gated_oldest_first(&["a:Pending", "g2:Pending:gated", "g1:Pending:gated"], Some(&[][..]), 3, 2, &[1, 2])]
+    #[case::no_answer_started_count_as_connected(&["a:Running", "b:Pending"], None, 2, 1, &[])]
+    fn window(
+        #[case] specs: &[&str],
+        #[case] connected: Option<&[&str]>,
+        #[case] initial: usize,
+        #[case] room: usize,
+        #[case] gated: &[usize],
+    ) {
+        let pods = states(specs);
+        let connected: Option<BTreeSet<&str>> = connected.map(|c| c.iter().copied().collect());
+        assert_eq!(
+            start_window(&pods, connected.as_ref(), initial),
+            (room, gated.to_vec())
+        );
+    }
+
+    #[rstest]
+    #[case::growth_only(3, &["a:Running"], 0, 3, &[], 0)]
+    #[case::replacements_within_room(2, &["a:Failed", "b:Failed"], 2, 2, &["a", "b"], 0)]
+    #[case::replacements_beyond_room_wait(3, &["a:Failed", "b:Failed", "c:Failed"], 1, 1, &["a"], 2)]
+    #[case::no_room(2, &["a:Failed", "b:Failed"], 0, 0, &[], 2)]
+    #[case::growth_is_not_held(5, &["a:Failed", "b:Failed"], 0, 3, &[], 2)]
+    #[case::ended_beyond_the_scale_up_go(1, &["a:Failed", "b:Succeeded", "c:Failed"], 0, 0, &["b", "c"], 1)]
+    #[case::oldest_replaced_first(2, &["new:Failed", "old:Failed"], 1, 1, &["old"], 1)]
+    #[case::deleting_is_no_replacement(2, &["a:Failed:deleting"], 0, 2, &[], 0)]
+    fn paced(
+        #[case] create: usize,
+        #[case] specs: &[&str],
+        #[case] room: usize,
+        #[case] create_now: usize,
+        #[case] cleanup: &[&str],
+        #[case] held: usize,
+    ) {
+        let mut pods = states(specs);
+        if specs.first() == Some(&"new:Failed") {
+            pods[0].created = 9;
+        }
+        let got = pace_replacements(create, &pods, room);
+        assert_eq!(
+            got,
+            PacedScaleUp {
+                create: create_now,
+                cleanup: cleanup.iter().map(|c| (*c).to_owned()).collect(),
+                held,
+            }
+        );
     }
 
     fn pod(value: Value) -> Pod {

@@ -926,6 +926,134 @@ async fn count_max_caps_up_scale_and_adapt() {
     ns.delete().await;
 }
 
+/// Lost workers are replaced within the start window. `adapt --min 6 --max 6
+/// --start-window 2` over workers that exit a few seconds after they start and never
+/// connect (the storm of a lost scheduler or of nodes too busy for `--death-timeout`): the
+/// first 6 start at once (growth is not held), and once a replacement exists, at most 2 pods
+/// are active (starting) at any moment; replacements go on at that pace. Before, each poll
+/// replaced every ended pod at once: 6 active again within a second of the first wave ending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster; e2e-tests/run-integration.sh runs it with --ignored"]
+async fn lost_workers_are_replaced_within_the_start_window() {
+    const WINDOW: usize = 2;
+    let kube = cluster().await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&kube, "dk-storm").await;
+    let state = tempfile::tempdir().unwrap();
+    let up = json_of(&run(
+        state.path(),
+        &[
+            "-n",
+            &ns.name,
+            "-o",
+            "json",
+            "up",
+            "-f",
+            fixture("exiting-worker.yml").to_str().unwrap(),
+            "--workers",
+            "0",
+            "--detach",
+        ],
+    ));
+    let name = up["name"].as_str().unwrap().to_owned();
+    let mut adapt = dask_kube(state.path())
+        .args([
+            "-n",
+            &ns.name,
+            "adapt",
+            &name,
+            "--min",
+            "6",
+            "--max",
+            "6",
+            "--interval",
+            "0.5",
+            "--start-window",
+            &WINDOW.to_string(),
+            "--foreground",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(adapt.stderr.take().unwrap());
+    let log = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+
+    let pods = ns.pods();
+    let selector = format!("dask.org/cluster-name={name},dask.org/component=worker");
+    let listing = kube::api::ListParams::default().labels(&selector);
+    let started = Instant::now();
+    let mut first_wave: Option<std::collections::BTreeSet<String>> = None;
+    let mut replacements = std::collections::BTreeSet::new();
+    let mut most_active_after = 0;
+    let mut most_active_ever = 0;
+    while started.elapsed() < Duration::from_secs(60) {
+        let listed = pods.list(&listing).await.unwrap();
+        let active: Vec<&Pod> = listed
+            .items
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && !matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded" | "Failed")
+                    )
+            })
+            .collect();
+        most_active_ever = most_active_ever.max(active.len());
+        let names: std::collections::BTreeSet<String> = listed
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        match &first_wave {
+            None if active.len() == 6 => first_wave = Some(names),
+            None => {}
+            Some(first) => {
+                replacements.extend(names.difference(first).cloned());
+                if !replacements.is_empty() {
+                    most_active_after = most_active_after.max(active.len());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    kill(Pid::from_raw(adapt.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(adapt.wait().unwrap().success());
+    let log = log.join().unwrap();
+    eprintln!(
+        "FIGURE adapt 6:6 over exiting workers, start window {WINDOW}: {} replacements in 60 s, at most {most_active_after} active once replacing began (at most {most_active_ever} ever)",
+        replacements.len()
+    );
+    assert!(
+        first_wave.is_some(),
+        "the first 6 workers were never active at once (growth is not held): {log:#?}"
+    );
+    assert!(
+        most_active_after <= WINDOW,
+        "{most_active_after} pods active at once while replacing, more than the window of {WINDOW}: {log:#?}"
+    );
+    assert!(
+        replacements.len() >= 2 * WINDOW,
+        "only {} replacements in 60 s: replacing stalled: {log:#?}",
+        replacements.len()
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("replacements of ended workers wait for the start window")),
+        "{log:#?}"
+    );
+    assert!(
+        run(state.path(), &["-n", &ns.name, "down", &name])
+            .status
+            .success()
+    );
+    wait_for("zero pods", || async {
+        ns.pod_names("app=dask").await.is_empty()
+    })
+    .await;
+    ns.delete().await;
+}
+
 /// Scale to a few hundred Pending pods and back, through the real API server and the live
 /// policy webhook: the count is exact both ways (no duplicate from a retried create, none
 /// missing), and every pod carries its create token.

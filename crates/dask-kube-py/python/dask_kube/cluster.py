@@ -867,6 +867,7 @@ class KubeCluster(Cluster):
         interval: Any = None,
         cooldown: Any = None,
         max_scale_down_step: int | None = None,
+        start_window: int | None = None,
         in_cluster: bool = True,
         minimum_cores=None,
         maximum_cores=None,
@@ -879,7 +880,10 @@ class KubeCluster(Cluster):
         ``kubernetes.count.max``, else no cap) workers with the Rust adapt loop: the
         scheduler's adaptive target polled every ``interval``, scale-up at once, scale-down
         after ``wait_count`` agreeing polls and ``cooldown`` after a change (defaults 1 s, 3,
-        15 s), retiring before deleting, lost workers replaced. ``minimum_cores`` /
+        15 s), retiring before deleting, lost workers replaced: at most ``start_window``
+        replacements starting at once (default 10, or half the connected workers when more),
+        so workers that cannot connect are not all replaced by pods that fail the same way.
+        ``minimum_cores`` /
         ``maximum_cores`` / ``minimum_memory`` / ``maximum_memory`` become worker counts as
         ``SpecCluster.adapt`` makes them. ``target_duration`` sets the scheduler's
         ``distributed.adaptive.target-duration`` (lower asks for more workers). With
@@ -918,6 +922,7 @@ class KubeCluster(Cluster):
             "wait_count": None if wait_count is None else int(wait_count),
             "cooldown": _seconds_or_none(cooldown, "cooldown"),
             "max_scale_down_step": max_scale_down_step,
+            "start_window": None if start_window is None else int(start_window),
         }
         started = json.loads(
             self._native.adapt(

@@ -20,8 +20,8 @@ use crate::Result;
 use crate::operator::manifests;
 use crate::operator::resources::{DaskCluster, DaskWorkerGroup};
 use crate::{
-    DeleteReason, PodPhase, SchedulerWorker, WorkerPodState, holds_start_gate, place_workers,
-    plan_scale_down, release_start_patch, start_room, unschedulable,
+    DeleteReason, PodPhase, SchedulerWorker, WorkerPodState, place_workers, plan_scale_down,
+    release_start_patch, start_window,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -125,41 +125,10 @@ pub fn scale_down_needed(group: &DaskWorkerGroup, pods: &[Arc<Pod>]) -> bool {
 pub fn scheduler_needed(group: &DaskWorkerGroup, pods: &[Arc<Pod>], scheduler_ready: bool) -> bool {
     scale_down_needed(group, pods)
         || (scheduler_ready
-            && own_pods(group, pods)
-                .into_iter()
-                .any(|p| holds_start_gate(p) || WorkerPodState::from_pod(p).ended()))
-}
-
-/// The start window of a group's pods: how many may start now, and the gated pods to
-/// release first (oldest first).
-fn start_window(
-    pods: &[&Pod],
-    states: &[WorkerPodState],
-    connected: Option<&std::collections::BTreeSet<&str>>,
-    initial: usize,
-) -> (usize, Vec<usize>) {
-    let mut starting = 0;
-    let mut up = 0;
-    let mut gated = Vec::new();
-    for (i, (pod, state)) in pods.iter().zip(states).enumerate() {
-        if !state.active() {
-            continue;
-        }
-        let is_connected = match connected {
-            Some(names) => names.contains(state.name.as_str()),
-            // The scheduler is ready but did not answer: a started pod counts as up.
-            None => state.started,
-        };
-        if holds_start_gate(pod) {
-            gated.push(i);
-        } else if is_connected {
-            up += 1;
-        } else if !unschedulable(pod) {
-            starting += 1;
-        }
-    }
-    gated.sort_by_key(|&i| (states[i].created, states[i].name.clone()));
-    (start_room(initial, starting, up), gated)
+            && own_pods(group, pods).into_iter().any(|p| {
+                let state = WorkerPodState::from_pod(p);
+                state.start_gate || state.ended()
+            }))
 }
 
 /// Plans one reconcile of a DaskWorkerGroup. `new_suffix` names new workers (upstream: the
@@ -206,17 +175,11 @@ pub fn plan_worker_group(
             .map(|w| this_groups_workers(&states, view.other_pods, w));
         let placement = workers.as_deref().map(|w| place_workers(&states, w));
         let connected: Option<std::collections::BTreeSet<&str>> = if view.scheduler_ready {
-            placement.as_ref().map(|p| {
-                p.placed
-                    .iter()
-                    .filter(|(_, w)| !w.is_empty())
-                    .map(|(pod, _)| pod.as_str())
-                    .collect()
-            })
+            placement.as_ref().map(crate::Placement::connected_pods)
         } else {
             Some(std::collections::BTreeSet::new())
         };
-        let (mut room, gated) = start_window(&pods, &states, connected.as_ref(), view.start_window);
+        let (mut room, gated) = start_window(&states, connected.as_ref(), view.start_window);
         let release = room.min(gated.len());
         for &i in &gated[..release] {
             if let Some(patch) = release_start_patch(pods[i]) {
