@@ -6,8 +6,8 @@ use crate::adapt::{self, AdaptPolicy, ScaleAction, TargetSample};
 use crate::apiserver::{BatchReport, ClusterApi, CreateLimits};
 use crate::manifests::{self, Owner};
 use crate::scaling::{
-    DeleteReason, KeepReason, KeptPod, Placement, RetireTarget, ScaleDownPlan, WorkerCounts,
-    WorkerPodState, place_workers, plan_scale_down, retired_pods_to_delete,
+    DeleteReason, KeepReason, KeptPod, RetireTarget, ScaleDownPlan, WorkerCounts, WorkerPodState,
+    place_workers, plan_scale_down, retired_pods_to_delete,
 };
 use crate::scheduler_api::SchedulerApi;
 use crate::start_window::{PacedScaleUp, pace_replacements, start_window};
@@ -404,20 +404,21 @@ impl<S: SchedulerApi> Scaler<S> {
 
     /// Paces a scale-up of `create` pods over `pods` ([`pace_replacements`]). The scheduler is
     /// asked which pods its workers are in only when some pod ended: growth needs no window.
+    /// A scheduler that does not answer has no worker connected, as the operator counts a
+    /// scheduler that is not ready: a lost scheduler is when replacements storm.
     async fn pace(&self, pods: &[WorkerPodState], create: usize, window: usize) -> PacedScaleUp {
         if !pods.iter().any(WorkerPodState::ended) {
             return pace_replacements(create, pods, 0);
         }
         let workers = match self.scheduler.workers().await {
-            Ok(workers) => Some(workers),
+            Ok(workers) => workers,
             Err(e) => {
-                debug!(error = %e, "no workers from the scheduler: started pods count as connected");
-                None
+                debug!(error = %e, "no workers from the scheduler: none counts as connected");
+                Vec::new()
             }
         };
-        let placement = workers.as_deref().map(|w| place_workers(pods, w));
-        let connected = placement.as_ref().map(Placement::connected_pods);
-        let (room, _) = start_window(pods, connected.as_ref(), window);
+        let placement = place_workers(pods, &workers);
+        let (room, _) = start_window(pods, Some(&placement.connected_pods()), window);
         pace_replacements(create, pods, room)
     }
 
@@ -643,6 +644,8 @@ mod tests {
         retire_confirms: Mutex<Option<BTreeSet<String>>>,
         retire_calls: Mutex<Vec<Vec<String>>>,
         workers_calls: Mutex<usize>,
+        /// Every call for the workers fails, as to a lost scheduler.
+        workers_fail: AtomicBool,
     }
 
     impl SchedulerApi for FakeScheduler {
@@ -666,6 +669,12 @@ mod tests {
         }
         async fn workers(&self) -> Result<Vec<SchedulerWorker>> {
             *self.workers_calls.lock().unwrap() += 1;
+            if self.workers_fail.load(Ordering::SeqCst) {
+                return Err(Error::SchedulerUnreachable {
+                    endpoint: "fake".into(),
+                    reason: "connection refused".into(),
+                });
+            }
             Ok(self.workers.lock().unwrap().clone())
         }
         async fn retire_workers(&self, addresses: &[String]) -> Result<BTreeSet<String>> {
@@ -1642,13 +1651,25 @@ mod tests {
         );
         assert!(fake.retire_calls.lock().unwrap().is_empty());
     }
+
     /// Workers that ended are replaced within the start window, as the operator's are: two
-    /// workers connected, five ended, the target 7 and a window of 2. The first poll deletes
-    /// the two oldest ended pods and creates their two replacements; the three others stay
-    /// until there is room, and the next polls (two replacements starting) create nothing.
-    /// Before, the first poll deleted all five and created five.
+    /// worker pods running, five ended, 7 wanted. The first poll deletes as many of the
+    /// oldest ended pods as the window has room for and creates their replacements; the
+    /// other ended pods stay, and the next polls (the replacements starting) create nothing.
+    /// With the scheduler answering, the two running pods are connected and the window of 2
+    /// is free. With the scheduler lost (no target, no workers; the minimum of 7 asks), no
+    /// pod counts as connected: the two running pods fill a window of 2, and leave room for
+    /// 2 in a window of 4. Before, the first poll deleted all five and created five.
+    #[rstest::rstest]
+    #[case::connected(false, 2, 2)]
+    #[case::scheduler_lost(true, 4, 2)]
+    #[case::scheduler_lost_running_pods_fill_the_window(true, 2, 0)]
     #[tokio::test(start_paused = true)]
-    async fn adapt_replaces_ended_workers_within_the_start_window() {
+    async fn adapt_replaces_ended_workers_within_the_start_window(
+        #[case] scheduler_lost: bool,
+        #[case] window: usize,
+        #[case] replaced: usize,
+    ) {
         let (client, handle) = mock_client();
         let ended = |name: &str, created: u32| pod(name, "Failed", None, true, created, "1");
         let api = ApiServer::with(vec![
@@ -1663,6 +1684,9 @@ mod tests {
         let server = serve_api(handle, api.clone());
         let fake = Arc::new(FakeScheduler::default());
         fake.target.lock().unwrap().push_back(7);
+        fake.target_times_out
+            .store(scheduler_lost, Ordering::SeqCst);
+        fake.workers_fail.store(scheduler_lost, Ordering::SeqCst);
         *fake.workers.lock().unwrap() = vec![
             listening("c-worker-aaaaa", "10.0.0.1:4"),
             listening("c-worker-bbbbb", "10.0.0.2:4"),
@@ -1677,44 +1701,34 @@ mod tests {
             stop.cancel();
         });
         let policy = AdaptPolicy {
-            start_window: 2,
-            ..AdaptPolicy::new(0, 10)
+            start_window: window,
+            ..AdaptPolicy::new(if scheduler_lost { 7 } else { 0 }, 10)
         };
         let s = scaler(client, fake.clone());
         within(s.run_adapt(policy, cancel)).await.unwrap();
         drop(s);
         server.await.unwrap();
         let api = api.lock().unwrap();
-        let mut first_poll: Vec<String> = api.calls[1..5].to_vec();
+        let calls = &api.calls;
+        let second_list = calls.iter().skip(1).position(|c| c == "list").unwrap() + 1;
+        let mut first_poll = calls[1..second_list].to_vec();
         first_poll.sort();
+        let creates = (0..replaced).map(|i| format!("create c-worker-new{i}"));
+        let deletes = (1..=replaced).map(|i| format!("delete c-worker-f{i}"));
         assert_eq!(
             first_poll,
-            [
-                "create c-worker-new0",
-                "create c-worker-new1",
-                "delete c-worker-f1",
-                "delete c-worker-f2"
-            ],
-            "{:?}",
-            api.calls
+            creates.chain(deletes).collect::<Vec<_>>(),
+            "{calls:?}"
         );
         assert!(
-            api.calls[5..].iter().all(|c| c == "list"),
-            "later polls wait for room: {:?}",
-            api.calls
+            calls[second_list..].iter().all(|c| c == "list"),
+            "later polls wait for room: {calls:?}"
         );
-        let left: Vec<&String> = api.pods.keys().collect();
+        assert_eq!(api.pods.len(), 7, "{:?}", api.pods.keys());
         assert_eq!(
-            left,
-            [
-                "c-worker-aaaaa",
-                "c-worker-bbbbb",
-                "c-worker-f3",
-                "c-worker-f4",
-                "c-worker-f5",
-                "c-worker-new0",
-                "c-worker-new1"
-            ]
+            *fake.workers_calls.lock().unwrap(),
+            3,
+            "the scheduler is asked for its workers at each poll that may replace"
         );
     }
 }
