@@ -13,7 +13,7 @@ The sides, as a Dask user writes them:
              the scheduler in this process, as classic's below.
   classic    dask-kubernetes 2024.4.2 `dask_kubernetes.classic.KubeCluster(template,
              n_workers=N, deploy_mode="local", host=BRIDGE)`: the scheduler runs in this
-             process, listening on the node agent's pod bridge so its worker pods reach it.
+             process, listening on the nodes' bridge (NODE_GATEWAY) so its worker pods reach it.
   classic-remote
              the same with classic's default `deploy_mode="remote"`: the scheduler in a pod
              behind a ClusterIP Service, as dask_kube's default. Classic forces the
@@ -67,7 +67,7 @@ def main() -> int:
     from distributed import Client
 
     if args.side in ("classic", "dask-kube-local") and not args.host:
-        ap.error(f"--side {args.side} needs --host (the node agent's pod bridge address)")
+        ap.error(f"--side {args.side} needs --host (the nodes' bridge address, NODE_GATEWAY)")
     local = dict(deploy_mode="local", host=args.host, port=0, dashboard_address="127.0.0.1:0")
     if args.side == "classic":
         from dask_kubernetes.classic import KubeCluster

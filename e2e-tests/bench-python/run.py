@@ -75,7 +75,7 @@ def main() -> int:
     ap.add_argument("--namespace", default="default")
     ap.add_argument("--dask-kube-python", required=True, help="python of the venv with dask_kube")
     ap.add_argument("--classic-python", required=True, help="python of the venv with dask-kubernetes 2024.4.2")
-    ap.add_argument("--scheduler-host", required=True, help="the node agent's pod bridge address (classic's scheduler)")
+    ap.add_argument("--scheduler-host", required=True, help="the nodes' bridge address, NODE_GATEWAY (classic's scheduler)")
     ap.add_argument("--kubectl", default="kubectl")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--out-dir", required=True)

@@ -18,10 +18,7 @@ ensure_classic_venv() {
 }
 
 # use_local_cluster: the local cluster's env in this shell; starts it when it is not up and
-# stops it at exit (only then). A cluster it starts runs an optimised node agent
-# (DASK_NODE_AGENT_PROFILE, default release-host here): the node agent stands in for the
-# kubelet, an optimised binary, and a dev build adds its own latency to every pod start and
-# port-forward (the dask-kube side pays it, classic's local scheduler does not).
+# stops it at exit (only then).
 use_local_cluster() {
   bench_started_cluster=0
   if ! "$BENCH_CLUSTER" status >/dev/null 2>&1; then

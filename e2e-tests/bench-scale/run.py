@@ -29,7 +29,7 @@ window): 429s answered, requests rejected by API priority and fairness, and the 
 webhook's admission latency (histogram, so p50/p99 are bucket upper bounds).
 
 Only talks to the local cluster: the apiserver of $KUBECONFIG (refused unless it is on
-loopback) and the classic scheduler on the node agent's pod bridge.
+loopback) and the classic scheduler on the nodes' bridge (NODE_GATEWAY).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""dask_kube against the local cluster: a real kube-apiserver, the node agent running the
-scheduler and workers as real `dask` processes, the dask-worker-defaults policy as a live
+"""dask_kube against the local cluster: a real kube-apiserver, real nodes (kubelet,
+containerd) running the scheduler and workers as real `dask` processes in containers, the dask-worker-defaults policy as a live
 webhook. Skipped (never passed) without the cluster; see conftest.py."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 //! Integration tests against the local control plane (`e2e-tests/local-cluster/cluster up`):
-//! a real kube-apiserver and garbage collector, the node agent running the real
-//! `dask scheduler` and `dask worker` processes, the real `dask-kube` binary, and a real
+//! a real kube-apiserver, controller-manager and kube-scheduler, real nodes (kubelet,
+//! containerd, kube-proxy, CoreDNS) running the real `dask scheduler` and `dask worker` in
+//! containers, the real `dask-kube` binary, and a real
 //! `distributed.Client` through the address dask-kube prints. Each test has its own
 //! namespace. They are `#[ignore]`d, so `cargo test` shows them as ignored (never as passed);
 //! the integration tier runs them with `--ignored` against the cluster, and there a missing

@@ -32,7 +32,7 @@ pub fn kubeconfig() -> PathBuf {
 pub async fn cluster() -> Client {
     let (client, path) = cluster_harness::cluster("dask-kube's cluster tests").await;
     let needs = format!(
-        "this test needs the local cluster with its node agent: run \
+        "this test needs the local cluster with its nodes: run \
          `e2e-tests/local-cluster/cluster up` (kubeconfig {})",
         path.display()
     );
@@ -44,7 +44,7 @@ pub async fn cluster() -> Client {
         .unwrap_or(false);
     assert!(
         ready,
-        "{needs}: the cluster has no node (the node agent hook did not run)"
+        "{needs}: the cluster has no node (no kubelet registered)"
     );
     client
 }
