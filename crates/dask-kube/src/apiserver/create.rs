@@ -238,9 +238,10 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// The answer of a create as its metadata only (the media type kube's `get_metadata` asks
-/// for); errors still come as a `Status`.
-const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+/// The answer of a create or a delete as its metadata only (the media type kube's
+/// `get_metadata` asks for); errors still come as a `Status`.
+pub(super) const METADATA_ONLY: &str =
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
 /// What a batch reads of a create's answer ([`ClusterApi::post_pod`]); serde skips the rest
 /// without building it.
