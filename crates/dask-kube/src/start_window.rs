@@ -228,7 +228,8 @@ mod tests {
     }
 
     /// A pod for the window: `name:Phase[:flags]`, flags `started`, `gated`,
-    /// `unschedulable`, `deleting`; created in list order.
+    /// `unschedulable`, `deleting`, `late` (created after every pod without it); created in
+    /// list order otherwise.
     fn state(spec: &str, created: i64) -> WorkerPodState {
         use crate::scaling::PodPhase;
         let mut parts = spec.split(':');
@@ -244,7 +245,11 @@ mod tests {
             name: name.into(),
             phase,
             deleting: flags.contains(&"deleting"),
-            created,
+            created: if flags.contains(&"late") {
+                created + 1000
+            } else {
+                created
+            },
             reason: None,
             ips: Vec::new(),
             started: phase != PodPhase::Pending || flags.contains(&"started"),
@@ -293,7 +298,7 @@ mod tests {
     #[case::no_room(2, &["a:Failed", "b:Failed"], 0, 0, &[], 2)]
     #[case::growth_is_not_held(5, &["a:Failed", "b:Failed"], 0, 3, &[], 2)]
     #[case::ended_beyond_the_scale_up_go(1, &["a:Failed", "b:Succeeded", "c:Failed"], 0, 0, &["b", "c"], 1)]
-    #[case::oldest_replaced_first(2, &["new:Failed", "old:Failed"], 1, 1, &["old"], 1)]
+    #[case::oldest_replaced_first(2, &["new:Failed:late", "old:Failed"], 1, 1, &["old"], 1)]
     #[case::deleting_is_no_replacement(2, &["a:Failed:deleting"], 0, 2, &[], 0)]
     fn paced(
         #[case] create: usize,
@@ -303,11 +308,7 @@ mod tests {
         #[case] cleanup: &[&str],
         #[case] held: usize,
     ) {
-        let mut pods = states(specs);
-        if specs.first() == Some(&"new:Failed") {
-            pods[0].created = 9;
-        }
-        let got = pace_replacements(create, &pods, room);
+        let got = pace_replacements(create, &states(specs), room);
         assert_eq!(
             got,
             PacedScaleUp {
