@@ -768,6 +768,21 @@ mod tests {
         }
     }
 
+    /// A token cancelled once the API server has answered `lists` pod lists (an adapt loop
+    /// lists once per poll): how a test lets the loop run so many polls.
+    fn cancelled_after_lists(api: &Arc<Mutex<ApiServer>>, lists: usize) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let polls = api.clone();
+        tokio::spawn(async move {
+            while polls.lock().unwrap().lists < lists {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            stop.cancel();
+        });
+        cancel
+    }
+
     fn serve_api(mut handle: Handle, state: Arc<Mutex<ApiServer>>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
@@ -1624,15 +1639,7 @@ mod tests {
             listening("c-worker-bbbbb", "10.0.0.2:4"),
             listening("c-worker-ccccc", "10.0.0.3:4"),
         ];
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        let polls = api.clone();
-        tokio::spawn(async move {
-            while polls.lock().unwrap().lists < 10 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            stop.cancel();
-        });
+        let cancel = cancelled_after_lists(&api, 10);
         let policy = AdaptPolicy {
             wait_count: 1,
             cooldown: Duration::ZERO,
@@ -1691,15 +1698,7 @@ mod tests {
             listening("c-worker-aaaaa", "10.0.0.1:4"),
             listening("c-worker-bbbbb", "10.0.0.2:4"),
         ];
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        let polls = api.clone();
-        tokio::spawn(async move {
-            while polls.lock().unwrap().lists < 3 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            stop.cancel();
-        });
+        let cancel = cancelled_after_lists(&api, 3);
         let policy = AdaptPolicy {
             start_window: window,
             ..AdaptPolicy::new(if scheduler_lost { 7 } else { 0 }, 10)

@@ -95,11 +95,7 @@ impl ClusterApi {
         let mut request = kube::core::Request::new(Pod::url_path(&(), Some(self.namespace())))
             .create(params, body)
             .map_err(kube::Error::BuildRequest)?;
-        request.headers_mut().insert(
-            http::header::ACCEPT,
-            http::HeaderValue::from_static(METADATA_ONLY),
-        );
-        request.extensions_mut().insert("create");
+        metadata_only_answer(&mut request, "create");
         self.connection.client.request::<CreatedPod>(request).await
     }
 
@@ -242,6 +238,16 @@ fn random_suffix() -> String {
 /// `get_metadata` asks for); errors still come as a `Status`.
 pub(super) const METADATA_ONLY: &str =
     "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+/// Asks for `request`'s answer as metadata only ([`METADATA_ONLY`]) and names the call
+/// `verb` for kube's trace span: what every call of a pod batch sends.
+pub(super) fn metadata_only_answer(request: &mut http::Request<Vec<u8>>, verb: &'static str) {
+    request.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(METADATA_ONLY),
+    );
+    request.extensions_mut().insert(verb);
+}
 
 /// What a batch reads of a create's answer ([`ClusterApi::post_pod`]); serde skips the rest
 /// without building it.

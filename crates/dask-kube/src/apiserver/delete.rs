@@ -3,7 +3,7 @@
 
 use super::batch::{BatchCall, BatchReport, ItemFailure, run_batch};
 use super::cluster_api::ClusterApi;
-use super::create::METADATA_ONLY;
+use super::create::metadata_only_answer;
 use super::errors::{
     describe_kube_error, is_outage, is_retryable, map_kube_error, outcome_of, retry_after,
 };
@@ -90,18 +90,14 @@ impl ClusterApi {
     }
 
     /// DELETEs one pod and reads nothing of the answer but its status code. It asks for the
-    /// answer as `PartialObjectMetadata`, as creates do ([`METADATA_ONLY`]): otherwise the
+    /// answer as `PartialObjectMetadata`, as creates do ([`metadata_only_answer`]): otherwise the
     /// API server encodes, and this client decrypts and parses, the whole pod as stored for
     /// each of a scale-down's thousand deletes, on the same cores that delete them.
     async fn delete_pod(&self, name: &str, params: &DeleteParams) -> kube::Result<()> {
         let mut request = kube::core::Request::new(Pod::url_path(&(), Some(self.namespace())))
             .delete(name, params)
             .map_err(kube::Error::BuildRequest)?;
-        request.headers_mut().insert(
-            http::header::ACCEPT,
-            http::HeaderValue::from_static(METADATA_ONLY),
-        );
-        request.extensions_mut().insert("delete");
+        metadata_only_answer(&mut request, "delete");
         self.connection
             .client
             .request::<serde::de::IgnoredAny>(request)
@@ -170,6 +166,7 @@ impl ClusterApi {
 
 #[cfg(test)]
 mod tests {
+    use super::super::create::METADATA_ONLY;
     use super::super::mock::{api, ok_json, status};
     use super::*;
     use serde_json::json;
